@@ -1,0 +1,110 @@
+"""Classical classifiers on frozen features, saved without pickle (skops)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.config import _choice, _positive
+from tunelab.errors import TunelabError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ClassifierConfig:
+    """The classifier fitted on frozen features."""
+
+    kind: str = "svc"  # svc: scikit-learn SVC() with its defaults (the reference); logreg
+    standardize: bool = False  # scale features to zero mean, unit variance first
+    c: float = 1.0  # regularisation strength C (1.0 is scikit-learn's default)
+    tune: bool = False  # pick C from c_grid by validation score, and record the choice
+    c_grid: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    tune_metric: str = "accuracy"  # accuracy | f1 | f1_macro
+    max_iter: int = 5000  # logreg solver iterations
+
+    def __post_init__(self) -> None:
+        _choice("classifier.kind", self.kind, ("svc", "logreg"))
+        _choice("classifier.tune_metric", self.tune_metric, ("accuracy", "f1", "f1_macro"))
+        _positive("classifier.c", self.c)
+        for value in self.c_grid:
+            _positive("classifier.c_grid", value)
+        if self.tune and not self.c_grid:
+            raise TunelabError("classifier.c_grid is empty; --tune needs values of C to try")
+
+
+def build_classifier(config: ClassifierConfig, c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    if config.kind == "svc":
+        estimator = SVC(C=c)  # the reference used SVC() defaults: rbf kernel, C=1
+    else:
+        estimator = LogisticRegression(C=c, max_iter=config.max_iter, random_state=seed)
+    return make_pipeline(StandardScaler(), estimator) if config.standardize else estimator
+
+
+def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val=None, seed: int = 42):
+    """Fit one classifier, or with ``tune`` one per C, keeping the best on validation.
+    Returns (estimator, tuning record or None)."""
+    from tunelab.metrics import classification_metrics
+
+    if not config.tune:
+        return build_classifier(config, config.c, seed).fit(x_train, y_train), None
+    if x_val is None or y_val is None:
+        raise TunelabError("--tune picks C on the validation split, and this dataset has none")
+    num_classes = int(max(y_train.max(), y_val.max()) + 1)
+    scores, best, best_score, best_c = {}, None, -np.inf, None
+    for c in config.c_grid:
+        estimator = build_classifier(config, c, seed).fit(x_train, y_train)
+        value = classification_metrics(y_val, estimator.predict(x_val), num_classes)[config.tune_metric]
+        scores[str(c)] = value
+        logger.info("C=%g: validation %s %.4f", c, config.tune_metric, value)
+        if value > best_score:  # strict: ties keep the smaller C (grid order)
+            best, best_score, best_c = estimator, value, c
+    return best, {"parameter": "C", "chosen": best_c, "metric": config.tune_metric,
+                  "split": "validation", "scores": scores}
+
+
+def class_scores(estimator, features: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per-class scores, (n, classes): probabilities where the model gives them, else
+    decision values (an SVC's signed distance; for two classes [-d, d])."""
+    if hasattr(estimator, "predict_proba") and _has_proba(estimator):
+        return estimator.predict_proba(features), "probability"
+    decision = estimator.decision_function(features)
+    if decision.ndim == 1:
+        decision = np.stack([-decision, decision], axis=1)
+    return decision, "decision"
+
+
+def _has_proba(estimator) -> bool:
+    try:
+        estimator.predict_proba  # noqa: B018  (SVC without probability=True raises here)
+    except AttributeError:
+        return False
+    return True
+
+
+def save_classifier(estimator, path: Path) -> None:
+    import skops.io as sio
+
+    from tunelab.runs import atomic_write_bytes
+
+    atomic_write_bytes(path, sio.dumps(estimator))
+
+
+def load_classifier(path: Path):
+    """Load a fitted classifier; refuses any type that is not scikit-learn or numpy."""
+    import skops.io as sio
+
+    if not path.is_file():
+        raise TunelabError(f"no fitted classifier at {path}")
+    untrusted = sio.get_untrusted_types(file=path)
+    if untrusted:
+        raise TunelabError(f"{path} holds types that are not trusted: {', '.join(untrusted[:5])}")
+    return sio.load(path)

@@ -1,0 +1,202 @@
+"""Command line: parse flags, build a typed config, call the library, print.
+
+Each config flag names the dotted config key it sets; flags not given leave the
+preset/YAML value (or the default) in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tunelab import __version__
+from tunelab.errors import TunelabError
+
+logger = logging.getLogger("tunelab")
+
+CONFIG_PREFIX = "cfg:"
+
+
+def _flag(parser, *names: str, key: str, help: str, **kwargs) -> None:
+    parser.add_argument(*names, dest=CONFIG_PREFIX + key, default=None, help=help, **kwargs)
+
+
+def _switch(parser, name: str, key: str, help: str, value: Any = True) -> None:
+    parser.add_argument(name, dest=CONFIG_PREFIX + key, action="store_const", const=value,
+                        default=None, help=help)
+
+
+def _add_common(parser: argparse.ArgumentParser, default_model: str) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml|PRESET",
+                        help="a YAML config or a shipped preset (e.g. lab03-probe); flags override it")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set features.batch_size=128")
+    parser.add_argument("--out", metavar="DIR", help="run directory (default runs/<command>-<timestamp>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run directory at --out")
+    _flag(parser, "--model", key="model", metavar="M",
+          help=f"hub id, local directory, or alias 'minilm' (default {default_model})")
+    _flag(parser, "--seed", key="seed", type=int, help="random seed (default 42)")
+    data = parser.add_argument_group("data")
+    _flag(data, "--dataset", key="data.dataset", metavar="D",
+          help="rotten_tomatoes, tiny_imagenet, or a local file/folder")
+    _flag(data, "--text-column", key="data.text_column", help="text column (default text)")
+    _flag(data, "--label-column", key="data.label_column", help="label column (default label)")
+    _flag(data, "--positive-label", key="data.positive_label",
+          help="binary tasks: the class scored as positive")
+    _flag(data, "--max-train-samples", key="data.max_train_samples", type=int, metavar="N",
+          help="cap the train split (stratified, seeded)")
+    _flag(data, "--max-eval-samples", key="data.max_eval_samples", type=int, metavar="N",
+          help="cap each evaluation split (stratified, seeded)")
+    _flag(data, "--splits", key="data.splits", metavar="S[,S]",
+          help="evaluation splits (default: every labelled split but train)")
+    runtime = parser.add_argument_group("runtime")
+    _flag(runtime, "--device", key="runtime.device", choices=["auto", "cpu", "cuda", "mps"],
+          help="default auto")
+    _flag(runtime, "--precision", key="runtime.precision", choices=["fp32", "bf16", "fp16"],
+          help="default fp32 (bf16 is much faster on CPUs with bf16 units)")
+    _switch(runtime, "--wandb", "tracking.wandb", "also log to Weights & Biases (honours WANDB_MODE)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunelab",
+        description="How far does a pretrained transformer get on your classification data?",
+    )
+    parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    probe = commands.add_parser("probe", help="frozen encoder features + a classical classifier",
+                                description="Frozen-feature probe: encoder features + SVC/logreg.")
+    _add_common(probe, "distilbert-base-uncased")
+    feats = probe.add_argument_group("features")
+    _flag(feats, "--pooling", key="features.pooling", choices=["cls", "mean"],
+          help="[CLS] vector or masked mean of the last hidden states (default cls)")
+    _flag(feats, "--max-length", key="features.max_length", type=int, help="tokens per text (default 512)")
+    _flag(feats, "--batch-size", key="features.batch_size", type=int, help="texts per batch (default 64)")
+    _switch(feats, "--no-cache", "features.cache", "recompute features even if cached", value=False)
+    clf = probe.add_argument_group("classifier")
+    _flag(clf, "--classifier", key="classifier.kind", choices=["svc", "logreg"], help="default svc")
+    _flag(clf, "--C", key="classifier.c", type=float, help="regularisation strength (default 1.0)")
+    _switch(clf, "--standardize", "classifier.standardize", "scale features before the classifier")
+    _switch(clf, "--tune", "classifier.tune", "choose C on the validation split")
+    probe.set_defaults(handler=_run_probe)
+
+    predict = commands.add_parser("predict", help="classify new inputs with a finished run",
+                                  description="Classify texts with the model in a run directory.")
+    predict.add_argument("run_dir", metavar="DIR")
+    predict.add_argument("inputs", nargs="*", metavar="INPUT", help="texts to classify")
+    predict.add_argument("--input", dest="input_file", metavar="FILE",
+                         help="CSV/JSONL/Parquet (column text) or .txt (one per line)")
+    predict.add_argument("--text-column", help="column of --input to read")
+    predict.add_argument("--output", metavar="FILE.csv", help="write predictions here instead of printing")
+    predict.set_defaults(handler=_run_predict)
+    return parser
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from tunelab.config import parse_assignment
+
+    overrides = {}
+    for assignment in args.set:
+        key, value = parse_assignment(assignment)
+        overrides[key] = value
+    for dest, value in vars(args).items():
+        if dest.startswith(CONFIG_PREFIX) and value is not None:
+            overrides[dest[len(CONFIG_PREFIX):]] = value
+    return overrides
+
+
+def _run_probe(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.config import build_config
+    from tunelab.tasks.probe import ProbeConfig, run_probe
+
+    config = build_config(ProbeConfig, "probe", args.config, config_overrides(args))
+    result = run_probe(config, out=args.out, overwrite=args.overwrite, argv=argv)
+    _print_summary(result)
+    return 0
+
+
+def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.predict import predict, read_inputs
+    from tunelab.runs import atomic_write_bytes
+
+    inputs = list(args.inputs)
+    if args.input_file:
+        inputs += read_inputs(args.input_file, args.text_column)
+    predictions = predict(args.run_dir, inputs)
+    if args.output:
+        import csv
+        import io
+        from pathlib import Path
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["input", "prediction", predictions[0].score_kind])
+        for p in predictions:
+            writer.writerow([p.input, p.label, f"{p.score:.6g}"])
+        atomic_write_bytes(Path(args.output), buffer.getvalue().encode("utf-8"))
+        print(f"wrote {len(predictions)} predictions to {args.output}")
+    else:
+        for p in predictions:
+            print(f"{p.label}\t{p.score:.4f}\t{p.input}")
+    return 0
+
+
+def _print_summary(result) -> None:
+    from tunelab.report import metrics_table
+
+    print(metrics_table(result.metrics["splits"]))
+    print(f"run directory: {result.run_dir}")
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("TUNELAB_DEBUG") == "1"
+    _setup_logging(args.quiet)
+    try:
+        return args.handler(args, argv)
+    except TunelabError as exc:
+        if debug:
+            raise
+        print(f"tunelab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tunelab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"tunelab: unexpected error: {type(exc).__name__}: {first} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Typed configuration: dataclasses, YAML round trips, presets and overrides.
+
+Each component owns a small dataclass with its defaults; a task config nests
+them. A config is built from (1) the dataclass defaults, (2) a preset or YAML
+file given with ``--config``, (3) command-line flags, in that order. The
+resolved config is written to every run directory and is enough to rerun it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tunelab.errors import ConfigError
+
+T = TypeVar("T")
+
+PRESET_PACKAGE = "tunelab.presets"
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a positive number")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the examples come from and how much of them to use."""
+
+    dataset: str = ""  # known name (rotten_tomatoes, tiny_imagenet) or a local path
+    text_column: str | None = None  # None: "text", or the one common alternative present
+    label_column: str | None = None  # None: "label", or the one common alternative present
+    positive_label: str | None = None  # binary tasks: the class reported as positive (index 1)
+    max_train_samples: int | None = None  # stratified, seeded cap on the train split
+    max_eval_samples: int | None = None  # the same cap on every evaluation split
+    splits: list[str] | None = None  # evaluation splits; None: every labelled split but train
+
+    def __post_init__(self) -> None:
+        _positive("data.max_train_samples", self.max_train_samples, allow_none=True)
+        _positive("data.max_eval_samples", self.max_eval_samples, allow_none=True)
+        if isinstance(self.splits, str):
+            self.splits = [s.strip() for s in self.splits.split(",") if s.strip()]
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Where and how numbers are crunched."""
+
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
+
+    def __post_init__(self) -> None:
+        _choice("runtime.device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        _choice("runtime.precision", self.precision, ("fp32", "bf16", "fp16"))
+
+
+@dataclasses.dataclass
+class TrackingConfig:
+    """Experiment tracking. TensorBoard is always on; W&B only when asked."""
+
+    wandb: bool = False
+    wandb_project: str = "tunelab"
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or say why not."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(key, v, inner) for v in value]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a whole number")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r} must be a whole number")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r} must be a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r} must be text")
+    return value
+
+
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build a (nested) config dataclass, rejecting unknown keys by name."""
+    if values is None:
+        values = {}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown setting '{prefix}{unknown[0]}'; known settings here: "
+            + ", ".join(prefix + n for n in names)
+        )
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_dotted(target: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """``set_dotted(d, "data.dataset", "x")`` sets ``d["data"]["dataset"]``."""
+    *parents, leaf = dotted_key.split(".")
+    node = target
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted_key}': '{part}' is not a group of settings")
+    node[leaf] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` from ``--set``; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+# --------------------------------------------------------------------------- presets and files
+
+
+def list_presets() -> list[str]:
+    folder = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_yaml_source(source: str) -> tuple[dict[str, Any], str]:
+    """Read a YAML file path or a shipped preset name; returns (mapping, where it came from)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        origin = str(path)
+    else:
+        preset = resources.files(PRESET_PACKAGE) / f"{source}.yaml"
+        if not preset.is_file():
+            if source.endswith((".yaml", ".yml")) or "/" in source:
+                raise ConfigError(f"config file not found: {source}")
+            raise ConfigError(
+                f"'{source}' is neither a YAML file nor a preset; presets: {', '.join(list_presets())}"
+            )
+        text = preset.read_text(encoding="utf-8")
+        origin = f"preset:{source}"
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin} must hold a mapping of settings, not {type(values).__name__}")
+    return values, origin
+
+
+def build_config(
+    cls: type[T],
+    command: str,
+    source: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Defaults, then the preset/YAML ``source``, then ``overrides`` (dotted keys allowed)."""
+    values: dict[str, Any] = {}
+    if source:
+        values, origin = load_yaml_source(source)
+        values = dict(values)
+        declared = values.pop("command", command)
+        if declared != command:
+            raise ConfigError(f"{origin} is a '{declared}' config; use it with 'tunelab {declared}'")
+    nested: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        set_dotted(nested, key, value)
+    return from_dict(cls, deep_merge(values, nested))
+
+
+def dump_yaml(config: Any, command: str | None = None) -> str:
+    values = to_dict(config)
+    if command:
+        values = {"command": command, **values}
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,152 @@
+"""Label encoding and seeded, stratified splitting shared by text and image data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunelab.errors import DataError
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The classes of a task. Index order follows sorted label values; the positive
+    class of a binary task is index 1."""
+
+    names: tuple[str, ...]  # human-readable class names, by index
+    values: tuple[str, ...]  # the raw label values as text, by index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def is_binary(self) -> bool:
+        return len(self.names) == 2
+
+    def index_of(self) -> dict[str, int]:
+        return {value: i for i, value in enumerate(self.values)}
+
+
+def _sort_key(value: object) -> tuple[int, object]:
+    # Integers sort numerically and before strings; everything else by its text.
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (0, int(value))
+    return (1, str(value))
+
+
+def label_text(value: object) -> str:
+    if isinstance(value, (np.integer,)):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def build_label_space(
+    train_labels: Sequence[object],
+    positive_label: str | None = None,
+    names: dict[str, str] | None = None,
+) -> LabelSpace:
+    """Classes come from the training labels; ``names`` maps raw values to display names."""
+    distinct = sorted(set(train_labels), key=_sort_key)
+    values = [label_text(v) for v in distinct]
+    if len(set(values)) != len(values):
+        raise DataError("labels mix types that read the same (e.g. 1 and '1'); use one type")
+    if len(values) < 2:
+        only = values[0] if values else "nothing"
+        raise DataError(
+            f"the training data has a single class ({only}); a classifier needs at least two"
+        )
+    if positive_label is not None:
+        if len(values) != 2:
+            raise DataError(
+                f"--positive-label applies to two-class tasks; this one has {len(values)} classes"
+            )
+        display = [(names or {}).get(v, v) for v in values]
+        if positive_label in values:
+            pos = values.index(positive_label)
+        elif positive_label in display:
+            pos = display.index(positive_label)
+        else:
+            raise DataError(
+                f"--positive-label {positive_label!r} is not a class; classes: {', '.join(values)}"
+            )
+        if pos == 0:
+            values.reverse()
+    display_names = tuple((names or {}).get(v, v) for v in values)
+    return LabelSpace(names=display_names, values=tuple(values))
+
+
+def encode_labels(labels: Sequence[object], space: LabelSpace, split: str, source: str) -> np.ndarray:
+    """Map raw labels to class indices; unknown labels fail with the rows that hold them."""
+    index = space.index_of()
+    encoded = np.empty(len(labels), dtype=np.int64)
+    unknown: list[int] = []
+    for row, value in enumerate(labels):
+        i = index.get(label_text(value))
+        if i is None:
+            unknown.append(row)
+            encoded[row] = -1
+        else:
+            encoded[row] = i
+    if unknown:
+        shown = sorted({label_text(labels[r]) for r in unknown})[:5]
+        raise DataError(
+            f"{source}: {len(unknown)} {split} rows have labels that the training data lacks "
+            f"({', '.join(map(repr, shown))}; rows {_rows(unknown)}); "
+            f"known labels: {', '.join(space.values[:20])}"
+        )
+    return encoded
+
+
+def _rows(rows: Sequence[int], limit: int = 8) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (", ..." if len(rows) > limit else "")
+
+
+def describe_rows(rows: Sequence[int]) -> str:
+    return _rows(rows)
+
+
+def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split ``range(len(labels))`` into parts of the given fractions, per class, seeded.
+
+    Each class is shuffled and cut at the same fractions, so every part keeps the
+    class balance. Indices inside a part are returned sorted (original order).
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    bounds = np.cumsum(fractions)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        members = members[rng.permutation(len(members))]
+        cuts = np.round(bounds * len(members)).astype(int)
+        start = 0
+        for p, cut in enumerate(cuts):
+            parts[p].append(members[start:cut])
+            start = cut
+    return [np.sort(np.concatenate(p)) if p else np.array([], dtype=np.int64) for p in parts]
+
+
+def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most ``n`` indices, class proportions kept (largest remainders), seeded."""
+    total = len(labels)
+    if n >= total:
+        return np.arange(total)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / total
+    take = np.floor(exact).astype(int)
+    # Hand out the remaining places by largest remainder, ties broken by seed.
+    remainder = exact - take
+    order = np.lexsort((rng.random(len(classes)), -remainder))
+    for i in order[: n - take.sum()]:
+        take[i] += 1
+    chosen = []
+    for cls, k in zip(classes, take):
+        members = np.flatnonzero(labels == cls)
+        chosen.append(members[rng.permutation(len(members))[:k]])
+    return np.sort(np.concatenate(chosen))

@@ -1,0 +1,140 @@
+"""Where a dataset lives: known names, TUNELAB_DATA_DIR, local paths, format detection."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import DataError
+
+TEXT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    name: str
+    modality: str  # text | image
+    local_names: tuple[str, ...]  # folders tried under TUNELAB_DATA_DIR, in order
+    hub_id: str
+
+
+KNOWN_DATASETS = {
+    "rotten_tomatoes": KnownDataset(
+        "rotten_tomatoes",
+        "text",
+        ("rotten_tomatoes/rt-polaritydata", "rt-polaritydata", "rotten_tomatoes"),
+        "cornell-movie-review-data/rotten_tomatoes",
+    ),
+    "tiny_imagenet": KnownDataset(
+        "tiny_imagenet",
+        "image",
+        ("tiny-imagenet-200", "tiny_imagenet/tiny-imagenet-200", "tiny_imagenet"),
+        "zh-plus/tiny-imagenet",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A resolved dataset: its format and where to read it (a path or a hub id)."""
+
+    spec: str  # as the user gave it
+    format: str  # rt-polarity | tiny-imagenet | image-folder | text-file | text-folder | hf-disk | hub
+    location: str
+    known: KnownDataset | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.format != "hub"
+
+
+def data_dir() -> Path | None:
+    value = os.environ.get("TUNELAB_DATA_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def split_name_of(stem: str) -> str | None:
+    """``train``, ``dev``, ``train-00000-of-00001`` -> canonical split name, else None."""
+    stem = stem.lower()
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            if stem == alias or stem.startswith(alias + "-") or stem.startswith(alias + "_"):
+                return split
+    return None
+
+
+def detect_format(path: Path) -> str:
+    """Name the layout of a local dataset path, or fail saying what was expected."""
+    if path.is_file():
+        if path.suffix.lower() in TEXT_FILE_SUFFIXES:
+            return "text-file"
+        raise DataError(
+            f"cannot read {path}: unknown file type '{path.suffix}'; "
+            f"use one of {', '.join(TEXT_FILE_SUFFIXES)}"
+        )
+    if not path.is_dir():
+        raise DataError(f"dataset path not found: {path}")
+    if (path / "rt-polarity.pos").is_file() and (path / "rt-polarity.neg").is_file():
+        return "rt-polarity"
+    if (path / "rt-polaritydata").is_dir():
+        return "rt-polarity"
+    if (path / "wnids.txt").is_file() or (path / "tiny-imagenet-200" / "wnids.txt").is_file():
+        return "tiny-imagenet"
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return "hf-disk"
+    files = [p for p in path.iterdir() if p.is_file()]
+    if any(p.suffix.lower() in TEXT_FILE_SUFFIXES and split_name_of(p.stem) for p in files):
+        return "text-folder"
+    data_sub = path / "data"
+    if data_sub.is_dir() and any(
+        p.suffix.lower() in TEXT_FILE_SUFFIXES and split_name_of(p.stem) for p in data_sub.iterdir()
+    ):
+        return "text-folder"
+    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if subdirs and any(_holds_images(d) for d in subdirs):
+        return "image-folder"
+    raise DataError(
+        f"cannot tell the format of {path}: expected split files (train.csv, test.jsonl, ...), "
+        "an rt-polarity or tiny-imagenet-200 folder, class folders of images, "
+        "or a dataset saved with save_to_disk"
+    )
+
+
+def _holds_images(folder: Path) -> bool:
+    for p in folder.rglob("*"):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            return True
+    return False
+
+
+def resolve_dataset(spec: str) -> DatasetSource:
+    """A known name (looked up under TUNELAB_DATA_DIR, else the hub) or a local path."""
+    if not spec:
+        raise DataError("no dataset given; pass --dataset NAME_OR_PATH")
+    known = KNOWN_DATASETS.get(spec)
+    if known is not None:
+        root = data_dir()
+        if root is not None:
+            for name in known.local_names:
+                candidate = root / name
+                if candidate.is_dir():
+                    try:
+                        fmt = detect_format(candidate)
+                    except DataError:
+                        continue
+                    return DatasetSource(spec, fmt, str(candidate), known)
+        return DatasetSource(spec, "hub", known.hub_id, known)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        known_names = ", ".join(KNOWN_DATASETS)
+        raise DataError(
+            f"dataset '{spec}' not found: not a local file or folder, nor a known name ({known_names})"
+        )
+    return DatasetSource(spec, detect_format(path), str(path))

@@ -1,0 +1,228 @@
+"""Frozen-encoder features: batched, length-sorted, dynamically padded, cached.
+
+The reference padded every sentence to 512 tokens and pushed texts through a
+generic pipeline one by one. Here texts are tokenised once, sorted by length
+so each batch pads only to its own longest member, and run under
+``torch.inference_mode``; results are cached on disk, keyed by everything that
+determines them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.config import RuntimeConfig, _choice, _positive
+from tunelab.models import ModelSource, load_text_encoder, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Bump when extraction changes in a way that alters the numbers.
+FEATURE_VERSION = 1
+
+
+@dataclasses.dataclass
+class FeatureConfig:
+    """How frozen features are computed."""
+
+    pooling: str = "cls"  # cls: first token's last hidden state; mean: masked mean of all kept tokens
+    max_length: int = 512  # tokens per text, capped by the model's own limit
+    batch_size: int = 64  # texts per forward pass; sorted batches pad little, so larger is faster
+    cache: bool = True  # reuse features computed before with identical inputs
+
+    def __post_init__(self) -> None:
+        _choice("features.pooling", self.pooling, ("cls", "mean"))
+        _positive("features.max_length", self.max_length)
+        _positive("features.batch_size", self.batch_size)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNELAB_CACHE_DIR", "~/.cache/tunelab")).expanduser()
+
+
+class FeatureCache:
+    """Arrays on disk under a content key; writes are atomic so a crash leaves no torn file."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = (root or cache_dir()) / "features"
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            logger.warning("ignoring unreadable cache file %s", path)
+            return None
+
+    def put(self, key: str, array: np.ndarray, meta: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, suffix=".npy.tmp", delete=False) as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(handle.name, self.path(key))
+        (self.root / f"{key}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def text_digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int):
+    """Right-pad token id lists to the batch's longest; returns (ids, mask) tensors."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches, longest first: memory peaks at once and padding stays minimal."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pool(hidden, mask, how: str):
+    """[CLS]: the first token. Mean: average over every token the mask keeps,
+    special tokens included, as sentence-transformers does."""
+    if how == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class TextFeatureExtractor:
+    """A frozen text encoder that maps texts to fixed-size vectors."""
+
+    def __init__(self, source: ModelSource, features: FeatureConfig, runtime: RuntimeConfig):
+        from tunelab.runtime import resolve_device, resolve_dtype
+
+        self.source = source
+        self.config = features
+        self.runtime = runtime
+        self.device = resolve_device(runtime.device)
+        self.dtype = resolve_dtype(runtime.precision, self.device)
+        self._tokenizer = None
+        self._model = None
+        self.seconds = 0.0  # time spent encoding, for throughput figures
+        self.encoded = 0
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.source)
+        return self._tokenizer
+
+    @property
+    def model(self):
+        if self._model is None:
+            model = load_text_encoder(self.source, dtype=self.dtype)
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    @property
+    def max_length(self) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", None) or self.config.max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None) or limit
+        return int(min(self.config.max_length, limit, positions))
+
+    def cache_key(self, texts: Sequence[str]) -> str:
+        parts = {
+            "version": FEATURE_VERSION,
+            "model": self.source.fingerprint(),
+            "pooling": self.config.pooling,
+            "max_length": self.config.max_length,
+            "precision": self.runtime.precision,
+            "texts": text_digest(texts),
+            "n": len(texts),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        encoded = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return encoded["input_ids"]
+
+    def encode(self, texts: Sequence[str], desc: str = "features") -> np.ndarray:
+        """Vectors for ``texts`` in their original order, float32."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        model = self.model
+        ids = self.tokenize(texts)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out: np.ndarray | None = None
+        start = time.perf_counter()
+        with torch.inference_mode(), tqdm(total=len(ids), desc=desc, unit="text", disable=None) as bar:
+            for batch in length_sorted_batches([len(s) for s in ids], self.config.batch_size):
+                input_ids, mask = pad_batch([ids[i] for i in batch], pad_id)
+                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                vectors = pool(hidden.float(), mask, self.config.pooling).cpu().numpy()
+                if out is None:
+                    out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
+                out[batch] = vectors
+                bar.update(len(batch))
+        self.seconds += time.perf_counter() - start
+        self.encoded += len(ids)
+        assert out is not None
+        return out
+
+
+def cached_features(
+    extractor: TextFeatureExtractor,
+    texts: Sequence[str],
+    desc: str,
+    cache: FeatureCache | None,
+) -> tuple[np.ndarray, bool]:
+    """Features for ``texts``, from the cache when an identical extraction ran before.
+    Returns (features, came_from_cache)."""
+    key = extractor.cache_key(texts) if cache is not None else None
+    if cache is not None and key is not None:
+        hit = cache.get(key)
+        if hit is not None and hit.shape[0] == len(texts):
+            logger.info("%s: %d feature vectors loaded from cache (%s)", desc, len(texts), cache.path(key))
+            return hit, True
+    features = extractor.encode(texts, desc=desc)
+    if cache is not None and key is not None:
+        cache.put(
+            key,
+            features,
+            {
+                "model": extractor.source.name,
+                "pooling": extractor.config.pooling,
+                "max_length": extractor.config.max_length,
+                "precision": extractor.runtime.precision,
+                "n": len(texts),
+            },
+        )
+    return features, False

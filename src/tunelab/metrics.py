@@ -1,0 +1,86 @@
+"""One metrics function for every task, any number of classes.
+
+``precision``/``recall``/``f1`` follow the reference convention: binary scores
+of the positive class (index 1) for two classes, support-weighted averages
+otherwise. The ``_macro`` forms are always present. The reference helper
+assumed two classes; this one does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    num_classes: int,
+    scores: np.ndarray | None = None,
+) -> dict[str, float | int]:
+    """Accuracy, precision, recall, F1 (reference convention and macro), n, and
+    top-5 accuracy when per-class ``scores`` are given for more than five classes."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    labels = list(range(num_classes))
+    average = "binary" if num_classes == 2 else "weighted"
+    p, r, f, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=average, pos_label=1, zero_division=0
+    )
+    pm, rm, fm, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    result: dict[str, float | int] = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f),
+        "precision_macro": float(pm),
+        "recall_macro": float(rm),
+        "f1_macro": float(fm),
+        "n": int(len(y_true)),
+    }
+    if scores is not None and scores.ndim == 2 and scores.shape[1] > 5:
+        result["top5_accuracy"] = top_k_accuracy(y_true, scores, 5)
+    return result
+
+
+def top_k_accuracy(y_true: np.ndarray, scores: np.ndarray, k: int) -> float:
+    top = np.argpartition(-scores, kth=min(k, scores.shape[1] - 1), axis=1)[:, :k]
+    return float(np.mean(np.any(top == np.asarray(y_true)[:, None], axis=1)))
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
+
+
+def top_confused_pairs(matrix: np.ndarray, class_names: Sequence[str], k: int = 10) -> list[dict]:
+    """The most frequent (true, predicted) mistakes: readable where a 200x200 picture is not."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:k]
+    pairs = []
+    for index in flat:
+        t, p = np.unravel_index(index, off.shape)
+        if off[t, p] == 0:
+            break
+        pairs.append({"true": class_names[t], "predicted": class_names[p], "count": int(off[t, p])})
+    return pairs
+
+
+def text_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> str:
+    return classification_report(
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
+    )

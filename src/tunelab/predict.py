@@ -1,0 +1,87 @@
+"""Predictions from a finished run directory, for new inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tunelab.config import from_dict
+from tunelab.errors import TunelabError
+
+
+@dataclasses.dataclass
+class Prediction:
+    input: str
+    label: str  # predicted class name
+    score: float  # probability of that class where the model gives one, else its decision value
+    score_kind: str  # probability | decision
+
+
+def _run_config(run_dir: Path) -> tuple[str, dict]:
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise TunelabError(f"{run_dir} is not a tunelab run directory (no config.yaml)")
+    values = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    command = values.pop("command", None)
+    if not (run_dir / "metrics.json").is_file():
+        raise TunelabError(f"{run_dir} holds no finished run (no metrics.json); rerun or resume it first")
+    return command, values
+
+
+def predict(run_dir: str | Path, inputs: Sequence[str]) -> list[Prediction]:
+    """Classify ``inputs`` with the model a run directory holds."""
+    run_dir = Path(run_dir)
+    command, values = _run_config(run_dir)
+    if not inputs:
+        raise TunelabError("nothing to predict: give texts as arguments or --input FILE")
+    if command == "probe":
+        return _predict_probe(run_dir, values, inputs)
+    raise TunelabError(f"predict does not support '{command}' runs yet")
+
+
+def _predict_probe(run_dir: Path, values: dict, inputs: Sequence[str]) -> list[Prediction]:
+    from tunelab.classifiers import class_scores, load_classifier
+    from tunelab.features import TextFeatureExtractor
+    from tunelab.models import resolve_model
+    from tunelab.tasks.probe import ProbeConfig
+
+    config = from_dict(ProbeConfig, values)
+    texts = _check_texts(inputs)
+    info = json.loads((run_dir / "model" / "probe.json").read_text(encoding="utf-8"))
+    estimator = load_classifier(run_dir / "model" / "classifier.skops")
+    extractor = TextFeatureExtractor(resolve_model(config.model), config.features, config.runtime)
+    features = extractor.encode(texts, desc="features")
+    scores, kind = class_scores(estimator, features)
+    predicted = np.asarray(estimator.predict(features))
+    names = info["class_names"]
+    return [
+        Prediction(text, names[p], float(scores[i, p]), kind)
+        for i, (text, p) in enumerate(zip(texts, predicted))
+    ]
+
+
+def _check_texts(inputs: Sequence[str]) -> list[str]:
+    bad = [i + 1 for i, t in enumerate(inputs) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise TunelabError(f"{len(bad)} inputs are empty (positions {', '.join(map(str, bad[:8]))})")
+    return list(inputs)
+
+
+def read_inputs(path: str | Path, column: str | None = None) -> list[str]:
+    """Texts from a CSV/JSONL/Parquet file (column ``text`` or ``column``) or a .txt, one per line."""
+    from tunelab.data.text import TEXT_ALTERNATIVES, _read_frame, pick_column
+
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"input file not found: {path}")
+    if path.suffix.lower() == ".txt":
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    frame = _read_frame(path)
+    name, _ = pick_column([str(c) for c in frame.columns], column, "text", TEXT_ALTERNATIVES,
+                          "--text-column", path.name)
+    return frame[name].tolist()

@@ -1,0 +1,56 @@
+"""Human-readable summaries of runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro",
+                  "f1_macro", "top5_accuracy")
+
+
+def metrics_table(splits: Mapping[str, Mapping[str, float]]) -> str:
+    present = [m for m in METRIC_COLUMNS if any(m in v for v in splits.values())]
+    lines = ["| split | n | " + " | ".join(present) + " |", "|---" * (len(present) + 2) + "|"]
+    for split, values in splits.items():
+        cells = [f"{values[m]:.4f}" if m in values else "" for m in present]
+        lines.append(f"| {split} | {values.get('n', '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
+                      class_reports: Mapping[str, str], notes: list[str]) -> str:
+    """report.md: metrics, settings, timings, per-class reports."""
+    lines = [
+        f"# tunelab {metrics['command']}: {metrics['model']} on {metrics['dataset']}",
+        "",
+        "## Metrics",
+        "",
+        metrics_table(metrics["splits"]),
+        "",
+    ]
+    params = metrics.get("params")
+    if params:
+        lines += [f"Parameters: {params['trainable']:,} trainable of {params['total']:,}.", ""]
+    extra = metrics.get("classifier")
+    if extra and extra.get("tuning"):
+        tuning = extra["tuning"]
+        tried = ", ".join(f"{c}: {s:.4f}" for c, s in tuning["scores"].items())
+        lines += [f"Tuned {tuning['parameter']} on {tuning['split']} {tuning['metric']}: "
+                  f"chose {tuning['chosen']} ({tried}).", ""]
+    timing = metrics.get("timing", {})
+    if timing:
+        lines += ["## Timing", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in timing.get("seconds", {}).items()]
+        lines += ["", "| throughput | per second |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in timing.get("throughput", {}).items()]
+        lines.append("")
+    if notes:
+        lines += ["## Data", ""] + [f"- {n}" for n in notes] + [""]
+    for split, report in class_reports.items():
+        lines += [f"## Per-class report: {split}", "", "```", report.rstrip(), "```", ""]
+    env = metrics.get("environment", {})
+    if env:
+        lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    lines += ["## Configuration", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    return "\n".join(lines)

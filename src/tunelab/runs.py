@@ -1,0 +1,242 @@
+"""The run directory: one writer for every task's outputs, and the run's trackers.
+
+Every file is written atomically (temporary file, then rename), and
+``metrics.json`` is written last, so a run that fails or is killed never
+leaves a torn or misleading ``metrics.json`` behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunelab.config import TrackingConfig
+from tunelab.errors import TunelabError
+
+logger = logging.getLogger(__name__)
+
+# Above this many classes a confusion matrix picture is unreadable; the most
+# confused pairs are listed instead.
+MAX_CLASSES_FOR_PICTURE = 30
+RUN_MARKERS = ("config.yaml", "metrics.json", "command.txt")
+
+
+def default_run_path(command: str) -> Path:
+    return Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("tunelab", "torch", "transformers", "datasets", "peft", "accelerate", "scikit-learn"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+class Tracker:
+    """TensorBoard always; W&B when asked and installed. Absence never breaks a run."""
+
+    def __init__(self, log_dir: Path, run_name: str, config: Mapping[str, Any], tracking: TrackingConfig):
+        self._tb = None
+        self._wandb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(log_dir))
+        except ImportError:
+            logger.warning("tensorboard is not installed; no event files will be written")
+        if tracking.wandb:
+            try:
+                import wandb
+
+                self._wandb = wandb.init(
+                    project=tracking.wandb_project, name=run_name, config=dict(config), dir=str(log_dir)
+                )
+            except Exception as exc:  # missing package, no login, offline: report and go on
+                logger.warning("W&B tracking is off: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+    def log(self, values: Mapping[str, float], step: int = 0) -> None:
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(dict(values), step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+class RunDirectory:
+    """Writes a run's files in the layout of DESIGN.md."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.started = time.time()
+        self._tracker: Tracker | None = None
+
+    @classmethod
+    def create(cls, out: str | os.PathLike | None, command: str, overwrite: bool = False,
+               resume: bool = False) -> RunDirectory:
+        path = Path(out) if out else default_run_path(command)
+        if path.exists() and not path.is_dir():
+            raise TunelabError(f"--out {path} is a file; pass a directory")
+        if path.is_dir() and any(path.iterdir()) and not resume:
+            if not overwrite:
+                raise TunelabError(
+                    f"--out {path} already holds files; choose a new directory or pass --overwrite"
+                )
+            if not any((path / marker).exists() for marker in RUN_MARKERS):
+                raise TunelabError(f"--overwrite refused: {path} does not look like a tunelab run directory")
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    # ------------------------------------------------------------------ plain files
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path / name
+        atomic_write_bytes(target, text.encode("utf-8"))
+        return target
+
+    def write_json(self, name: str, value: Any) -> Path:
+        return self.write_text(name, json.dumps(value, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+    def write_config(self, config_yaml: str) -> Path:
+        return self.write_text("config.yaml", config_yaml)
+
+    def write_command(self, argv: Sequence[str] | None) -> Path:
+        line = shlex.join(["tunelab", *argv]) if argv is not None else shlex.join(sys.argv)
+        versions = "\n".join(f"{k}=={v}" for k, v in package_versions().items())
+        return self.write_text("command.txt", f"{line}\n\n# versions\n{versions}\n")
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
+        return self.write_json("metrics.json", metrics)
+
+    def read_metrics(self) -> dict | None:
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    # ------------------------------------------------------------------ per-split outputs
+
+    def write_predictions(self, split: str, columns: Mapping[str, Sequence[Any]]) -> Path:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        names = list(columns)
+        writer.writerow(names)
+        for row in zip(*(columns[n] for n in names)):
+            writer.writerow([_csv_cell(v) for v in row])
+        return self.write_text(f"predictions/{split}.csv", buffer.getvalue())
+
+    def write_confusion(self, split: str, matrix: np.ndarray, class_names: Sequence[str],
+                        top_pairs: list[dict] | None = None) -> None:
+        payload = {"labels": list(class_names), "matrix": matrix.tolist(),
+                   "rows": "true class", "columns": "predicted class"}
+        if top_pairs is not None:
+            payload["top_confused_pairs"] = top_pairs
+        self.write_json(f"confusion_{split}.json", payload)
+        if len(class_names) <= MAX_CLASSES_FOR_PICTURE:
+            atomic_write_bytes(self.path / f"confusion_{split}.png", _confusion_png(matrix, class_names, split))
+
+    # ------------------------------------------------------------------ tracking
+
+    def tracker(self, run_name: str, config: Mapping[str, Any], tracking: TrackingConfig) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.path, run_name, config, tracking)
+        return self._tracker
+
+    def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+
+
+def environment(device: str) -> dict[str, str]:
+    versions = package_versions()
+    return {
+        "tunelab": versions.get("tunelab", "unknown"),
+        "torch": versions.get("torch", "unknown"),
+        "transformers": versions.get("transformers", "unknown"),
+        "python": versions["python"],
+        "device": device,
+        "platform": platform.platform(),
+    }
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix: {split}")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    if n <= 15:
+        for (t, p), count in np.ndenumerate(matrix):
+            ax.text(p, t, str(count), ha="center", va="center",
+                    color="white" if count > threshold else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

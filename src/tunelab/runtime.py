@@ -1,0 +1,58 @@
+"""Device, precision and seeding choices shared by every task."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+from tunelab.errors import ConfigError
+
+
+def resolve_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_dtype(precision: str, device):
+    """Weights' dtype for inference. fp16 on a CPU is slow or unsupported, so refuse it."""
+    import torch
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("--precision bf16: this GPU lacks bfloat16; use fp16 or fp32")
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise ConfigError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        return torch.float16
+    raise ConfigError(f"unknown precision {precision!r}")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun/accelerate environment variables."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
