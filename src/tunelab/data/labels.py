@@ -80,7 +80,8 @@ def build_label_space(
     return LabelSpace(names=display_names, values=tuple(values))
 
 
-def encode_labels(labels: Sequence[object], space: LabelSpace, split: str, source: str) -> np.ndarray:
+def encode_labels(labels: Sequence[object], space: LabelSpace, split: str, source: str,
+                  ids: Sequence[str] | None = None) -> np.ndarray:
     """Map raw labels to class indices; unknown labels fail with the rows that hold them."""
     index = space.index_of()
     encoded = np.empty(len(labels), dtype=np.int64)
@@ -96,7 +97,7 @@ def encode_labels(labels: Sequence[object], space: LabelSpace, split: str, sourc
         shown = sorted({label_text(labels[r]) for r in unknown})[:5]
         raise DataError(
             f"{source}: {len(unknown)} {split} rows have labels that the training data lacks "
-            f"({', '.join(map(repr, shown))}; rows {_rows(unknown)}); "
+            f"({', '.join(map(repr, shown))}; rows {_rows([ids[r] for r in unknown] if ids else unknown)}); "
             f"known labels: {', '.join(space.values[:20])}"
         )
     return encoded

@@ -251,8 +251,8 @@ def _split_files(folder: Path) -> list[tuple[Path, str]]:
 def read_rt_polarity(path: Path) -> _RawTable:
     """The sentence polarity files, split exactly as the Hugging Face ``rotten_tomatoes``.
 
-    Per class, lines [0, 80%) train, the next half of the rest validation, the
-    remainder test (4265 / 533 / 533 of 5331); positives first within each split.
+    Per class, lines [0, 80%) train, [80%, 90%) validation, the rest test (4265 /
+    533 / 533 of 5331), positives first within each split, lines stripped.
     """
     if (path / "rt-polaritydata").is_dir():
         path = path / "rt-polaritydata"
@@ -263,13 +263,12 @@ def read_rt_polarity(path: Path) -> _RawTable:
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError:  # the original 2005 release is latin-1
             text = file.read_bytes().decode("latin-1")
-        lines[polarity] = text.splitlines()
+        lines[polarity] = [line.strip() for line in text.splitlines()]
     splits: dict[str, _RawSplit] = {}
     for polarity in ("pos", "neg"):
         n = len(lines[polarity])
-        n_train = int(round(0.8 * n))
-        n_val = (n - n_train) // 2
-        bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+        i1, i2 = int(n * 0.8 + 0.5), int(n * 0.9 + 0.5)
+        bounds = {"train": (0, i1), "validation": (i1, i2), "test": (i2, n)}
         for split, (start, stop) in bounds.items():
             raw = splits.setdefault(split, _RawSplit([], [], [], f"rt-polarity ({split})"))
             raw.texts.extend(lines[polarity][start:stop])
@@ -399,7 +398,7 @@ def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
     splits = {
         name: TextSplit(
             list(raw.texts),  # type: ignore[arg-type]
-            encode_labels(raw.labels, space, name, raw.source),
+            encode_labels(raw.labels, space, name, raw.source, raw.ids),
             list(raw.ids),
         )
         for name, raw in table.splits.items()
