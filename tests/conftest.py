@@ -46,31 +46,34 @@ def need_rt(rt_available):
         pytest.skip("../shared/data/rotten_tomatoes is not present")
 
 
-def write_vocab(path: Path) -> Path:
+def tiny_vocab() -> dict[str, int]:
     letters = "abcdefghijklmnopqrstuvwxyz0123456789"
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,!?'\"-"]
     tokens += list(letters) + [f"##{c}" for c in letters] + WORDS
-    path.write_text("\n".join(dict.fromkeys(tokens)) + "\n", encoding="utf-8")
-    return path
+    return {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+
+
+def save_tiny_distilbert(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = DistilBertTokenizerFast(vocab=tiny_vocab(), do_lower_case=True, model_max_length=128)
+    assert tokenizer("sport music")["input_ids"][1:3] != [tokenizer.unk_token_id] * 2
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+        max_position_embeddings=128, dropout=0.0, attention_dropout=0.0,
+    )
+    DistilBertForSequenceClassification(config).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer DistilBERT with a ~130-token vocabulary, saved like a hub model."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-distilbert")
-    vocab = write_vocab(folder / "vocab.txt")
-    tokenizer = DistilBertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=128)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = DistilBertConfig(
-        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-        max_position_embeddings=128, dropout=0.0, attention_dropout=0.0,
-    )
-    DistilBertForSequenceClassification(config).save_pretrained(folder)
-    return folder
+    return save_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
 
 
 def write_csv(path: Path, rows: list[tuple[str, object]], header=("text", "label")) -> Path:

@@ -88,6 +88,38 @@ def build_parser() -> argparse.ArgumentParser:
     _switch(clf, "--tune", "classifier.tune", "choose C on the validation split")
     probe.set_defaults(handler=_run_probe)
 
+    finetune = commands.add_parser("finetune", help="fine-tune an encoder for classification (full or LoRA)",
+                                   description="Fine-tune for sequence classification: full or LoRA.")
+    _add_common(finetune, "distilbert-base-uncased")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its last checkpoint")
+    train = finetune.add_argument_group("training")
+    _flag(train, "--method", key="train.method", choices=["full", "lora"], help="default full")
+    _flag(train, "--epochs", key="train.epochs", type=float, help="train for N epochs (replaces max steps)")
+    _flag(train, "--max-steps", key="train.max_steps", type=int, help="optimiser steps (default 1000)")
+    _flag(train, "--lr", key="train.lr", type=float, help="learning rate (default 2e-5 full, 1e-3 LoRA)")
+    _flag(train, "--warmup", key="train.warmup", type=float, help="below 1: fraction of steps; else steps")
+    _flag(train, "--weight-decay", key="train.weight_decay", type=float, help="default 0.01")
+    _flag(train, "--batch-size", key="train.batch_size", type=int, help="per device (default 16)")
+    _flag(train, "--eval-batch-size", key="train.eval_batch_size", type=int, help="default 64")
+    _flag(train, "--grad-accum", key="train.grad_accum", type=int, help="gradient accumulation steps")
+    _flag(train, "--max-length", key="train.max_length", type=int, help="tokens per text (default 512)")
+    _flag(train, "--eval-every", key="train.eval_every", type=int, help="steps between evaluations (100)")
+    _flag(train, "--save-total-limit", key="train.save_total_limit", type=int, help="checkpoints kept (2)")
+    _flag(train, "--early-stopping", key="train.early_stopping", type=int, metavar="N",
+          help="stop after N evaluations without improvement")
+    _flag(train, "--metric", key="train.best_metric", choices=["accuracy", "f1", "f1_macro", "loss"],
+          help="validation metric that picks the best checkpoint (default accuracy)")
+    _switch(train, "--merge-lora", "train.merge_lora", "also save LoRA merged into full weights")
+    _switch(train, "--gradient-checkpointing", "train.gradient_checkpointing", "save memory on large models")
+    lora = finetune.add_argument_group("LoRA")
+    _flag(lora, "--lora-r", key="lora.r", type=int, help="rank (default 8)")
+    _flag(lora, "--lora-alpha", key="lora.alpha", type=float, help="scale (default 32)")
+    _flag(lora, "--lora-dropout", key="lora.dropout", type=float, help="default 0.1")
+    _flag(lora, "--lora-targets", key="lora.targets", metavar="M[,M]",
+          help="module names (default: the architecture's query/value projections)")
+    finetune.set_defaults(handler=_run_finetune)
+
     predict = commands.add_parser("predict", help="classify new inputs with a finished run",
                                   description="Classify texts with the model in a run directory.")
     predict.add_argument("run_dir", metavar="DIR")
@@ -120,6 +152,27 @@ def _run_probe(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = build_config(ProbeConfig, "probe", args.config, config_overrides(args))
     result = run_probe(config, out=args.out, overwrite=args.overwrite, argv=argv)
     _print_summary(result)
+    return 0
+
+
+def _run_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from tunelab.config import build_config
+    from tunelab.tasks.finetune import FinetuneConfig, run_finetune
+
+    overrides = config_overrides(args)
+    if "train.epochs" in overrides and "train.max_steps" not in overrides:
+        overrides["train.max_steps"] = None  # --epochs replaces the preset's step count
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        if overrides or args.config:
+            logger.warning("--resume continues with the run's own config.yaml; other settings are ignored")
+        config = build_config(FinetuneConfig, "finetune", str(Path(args.out) / "config.yaml"))
+    else:
+        config = build_config(FinetuneConfig, "finetune", args.config, overrides)
+    result = run_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
+    if result.metrics:  # only rank 0 of a distributed run reports
+        _print_summary(result)
     return 0
 
 

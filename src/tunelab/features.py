@@ -103,6 +103,17 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int, device):
+    """Yield (indices, input_ids, attention_mask) over length-sorted batches, on ``device``."""
+    for batch in length_sorted_batches([len(s) for s in ids], batch_size):
+        input_ids, mask = pad_batch([ids[i] for i in batch], pad_id)
+        yield batch, input_ids.to(device), mask.to(device)
+
+
 def pool(hidden, mask, how: str):
     """[CLS]: the first token. Mean: average over every token the mask keeps,
     special tokens included, as sentence-transformers does."""
@@ -179,13 +190,11 @@ class TextFeatureExtractor:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         model = self.model
         ids = self.tokenize(texts)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out: np.ndarray | None = None
         start = time.perf_counter()
         with torch.inference_mode(), tqdm(total=len(ids), desc=desc, unit="text", disable=None) as bar:
-            for batch in length_sorted_batches([len(s) for s in ids], self.config.batch_size):
-                input_ids, mask = pad_batch([ids[i] for i in batch], pad_id)
-                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+            for batch, input_ids, mask in sorted_padded_batches(ids, self.config.batch_size,
+                                                                pad_token_id(self.tokenizer), self.device):
                 hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 vectors = pool(hidden.float(), mask, self.config.pooling).cpu().numpy()
                 if out is None:

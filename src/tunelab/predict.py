@@ -41,6 +41,8 @@ def predict(run_dir: str | Path, inputs: Sequence[str]) -> list[Prediction]:
         raise TunelabError("nothing to predict: give texts as arguments or --input FILE")
     if command == "probe":
         return _predict_probe(run_dir, values, inputs)
+    if command == "finetune":
+        return _predict_finetune(run_dir, values, inputs)
     raise TunelabError(f"predict does not support '{command}' runs yet")
 
 
@@ -63,6 +65,29 @@ def _predict_probe(run_dir: Path, values: dict, inputs: Sequence[str]) -> list[P
         Prediction(text, names[p], float(scores[i, p]), kind)
         for i, (text, p) in enumerate(zip(texts, predicted))
     ]
+
+
+def _predict_finetune(run_dir: Path, values: dict, inputs: Sequence[str]) -> list[Prediction]:
+    from tunelab.runtime import resolve_device
+    from tunelab.tasks.finetune import (
+        FinetuneConfig,
+        effective_max_length,
+        load_finetuned,
+        predict_probabilities,
+    )
+
+    config = from_dict(FinetuneConfig, values)
+    texts = _check_texts(inputs)
+    device = resolve_device(config.runtime.device)
+    model, tokenizer = load_finetuned(run_dir, config)
+    model.to(device)
+    probabilities = predict_probabilities(
+        model, tokenizer, texts, config.train.eval_batch_size,
+        effective_max_length(tokenizer, model, config.train.max_length), device, config.runtime.precision)
+    names = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["data"]["class_names"]
+    predicted = probabilities.argmax(1)
+    return [Prediction(t, names[p], float(probabilities[i, p]), "probability")
+            for i, (t, p) in enumerate(zip(texts, predicted))]
 
 
 def _check_texts(inputs: Sequence[str]) -> list[str]:

@@ -1,0 +1,171 @@
+"""Training machinery shared by fine-tuning tasks: sampler, callbacks, checkpoints,
+distributed set-up. The loop itself is the Hugging Face Trainer's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+from transformers import TrainerCallback
+
+from tunelab.runs import Tracker
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+# Files the Trainer writes into a checkpoint; trainer_state.json comes last.
+CHECKPOINT_COMPLETE_MARKERS = ("trainer_state.json",)
+
+
+class SeededLengthGroupedSampler(Sampler[int]):
+    """Batches of similar length, shuffled reproducibly per epoch.
+
+    Indices are shuffled with a generator seeded by (seed, epoch), cut into
+    mega-batches of ``mega`` batches, and sorted by length inside each, so that
+    every batch pads little. Seeding per epoch (not from the global RNG, as the
+    Trainer's own sampler does) makes a resumed run draw exactly the batches an
+    uninterrupted run draws.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega = mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).numpy()
+        size = self.batch_size * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        # Shuffle whole batches; a short final batch stays last so batches stay aligned.
+        tail = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        for index in shuffled:
+            yield from batches[index].tolist()
+        for batch in tail:
+            yield from batch.tolist()
+
+
+class TrackerCallback(TrainerCallback):
+    """Forwards the Trainer's logs to the run's tracker: loss, learning rate,
+    validation metrics and samples/s."""
+
+    def __init__(self, tracker: Tracker | None, samples_per_step: int):
+        self.tracker = tracker
+        self.samples_per_step = samples_per_step
+        self._last = (0, time.perf_counter())
+
+    def on_log(self, args, state, control, logs: Mapping[str, float] | None = None, **kwargs):
+        if self.tracker is None or not logs or not state.is_world_process_zero:
+            return
+        values = {}
+        for key, value in logs.items():
+            if not isinstance(value, (int, float)):
+                continue
+            if key.startswith("eval_"):
+                values[f"validation/{key[5:]}"] = value
+            elif key in ("loss", "learning_rate", "grad_norm", "epoch"):
+                values[f"train/{'lr' if key == 'learning_rate' else key}"] = value
+        if "loss" in logs:
+            step, then = self._last
+            now = time.perf_counter()
+            if state.global_step > step and now > then:
+                values["train/samples_per_s"] = (state.global_step - step) * self.samples_per_step / (now - then)
+            self._last = (state.global_step, now)
+        if values:
+            self.tracker.log(values, step=state.global_step)
+
+
+class InterruptCallback(TrainerCallback):
+    """Ctrl-C during training: save a checkpoint at the end of the current step, then stop."""
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    def install(self) -> None:
+        if _in_main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.interrupted:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.interrupted = True
+        logger.warning("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose files were all written (a kill mid-save leaves a torn one)."""
+    if not folder.is_dir():
+        return None
+    candidates = []
+    for path in folder.iterdir():
+        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and path.name[len(CHECKPOINT_PREFIX):].isdigit():
+            if all((path / marker).is_file() for marker in CHECKPOINT_COMPLETE_MARKERS):
+                candidates.append((int(path.name[len(CHECKPOINT_PREFIX):]), path))
+    return max(candidates)[1] if candidates else None
+
+
+def init_distributed(device_type: str) -> tuple[int, int]:
+    """Join the process group torchrun/accelerate prepared; returns (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def broadcast_object(value, rank: int, world: int):
+    if world <= 1:
+        return value
+    import torch.distributed as dist
+
+    holder = [value if rank == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
