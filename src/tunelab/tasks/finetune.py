@@ -103,7 +103,7 @@ class LoraConfig:
     """Low-rank adapters (used with train.method=lora)."""
 
     r: int = 8
-    alpha: float = 32
+    alpha: float = 32.0
     dropout: float = 0.1
     targets: list[str] | None = None  # None: the architecture's attention query/value projections
 
@@ -263,7 +263,7 @@ def run_finetune(
 
     run_path = None
     if rank == 0:
-        run = _open_run_directory(out, config_yaml, overwrite, resume)
+        run = _open_run_directory(out, config, config_yaml, overwrite, resume)
         run_path = str(run.path)
     run_path = broadcast_object(run_path, rank, world)
     run = RunDirectory(Path(run_path))
@@ -350,7 +350,8 @@ def _relative(path: str | None, root: Path) -> str | None:
         return path
 
 
-def _open_run_directory(out, config_yaml: str, overwrite: bool, resume: bool) -> RunDirectory:
+def _open_run_directory(out, config: FinetuneConfig, config_yaml: str, overwrite: bool,
+                        resume: bool) -> RunDirectory:
     if resume:
         if out is None:
             raise TunelabError("--resume needs --out DIR: the run directory to continue")
@@ -359,7 +360,7 @@ def _open_run_directory(out, config_yaml: str, overwrite: bool, resume: bool) ->
             raise TunelabError(f"nothing to resume in {out}: no config.yaml")
         if (Path(out) / "metrics.json").is_file():
             raise TunelabError(f"{out} holds a finished run (metrics.json); nothing to resume")
-        if saved.read_text(encoding="utf-8") != config_yaml:
+        if finetune_config_from_run(Path(out)) != config:
             raise TunelabError(f"{out} was started with a different configuration; resume it with its own "
                                f"config.yaml (tunelab finetune --out {out} --resume, no other settings)")
         return RunDirectory.create(out, COMMAND, resume=True)
