@@ -38,6 +38,11 @@ def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
         tried = ", ".join(f"{c}: {s:.4f}" for c, s in tuning["scores"].items())
         lines += [f"Tuned {tuning['parameter']} on {tuning['split']} {tuning['metric']}: "
                   f"chose {tuning['chosen']} ({tried}).", ""]
+    training = metrics.get("training")
+    if training:
+        lines += ["## Training", ""]
+        lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in training.items() if value is not None]
+        lines.append("")
     timing = metrics.get("timing", {})
     if timing:
         lines += ["## Timing", "", "| step | seconds |", "|---|---|"]

@@ -278,8 +278,7 @@ def run_finetune(
     params = count_parameters(model)
     logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
 
-    trainer, interrupt, train_stats = _train(config, dataset, tokenizer, model, run, tracker, device,
-                                             world, resume)
+    trainer, interrupt, train_stats = _train(config, dataset, tokenizer, model, run, tracker, world, resume)
     if interrupt.interrupted:
         raise _Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
                            f"{run.path / 'checkpoints'}; continue with: tunelab finetune --out {run.path} --resume")
@@ -369,27 +368,27 @@ def _open_run_directory(out, config: FinetuneConfig, config_yaml: str, overwrite
     return run
 
 
-def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: RunDirectory, tracker,
-           device, world: int, resume: bool):
+def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, output_dir: Path,
+                  tracker=None, world: int = 1, evaluate: bool = True):
+    """The Trainer tunelab trains with: dynamic padding, seeded length-grouped batches,
+    length-sorted evaluation batches, metrics from argmax ids only. Returns
+    (trainer, interrupt callback)."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
 
     from tunelab.metrics import classification_metrics
-    from tunelab.training import (
-        InterruptCallback,
-        SeededLengthGroupedSampler,
-        TrackerCallback,
-        last_complete_checkpoint,
-    )
+    from tunelab.training import InterruptCallback, SeededLengthGroupedSampler, TrackerCallback
 
     train_cfg = config.train
+    device = resolve_device(config.runtime.device)
     max_length = effective_max_length(tokenizer, model, train_cfg.max_length)
     train = dataset.splits["train"]
-    validation = dataset.splits["validation"]
     train_ds = tokenized_dataset(tokenizer, train.texts, train.labels, max_length)
-    # Evaluation batches in length order: little padding; metrics do not depend on order.
-    val_lengths = [len(t) for t in validation.texts]
-    val_ds = tokenized_dataset(tokenizer, validation.texts, validation.labels, max_length,
-                               order=np.argsort(val_lengths, kind="stable"))
+    val_ds = None
+    if evaluate:
+        # Evaluation batches in length order: little padding; metrics do not depend on order.
+        validation = dataset.splits["validation"]
+        val_ds = tokenized_dataset(tokenizer, validation.texts, validation.labels, max_length,
+                                   order=np.argsort([len(t) for t in validation.texts], kind="stable"))
 
     samples_per_step = train_cfg.batch_size * train_cfg.grad_accum * world
     steps_per_epoch = math.ceil(len(train_ds) / samples_per_step)
@@ -398,9 +397,14 @@ def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: 
     warmup = train_cfg.warmup if train_cfg.warmup < 1 else int(train_cfg.warmup)
     precision = config.runtime.precision
     num_classes = len(dataset.class_names)
+    schedule = dict(eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
+                    save_total_limit=train_cfg.save_total_limit, load_best_model_at_end=True,
+                    metric_for_best_model=train_cfg.best_metric,
+                    greater_is_better=train_cfg.best_metric != "loss") if evaluate else \
+        dict(eval_strategy="no", save_strategy="no")
 
     args = TrainingArguments(
-        output_dir=str(run.path / "checkpoints"),
+        output_dir=str(output_dir),
         per_device_train_batch_size=train_cfg.batch_size,
         per_device_eval_batch_size=train_cfg.eval_batch_size,
         gradient_accumulation_steps=train_cfg.grad_accum,
@@ -408,14 +412,6 @@ def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: 
         weight_decay=train_cfg.weight_decay,
         warmup_steps=warmup,
         max_steps=total_steps,
-        eval_strategy="steps",
-        eval_steps=eval_every,
-        save_strategy="steps",
-        save_steps=eval_every,
-        save_total_limit=train_cfg.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=train_cfg.best_metric,
-        greater_is_better=train_cfg.best_metric != "loss",
         logging_steps=train_cfg.logging_steps,
         report_to="none",
         seed=config.seed,
@@ -425,9 +421,8 @@ def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: 
         use_cpu=device.type == "cpu",
         ddp_backend="gloo" if (world > 1 and device.type == "cpu") else None,
         dataloader_num_workers=0,
-        remove_unused_columns=True,
         length_column_name="length",
-        disable_tqdm=False,
+        **schedule,
     )
 
     def preprocess_logits(logits, labels):
@@ -450,14 +445,40 @@ def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: 
 
     interrupt = InterruptCallback()
     callbacks = [TrackerCallback(tracker, samples_per_step), interrupt]
-    if train_cfg.early_stopping:
+    if evaluate and train_cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping))
     trainer = LengthGroupedTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits,
+        compute_metrics=compute_metrics if evaluate else None,
+        preprocess_logits_for_metrics=preprocess_logits if evaluate else None,
         callbacks=callbacks,
     )
+    _quiet_progress(trainer)
+    return trainer, interrupt
+
+
+def _quiet_progress(trainer) -> None:
+    """Keep the Trainer's progress bars (rate, ETA) but not its raw log dictionaries;
+    evaluations are reported through the logger instead."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgressCallback(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "eval_accuracy" in logs:
+                logger.info("step %d: validation accuracy %.4f, loss %.4f", state.global_step,
+                            logs["eval_accuracy"], logs.get("eval_loss", float("nan")))
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgressCallback())
+
+
+def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: RunDirectory, tracker,
+           world: int, resume: bool):
+    from tunelab.training import last_complete_checkpoint
+
+    trainer, interrupt = build_trainer(config, dataset, tokenizer, model, run.path / "checkpoints",
+                                       tracker, world)
     checkpoint = None
     if resume:
         checkpoint = last_complete_checkpoint(run.path / "checkpoints")
