@@ -116,6 +116,7 @@ def test_python_api(tiny_bert_dir, topic_folder, tmp_path):
     config = tunelab.ProbeConfig(model=str(tiny_bert_dir), data=DataConfig(dataset=str(topic_folder),
                                  splits=["test"]))
     result = tunelab.probe(config, out=tmp_path / "api")
+    assert isinstance(result, tunelab.RunResult)
     assert set(result.metrics["splits"]) == {"test"}
     assert (result.run_dir / "predictions" / "test.csv").is_file()
     assert not (result.run_dir / "predictions" / "validation.csv").exists()
