@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
           help="module names (default: the architecture's query/value projections)")
     finetune.set_defaults(handler=_run_finetune)
 
+    info = commands.add_parser("info", help="parameter counts of a model, with or without LoRA",
+                               description="Total and trainable parameter counts (no weights are loaded).")
+    info.add_argument("--model", required=True, help="hub id, local directory, alias, or a shipped architecture")
+    info.add_argument("--random-init", action="store_true",
+                      help="use tunelab's shipped architecture config (no network, no weights)")
+    info.add_argument("--lora-r", type=int, help="count a LoRA-wrapped model of this rank")
+    info.add_argument("--lora-alpha", type=float, default=32.0)
+    info.add_argument("--lora-targets", help="comma-separated module names (default: query/value projections)")
+    info.add_argument("--num-labels", type=int, help="text models: add a classification head of N classes")
+    info.set_defaults(handler=_run_info)
+
     predict = commands.add_parser("predict", help="classify new inputs with a finished run",
                                   description="Classify texts with the model in a run directory.")
     predict.add_argument("run_dir", metavar="DIR")
@@ -176,6 +187,16 @@ def _run_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.info import model_info
+
+    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
+    info = model_info(args.model, random_init=args.random_init, lora_r=args.lora_r, lora_targets=targets,
+                      lora_alpha=args.lora_alpha, num_labels=args.num_labels)
+    print(info.describe())
+    return 0
+
+
 def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from tunelab.predict import predict, read_inputs
     from tunelab.runs import atomic_write_bytes
@@ -217,6 +238,10 @@ def _setup_logging(quiet: bool) -> None:
         stream=sys.stderr,
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notices
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     try:
         import transformers
 

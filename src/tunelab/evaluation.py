@@ -3,6 +3,7 @@ so every task writes the same files in the same form."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,30 +13,81 @@ from tunelab.runs import RunDirectory
 
 # Per-class score columns in predictions CSVs up to this many classes; beyond, top-5.
 MAX_SCORE_COLUMNS = 10
+TOP_K = 5
+
+
+@dataclasses.dataclass
+class ClassScores:
+    """Predictions with their scores, kept in O(n) memory for many classes: the full
+    (n, classes) matrix only up to MAX_SCORE_COLUMNS classes, else the top-k."""
+
+    predicted: np.ndarray  # (n,) class index
+    score: np.ndarray  # (n,) score of the predicted class
+    top_indices: np.ndarray  # (n, k) best classes first
+    top_scores: np.ndarray  # (n, k)
+    full: np.ndarray | None = None  # (n, classes) when kept
+    kind: str = "score"  # probability | decision | similarity
+
+    @classmethod
+    def from_full(cls, scores: np.ndarray, kind: str, predicted: np.ndarray | None = None) -> ClassScores:
+        k = min(TOP_K, scores.shape[1])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        predicted = top[:, 0] if predicted is None else np.asarray(predicted)
+        keep = scores if scores.shape[1] <= MAX_SCORE_COLUMNS else None
+        return cls(predicted, scores[np.arange(len(scores)), predicted], top,
+                   np.take_along_axis(scores, top, axis=1), keep, kind)
+
+
+class ScoreAccumulator:
+    """Collects batches of per-class scores into a ClassScores without ever holding
+    a (n, classes) block for many classes (the reference ran out of memory there)."""
+
+    def __init__(self, n: int, num_classes: int, kind: str):
+        self.k = min(TOP_K, num_classes)
+        self.top_indices = np.zeros((n, self.k), dtype=np.int64)
+        self.top_scores = np.zeros((n, self.k), dtype=np.float32)
+        self.full = np.zeros((n, num_classes), dtype=np.float32) if num_classes <= MAX_SCORE_COLUMNS else None
+        self.seen = np.zeros(n, dtype=bool)
+        self.kind = kind
+
+    def add(self, rows: np.ndarray, scores) -> None:
+        """``scores``: a (batch, classes) torch tensor or array for dataset ``rows``."""
+        import torch
+
+        scores = torch.as_tensor(scores).float()
+        values, indices = scores.topk(self.k, dim=1)
+        self.top_indices[rows] = indices.cpu().numpy()
+        self.top_scores[rows] = values.cpu().numpy()
+        if self.full is not None:
+            self.full[rows] = scores.cpu().numpy()
+        self.seen[rows] = True
+
+    def result(self, keep: np.ndarray | None = None) -> ClassScores:
+        keep = self.seen if keep is None else keep
+        full = self.full[keep] if self.full is not None else None
+        return ClassScores(self.top_indices[keep, 0], self.top_scores[keep, 0], self.top_indices[keep],
+                           self.top_scores[keep], full, self.kind)
 
 
 def prediction_columns(
     ids: Sequence[str],
     inputs: tuple[str, Sequence[str]],
     class_names: Sequence[str],
-    y_pred: np.ndarray,
-    scores: np.ndarray,
+    scores: ClassScores,
     y_true: np.ndarray | None = None,
-    score_kind: str = "score",
 ) -> dict[str, list]:
     """Rows of a predictions table: id, the input, label and prediction as class names, scores."""
     names = np.asarray(class_names, dtype=object)
     columns: dict[str, list] = {"id": list(ids), inputs[0]: list(inputs[1])}
     if y_true is not None:
         columns["label"] = names[y_true].tolist()
-    columns["prediction"] = names[y_pred].tolist()
-    columns[score_kind] = scores[np.arange(len(y_pred)), y_pred].tolist()
-    if len(class_names) <= MAX_SCORE_COLUMNS:
+    columns["prediction"] = names[scores.predicted].tolist()
+    columns[scores.kind] = scores.score.tolist()
+    if scores.full is not None:
         for index, name in enumerate(class_names):
-            columns[f"{score_kind}_{name}"] = scores[:, index].tolist()
+            columns[f"{scores.kind}_{name}"] = scores.full[:, index].tolist()
     else:
-        top = np.argsort(-scores, axis=1)[:, :5]
-        columns["top5"] = [" | ".join(names[row]) for row in top]
+        columns["top5"] = [" | ".join(names[row]) for row in scores.top_indices]
     return columns
 
 
@@ -44,18 +96,14 @@ def evaluate_split(
     split: str,
     class_names: Sequence[str],
     y_true: np.ndarray,
-    y_pred: np.ndarray,
-    scores: np.ndarray,
+    scores: ClassScores,
     ids: Sequence[str],
     inputs: tuple[str, Sequence[str]],
-    score_kind: str = "score",
 ) -> tuple[dict, str]:
     """Write the split's predictions and confusion matrix; return (metrics, text report)."""
     num_classes = len(class_names)
-    metrics = classification_metrics(y_true, y_pred, num_classes, scores)
-    run.write_predictions(
-        split, prediction_columns(ids, inputs, class_names, y_pred, scores, y_true, score_kind)
-    )
-    matrix = confusion(y_true, y_pred, num_classes)
+    metrics = classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
+    run.write_predictions(split, prediction_columns(ids, inputs, class_names, scores, y_true))
+    matrix = confusion(y_true, scores.predicted, num_classes)
     run.write_confusion(split, matrix, class_names, top_confused_pairs(matrix, class_names))
-    return metrics, text_report(y_true, y_pred, class_names)
+    return metrics, text_report(y_true, scores.predicted, class_names)

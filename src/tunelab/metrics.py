@@ -24,9 +24,11 @@ def classification_metrics(
     y_pred: np.ndarray,
     num_classes: int,
     scores: np.ndarray | None = None,
+    top_indices: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """Accuracy, precision, recall, F1 (reference convention and macro), n, and
-    top-5 accuracy when per-class ``scores`` are given for more than five classes."""
+    top-5 accuracy for more than five classes when per-class ``scores`` or the
+    ``top_indices`` (n, >=5) of each example's best classes are given."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     labels = list(range(num_classes))
@@ -47,8 +49,11 @@ def classification_metrics(
         "f1_macro": float(fm),
         "n": int(len(y_true)),
     }
-    if scores is not None and scores.ndim == 2 and scores.shape[1] > 5:
-        result["top5_accuracy"] = top_k_accuracy(y_true, scores, 5)
+    if num_classes > 5:
+        if top_indices is not None and top_indices.shape[1] >= 5:
+            result["top5_accuracy"] = float(np.mean(np.any(top_indices[:, :5] == y_true[:, None], axis=1)))
+        elif scores is not None:
+            result["top5_accuracy"] = top_k_accuracy(y_true, scores, 5)
     return result
 
 

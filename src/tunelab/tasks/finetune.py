@@ -29,7 +29,7 @@ from tunelab.config import (
 )
 from tunelab.data.text import TextDataset, load_text_dataset
 from tunelab.errors import ConfigError, ModelError, TunelabError
-from tunelab.evaluation import evaluate_split
+from tunelab.evaluation import ClassScores, evaluate_split
 from tunelab.models import ModelSource, count_parameters, load_config, load_tokenizer, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import resolve_device, seed_everything
@@ -297,8 +297,8 @@ def run_finetune(
         probabilities = predict_probabilities(model, tokenizer, data.texts, config.train.eval_batch_size,
                                               max_length, device, config.runtime.precision)
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, probabilities.argmax(1), probabilities,
-            data.ids, ("text", data.texts), "probability")
+            run, split, dataset.class_names, data.labels, ClassScores.from_full(probabilities, "probability"),
+            data.ids, ("text", data.texts))
         if tracker is not None:
             tracker.log({f"final/{split}/{k}": v for k, v in split_metrics[split].items() if k != "n"},
                         step=trainer.state.global_step)

@@ -17,7 +17,7 @@ import numpy as np
 from tunelab.classifiers import ClassifierConfig, class_scores, fit_classifier, save_classifier
 from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, dump_yaml, to_dict
 from tunelab.data.text import load_text_dataset
-from tunelab.evaluation import evaluate_split
+from tunelab.evaluation import ClassScores, evaluate_split
 from tunelab.features import FeatureCache, FeatureConfig, TextFeatureExtractor, cached_features
 from tunelab.models import count_parameters_from_config, resolve_model
 from tunelab.runs import RunDirectory, environment
@@ -100,12 +100,10 @@ def run_probe(
     split_metrics, reports, score_kind = {}, {}, "score"
     for split in eval_splits:
         data = dataset.splits[split]
-        scores, score_kind = class_scores(estimator, features[split])
-        predicted = np.asarray(estimator.predict(features[split]))
+        full, score_kind = class_scores(estimator, features[split])
+        scores = ClassScores.from_full(full, score_kind, predicted=estimator.predict(features[split]))
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, predicted, scores,
-            data.ids, ("text", data.texts), score_kind,
-        )
+            run, split, dataset.class_names, data.labels, scores, data.ids, ("text", data.texts))
     eval_seconds = time.perf_counter() - start
 
     params = count_parameters_from_config(source)
