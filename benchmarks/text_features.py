@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         outputs[precision], rates[precision] = timed(lambda t, e=extractor: e.encode(t))
     same = np.abs(outputs["fp32"] - reference).max()
 
-    print(f"\n| extractor | sentences/s | ratio |\n|---|---|---|")
+    print("\n| extractor | sentences/s | ratio |\n|---|---|---|")
     print(f"| reference pipeline, chunks of 16, fp32 | {reference_rate:.1f} | 1.00 |")
     for precision in ("fp32", "bf16"):
         print(f"| tunelab, batch {args.batch_size}, {precision} | {rates[precision]:.1f} | "

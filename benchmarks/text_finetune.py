@@ -103,11 +103,13 @@ def main(argv=None) -> int:
         rates["tunelab"] = _timed_train(trainer, args.batch_size, steps)
 
     print("\n| recipe | train samples/s | tunelab ratio |\n|---|---|---|")
-    print(f"| (a) reference: pad to 512, Trainer | {rates['reference']:.1f} | {rates['tunelab'] / rates['reference']:.2f} |")
-    print(f"| (b) Trainer + DataCollatorWithPadding | {rates['trainer']:.1f} | {rates['tunelab'] / rates['trainer']:.2f} |")
+    for key, label in (("reference", "(a) reference: pad to 512, Trainer"),
+                       ("trainer", "(b) Trainer + DataCollatorWithPadding")):
+        print(f"| {label} | {rates[key]:.1f} | {rates['tunelab'] / rates[key]:.2f} |")
     print(f"| (c) tunelab | {rates['tunelab']:.1f} | 1.00 |")
     print(json.dumps({
-        "benchmark": "text_finetune", "model": args.model, "texts": n, "steps": steps, "reference_steps": reference_steps,
+        "benchmark": "text_finetune", "model": args.model, "texts": n, "steps": steps,
+        "reference_steps": reference_steps,
         "reference_per_s": round(rates["reference"], 1), "trainer_per_s": round(rates["trainer"], 1),
         "tunelab_per_s": round(rates["tunelab"], 1),
         "ratio_vs_reference": round(rates["tunelab"] / rates["reference"], 2),

@@ -112,3 +112,63 @@ def topic_folder(tmp_path) -> Path:
     write_csv(folder / "dev.csv", topic_rows(8, seed=2))
     write_csv(folder / "test.csv", topic_rows(8, seed=3))
     return folder
+
+
+# --------------------------------------------------------------------------- images and CLIP
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer-per-tower CLIP on 32x32 images with a character-level tokenizer."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from tunelab.architectures import char_clip_tokenizer, clip_image_processor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = char_clip_tokenizer(model_max_length=32)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=len(tokenizer) - 2,
+                         eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    clip_image_processor(32).save_pretrained(folder)
+    return folder
+
+
+def write_colour_images(root: Path, per_class: int, seed: int = 0, size: int = 40) -> Path:
+    """class_name/*.png: noisy squares of one colour per class, each with a random shape."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3))
+            x, y = rng.integers(0, size // 2, 2)
+            pixels[y:y + size // 2, x:x + size // 2] = rgb
+            Image.fromarray(pixels.astype("uint8")).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def colour_folder(tmp_path_factory) -> Path:
+    """An image folder with train/validation/test splits of three colour classes."""
+    root = tmp_path_factory.mktemp("colours")
+    write_colour_images(root / "train", 24, seed=1)
+    write_colour_images(root / "validation", 8, seed=2)
+    write_colour_images(root / "test", 8, seed=3)
+    return root

@@ -176,7 +176,8 @@ def test_non_string_text_in_jsonl(tmp_path):
 
 def test_label_unseen_in_train(topic_folder):
     write_csv(topic_folder / "test.csv", [("sport red", "sport"), ("art", "painting")])
-    with pytest.raises(DataError, match=r"test.csv: 1 test rows have labels that the training data lacks \('painting'; rows 2\)"):
+    message = r"test.csv: 1 test rows have labels that the training data lacks \('painting'; rows 2\)"
+    with pytest.raises(DataError, match=message):
         load(topic_folder)
 
 

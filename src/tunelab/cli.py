@@ -62,6 +62,14 @@ def _add_common(parser: argparse.ArgumentParser, default_model: str) -> None:
     _switch(runtime, "--wandb", "tracking.wandb", "also log to Weights & Biases (honours WANDB_MODE)")
 
 
+def _add_image_flags(parser: argparse.ArgumentParser) -> None:
+    images = parser.add_argument_group("images")
+    _flag(images, "--batch-size", key="images.batch_size", type=int, help="images per batch (default 64)")
+    _flag(images, "--num-workers", key="images.num_workers", type=int,
+          help="DataLoader worker processes that decode images (default: up to 4)")
+    _switch(images, "--strict", "images.strict", "stop at the first unreadable image instead of skipping it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -119,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(lora, "--lora-targets", key="lora.targets", metavar="M[,M]",
           help="module names (default: the architecture's query/value projections)")
     finetune.set_defaults(handler=_run_finetune)
+
+    zeroshot = commands.add_parser("zeroshot", help="CLIP zero-shot image classification",
+                                   description="CLIP zero-shot: class prompts against images, no training.")
+    _add_common(zeroshot, "openai/clip-vit-base-patch16")
+    _add_image_flags(zeroshot)
+    _flag(zeroshot, "--templates", key="templates", metavar="simple|ensemble|FILE",
+          help="prompt templates (default simple: 'a photo of a {}')")
+    zeroshot.set_defaults(handler=_run_zeroshot)
 
     info = commands.add_parser("info", help="parameter counts of a model, with or without LoRA",
                                description="Total and trainable parameter counts (no weights are loaded).")
@@ -184,6 +200,15 @@ def _run_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     result = run_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
     if result.metrics:  # only rank 0 of a distributed run reports
         _print_summary(result)
+    return 0
+
+
+def _run_zeroshot(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.config import build_config
+    from tunelab.tasks.zeroshot import ZeroshotConfig, run_zeroshot
+
+    config = build_config(ZeroshotConfig, "zeroshot", args.config, config_overrides(args))
+    _print_summary(run_zeroshot(config, out=args.out, overwrite=args.overwrite, argv=argv))
     return 0
 
 

@@ -4,10 +4,11 @@ distributed set-up. The loop itself is the Hugging Face Trainer's."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
-from tunelab.runs import Tracker
+from tunelab.errors import TunelabError
+from tunelab.runs import RunDirectory, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +171,99 @@ def barrier(world: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+class Interrupted(TunelabError):
+    """Training stopped by Ctrl-C after saving a checkpoint."""
+
+    exit_code = 130
+
+
+def relative_path(path: str | None, root: Path) -> str | None:
+    if not path:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return path
+
+
+def open_run_directory(out, command: str, config, config_yaml: str, overwrite: bool, resume: bool,
+                       saved_config: Callable[[Path], object]) -> RunDirectory:
+    """A new run directory, or with ``resume`` the unfinished one in ``out``, whose saved
+    configuration must equal ``config``."""
+    if resume:
+        if out is None:
+            raise TunelabError("--resume needs --out DIR: the run directory to continue")
+        if not (Path(out) / "config.yaml").is_file():
+            raise TunelabError(f"nothing to resume in {out}: no config.yaml")
+        if (Path(out) / "metrics.json").is_file():
+            raise TunelabError(f"{out} holds a finished run (metrics.json); nothing to resume")
+        if saved_config(Path(out)) != config:
+            raise TunelabError(f"{out} was started with a different configuration; resume it with its own "
+                               f"config.yaml (tunelab {command} --out {out} --resume, no other settings)")
+        return RunDirectory.create(out, command, resume=True)
+    run = RunDirectory.create(out, command, overwrite=overwrite)
+    run.write_config(config_yaml)
+    return run
+
+
+def quiet_progress(trainer) -> None:
+    """Keep the Trainer's progress bars (rate, ETA) but not its raw log dictionaries;
+    evaluations are reported through the logger instead."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgressCallback(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "eval_accuracy" in logs:
+                logger.info("step %d: validation accuracy %.4f, loss %.4f", state.global_step,
+                            logs["eval_accuracy"], logs.get("eval_loss", float("nan")))
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgressCallback())
+
+
+def total_steps(train, num_examples: int, world: int) -> int:
+    if train.max_steps:
+        return train.max_steps
+    per_step = train.batch_size * train.grad_accum * world
+    return math.ceil(math.ceil(num_examples / per_step) * (train.epochs or 3))
+
+
+def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples: int, world: int,
+                       evaluate: bool = True, **extra):
+    """TrainingArguments from tunelab's TrainConfig: the schedule, evaluation and
+    checkpoint cadence, best-model selection, precision, and CPU data parallelism."""
+    from transformers import TrainingArguments
+
+    from tunelab.runtime import resolve_device
+
+    device = resolve_device(runtime.device)
+    steps = total_steps(train, num_examples, world)
+    every = min(train.eval_every, steps)
+    schedule = dict(eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
+                    save_total_limit=train.save_total_limit, load_best_model_at_end=True,
+                    metric_for_best_model=train.best_metric,
+                    greater_is_better=train.best_metric != "loss") if evaluate else \
+        dict(eval_strategy="no", save_strategy="no")
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup if train.warmup < 1 else int(train.warmup),
+        max_steps=steps,
+        logging_steps=train.logging_steps,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=runtime.precision == "bf16",
+        fp16=runtime.precision == "fp16",
+        use_cpu=device.type == "cpu",
+        ddp_backend="gloo" if (world > 1 and device.type == "cpu") else None,
+        gradient_checkpointing=train.gradient_checkpointing,
+        **schedule,
+        **extra,
+    )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -151,3 +152,68 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         members = np.flatnonzero(labels == cls)
         chosen.append(members[rng.permutation(len(members))[:k]])
     return np.sort(np.concatenate(chosen))
+
+
+# A missing validation or test split is carved out of train with these fractions.
+SPLIT_FRACTION = 0.1
+SINGLE_FILE_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+@dataclass
+class LabelledData:
+    """Validated splits of a classification task, whatever the inputs are."""
+
+    name: str
+    label_space: LabelSpace
+    splits: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # what was inferred or made, for the report
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.label_space.names)
+
+    def eval_split_names(self, requested: Sequence[str] | None = None) -> list[str]:
+        if requested:
+            missing = [s for s in requested if s not in self.splits]
+            if missing:
+                raise DataError(f"split '{missing[0]}' does not exist; splits here: {', '.join(self.splits)}")
+            return list(requested)
+        return [s for s in self.splits if s != "train"]
+
+
+def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], list[str]]:
+    """Make missing validation/test splits from train, stratified and seeded; a lone
+    split named "all" is cut 80/10/10. Splits need ``.labels`` and ``.subset()``."""
+    notes = []
+    if "all" in splits:
+        whole = splits.pop("all")
+        parts = stratified_indices(whole.labels, SINGLE_FILE_FRACTIONS, seed)
+        splits.update({name: whole.subset(idx) for name, idx in zip(("train", "validation", "test"), parts)})
+        notes.append(f"split the single file 80/10/10 into train/validation/test (stratified, seed {seed})")
+        return splits, notes
+    missing = [s for s in ("validation", "test") if s not in splits]
+    if missing:
+        train = splits["train"]
+        fractions = [1.0 - SPLIT_FRACTION * len(missing)] + [SPLIT_FRACTION] * len(missing)
+        parts = stratified_indices(train.labels, fractions, seed)
+        splits["train"] = train.subset(parts[0])
+        for name, idx in zip(missing, parts[1:]):
+            splits[name] = train.subset(idx)
+            notes.append(f"made the {name} split from {SPLIT_FRACTION:.0%} of train (stratified, seed {seed})")
+    return splits, notes
+
+
+def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | None, seed: int,
+               notes: list[str]) -> dict[str, Any]:
+    """Stratified, seeded caps: ``max_train`` on train, ``max_eval`` on every other split."""
+    capped = {}
+    for name, split in splits.items():
+        cap = max_train if name == "train" else max_eval
+        if cap is not None and cap < len(split):
+            capped[name] = split.subset(stratified_subsample(split.labels, cap, seed))
+            notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {seed})")
+        else:
+            capped[name] = split
+    return capped
+
+

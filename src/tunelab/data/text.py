@@ -18,13 +18,14 @@ import numpy as np
 
 from tunelab.config import DataConfig
 from tunelab.data.labels import (
+    LabelledData,
     LabelSpace,
+    apply_caps,
     build_label_space,
+    complete_splits,
     describe_rows,
     encode_labels,
     label_text,
-    stratified_indices,
-    stratified_subsample,
 )
 from tunelab.data.sources import (
     TEXT_FILE_SUFFIXES,
@@ -39,9 +40,6 @@ logger = logging.getLogger(__name__)
 
 TEXT_ALTERNATIVES = ("sentence", "review", "question")
 LABEL_ALTERNATIVES = ("labels", "category", "class")
-# A missing validation or test split is carved out of train with these fractions.
-SPLIT_FRACTION = 0.1
-SINGLE_FILE_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 @dataclass
@@ -60,29 +58,11 @@ class TextSplit:
 
 
 @dataclass
-class TextDataset:
+class TextDataset(LabelledData):
     """Validated, encoded splits of a text classification task."""
 
-    name: str
-    label_space: LabelSpace
-    splits: dict[str, TextSplit]
-    text_column: str
-    label_column: str
-    notes: list[str] = field(default_factory=list)  # what was inferred or made, for the report
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.label_space.names)
-
-    def eval_split_names(self, requested: Sequence[str] | None = None) -> list[str]:
-        if requested:
-            missing = [s for s in requested if s not in self.splits]
-            if missing:
-                raise DataError(
-                    f"split '{missing[0]}' does not exist; splits here: {', '.join(self.splits)}"
-                )
-            return list(requested)
-        return [s for s in self.splits if s != "train"]
+    text_column: str = "text"
+    label_column: str = "label"
 
 
 @dataclass
@@ -353,7 +333,8 @@ def _read_source(source: DatasetSource, cfg: DataConfig) -> _RawTable:
 def _check_texts(raw: _RawSplit, split: str) -> list[str]:
     bad = [i for i, t in enumerate(raw.texts) if not isinstance(t, str) or not t.strip()]
     if bad:
-        kinds = {"empty" if isinstance(raw.texts[i], str) or raw.texts[i] is None else type(raw.texts[i]).__name__ for i in bad}
+        kinds = {"empty" if isinstance(raw.texts[i], str) or raw.texts[i] is None
+                 else type(raw.texts[i]).__name__ for i in bad}
         raise DataError(
             f"{raw.source}: {len(bad)} {split} rows have empty or non-text text "
             f"({', '.join(sorted(kinds))}; rows {describe_rows([raw.ids[i] for i in bad])}); "
@@ -404,9 +385,9 @@ def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
         for name, raw in table.splits.items()
     }
 
-    splits, made = _complete_splits(splits, seed)
+    splits, made = complete_splits(splits, seed)
     notes.extend(made)
-    splits = _apply_caps(splits, cfg, seed, notes)
+    splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes)
     for name, split in splits.items():
         present = np.unique(split.labels)
         if name == "train" and len(present) < 2:
@@ -419,39 +400,6 @@ def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
         label_column=table.label_column,
         notes=notes,
     )
-
-
-def _complete_splits(splits: dict[str, TextSplit], seed: int) -> tuple[dict[str, TextSplit], list[str]]:
-    """Make missing validation/test splits from train, stratified and seeded."""
-    notes = []
-    if "all" in splits:
-        whole = splits.pop("all")
-        parts = stratified_indices(whole.labels, SINGLE_FILE_FRACTIONS, seed)
-        splits.update({name: whole.subset(idx) for name, idx in zip(("train", "validation", "test"), parts)})
-        notes.append(f"split the single file 80/10/10 into train/validation/test (stratified, seed {seed})")
-        return splits, notes
-    missing = [s for s in ("validation", "test") if s not in splits]
-    if missing:
-        train = splits["train"]
-        fractions = [1.0 - SPLIT_FRACTION * len(missing)] + [SPLIT_FRACTION] * len(missing)
-        parts = stratified_indices(train.labels, fractions, seed)
-        splits["train"] = train.subset(parts[0])
-        for name, idx in zip(missing, parts[1:]):
-            splits[name] = train.subset(idx)
-            notes.append(f"made the {name} split from {SPLIT_FRACTION:.0%} of train (stratified, seed {seed})")
-    return splits, notes
-
-
-def _apply_caps(splits: dict[str, TextSplit], cfg: DataConfig, seed: int, notes: list[str]) -> dict[str, TextSplit]:
-    capped = {}
-    for name, split in splits.items():
-        cap = cfg.max_train_samples if name == "train" else cfg.max_eval_samples
-        if cap is not None and cap < len(split):
-            capped[name] = split.subset(stratified_subsample(split.labels, cap, seed))
-            notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {seed})")
-        else:
-            capped[name] = split
-    return capped
 
 
 def class_counts(split: TextSplit, space: LabelSpace) -> dict[str, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -247,7 +246,7 @@ def run_finetune(
     """Train on train, pick the best checkpoint on validation, score every evaluation
     split with it, and write a complete run directory. With ``resume``, continue the
     run in ``out`` from its last complete checkpoint."""
-    from tunelab.training import broadcast_object, init_distributed
+    from tunelab.training import Interrupted, broadcast_object, init_distributed, open_run_directory, relative_path
 
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
@@ -263,7 +262,7 @@ def run_finetune(
 
     run_path = None
     if rank == 0:
-        run = _open_run_directory(out, config, config_yaml, overwrite, resume)
+        run = open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume, finetune_config_from_run)
         run_path = str(run.path)
     run_path = broadcast_object(run_path, rank, world)
     run = RunDirectory(Path(run_path))
@@ -273,14 +272,12 @@ def run_finetune(
 
     tokenizer = load_tokenizer(source)
     model = build_classifier_model(source, dataset.class_names, config.train, config.lora)
-    if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     params = count_parameters(model)
     logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
 
     trainer, interrupt, train_stats = _train(config, dataset, tokenizer, model, run, tracker, world, resume)
     if interrupt.interrupted:
-        raise _Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
+        raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
                            f"{run.path / 'checkpoints'}; continue with: tunelab finetune --out {run.path} --resume")
 
     from tunelab.training import barrier
@@ -322,7 +319,7 @@ def run_finetune(
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
             "learning_rate": config.train.learning_rate,
-            "best_checkpoint": _relative(trainer.state.best_model_checkpoint, run.path),
+            "best_checkpoint": relative_path(trainer.state.best_model_checkpoint, run.path),
             "best_validation_" + config.train.best_metric: trainer.state.best_metric,
             "world_size": world,
             "resumed": resume,
@@ -336,50 +333,23 @@ def run_finetune(
     return result
 
 
-class _Interrupted(TunelabError):
-    exit_code = 130
-
-
-def _relative(path: str | None, root: Path) -> str | None:
-    if not path:
-        return None
-    try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return path
-
-
-def _open_run_directory(out, config: FinetuneConfig, config_yaml: str, overwrite: bool,
-                        resume: bool) -> RunDirectory:
-    if resume:
-        if out is None:
-            raise TunelabError("--resume needs --out DIR: the run directory to continue")
-        saved = Path(out) / "config.yaml"
-        if not saved.is_file():
-            raise TunelabError(f"nothing to resume in {out}: no config.yaml")
-        if (Path(out) / "metrics.json").is_file():
-            raise TunelabError(f"{out} holds a finished run (metrics.json); nothing to resume")
-        if finetune_config_from_run(Path(out)) != config:
-            raise TunelabError(f"{out} was started with a different configuration; resume it with its own "
-                               f"config.yaml (tunelab finetune --out {out} --resume, no other settings)")
-        return RunDirectory.create(out, COMMAND, resume=True)
-    run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
-    run.write_config(config_yaml)
-    return run
-
-
 def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, output_dir: Path,
                   tracker=None, world: int = 1, evaluate: bool = True):
     """The Trainer tunelab trains with: dynamic padding, seeded length-grouped batches,
     length-sorted evaluation batches, metrics from argmax ids only. Returns
     (trainer, interrupt callback)."""
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
     from tunelab.metrics import classification_metrics
-    from tunelab.training import InterruptCallback, SeededLengthGroupedSampler, TrackerCallback
+    from tunelab.training import (
+        InterruptCallback,
+        SeededLengthGroupedSampler,
+        TrackerCallback,
+        quiet_progress,
+        training_arguments,
+    )
 
     train_cfg = config.train
-    device = resolve_device(config.runtime.device)
     max_length = effective_max_length(tokenizer, model, train_cfg.max_length)
     train = dataset.splits["train"]
     train_ds = tokenized_dataset(tokenizer, train.texts, train.labels, max_length)
@@ -390,40 +360,10 @@ def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model
         val_ds = tokenized_dataset(tokenizer, validation.texts, validation.labels, max_length,
                                    order=np.argsort([len(t) for t in validation.texts], kind="stable"))
 
-    samples_per_step = train_cfg.batch_size * train_cfg.grad_accum * world
-    steps_per_epoch = math.ceil(len(train_ds) / samples_per_step)
-    total_steps = train_cfg.max_steps or math.ceil(steps_per_epoch * (train_cfg.epochs or 3))
-    eval_every = min(train_cfg.eval_every, total_steps)
-    warmup = train_cfg.warmup if train_cfg.warmup < 1 else int(train_cfg.warmup)
-    precision = config.runtime.precision
+    args = training_arguments(config.train, config.runtime, config.seed, output_dir, len(train_ds), world,
+                              evaluate, length_column_name="length")
     num_classes = len(dataset.class_names)
-    schedule = dict(eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
-                    save_total_limit=train_cfg.save_total_limit, load_best_model_at_end=True,
-                    metric_for_best_model=train_cfg.best_metric,
-                    greater_is_better=train_cfg.best_metric != "loss") if evaluate else \
-        dict(eval_strategy="no", save_strategy="no")
-
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=train_cfg.batch_size,
-        per_device_eval_batch_size=train_cfg.eval_batch_size,
-        gradient_accumulation_steps=train_cfg.grad_accum,
-        learning_rate=train_cfg.learning_rate,
-        weight_decay=train_cfg.weight_decay,
-        warmup_steps=warmup,
-        max_steps=total_steps,
-        logging_steps=train_cfg.logging_steps,
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device.type == "cpu",
-        ddp_backend="gloo" if (world > 1 and device.type == "cpu") else None,
-        dataloader_num_workers=0,
-        length_column_name="length",
-        **schedule,
-    )
+    samples_per_step = train_cfg.batch_size * train_cfg.grad_accum * world
 
     def preprocess_logits(logits, labels):
         # Keep one integer per example, not a (n, classes) block of logits.
@@ -454,23 +394,8 @@ def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model
         preprocess_logits_for_metrics=preprocess_logits if evaluate else None,
         callbacks=callbacks,
     )
-    _quiet_progress(trainer)
+    quiet_progress(trainer)
     return trainer, interrupt
-
-
-def _quiet_progress(trainer) -> None:
-    """Keep the Trainer's progress bars (rate, ETA) but not its raw log dictionaries;
-    evaluations are reported through the logger instead."""
-    from transformers.trainer_callback import ProgressCallback
-
-    class QuietProgressCallback(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs and "eval_accuracy" in logs:
-                logger.info("step %d: validation accuracy %.4f, loss %.4f", state.global_step,
-                            logs["eval_accuracy"], logs.get("eval_loss", float("nan")))
-
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(QuietProgressCallback())
 
 
 def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: RunDirectory, tracker,

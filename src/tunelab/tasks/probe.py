@@ -12,8 +12,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from tunelab.classifiers import ClassifierConfig, class_scores, fit_classifier, save_classifier
 from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, dump_yaml, to_dict
 from tunelab.data.text import load_text_dataset

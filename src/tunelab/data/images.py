@@ -1,0 +1,363 @@
+"""Image classification data, read lazily.
+
+Loading a dataset lists files (or rows) and labels only; pixels are decoded and
+preprocessed one image at a time inside DataLoader workers, so memory does not
+grow with the dataset (the reference's ``.map`` over images filled the disk).
+Unreadable images are skipped and reported, or stop the run with ``strict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.config import DataConfig
+from tunelab.data.labels import (
+    LabelledData,
+    apply_caps,
+    build_label_space,
+    complete_splits,
+    encode_labels,
+)
+from tunelab.data.sources import IMAGE_SUFFIXES, DatasetSource, data_dir, resolve_dataset, split_name_of
+from tunelab.errors import DataError
+from tunelab.hub import require_hub
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image", "img", "picture")
+
+
+# --------------------------------------------------------------------------- where pixels come from
+
+
+class FileImages:
+    """Image files under a root; ids are paths relative to it."""
+
+    def __init__(self, root: Path, paths: list[str]):
+        self.root = root
+        self.paths = paths
+
+    def load(self, index: int):
+        from PIL import Image
+
+        with Image.open(self.root / self.paths[index]) as image:
+            return image.convert("RGB")  # grayscale, palette and RGBA become RGB
+
+    def name(self, index: int) -> str:
+        return self.paths[index]
+
+    def fingerprint(self, index: int) -> str:
+        stat = (self.root / self.paths[index]).stat()
+        return f"{self.paths[index]}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class RowImages:
+    """An image column of a ``datasets.Dataset``; decoded on row access."""
+
+    def __init__(self, dataset, column: str, label: str):
+        self.dataset = dataset
+        self.column = column
+        self.label = label
+
+    def load(self, index: int):
+        image = self.dataset[int(index)][self.column]
+        if image is None:
+            raise OSError("empty image cell")
+        return image.convert("RGB")
+
+    def name(self, index: int) -> str:
+        return f"{self.label}[{index}]"
+
+    def fingerprint(self, index: int) -> str:
+        return f"{self.dataset._fingerprint}:{index}"
+
+
+@dataclass
+class ImageSplit:
+    source: FileImages | RowImages
+    indices: np.ndarray  # rows of the source
+    labels: np.ndarray  # class indices
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, rows: np.ndarray) -> ImageSplit:
+        return ImageSplit(self.source, self.indices[rows], self.labels[rows], [self.ids[i] for i in rows])
+
+    def load(self, row: int):
+        return self.source.load(int(self.indices[row]))
+
+    def digest(self) -> str:
+        """Identifies exactly these images (names, sizes, times) for the feature cache."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for index in self.indices:
+            h.update(self.source.fingerprint(int(index)).encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+
+@dataclass
+class ImageDataset(LabelledData):
+    """Validated splits of an image classification task."""
+
+
+# --------------------------------------------------------------------------- readers, one per layout
+
+
+@dataclass
+class _RawImages:
+    splits: dict[str, tuple[FileImages | RowImages, list[object]]]  # split -> (source, raw labels)
+    names: dict[str, str] | None = None  # raw label -> class name
+    notes: list[str] | None = None
+
+
+def wordnet_names(words_file: Path, wnids: set[str]) -> dict[str, str]:
+    """wnid -> the first of its comma-separated names in ``words.txt`` (82k lines, scanned once)."""
+    names = {}
+    with words_file.open(encoding="utf-8") as handle:
+        for line in handle:
+            wnid, _, words = line.rstrip("\n").partition("\t")
+            if wnid in wnids:
+                names[wnid] = words.split(",")[0].strip()
+    return names
+
+
+def read_tiny_imagenet(path: Path) -> _RawImages:
+    """The original tiny-imagenet-200 layout: train/<wnid>/images, val/images with
+    val_annotations.txt. Its test images carry no labels and are left out."""
+    if not (path / "wnids.txt").is_file():
+        path = path / "tiny-imagenet-200"
+    wnids = [w.strip() for w in (path / "wnids.txt").read_text(encoding="utf-8").split() if w.strip()]
+    names = wordnet_names(path / "words.txt", set(wnids)) if (path / "words.txt").is_file() else {}
+    splits = {}
+    train_paths, train_labels = [], []
+    for wnid in sorted(wnids):
+        folder = path / "train" / wnid / "images"
+        if folder.is_dir():
+            files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            train_paths += [f"train/{wnid}/images/{f}" for f in files]
+            train_labels += [wnid] * len(files)
+    if train_paths:
+        splits["train"] = (FileImages(path, train_paths), train_labels)
+    annotations = path / "val" / "val_annotations.txt"
+    if annotations.is_file():
+        val_paths, val_labels = [], []
+        for line in annotations.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                val_paths.append(f"val/images/{parts[0]}")
+                val_labels.append(parts[1])
+        splits["validation"] = (FileImages(path, val_paths), val_labels)
+    if not splits:
+        raise DataError(f"{path}: no train/ or val/ images found in the tiny-imagenet-200 layout")
+    return _RawImages(splits, {w: names.get(w, w) for w in wnids})
+
+
+def read_image_folder(path: Path, flat_split: str) -> _RawImages:
+    """``split/class/*`` or ``class/*`` (the whole folder is then one split, ``flat_split``).
+    Class names are folder names with '_' read as a space."""
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_dirs = {split_name_of(p.name): p for p in subdirs if split_name_of(p.name)}
+    layout = split_dirs if split_dirs and len(split_dirs) == len(subdirs) else {flat_split: path}
+    splits = {}
+    classes: set[str] = set()
+    for split, folder in layout.items():
+        paths, labels = [], []
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(f for f in class_dir.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            paths += [str(f.relative_to(path)) for f in files]
+            labels += [class_dir.name] * len(files)
+            classes.add(class_dir.name)
+        if paths:
+            splits[split] = (FileImages(path, paths), labels)
+    if not splits:
+        raise DataError(f"{path}: no images found in class folders ({', '.join(IMAGE_SUFFIXES)})")
+    return _RawImages(splits, {c: c.replace("_", " ") for c in classes})
+
+
+def read_hf_images(dataset_dict, cfg: DataConfig, source: str) -> _RawImages:
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    from tunelab.data.text import LABEL_ALTERNATIVES, pick_column
+
+    if isinstance(dataset_dict, Dataset):
+        dataset_dict = DatasetDict({"all": dataset_dict})
+    splits, names = {}, None
+    for name, ds in dataset_dict.items():
+        split = "all" if name == "all" else split_name_of(name)
+        if split is None:
+            continue
+        columns = list(ds.column_names)
+        image_col, _ = pick_column(columns, cfg.text_column, "image", IMAGE_COLUMNS[1:], "--text-column",
+                                   f"{source} [{name}]")
+        label_col, _ = pick_column(columns, cfg.label_column, "label", LABEL_ALTERNATIVES, "--label-column",
+                                   f"{source} [{name}]")
+        feature = ds.features.get(label_col)
+        if isinstance(feature, ClassLabel):
+            names = {str(i): n for i, n in enumerate(feature.names)}
+        splits[split] = (RowImages(ds, image_col, f"{source}/{name}"), list(ds[label_col]))
+    if not splits:
+        raise DataError(f"{source}: no train/validation/test splits found")
+    if names and all(n.startswith("n") and n[1:].isdigit() for n in names.values()):
+        names = _wordnet_display_names(names)
+    return _RawImages(splits, names)
+
+
+def _wordnet_display_names(names: dict[str, str]) -> dict[str, str]:
+    """ClassLabel names that are WordNet ids read as words, through a words.txt if one is found."""
+    root = data_dir()
+    for candidate in ([root / "tiny-imagenet-200" / "words.txt", root / "words.txt"] if root else []):
+        if candidate.is_file():
+            words = wordnet_names(candidate, set(names.values()))
+            return {k: words.get(v, v) for k, v in names.items()}
+    return names
+
+
+def _read(source: DatasetSource, cfg: DataConfig, flat_split: str) -> _RawImages:
+    path = Path(source.location)
+    if source.format == "tiny-imagenet":
+        return read_tiny_imagenet(path)
+    if source.format == "image-folder":
+        return read_image_folder(path, flat_split)
+    if source.format == "hf-disk":
+        from datasets import load_from_disk
+
+        try:
+            return read_hf_images(load_from_disk(str(path)), cfg, path.name)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"cannot load the saved dataset at {path}: {str(exc).splitlines()[0]}") from None
+    if source.format == "hub":
+        require_hub(f"dataset '{source.spec}' ({source.location})",
+                    "set TUNELAB_DATA_DIR to a folder that holds tiny-imagenet-200/, or pass a local path")
+        from datasets import load_dataset
+
+        return read_hf_images(load_dataset(source.location), cfg, source.location)
+    raise DataError(f"{source.spec} is a {source.format} dataset; this command needs images")
+
+
+def is_image_dataset(spec: str) -> bool:
+    """Whether ``spec`` names image data (decides between text and image pipelines)."""
+    source = resolve_dataset(spec)
+    if source.known is not None:
+        return source.known.modality == "image"
+    if source.format == "hf-disk":
+        from datasets import load_from_disk
+
+        loaded = load_from_disk(source.location)
+        first = next(iter(loaded.values())) if hasattr(loaded, "values") else loaded
+        return any(c in first.column_names for c in IMAGE_COLUMNS)
+    return source.format in ("tiny-imagenet", "image-folder")
+
+
+def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all") -> ImageDataset:
+    """List and label the images of a dataset (no pixels are read).
+
+    A single flat folder of class folders becomes the split ``flat_split``:
+    "all" (cut 80/10/10 for training) or "test" (scored whole by zero-shot)."""
+    source = resolve_dataset(cfg.dataset)
+    if source.known is not None and source.known.modality != "image":
+        raise DataError(f"'{cfg.dataset}' is a text dataset; this command needs images")
+    raw = _read(source, cfg, flat_split)
+    notes = list(raw.notes or [])
+    if source.is_local and source.known is not None:
+        notes.append(f"read {source.spec} from {source.location}")
+    for split, (_, labels) in raw.splits.items():
+        missing = [i for i, v in enumerate(labels) if v is None]
+        if missing:
+            raise DataError(f"{cfg.dataset}: {len(missing)} {split} images have no label")
+    basis = "train" if "train" in raw.splits else "all" if "all" in raw.splits else next(iter(raw.splits))
+    space = build_label_space(
+        raw.splits[basis][1] if basis in ("train", "all") else _all_labels(raw),
+        cfg.positive_label, raw.names,
+    )
+    splits = {}
+    for name, (images, labels) in raw.splits.items():
+        ids = [images.name(i) for i in range(len(labels))]
+        splits[name] = ImageSplit(images, np.arange(len(labels)), encode_labels(labels, space, name, cfg.dataset, ids),
+                                  ids)
+    if "all" in splits or ("train" in splits and "validation" not in splits):
+        splits, made = complete_splits(splits, seed)
+        notes.extend(made)
+    splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes)
+    order = [s for s in ("train", "validation", "test") if s in splits]
+    return ImageDataset(name=cfg.dataset, label_space=space, splits={k: splits[k] for k in order}, notes=notes)
+
+
+def _all_labels(raw: _RawImages) -> list[object]:
+    return [label for _, labels in raw.splits.values() for label in labels]
+
+
+# --------------------------------------------------------------------------- lazy decoding in workers
+
+
+class ProcessedImages:
+    """A torch-style dataset: decode + preprocess one image per item, in the worker."""
+
+    def __init__(self, split: ImageSplit, preprocess, strict: bool = False):
+        self.split = split
+        self.preprocess = preprocess
+        self.strict = strict
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, row: int):
+        try:
+            pixels = self.preprocess(self.split.load(row))
+        except Exception as exc:  # PIL raises many types for broken files
+            if self.strict:
+                raise DataError(f"cannot read image {self.split.ids[row]}: {type(exc).__name__}: {exc}") from None
+            return row, None, int(self.split.labels[row])
+        return row, pixels, int(self.split.labels[row])
+
+
+def collate_images(batch):
+    """Stack the readable images; name the rows that could not be read."""
+    import torch
+
+    good = [item for item in batch if item[1] is not None]
+    return {
+        "rows": torch.tensor([item[0] for item in good], dtype=torch.long),
+        "pixel_values": torch.stack([torch.as_tensor(item[1]) for item in good]) if good else torch.empty(0),
+        "labels": torch.tensor([item[2] for item in good], dtype=torch.long),
+        "skipped": [item[0] for item in batch if item[1] is None],
+    }
+
+
+class ClipPreprocess:
+    """Picklable image preprocessing (runs in DataLoader workers)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image):
+        import torch
+
+        return torch.from_numpy(np.asarray(self.processor(images=image, return_tensors="np")["pixel_values"][0],
+                                           dtype=np.float32))
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def image_loader(split: ImageSplit, preprocess, batch_size: int, num_workers: int | None = None,
+                 strict: bool = False, shuffle: bool = False, seed: int = 0):
+    import torch
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(ProcessedImages(split, preprocess, strict), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=workers, collate_fn=collate_images, generator=generator,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
