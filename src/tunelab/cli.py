@@ -70,6 +70,38 @@ def _add_image_flags(parser: argparse.ArgumentParser) -> None:
     _switch(images, "--strict", "images.strict", "stop at the first unreadable image instead of skipping it")
 
 
+def _add_training_flags(parser: argparse.ArgumentParser, image: bool) -> None:
+    train = parser.add_argument_group("training")
+    _flag(train, "--method", key="train.method", choices=["full", "lora"],
+          help="default full for text, lora for CLIP")
+    _flag(train, "--epochs", key="train.epochs", type=float, help="train for N epochs (replaces max steps)")
+    _flag(train, "--max-steps", key="train.max_steps", type=int, help="optimiser steps (default 1000)")
+    _flag(train, "--lr", key="train.lr", type=float,
+          help="learning rate (text: 2e-5 full, 1e-3 LoRA; CLIP: 1e-5 full, 1e-4 LoRA)")
+    _flag(train, "--warmup", key="train.warmup", type=float, help="below 1: fraction of steps; else steps")
+    _flag(train, "--weight-decay", key="train.weight_decay", type=float, help="default 0.01")
+    if not image:  # image commands take --batch-size in their images group
+        _flag(train, "--batch-size", key="train.batch_size", type=int, help="per device (default 16)")
+    _flag(train, "--eval-batch-size", key="train.eval_batch_size", type=int, help="default 64")
+    _flag(train, "--grad-accum", key="train.grad_accum", type=int, help="gradient accumulation steps")
+    if not image:
+        _flag(train, "--max-length", key="train.max_length", type=int, help="tokens per text (default 512)")
+    _flag(train, "--eval-every", key="train.eval_every", type=int, help="steps between evaluations (100)")
+    _flag(train, "--save-total-limit", key="train.save_total_limit", type=int, help="checkpoints kept (2)")
+    _flag(train, "--early-stopping", key="train.early_stopping", type=int, metavar="N",
+          help="stop after N evaluations without improvement")
+    _flag(train, "--metric", key="train.best_metric", choices=["accuracy", "f1", "f1_macro", "loss"],
+          help="validation metric that picks the best checkpoint (default accuracy)")
+    _switch(train, "--merge-lora", "train.merge_lora", "also save LoRA merged into full weights")
+    _switch(train, "--gradient-checkpointing", "train.gradient_checkpointing", "save memory on large models")
+    lora = parser.add_argument_group("LoRA")
+    _flag(lora, "--lora-r", key="lora.r", type=int, help="rank (default 8)")
+    _flag(lora, "--lora-alpha", key="lora.alpha", type=float, help="scale (default 32)")
+    _flag(lora, "--lora-dropout", key="lora.dropout", type=float, help="default 0.1")
+    _flag(lora, "--lora-targets", key="lora.targets", metavar="M[,M]",
+          help="module names (default: the architecture's query/value projections)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -101,31 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(finetune, "distilbert-base-uncased")
     finetune.add_argument("--resume", action="store_true",
                           help="continue the run in --out from its last checkpoint")
-    train = finetune.add_argument_group("training")
-    _flag(train, "--method", key="train.method", choices=["full", "lora"], help="default full")
-    _flag(train, "--epochs", key="train.epochs", type=float, help="train for N epochs (replaces max steps)")
-    _flag(train, "--max-steps", key="train.max_steps", type=int, help="optimiser steps (default 1000)")
-    _flag(train, "--lr", key="train.lr", type=float, help="learning rate (default 2e-5 full, 1e-3 LoRA)")
-    _flag(train, "--warmup", key="train.warmup", type=float, help="below 1: fraction of steps; else steps")
-    _flag(train, "--weight-decay", key="train.weight_decay", type=float, help="default 0.01")
-    _flag(train, "--batch-size", key="train.batch_size", type=int, help="per device (default 16)")
-    _flag(train, "--eval-batch-size", key="train.eval_batch_size", type=int, help="default 64")
-    _flag(train, "--grad-accum", key="train.grad_accum", type=int, help="gradient accumulation steps")
-    _flag(train, "--max-length", key="train.max_length", type=int, help="tokens per text (default 512)")
-    _flag(train, "--eval-every", key="train.eval_every", type=int, help="steps between evaluations (100)")
-    _flag(train, "--save-total-limit", key="train.save_total_limit", type=int, help="checkpoints kept (2)")
-    _flag(train, "--early-stopping", key="train.early_stopping", type=int, metavar="N",
-          help="stop after N evaluations without improvement")
-    _flag(train, "--metric", key="train.best_metric", choices=["accuracy", "f1", "f1_macro", "loss"],
-          help="validation metric that picks the best checkpoint (default accuracy)")
-    _switch(train, "--merge-lora", "train.merge_lora", "also save LoRA merged into full weights")
-    _switch(train, "--gradient-checkpointing", "train.gradient_checkpointing", "save memory on large models")
-    lora = finetune.add_argument_group("LoRA")
-    _flag(lora, "--lora-r", key="lora.r", type=int, help="rank (default 8)")
-    _flag(lora, "--lora-alpha", key="lora.alpha", type=float, help="scale (default 32)")
-    _flag(lora, "--lora-dropout", key="lora.dropout", type=float, help="default 0.1")
-    _flag(lora, "--lora-targets", key="lora.targets", metavar="M[,M]",
-          help="module names (default: the architecture's query/value projections)")
+    _add_training_flags(finetune, image=False)
     finetune.set_defaults(handler=_run_finetune)
 
     zeroshot = commands.add_parser("zeroshot", help="CLIP zero-shot image classification",
@@ -135,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(zeroshot, "--templates", key="templates", metavar="simple|ensemble|FILE",
           help="prompt templates (default simple: 'a photo of a {}')")
     zeroshot.set_defaults(handler=_run_zeroshot)
+
+    clip_ft = commands.add_parser("clip-finetune", help="fine-tune CLIP for image classification (LoRA or full)",
+                                  description="CLIP fine-tuning with LoRA (default) or in full.")
+    _add_common(clip_ft, "openai/clip-vit-base-patch16")
+    clip_ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_image_flags(clip_ft)
+    _flag(clip_ft, "--templates", key="templates", metavar="simple|ensemble|FILE",
+          help="evaluation prompts (training uses the first template)")
+    _flag(clip_ft, "--loss", key="loss", choices=["contrastive", "ce"],
+          help="contrastive (the reference) or ce against every class prompt")
+    _add_training_flags(clip_ft, image=True)
+    clip_ft.set_defaults(handler=_run_clip_finetune)
 
     info = commands.add_parser("info", help="parameter counts of a model, with or without LoRA",
                                description="Total and trainable parameter counts (no weights are loaded).")
@@ -183,20 +203,9 @@ def _run_probe(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from pathlib import Path
-
-    from tunelab.config import build_config
     from tunelab.tasks.finetune import FinetuneConfig, run_finetune
 
-    overrides = config_overrides(args)
-    if "train.epochs" in overrides and "train.max_steps" not in overrides:
-        overrides["train.max_steps"] = None  # --epochs replaces the preset's step count
-    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
-        if overrides or args.config:
-            logger.warning("--resume continues with the run's own config.yaml; other settings are ignored")
-        config = build_config(FinetuneConfig, "finetune", str(Path(args.out) / "config.yaml"))
-    else:
-        config = build_config(FinetuneConfig, "finetune", args.config, overrides)
+    config = _training_config(args, FinetuneConfig, "finetune")
     result = run_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
     if result.metrics:  # only rank 0 of a distributed run reports
         _print_summary(result)
@@ -210,6 +219,34 @@ def _run_zeroshot(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = build_config(ZeroshotConfig, "zeroshot", args.config, config_overrides(args))
     _print_summary(run_zeroshot(config, out=args.out, overwrite=args.overwrite, argv=argv))
     return 0
+
+
+def _run_clip_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.tasks.clip_finetune import ClipFinetuneConfig, run_clip_finetune
+
+    config = _training_config(args, ClipFinetuneConfig, "clip-finetune")
+    if "images.batch_size" in config_overrides(args):
+        config.train.batch_size = config.images.batch_size
+    result = run_clip_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
+    if result.metrics:
+        _print_summary(result)
+    return 0
+
+
+def _training_config(args: argparse.Namespace, cls, command: str):
+    """Flags over the preset, or with --resume the run's own saved config."""
+    from pathlib import Path
+
+    from tunelab.config import build_config
+
+    overrides = config_overrides(args)
+    if "train.epochs" in overrides and "train.max_steps" not in overrides:
+        overrides["train.max_steps"] = None  # --epochs replaces the preset's step count
+    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+        if overrides or args.config:
+            logger.warning("--resume continues with the run's own config.yaml; other settings are ignored")
+        return build_config(cls, command, str(Path(args.out) / "config.yaml"))
+    return build_config(cls, command, args.config, overrides)
 
 
 def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:

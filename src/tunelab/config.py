@@ -162,7 +162,16 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             f"unknown setting '{prefix}{unknown[0]}'; known settings here: "
             + ", ".join(prefix + n for n in names)
         )
-    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        if _is_dataclass_type(hints[field.name]) and isinstance(value, dict) \
+                and field.default_factory is not dataclasses.MISSING:
+            # Keys given for a nested group update that group's own defaults.
+            value = deep_merge(to_dict(field.default_factory()), value)
+        kwargs[field.name] = _coerce(prefix + field.name, value, hints[field.name])
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing

@@ -211,7 +211,7 @@ def open_run_directory(out, command: str, config, config_yaml: str, overwrite: b
 def quiet_progress(trainer) -> None:
     """Keep the Trainer's progress bars (rate, ETA) but not its raw log dictionaries;
     evaluations are reported through the logger instead."""
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     class QuietProgressCallback(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -219,6 +219,7 @@ def quiet_progress(trainer) -> None:
                 logger.info("step %d: validation accuracy %.4f, loss %.4f", state.global_step,
                             logs["eval_accuracy"], logs.get("eval_loss", float("nan")))
 
+    trainer.pop_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback())
 
@@ -264,6 +265,7 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
         use_cpu=device.type == "cpu",
         ddp_backend="gloo" if (world > 1 and device.type == "cpu") else None,
         gradient_checkpointing=train.gradient_checkpointing,
+        disable_tqdm=False,
         **schedule,
         **extra,
     )

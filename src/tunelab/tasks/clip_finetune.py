@@ -1,0 +1,336 @@
+"""CLIP fine-tuning for image classification: LoRA (default) or full.
+
+The reference lab's exercise 3b. Two losses: ``contrastive`` (the reference:
+symmetric cross-entropy over the in-batch image/prompt similarity matrix) and
+``ce`` (each image against every class prompt, scaled by the model's logit
+scale, so same-class images in a batch are not false negatives). Evaluation
+scores validation images against class embeddings recomputed at every
+evaluation (the text tower changes as it trains), and the best checkpoint wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
+from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, _choice, dump_yaml, from_dict, to_dict
+from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader, load_image_dataset
+from tunelab.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.metrics import classification_metrics
+from tunelab.models import count_parameters, resolve_model
+from tunelab.runs import RunDirectory, environment
+from tunelab.runtime import resolve_device, seed_everything
+from tunelab.tasks.common import RunResult, finish_run
+from tunelab.tasks.finetune import LoraConfig, TrainConfig, lora_targets
+from tunelab.tasks.zeroshot import ImageLoadingConfig, skipped_record
+
+logger = logging.getLogger(__name__)
+
+COMMAND = "clip-finetune"
+DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(method="lora", max_steps=1000, batch_size=32, eval_every=200)
+
+
+@dataclasses.dataclass
+class ClipFinetuneConfig:
+    model: str = "openai/clip-vit-base-patch16"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=_default_train)  # lr None: 1e-4 LoRA, 1e-5 full
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # q_proj,v_proj in both towers
+    loss: str = "contrastive"  # contrastive (the reference) | ce (image against all class prompts)
+    templates: str = "simple"  # evaluation prompts; training uses the first template
+    images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _choice("loss", self.loss, ("contrastive", "ce"))
+        if self.train.lr is None:
+            self.train = dataclasses.replace(self.train, lr=DEFAULT_LR[self.train.method])
+
+
+def clip_config_from_run(run_dir: Path) -> ClipFinetuneConfig:
+    import yaml
+
+    values = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    values.pop("command", None)
+    return from_dict(ClipFinetuneConfig, values)
+
+
+def wrap_clip_lora(model, lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    from tunelab.errors import ConfigError
+
+    targets = lora_targets("clip", lora)
+    try:
+        return get_peft_model(model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                    target_modules=targets))
+    except ValueError as exc:
+        raise ConfigError(f"LoRA targets {targets} do not fit this model: {str(exc).splitlines()[0]}") from None
+
+
+class ClipLoss:
+    """Loss on a batch of images and their class indices, through the model's forward
+    (so that data-parallel gradient hooks run)."""
+
+    def __init__(self, kind: str, prompt_ids, prompt_mask):
+        self.kind = kind
+        self.prompt_ids = prompt_ids  # (classes, length): the first template per class
+        self.prompt_mask = prompt_mask
+
+    def __call__(self, model, pixel_values, labels):
+        import torch
+        import torch.nn.functional as F
+
+        if self.kind == "contrastive":
+            # Each image against the prompts of the batch's own labels: the reference's loss.
+            ids, mask = self.prompt_ids[labels], self.prompt_mask[labels]
+            logits = model(input_ids=ids.to(labels.device), attention_mask=mask.to(labels.device),
+                           pixel_values=pixel_values).logits_per_image
+            target = torch.arange(len(labels), device=labels.device)
+            return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        logits = model(input_ids=self.prompt_ids.to(labels.device), attention_mask=self.prompt_mask.to(labels.device),
+                       pixel_values=pixel_values).logits_per_image
+        return F.cross_entropy(logits, labels)
+
+
+def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
+                      resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
+    from tunelab.training import (
+        Interrupted,
+        barrier,
+        broadcast_object,
+        init_distributed,
+        open_run_directory,
+        relative_path,
+    )
+
+    device = resolve_device(config.runtime.device)
+    rank, world = init_distributed(device.type)
+    seed_everything(config.seed)
+    source = resolve_model(config.model)
+    templates = load_templates(config.templates)
+    dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
+    eval_splits = dataset.eval_split_names(config.data.splits)
+    if "validation" not in dataset.splits:
+        from tunelab.errors import DataError
+
+        raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
+    config_yaml = dump_yaml(config, COMMAND)
+    run_path = None
+    if rank == 0:
+        run_path = str(open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
+                                          clip_config_from_run).path)
+    run = RunDirectory(Path(broadcast_object(run_path, rank, world)))
+    if rank == 0:
+        run.write_command(argv)
+    tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
+
+    model, tokenizer, processor = load_clip(source)
+    if config.train.method == "lora":
+        model = wrap_clip_lora(model, config.lora)
+    params = count_parameters(model)
+    logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
+
+    trainer, interrupt = build_clip_trainer(config, dataset, model, tokenizer, processor, templates,
+                                            run.path / "checkpoints", tracker, world)
+    from tunelab.training import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(run.path / "checkpoints") if resume else None
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+    interrupt.install()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        interrupt.uninstall()
+    if interrupt.interrupted:
+        raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
+                          f"{run.path / 'checkpoints'}; continue with: tunelab {COMMAND} --out {run.path} --resume")
+    if rank != 0:
+        barrier(world)
+        return RunResult(run.path, {})
+
+    model = trainer.model.eval()
+    start = time.perf_counter()
+    class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
+    split_metrics, reports, skipped = {}, {}, sorted(trainer.skipped_files)
+    for split in eval_splits:
+        data = dataset.splits[split]
+        accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
+        loader = image_loader(data, ClipPreprocess(processor), config.train.eval_batch_size,
+                              config.images.num_workers, config.images.strict)
+        bad = score_loader(model, loader, class_emb, device, accumulator, desc=f"{split} images")
+        skipped += [data.ids[row] for row in bad]
+        kept = data.subset(accumulator.seen.nonzero()[0])
+        split_metrics[split], reports[split] = evaluate_split(
+            run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, ("file", kept.ids))
+        if tracker is not None:
+            tracker.log({f"final/{split}/{k}": v for k, v in split_metrics[split].items() if k != "n"},
+                        step=trainer.state.global_step)
+    eval_seconds = time.perf_counter() - start
+    _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates)
+    run.write_json("history.json", trainer.state.log_history)
+    stats = output.metrics
+    metrics = {
+        "command": COMMAND,
+        "model": config.model,
+        "dataset": config.data.dataset,
+        "method": config.train.method,
+        "loss": config.loss,
+        "splits": split_metrics,
+        "params": params,
+        "timing": {"seconds": {"train": stats["train_runtime"], "eval": eval_seconds},
+                   "throughput": {"train_samples_per_s": stats["train_samples_per_second"],
+                                  "eval_images_per_s": sum(len(dataset.splits[s]) for s in eval_splits)
+                                  / eval_seconds}},
+        "training": {
+            "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "learning_rate": config.train.learning_rate,
+            "best_checkpoint": relative_path(trainer.state.best_model_checkpoint, run.path),
+            "best_validation_" + config.train.best_metric: trainer.state.best_metric,
+            "world_size": world,
+            "resumed": resume,
+        },
+        "skipped_images": skipped_record(sorted(set(skipped))),
+        "templates": {"spec": config.templates, "count": len(templates)},
+        "environment": environment(str(device)),
+        "data": {"class_names": dataset.class_names, "sizes": {k: len(v) for k, v in dataset.splits.items()},
+                 "notes": dataset.notes},
+    }
+    result = finish_run(run, metrics, config_yaml, reports, dataset.notes)
+    barrier(world)
+    return result
+
+
+def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, processor, templates,
+                       output_dir: Path, tracker=None, world: int = 1, evaluate: bool = True):
+    """A Trainer whose loss is a CLIP loss and whose evaluation is zero-shot scoring
+    against freshly computed class embeddings. Returns (trainer, interrupt callback)."""
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer
+
+    from tunelab.data.images import default_workers
+    from tunelab.training import InterruptCallback, TrackerCallback, quiet_progress, training_arguments
+
+    train_split = dataset.splits["train"]
+    validation = dataset.splits.get("validation")
+    workers = default_workers() if config.images.num_workers is None else config.images.num_workers
+    args = training_arguments(config.train, config.runtime, config.seed, output_dir, len(train_split), world,
+                              evaluate, dataloader_num_workers=workers, remove_unused_columns=False,
+                              label_names=["labels"])
+    first = [templates[0].format(name) for name in dataset.class_names]
+    tokens = tokenizer(first, padding=True, truncation=True, return_tensors="pt")
+    loss_fn = ClipLoss(config.loss, tokens["input_ids"], tokens["attention_mask"])
+    preprocess = ClipPreprocess(processor)
+    num_classes = len(dataset.class_names)
+
+    class ClipTrainer(Trainer):
+        skipped_files: set[str] = set()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            for row in inputs.get("skipped", []):
+                self.skipped_files.add(train_split.ids[row])
+            labels = inputs["labels"]
+            if len(labels) == 0:  # every image of the batch was unreadable
+                loss = sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)
+            else:
+                loss = loss_fn(model, inputs["pixel_values"], labels)
+            return (loss, None) if return_outputs else loss
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            net = self.accelerator.unwrap_model(self.model)
+            was_training = net.training
+            net.eval()
+            device = next(net.parameters()).device
+            class_emb = class_embeddings(net, tokenizer, dataset.class_names, templates, device)
+            accumulator = ScoreAccumulator(len(validation), num_classes, "similarity")
+            loader = image_loader(validation, preprocess, config.train.eval_batch_size, workers, config.images.strict)
+            start = time.perf_counter()
+            bad = score_loader(net, loader, class_emb, device, accumulator, desc="validation")
+            for row in bad:
+                self.skipped_files.add(validation.ids[row])
+            result = accumulator.result()
+            kept = validation.labels[accumulator.seen]
+            values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
+            values.pop("n")
+            # Cross-entropy of the true class needs every class's score: recomputed batch-free from top-k is
+            # not possible, so report the negative log-likelihood only where the top-k holds the true class.
+            values["loss"] = float(_top_k_nll(result, kept))
+            values["runtime"] = time.perf_counter() - start
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
+            net.train(was_training)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    interrupt = InterruptCallback()
+    samples_per_step = config.train.batch_size * config.train.grad_accum * world
+    callbacks = [TrackerCallback(tracker, samples_per_step), interrupt]
+    if evaluate and config.train.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping))
+    trainer = ClipTrainer(
+        model=model, args=args, data_collator=collate_images, callbacks=callbacks,
+        train_dataset=ProcessedImages(train_split, preprocess, config.images.strict),
+        # Only to satisfy the Trainer's checks: evaluate() above streams validation itself.
+        eval_dataset=ProcessedImages(validation, preprocess, config.images.strict) if evaluate else None,
+    )
+    trainer.skipped_files = set()
+    quiet_progress(trainer)
+    del torch
+    return trainer, interrupt
+
+
+def _top_k_nll(result, labels: np.ndarray) -> float:
+    """Softmax cross-entropy over the kept top-k scores (exact when k covers every class)."""
+    scores = result.full if result.full is not None else result.top_scores
+    indices = np.arange(scores.shape[1])[None, :].repeat(len(scores), 0) if result.full is not None \
+        else result.top_indices
+    shifted = scores - scores.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    hit = indices == labels[:, None]
+    true_log_prob = np.where(hit.any(1), (log_probs * hit).sum(1), log_probs.min(1))
+    return float(-true_log_prob.mean()) if len(labels) else 0.0
+
+
+def _save(model, tokenizer, processor, run: RunDirectory, config: ClipFinetuneConfig, class_emb, class_names,
+          templates) -> None:
+    target = run.path / "model"
+    model.save_pretrained(str(target), safe_serialization=True)
+    tokenizer.save_pretrained(str(target))
+    processor.save_pretrained(str(target))
+    save_class_embeddings(target / "class_embeddings.safetensors", class_emb, class_names)
+    run.write_json("model/zeroshot.json", {"class_names": list(class_names), "templates": templates})
+    if config.train.method == "lora" and config.train.merge_lora:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(target / "merged"), safe_serialization=True)
+
+
+def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
+    """(model, tokenizer, processor) of a finished clip-finetune run."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    model_dir = run_dir / "model"
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    processor = AutoImageProcessor.from_pretrained(str(model_dir))
+    if config.train.method == "lora":
+        from peft import PeftModel
+
+        base, _, _ = load_clip(resolve_model(config.model))
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = CLIPModel.from_pretrained(str(model_dir))
+    return model.eval(), tokenizer, processor
