@@ -56,6 +56,20 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class ImageLoadingConfig:
+    """How images are read: batch size, worker processes, what to do with broken files."""
+
+    batch_size: int = 64
+    num_workers: int | None = None  # None: up to 4, by CPU count; 0 decodes in the main process
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
+
+    def __post_init__(self) -> None:
+        _positive("images.batch_size", self.batch_size)
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"images.num_workers={self.num_workers} must be 0 or more")
+
+
+@dataclasses.dataclass
 class RuntimeConfig:
     """Where and how numbers are crunched."""
 

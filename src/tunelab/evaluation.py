@@ -107,3 +107,8 @@ def evaluate_split(
     matrix = confusion(y_true, scores.predicted, num_classes)
     run.write_confusion(split, matrix, class_names, top_confused_pairs(matrix, class_names))
     return metrics, text_report(y_true, scores.predicted, class_names)
+
+
+def skipped_record(names: list[str]) -> dict:
+    """metrics.json's ``skipped_images``: how many unreadable images, and which."""
+    return {"count": len(names), "files": list(names)}

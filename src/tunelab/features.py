@@ -170,6 +170,10 @@ class TextFeatureExtractor:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
+    def cache_meta(self, texts: Sequence[str]) -> dict:
+        return {"model": self.source.name, "pooling": self.config.pooling, "max_length": self.config.max_length,
+                "precision": self.runtime.precision, "n": len(texts)}
+
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         encoded = self.tokenizer(
             list(texts),
@@ -207,31 +211,72 @@ class TextFeatureExtractor:
         return out
 
 
-def cached_features(
-    extractor: TextFeatureExtractor,
-    texts: Sequence[str],
-    desc: str,
-    cache: FeatureCache | None,
-) -> tuple[np.ndarray, bool]:
-    """Features for ``texts``, from the cache when an identical extraction ran before.
-    Returns (features, came_from_cache)."""
-    key = extractor.cache_key(texts) if cache is not None else None
+def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None) -> tuple[np.ndarray, bool]:
+    """Features for ``inputs`` (texts, or an image split), from the cache when an
+    identical extraction ran before. Returns (features, came_from_cache)."""
+    key = extractor.cache_key(inputs) if cache is not None else None
     if cache is not None and key is not None:
         hit = cache.get(key)
-        if hit is not None and hit.shape[0] == len(texts):
-            logger.info("%s: %d feature vectors loaded from cache (%s)", desc, len(texts), cache.path(key))
+        if hit is not None and hit.shape[0] == len(inputs):
+            logger.info("%s: %d feature vectors loaded from cache (%s)", desc, len(inputs), cache.path(key))
             return hit, True
-    features = extractor.encode(texts, desc=desc)
+    features = extractor.encode(inputs, desc=desc)
     if cache is not None and key is not None:
-        cache.put(
-            key,
-            features,
-            {
-                "model": extractor.source.name,
-                "pooling": extractor.config.pooling,
-                "max_length": extractor.config.max_length,
-                "precision": extractor.runtime.precision,
-                "n": len(texts),
-            },
-        )
+        cache.put(key, features, extractor.cache_meta(inputs))
     return features, False
+
+
+class ImageFeatureExtractor:
+    """CLIP image embeddings (normalised), decoded lazily in DataLoader workers.
+    Unreadable images give rows of NaN, so callers can drop and report them."""
+
+    def __init__(self, source: ModelSource, images, runtime: RuntimeConfig):
+        from tunelab.runtime import resolve_device, resolve_dtype
+
+        self.source = source
+        self.images = images
+        self.runtime = runtime
+        self.device = resolve_device(runtime.device)
+        self.dtype = resolve_dtype(runtime.precision, self.device)
+        self._loaded = None
+        self.seconds = 0.0
+        self.encoded = 0
+
+    @property
+    def loaded(self):
+        if self._loaded is None:
+            from tunelab.clip import load_clip
+
+            model, _, processor = load_clip(self.source, dtype=self.dtype)
+            self._loaded = (model.to(self.device).eval(), processor)
+        return self._loaded
+
+    def cache_key(self, split) -> str:
+        parts = {"version": FEATURE_VERSION, "kind": "clip-image", "model": self.source.fingerprint(),
+                 "precision": self.runtime.precision, "images": split.digest(), "n": len(split)}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def cache_meta(self, split) -> dict:
+        return {"model": self.source.name, "kind": "clip-image", "precision": self.runtime.precision, "n": len(split)}
+
+    def encode(self, split, desc: str = "features") -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        from tunelab.clip import image_embeddings
+        from tunelab.data.images import ClipPreprocess, image_loader
+
+        model, processor = self.loaded
+        out = np.full((len(split), model.config.projection_dim), np.nan, dtype=np.float32)
+        loader = image_loader(split, ClipPreprocess(processor), self.images.batch_size, self.images.num_workers,
+                              self.images.strict)
+        start = time.perf_counter()
+        with torch.inference_mode(), tqdm(total=len(split), desc=desc, unit="img", disable=None) as bar:
+            for batch in loader:
+                if len(batch["rows"]):
+                    pixels = batch["pixel_values"].to(self.device, dtype=self.dtype)
+                    out[batch["rows"].numpy()] = image_embeddings(model, pixels).cpu().numpy()
+                bar.update(len(batch["rows"]) + len(batch["skipped"]))
+        self.seconds += time.perf_counter() - start
+        self.encoded += len(split)
+        return out

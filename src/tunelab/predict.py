@@ -43,6 +43,8 @@ def predict(run_dir: str | Path, inputs: Sequence[str]) -> list[Prediction]:
         return _predict_probe(run_dir, values, inputs)
     if command == "finetune":
         return _predict_finetune(run_dir, values, inputs)
+    if command in ("zeroshot", "clip-finetune"):
+        return _predict_images(run_dir, command, values, inputs)
     raise TunelabError(f"predict does not support '{command}' runs yet")
 
 
@@ -88,6 +90,43 @@ def _predict_finetune(run_dir: Path, values: dict, inputs: Sequence[str]) -> lis
     predicted = probabilities.argmax(1)
     return [Prediction(t, names[p], float(probabilities[i, p]), "probability")
             for i, (t, p) in enumerate(zip(texts, predicted))]
+
+
+def _predict_images(run_dir: Path, command: str, values: dict, inputs: Sequence[str]) -> list[Prediction]:
+    """Images scored against the class embeddings the run saved (no prompts re-encoded)."""
+    from tunelab.clip import load_class_embeddings, load_clip, score_loader
+    from tunelab.data.images import ClipPreprocess, FileImages, ImageSplit, image_loader
+    from tunelab.evaluation import ScoreAccumulator
+    from tunelab.models import resolve_model
+    from tunelab.runtime import resolve_device
+
+    if command == "zeroshot":
+        from tunelab.tasks.zeroshot import ZeroshotConfig
+
+        config = from_dict(ZeroshotConfig, values)
+        model, _, processor = load_clip(resolve_model(config.model))
+    else:
+        from tunelab.tasks.clip_finetune import ClipFinetuneConfig, load_clip_run
+
+        config = from_dict(ClipFinetuneConfig, values)
+        model, _, processor = load_clip_run(run_dir, config)
+    missing = [p for p in inputs if not Path(p).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise TunelabError(f"image not found: {missing[0]}{more}")
+    device = resolve_device(config.runtime.device)
+    model.to(device).eval()
+    class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").to(device)
+    names = json.loads((run_dir / "model" / "zeroshot.json").read_text(encoding="utf-8"))["class_names"]
+    paths = [str(Path(p).resolve()) for p in inputs]
+    split = ImageSplit(FileImages(Path("/"), paths), np.arange(len(paths)), np.zeros(len(paths), dtype=np.int64),
+                       list(inputs))
+    accumulator = ScoreAccumulator(len(paths), len(names), "similarity")
+    loader = image_loader(split, ClipPreprocess(processor), config.images.batch_size, 0, strict=True)
+    score_loader(model, loader, class_emb, device, accumulator)
+    result = accumulator.result()
+    return [Prediction(text, names[p], float(s), "similarity")
+            for text, p, s in zip(inputs, result.predicted, result.score)]
 
 
 def _check_texts(inputs: Sequence[str]) -> list[str]:

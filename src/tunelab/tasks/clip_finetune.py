@@ -19,16 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
-from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, _choice, dump_yaml, from_dict, to_dict
+from tunelab.config import (
+    DataConfig,
+    ImageLoadingConfig,
+    RuntimeConfig,
+    TrackingConfig,
+    _choice,
+    dump_yaml,
+    from_dict,
+    to_dict,
+)
 from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader, load_image_dataset
-from tunelab.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.evaluation import ScoreAccumulator, evaluate_split, skipped_record
 from tunelab.metrics import classification_metrics
 from tunelab.models import count_parameters, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import resolve_device, seed_everything
 from tunelab.tasks.common import RunResult, finish_run
 from tunelab.tasks.finetune import LoraConfig, TrainConfig, lora_targets
-from tunelab.tasks.zeroshot import ImageLoadingConfig, skipped_record
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from tunelab.classifiers import ClassifierConfig, class_scores, fit_classifier, save_classifier
-from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, dump_yaml, to_dict
+from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig, TrackingConfig, dump_yaml, to_dict
+from tunelab.data.images import is_image_dataset, load_image_dataset
 from tunelab.data.text import load_text_dataset
-from tunelab.evaluation import ClassScores, evaluate_split
-from tunelab.features import FeatureCache, FeatureConfig, TextFeatureExtractor, cached_features
+from tunelab.evaluation import ClassScores, evaluate_split, skipped_record
+from tunelab.features import (
+    FeatureCache,
+    FeatureConfig,
+    ImageFeatureExtractor,
+    TextFeatureExtractor,
+    cached_features,
+)
 from tunelab.models import count_parameters_from_config, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import seed_everything
@@ -35,6 +44,7 @@ class ProbeConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
+    images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)  # image datasets only
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     seed: int = 42  # sampling caps, made splits, classifier randomness
@@ -53,27 +63,34 @@ def run_probe(
     evaluation split, and write a complete run directory."""
     seed_everything(config.seed)
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
-    dataset = load_text_dataset(config.data, seed=config.seed)  # validated before any model loads
+    images = is_image_dataset(config.data.dataset)
+    # Data is validated before any model loads.
+    if images:
+        dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
+        extractor = ImageFeatureExtractor(source, config.images, config.runtime)
+    else:
+        dataset = load_text_dataset(config.data, seed=config.seed)
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, text_column=dataset.text_column, label_column=dataset.label_column))
+        extractor = TextFeatureExtractor(source, config.features, config.runtime)
     eval_splits = dataset.eval_split_names(config.data.splits)
-    config = dataclasses.replace(
-        config,
-        data=dataclasses.replace(config.data, text_column=dataset.text_column,
-                                 label_column=dataset.label_column),
-    )
     config_yaml = dump_yaml(config, COMMAND)
     run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
     run.write_config(config_yaml)
     run.write_command(argv)
     tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
 
-    extractor = TextFeatureExtractor(source, config.features, config.runtime)
     cache = FeatureCache() if config.features.cache else None
-    needed = ["train", *[s for s in eval_splits if s != "train"]]
-    features, from_cache = {}, {}
-    for split in needed:
-        features[split], from_cache[split] = cached_features(
-            extractor, dataset.splits[split].texts, f"{split} features", cache
-        )
+    features, from_cache, skipped = {}, {}, []
+    for split in ["train", *[s for s in eval_splits if s != "train"]]:
+        data = dataset.splits[split]
+        vectors, from_cache[split] = cached_features(
+            extractor, data if images else data.texts, f"{split} features", cache)
+        readable = ~np.isnan(vectors).any(axis=1)
+        if not readable.all():  # unreadable images: drop and report them
+            skipped += [data.ids[i] for i in np.flatnonzero(~readable)]
+            dataset.splits[split] = data.subset(np.flatnonzero(readable))
+        features[split] = vectors[readable]
     if all(from_cache.values()):
         logger.info("all features came from the cache; pass --no-cache to recompute them")
 
@@ -100,8 +117,9 @@ def run_probe(
         data = dataset.splits[split]
         full, score_kind = class_scores(estimator, features[split])
         scores = ClassScores.from_full(full, score_kind, predicted=estimator.predict(features[split]))
+        inputs = ("file", data.ids) if images else ("text", data.texts)
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, scores, data.ids, ("text", data.texts))
+            run, split, dataset.class_names, data.labels, scores, data.ids, inputs)
     eval_seconds = time.perf_counter() - start
 
     params = count_parameters_from_config(source)
@@ -120,6 +138,7 @@ def run_probe(
         "params": {"total": params, "trainable": 0, "note": "frozen encoder; only the classifier is fitted"},
         "timing": timing,
         "environment": environment(str(extractor.device)),
+        **({"skipped_images": skipped_record(skipped)} if images else {}),
         "classifier": {"kind": config.classifier.kind, "score": score_kind,
                        "C": tuning["chosen"] if tuning else config.classifier.c, "tuning": tuning},
         "features": {"pooling": config.features.pooling, "dim": int(features["train"].shape[1]),

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
-from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, _positive, dump_yaml, to_dict
+from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig, TrackingConfig, dump_yaml, to_dict
 from tunelab.data.images import ClipPreprocess, image_loader, load_image_dataset
 from tunelab.errors import DataError
-from tunelab.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.evaluation import ScoreAccumulator, evaluate_split, skipped_record
 from tunelab.models import count_parameters, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import resolve_device, resolve_dtype, seed_everything
@@ -29,20 +29,6 @@ COMMAND = "zeroshot"
 
 
 @dataclasses.dataclass
-class ImageLoadingConfig:
-    """How images are read: batch size, worker processes, what to do with broken files."""
-
-    batch_size: int = 64
-    num_workers: int | None = None  # None: up to 4, by CPU count; 0 decodes in the main process
-    strict: bool = False  # stop at the first unreadable image instead of skipping it
-
-    def __post_init__(self) -> None:
-        _positive("images.batch_size", self.batch_size)
-        if self.num_workers is not None and self.num_workers < 0:
-            raise DataError(f"images.num_workers={self.num_workers} must be 0 or more")
-
-
-@dataclasses.dataclass
 class ZeroshotConfig:
     model: str = "openai/clip-vit-base-patch16"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -51,10 +37,6 @@ class ZeroshotConfig:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     seed: int = 42
-
-
-def skipped_record(names: list[str]) -> dict:
-    return {"count": len(names), "files": names}
 
 
 def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrite: bool = False,
