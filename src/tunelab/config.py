@@ -60,7 +60,7 @@ class ImageLoadingConfig:
     """How images are read: batch size, worker processes, what to do with broken files."""
 
     batch_size: int = 64
-    num_workers: int | None = None  # None: up to 4, by CPU count; 0 decodes in the main process
+    num_workers: int | None = None  # None: up to 8 with a GPU, none on a CPU; 0 decodes in the main process
     strict: bool = False  # stop at the first unreadable image instead of skipping it
 
     def __post_init__(self) -> None:
