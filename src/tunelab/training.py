@@ -237,9 +237,10 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
     checkpoint cadence, best-model selection, precision, and CPU data parallelism."""
     from transformers import TrainingArguments
 
-    from tunelab.runtime import resolve_device
+    from tunelab.runtime import resolve_device, resolve_dtype
 
     device = resolve_device(runtime.device)
+    resolve_dtype(runtime.precision, device)  # fp16 on a CPU fails here with a clear message
     steps = total_steps(train, num_examples, world)
     every = min(train.eval_every, steps)
     schedule = dict(eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,

@@ -104,9 +104,9 @@ class ClipLoss:
 
         if self.kind == "contrastive":
             # Each image against the prompts of the batch's own labels: the reference's loss.
-            ids, mask = self.prompt_ids[labels], self.prompt_mask[labels]
-            logits = model(input_ids=ids.to(labels.device), attention_mask=mask.to(labels.device),
-                           pixel_values=pixel_values).logits_per_image
+            rows = labels.cpu()
+            ids, mask = self.prompt_ids[rows].to(labels.device), self.prompt_mask[rows].to(labels.device)
+            logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values).logits_per_image
             target = torch.arange(len(labels), device=labels.device)
             return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         logits = model(input_ids=self.prompt_ids.to(labels.device), attention_mask=self.prompt_mask.to(labels.device),
