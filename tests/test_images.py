@@ -1,0 +1,109 @@
+"""Image datasets: Tiny ImageNet layout, image folders, saved datasets, broken files."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import data_dir, write_colour_images
+from tunelab.architectures import clip_image_processor
+from tunelab.config import DataConfig
+from tunelab.data.images import ClipPreprocess, image_loader, is_image_dataset, load_image_dataset
+from tunelab.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet():
+    if not (data_dir() / "tiny-imagenet-200" / "wnids.txt").is_file():
+        pytest.skip("../shared/data/tiny-imagenet-200 is not present")
+    return load_image_dataset(DataConfig(dataset="tiny_imagenet"))
+
+
+def test_tiny_imagenet_layout(tiny_imagenet):
+    assert tiny_imagenet.label_space.num_classes == 200
+    assert {k: len(v) for k, v in tiny_imagenet.splits.items()} == {"train": 20000, "validation": 10000}
+    values, names = tiny_imagenet.label_space.values, tiny_imagenet.class_names
+    assert values == tuple(sorted(values))  # indices follow sorted wnids
+    assert names[values.index("n01443537")] == "goldfish"  # first name in words.txt
+    validation = tiny_imagenet.splits["validation"]
+    assert validation.ids[0] == "val/images/val_0.JPEG"
+    assert np.bincount(validation.labels, minlength=200).tolist() == [50] * 200
+    assert is_image_dataset("tiny_imagenet")
+
+
+def test_tiny_imagenet_caps_and_lazy_loading(tiny_imagenet):
+    capped = load_image_dataset(DataConfig(dataset="tiny_imagenet", max_train_samples=400, max_eval_samples=200))
+    assert len(capped.splits["train"]) == 400 and len(capped.splits["validation"]) == 200
+    assert np.bincount(capped.splits["validation"].labels, minlength=200).max() == 1
+    batch = next(iter(image_loader(capped.splits["validation"], ClipPreprocess(clip_image_processor(32)), 8, 0)))
+    assert batch["pixel_values"].shape == (8, 3, 32, 32) and batch["skipped"] == []
+
+
+def test_flat_folder_is_split_for_training_and_whole_for_zeroshot(tmp_path):
+    write_colour_images(tmp_path / "flat", 10)
+    (tmp_path / "flat" / "red").rename(tmp_path / "flat" / "dark_red")
+    training = load_image_dataset(DataConfig(dataset=str(tmp_path / "flat")), flat_split="all")
+    assert {k: len(v) for k, v in training.splits.items()} == {"train": 24, "validation": 3, "test": 3}
+    assert training.class_names == ["blue", "dark red", "green"]  # '_' read as a space
+    zeroshot = load_image_dataset(DataConfig(dataset=str(tmp_path / "flat")), flat_split="test")
+    assert list(zeroshot.splits) == ["test"] and len(zeroshot.splits["test"]) == 30
+
+
+def test_split_folders(colour_folder):
+    ds = load_image_dataset(DataConfig(dataset=str(colour_folder)))
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 72, "validation": 24, "test": 24}
+    assert ds.splits["test"].ids[0] == "test/blue/blue_0.png"
+
+
+def test_grey_and_rgba_images_become_rgb(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b").mkdir(parents=True)
+    Image.new("L", (20, 30), 128).save(tmp_path / "d" / "a" / "grey.png")
+    Image.new("RGBA", (30, 20), (1, 2, 3, 4)).save(tmp_path / "d" / "b" / "rgba.png")
+    ds = load_image_dataset(DataConfig(dataset=str(tmp_path / "d")), flat_split="test")
+    split = ds.splits["test"]
+    assert [split.load(i).mode for i in range(2)] == ["RGB", "RGB"]
+
+
+def write_broken(folder):
+    (folder / "red").mkdir(parents=True, exist_ok=True)
+    (folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+
+
+def test_corrupt_image_is_skipped_or_stops_with_strict(tmp_path):
+    write_colour_images(tmp_path / "d", 3)
+    write_broken(tmp_path / "d")
+    split = load_image_dataset(DataConfig(dataset=str(tmp_path / "d")), flat_split="test").splits["test"]
+    preprocess = ClipPreprocess(clip_image_processor(32))
+    batches = list(image_loader(split, preprocess, 4, 0))
+    skipped = [split.ids[row] for b in batches for row in b["skipped"]]
+    assert skipped == ["red/broken.png"]
+    assert sum(len(b["rows"]) for b in batches) == 9
+    with pytest.raises(DataError, match="cannot read image red/broken.png"):
+        list(image_loader(split, preprocess, 4, 0, strict=True))
+
+
+def test_saved_dataset_with_image_column(tmp_path):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    images = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(12)]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["cat", "dog"])})
+    Dataset.from_dict({"image": images, "label": [i % 2 for i in range(12)]}, features=features) \
+        .save_to_disk(str(tmp_path / "saved"))
+    assert is_image_dataset(str(tmp_path / "saved"))
+    ds = load_image_dataset(DataConfig(dataset=str(tmp_path / "saved")))
+    assert ds.class_names == ["cat", "dog"] and set(ds.splits) == {"train", "validation", "test"}
+    assert ds.splits["train"].load(0).size == (8, 8)
+
+
+def test_text_dataset_is_refused(tmp_path):
+    with pytest.raises(DataError, match="is a text dataset; this command needs images"):
+        load_image_dataset(DataConfig(dataset="rotten_tomatoes"))
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "e" / "cls").mkdir(parents=True)
+    (tmp_path / "e" / "cls" / "x.jpg").write_bytes(b"")
+    (tmp_path / "e" / "other").mkdir()
+    with pytest.raises(DataError, match="single class"):
+        load_image_dataset(DataConfig(dataset=str(tmp_path / "e")))
