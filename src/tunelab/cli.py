@@ -156,6 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(clip_ft, image=True)
     clip_ft.set_defaults(handler=_run_clip_finetune)
 
+    run = commands.add_parser("run", help="run a study: several steps, one comparison report",
+                              description="Run a study (a YAML file or a preset such as lab03-offline).")
+    run.add_argument("study", metavar="STUDY.yaml|PRESET")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a study variable (clip_model=PATH), a shared setting (seed=1), or STEP.key=value")
+    run.add_argument("--out", metavar="DIR", help="study directory (default runs/study-<name>-<timestamp>); "
+                     "rerunning into it keeps completed steps")
+    run.set_defaults(handler=_run_study)
+
+    report = commands.add_parser("report", help="compare run directories in Markdown and HTML",
+                                 description="Compare runs (run or study directories) in report.md/.html.")
+    report.add_argument("dirs", nargs="+", metavar="DIR")
+    report.add_argument("--out", metavar="FILE", default="report.md", help="Markdown file; HTML is written beside it")
+    report.add_argument("--baseline", metavar="RUN", help="run name the deltas are measured against (default: first)")
+    report.add_argument("--title", default="tunelab report")
+    report.set_defaults(handler=_run_report)
+
     info = commands.add_parser("info", help="parameter counts of a model, with or without LoRA",
                                description="Total and trainable parameter counts (no weights are loaded).")
     info.add_argument("--model", required=True, help="hub id, local directory, alias, or a shipped architecture")
@@ -247,6 +264,35 @@ def _training_config(args: argparse.Namespace, cls, command: str):
             logger.warning("--resume continues with the run's own config.yaml; other settings are ignored")
         return build_config(cls, command, str(Path(args.out) / "config.yaml"))
     return build_config(cls, command, args.config, overrides)
+
+
+def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.config import parse_assignment
+    from tunelab.study import load_study, run_study
+
+    assignments = dict(parse_assignment(a) for a in args.set)
+    study = load_study(args.study, assignments)
+    root, outcomes = run_study(study, out=args.out)
+    width = max(len(o.name) for o in outcomes) if outcomes else 4
+    for o in outcomes:
+        print(f"{o.name:<{width}}  {o.status:<9}  {o.detail}")
+    print(f"report: {root / 'report.md'} and {root / 'report.html'}")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from tunelab.report import find_runs, write_report
+
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:
+        raise TunelabError(f"not a directory: {missing[0]}")
+    if not find_runs(args.dirs):
+        raise TunelabError("no finished runs (directories with metrics.json) in " + ", ".join(args.dirs))
+    md, html = write_report(args.dirs, args.out, title=args.title, baseline=args.baseline)
+    print(f"wrote {md} and {html}")
+    return 0
 
 
 def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:

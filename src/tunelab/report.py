@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import html
+import io
+import json
+import math
+import statistics
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro",
                   "f1_macro", "top5_accuracy")
@@ -59,3 +69,275 @@ def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
         lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     lines += ["## Configuration", "", "```yaml", config_yaml.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- comparison reports
+
+
+REPORT_METRICS = ("accuracy", "f1", "f1_macro", "top5_accuracy")
+
+
+class Document:
+    """A report as blocks, rendered to Markdown (images beside it) and to one
+    self-contained HTML page (images embedded)."""
+
+    def __init__(self):
+        self.blocks: list[tuple] = []
+
+    def heading(self, level: int, text: str):
+        self.blocks.append(("heading", level, text))
+
+    def paragraph(self, text: str):
+        self.blocks.append(("paragraph", text))
+
+    def table(self, header: list[str], rows: list[list[str]]):
+        self.blocks.append(("table", header, rows))
+
+    def image(self, name: str, png: bytes, caption: str):
+        self.blocks.append(("image", name, png, caption))
+
+    def code(self, summary: str, text: str):
+        self.blocks.append(("code", summary, text))
+
+    def markdown(self, assets: Path) -> str:
+        lines = []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                lines += ["#" * block[1] + " " + block[2], ""]
+            elif kind == "paragraph":
+                lines += [block[1], ""]
+            elif kind == "table":
+                lines.append("| " + " | ".join(block[1]) + " |")
+                lines.append("|" + "---|" * len(block[1]))
+                lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in block[2]]
+                lines.append("")
+            elif kind == "image":
+                assets.mkdir(parents=True, exist_ok=True)
+                (assets / block[1]).write_bytes(block[2])
+                lines += [f"![{block[3]}]({assets.name}/{block[1]})", ""]
+            elif kind == "code":
+                lines += [f"<details><summary>{block[1]}</summary>", "", "```", block[2].rstrip(), "```",
+                          "", "</details>", ""]
+        return "\n".join(lines)
+
+    def html(self, title: str) -> str:
+        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+                 "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+                 "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+                 "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+                 "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+                 "pre{background:#f7f7f7;padding:1em;overflow:auto}figure{margin:1em 0}</style></head><body>"]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                parts.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+            elif kind == "paragraph":
+                parts.append(f"<p>{html.escape(block[1])}</p>")
+            elif kind == "table":
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                               for row in block[2])
+                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif kind == "image":
+                data = base64.b64encode(block[2]).decode()
+                parts.append(f"<figure><img alt='{html.escape(block[3])}' src='data:image/png;base64,{data}'>"
+                             f"<figcaption>{html.escape(block[3])}</figcaption></figure>")
+            elif kind == "code":
+                parts.append(f"<details><summary>{html.escape(block[1])}</summary>"
+                             f"<pre>{html.escape(block[2])}</pre></details>")
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+
+@dataclasses.dataclass
+class RunRecord:
+    name: str
+    path: Path
+    metrics: dict
+    config: dict
+    command_line: str
+    history: list
+
+    @property
+    def command(self) -> str:
+        return self.metrics["command"]
+
+    def identity(self) -> str:
+        """The configuration without its seed: runs equal here differ only in seed."""
+        config = {k: v for k, v in self.config.items() if k != "seed"}
+        return json.dumps(config, sort_keys=True, default=str)
+
+
+def find_runs(paths: list[Path | str]) -> list[RunRecord]:
+    """Run directories given directly, or inside study directories, in order."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "metrics.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p.parent for p in path.glob("*/metrics.json"))
+    records = []
+    for path in found:
+        history = path / "history.json"
+        command_file = path / "command.txt"
+        records.append(RunRecord(
+            path.name, path, json.loads((path / "metrics.json").read_text(encoding="utf-8")),
+            yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {},
+            command_file.read_text(encoding="utf-8").splitlines()[0] if command_file.is_file() else "",
+            json.loads(history.read_text(encoding="utf-8")) if history.is_file() else [],
+        ))
+    return records
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _ci95(accuracy: float, n: int) -> float:
+    """Half-width of the normal-approximation 95% interval of an accuracy over n examples."""
+    return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n) if n else float("nan")
+
+
+def _delta(value: float | None, base: float | None) -> str:
+    if value is None or base is None:
+        return "—"
+    return f"{value - base:+.4f}"
+
+
+def _main_split(record: RunRecord) -> str:
+    splits = record.metrics["splits"]
+    return "test" if "test" in splits else next(iter(splits))
+
+
+def _curves_png(record: RunRecord) -> bytes | None:
+    losses = [(h["step"], h["loss"]) for h in record.history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_accuracy"]) for h in record.history if "eval_accuracy" in h]
+    if not losses and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    if losses:
+        axes[0].plot(*zip(*losses), color="tab:blue")
+    axes[0].set(title="training loss", xlabel="step")
+    if evals:
+        axes[1].plot(*zip(*evals), marker="o", color="tab:green")
+    axes[1].set(title="validation accuracy", xlabel="step")
+    fig.suptitle(record.name)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def build_report(records: list[RunRecord], title: str, baseline: str | None = None,
+                 outcomes: list | None = None) -> Document:
+    doc = Document()
+    doc.heading(1, title)
+    env = records[0].metrics.get("environment", {}) if records else {}
+    if env:
+        doc.paragraph(f"Measured on {env.get('platform', '?')}, device {env.get('device', '?')}; "
+                      f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, "
+                      f"tunelab {env.get('tunelab', '?')}.")
+    if outcomes:
+        doc.heading(2, "Steps")
+        doc.table(["step", "command", "status", "detail"],
+                  [[o.name, o.command, o.status, o.detail or ""] for o in outcomes])
+    if not records:
+        doc.paragraph("No finished runs to compare.")
+        return doc
+    base = next((r for r in records if r.name == baseline), records[0])
+    doc.paragraph(f"Deltas are against {base.name} ({base.command}, {base.metrics['model']}) on the same dataset "
+                  "and split. ± is the half-width of a 95% interval for the accuracy given the number of examples n: "
+                  "differences smaller than it are within noise.")
+    by_command: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_command.setdefault(record.command, []).append(record)
+    for command, group in by_command.items():
+        doc.heading(2, f"{command}")
+        rows = []
+        for record in group:
+            params = record.metrics.get("params", {})
+            seconds = record.metrics.get("timing", {}).get("seconds", {})
+            throughput = record.metrics.get("timing", {}).get("throughput", {})
+            for split, values in record.metrics["splits"].items():
+                base_values = base.metrics["splits"].get(split) \
+                    if base.metrics["dataset"] == record.metrics["dataset"] else None
+                rows.append([
+                    record.name, record.metrics["model"], record.metrics["dataset"], split, str(values["n"]),
+                    f"{values['accuracy']:.4f} ± {_ci95(values['accuracy'], values['n']):.4f}",
+                    _delta(values["accuracy"], base_values["accuracy"] if base_values else None),
+                    _fmt(values.get("f1")), _fmt(values.get("f1_macro")), _fmt(values.get("top5_accuracy")),
+                    f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
+                    f"{sum(v for v in seconds.values() if isinstance(v, (int, float))):.1f}",
+                    ", ".join(f"{k} {v:.1f}" for k, v in throughput.items()),
+                ])
+        doc.table(["run", "model", "dataset", "split", "n", "accuracy ± 95%", "Δ accuracy", "F1", "F1 macro",
+                   "top-5", "trained / total params", "seconds", "throughput (/s)"], rows)
+        _seed_summary(doc, group)
+    doc.heading(2, "Training curves")
+    drew = False
+    for record in records:
+        png = _curves_png(record)
+        if png:
+            doc.image(f"{record.name}-curves.png", png, f"{record.name}: training loss and validation accuracy")
+            drew = True
+    if not drew:
+        doc.paragraph("No training runs.")
+    doc.heading(2, "Confusion")
+    for record in records:
+        split = _main_split(record)
+        picture = record.path / f"confusion_{split}.png"
+        if picture.is_file():
+            doc.image(f"{record.name}-confusion-{split}.png", picture.read_bytes(), f"{record.name}: {split}")
+        else:
+            matrix = record.path / f"confusion_{split}.json"
+            pairs = json.loads(matrix.read_text()).get("top_confused_pairs", []) if matrix.is_file() else []
+            doc.paragraph(f"{record.name} ({split}): most confused pairs")
+            doc.table(["true", "predicted", "count"], [[p["true"], p["predicted"], str(p["count"])] for p in pairs])
+    doc.heading(2, "Commands and configurations")
+    for record in records:
+        config_text = (record.path / "config.yaml").read_text(encoding="utf-8")
+        doc.code(f"{record.name}: {record.command_line}", config_text)
+    return doc
+
+
+def _seed_summary(doc: Document, group: list[RunRecord]) -> None:
+    """Runs that differ only in seed: mean and spread of accuracy per split."""
+    seeds: dict[str, list[RunRecord]] = {}
+    for record in group:
+        seeds.setdefault(record.identity(), []).append(record)
+    rows = []
+    for runs in seeds.values():
+        if len(runs) < 2:
+            continue
+        for split in runs[0].metrics["splits"]:
+            values = [r.metrics["splits"][split]["accuracy"] for r in runs if split in r.metrics["splits"]]
+            rows.append([", ".join(r.name for r in runs), split, str(len(values)),
+                         f"{statistics.mean(values):.4f}", f"{statistics.stdev(values):.4f}"])
+    if rows:
+        doc.paragraph("Runs that differ only in their seed:")
+        doc.table(["runs", "split", "seeds", "mean accuracy", "std"], rows)
+
+
+def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",
+                 baseline: str | None = None, outcomes: list | None = None) -> tuple[Path, Path]:
+    """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it."""
+    from tunelab.runs import atomic_write_bytes
+
+    out = Path(out)
+    if out.suffix.lower() in (".html", ".htm"):
+        out = out.with_suffix(".md")
+    elif out.suffix.lower() != ".md":
+        out = out.with_suffix(".md") if out.suffix else out / "report.md"
+    records = find_runs(paths)
+    doc = build_report(records, title, baseline, outcomes)
+    atomic_write_bytes(out, doc.markdown(out.parent / f"{out.stem}_files").encode("utf-8"))
+    html_path = out.with_suffix(".html")
+    atomic_write_bytes(html_path, doc.html(title).encode("utf-8"))
+    return out, html_path

@@ -1,0 +1,258 @@
+"""Studies: an ordered list of steps (probe, finetune, zeroshot, clip-finetune), each a
+normal run directory under one study directory, then one comparison report.
+
+A study YAML::
+
+    name: my-study
+    variables:            # values steps can use as ${name}; --set name=value fills them
+      clip_model: null
+    settings:             # shared by every step whose command has the key
+      seed: 42
+      data: {max_eval_samples: 500}
+    steps:
+      - name: probe       # the step's run directory
+        command: probe
+        model: minilm
+        data: {dataset: rotten_tomatoes}
+      - name: zeroshot
+        command: zeroshot
+        requires: [clip_model]   # skipped, with the reason, while a variable is unset
+        model: ${clip_model}
+        data: {dataset: tiny_imagenet}
+
+A step that fails is reported and the others still run. Rerunning with the same
+``--out`` keeps steps whose run directory is complete with the same resolved
+configuration, resumes interrupted training steps, and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.config import ConfigError, deep_merge, dump_yaml, from_dict, load_yaml_source, set_dotted
+from tunelab.errors import TunelabError
+
+logger = logging.getLogger(__name__)
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _commands() -> dict[str, tuple[type, Any]]:
+    """command -> (config class, run function), imported on use."""
+    from tunelab.tasks.clip_finetune import ClipFinetuneConfig, run_clip_finetune
+    from tunelab.tasks.finetune import FinetuneConfig, run_finetune
+    from tunelab.tasks.probe import ProbeConfig, run_probe
+    from tunelab.tasks.zeroshot import ZeroshotConfig, run_zeroshot
+
+    return {
+        "probe": (ProbeConfig, run_probe),
+        "finetune": (FinetuneConfig, run_finetune),
+        "zeroshot": (ZeroshotConfig, run_zeroshot),
+        "clip-finetune": (ClipFinetuneConfig, run_clip_finetune),
+    }
+
+
+TRAINING_COMMANDS = ("finetune", "clip-finetune")
+
+
+@dataclasses.dataclass
+class Step:
+    name: str
+    command: str
+    settings: dict[str, Any]
+    requires: list[str]
+
+
+@dataclasses.dataclass
+class Study:
+    name: str
+    steps: list[Step]
+    variables: dict[str, Any]
+    settings: dict[str, Any]
+    baseline: str | None = None  # the step other runs are compared against in the report
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    name: str
+    command: str
+    status: str  # completed | reused | skipped | failed
+    detail: str = ""
+    seconds: float = 0.0
+
+
+def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
+    """Read a study YAML or preset and apply ``--set`` assignments: a variable name sets
+    the variable, ``STEP.key`` one step's setting, any other key the shared settings."""
+    values, origin = load_yaml_source(source)
+    if values.get("command", "study") != "study" or "steps" not in values:
+        raise ConfigError(f"{origin} is not a study (it needs a list of steps); "
+                          f"for a single command use tunelab {values.get('command', 'COMMAND')} --config")
+    unknown = set(values) - {"command", "name", "variables", "settings", "steps", "baseline"}
+    if unknown:
+        raise ConfigError(f"{origin}: unknown study key '{sorted(unknown)[0]}' "
+                          "(known: name, variables, settings, steps, baseline)")
+    variables = dict(values.get("variables") or {})
+    settings = dict(values.get("settings") or {})
+    commands = _commands()
+    steps = []
+    for index, raw in enumerate(values["steps"] or []):
+        if not isinstance(raw, dict) or "command" not in raw:
+            raise ConfigError(f"{origin}: step {index + 1} needs a 'command' ({', '.join(commands)})")
+        raw = dict(raw)
+        command = raw.pop("command")
+        if command not in commands:
+            raise ConfigError(f"{origin}: step {index + 1} has unknown command '{command}'; "
+                              f"choose from {', '.join(commands)}")
+        name = str(raw.pop("name", f"{index + 1:02d}-{command}"))
+        requires = list(raw.pop("requires", []) or [])
+        steps.append(Step(name, command, raw, requires))
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{origin}: step names must be unique (they name run directories)")
+    for key, value in (assignments or {}).items():
+        head = key.split(".", 1)[0]
+        if key in variables or (head not in names and "." not in key and key not in _all_config_keys()):
+            variables[key] = value
+        elif head in names and "." in key:
+            set_dotted(next(s for s in steps if s.name == head).settings, key.split(".", 1)[1], value)
+        else:
+            set_dotted(settings, key, value)
+    return Study(str(values.get("name") or Path(source).stem), steps, variables, settings, values.get("baseline"))
+
+
+def _all_config_keys() -> set[str]:
+    keys = set()
+    for cls, _ in _commands().values():
+        keys |= {f.name for f in dataclasses.fields(cls)}
+    return keys
+
+
+def _substitute(value: Any, variables: dict[str, Any]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    if isinstance(value, str):
+        whole = VARIABLE.fullmatch(value)
+        if whole:
+            return variables.get(whole.group(1))
+        return VARIABLE.sub(lambda m: str(variables.get(m.group(1), "")), value)
+    return value
+
+
+def _shared_for(cls: type, settings: dict[str, Any]) -> dict[str, Any]:
+    """The shared settings this config class has (nested groups filtered key by key)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    picked = {}
+    for key, value in settings.items():
+        if key not in fields:
+            continue
+        field_type = cls.__dataclass_fields__[key].default_factory if isinstance(value, dict) else None
+        if isinstance(value, dict) and field_type not in (None, dataclasses.MISSING):
+            inner = {f.name for f in dataclasses.fields(field_type())}
+            value = {k: v for k, v in value.items() if k in inner}
+        picked[key] = value
+    return picked
+
+
+def resolve_step(study: Study, step: Step):
+    """The step's typed config: shared settings, then the step's own, variables filled."""
+    cls, _ = _commands()[step.command]
+    merged = deep_merge(_shared_for(cls, _substitute(study.settings, study.variables)),
+                       _substitute(step.settings, study.variables))
+    return from_dict(cls, merged)
+
+
+def default_study_path(name: str) -> Path:
+    return Path("runs") / f"study-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _complete_with(run_dir: Path, command: str, config) -> bool:
+    if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    return (run_dir / "config.yaml").read_text(encoding="utf-8") == _saved_yaml(command, config, run_dir)
+
+
+def _saved_yaml(command: str, config, run_dir: Path) -> str:
+    """What the run would save: text runs record the columns they resolved, so compare
+    against the saved file with those filled in."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    data = dataclasses.asdict(config).get("data", {})
+    if "data" in saved and isinstance(saved["data"], dict):
+        for key in ("text_column", "label_column"):
+            if data.get(key) is None:
+                filled = dataclasses.replace(config.data, **{key: saved["data"].get(key)})
+                config = dataclasses.replace(config, data=filled)
+    return dump_yaml(config, command)
+
+
+def run_study(study: Study, out: str | Path | None = None) -> tuple[Path, list[StepOutcome]]:
+    """Run every step in order; a failure is recorded and the next step runs.
+    Returns (study directory, outcomes)."""
+    root = Path(out) if out else default_study_path(study.name)
+    root.mkdir(parents=True, exist_ok=True)
+    outcomes: list[StepOutcome] = []
+    commands = _commands()
+    for step in study.steps:
+        run_dir = root / step.name
+        missing = [v for v in step.requires if study.variables.get(v) in (None, "")]
+        if missing:
+            reason = f"needs {', '.join(missing)} (set it with --set {missing[0]}=...)"
+            outcomes.append(StepOutcome(step.name, step.command, "skipped", reason))
+            logger.info("step %s skipped: %s", step.name, reason)
+            continue
+        start = time.perf_counter()
+        try:
+            config = resolve_step(study, step)
+            if _complete_with(run_dir, step.command, config):
+                outcomes.append(StepOutcome(step.name, step.command, "reused",
+                                            "complete with the same configuration"))
+                logger.info("step %s: complete already, kept", step.name)
+                continue
+            _, run = commands[step.command]
+            logger.info("step %s: tunelab %s", step.name, step.command)
+            kwargs: dict[str, Any] = {"out": run_dir, "argv": [step.command, "--config", str(run_dir / "config.yaml")]}
+            resumable = (step.command in TRAINING_COMMANDS and (run_dir / "config.yaml").is_file()
+                         and not (run_dir / "metrics.json").exists() and (run_dir / "checkpoints").is_dir())
+            if resumable and _saved_yaml(step.command, config, run_dir) == (run_dir / "config.yaml").read_text():
+                kwargs["resume"] = True
+            else:
+                kwargs["overwrite"] = run_dir.exists() and any(run_dir.iterdir())
+            run(config, **kwargs)
+            outcomes.append(StepOutcome(step.name, step.command, "completed", "",
+                                        time.perf_counter() - start))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a failed step is reported; the study goes on
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, TunelabError):
+                message = f"{type(exc).__name__}: {message}"
+                logger.debug("%s", traceback.format_exc())
+            outcomes.append(StepOutcome(step.name, step.command, "failed", message, time.perf_counter() - start))
+            logger.error("step %s failed: %s", step.name, message)
+    _write_state(root, study, outcomes)
+    from tunelab.report import write_report
+
+    runs = [root / o.name for o in outcomes if o.status in ("completed", "reused")]
+    baseline = study.baseline if study.baseline in [o.name for o in outcomes] else None
+    write_report(runs, root / "report.md", title=f"Study {study.name}", baseline=baseline, outcomes=outcomes)
+    return root, outcomes
+
+
+def _write_state(root: Path, study: Study, outcomes: list[StepOutcome]) -> None:
+    from tunelab.runs import atomic_write_bytes
+
+    state = {"name": study.name, "variables": study.variables, "settings": study.settings,
+             "steps": [dataclasses.asdict(o) for o in outcomes]}
+    atomic_write_bytes(root / "study.json", (json.dumps(state, indent=2, default=str) + "\n").encode())
