@@ -107,8 +107,12 @@ def main(argv=None) -> int:
     low_name = "fp16" if low == torch.float16 else "bf16"
     print("\n| scorer | images/s | ratio |\n|---|---|---|")
     print(f"| reference: one image at a time, fp32 | {ref_rate:.1f} | 1.00 |")
-    print(f"| tunelab: batch {batch}, workers, fp32 | {fp32_rate:.1f} | {fp32_rate / ref_rate:.2f} |")
-    print(f"| tunelab: batch {batch}, workers, {low_name} | {low_rate:.1f} | {low_rate / ref_rate:.2f} |")
+    from tunelab.data.images import default_workers
+
+    workers = default_workers() if args.num_workers is None else args.num_workers
+    print(f"| tunelab: batch {batch}, {workers} decode workers, fp32 | {fp32_rate:.1f} | {fp32_rate / ref_rate:.2f} |")
+    print(f"| tunelab: batch {batch}, {workers} decode workers, {low_name} | {low_rate:.1f} | "
+          f"{low_rate / ref_rate:.2f} |")
     print(f"\nlargest |difference| of the best class score, tunelab fp32 vs reference: {difference:.2e}")
     print(json.dumps({"benchmark": "clip_zeroshot", "model": args.model, "device": str(device), "images": n,
                       "reference_per_s": round(ref_rate, 1), "tunelab_fp32_per_s": round(fp32_rate, 1),
