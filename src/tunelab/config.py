@@ -287,3 +287,14 @@ def dump_yaml(config: Any, command: str | None = None) -> str:
     if command:
         values = {"command": command, **values}
     return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+def config_from_run(cls: type[T], run_dir: Path | str) -> T:
+    """The typed configuration a run directory was made with (its config.yaml)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError:
+        raise ConfigError(f"{run_dir} is not a tunelab run directory (no config.yaml)") from None
+    values.pop("command", None)
+    return from_dict(cls, values)

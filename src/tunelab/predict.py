@@ -75,7 +75,7 @@ def _predict_finetune(run_dir: Path, values: dict, inputs: Sequence[str]) -> lis
         FinetuneConfig,
         effective_max_length,
         load_finetuned,
-        predict_probabilities,
+        predict_scores,
     )
 
     config = from_dict(FinetuneConfig, values)
@@ -83,13 +83,12 @@ def _predict_finetune(run_dir: Path, values: dict, inputs: Sequence[str]) -> lis
     device = resolve_device(config.runtime.device)
     model, tokenizer = load_finetuned(run_dir, config)
     model.to(device)
-    probabilities = predict_probabilities(
+    scores = predict_scores(
         model, tokenizer, texts, config.train.eval_batch_size,
         effective_max_length(tokenizer, model, config.train.max_length), device, config.runtime.precision)
     names = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["data"]["class_names"]
-    predicted = probabilities.argmax(1)
-    return [Prediction(t, names[p], float(probabilities[i, p]), "probability")
-            for i, (t, p) in enumerate(zip(texts, predicted))]
+    return [Prediction(t, names[p], float(s), "probability")
+            for t, p, s in zip(texts, scores.predicted, scores.score)]
 
 
 def _predict_images(run_dir: Path, command: str, values: dict, inputs: Sequence[str]) -> list[Prediction]:

@@ -270,3 +270,36 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
         **schedule,
         **extra,
     )
+
+
+def train_resumable(trainer, interrupt: InterruptCallback, run_dir: Path, resume: bool, command: str):
+    """Train, from the last complete checkpoint when resuming; Ctrl-C saves a checkpoint
+    and stops with a line that says how to continue. Returns the Trainer's metrics."""
+    checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
+    if resume:
+        if checkpoint is None:
+            logger.warning("no complete checkpoint in %s: starting from step 0", run_dir / "checkpoints")
+        else:
+            logger.info("resuming from %s", checkpoint)
+    interrupt.install()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        interrupt.uninstall()
+    if interrupt.interrupted:
+        raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
+                          f"{run_dir / 'checkpoints'}; continue with: tunelab {command} --out {run_dir} --resume")
+    return output.metrics
+
+
+def training_summary(trainer, train, run_dir: Path, world: int, resume: bool) -> dict:
+    """metrics.json's ``training`` block."""
+    return {
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "learning_rate": train.learning_rate,
+        "best_checkpoint": relative_path(trainer.state.best_model_checkpoint, run_dir),
+        "best_validation_" + train.best_metric: trainer.state.best_metric,
+        "world_size": world,
+        "resumed": resume,
+    }

@@ -25,8 +25,8 @@ from tunelab.config import (
     RuntimeConfig,
     TrackingConfig,
     _choice,
+    config_from_run,
     dump_yaml,
-    from_dict,
     to_dict,
 )
 from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader, load_image_dataset
@@ -68,11 +68,7 @@ class ClipFinetuneConfig:
 
 
 def clip_config_from_run(run_dir: Path) -> ClipFinetuneConfig:
-    import yaml
-
-    values = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    values.pop("command", None)
-    return from_dict(ClipFinetuneConfig, values)
+    return config_from_run(ClipFinetuneConfig, run_dir)
 
 
 def wrap_clip_lora(model, lora: LoraConfig):
@@ -117,12 +113,12 @@ class ClipLoss:
 def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
                       resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
     from tunelab.training import (
-        Interrupted,
         barrier,
         broadcast_object,
         init_distributed,
         open_run_directory,
-        relative_path,
+        train_resumable,
+        training_summary,
     )
 
     device = resolve_device(config.runtime.device)
@@ -154,19 +150,7 @@ def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None,
 
     trainer, interrupt = build_clip_trainer(config, dataset, model, tokenizer, processor, templates,
                                             run.path / "checkpoints", tracker, world)
-    from tunelab.training import last_complete_checkpoint
-
-    checkpoint = last_complete_checkpoint(run.path / "checkpoints") if resume else None
-    if checkpoint is not None:
-        logger.info("resuming from %s", checkpoint)
-    interrupt.install()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        interrupt.uninstall()
-    if interrupt.interrupted:
-        raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
-                          f"{run.path / 'checkpoints'}; continue with: tunelab {COMMAND} --out {run.path} --resume")
+    stats = train_resumable(trainer, interrupt, run.path, resume, COMMAND)
     if rank != 0:
         barrier(world)
         return RunResult(run.path, {})
@@ -191,7 +175,6 @@ def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None,
     eval_seconds = time.perf_counter() - start
     _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates)
     run.write_json("history.json", trainer.state.log_history)
-    stats = output.metrics
     metrics = {
         "command": COMMAND,
         "model": config.model,
@@ -204,15 +187,7 @@ def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None,
                    "throughput": {"train_samples_per_s": stats["train_samples_per_second"],
                                   "eval_images_per_s": sum(len(dataset.splits[s]) for s in eval_splits)
                                   / eval_seconds}},
-        "training": {
-            "steps": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "learning_rate": config.train.learning_rate,
-            "best_checkpoint": relative_path(trainer.state.best_model_checkpoint, run.path),
-            "best_validation_" + config.train.best_metric: trainer.state.best_metric,
-            "world_size": world,
-            "resumed": resume,
-        },
+        "training": training_summary(trainer, config.train, run.path, world, resume),
         "skipped_images": skipped_record(sorted(set(skipped))),
         "templates": {"spec": config.templates, "count": len(templates)},
         "environment": environment(str(device)),

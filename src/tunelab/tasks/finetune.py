@@ -22,13 +22,13 @@ from tunelab.config import (
     TrackingConfig,
     _choice,
     _positive,
+    config_from_run,
     dump_yaml,
-    from_dict,
     to_dict,
 )
 from tunelab.data.text import TextDataset, load_text_dataset
 from tunelab.errors import ConfigError, ModelError, TunelabError
-from tunelab.evaluation import ClassScores, evaluate_split
+from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
 from tunelab.models import ModelSource, count_parameters, load_config, load_tokenizer, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import resolve_device, seed_everything
@@ -208,10 +208,10 @@ def effective_max_length(tokenizer, model, requested: int) -> int:
 # --------------------------------------------------------------------------- inference
 
 
-def predict_probabilities(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int,
-                          device, precision: str = "fp32") -> np.ndarray:
+def predict_scores(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int, device,
+                   precision: str = "fp32") -> ClassScores:
     """Class probabilities in the texts' order, from length-sorted, dynamically padded
-    batches; results stream to a (n, classes) float32 array on the CPU."""
+    batches, kept in O(n) memory (every class for few classes, the top-5 for many)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -219,18 +219,17 @@ def predict_probabilities(model, tokenizer, texts: Sequence[str], batch_size: in
 
     ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    num_labels = model.config.num_labels
-    out = np.empty((len(ids), num_labels), dtype=np.float32)
+    accumulator = ScoreAccumulator(len(ids), model.config.num_labels, "probability")
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast, tqdm(total=len(ids), desc="evaluate", unit="text", disable=None) as bar:
         for batch, input_ids, mask in sorted_padded_batches(ids, batch_size, pad_token_id(tokenizer), device):
             logits = model(input_ids=input_ids, attention_mask=mask).logits
-            out[batch] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            accumulator.add(batch, torch.softmax(logits.float(), dim=-1))
             bar.update(len(batch))
     model.train(was_training)
-    return out
+    return accumulator.result()
 
 
 # --------------------------------------------------------------------------- the task
@@ -246,7 +245,13 @@ def run_finetune(
     """Train on train, pick the best checkpoint on validation, score every evaluation
     split with it, and write a complete run directory. With ``resume``, continue the
     run in ``out`` from its last complete checkpoint."""
-    from tunelab.training import Interrupted, broadcast_object, init_distributed, open_run_directory, relative_path
+    from tunelab.training import (
+        broadcast_object,
+        init_distributed,
+        open_run_directory,
+        train_resumable,
+        training_summary,
+    )
 
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
@@ -275,10 +280,8 @@ def run_finetune(
     params = count_parameters(model)
     logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
 
-    trainer, interrupt, train_stats = _train(config, dataset, tokenizer, model, run, tracker, world, resume)
-    if interrupt.interrupted:
-        raise Interrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in "
-                           f"{run.path / 'checkpoints'}; continue with: tunelab finetune --out {run.path} --resume")
+    trainer, interrupt = build_trainer(config, dataset, tokenizer, model, run.path / "checkpoints", tracker, world)
+    train_stats = train_resumable(trainer, interrupt, run.path, resume, COMMAND)
 
     from tunelab.training import barrier
 
@@ -291,11 +294,10 @@ def run_finetune(
     start = time.perf_counter()
     for split in eval_splits:
         data = dataset.splits[split]
-        probabilities = predict_probabilities(model, tokenizer, data.texts, config.train.eval_batch_size,
-                                              max_length, device, config.runtime.precision)
+        scores = predict_scores(model, tokenizer, data.texts, config.train.eval_batch_size, max_length, device,
+                                config.runtime.precision)
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, ClassScores.from_full(probabilities, "probability"),
-            data.ids, ("text", data.texts))
+            run, split, dataset.class_names, data.labels, scores, data.ids, ("text", data.texts))
         if tracker is not None:
             tracker.log({f"final/{split}/{k}": v for k, v in split_metrics[split].items() if k != "n"},
                         step=trainer.state.global_step)
@@ -315,15 +317,7 @@ def run_finetune(
             "throughput": {"train_samples_per_s": train_stats["train_samples_per_second"],
                            "eval_samples_per_s": sum(m["n"] for m in split_metrics.values()) / eval_seconds},
         },
-        "training": {
-            "steps": trainer.state.global_step,
-            "epochs": trainer.state.epoch,
-            "learning_rate": config.train.learning_rate,
-            "best_checkpoint": relative_path(trainer.state.best_model_checkpoint, run.path),
-            "best_validation_" + config.train.best_metric: trainer.state.best_metric,
-            "world_size": world,
-            "resumed": resume,
-        },
+        "training": training_summary(trainer, config.train, run.path, world, resume),
         "environment": environment(str(device)),
         "data": {"class_names": dataset.class_names,
                  "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes},
@@ -398,27 +392,6 @@ def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model
     return trainer, interrupt
 
 
-def _train(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, run: RunDirectory, tracker,
-           world: int, resume: bool):
-    from tunelab.training import last_complete_checkpoint
-
-    trainer, interrupt = build_trainer(config, dataset, tokenizer, model, run.path / "checkpoints",
-                                       tracker, world)
-    checkpoint = None
-    if resume:
-        checkpoint = last_complete_checkpoint(run.path / "checkpoints")
-        if checkpoint is None:
-            logger.warning("no complete checkpoint in %s: starting from step 0", run.path / "checkpoints")
-        else:
-            logger.info("resuming from %s", checkpoint)
-    interrupt.install()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        interrupt.uninstall()
-    return trainer, interrupt, output.metrics
-
-
 def _save_model(model, tokenizer, run: RunDirectory, train: TrainConfig) -> None:
     """Weights (or the LoRA adapter) and tokenizer as safetensors; merged weights on request."""
     target = run.path / "model"
@@ -455,8 +428,4 @@ def _class_names(run_dir: Path) -> list[str]:
 
 
 def finetune_config_from_run(run_dir: Path) -> FinetuneConfig:
-    import yaml
-
-    values = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    values.pop("command", None)
-    return from_dict(FinetuneConfig, values)
+    return config_from_run(FinetuneConfig, run_dir)
