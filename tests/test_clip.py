@@ -197,3 +197,31 @@ def test_fp16_on_cpu_is_refused(tiny_clip_dir, colour_folder, tmp_path, capsys):
     assert clip_ft(tiny_clip_dir, colour_folder, tmp_path / "x", "--max-steps", 2, "--precision", "fp16",
                    "--device", "cpu") == 2
     assert "fp16 needs a GPU" in capsys.readouterr().err
+
+
+def test_clip_resume_after_sigkill_gives_the_same_metrics(tiny_clip_dir, colour_folder, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--max-steps", 300, "--eval-every", 50, "--lr", "5e-3"]
+    reference = tmp_path / "reference"
+    assert clip_ft(tiny_clip_dir, colour_folder, reference, *args) == 0
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tunelab", "clip-finetune", "--model", str(tiny_clip_dir), "--dataset",
+           str(colour_folder), "--out", str(killed), "--batch-size", "16", "--num-workers", "0", "--seed", "1",
+           *map(str, args)]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoints" / "checkpoint-50" / "trainer_state.json").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = max(int(p.name.split("-")[1]) for p in (killed / "checkpoints").glob("checkpoint-*"))
+    assert last < 300 and not (killed / "metrics.json").exists()
+    assert main(["clip-finetune", "--out", str(killed), "--resume"]) == 0
+    resumed, uninterrupted = metrics_of(killed), metrics_of(reference)
+    assert resumed["training"]["resumed"] is True
+    assert resumed["splits"] == uninterrupted["splits"]

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-column", help="column of --input to read")
     predict.add_argument("--output", metavar="FILE.csv", help="write predictions here instead of printing")
     predict.set_defaults(handler=_run_predict)
+    for sub in commands.choices.values():  # also accepted after the command
+        sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 
