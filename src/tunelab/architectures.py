@@ -67,7 +67,10 @@ def _byte_symbols() -> list[str]:
 
 def clip_image_processor(image_size: int = 224):
     """OpenAI CLIP preprocessing: shortest side to ``image_size`` (bicubic), centre crop, normalise."""
-    from transformers import CLIPImageProcessor
+    try:  # the PIL implementation; the default one wants torchvision
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                               image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)

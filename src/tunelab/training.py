@@ -231,6 +231,16 @@ def total_steps(train, num_examples: int, world: int) -> int:
     return math.ceil(math.ceil(num_examples / per_step) * (train.epochs or 3))
 
 
+def _checkpointing_argument() -> str:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    names = inspect.signature(TrainingArguments).parameters
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples: int, world: int,
                        evaluate: bool = True, **extra):
     """TrainingArguments from tunelab's TrainConfig: the schedule, evaluation and
@@ -265,7 +275,7 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
         fp16=runtime.precision == "fp16",
         use_cpu=device.type == "cpu",
         ddp_backend="gloo" if (world > 1 and device.type == "cpu") else None,
-        gradient_checkpointing=train.gradient_checkpointing,
+        **{_checkpointing_argument(): train.gradient_checkpointing},
         disable_tqdm=False,
         **schedule,
         **extra,
