@@ -203,7 +203,6 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
                        output_dir: Path, tracker=None, world: int = 1, evaluate: bool = True):
     """A Trainer whose loss is a CLIP loss and whose evaluation is zero-shot scoring
     against freshly computed class embeddings. Returns (trainer, interrupt callback)."""
-    import torch
     from transformers import EarlyStoppingCallback, Trainer
 
     from tunelab.data.images import default_workers
@@ -250,9 +249,9 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
             kept = validation.labels[accumulator.seen]
             values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
             values.pop("n")
-            # Cross-entropy of the true class needs every class's score: recomputed batch-free from top-k is
-            # not possible, so report the negative log-likelihood only where the top-k holds the true class.
-            values["loss"] = float(_top_k_nll(result, kept))
+            # Only the top-k scores are kept for many classes, so the validation loss is the
+            # cross-entropy over those (exact when every class is kept).
+            values["loss"] = _top_k_nll(result, kept)
             values["runtime"] = time.perf_counter() - start
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
             net.train(was_training)
@@ -273,12 +272,12 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     )
     trainer.skipped_files = set()
     quiet_progress(trainer)
-    del torch
     return trainer, interrupt
 
 
 def _top_k_nll(result, labels: np.ndarray) -> float:
-    """Softmax cross-entropy over the kept top-k scores (exact when k covers every class)."""
+    """Softmax cross-entropy over the kept scores (exact when they cover every class); an
+    example whose true class fell outside the top-k counts with the lowest kept log-probability."""
     scores = result.full if result.full is not None else result.top_scores
     indices = np.arange(scores.shape[1])[None, :].repeat(len(scores), 0) if result.full is not None \
         else result.top_indices
