@@ -227,8 +227,7 @@ def _run_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     config = _training_config(args, FinetuneConfig, "finetune")
     result = run_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
-    if result.metrics:  # only rank 0 of a distributed run reports
-        _print_summary(result)
+    _print_summary(result)
     return 0
 
 
@@ -248,8 +247,7 @@ def _run_clip_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if "images.batch_size" in config_overrides(args):
         config.train.batch_size = config.images.batch_size
     result = run_clip_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
-    if result.metrics:
-        _print_summary(result)
+    _print_summary(result)
     return 0
 
 
@@ -337,6 +335,8 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _print_summary(result) -> None:
     from tunelab.report import metrics_table
 
+    if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
+        return
     print(metrics_table(result.metrics["splits"]))
     print(f"run directory: {result.run_dir}")
 

@@ -62,6 +62,16 @@ class ScoreAccumulator:
             self.full[rows] = scores.cpu().numpy()
         self.seen[rows] = True
 
+    def absorb(self, part: ScoreAccumulator, rows: np.ndarray) -> None:
+        """Take in a shard's scores; ``rows`` maps the shard's positions to this one's."""
+        kept = part.seen
+        target = np.asarray(rows)[kept]
+        self.top_indices[target] = part.top_indices[kept]
+        self.top_scores[target] = part.top_scores[kept]
+        if self.full is not None:
+            self.full[target] = part.full[kept]
+        self.seen[target] = True
+
     def result(self, keep: np.ndarray | None = None) -> ClassScores:
         keep = self.seen if keep is None else keep
         full = self.full[keep] if self.full is not None else None

@@ -211,17 +211,38 @@ class TextFeatureExtractor:
         return out
 
 
-def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None) -> tuple[np.ndarray, bool]:
+def _take(inputs, rows: np.ndarray):
+    return inputs.subset(rows) if hasattr(inputs, "subset") else [inputs[i] for i in rows]
+
+
+def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None, rank: int = 0,
+                    world: int = 1) -> tuple[np.ndarray | None, bool]:
     """Features for ``inputs`` (texts, or an image split), from the cache when an
-    identical extraction ran before. Returns (features, came_from_cache)."""
-    key = extractor.cache_key(inputs) if cache is not None else None
-    if cache is not None and key is not None:
-        hit = cache.get(key)
-        if hit is not None and hit.shape[0] == len(inputs):
+    identical extraction ran before. Returns (features, came_from_cache).
+
+    Under torchrun each process encodes every world-th input and rank 0 gathers
+    them; other ranks get None."""
+    from tunelab.distributed import broadcast_object, gather_to_zero, shard
+
+    key = extractor.cache_key(inputs) if cache is not None and rank == 0 else None
+    hit = cache.get(key) if key is not None else None
+    if hit is not None and hit.shape[0] != len(inputs):
+        hit = None
+    if broadcast_object(hit is not None, rank, world):
+        if rank == 0:
             logger.info("%s: %d feature vectors loaded from cache (%s)", desc, len(inputs), cache.path(key))
-            return hit, True
-    features = extractor.encode(inputs, desc=desc)
-    if cache is not None and key is not None:
+        return hit, True
+    if world > 1:
+        rows = shard(len(inputs), rank, world)
+        parts = gather_to_zero((rows, extractor.encode(_take(inputs, rows), desc=desc)), rank, world)
+        if rank != 0:
+            return None, False
+        features = np.empty((len(inputs), parts[0][1].shape[1]), dtype=np.float32)
+        for part_rows, part in parts:
+            features[part_rows] = part
+    else:
+        features = extractor.encode(inputs, desc=desc)
+    if key is not None:
         cache.put(key, features, extractor.cache_meta(inputs))
     return features, False
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -142,35 +141,6 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
             if all((path / marker).is_file() for marker in CHECKPOINT_COMPLETE_MARKERS):
                 candidates.append((int(path.name[len(CHECKPOINT_PREFIX):]), path))
     return max(candidates)[1] if candidates else None
-
-
-def init_distributed(device_type: str) -> tuple[int, int]:
-    """Join the process group torchrun/accelerate prepared; returns (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def broadcast_object(value, rank: int, world: int):
-    if world <= 1:
-        return value
-    import torch.distributed as dist
-
-    holder = [value if rank == 0 else None]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 class Interrupted(TunelabError):

@@ -112,10 +112,8 @@ class ClipLoss:
 
 def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
                       resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
+    from tunelab.distributed import barrier, broadcast_object, init_distributed
     from tunelab.training import (
-        barrier,
-        broadcast_object,
-        init_distributed,
         open_run_directory,
         train_resumable,
         training_summary,

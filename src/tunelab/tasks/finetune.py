@@ -245,9 +245,8 @@ def run_finetune(
     """Train on train, pick the best checkpoint on validation, score every evaluation
     split with it, and write a complete run directory. With ``resume``, continue the
     run in ``out`` from its last complete checkpoint."""
+    from tunelab.distributed import broadcast_object, init_distributed
     from tunelab.training import (
-        broadcast_object,
-        init_distributed,
         open_run_directory,
         train_resumable,
         training_summary,
@@ -283,7 +282,7 @@ def run_finetune(
     trainer, interrupt = build_trainer(config, dataset, tokenizer, model, run.path / "checkpoints", tracker, world)
     train_stats = train_resumable(trainer, interrupt, run.path, resume, COMMAND)
 
-    from tunelab.training import barrier
+    from tunelab.distributed import barrier
 
     model = trainer.model
     if rank != 0:

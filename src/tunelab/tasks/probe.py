@@ -61,6 +61,10 @@ def run_probe(
 ) -> RunResult:
     """Extract (or reuse cached) features, fit the classifier on train, score every
     evaluation split, and write a complete run directory."""
+    from tunelab.distributed import barrier, broadcast_object, init_distributed
+    from tunelab.runtime import resolve_device
+
+    rank, world = init_distributed(resolve_device(config.runtime.device).type)
     seed_everything(config.seed)
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
     images = is_image_dataset(config.data.dataset)
@@ -75,24 +79,33 @@ def run_probe(
         extractor = TextFeatureExtractor(source, config.features, config.runtime)
     eval_splits = dataset.eval_split_names(config.data.splits)
     config_yaml = dump_yaml(config, COMMAND)
-    run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
-    run.write_config(config_yaml)
-    run.write_command(argv)
-    tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
+    run_path = None
+    if rank == 0:
+        run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
+        run.write_config(config_yaml)
+        run.write_command(argv)
+        run_path = str(run.path)
+    run = RunDirectory(Path(broadcast_object(run_path, rank, world)))
 
     cache = FeatureCache() if config.features.cache else None
     features, from_cache, skipped = {}, {}, []
     for split in ["train", *[s for s in eval_splits if s != "train"]]:
         data = dataset.splits[split]
         vectors, from_cache[split] = cached_features(
-            extractor, data if images else data.texts, f"{split} features", cache)
+            extractor, data if images else data.texts, f"{split} features", cache, rank, world)
+        if rank != 0:
+            continue
         readable = ~np.isnan(vectors).any(axis=1)
         if not readable.all():  # unreadable images: drop and report them
             skipped += [data.ids[i] for i in np.flatnonzero(~readable)]
             dataset.splits[split] = data.subset(np.flatnonzero(readable))
         features[split] = vectors[readable]
+    if rank != 0:  # under torchrun, rank 0 fits and scores on the gathered features
+        barrier(world)
+        return RunResult(run.path, {})
     if all(from_cache.values()):
         logger.info("all features came from the cache; pass --no-cache to recompute them")
+    tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
 
     train = dataset.splits["train"]
     start = time.perf_counter()
@@ -137,7 +150,7 @@ def run_probe(
         "splits": split_metrics,
         "params": {"total": params, "trainable": 0, "note": "frozen encoder; only the classifier is fitted"},
         "timing": timing,
-        "environment": environment(str(extractor.device)),
+        "environment": {**environment(str(extractor.device)), "processes": world},
         **({"skipped_images": skipped_record(skipped)} if images else {}),
         "classifier": {"kind": config.classifier.kind, "score": score_kind,
                        "C": tuning["chosen"] if tuning else config.classifier.c, "tuning": tuning},
@@ -149,4 +162,6 @@ def run_probe(
     for split, values in split_metrics.items():
         tracker.log({f"{split}/{k}": v for k, v in values.items() if k != "n"})
     tracker.log({f"throughput/{k}": v for k, v in timing["throughput"].items()})
-    return finish_run(run, metrics, config_yaml, reports, dataset.notes)
+    result = finish_run(run, metrics, config_yaml, reports, dataset.notes)
+    barrier(world)
+    return result

@@ -41,6 +41,10 @@ class ZeroshotConfig:
 
 def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrite: bool = False,
                  argv: Sequence[str] | None = None) -> RunResult:
+    from tunelab.distributed import barrier, broadcast_object, gather_to_zero, init_distributed, shard
+
+    device = resolve_device(config.runtime.device)
+    rank, world = init_distributed(device.type)
     seed_everything(config.seed)
     source = resolve_model(config.model)
     templates = load_templates(config.templates)
@@ -50,36 +54,51 @@ def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrit
     if not eval_splits:
         raise DataError(f"{config.data.dataset} has only a train split; score it with --splits train")
     config_yaml = dump_yaml(config, COMMAND)
-    run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
-    run.write_config(config_yaml)
-    run.write_command(argv)
-    tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
+    run_path = None
+    if rank == 0:
+        run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
+        run.write_config(config_yaml)
+        run.write_command(argv)
+        run_path = str(run.path)
+    run = RunDirectory(Path(broadcast_object(run_path, rank, world)))
 
-    device = resolve_device(config.runtime.device)
     dtype = resolve_dtype(config.runtime.precision, device)
     model, tokenizer, processor = load_clip(source, dtype=dtype)
     model.to(device).eval()
     start = time.perf_counter()
     class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
     text_seconds = time.perf_counter() - start
-    save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
-    run.write_json("model/zeroshot.json", {"class_names": dataset.class_names, "templates": templates})
-    logger.info("%d classes x %d templates encoded in %.1f s", len(dataset.class_names), len(templates), text_seconds)
+    if rank == 0:
+        save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
+        run.write_json("model/zeroshot.json", {"class_names": dataset.class_names, "templates": templates})
+        logger.info("%d classes x %d templates encoded in %.1f s", len(dataset.class_names), len(templates),
+                    text_seconds)
 
     split_metrics, reports, skipped, images_seen = {}, {}, [], 0
     start = time.perf_counter()
     for split in eval_splits:
         data = dataset.splits[split]
-        accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
-        loader = image_loader(data, ClipPreprocess(processor), config.images.batch_size,
+        # Under torchrun each process scores every world-th image; rank 0 gathers.
+        rows = shard(len(data), rank, world)
+        part = data.subset(rows)
+        scored = ScoreAccumulator(len(part), len(dataset.class_names), "similarity")
+        loader = image_loader(part, ClipPreprocess(processor), config.images.batch_size,
                               config.images.num_workers, config.images.strict)
-        bad = score_loader(model, loader, class_emb.to(device), device, accumulator, dtype, desc=f"{split} images")
-        skipped += [data.ids[row] for row in bad]
+        bad = score_loader(model, loader, class_emb.to(device), device, scored, dtype, desc=f"{split} images")
+        parts = gather_to_zero((rows, scored, [part.ids[r] for r in bad]), rank, world)
+        if rank != 0:
+            continue
+        accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
+        for part_rows, part_scores, part_bad in parts:
+            accumulator.absorb(part_scores, part_rows)
+            skipped += part_bad
         images_seen += len(data)
-        keep = accumulator.seen
-        kept = data.subset(keep.nonzero()[0])
+        kept = data.subset(accumulator.seen.nonzero()[0])
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, ("file", kept.ids))
+    if rank != 0:
+        barrier(world)
+        return RunResult(run.path, {})
     eval_seconds = time.perf_counter() - start
     if skipped:
         logger.warning("%d unreadable images were skipped (listed in metrics.json)", len(skipped))
@@ -94,11 +113,14 @@ def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrit
                    "throughput": {"images_per_s": images_seen / eval_seconds if eval_seconds else 0.0}},
         "skipped_images": skipped_record(skipped),
         "templates": {"spec": config.templates, "count": len(templates)},
-        "environment": environment(str(device)),
+        "environment": {**environment(str(device)), "processes": world},
         "data": {"class_names": dataset.class_names, "sizes": {k: len(v) for k, v in dataset.splits.items()},
                  "notes": dataset.notes},
     }
+    tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
     for split, values in split_metrics.items():
         tracker.log({f"{split}/{k}": v for k, v in values.items() if k != "n"})
     tracker.log({"throughput/images_per_s": metrics["timing"]["throughput"]["images_per_s"]})
-    return finish_run(run, metrics, config_yaml, reports, dataset.notes)
+    result = finish_run(run, metrics, config_yaml, reports, dataset.notes)
+    barrier(world)
+    return result
