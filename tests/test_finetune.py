@@ -196,3 +196,28 @@ def test_two_processes_write_one_complete_run(tiny_bert_dir, topics, tmp_path):
     for name in CONTRACT:
         assert (out / name).is_file(), name
     assert len(list(out.glob("events.out.tfevents.*"))) == 1
+
+
+def test_early_stopping_stops_when_validation_stalls(tiny_bert_dir, topics, tmp_path):
+    out = tmp_path / "early"
+    # A learning rate too small to change anything: accuracy never improves after the first evaluation.
+    assert main(finetune_args(tiny_bert_dir, topics, out, "--max-steps", 100, "--eval-every", 5, "--lr", "1e-12",
+                              "--early-stopping", 2)) == 0
+    metrics = metrics_of(out)
+    assert metrics["training"]["steps"] == 15  # evaluations at 5 (best), 10 and 15 (no gain twice)
+    assert metrics["training"]["best_checkpoint"].endswith("checkpoint-5")
+
+
+def test_merged_lora_weights_give_the_adapters_predictions(lora_run):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunelab.tasks.finetune import finetune_config_from_run, load_finetuned
+
+    adapter_model, _ = load_finetuned(lora_run, finetune_config_from_run(lora_run))
+    merged = AutoModelForSequenceClassification.from_pretrained(lora_run / "model" / "merged").eval()
+    batch = AutoTokenizer.from_pretrained(lora_run / "model")(["sport red film", "music blue story"],
+                                                             return_tensors="pt", padding=True)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, adapter_model(**inputs).logits, atol=1e-5, rtol=1e-4)
