@@ -181,18 +181,34 @@ def wrap_lora(model, model_type: str, lora: LoraConfig):
 # --------------------------------------------------------------------------- data
 
 
-def tokenized_dataset(tokenizer, texts: Sequence[str], labels: np.ndarray, max_length: int,
-                      order: np.ndarray | None = None):
-    """A ``datasets.Dataset`` of unpadded token ids, labels and lengths (no ``.map``:
-    one fast-tokenizer call over all texts)."""
-    from datasets import Dataset
+class TokenizedTexts:
+    """Unpadded token ids and labels, one dict per example, for the Trainer; padding
+    happens per batch in the collator."""
 
+    def __init__(self, ids: list[list[int]], labels: np.ndarray):
+        self.ids = ids
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.ids[index], "labels": int(self.labels[index])}
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(s) for s in self.ids]
+
+
+def tokenized_dataset(tokenizer, texts: Sequence[str], labels: np.ndarray, max_length: int,
+                      order: np.ndarray | None = None) -> TokenizedTexts:
+    """One fast-tokenizer call over all texts (no ``.map``, no padding), optionally reordered."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     if order is not None:
         ids = [ids[i] for i in order]
         labels = labels[order]
-    return Dataset.from_dict({"input_ids": ids, "labels": labels.tolist(), "length": [len(s) for s in ids]})
+    return TokenizedTexts(ids, np.asarray(labels))
 
 
 def effective_max_length(tokenizer, model, requested: int) -> int:
@@ -354,7 +370,7 @@ def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model
                                    order=np.argsort([len(t) for t in validation.texts], kind="stable"))
 
     args = training_arguments(config.train, config.runtime, config.seed, output_dir, len(train_ds), world,
-                              evaluate, length_column_name="length")
+                              evaluate, remove_unused_columns=False)
     num_classes = len(dataset.class_names)
     samples_per_step = train_cfg.batch_size * train_cfg.grad_accum * world
 
@@ -369,7 +385,7 @@ def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model
         values.pop("n")
         return values
 
-    train_lengths = train_ds["length"]
+    train_lengths = train_ds.lengths
 
     class LengthGroupedTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
