@@ -55,3 +55,13 @@ def gather_to_zero(value, rank: int, world: int) -> list | None:
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(value, gathered, dst=0)
     return gathered
+
+
+def rank_zero_run_directory(make, rank: int, world: int):
+    """Rank 0 makes the run directory (``make()``); every process gets its path."""
+    from pathlib import Path
+
+    from tunelab.runs import RunDirectory
+
+    path = str(make().path) if rank == 0 else None
+    return RunDirectory(Path(broadcast_object(path, rank, world)))

@@ -123,6 +123,15 @@ class RunDirectory:
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
+    @classmethod
+    def start(cls, out: str | os.PathLike | None, command: str, config_yaml: str, argv: Sequence[str] | None,
+              overwrite: bool = False) -> RunDirectory:
+        """A new run directory holding the resolved config and the command line."""
+        run = cls.create(out, command, overwrite=overwrite)
+        run.write_config(config_yaml)
+        run.write_command(argv)
+        return run
+
     # ------------------------------------------------------------------ plain files
 
     def write_text(self, name: str, text: str) -> Path:

@@ -159,7 +159,7 @@ def relative_path(path: str | None, root: Path) -> str | None:
 
 
 def open_run_directory(out, command: str, config, config_yaml: str, overwrite: bool, resume: bool,
-                       saved_config: Callable[[Path], object]) -> RunDirectory:
+                       saved_config: Callable[[Path], object], argv: Sequence[str] | None = None) -> RunDirectory:
     """A new run directory, or with ``resume`` the unfinished one in ``out``, whose saved
     configuration must equal ``config``."""
     if resume:
@@ -172,10 +172,10 @@ def open_run_directory(out, command: str, config, config_yaml: str, overwrite: b
         if saved_config(Path(out)) != config:
             raise TunelabError(f"{out} was started with a different configuration; resume it with its own "
                                f"config.yaml (tunelab {command} --out {out} --resume, no other settings)")
-        return RunDirectory.create(out, command, resume=True)
-    run = RunDirectory.create(out, command, overwrite=overwrite)
-    run.write_config(config_yaml)
-    return run
+        run = RunDirectory.create(out, command, resume=True)
+        run.write_command(argv)
+        return run
+    return RunDirectory.start(out, command, config_yaml, argv, overwrite)
 
 
 def quiet_progress(trainer) -> None:

@@ -112,7 +112,7 @@ class ClipLoss:
 
 def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
                       resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
-    from tunelab.distributed import barrier, broadcast_object, init_distributed
+    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
     from tunelab.training import (
         open_run_directory,
         train_resumable,
@@ -131,13 +131,8 @@ def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None,
 
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
     config_yaml = dump_yaml(config, COMMAND)
-    run_path = None
-    if rank == 0:
-        run_path = str(open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
-                                          clip_config_from_run).path)
-    run = RunDirectory(Path(broadcast_object(run_path, rank, world)))
-    if rank == 0:
-        run.write_command(argv)
+    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
+                                                             clip_config_from_run, argv), rank, world)
     tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
 
     model, tokenizer, processor = load_clip(source)

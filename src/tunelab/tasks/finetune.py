@@ -261,7 +261,7 @@ def run_finetune(
     """Train on train, pick the best checkpoint on validation, score every evaluation
     split with it, and write a complete run directory. With ``resume``, continue the
     run in ``out`` from its last complete checkpoint."""
-    from tunelab.distributed import broadcast_object, init_distributed
+    from tunelab.distributed import init_distributed, rank_zero_run_directory
     from tunelab.training import (
         open_run_directory,
         train_resumable,
@@ -280,14 +280,8 @@ def run_finetune(
         config.data, text_column=dataset.text_column, label_column=dataset.label_column))
     config_yaml = dump_yaml(config, COMMAND)
 
-    run_path = None
-    if rank == 0:
-        run = open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume, finetune_config_from_run)
-        run_path = str(run.path)
-    run_path = broadcast_object(run_path, rank, world)
-    run = RunDirectory(Path(run_path))
-    if rank == 0:
-        run.write_command(argv)
+    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
+                                                             finetune_config_from_run, argv), rank, world)
     tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
 
     tokenizer = load_tokenizer(source)

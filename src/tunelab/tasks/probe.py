@@ -61,7 +61,7 @@ def run_probe(
 ) -> RunResult:
     """Extract (or reuse cached) features, fit the classifier on train, score every
     evaluation split, and write a complete run directory."""
-    from tunelab.distributed import barrier, broadcast_object, init_distributed
+    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
     from tunelab.runtime import resolve_device
 
     rank, world = init_distributed(resolve_device(config.runtime.device).type)
@@ -79,13 +79,7 @@ def run_probe(
         extractor = TextFeatureExtractor(source, config.features, config.runtime)
     eval_splits = dataset.eval_split_names(config.data.splits)
     config_yaml = dump_yaml(config, COMMAND)
-    run_path = None
-    if rank == 0:
-        run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
-        run.write_config(config_yaml)
-        run.write_command(argv)
-        run_path = str(run.path)
-    run = RunDirectory(Path(broadcast_object(run_path, rank, world)))
+    run = rank_zero_run_directory(lambda: RunDirectory.start(out, COMMAND, config_yaml, argv, overwrite), rank, world)
 
     cache = FeatureCache() if config.features.cache else None
     features, from_cache, skipped = {}, {}, []

@@ -41,7 +41,7 @@ class ZeroshotConfig:
 
 def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrite: bool = False,
                  argv: Sequence[str] | None = None) -> RunResult:
-    from tunelab.distributed import barrier, broadcast_object, gather_to_zero, init_distributed, shard
+    from tunelab.distributed import barrier, gather_to_zero, init_distributed, rank_zero_run_directory, shard
 
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
@@ -54,13 +54,7 @@ def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrit
     if not eval_splits:
         raise DataError(f"{config.data.dataset} has only a train split; score it with --splits train")
     config_yaml = dump_yaml(config, COMMAND)
-    run_path = None
-    if rank == 0:
-        run = RunDirectory.create(out, COMMAND, overwrite=overwrite)
-        run.write_config(config_yaml)
-        run.write_command(argv)
-        run_path = str(run.path)
-    run = RunDirectory(Path(broadcast_object(run_path, rank, world)))
+    run = rank_zero_run_directory(lambda: RunDirectory.start(out, COMMAND, config_yaml, argv, overwrite), rank, world)
 
     dtype = resolve_dtype(config.runtime.precision, device)
     model, tokenizer, processor = load_clip(source, dtype=dtype)
