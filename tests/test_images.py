@@ -107,3 +107,17 @@ def test_empty_folder(tmp_path):
     (tmp_path / "e" / "other").mkdir()
     with pytest.raises(DataError, match="single class"):
         load_image_dataset(DataConfig(dataset=str(tmp_path / "e")))
+
+
+def test_saved_dataset_with_wordnet_labels_reads_class_names(tmp_path):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    if not (data_dir() / "tiny-imagenet-200" / "words.txt").is_file():
+        pytest.skip("tiny-imagenet-200 not present")
+    images = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(8)]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["n01443537", "n01629819"])})
+    Dataset.from_dict({"image": images, "label": [i % 2 for i in range(8)]}, features=features) \
+        .save_to_disk(str(tmp_path / "saved"))
+    ds = load_image_dataset(DataConfig(dataset=str(tmp_path / "saved")))
+    assert ds.class_names == ["goldfish", "European fire salamander"]

@@ -215,3 +215,19 @@ def test_tune_without_validation(capsys, tiny_bert_dir, topic_folder, tmp_path):
     expect_error(capsys, ["probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--tune",
                           "--splits", "test", "--out", tmp_path / "o", "--set", "classifier.c_grid=[]"],
                  "c_grid is empty")
+
+
+def test_wandb_is_optional(tiny_bert_dir, topic_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "wb"
+    assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out, "--wandb") == 0
+    assert (out / "metrics.json").is_file()
+
+
+def test_predict_reads_a_text_file(probe_run, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("sport red film\n\nmusic blue story\n")
+    capsys.readouterr()
+    assert run_cli("predict", probe_run, "--input", tmp_path / "in.txt") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[2] for line in lines] == ["sport red film", "music blue story"]
+    assert all(line.split("\t")[0] in ("music", "science", "sport") for line in lines)
