@@ -50,10 +50,10 @@ def load_clip(source: ModelSource, dtype=None):
     """(model, tokenizer, image processor) of a CLIP checkpoint."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from tunelab.models import _hub_kwargs
+    from tunelab.models import hub_kwargs
 
     require_clip(source)
-    kwargs = _hub_kwargs(source)
+    kwargs = hub_kwargs(source)
     try:
         model = CLIPModel.from_pretrained(source.location, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -53,13 +53,6 @@ class ModelSource:
                 parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
-    def config_dict(self) -> dict:
-        if self.is_local:
-            return json.loads((Path(self.location) / "config.json").read_text(encoding="utf-8"))
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(self.location).to_dict()
-
 
 def resolve_model(name: str) -> ModelSource:
     """An alias, a local directory saved with ``save_pretrained``, or a hub id."""
@@ -83,8 +76,10 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(name, name, False)
 
 
-def _hub_kwargs(source: ModelSource) -> dict:
-    """Local folders, or hub models already in the local cache, load without the network."""
+@functools.lru_cache(maxsize=16)
+def hub_kwargs(source: ModelSource) -> dict:
+    """Local folders, or hub models already in the local cache, load without the network.
+    Decided once per model (config, tokenizer and weights all ask)."""
     if source.is_local:
         return {}
     from transformers import AutoConfig
@@ -104,7 +99,7 @@ def _hub_kwargs(source: ModelSource) -> dict:
 def load_config(source: ModelSource):
     from transformers import AutoConfig
 
-    kwargs = _hub_kwargs(source)
+    kwargs = hub_kwargs(source)
     try:
         return AutoConfig.from_pretrained(source.location, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
@@ -114,7 +109,7 @@ def load_config(source: ModelSource):
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
-    kwargs = _hub_kwargs(source)
+    kwargs = hub_kwargs(source)
     try:
         return AutoTokenizer.from_pretrained(source.location, trust_remote_code=False, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
@@ -133,7 +128,7 @@ def load_text_encoder(source: ModelSource, dtype=None):
         )
     if getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"'{source.name}' is an encoder-decoder model; text probes need an encoder")
-    kwargs = _hub_kwargs(source)
+    kwargs = hub_kwargs(source)
     try:
         model = AutoModel.from_pretrained(
             source.location, trust_remote_code=False, dtype=dtype, **kwargs

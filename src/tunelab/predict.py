@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tunelab.config import from_dict
+from tunelab.config import config_from_run
 from tunelab.errors import TunelabError
 
 
@@ -22,39 +22,37 @@ class Prediction:
     score_kind: str  # probability | decision
 
 
-def _run_config(run_dir: Path) -> tuple[str, dict]:
+def _run_command(run_dir: Path) -> str | None:
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise TunelabError(f"{run_dir} is not a tunelab run directory (no config.yaml)")
-    values = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-    command = values.pop("command", None)
     if not (run_dir / "metrics.json").is_file():
         raise TunelabError(f"{run_dir} holds no finished run (no metrics.json); rerun or resume it first")
-    return command, values
+    return (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("command")
 
 
 def predict(run_dir: str | Path, inputs: Sequence[str]) -> list[Prediction]:
     """Classify ``inputs`` with the model a run directory holds."""
     run_dir = Path(run_dir)
-    command, values = _run_config(run_dir)
+    command = _run_command(run_dir)
     if not inputs:
         raise TunelabError("nothing to predict: give texts as arguments or --input FILE")
     if command == "probe":
-        return _predict_probe(run_dir, values, inputs)
+        return _predict_probe(run_dir, inputs)
     if command == "finetune":
-        return _predict_finetune(run_dir, values, inputs)
+        return _predict_finetune(run_dir, inputs)
     if command in ("zeroshot", "clip-finetune"):
-        return _predict_images(run_dir, command, values, inputs)
+        return _predict_images(run_dir, command, inputs)
     raise TunelabError(f"predict does not support '{command}' runs yet")
 
 
-def _predict_probe(run_dir: Path, values: dict, inputs: Sequence[str]) -> list[Prediction]:
+def _predict_probe(run_dir: Path, inputs: Sequence[str]) -> list[Prediction]:
     from tunelab.classifiers import class_scores, load_classifier
     from tunelab.features import TextFeatureExtractor
     from tunelab.models import resolve_model
     from tunelab.tasks.probe import ProbeConfig
 
-    config = from_dict(ProbeConfig, values)
+    config = config_from_run(ProbeConfig, run_dir)
     texts = _check_texts(inputs)
     info = json.loads((run_dir / "model" / "probe.json").read_text(encoding="utf-8"))
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
@@ -69,7 +67,7 @@ def _predict_probe(run_dir: Path, values: dict, inputs: Sequence[str]) -> list[P
     ]
 
 
-def _predict_finetune(run_dir: Path, values: dict, inputs: Sequence[str]) -> list[Prediction]:
+def _predict_finetune(run_dir: Path, inputs: Sequence[str]) -> list[Prediction]:
     from tunelab.runtime import resolve_device
     from tunelab.tasks.finetune import (
         FinetuneConfig,
@@ -78,7 +76,7 @@ def _predict_finetune(run_dir: Path, values: dict, inputs: Sequence[str]) -> lis
         predict_scores,
     )
 
-    config = from_dict(FinetuneConfig, values)
+    config = config_from_run(FinetuneConfig, run_dir)
     texts = _check_texts(inputs)
     device = resolve_device(config.runtime.device)
     model, tokenizer = load_finetuned(run_dir, config)
@@ -91,7 +89,7 @@ def _predict_finetune(run_dir: Path, values: dict, inputs: Sequence[str]) -> lis
             for t, p, s in zip(texts, scores.predicted, scores.score)]
 
 
-def _predict_images(run_dir: Path, command: str, values: dict, inputs: Sequence[str]) -> list[Prediction]:
+def _predict_images(run_dir: Path, command: str, inputs: Sequence[str]) -> list[Prediction]:
     """Images scored against the class embeddings the run saved (no prompts re-encoded)."""
     from tunelab.clip import load_class_embeddings, load_clip, score_loader
     from tunelab.data.images import ClipPreprocess, FileImages, ImageSplit, image_loader
@@ -102,12 +100,12 @@ def _predict_images(run_dir: Path, command: str, values: dict, inputs: Sequence[
     if command == "zeroshot":
         from tunelab.tasks.zeroshot import ZeroshotConfig
 
-        config = from_dict(ZeroshotConfig, values)
+        config = config_from_run(ZeroshotConfig, run_dir)
         model, _, processor = load_clip(resolve_model(config.model))
     else:
         from tunelab.tasks.clip_finetune import ClipFinetuneConfig, load_clip_run
 
-        config = from_dict(ClipFinetuneConfig, values)
+        config = config_from_run(ClipFinetuneConfig, run_dir)
         model, _, processor = load_clip_run(run_dir, config)
     missing = [p for p in inputs if not Path(p).is_file()]
     if missing:

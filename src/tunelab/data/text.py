@@ -19,7 +19,6 @@ import numpy as np
 from tunelab.config import DataConfig
 from tunelab.data.labels import (
     LabelledData,
-    LabelSpace,
     apply_caps,
     build_label_space,
     complete_splits,
@@ -402,9 +401,4 @@ def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
     )
 
 
-def class_counts(split: TextSplit, space: LabelSpace) -> dict[str, int]:
-    counts = np.bincount(split.labels, minlength=space.num_classes)
-    return {name: int(c) for name, c in zip(space.names, counts)}
-
-
-__all__ = ["TextDataset", "TextSplit", "load_text_dataset", "class_counts", "label_text"]
+__all__ = ["TextDataset", "TextSplit", "load_text_dataset", "label_text"]
