@@ -63,7 +63,7 @@ def test_zeroshot_writes_the_contract(tiny_clip_dir, colour_folder, tmp_path):
                  "--templates", "ensemble", "--num-workers", "0"]) == 0
     metrics = metrics_of(out)
     assert set(metrics["splits"]) == {"validation", "test"}
-    assert metrics["templates"]["count"] == 80 and metrics["skipped_images"] == {"count": 0, "files": []}
+    assert metrics["templates"]["count"] == 80 and metrics["skipped"] == {"count": 0, "files": []}
     assert metrics["params"]["trainable"] == 0
     for name in ("config.yaml", "report.md", "confusion_test.png", "model/class_embeddings.safetensors"):
         assert (out / name).is_file(), name
@@ -94,7 +94,7 @@ def test_zeroshot_records_unreadable_images(tiny_clip_dir, tmp_path, capsys):
     assert main(["zeroshot", "--model", str(tiny_clip_dir), "--dataset", str(folder), "--out", str(out),
                  "--num-workers", "0"]) == 0
     metrics = metrics_of(out)
-    assert metrics["skipped_images"] == {"count": 1, "files": ["red/broken.png"]}
+    assert metrics["skipped"] == {"count": 1, "files": ["red/broken.png"]}
     assert metrics["splits"]["test"]["n"] == 6
     assert main(["zeroshot", "--model", str(tiny_clip_dir), "--dataset", str(folder), "--out", str(tmp_path / "s"),
                  "--num-workers", "0", "--strict"]) == 2
@@ -189,7 +189,7 @@ def test_linear_probe_on_clip_image_features(tiny_clip_dir, colour_folder, tmp_p
                  "--classifier", "logreg", "--set", "images.num_workers=0"]) == 0
     metrics = metrics_of(out)
     assert metrics["splits"]["test"]["accuracy"] >= LEARNED
-    assert metrics["skipped_images"]["count"] == 0
+    assert metrics["skipped"]["count"] == 0
     assert read_rows(out / "predictions" / "test.csv")[0]["file"].startswith("test/")
 
 

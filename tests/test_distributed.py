@@ -46,4 +46,4 @@ def test_zeroshot_sharded_over_two_processes(tiny_clip_dir, colour_folder, tmp_p
     assert main([*map(str, args), "--out", str(tmp_path / "one"), "--num-workers", "0"]) == 0
     two, one = metrics_of(tmp_path / "two"), metrics_of(tmp_path / "one")
     assert two["splits"] == one["splits"] and two["splits"]["test"]["n"] == 24
-    assert two["skipped_images"] == one["skipped_images"] == {"count": 1, "files": ["test/red/broken.png"]}
+    assert two["skipped"] == one["skipped"] == {"count": 1, "files": ["test/red/broken.png"]}

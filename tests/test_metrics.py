@@ -31,8 +31,21 @@ def test_multiclass_is_support_weighted_and_macro():
 
 
 def test_class_absent_from_predictions_counts_as_zero():
+    # Class 3 has no example in the split: the macro averages are over classes 0-2.
     m = classification_metrics(np.array([0, 1, 2]), np.array([0, 1, 1]), 4)
-    assert m["precision_macro"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    assert m["precision_macro"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert m["classes_present"] == 3
+
+
+def test_macro_metrics_average_over_the_classes_present_in_the_split():
+    """Perfect predictions on a split that holds 3 of 10 classes are perfect (not 0.3)."""
+    y = np.array([0, 4, 7, 0, 4, 7])
+    m = classification_metrics(y, y.copy(), 10)
+    assert m["f1_macro"] == m["precision_macro"] == m["recall_macro"] == m["balanced_accuracy"] == 1.0
+    assert m["classes_present"] == 3
+    # A wrong prediction into an absent class still costs the true class its recall.
+    m = classification_metrics(y, np.array([0, 4, 7, 0, 4, 9]), 10)
+    assert m["recall_macro"] == pytest.approx((1 + 1 + 0.5) / 3) == m["balanced_accuracy"]
 
 
 def test_top5_with_scores():

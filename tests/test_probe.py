@@ -203,7 +203,8 @@ def test_failed_run_leaves_no_metrics(capsys, tiny_bert_dir, topic_folder, tmp_p
     out = tmp_path / "o"
     assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out) == 1
     assert "unexpected error: RuntimeError: disk full" in capsys.readouterr().err
-    assert (out / "config.yaml").is_file() and not (out / "metrics.json").exists()
+    assert not out.exists()  # nothing half-made is left behind
+    assert not list(tmp_path.glob(".o.tunelab-*"))
 
 
 def test_bad_flag_value(capsys, topic_folder):

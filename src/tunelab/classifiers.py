@@ -71,15 +71,28 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
                   "split": "validation", "scores": scores}
 
 
-def class_scores(estimator, features: np.ndarray) -> tuple[np.ndarray, str]:
-    """Per-class scores, (n, classes): probabilities where the model gives them, else
-    decision values (an SVC's signed distance; for two classes [-d, d])."""
+def class_scores(estimator, features: np.ndarray, num_classes: int) -> tuple[np.ndarray, str]:
+    """Per-class scores, (n, num_classes), column i for class index i: probabilities
+    where the model gives them, else decision values (an SVC's signed distance; for two
+    classes [-d, d]). Columns follow the fitted estimator's own ``classes_``; a class it
+    never saw scores 0 (probability) or -inf (decision), so it is never predicted."""
     if hasattr(estimator, "predict_proba") and _has_proba(estimator):
-        return estimator.predict_proba(features), "probability"
-    decision = estimator.decision_function(features)
-    if decision.ndim == 1:
-        decision = np.stack([-decision, decision], axis=1)
-    return decision, "decision"
+        scores, kind, fill = estimator.predict_proba(features), "probability", 0.0
+    else:
+        scores, kind, fill = estimator.decision_function(features), "decision", -np.inf
+        if scores.ndim == 1:
+            scores = np.stack([-scores, scores], axis=1)
+    classes = np.asarray(estimator_classes(estimator), dtype=np.int64)
+    if len(classes) == num_classes and np.array_equal(classes, np.arange(num_classes)):
+        return scores, kind
+    full = np.full((len(scores), num_classes), fill, dtype=np.float64)
+    full[:, classes] = scores
+    return full, kind
+
+
+def estimator_classes(estimator) -> np.ndarray:
+    """The class indices a fitted estimator (or a pipeline ending in one) knows."""
+    return estimator.classes_ if hasattr(estimator, "classes_") else estimator[-1].classes_
 
 
 def _has_proba(estimator) -> bool:

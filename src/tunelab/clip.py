@@ -50,16 +50,14 @@ def load_clip(source: ModelSource, dtype=None):
     """(model, tokenizer, image processor) of a CLIP checkpoint."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from tunelab.models import hub_kwargs
+    from tunelab.models import hub_kwargs, load_pretrained
 
     require_clip(source)
     kwargs = hub_kwargs(source)
-    try:
-        model = CLIPModel.from_pretrained(source.location, dtype=dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
-        processor = AutoImageProcessor.from_pretrained(source.location, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load CLIP model '{source.name}': {str(exc).splitlines()[0]}") from None
+    what = f"CLIP model '{source.name}'"
+    model = load_pretrained(CLIPModel, source.location, what, dtype=dtype, **kwargs)
+    tokenizer = load_pretrained(AutoTokenizer, source.location, what, **kwargs)
+    processor = load_pretrained(AutoImageProcessor, source.location, what, **kwargs)
     return model, tokenizer, processor
 
 

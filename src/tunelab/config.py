@@ -9,6 +9,7 @@ resolved config is written to every run directory and is enough to rerun it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from importlib import resources
@@ -32,8 +33,13 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _positive(key: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if value is None or value <= 0:
+    if value is None or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key}={value!r} must be a positive number")
+
+
+def _non_negative(key: str, value: Any) -> None:
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key}={value!r} must be 0 or more")
 
 
 @dataclasses.dataclass
@@ -149,14 +155,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 pass
         raise ConfigError(f"{key}={value!r} must be a whole number")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}={value!r} must be a number")
+        if number is None:
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -63,5 +63,6 @@ def rank_zero_run_directory(make, rank: int, world: int):
 
     from tunelab.runs import RunDirectory
 
-    path = str(make().path) if rank == 0 else None
-    return RunDirectory(Path(broadcast_object(path, rank, world)))
+    made = make() if rank == 0 else None
+    path = broadcast_object(str(made.path) if made is not None else None, rank, world)
+    return made if made is not None else RunDirectory(Path(path))

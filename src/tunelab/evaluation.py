@@ -30,9 +30,18 @@ class ClassScores:
 
     @classmethod
     def from_full(cls, scores: np.ndarray, kind: str, predicted: np.ndarray | None = None) -> ClassScores:
+        """``predicted``, when a model's own prediction can differ from the best score
+        (an SVC votes one-vs-one but scores one-vs-rest), leads each top-k list, so the
+        top-5 always contains the prediction and top-5 accuracy is never below accuracy."""
         k = min(TOP_K, scores.shape[1])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        predicted = top[:, 0] if predicted is None else np.asarray(predicted)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        if predicted is None:
+            top = order[:, :k]
+            predicted = top[:, 0]
+        else:
+            predicted = np.asarray(predicted, dtype=np.int64)
+            rest = order[order != predicted[:, None]].reshape(len(order), -1)
+            top = np.concatenate([predicted[:, None], rest[:, : k - 1]], axis=1)
         keep = scores if scores.shape[1] <= MAX_SCORE_COLUMNS else None
         return cls(predicted, scores[np.arange(len(scores)), predicted], top,
                    np.take_along_axis(scores, top, axis=1), keep, kind)
@@ -120,5 +129,5 @@ def evaluate_split(
 
 
 def skipped_record(names: list[str]) -> dict:
-    """metrics.json's ``skipped_images``: how many unreadable images, and which."""
+    """metrics.json's ``skipped``: how many unreadable inputs, and which."""
     return {"count": len(names), "files": list(names)}

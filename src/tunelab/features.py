@@ -59,21 +59,30 @@ class FeatureCache:
         return self.root / f"{key}.npy"
 
     def get(self, key: str) -> np.ndarray | None:
+        """The cached array, or None; an unreadable entry (empty, torn, foreign) is removed
+        so that it is recomputed."""
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             return np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            logger.warning("ignoring unreadable cache file %s", path)
+        except Exception as exc:  # EOFError for an empty file, ValueError for a torn one, ...
+            logger.warning("recomputing an unreadable cache entry %s (%s)", path, type(exc).__name__)
+            path.unlink(missing_ok=True)
             return None
 
     def put(self, key: str, array: np.ndarray, meta: dict) -> None:
+        """Write to a temporary file, flush it to disk, then rename: a crash leaves the old
+        entry or the whole new one, never a torn one."""
+        from tunelab.runs import atomic_write_bytes
+
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.root, suffix=".npy.tmp", delete=False) as handle:
             np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(handle.name, self.path(key))
-        (self.root / f"{key}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        atomic_write_bytes(self.root / f"{key}.json", json.dumps(meta, indent=1).encode("utf-8"))
 
 
 def text_digest(texts: Sequence[str]) -> str:
@@ -151,6 +160,11 @@ class TextFeatureExtractor:
             model = load_text_encoder(self.source, dtype=self.dtype)
             self._model = model.to(self.device).eval()
         return self._model
+
+    def load(self) -> None:
+        """Load tokenizer and weights now, so that a model that cannot load fails first."""
+        self.tokenizer  # noqa: B018
+        self.model  # noqa: B018
 
     @property
     def max_length(self) -> int:
@@ -271,6 +285,10 @@ class ImageFeatureExtractor:
             model, _, processor = load_clip(self.source, dtype=self.dtype)
             self._loaded = (model.to(self.device).eval(), processor)
         return self._loaded
+
+    def load(self) -> None:
+        """Load the CLIP model now, so that a model that cannot load fails first."""
+        self.loaded  # noqa: B018
 
     def cache_key(self, split) -> str:
         parts = {"version": FEATURE_VERSION, "kind": "clip-image", "model": self.source.fingerprint(),

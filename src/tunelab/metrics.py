@@ -2,8 +2,11 @@
 
 ``precision``/``recall``/``f1`` follow the reference convention: binary scores
 of the positive class (index 1) for two classes, support-weighted averages
-otherwise. The ``_macro`` forms are always present. The reference helper
-assumed two classes; this one does not.
+otherwise. The ``_macro`` forms are always present and average over the classes
+present in the split (``classes_present``): a class with no example in a split
+has no recall to average, and counting it as 0 would punish a perfect model.
+``balanced_accuracy`` is the macro recall. The reference helper assumed two
+classes; this one does not.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ def classification_metrics(
     p, r, f, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=average, pos_label=1, zero_division=0
     )
+    present = sorted(int(c) for c in np.unique(y_true)) or labels
     pm, rm, fm, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
+        y_true, y_pred, labels=present, average="macro", zero_division=0
     )
     result: dict[str, float | int] = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -47,6 +51,8 @@ def classification_metrics(
         "precision_macro": float(pm),
         "recall_macro": float(rm),
         "f1_macro": float(fm),
+        "balanced_accuracy": float(rm),
+        "classes_present": len(present) if len(y_true) else 0,
         "n": int(len(y_true)),
     }
     if num_classes > 5:

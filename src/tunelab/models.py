@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tunelab.errors import ModelError
 from tunelab.hub import require_hub
+from tunelab.provenance import files_fingerprint, hub_revision
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +42,34 @@ class ModelSource:
     is_local: bool
 
     def fingerprint(self) -> str:
-        """Identifies the weights for caching: the files' sizes and times, or the hub id."""
+        """Identifies the exact files: for a local folder every file in it (config,
+        tokenizer files, every weight shard) by name, size and modification time; for
+        a hub model its id and, when the local cache knows it, the revision."""
         if not self.is_local:
-            return f"hub:{self.location}"
-        root = Path(self.location)
-        parts = [str(root.resolve())]
-        for name in ("config.json",) + WEIGHT_FILES:
-            f = root / name
-            if f.is_file():
-                st = f.stat()
-                parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+            revision = hub_revision(self.location)
+            return f"hub:{self.location}@{revision}" if revision else f"hub:{self.location}"
+        return files_fingerprint(Path(self.location))
+
+    def record(self) -> dict:
+        """What a run stores to find this model again: an absolute path and a fingerprint."""
+        location = str(Path(self.location).resolve()) if self.is_local else self.location
+        return {"name": self.name, "location": location, "is_local": self.is_local,
+                "fingerprint": self.fingerprint()}
+
+
+def model_from_record(record: dict, run_dir: Path) -> ModelSource:
+    """The model a run recorded, checked against its fingerprint: a run never silently
+    uses other weights than those it was made with."""
+    source = ModelSource(record["name"], record["location"], bool(record["is_local"]))
+    if source.is_local and not Path(source.location).is_dir():
+        raise ModelError(f"{run_dir} was made with the model at {source.location}, which is gone; "
+                         "restore it there to use this run")
+    now = source.fingerprint()
+    if now != record["fingerprint"] and not (not source.is_local and "@" not in record["fingerprint"]):
+        raise ModelError(f"the model at {source.location} changed since {run_dir} was made "
+                         f"(fingerprint {now}, recorded {record['fingerprint']}); "
+                         "restore the original files or train a new run")
+    return source
 
 
 def resolve_model(name: str) -> ModelSource:
@@ -94,6 +112,20 @@ def hub_kwargs(source: ModelSource) -> dict:
         "pass a local directory saved with save_pretrained, or --model minilm",
     )
     return {}
+
+
+# Every from_pretrained of tunelab: code shipped inside a model folder (a run directory
+# included) is never executed, and no prompt asks whether it may be.
+SAFE_LOADING = {"trust_remote_code": False}
+
+
+def load_pretrained(loader, location: str | Path, what: str, **kwargs):
+    """``loader.from_pretrained(location)`` with remote code refused and safetensors
+    weights preferred; any failure becomes one line naming ``what``."""
+    try:
+        return loader.from_pretrained(str(location), **SAFE_LOADING, **kwargs)
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"cannot load {what}: {_first_line(exc)}") from None
 
 
 def load_config(source: ModelSource):

@@ -48,23 +48,21 @@ def predict(run_dir: str | Path, inputs: Sequence[str]) -> list[Prediction]:
 
 def _predict_probe(run_dir: Path, inputs: Sequence[str]) -> list[Prediction]:
     from tunelab.classifiers import class_scores, load_classifier
+    from tunelab.evaluation import ClassScores
     from tunelab.features import TextFeatureExtractor
-    from tunelab.models import resolve_model
+    from tunelab.tasks.common import recorded_model
     from tunelab.tasks.probe import ProbeConfig
 
     config = config_from_run(ProbeConfig, run_dir)
     texts = _check_texts(inputs)
     info = json.loads((run_dir / "model" / "probe.json").read_text(encoding="utf-8"))
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
-    extractor = TextFeatureExtractor(resolve_model(config.model), config.features, config.runtime)
+    extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
     features = extractor.encode(texts, desc="features")
-    scores, kind = class_scores(estimator, features)
-    predicted = np.asarray(estimator.predict(features))
     names = info["class_names"]
-    return [
-        Prediction(text, names[p], float(scores[i, p]), kind)
-        for i, (text, p) in enumerate(zip(texts, predicted))
-    ]
+    full, kind = class_scores(estimator, features, len(names))
+    scores = ClassScores.from_full(full, kind, predicted=estimator.predict(features))
+    return [Prediction(text, names[p], float(s), kind) for text, p, s in zip(texts, scores.predicted, scores.score)]
 
 
 def _predict_finetune(run_dir: Path, inputs: Sequence[str]) -> list[Prediction]:
@@ -94,14 +92,14 @@ def _predict_images(run_dir: Path, command: str, inputs: Sequence[str]) -> list[
     from tunelab.clip import load_class_embeddings, load_clip, score_loader
     from tunelab.data.images import ClipPreprocess, FileImages, ImageSplit, image_loader
     from tunelab.evaluation import ScoreAccumulator
-    from tunelab.models import resolve_model
     from tunelab.runtime import resolve_device
+    from tunelab.tasks.common import recorded_model
 
     if command == "zeroshot":
         from tunelab.tasks.zeroshot import ZeroshotConfig
 
         config = config_from_run(ZeroshotConfig, run_dir)
-        model, _, processor = load_clip(resolve_model(config.model))
+        model, _, processor = load_clip(recorded_model(run_dir, config.model))
     else:
         from tunelab.tasks.clip_finetune import ClipFinetuneConfig, load_clip_run
 

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 # Above this many classes a confusion matrix picture is unreadable; the most
 # confused pairs are listed instead.
 MAX_CLASSES_FOR_PICTURE = 30
-RUN_MARKERS = ("config.yaml", "metrics.json", "command.txt")
+# Written into every directory tunelab creates; only such directories are ever replaced.
+MARKER = ".tunelab-run"
 
 
 def default_run_path(command: str) -> Path:
@@ -41,12 +42,51 @@ def default_run_path(command: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename: readers see the old file or the whole
+    new one, never a torn one. Files are readable by others (0644), like any output."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    os.chmod(handle.name, 0o644)
     os.replace(handle.name, path)
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether tunelab created ``path`` (it carries the marker file)."""
+    marker = Path(path) / MARKER
+    return marker.is_file() and not marker.is_symlink()
+
+
+def _make_marked_directory(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if not is_run_directory(path):
+        stamp = {"created_by": "tunelab", "created": datetime.now().isoformat(timespec="seconds")}
+        atomic_write_bytes(path / MARKER, (json.dumps(stamp) + "\n").encode())
+
+
+def lock_run_directory(path: Path, create_marker: bool = True):
+    """An exclusive lock on the run directory's marker, held by the returned file object
+    until it is closed (or the process dies); fails with one line when another process
+    holds it. Where ``fcntl`` is missing (Windows) no lock is taken."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        if not create_marker:
+            return None
+        _make_marked_directory(Path(path))
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    handle = open(marker, "rb")  # noqa: SIM115 - held open as the lock
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise TunelabError(f"another tunelab process is writing to {path}; wait for it or choose another --out") \
+            from None
+    return handle
 
 
 def package_versions() -> dict[str, str]:
@@ -99,12 +139,23 @@ class Tracker:
 
 
 class RunDirectory:
-    """Writes a run's files in the layout of DESIGN.md."""
+    """Writes a run's files in the layout of DESIGN.md.
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    Safety rules, because a run directory is the one place tunelab deletes from:
+    every directory tunelab creates carries the marker file ``.tunelab-run``, and
+    ``overwrite`` refuses any folder without it; while a run writes, it holds an
+    exclusive lock on that marker, so two processes never write one directory; and
+    an overwritten run is built beside the old one (``.<name>.tunelab-new-<pid>``)
+    and swapped in only by ``commit()``, so a failed run never replaces a good one.
+    """
+
+    def __init__(self, path: Path, final: Path | None = None, lock=None, created: bool = False):
+        self.path = Path(path)  # where files are written now
+        self.final = Path(final) if final is not None else self.path  # where the run lives once committed
         self.started = time.time()
         self._tracker: Tracker | None = None
+        self._lock = lock
+        self._created = created  # this process made ``path`` (so it may remove it when abandoned)
 
     @classmethod
     def create(cls, out: str | os.PathLike | None, command: str, overwrite: bool = False,
@@ -112,16 +163,27 @@ class RunDirectory:
         path = Path(out) if out else default_run_path(command)
         if path.exists() and not path.is_dir():
             raise TunelabError(f"--out {path} is a file; pass a directory")
-        if path.is_dir() and any(path.iterdir()) and not resume:
+        if resume:
+            return cls(path, lock=lock_run_directory(path, create_marker=False))
+        if path.is_dir() and any(path.iterdir()):
             if not overwrite:
                 raise TunelabError(
                     f"--out {path} already holds files; choose a new directory or pass --overwrite"
                 )
-            if not any((path / marker).exists() for marker in RUN_MARKERS):
-                raise TunelabError(f"--overwrite refused: {path} does not look like a tunelab run directory")
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+            if not is_run_directory(path):
+                raise TunelabError(
+                    f"--overwrite refused: {path} was not created by tunelab (no {MARKER} file), "
+                    "and tunelab only replaces directories it created; choose another --out"
+                )
+            lock = lock_run_directory(path)  # the old run stays locked until it is replaced
+            staging = path.parent / f".{path.name}.tunelab-new-{os.getpid()}"
+            if staging.exists():
+                shutil.rmtree(staging)
+            _make_marked_directory(staging)
+            return cls(staging, final=path, lock=lock, created=True)
+        created = not path.exists()
+        _make_marked_directory(path)
+        return cls(path, lock=lock_run_directory(path), created=created)
 
     @classmethod
     def start(cls, out: str | os.PathLike | None, command: str, config_yaml: str, argv: Sequence[str] | None,
@@ -131,6 +193,33 @@ class RunDirectory:
         run.write_config(config_yaml)
         run.write_command(argv)
         return run
+
+    def commit(self) -> Path:
+        """Finish: put a run built beside an old one in its place, and release the lock."""
+        self.close()
+        if self.path != self.final:
+            retired = self.final.parent / f".{self.final.name}.tunelab-old-{os.getpid()}"
+            os.replace(self.final, retired)
+            os.replace(self.path, self.final)
+            shutil.rmtree(retired, ignore_errors=True)
+            self.path = self.final
+        self._unlock()
+        return self.final
+
+    def abandon(self) -> None:
+        """After a failure: remove what this process created, unless it holds checkpoints
+        that ``--resume`` can continue from; release the lock. An old run being
+        overwritten is left untouched."""
+        self.close()
+        keep = (self.path / "checkpoints").is_dir() and self.path == self.final
+        if self._created and not keep and is_run_directory(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
 
     # ------------------------------------------------------------------ plain files
 

@@ -166,7 +166,13 @@ def read_image_folder(path: Path, flat_split: str) -> _RawImages:
     Class names are folder names with '_' read as a space."""
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     split_dirs = {split_name_of(p.name): p for p in subdirs if split_name_of(p.name)}
-    layout = split_dirs if split_dirs and len(split_dirs) == len(subdirs) else {flat_split: path}
+    others = [p.name for p in subdirs if not split_name_of(p.name)]
+    if split_dirs and others:
+        raise DataError(
+            f"{path} mixes split folders ({', '.join(p.name for p in split_dirs.values())}) with other folders "
+            f"({', '.join(others[:5])}); use split/class/image folders, or class/image folders only"
+        )
+    layout = split_dirs if split_dirs else {flat_split: path}
     splits = {}
     classes: set[str] = set()
     for split, folder in layout.items():

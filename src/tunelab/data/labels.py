@@ -133,13 +133,20 @@ def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int
     return [np.sort(np.concatenate(p)) if p else np.array([], dtype=np.int64) for p in parts]
 
 
-def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """At most ``n`` indices, class proportions kept (largest remainders), seeded."""
+def stratified_subsample(labels: np.ndarray, n: int, seed: int, keep_every_class: bool = False) -> np.ndarray:
+    """At most ``n`` indices, class proportions kept (largest remainders), seeded.
+
+    With ``keep_every_class`` each class present keeps at least one example (taken from
+    the classes with the most places), so a capped training split never loses a class
+    that the class list still has."""
     total = len(labels)
     if n >= total:
         return np.arange(total)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
+    if keep_every_class and n < len(classes):
+        raise DataError(f"a cap of {n} examples cannot keep one example of each of the {len(classes)} classes; "
+                        f"raise --max-train-samples to at least {len(classes)}")
     exact = counts * n / total
     take = np.floor(exact).astype(int)
     # Hand out the remaining places by largest remainder, ties broken by seed.
@@ -147,6 +154,10 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     order = np.lexsort((rng.random(len(classes)), -remainder))
     for i in order[: n - take.sum()]:
         take[i] += 1
+    if keep_every_class:
+        for i in np.flatnonzero(take == 0):
+            take[i] = 1
+            take[np.argmax(take)] -= 1  # the largest share gives up a place
     chosen = []
     for cls, k in zip(classes, take):
         members = np.flatnonzero(labels == cls)
@@ -210,7 +221,8 @@ def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | No
     for name, split in splits.items():
         cap = max_train if name == "train" else max_eval
         if cap is not None and cap < len(split):
-            capped[name] = split.subset(stratified_subsample(split.labels, cap, seed))
+            capped[name] = split.subset(stratified_subsample(split.labels, cap, seed,
+                                                             keep_every_class=name == "train"))
             notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {seed})")
         else:
             capped[name] = split

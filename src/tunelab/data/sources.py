@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,25 @@ class DatasetSource:
     def is_local(self) -> bool:
         return self.format != "hub"
 
+    def fingerprint(self) -> str:
+        """Changes whenever a data file changes (local data), or names the hub dataset."""
+        from tunelab.provenance import files_fingerprint
+
+        return files_fingerprint(Path(self.location)) if self.is_local else f"hub:{self.location}"
+
+    def record(self) -> dict:
+        location = str(Path(self.location).resolve()) if self.is_local else self.location
+        return {"name": self.spec, "location": location, "format": self.format, "fingerprint": self.fingerprint()}
+
 
 def data_dir() -> Path | None:
     value = os.environ.get("TUNELAB_DATA_DIR")
     return Path(value).expanduser() if value else None
+
+
+# A split name, optionally followed by a shard number (``train-00000-of-00003``,
+# ``train-2``); anything else (``train_old``, ``train-backup``) is not a split file.
+_SHARD_SUFFIX = re.compile(r"(?:[-_]\d+(?:-of-\d+)?)?")
 
 
 def split_name_of(stem: str) -> str | None:
@@ -65,7 +81,7 @@ def split_name_of(stem: str) -> str | None:
     stem = stem.lower()
     for split, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
-            if stem == alias or stem.startswith(alias + "-") or stem.startswith(alias + "_"):
+            if stem.startswith(alias) and _SHARD_SUFFIX.fullmatch(stem[len(alias):]):
                 return split
     return None
 

@@ -172,16 +172,20 @@ def _frame_split(frame, cfg: DataConfig, source: str, table_columns: dict) -> _R
     return _RawSplit(texts, labels, ids, source)
 
 
+# Label cells that spreadsheets and pandas write for "no value": never a class.
+MISSING_LABEL_TEXTS = frozenset({"", "nan", "null", "n/a", "#n/a", "<na>"})
+
+
 def _is_missing(value: object) -> bool:
     if value is None:
         return True
     if isinstance(value, float) and np.isnan(value):
         return True
-    return isinstance(value, str) and not value.strip()
+    return isinstance(value, str) and value.strip().lower() in MISSING_LABEL_TEXTS
 
 
 def _finish_table(splits: dict[str, _RawSplit], columns: dict) -> _RawTable:
-    notes = [columns[k] for k in ("text_note", "label_note") if k in columns]
+    notes = [columns[k] for k in ("text_note", "label_note", "ignored_note") if k in columns]
     for raw in splits.values():
         raw.labels = _normalise_labels(raw.labels)
     return _RawTable(splits, columns["text"], columns["label"], notes=notes)
@@ -201,6 +205,11 @@ def read_text_folder(path: Path, cfg: DataConfig) -> _RawTable:
         by_split.setdefault(split, []).append(file)
     columns: dict = {}
     splits = {}
+    split_paths = {file for file, _ in files}
+    ignored = sorted(p.name for p in folder.iterdir()
+                     if p.is_file() and p.suffix.lower() in TEXT_FILE_SUFFIXES and p not in split_paths)
+    if ignored:
+        columns["ignored_note"] = f"ignored {', '.join(ignored)} (not named train, validation/dev/val or test)"
     for split in ("train", "validation", "test"):
         parts = sorted(by_split.get(split, []))
         if not parts:

@@ -35,7 +35,7 @@ from tunelab.metrics import classification_metrics
 from tunelab.models import count_parameters, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import resolve_device, seed_everything
-from tunelab.tasks.common import RunResult, finish_run
+from tunelab.tasks.common import RunResult, abandon_on_failure, data_block, finish_run, record_inputs
 from tunelab.tasks.finetune import LoraConfig, TrainConfig, lora_targets
 
 logger = logging.getLogger(__name__)
@@ -113,11 +113,7 @@ class ClipLoss:
 def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
                       resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
     from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
-    from tunelab.training import (
-        open_run_directory,
-        train_resumable,
-        training_summary,
-    )
+    from tunelab.training import open_run_directory
 
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
@@ -131,21 +127,31 @@ def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None,
 
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
     config_yaml = dump_yaml(config, COMMAND)
-    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
-                                                             clip_config_from_run, argv), rank, world)
-    tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
-
-    model, tokenizer, processor = load_clip(source)
+    model, tokenizer, processor = load_clip(source)  # before --out is touched
     if config.train.method == "lora":
         model = wrap_clip_lora(model, config.lora)
     params = count_parameters(model)
     logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
+    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
+                                                             clip_config_from_run, argv), rank, world)
+    with abandon_on_failure(run):
+        if rank == 0:
+            record_inputs(run, source, config.data.dataset)
+        result = _clip_finetune(config, dataset, eval_splits, templates, model, tokenizer, processor, params,
+                                device, run, config_yaml, resume, rank, world)
+    barrier(world)
+    return result
 
+
+def _clip_finetune(config, dataset, eval_splits, templates, model, tokenizer, processor, params, device, run,
+                   config_yaml, resume, rank, world) -> RunResult:
+    from tunelab.training import train_resumable, training_summary
+
+    tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
     trainer, interrupt = build_clip_trainer(config, dataset, model, tokenizer, processor, templates,
                                             run.path / "checkpoints", tracker, world)
     stats = train_resumable(trainer, interrupt, run.path, resume, COMMAND)
     if rank != 0:
-        barrier(world)
         return RunResult(run.path, {})
 
     model = trainer.model.eval()
@@ -181,15 +187,12 @@ def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None,
                                   "eval_images_per_s": sum(len(dataset.splits[s]) for s in eval_splits)
                                   / eval_seconds}},
         "training": training_summary(trainer, config.train, run.path, world, resume),
-        "skipped_images": skipped_record(sorted(set(skipped))),
+        "skipped": skipped_record(sorted(set(skipped))),
         "templates": {"spec": config.templates, "count": len(templates)},
-        "environment": environment(str(device)),
-        "data": {"class_names": dataset.class_names, "sizes": {k: len(v) for k, v in dataset.splits.items()},
-                 "notes": dataset.notes},
+        "environment": {**environment(str(device)), "processes": world},
+        "data": data_block(dataset),
     }
-    result = finish_run(run, metrics, config_yaml, reports, dataset.notes)
-    barrier(world)
-    return result
+    return finish_run(run, metrics, config_yaml, reports, dataset.notes)
 
 
 def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, processor, templates,
@@ -242,6 +245,7 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
             kept = validation.labels[accumulator.seen]
             values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
             values.pop("n")
+            values.pop("classes_present")
             # Only the top-k scores are kept for many classes, so the validation loss is the
             # cross-entropy over those (exact when every class is kept).
             values["loss"] = _top_k_nll(result, kept)
@@ -295,17 +299,22 @@ def _save(model, tokenizer, processor, run: RunDirectory, config: ClipFinetuneCo
 
 
 def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
-    """(model, tokenizer, processor) of a finished clip-finetune run."""
+    """(model, tokenizer, processor) of a finished clip-finetune run. Nothing in the folder
+    is executed; a LoRA adapter goes onto the base model the run recorded."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+    from tunelab.models import load_pretrained
+    from tunelab.tasks.common import recorded_model
+
     model_dir = run_dir / "model"
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    processor = AutoImageProcessor.from_pretrained(str(model_dir))
+    what = f"the fine-tuned CLIP model in {model_dir}"
+    tokenizer = load_pretrained(AutoTokenizer, model_dir, what)
+    processor = load_pretrained(AutoImageProcessor, model_dir, what)
     if config.train.method == "lora":
         from peft import PeftModel
 
-        base, _, _ = load_clip(resolve_model(config.model))
+        base, _, _ = load_clip(recorded_model(run_dir, config.model))
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
-        model = CLIPModel.from_pretrained(str(model_dir))
+        model = load_pretrained(CLIPModel, model_dir, what, use_safetensors=True)
     return model.eval(), tokenizer, processor

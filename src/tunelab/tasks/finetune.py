@@ -21,6 +21,7 @@ from tunelab.config import (
     RuntimeConfig,
     TrackingConfig,
     _choice,
+    _non_negative,
     _positive,
     config_from_run,
     dump_yaml,
@@ -28,11 +29,19 @@ from tunelab.config import (
 )
 from tunelab.data.text import TextDataset, load_text_dataset
 from tunelab.errors import ConfigError, ModelError, TunelabError
-from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
-from tunelab.models import ModelSource, count_parameters, load_config, load_tokenizer, resolve_model
+from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split, skipped_record
+from tunelab.models import (
+    ModelSource,
+    count_parameters,
+    hub_kwargs,
+    load_config,
+    load_pretrained,
+    load_tokenizer,
+    resolve_model,
+)
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import resolve_device, seed_everything
-from tunelab.tasks.common import RunResult, finish_run
+from tunelab.tasks.common import RunResult, abandon_on_failure, data_block, finish_run, record_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +98,8 @@ class TrainConfig:
         _positive("train.epochs", self.epochs, allow_none=True)
         _positive("train.lr", self.lr, allow_none=True)
         _positive("train.early_stopping", self.early_stopping, allow_none=True)
-        if self.warmup < 0:
-            raise ConfigError(f"train.warmup={self.warmup!r} must be 0 or more")
+        _non_negative("train.warmup", self.warmup)
+        _non_negative("train.weight_decay", self.weight_decay)
 
     @property
     def learning_rate(self) -> float:
@@ -148,15 +157,11 @@ def build_classifier_model(source: ModelSource, class_names: Sequence[str], trai
     if model_type in ("clip", "siglip") or getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"'{source.name}' is a {model_type} model; text fine-tuning needs a text encoder")
     id2label = dict(enumerate(class_names))
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source.location, num_labels=len(class_names), id2label=id2label,
-            label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=True,
-            trust_remote_code=False,
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load '{source.name}' for sequence classification: "
-                         f"{str(exc).splitlines()[0]}") from None
+    model = load_pretrained(
+        AutoModelForSequenceClassification, source.location, f"'{source.name}' for sequence classification",
+        num_labels=len(class_names), id2label=id2label, label2id={n: i for i, n in id2label.items()},
+        ignore_mismatched_sizes=True, **hub_kwargs(source),
+    )
     if train.method == "lora":
         model = wrap_lora(model, model_type, lora)
     return model
@@ -261,12 +266,8 @@ def run_finetune(
     """Train on train, pick the best checkpoint on validation, score every evaluation
     split with it, and write a complete run directory. With ``resume``, continue the
     run in ``out`` from its last complete checkpoint."""
-    from tunelab.distributed import init_distributed, rank_zero_run_directory
-    from tunelab.training import (
-        open_run_directory,
-        train_resumable,
-        training_summary,
-    )
+    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
+    from tunelab.training import open_run_directory
 
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
@@ -279,24 +280,33 @@ def run_finetune(
     config = dataclasses.replace(config, data=dataclasses.replace(
         config.data, text_column=dataset.text_column, label_column=dataset.label_column))
     config_yaml = dump_yaml(config, COMMAND)
-
-    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
-                                                             finetune_config_from_run, argv), rank, world)
-    tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
-
+    # The model loads before --out is touched: a model that cannot load leaves nothing behind.
     tokenizer = load_tokenizer(source)
     model = build_classifier_model(source, dataset.class_names, config.train, config.lora)
     params = count_parameters(model)
     logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
 
+    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
+                                                             finetune_config_from_run, argv), rank, world)
+    with abandon_on_failure(run):
+        if rank == 0:
+            record_inputs(run, source, config.data.dataset)
+        result = _finetune(config, dataset, eval_splits, tokenizer, model, params, device, run, config_yaml,
+                           resume, rank, world)
+    barrier(world)
+    return result
+
+
+def _finetune(config, dataset, eval_splits, tokenizer, model, params, device, run, config_yaml, resume, rank,
+              world) -> RunResult:
+    from tunelab.training import train_resumable, training_summary
+
+    tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
     trainer, interrupt = build_trainer(config, dataset, tokenizer, model, run.path / "checkpoints", tracker, world)
     train_stats = train_resumable(trainer, interrupt, run.path, resume, COMMAND)
 
-    from tunelab.distributed import barrier
-
     model = trainer.model
     if rank != 0:
-        barrier(world)
         return RunResult(run.path, {})
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
     split_metrics, reports = {}, {}
@@ -327,13 +337,11 @@ def run_finetune(
                            "eval_samples_per_s": sum(m["n"] for m in split_metrics.values()) / eval_seconds},
         },
         "training": training_summary(trainer, config.train, run.path, world, resume),
-        "environment": environment(str(device)),
-        "data": {"class_names": dataset.class_names,
-                 "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes},
+        "environment": {**environment(str(device)), "processes": world},
+        "skipped": skipped_record([]),
+        "data": data_block(dataset),
     }
-    result = finish_run(run, metrics, config_yaml, reports, dataset.notes)
-    barrier(world)
-    return result
+    return finish_run(run, metrics, config_yaml, reports, dataset.notes)
 
 
 def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, output_dir: Path,
@@ -377,6 +385,7 @@ def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model
     def compute_metrics(prediction):
         values = classification_metrics(prediction.label_ids, prediction.predictions, num_classes)
         values.pop("n")
+        values.pop("classes_present")
         return values
 
     train_lengths = train_ds.lengths
@@ -413,20 +422,27 @@ def _save_model(model, tokenizer, run: RunDirectory, train: TrainConfig) -> None
 
 
 def load_finetuned(run_dir: Path, config: FinetuneConfig):
-    """(model, tokenizer) from a finished fine-tuning run directory."""
+    """(model, tokenizer) from a finished fine-tuning run directory. Nothing in the folder
+    is executed; a LoRA adapter goes onto the base model the run recorded (checked by
+    fingerprint)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from tunelab.models import load_pretrained
+    from tunelab.tasks.common import recorded_model
+
     model_dir = run_dir / "model"
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    what = f"the fine-tuned model in {model_dir}"
+    tokenizer = load_pretrained(AutoTokenizer, model_dir, what)
     if config.train.method == "lora":
         from peft import PeftModel
 
-        source = resolve_model(config.model)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            source.location, num_labels=len(_class_names(run_dir)), ignore_mismatched_sizes=True)
+        source = recorded_model(run_dir, config.model)
+        base = load_pretrained(AutoModelForSequenceClassification, source.location, f"base model '{source.name}'",
+                               num_labels=len(_class_names(run_dir)), ignore_mismatched_sizes=True,
+                               **hub_kwargs(source))
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        model = load_pretrained(AutoModelForSequenceClassification, model_dir, what, use_safetensors=True)
     return model.eval(), tokenizer
 
 

@@ -29,7 +29,7 @@ from tunelab.features import (
 from tunelab.models import count_parameters_from_config, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import seed_everything
-from tunelab.tasks.common import RunResult, finish_run
+from tunelab.tasks.common import RunResult, abandon_on_failure, data_block, finish_run, record_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def run_probe(
     seed_everything(config.seed)
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
     images = is_image_dataset(config.data.dataset)
-    # Data is validated before any model loads.
+    # Data is validated before any model loads, and the model loads before --out is touched.
     if images:
         dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
         extractor = ImageFeatureExtractor(source, config.images, config.runtime)
@@ -78,9 +78,18 @@ def run_probe(
             config.data, text_column=dataset.text_column, label_column=dataset.label_column))
         extractor = TextFeatureExtractor(source, config.features, config.runtime)
     eval_splits = dataset.eval_split_names(config.data.splits)
+    extractor.load()
     config_yaml = dump_yaml(config, COMMAND)
     run = rank_zero_run_directory(lambda: RunDirectory.start(out, COMMAND, config_yaml, argv, overwrite), rank, world)
+    with abandon_on_failure(run):
+        if rank == 0:
+            record_inputs(run, source, config.data.dataset)
+        result = _probe(config, dataset, extractor, eval_splits, source, run, config_yaml, rank, world, images)
+    barrier(world)
+    return result
 
+
+def _probe(config, dataset, extractor, eval_splits, source, run, config_yaml, rank, world, images) -> RunResult:
     cache = FeatureCache() if config.features.cache else None
     features, from_cache, skipped = {}, {}, []
     for split in ["train", *[s for s in eval_splits if s != "train"]]:
@@ -89,14 +98,15 @@ def run_probe(
             extractor, data if images else data.texts, f"{split} features", cache, rank, world)
         if rank != 0:
             continue
-        readable = ~np.isnan(vectors).any(axis=1)
-        if not readable.all():  # unreadable images: drop and report them
-            skipped += [data.ids[i] for i in np.flatnonzero(~readable)]
-            dataset.splits[split] = data.subset(np.flatnonzero(readable))
-        features[split] = vectors[readable]
+        usable = np.isfinite(vectors).all(axis=1)
+        if not usable.all():  # unreadable images (or non-finite features): drop and report them
+            skipped += [data.ids[i] for i in np.flatnonzero(~usable)]
+            dataset.splits[split] = data.subset(np.flatnonzero(usable))
+        features[split] = vectors[usable]
     if rank != 0:  # under torchrun, rank 0 fits and scores on the gathered features
-        barrier(world)
         return RunResult(run.path, {})
+    if skipped:
+        logger.warning("%d examples without usable features were left out (listed in metrics.json)", len(skipped))
     if all(from_cache.values()):
         logger.info("all features came from the cache; pass --no-cache to recompute them")
     tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
@@ -120,9 +130,10 @@ def run_probe(
 
     start = time.perf_counter()
     split_metrics, reports, score_kind = {}, {}, "score"
+    num_classes = len(dataset.class_names)
     for split in eval_splits:
         data = dataset.splits[split]
-        full, score_kind = class_scores(estimator, features[split])
+        full, score_kind = class_scores(estimator, features[split], num_classes)
         scores = ClassScores.from_full(full, score_kind, predicted=estimator.predict(features[split]))
         inputs = ("file", data.ids) if images else ("text", data.texts)
         split_metrics[split], reports[split] = evaluate_split(
@@ -145,17 +156,14 @@ def run_probe(
         "params": {"total": params, "trainable": 0, "note": "frozen encoder; only the classifier is fitted"},
         "timing": timing,
         "environment": {**environment(str(extractor.device)), "processes": world},
-        **({"skipped_images": skipped_record(skipped)} if images else {}),
+        "skipped": skipped_record(skipped),
         "classifier": {"kind": config.classifier.kind, "score": score_kind,
                        "C": tuning["chosen"] if tuning else config.classifier.c, "tuning": tuning},
         "features": {"pooling": config.features.pooling, "dim": int(features["train"].shape[1]),
                      "from_cache": from_cache},
-        "data": {"class_names": dataset.class_names, "sizes": {k: len(v) for k, v in dataset.splits.items()},
-                 "notes": dataset.notes},
+        "data": data_block(dataset),
     }
     for split, values in split_metrics.items():
         tracker.log({f"{split}/{k}": v for k, v in values.items() if k != "n"})
     tracker.log({f"throughput/{k}": v for k, v in timing["throughput"].items()})
-    result = finish_run(run, metrics, config_yaml, reports, dataset.notes)
-    barrier(world)
-    return result
+    return finish_run(run, metrics, config_yaml, reports, dataset.notes)

@@ -21,7 +21,7 @@ from tunelab.evaluation import ScoreAccumulator, evaluate_split, skipped_record
 from tunelab.models import count_parameters, resolve_model
 from tunelab.runs import RunDirectory, environment
 from tunelab.runtime import resolve_device, resolve_dtype, seed_everything
-from tunelab.tasks.common import RunResult, finish_run
+from tunelab.tasks.common import RunResult, abandon_on_failure, data_block, finish_run, record_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ZeroshotConfig:
 
 def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrite: bool = False,
                  argv: Sequence[str] | None = None) -> RunResult:
-    from tunelab.distributed import barrier, gather_to_zero, init_distributed, rank_zero_run_directory, shard
+    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
 
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
@@ -54,11 +54,23 @@ def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrit
     if not eval_splits:
         raise DataError(f"{config.data.dataset} has only a train split; score it with --splits train")
     config_yaml = dump_yaml(config, COMMAND)
-    run = rank_zero_run_directory(lambda: RunDirectory.start(out, COMMAND, config_yaml, argv, overwrite), rank, world)
-
     dtype = resolve_dtype(config.runtime.precision, device)
-    model, tokenizer, processor = load_clip(source, dtype=dtype)
+    model, tokenizer, processor = load_clip(source, dtype=dtype)  # before --out is touched
     model.to(device).eval()
+    run = rank_zero_run_directory(lambda: RunDirectory.start(out, COMMAND, config_yaml, argv, overwrite), rank, world)
+    with abandon_on_failure(run):
+        if rank == 0:
+            record_inputs(run, source, config.data.dataset)
+        result = _zeroshot(config, dataset, eval_splits, templates, model, tokenizer, processor, dtype, device,
+                           run, config_yaml, rank, world)
+    barrier(world)
+    return result
+
+
+def _zeroshot(config, dataset, eval_splits, templates, model, tokenizer, processor, dtype, device, run,
+              config_yaml, rank, world) -> RunResult:
+    from tunelab.distributed import gather_to_zero, shard
+
     start = time.perf_counter()
     class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
     text_seconds = time.perf_counter() - start
@@ -91,7 +103,6 @@ def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrit
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, ("file", kept.ids))
     if rank != 0:
-        barrier(world)
         return RunResult(run.path, {})
     eval_seconds = time.perf_counter() - start
     if skipped:
@@ -105,16 +116,13 @@ def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrit
         "params": {**count_parameters(model), "trainable": 0},
         "timing": {"seconds": {"text": text_seconds, "eval": eval_seconds},
                    "throughput": {"images_per_s": images_seen / eval_seconds if eval_seconds else 0.0}},
-        "skipped_images": skipped_record(skipped),
+        "skipped": skipped_record(skipped),
         "templates": {"spec": config.templates, "count": len(templates)},
         "environment": {**environment(str(device)), "processes": world},
-        "data": {"class_names": dataset.class_names, "sizes": {k: len(v) for k, v in dataset.splits.items()},
-                 "notes": dataset.notes},
+        "data": data_block(dataset),
     }
     tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
     for split, values in split_metrics.items():
         tracker.log({f"{split}/{k}": v for k, v in values.items() if k != "n"})
     tracker.log({"throughput/images_per_s": metrics["timing"]["throughput"]["images_per_s"]})
-    result = finish_run(run, metrics, config_yaml, reports, dataset.notes)
-    barrier(world)
-    return result
+    return finish_run(run, metrics, config_yaml, reports, dataset.notes)

@@ -1,0 +1,33 @@
+"""Fingerprints of the files a run depends on (model weights, tokenizer, data), so
+that caches and reruns notice when any of them changed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def files_fingerprint(root: Path) -> str:
+    """A digest of every regular file under ``root`` (names, sizes, modification times):
+    cheap even for large weights, and it changes whenever any file is replaced."""
+    digest = hashlib.sha256()
+    root = Path(root)
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for path in paths:
+        stat = path.stat()
+        name = path.name if path == root else str(path.relative_to(root))
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit of a hub model in the local cache, if it is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an unusual id or cache layout: no revision known
+        return None
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return cached.split("/snapshots/", 1)[1].split("/", 1)[0]
+    return None
