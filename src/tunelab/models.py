@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -124,7 +123,9 @@ def load_pretrained(loader, location: str | Path, what: str, **kwargs):
     weights preferred; any failure becomes one line naming ``what``."""
     try:
         return loader.from_pretrained(str(location), **SAFE_LOADING, **kwargs)
-    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
+    except ModelError:
+        raise
+    except Exception as exc:  # OSError, ValueError, SafetensorError, ...: all mean "cannot load"
         raise ModelError(f"cannot load {what}: {_first_line(exc)}") from None
 
 
@@ -160,14 +161,8 @@ def load_text_encoder(source: ModelSource, dtype=None):
         )
     if getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"'{source.name}' is an encoder-decoder model; text probes need an encoder")
-    kwargs = hub_kwargs(source)
-    try:
-        model = AutoModel.from_pretrained(
-            source.location, trust_remote_code=False, dtype=dtype, **kwargs
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load model '{source.name}': {_first_line(exc)}") from None
-    return model
+    return load_pretrained(AutoModel, source.location, f"model '{source.name}'", dtype=dtype,
+                           **hub_kwargs(source))
 
 
 def count_parameters(model) -> dict[str, int]:

@@ -169,23 +169,44 @@ class RunRecord:
         return json.dumps(config, sort_keys=True, default=str)
 
 
+def read_inside(run_dir: Path, name: str) -> bytes | None:
+    """A file of a run directory, or None when it is missing, a symbolic link, or resolves
+    outside the directory: a report never embeds a file from elsewhere."""
+    path = Path(run_dir) / name
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        if not path.resolve().is_relative_to(Path(run_dir).resolve()):
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _read_text(run_dir: Path, name: str) -> str | None:
+    data = read_inside(run_dir, name)
+    return data.decode("utf-8", errors="replace") if data is not None else None
+
+
 def find_runs(paths: list[Path | str]) -> list[RunRecord]:
-    """Run directories given directly, or inside study directories, in order."""
+    """Run directories given directly, or inside study directories (not through
+    symbolic links), in order."""
     found = []
     for path in map(Path, paths):
         if (path / "metrics.json").is_file():
             found.append(path)
         elif path.is_dir():
-            found += sorted(p.parent for p in path.glob("*/metrics.json"))
+            found += sorted(p.parent for p in path.glob("*/metrics.json") if not p.parent.is_symlink())
     records = []
     for path in found:
-        history = path / "history.json"
-        command_file = path / "command.txt"
+        metrics, config = _read_text(path, "metrics.json"), _read_text(path, "config.yaml")
+        if metrics is None or config is None:
+            continue
+        history, command = _read_text(path, "history.json"), _read_text(path, "command.txt")
         records.append(RunRecord(
-            path.name, path, json.loads((path / "metrics.json").read_text(encoding="utf-8")),
-            yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {},
-            command_file.read_text(encoding="utf-8").splitlines()[0] if command_file.is_file() else "",
-            json.loads(history.read_text(encoding="utf-8")) if history.is_file() else [],
+            path.name, path, json.loads(metrics), yaml.safe_load(config) or {},
+            command.splitlines()[0] if command else "",
+            json.loads(history) if history else [],
         ))
     return records
 
@@ -292,17 +313,17 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
     doc.heading(2, "Confusion")
     for record in records:
         split = _main_split(record)
-        picture = record.path / f"confusion_{split}.png"
-        if picture.is_file():
-            doc.image(f"{record.name}-confusion-{split}.png", picture.read_bytes(), f"{record.name}: {split}")
+        picture = read_inside(record.path, f"confusion_{split}.png")
+        if picture is not None:
+            doc.image(f"{record.name}-confusion-{split}.png", picture, f"{record.name}: {split}")
         else:
-            matrix = record.path / f"confusion_{split}.json"
-            pairs = json.loads(matrix.read_text()).get("top_confused_pairs", []) if matrix.is_file() else []
+            matrix = _read_text(record.path, f"confusion_{split}.json")
+            pairs = json.loads(matrix).get("top_confused_pairs", []) if matrix else []
             doc.paragraph(f"{record.name} ({split}): most confused pairs")
             doc.table(["true", "predicted", "count"], [[p["true"], p["predicted"], str(p["count"])] for p in pairs])
     doc.heading(2, "Commands and configurations")
     for record in records:
-        config_text = (record.path / "config.yaml").read_text(encoding="utf-8")
+        config_text = _read_text(record.path, "config.yaml") or ""
         doc.code(f"{record.name}: {record.command_line}", config_text)
     return doc
 

@@ -45,6 +45,8 @@ from tunelab.errors import TunelabError
 logger = logging.getLogger(__name__)
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Step names name run directories inside the study directory: plain names, never paths.
+STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 def _commands() -> dict[str, tuple[type, Any]]:
@@ -115,6 +117,9 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
             raise ConfigError(f"{origin}: step {index + 1} has unknown command '{command}'; "
                               f"choose from {', '.join(commands)}")
         name = str(raw.pop("name", f"{index + 1:02d}-{command}"))
+        if not STEP_NAME.fullmatch(name) or name in (".", ".."):
+            raise ConfigError(f"{origin}: step name {name!r} is not a plain name; use letters, digits, '.', '_' "
+                              "and '-' (it names the step's run directory inside the study directory)")
         requires = list(raw.pop("requires", []) or [])
         steps.append(Step(name, command, raw, requires))
     names = [s.name for s in steps]
@@ -122,20 +127,33 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
         raise ConfigError(f"{origin}: step names must be unique (they name run directories)")
     for key, value in (assignments or {}).items():
         head = key.split(".", 1)[0]
-        if key in variables or (head not in names and "." not in key and key not in _all_config_keys()):
+        if key in variables:
             variables[key] = value
         elif head in names and "." in key:
             set_dotted(next(s for s in steps if s.name == head).settings, key.split(".", 1)[1], value)
-        else:
+        elif _is_config_key(key):
             set_dotted(settings, key, value)
+        else:
+            known = ", ".join(variables) or "none"
+            raise ConfigError(f"--set {key}=...: '{key}' is not a variable of this study (variables: {known}), "
+                              f"a step (steps: {', '.join(names)}), or a setting any command has")
     return Study(str(values.get("name") or Path(source).stem), steps, variables, settings, values.get("baseline"))
 
 
-def _all_config_keys() -> set[str]:
-    keys = set()
+def _is_config_key(dotted: str) -> bool:
+    """Whether some command's config has the (dotted) key."""
+    parts = dotted.split(".")
     for cls, _ in _commands().values():
-        keys |= {f.name for f in dataclasses.fields(cls)}
-    return keys
+        node = cls
+        for part in parts:
+            fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+            if part not in fields:
+                break
+            field = fields[part]
+            node = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+        else:
+            return True
+    return False
 
 
 def _substitute(value: Any, variables: dict[str, Any]) -> Any:
@@ -179,9 +197,24 @@ def default_study_path(name: str) -> Path:
 
 
 def _complete_with(run_dir: Path, command: str, config) -> bool:
+    """A finished run made with the same configuration from the same files: the model's
+    and the data's fingerprints must still match what the run recorded."""
+    from tunelab.data.sources import resolve_dataset
+    from tunelab.models import resolve_model
+    from tunelab.tasks.common import read_inputs_record
+
     if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
-    return (run_dir / "config.yaml").read_text(encoding="utf-8") == _saved_yaml(command, config, run_dir)
+    if (run_dir / "config.yaml").read_text(encoding="utf-8") != _saved_yaml(command, config, run_dir):
+        return False
+    recorded = read_inputs_record(run_dir)
+    if recorded is None:
+        return False
+    try:
+        return (resolve_model(config.model).fingerprint() == recorded["model"]["fingerprint"]
+                and resolve_dataset(config.data.dataset).fingerprint() == recorded["dataset"]["fingerprint"])
+    except TunelabError:
+        return False
 
 
 def _saved_yaml(command: str, config, run_dir: Path) -> str:

@@ -21,8 +21,9 @@ from tunelab.runs import RunDirectory, Tracker
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
-# Files the Trainer writes into a checkpoint; trainer_state.json comes last.
-CHECKPOINT_COMPLETE_MARKERS = ("trainer_state.json",)
+# Weight files a Trainer checkpoint holds (a full model, or a LoRA adapter).
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 class SeededLengthGroupedSampler(Sampler[int]):
@@ -132,15 +133,62 @@ def _in_main_thread() -> bool:
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint whose files were all written (a kill mid-save leaves a torn one)."""
+    """The newest checkpoint that is whole, falling back to older ones: a kill mid-save
+    (or a full disk) can leave the newest torn, and resuming from it would fail."""
     if not folder.is_dir():
         return None
     candidates = []
     for path in folder.iterdir():
-        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and path.name[len(CHECKPOINT_PREFIX):].isdigit():
-            if all((path / marker).is_file() for marker in CHECKPOINT_COMPLETE_MARKERS):
-                candidates.append((int(path.name[len(CHECKPOINT_PREFIX):]), path))
-    return max(candidates)[1] if candidates else None
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit():
+            candidates.append((int(suffix), path))
+    for _, path in sorted(candidates, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("skipping checkpoint %s: %s", path.name, problem)
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None when its state parses and every
+    weight file (each shard of an index) is present and whole."""
+    import json
+    import zipfile
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or "global_step" not in state:
+            return "trainer_state.json holds no training state"
+    except (OSError, ValueError):
+        return "trainer_state.json is missing or unreadable"
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    for index in (path / name for name in WEIGHT_INDEXES):
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError):
+                return f"{index.name} is unreadable"
+            weights += [path / shard for shard in sorted(shards)]
+    if not weights:
+        return "it holds no weights"
+    for file in weights:
+        if not file.is_file():
+            return f"{file.name} is missing"
+        if file.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(file), framework="numpy") as handle:
+                    handle.keys()
+            except Exception:  # safetensors raises its own error types for torn files
+                return f"{file.name} is incomplete"
+        elif not zipfile.is_zipfile(file):  # torch.save writes zip archives
+            return f"{file.name} is incomplete"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if (path / name).is_file() and not zipfile.is_zipfile(path / name):
+            return f"{name} is incomplete"
+    return None
 
 
 class Interrupted(TunelabError):
