@@ -14,9 +14,6 @@ from tunelab.provenance import files_fingerprint, hub_revision
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
-
 
 def _minilm_dir() -> str:
     try:
