@@ -58,7 +58,7 @@ def child(args) -> int:
 
     from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig
     from tunelab.tasks.clip_finetune import ClipFinetuneConfig, run_clip_finetune
-    from tunelab.tasks.finetune import TrainConfig
+    from tunelab.train_config import TrainConfig
 
     logging.disable(logging.WARNING)
     config = ClipFinetuneConfig(

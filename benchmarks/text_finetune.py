@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     from tunelab.config import DataConfig, RuntimeConfig
     from tunelab.data.text import load_text_dataset
     from tunelab.models import load_tokenizer, resolve_model
-    from tunelab.tasks.finetune import FinetuneConfig, TrainConfig, build_classifier_model, build_trainer
+    from tunelab.tasks.finetune import FinetuneConfig, build_classifier_model, build_trainer
+    from tunelab.train_config import TrainConfig
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

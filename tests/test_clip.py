@@ -63,7 +63,7 @@ def test_zeroshot_writes_the_contract(tiny_clip_dir, colour_folder, tmp_path):
                  "--templates", "ensemble", "--num-workers", "0"]) == 0
     metrics = metrics_of(out)
     assert set(metrics["splits"]) == {"validation", "test"}
-    assert metrics["templates"]["count"] == 80 and metrics["skipped"] == {"count": 0, "files": []}
+    assert metrics["task"]["templates"]["count"] == 80 and metrics["skipped"] == {"count": 0, "files": []}
     assert metrics["params"]["trainable"] == 0
     for name in ("config.yaml", "report.md", "confusion_test.png", "model/class_embeddings.safetensors"):
         assert (out / name).is_file(), name
@@ -121,7 +121,7 @@ def test_lora_learns_with_both_losses(tiny_clip_dir, colour_folder, tmp_path, lo
         assert clip_ft(tiny_clip_dir, colour_folder, out, "--max-steps", 60, "--eval-every", 20, "--lr", "5e-3",
                        "--loss", loss) == 0
     metrics = metrics_of(out)
-    assert metrics["loss"] == loss and metrics["method"] == "lora"
+    assert metrics["task"]["loss"] == loss and metrics["task"]["method"] == "lora"
     assert metrics["splits"]["validation"]["accuracy"] >= LEARNED
     assert metrics["splits"]["test"]["accuracy"] >= LEARNED
     history = json.loads((out / "history.json").read_text())
@@ -223,5 +223,5 @@ def test_clip_resume_after_sigkill_gives_the_same_metrics(tiny_clip_dir, colour_
     assert last < 300 and not (killed / "metrics.json").exists()
     assert main(["clip-finetune", "--out", str(killed), "--resume"]) == 0
     resumed, uninterrupted = metrics_of(killed), metrics_of(reference)
-    assert resumed["training"]["resumed"] is True
+    assert resumed["task"]["training"]["resumed"] is True
     assert resumed["splits"] == uninterrupted["splits"]

@@ -62,17 +62,17 @@ def test_full_run_writes_the_contract_and_learns(full_run):
     assert metrics["params"]["trainable"] == metrics["params"]["total"]
     assert metrics["splits"]["validation"]["n"] == 30 and metrics["splits"]["test"]["n"] == 30
     assert metrics["splits"]["validation"]["accuracy"] > 0.5  # chance is 1/3
-    assert metrics["training"]["steps"] == 100
+    assert metrics["task"]["training"]["steps"] == 100
     history = json.loads((full_run / "history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0]
     evals = [h for h in history if "eval_accuracy" in h]
     assert [h["step"] for h in evals] == [25, 50, 75, 100]
     best = max(e["eval_accuracy"] for e in evals)
-    assert metrics["training"]["best_validation_accuracy"] == pytest.approx(best)
+    assert metrics["task"]["training"]["best_validation_accuracy"] == pytest.approx(best)
     # The best checkpoint and the last survive rotation.
     kept = sorted(p.name for p in (full_run / "checkpoints").iterdir())
-    assert metrics["training"]["best_checkpoint"].split("/")[-1] in kept and "checkpoint-100" in kept
+    assert metrics["task"]["training"]["best_checkpoint"].split("/")[-1] in kept and "checkpoint-100" in kept
 
 
 def test_tensorboard_has_training_curves(full_run):
@@ -96,7 +96,7 @@ def test_lora_trains_only_adapters_and_head(lora_run, full_run):
     model_dir = lora_run / "model"
     assert (model_dir / "adapter_model.safetensors").is_file()
     assert (model_dir / "merged" / "model.safetensors").is_file()
-    assert metrics["training"]["learning_rate"] == 2e-2
+    assert metrics["task"]["training"]["learning_rate"] == 2e-2
     assert metrics["splits"]["validation"]["accuracy"] > 0.4
 
 
@@ -104,7 +104,7 @@ def test_lora_default_learning_rate(tiny_bert_dir, topics, tmp_path):
     out = tmp_path / "lr"
     assert main(finetune_args(tiny_bert_dir, topics, out, "--method", "lora", "--max-steps", 2,
                               "--eval-every", 1)) == 0
-    assert metrics_of(out)["training"]["learning_rate"] == 1e-3
+    assert metrics_of(out)["task"]["training"]["learning_rate"] == 1e-3
 
 
 @pytest.mark.parametrize("run_name", ["full_run", "lora_run"])
@@ -125,7 +125,7 @@ def test_epochs_replace_max_steps(tiny_bert_dir, topics, tmp_path):
     out = tmp_path / "ep"
     assert main(finetune_args(tiny_bert_dir, topics, out, "--epochs", 1, "--max-train-samples", 40,
                               "--eval-every", 1000)) == 0
-    assert metrics_of(out)["training"]["steps"] == 5  # 40 examples / batch 8
+    assert metrics_of(out)["task"]["training"]["steps"] == 5  # 40 examples / batch 8
 
 
 def _cli(*args):
@@ -153,9 +153,9 @@ def test_resume_after_sigkill_gives_the_same_metrics(tiny_bert_dir, topics, tmp_
 
     assert main(["finetune", "--out", str(killed), "--resume"]) == 0
     resumed, uninterrupted = metrics_of(killed), metrics_of(reference)
-    assert resumed["training"]["resumed"] is True
+    assert resumed["task"]["training"]["resumed"] is True
     assert resumed["splits"] == uninterrupted["splits"]
-    assert resumed["training"]["best_checkpoint"] == uninterrupted["training"]["best_checkpoint"]
+    assert resumed["task"]["training"]["best_checkpoint"] == uninterrupted["task"]["training"]["best_checkpoint"]
 
 
 def test_resume_refuses_finished_or_missing_runs(full_run, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_two_processes_write_one_complete_run(tiny_bert_dir, topics, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = metrics_of(out)
-    assert metrics["training"]["world_size"] == 2
+    assert metrics["task"]["training"]["world_size"] == 2
     assert metrics["splits"]["validation"]["n"] == 30 and metrics["splits"]["test"]["n"] == 30
     for name in CONTRACT:
         assert (out / name).is_file(), name
@@ -204,8 +204,8 @@ def test_early_stopping_stops_when_validation_stalls(tiny_bert_dir, topics, tmp_
     assert main(finetune_args(tiny_bert_dir, topics, out, "--max-steps", 100, "--eval-every", 5, "--lr", "1e-12",
                               "--early-stopping", 2)) == 0
     metrics = metrics_of(out)
-    assert metrics["training"]["steps"] == 15  # evaluations at 5 (best), 10 and 15 (no gain twice)
-    assert metrics["training"]["best_checkpoint"].endswith("checkpoint-5")
+    assert metrics["task"]["training"]["steps"] == 15  # evaluations at 5 (best), 10 and 15 (no gain twice)
+    assert metrics["task"]["training"]["best_checkpoint"].endswith("checkpoint-5")
 
 
 def test_merged_lora_weights_give_the_adapters_predictions(lora_run):

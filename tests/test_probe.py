@@ -43,7 +43,7 @@ def test_probe_writes_the_contract(probe_run):
         assert {"accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro", "f1_macro"} <= set(values)
         assert values["n"] == 24
     assert metrics["params"]["trainable"] == 0 and metrics["params"]["total"] > 10_000
-    assert set(metrics["timing"]["seconds"]) == {"features", "train", "eval"}
+    assert set(metrics["timing"]["seconds"]) == {"features", "train", "eval", "total"}
     assert metrics["environment"]["device"] == "cpu"
     assert "| validation | 24 |" in (probe_run / "report.md").read_text()
 
@@ -72,14 +72,14 @@ def test_saved_config_reruns_to_the_same_metrics(probe_run, tmp_path):
     first = json.loads((probe_run / "metrics.json").read_text())["splits"]
     second = json.loads((again / "metrics.json").read_text())
     assert second["splits"] == first
-    assert all(second["features"]["from_cache"].values())  # the identical rerun reused features
+    assert all(second["task"]["features"]["from_cache"].values())  # the identical rerun reused features
 
 
 def test_no_cache_recomputes(probe_run, tiny_bert_dir, topic_folder, tmp_path):
     out = tmp_path / "fresh"
     assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out,
                    "--classifier", "logreg", "--pooling", "mean", "--no-cache") == 0
-    assert not any(json.loads((out / "metrics.json").read_text())["features"]["from_cache"].values())
+    assert not any(json.loads((out / "metrics.json").read_text())["task"]["features"]["from_cache"].values())
 
 
 def test_svc_tune_and_multiclass(tiny_bert_dir, topic_folder, tmp_path):
@@ -87,9 +87,9 @@ def test_svc_tune_and_multiclass(tiny_bert_dir, topic_folder, tmp_path):
     assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out,
                    "--tune", "--standardize", "--set", "classifier.c_grid=[0.1,10]") == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    tuning = metrics["classifier"]["tuning"]
+    tuning = metrics["task"]["classifier"]["tuning"]
     assert tuning["chosen"] in (0.1, 10.0) and set(tuning["scores"]) == {"0.1", "10.0"}
-    assert metrics["classifier"]["score"] == "decision"
+    assert metrics["task"]["classifier"]["score"] == "decision"
     assert "Tuned C on validation accuracy" in (out / "report.md").read_text()
 
 

@@ -69,7 +69,7 @@ def test_study_runs_reports_and_reruns(study_file, tmp_path, tiny_clip_dir, caps
                  "--set", "finetune.train.max_steps=10"]) == 1
     steps = steps_of(root)
     assert steps["finetune"]["status"] == "completed" and steps["probe"]["status"] == "reused"
-    assert json.loads((root / "finetune" / "metrics.json").read_text())["training"]["steps"] == 10
+    assert json.loads((root / "finetune" / "metrics.json").read_text())["task"]["training"]["steps"] == 10
 
 
 def test_all_steps_fine_exits_zero(study_file, tmp_path):

@@ -2,23 +2,46 @@
 
     import tunelab
     result = tunelab.probe(tunelab.ProbeConfig(model="minilm", data=tunelab.DataConfig(dataset="rotten_tomatoes")))
+
+Every registered task is a function here (``tunelab.probe``, ``tunelab.finetune``,
+``tunelab.zeroshot``, ``tunelab.clip_finetune``, and any task added with
+``tunelab.register_task``), called with its config and ``out=``.
 """
 
 __version__ = "0.1.0"
 
 from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.registry import Task, register_task  # noqa: E402
 
-# Tasks import torch and transformers: load them on first use so that
+# Names that import torch, transformers or scikit-learn load on first use, so that
 # `import tunelab` and `tunelab --help` stay fast.
 _LAZY = {
-    "probe": ("tunelab.tasks.probe", "run_probe"),
-    "ProbeConfig": ("tunelab.tasks.probe", "ProbeConfig"),
-    "finetune": ("tunelab.tasks.finetune", "run_finetune"),
-    "FinetuneConfig": ("tunelab.tasks.finetune", "FinetuneConfig"),
-    "RunResult": ("tunelab.tasks.common", "RunResult"),
+    "RunResult": ("tunelab.lifecycle", "RunResult"),
+    "Outcome": ("tunelab.lifecycle", "Outcome"),
+    "Prepared": ("tunelab.lifecycle", "Prepared"),
+    "RunContext": ("tunelab.lifecycle", "RunContext"),
+    "run_task": ("tunelab.lifecycle", "run_task"),
     "predict": ("tunelab.predict", "predict"),
+    "Prediction": ("tunelab.predict", "Prediction"),
+    "ProbeConfig": ("tunelab.tasks.probe", "ProbeConfig"),
+    "FinetuneConfig": ("tunelab.tasks.finetune", "FinetuneConfig"),
+    "ZeroshotConfig": ("tunelab.tasks.zeroshot", "ZeroshotConfig"),
+    "ClipFinetuneConfig": ("tunelab.tasks.clip_finetune", "ClipFinetuneConfig"),
+    "TrainConfig": ("tunelab.train_config", "TrainConfig"),
+    "LoraConfig": ("tunelab.train_config", "LoraConfig"),
 }
+
+
+def _task_function(task):
+    from tunelab.lifecycle import run_task
+
+    def run(config, out=None, overwrite: bool = False, resume: bool = False, argv=None):
+        return run_task(task, config, out=out, overwrite=overwrite, resume=resume, argv=argv)
+
+    run.__name__ = task.api_name
+    run.__doc__ = f"tunelab {task.name}: {task.summary}. Returns a RunResult."
+    return run
 
 
 def __getattr__(name):
@@ -27,7 +50,13 @@ def __getattr__(name):
 
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
+    from tunelab.registry import all_tasks
+
+    for task in all_tasks().values():
+        if task.api_name == name:
+            return _task_function(task)
     raise AttributeError(f"module 'tunelab' has no attribute {name!r}")
 
 
-__all__ = ["DataConfig", "RuntimeConfig", "TrackingConfig", "TunelabError", "__version__", *_LAZY]
+__all__ = ["DataConfig", "RuntimeConfig", "TrackingConfig", "TunelabError", "Task", "register_task", "__version__",
+           "probe", "finetune", "zeroshot", "clip_finetune", *_LAZY]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import _choice, _positive
-from tunelab.errors import TunelabError
+from tunelab.config import check_positive, check_settings, setting
+from tunelab.errors import ConfigError, TunelabError
 
 logger = logging.getLogger(__name__)
 
@@ -18,22 +18,26 @@ logger = logging.getLogger(__name__)
 class ClassifierConfig:
     """The classifier fitted on frozen features."""
 
-    kind: str = "svc"  # svc: scikit-learn SVC() with its defaults (the reference); logreg
-    standardize: bool = False  # scale features to zero mean, unit variance first
-    c: float = 1.0  # regularisation strength C (1.0 is scikit-learn's default)
-    tune: bool = False  # pick C from c_grid by validation score, and record the choice
-    c_grid: list[float] = dataclasses.field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
-    tune_metric: str = "accuracy"  # accuracy | f1 | f1_macro
-    max_iter: int = 5000  # logreg solver iterations
+    kind: str = setting("svc", "svc: scikit-learn's SVC() with its defaults (the reference); logreg: logistic "
+                        "regression", flag="--classifier", choices=("svc", "logreg"))
+    standardize: bool = setting(False, "scale features to zero mean and unit variance first", flag="--standardize",
+                                const=True)
+    c: float = setting(1.0, "regularisation strength C", flag="--C")
+    tune: bool = setting(False, "choose C from classifier.c_grid on the validation split (every value is "
+                         "recorded)", flag="--tune", const=True)
+    c_grid: list[float] = setting(help="values of C that --tune tries",
+                                  factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    tune_metric: str = setting("accuracy", "validation metric --tune maximises",
+                               choices=("accuracy", "f1", "f1_macro", "balanced_accuracy"))
+    max_iter: int = setting(5000, "logistic regression solver iterations")
 
     def __post_init__(self) -> None:
-        _choice("classifier.kind", self.kind, ("svc", "logreg"))
-        _choice("classifier.tune_metric", self.tune_metric, ("accuracy", "f1", "f1_macro"))
-        _positive("classifier.c", self.c)
+        check_settings(self, "classifier.")
+        check_positive("classifier.c", self.c)
         for value in self.c_grid:
-            _positive("classifier.c_grid", value)
+            check_positive("classifier.c_grid", value)
         if self.tune and not self.c_grid:
-            raise TunelabError("classifier.c_grid is empty; --tune needs values of C to try")
+            raise ConfigError("classifier.c_grid is empty; --tune needs values of C to try")
 
 
 def build_classifier(config: ClassifierConfig, c: float, seed: int):

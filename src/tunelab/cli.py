@@ -7,6 +7,7 @@ preset/YAML value (or the default) in place.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -21,85 +22,62 @@ logger = logging.getLogger("tunelab")
 CONFIG_PREFIX = "cfg:"
 
 
-def _flag(parser, *names: str, key: str, help: str, **kwargs) -> None:
-    parser.add_argument(*names, dest=CONFIG_PREFIX + key, default=None, help=help, **kwargs)
+def _metavar(field, hint) -> str:
+    meta = field.metadata
+    if meta.get("metavar"):
+        return meta["metavar"]
+    if meta.get("choices"):
+        return "|".join(meta["choices"])
+    return field.name.upper()
 
 
-def _switch(parser, name: str, key: str, help: str, value: Any = True) -> None:
-    parser.add_argument(name, dest=CONFIG_PREFIX + key, action="store_const", const=value,
-                        default=None, help=help)
+def _default_text(value) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _add_common(parser: argparse.ArgumentParser, default_model: str) -> None:
-    parser.add_argument("--config", metavar="FILE.yaml|PRESET",
-                        help="a YAML config or a shipped preset (e.g. lab03-probe); flags override it")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set features.batch_size=128")
-    parser.add_argument("--out", metavar="DIR", help="run directory (default runs/<command>-<timestamp>)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing run directory at --out")
-    _flag(parser, "--model", key="model", metavar="M",
-          help=f"hub id, local directory, or alias 'minilm' (default {default_model})")
-    _flag(parser, "--seed", key="seed", type=int, help="random seed (default 42)")
-    data = parser.add_argument_group("data")
-    _flag(data, "--dataset", key="data.dataset", metavar="D",
-          help="rotten_tomatoes, tiny_imagenet, or a local file/folder")
-    _flag(data, "--text-column", key="data.text_column", help="text column (default text)")
-    _flag(data, "--label-column", key="data.label_column", help="label column (default label)")
-    _flag(data, "--positive-label", key="data.positive_label",
-          help="binary tasks: the class scored as positive")
-    _flag(data, "--max-train-samples", key="data.max_train_samples", type=int, metavar="N",
-          help="cap the train split (stratified, seeded)")
-    _flag(data, "--max-eval-samples", key="data.max_eval_samples", type=int, metavar="N",
-          help="cap each evaluation split (stratified, seeded)")
-    _flag(data, "--splits", key="data.splits", metavar="S[,S]",
-          help="evaluation splits (default: every labelled split but train)")
-    runtime = parser.add_argument_group("runtime")
-    _flag(runtime, "--device", key="runtime.device", choices=["auto", "cpu", "cuda", "mps"],
-          help="default auto")
-    _flag(runtime, "--precision", key="runtime.precision", choices=["fp32", "bf16", "fp16"],
-          help="default fp32 (bf16 is much faster on CPUs with bf16 units)")
-    _switch(runtime, "--wandb", "tracking.wandb", "also log to Weights & Biases (honours WANDB_MODE)")
+def add_config_flags(parser: argparse.ArgumentParser, task) -> None:
+    """One flag per config field that declares one (``tunelab.config.setting``): its name,
+    help, choices and metavar from the field's metadata, its default from the task's own
+    default config, so that the help can never disagree with the code."""
+    import typing
 
+    defaults = task.config_class()
+    seen: dict[str, str] = {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
 
-def _add_image_flags(parser: argparse.ArgumentParser) -> None:
-    images = parser.add_argument_group("images")
-    _flag(images, "--batch-size", key="images.batch_size", type=int, help="images per batch (default 64)")
-    _flag(images, "--num-workers", key="images.num_workers", type=int,
-          help="DataLoader worker processes that decode images (default: up to 4)")
-    _switch(images, "--strict", "images.strict", "stop at the first unreadable image instead of skipping it")
+    def walk(cls, instance, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            value = getattr(instance, field.name)
+            if dataclasses.is_dataclass(hints[field.name]):
+                walk(hints[field.name], value, f"{prefix}{field.name}.")
+                continue
+            meta = field.metadata
+            flag = meta.get("flag")
+            if not flag or (meta.get("commands") and task.name not in meta["commands"]):
+                continue
+            key = prefix + field.name
+            if flag in seen:
+                raise RuntimeError(f"{task.name}: {flag} would set both {seen[flag]} and {key}")
+            seen[flag] = key
+            title = prefix.rstrip(".") or "general"
+            group = groups.setdefault(title, parser.add_argument_group(title))
+            help_text = meta.get("help", "")
+            if meta.get("const") is not None:
+                group.add_argument(flag, dest=CONFIG_PREFIX + key, action="store_const", const=meta["const"],
+                                   default=None, help=help_text)
+                continue
+            shown = _default_text(value)
+            if shown and "default" not in help_text:
+                help_text = f"{help_text} (default {shown})"
+            group.add_argument(flag, dest=CONFIG_PREFIX + key, default=None, metavar=_metavar(field, hints),
+                               help=help_text)
 
-
-def _add_training_flags(parser: argparse.ArgumentParser, image: bool) -> None:
-    train = parser.add_argument_group("training")
-    _flag(train, "--method", key="train.method", choices=["full", "lora"],
-          help="default full for text, lora for CLIP")
-    _flag(train, "--epochs", key="train.epochs", type=float, help="train for N epochs (replaces max steps)")
-    _flag(train, "--max-steps", key="train.max_steps", type=int, help="optimiser steps (default 1000)")
-    _flag(train, "--lr", key="train.lr", type=float,
-          help="learning rate (text: 2e-5 full, 1e-3 LoRA; CLIP: 1e-5 full, 1e-4 LoRA)")
-    _flag(train, "--warmup", key="train.warmup", type=float, help="below 1: fraction of steps; else steps")
-    _flag(train, "--weight-decay", key="train.weight_decay", type=float, help="default 0.01")
-    if not image:  # image commands take --batch-size in their images group
-        _flag(train, "--batch-size", key="train.batch_size", type=int, help="per device (default 16)")
-    _flag(train, "--eval-batch-size", key="train.eval_batch_size", type=int, help="default 64")
-    _flag(train, "--grad-accum", key="train.grad_accum", type=int, help="gradient accumulation steps")
-    if not image:
-        _flag(train, "--max-length", key="train.max_length", type=int, help="tokens per text (default 512)")
-    _flag(train, "--eval-every", key="train.eval_every", type=int, help="steps between evaluations (100)")
-    _flag(train, "--save-total-limit", key="train.save_total_limit", type=int, help="checkpoints kept (2)")
-    _flag(train, "--early-stopping", key="train.early_stopping", type=int, metavar="N",
-          help="stop after N evaluations without improvement")
-    _flag(train, "--metric", key="train.best_metric", choices=["accuracy", "f1", "f1_macro", "loss"],
-          help="validation metric that picks the best checkpoint (default accuracy)")
-    _switch(train, "--merge-lora", "train.merge_lora", "also save LoRA merged into full weights")
-    _switch(train, "--gradient-checkpointing", "train.gradient_checkpointing", "save memory on large models")
-    lora = parser.add_argument_group("LoRA")
-    _flag(lora, "--lora-r", key="lora.r", type=int, help="rank (default 8)")
-    _flag(lora, "--lora-alpha", key="lora.alpha", type=float, help="scale (default 32)")
-    _flag(lora, "--lora-dropout", key="lora.dropout", type=float, help="default 0.1")
-    _flag(lora, "--lora-targets", key="lora.targets", metavar="M[,M]",
-          help="module names (default: the architecture's query/value projections)")
+    walk(task.config_class, defaults, "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,49 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    probe = commands.add_parser("probe", help="frozen encoder features + a classical classifier",
-                                description="Frozen-feature probe: encoder features + SVC/logreg.")
-    _add_common(probe, "distilbert-base-uncased")
-    feats = probe.add_argument_group("features")
-    _flag(feats, "--pooling", key="features.pooling", choices=["cls", "mean"],
-          help="[CLS] vector or masked mean of the last hidden states (default cls)")
-    _flag(feats, "--max-length", key="features.max_length", type=int, help="tokens per text (default 512)")
-    _flag(feats, "--batch-size", key="features.batch_size", type=int, help="texts per batch (default 64)")
-    _switch(feats, "--no-cache", "features.cache", "recompute features even if cached", value=False)
-    clf = probe.add_argument_group("classifier")
-    _flag(clf, "--classifier", key="classifier.kind", choices=["svc", "logreg"], help="default svc")
-    _flag(clf, "--C", key="classifier.c", type=float, help="regularisation strength (default 1.0)")
-    _switch(clf, "--standardize", "classifier.standardize", "scale features before the classifier")
-    _switch(clf, "--tune", "classifier.tune", "choose C on the validation split")
-    probe.set_defaults(handler=_run_probe)
+    from tunelab.registry import all_tasks
 
-    finetune = commands.add_parser("finetune", help="fine-tune an encoder for classification (full or LoRA)",
-                                   description="Fine-tune for sequence classification: full or LoRA.")
-    _add_common(finetune, "distilbert-base-uncased")
-    finetune.add_argument("--resume", action="store_true",
-                          help="continue the run in --out from its last checkpoint")
-    _add_training_flags(finetune, image=False)
-    finetune.set_defaults(handler=_run_finetune)
-
-    zeroshot = commands.add_parser("zeroshot", help="CLIP zero-shot image classification",
-                                   description="CLIP zero-shot: class prompts against images, no training.")
-    _add_common(zeroshot, "openai/clip-vit-base-patch16")
-    _add_image_flags(zeroshot)
-    _flag(zeroshot, "--templates", key="templates", metavar="simple|ensemble|FILE",
-          help="prompt templates (default simple: 'a photo of a {}')")
-    zeroshot.set_defaults(handler=_run_zeroshot)
-
-    clip_ft = commands.add_parser("clip-finetune", help="fine-tune CLIP for image classification (LoRA or full)",
-                                  description="CLIP fine-tuning with LoRA (default) or in full.")
-    _add_common(clip_ft, "openai/clip-vit-base-patch16")
-    clip_ft.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _add_image_flags(clip_ft)
-    _flag(clip_ft, "--templates", key="templates", metavar="simple|ensemble|FILE",
-          help="evaluation prompts (training uses the first template)")
-    _flag(clip_ft, "--loss", key="loss", choices=["contrastive", "ce"],
-          help="contrastive (the reference) or ce against every class prompt")
-    _add_training_flags(clip_ft, image=True)
-    clip_ft.set_defaults(handler=_run_clip_finetune)
+    for task in all_tasks().values():
+        sub = commands.add_parser(task.name, help=task.summary, description=task.description or task.summary)
+        sub.add_argument("--config", metavar="FILE.yaml|PRESET",
+                         help="a YAML config or a shipped preset (e.g. lab03-probe); flags override it")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override any config key, e.g. --set train.logging_steps=5")
+        sub.add_argument("--out", metavar="DIR", help=f"run directory (default runs/{task.name}-<timestamp>)")
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace the run directory at --out (only one tunelab created), once the new run "
+                              "completes")
+        if task.resumable:
+            sub.add_argument("--resume", action="store_true",
+                             help="continue the run in --out from its last complete checkpoint")
+        add_config_flags(sub, task)
+        sub.set_defaults(handler=_run_task_command, task_name=task.name)
 
     run = commands.add_parser("run", help="run a study: several steps, one comparison report",
                               description="Run a study (a YAML file or a preset such as lab03-offline).")
@@ -212,59 +164,25 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _run_probe(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.config import build_config
-    from tunelab.tasks.probe import ProbeConfig, run_probe
-
-    config = build_config(ProbeConfig, "probe", args.config, config_overrides(args))
-    result = run_probe(config, out=args.out, overwrite=args.overwrite, argv=argv)
-    _print_summary(result)
-    return 0
-
-
-def _run_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.tasks.finetune import FinetuneConfig, run_finetune
-
-    config = _training_config(args, FinetuneConfig, "finetune")
-    result = run_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
-    _print_summary(result)
-    return 0
-
-
-def _run_zeroshot(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.config import build_config
-    from tunelab.tasks.zeroshot import ZeroshotConfig, run_zeroshot
-
-    config = build_config(ZeroshotConfig, "zeroshot", args.config, config_overrides(args))
-    _print_summary(run_zeroshot(config, out=args.out, overwrite=args.overwrite, argv=argv))
-    return 0
-
-
-def _run_clip_finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.tasks.clip_finetune import ClipFinetuneConfig, run_clip_finetune
-
-    config = _training_config(args, ClipFinetuneConfig, "clip-finetune")
-    if "images.batch_size" in config_overrides(args):
-        config.train.batch_size = config.images.batch_size
-    result = run_clip_finetune(config, out=args.out, overwrite=args.overwrite, resume=args.resume, argv=argv)
-    _print_summary(result)
-    return 0
-
-
-def _training_config(args: argparse.Namespace, cls, command: str):
-    """Flags over the preset, or with --resume the run's own saved config."""
+def _run_task_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from tunelab.config import build_config
+    from tunelab.lifecycle import run_task
+    from tunelab.registry import get_task
 
+    task = get_task(args.task_name)
     overrides = config_overrides(args)
-    if "train.epochs" in overrides and "train.max_steps" not in overrides:
-        overrides["train.max_steps"] = None  # --epochs replaces the preset's step count
-    if args.resume and args.out and (Path(args.out) / "config.yaml").is_file():
+    resume = getattr(args, "resume", False)
+    if resume and args.out and (Path(args.out) / "config.yaml").is_file():
         if overrides or args.config:
             logger.warning("--resume continues with the run's own config.yaml; other settings are ignored")
-        return build_config(cls, command, str(Path(args.out) / "config.yaml"))
-    return build_config(cls, command, args.config, overrides)
+        config = build_config(task.config_class, task.name, str(Path(args.out) / "config.yaml"))
+    else:
+        config = build_config(task.config_class, task.name, args.config, overrides)
+    result = run_task(task, config, out=args.out, overwrite=args.overwrite, resume=resume, argv=argv)
+    _print_summary(result)
+    return 0
 
 
 def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -25,74 +25,119 @@ T = TypeVar("T")
 PRESET_PACKAGE = "tunelab.presets"
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+            flag: str | None = None, choices: tuple[str, ...] | None = None, metavar: str | None = None,
+            const: Any = None, commands: tuple[str, ...] | None = None) -> Any:
+    """A config field that also describes its command-line flag, so that flags, help
+    texts, choices and defaults come from one place (``tunelab.cli`` reads them).
+
+    ``flag``: the option name (``--lr``); None gives the field no flag (``--set`` still
+    reaches it). ``const``: a switch that stores this value (``--no-cache`` stores False).
+    ``choices``: the valid values, checked by ``check_settings`` too. ``commands``: only
+    these commands get the flag."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "const": const,
+                "commands": commands}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}")
 
 
-def _positive(key: str, value: Any, allow_none: bool = False) -> None:
+def check_positive(key: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if value is None or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key}={value!r} must be a positive number")
 
 
-def _non_negative(key: str, value: Any) -> None:
+def check_non_negative(key: str, value: Any) -> None:
     if value is None or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{key}={value!r} must be 0 or more")
+
+
+def check_settings(config: Any, prefix: str) -> None:
+    """Check every field declared with ``choices`` against them (call from __post_init__)."""
+    for field in dataclasses.fields(config):
+        choices = field.metadata.get("choices")
+        if choices:
+            check_choice(prefix + field.name, getattr(config, field.name), choices)
 
 
 @dataclasses.dataclass
 class DataConfig:
     """Where the examples come from and how much of them to use."""
 
-    dataset: str = ""  # known name (rotten_tomatoes, tiny_imagenet) or a local path
-    text_column: str | None = None  # None: "text", or the one common alternative present
-    label_column: str | None = None  # None: "label", or the one common alternative present
-    positive_label: str | None = None  # binary tasks: the class reported as positive (index 1)
-    max_train_samples: int | None = None  # stratified, seeded cap on the train split
-    max_eval_samples: int | None = None  # the same cap on every evaluation split
-    splits: list[str] | None = None  # evaluation splits; None: every labelled split but train
+    dataset: str = setting("", "rotten_tomatoes, tiny_imagenet, or a local file or folder",
+                           flag="--dataset", metavar="D")
+    text_column: str | None = setting(None, "text column (default: text, or the one usual alternative present)",
+                                      flag="--text-column", metavar="COLUMN")
+    label_column: str | None = setting(None, "label column (default: label, or the one usual alternative present)",
+                                       flag="--label-column", metavar="COLUMN")
+    positive_label: str | None = setting(None, "two classes: the class scored as positive (default: the second)",
+                                         flag="--positive-label", metavar="LABEL")
+    max_train_samples: int | None = setting(None, "cap the train split (stratified, seeded; every class kept)",
+                                            flag="--max-train-samples", metavar="N")
+    max_eval_samples: int | None = setting(None, "cap each evaluation split (stratified, seeded)",
+                                           flag="--max-eval-samples", metavar="N")
+    splits: list[str] | None = setting(None, "evaluation splits (default: every labelled split but train)",
+                                       flag="--splits", metavar="SPLIT[,SPLIT]")
 
     def __post_init__(self) -> None:
-        _positive("data.max_train_samples", self.max_train_samples, allow_none=True)
-        _positive("data.max_eval_samples", self.max_eval_samples, allow_none=True)
+        check_positive("data.max_train_samples", self.max_train_samples, allow_none=True)
+        check_positive("data.max_eval_samples", self.max_eval_samples, allow_none=True)
         if isinstance(self.splits, str):
             self.splits = [s.strip() for s in self.splits.split(",") if s.strip()]
 
 
 @dataclasses.dataclass
-class ImageLoadingConfig:
-    """How images are read: batch size, worker processes, what to do with broken files."""
+class ImageDecodingConfig:
+    """How images are decoded: worker processes, and what to do with broken files."""
 
-    batch_size: int = 64
-    num_workers: int | None = None  # None: up to 8 with a GPU, none on a CPU; 0 decodes in the main process
-    strict: bool = False  # stop at the first unreadable image instead of skipping it
+    num_workers: int | None = setting(None, "processes that decode images (default: up to 8 with a GPU, "
+                                      "none on a CPU, where they compete with the model for cores)",
+                                      flag="--num-workers", metavar="N")
+    strict: bool = setting(False, "stop at the first unreadable image instead of skipping it",
+                           flag="--strict", const=True)
 
     def __post_init__(self) -> None:
-        _positive("images.batch_size", self.batch_size)
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ConfigError(f"images.num_workers={self.num_workers} must be 0 or more")
+        if self.num_workers is not None:
+            check_non_negative("images.num_workers", self.num_workers)
+
+
+@dataclasses.dataclass
+class ImageLoadingConfig(ImageDecodingConfig):
+    """Image inference: the decoding settings and the batch size."""
+
+    batch_size: int = setting(64, "images per batch", flag="--batch-size", metavar="N")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("images.batch_size", self.batch_size)
 
 
 @dataclasses.dataclass
 class RuntimeConfig:
     """Where and how numbers are crunched."""
 
-    device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs a GPU)
+    device: str = setting("auto", "where to compute: auto, cpu, cuda[:N] or mps", flag="--device", metavar="DEVICE")
+    precision: str = setting("fp32", "fp16 needs a GPU; bf16 is much faster on CPUs with bf16 units",
+                             flag="--precision", choices=("fp32", "bf16", "fp16"))
 
     def __post_init__(self) -> None:
-        _choice("runtime.device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
-        _choice("runtime.precision", self.precision, ("fp32", "bf16", "fp16"))
+        check_choice("runtime.device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        check_settings(self, "runtime.")
 
 
 @dataclasses.dataclass
 class TrackingConfig:
     """Experiment tracking. TensorBoard is always on; W&B only when asked."""
 
-    wandb: bool = False
-    wandb_project: str = "tunelab"
+    wandb: bool = setting(False, "also log to Weights & Biases (honours WANDB_MODE)", flag="--wandb", const=True)
+    wandb_project: str = setting("tunelab", "the W&B project")
 
 
 # --------------------------------------------------------------------------- dict <-> dataclass
@@ -195,7 +240,7 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
         if _is_dataclass_type(hints[field.name]) and isinstance(value, dict) \
                 and field.default_factory is not dataclasses.MISSING:
             # Keys given for a nested group update that group's own defaults.
-            value = deep_merge(to_dict(field.default_factory()), value)
+            value = merge_settings(hints[field.name], to_dict(field.default_factory()), value)
         kwargs[field.name] = _coerce(prefix + field.name, value, hints[field.name])
     try:
         return cls(**kwargs)
@@ -212,6 +257,28 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merge_settings(cls: type, base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base`` for the config class ``cls``, nested groups key by key.
+    Where a class declares fields that exclude each other (``EXCLUSIVE``, e.g. a schedule
+    given in epochs or in steps), a layer that sets one clears the others in ``base``:
+    the later layer wins, whether it is a preset, a YAML file, a flag or a study step."""
+    merged = dict(base)
+    hints = typing.get_type_hints(cls) if _is_dataclass_type(cls) else {}
+    for group in getattr(cls, "EXCLUSIVE", ()):
+        if any(layer.get(name) is not None for name in group):
+            for name in group:
+                if name not in layer:
+                    merged[name] = None
+    for key, value in layer.items():
+        inner = hints.get(key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(inner, merged[key], value) if _is_dataclass_type(inner) \
+                else deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -290,7 +357,7 @@ def build_config(
     nested: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         set_dotted(nested, key, value)
-    return from_dict(cls, deep_merge(values, nested))
+    return from_dict(cls, merge_settings(cls, values, nested))
 
 
 def dump_yaml(config: Any, command: str | None = None) -> str:

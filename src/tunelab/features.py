@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import RuntimeConfig, _choice, _positive
+from tunelab.config import RuntimeConfig, check_positive, check_settings, setting
 from tunelab.models import ModelSource, load_text_encoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -32,17 +32,21 @@ FEATURE_VERSION = 1
 
 @dataclasses.dataclass
 class FeatureConfig:
-    """How frozen features are computed."""
+    """How frozen text features are computed."""
 
-    pooling: str = "cls"  # cls: first token's last hidden state; mean: masked mean of all kept tokens
-    max_length: int = 512  # tokens per text, capped by the model's own limit
-    batch_size: int = 64  # texts per forward pass; sorted batches pad little, so larger is faster
-    cache: bool = True  # reuse features computed before with identical inputs
+    pooling: str = setting("cls", "cls: the first token's last hidden state; mean: the masked mean of every "
+                           "kept token", flag="--pooling", choices=("cls", "mean"))
+    max_length: int = setting(512, "tokens per text, capped by the model's own limit", flag="--max-length",
+                              metavar="N")
+    batch_size: int = setting(64, "texts per forward pass (sorted batches pad little, so larger is faster)",
+                              flag="--batch-size", metavar="N")
+    cache: bool = setting(True, "reuse features computed before from identical inputs", flag="--no-cache",
+                          const=False)
 
     def __post_init__(self) -> None:
-        _choice("features.pooling", self.pooling, ("cls", "mean"))
-        _positive("features.max_length", self.max_length)
-        _positive("features.batch_size", self.batch_size)
+        check_settings(self, "features.")
+        check_positive("features.max_length", self.max_length)
+        check_positive("features.batch_size", self.batch_size)
 
 
 def cache_dir() -> Path:
@@ -265,11 +269,12 @@ class ImageFeatureExtractor:
     """CLIP image embeddings (normalised), decoded lazily in DataLoader workers.
     Unreadable images give rows of NaN, so callers can drop and report them."""
 
-    def __init__(self, source: ModelSource, images, runtime: RuntimeConfig):
+    def __init__(self, source: ModelSource, images, batch_size: int, runtime: RuntimeConfig):
         from tunelab.runtime import resolve_device, resolve_dtype
 
         self.source = source
-        self.images = images
+        self.images = images  # ImageDecodingConfig: workers, strictness
+        self.batch_size = batch_size
         self.runtime = runtime
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.precision, self.device)
@@ -307,7 +312,7 @@ class ImageFeatureExtractor:
 
         model, processor = self.loaded
         out = np.full((len(split), model.config.projection_dim), np.nan, dtype=np.float32)
-        loader = image_loader(split, ClipPreprocess(processor), self.images.batch_size, self.images.num_workers,
+        loader = image_loader(split, ClipPreprocess(processor), self.batch_size, self.images.num_workers,
                               self.images.strict)
         start = time.perf_counter()
         with torch.inference_mode(), tqdm(total=len(split), desc=desc, unit="img", disable=None) as bar:

@@ -53,9 +53,9 @@ def model_info(model: str, random_init: bool = False, lora_r: int | None = None,
         if lora_r:
             from peft import LoraConfig, get_peft_model
 
-            from tunelab.tasks.finetune import HEAD_MODULES, LORA_TARGETS
+            from tunelab.train_config import HEAD_MODULES, default_lora_targets
 
-            targets = list(lora_targets or LORA_TARGETS.get(model_type, []))
+            targets = list(lora_targets or default_lora_targets(model_type) or [])
             if not targets:
                 raise ModelError(f"no default LoRA targets for '{model_type}'; pass --lora-targets")
             heads = [n for n in HEAD_MODULES if hasattr(network, n)] if num_labels else None

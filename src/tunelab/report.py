@@ -42,13 +42,13 @@ def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
     params = metrics.get("params")
     if params:
         lines += [f"Parameters: {params['trainable']:,} trainable of {params['total']:,}.", ""]
-    extra = metrics.get("classifier")
+    extra = metrics.get("task", {}).get("classifier")
     if extra and extra.get("tuning"):
         tuning = extra["tuning"]
         tried = ", ".join(f"{c}: {s:.4f}" for c, s in tuning["scores"].items())
         lines += [f"Tuned {tuning['parameter']} on {tuning['split']} {tuning['metric']}: "
                   f"chose {tuning['chosen']} ({tried}).", ""]
-    training = metrics.get("training")
+    training = metrics.get("task", {}).get("training")
     if training:
         lines += ["## Training", ""]
         lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in training.items() if value is not None]
@@ -58,7 +58,7 @@ def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
         lines += ["## Timing", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in timing.get("seconds", {}).items()]
         lines += ["", "| throughput | per second |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in timing.get("throughput", {}).items()]
+        lines += [f"| {k} | {v:.1f} |" for k, v in timing.get("throughput", {}).items() if v is not None]
         lines.append("")
     if notes:
         lines += ["## Data", ""] + [f"- {n}" for n in notes] + [""]
@@ -296,7 +296,7 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
                     _fmt(values.get("f1")), _fmt(values.get("f1_macro")), _fmt(values.get("top5_accuracy")),
                     f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
                     f"{sum(v for v in seconds.values() if isinstance(v, (int, float))):.1f}",
-                    ", ".join(f"{k} {v:.1f}" for k, v in throughput.items()),
+                    ", ".join(f"{k} {v:.1f}" for k, v in throughput.items() if v is not None),
                 ])
         doc.table(["run", "model", "dataset", "split", "n", "accuracy ± 95%", "Δ accuracy", "F1", "F1 macro",
                    "top-5", "trained / total params", "seconds", "throughput (/s)"], rows)

@@ -274,6 +274,9 @@ class RunDirectory:
             self._tracker = Tracker(self.path, run_name, config, tracking)
         return self._tracker
 
+    def tracker_if_open(self) -> Tracker | None:
+        return self._tracker
+
     def close(self) -> None:
         if self._tracker is not None:
             self._tracker.close()

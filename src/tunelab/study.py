@@ -39,8 +39,10 @@ from typing import Any
 
 import yaml
 
-from tunelab.config import ConfigError, deep_merge, dump_yaml, from_dict, load_yaml_source, set_dotted
+from tunelab.config import ConfigError, dump_yaml, from_dict, load_yaml_source, merge_settings, set_dotted
 from tunelab.errors import TunelabError
+from tunelab.lifecycle import run_task
+from tunelab.registry import all_tasks, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +51,13 @@ VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
-def _commands() -> dict[str, tuple[type, Any]]:
-    """command -> (config class, run function), imported on use."""
-    from tunelab.tasks.clip_finetune import ClipFinetuneConfig, run_clip_finetune
-    from tunelab.tasks.finetune import FinetuneConfig, run_finetune
-    from tunelab.tasks.probe import ProbeConfig, run_probe
-    from tunelab.tasks.zeroshot import ZeroshotConfig, run_zeroshot
-
-    return {
-        "probe": (ProbeConfig, run_probe),
-        "finetune": (FinetuneConfig, run_finetune),
-        "zeroshot": (ZeroshotConfig, run_zeroshot),
-        "clip-finetune": (ClipFinetuneConfig, run_clip_finetune),
-    }
-
-
-TRAINING_COMMANDS = ("finetune", "clip-finetune")
-
-
 @dataclasses.dataclass
 class Step:
     name: str
     command: str
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # the step's own keys in the study file
     requires: list[str]
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set STEP.key=value
 
 
 @dataclasses.dataclass
@@ -80,8 +65,9 @@ class Study:
     name: str
     steps: list[Step]
     variables: dict[str, Any]
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # shared by every step whose command has the key
     baseline: str | None = None  # the step other runs are compared against in the report
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set key=value for every step
 
 
 @dataclasses.dataclass
@@ -106,7 +92,7 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
                           "(known: name, variables, settings, steps, baseline)")
     variables = dict(values.get("variables") or {})
     settings = dict(values.get("settings") or {})
-    commands = _commands()
+    commands = all_tasks()
     steps = []
     for index, raw in enumerate(values["steps"] or []):
         if not isinstance(raw, dict) or "command" not in raw:
@@ -125,26 +111,28 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"{origin}: step names must be unique (they name run directories)")
+    overrides: dict[str, Any] = {}
     for key, value in (assignments or {}).items():
         head = key.split(".", 1)[0]
         if key in variables:
             variables[key] = value
         elif head in names and "." in key:
-            set_dotted(next(s for s in steps if s.name == head).settings, key.split(".", 1)[1], value)
+            set_dotted(next(s for s in steps if s.name == head).overrides, key.split(".", 1)[1], value)
         elif _is_config_key(key):
-            set_dotted(settings, key, value)
+            set_dotted(overrides, key, value)
         else:
             known = ", ".join(variables) or "none"
             raise ConfigError(f"--set {key}=...: '{key}' is not a variable of this study (variables: {known}), "
                               f"a step (steps: {', '.join(names)}), or a setting any command has")
-    return Study(str(values.get("name") or Path(source).stem), steps, variables, settings, values.get("baseline"))
+    return Study(str(values.get("name") or Path(source).stem), steps, variables, settings, values.get("baseline"),
+                 overrides)
 
 
 def _is_config_key(dotted: str) -> bool:
     """Whether some command's config has the (dotted) key."""
     parts = dotted.split(".")
-    for cls, _ in _commands().values():
-        node = cls
+    for task in all_tasks().values():
+        node = task.config_class
         for part in parts:
             fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
             if part not in fields:
@@ -185,10 +173,13 @@ def _shared_for(cls: type, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_step(study: Study, step: Step):
-    """The step's typed config: shared settings, then the step's own, variables filled."""
-    cls, _ = _commands()[step.command]
-    merged = deep_merge(_shared_for(cls, _substitute(study.settings, study.variables)),
-                       _substitute(step.settings, study.variables))
+    """The step's typed config, from layers where the later wins: the shared settings,
+    the step's own, the shared --set values, the step's --set values; variables filled."""
+    cls = get_task(step.command).config_class
+    layers = [_shared_for(cls, study.settings), step.settings, _shared_for(cls, study.overrides), step.overrides]
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = merge_settings(cls, merged, _substitute(layer, study.variables))
     return from_dict(cls, merged)
 
 
@@ -200,8 +191,8 @@ def _complete_with(run_dir: Path, command: str, config) -> bool:
     """A finished run made with the same configuration from the same files: the model's
     and the data's fingerprints must still match what the run recorded."""
     from tunelab.data.sources import resolve_dataset
+    from tunelab.lifecycle import read_inputs_record
     from tunelab.models import resolve_model
-    from tunelab.tasks.common import read_inputs_record
 
     if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
@@ -236,7 +227,6 @@ def run_study(study: Study, out: str | Path | None = None) -> tuple[Path, list[S
     root = Path(out) if out else default_study_path(study.name)
     root.mkdir(parents=True, exist_ok=True)
     outcomes: list[StepOutcome] = []
-    commands = _commands()
     for step in study.steps:
         run_dir = root / step.name
         missing = [v for v in step.requires if study.variables.get(v) in (None, "")]
@@ -253,16 +243,16 @@ def run_study(study: Study, out: str | Path | None = None) -> tuple[Path, list[S
                                             "complete with the same configuration"))
                 logger.info("step %s: complete already, kept", step.name)
                 continue
-            _, run = commands[step.command]
+            task = get_task(step.command)
             logger.info("step %s: tunelab %s", step.name, step.command)
             kwargs: dict[str, Any] = {"out": run_dir, "argv": [step.command, "--config", str(run_dir / "config.yaml")]}
-            resumable = (step.command in TRAINING_COMMANDS and (run_dir / "config.yaml").is_file()
+            resumable = (task.resumable and (run_dir / "config.yaml").is_file()
                          and not (run_dir / "metrics.json").exists() and (run_dir / "checkpoints").is_dir())
             if resumable and _saved_yaml(step.command, config, run_dir) == (run_dir / "config.yaml").read_text():
                 kwargs["resume"] = True
             else:
                 kwargs["overwrite"] = run_dir.exists() and any(run_dir.iterdir())
-            run(config, **kwargs)
+            run_task(task, config, **kwargs)
             outcomes.append(StepOutcome(step.name, step.command, "completed", "",
                                         time.perf_counter() - start))
         except KeyboardInterrupt:
@@ -287,5 +277,6 @@ def _write_state(root: Path, study: Study, outcomes: list[StepOutcome]) -> None:
     from tunelab.runs import atomic_write_bytes
 
     state = {"name": study.name, "variables": study.variables, "settings": study.settings,
+             "overrides": study.overrides,
              "steps": [dataclasses.asdict(o) for o in outcomes]}
     atomic_write_bytes(root / "study.json", (json.dumps(state, indent=2, default=str) + "\n").encode())

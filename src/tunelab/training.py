@@ -7,7 +7,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
 from tunelab.errors import TunelabError
-from tunelab.runs import RunDirectory, Tracker
+from tunelab.runs import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -204,26 +204,6 @@ def relative_path(path: str | None, root: Path) -> str | None:
         return str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:
         return path
-
-
-def open_run_directory(out, command: str, config, config_yaml: str, overwrite: bool, resume: bool,
-                       saved_config: Callable[[Path], object], argv: Sequence[str] | None = None) -> RunDirectory:
-    """A new run directory, or with ``resume`` the unfinished one in ``out``, whose saved
-    configuration must equal ``config``."""
-    if resume:
-        if out is None:
-            raise TunelabError("--resume needs --out DIR: the run directory to continue")
-        if not (Path(out) / "config.yaml").is_file():
-            raise TunelabError(f"nothing to resume in {out}: no config.yaml")
-        if (Path(out) / "metrics.json").is_file():
-            raise TunelabError(f"{out} holds a finished run (metrics.json); nothing to resume")
-        if saved_config(Path(out)) != config:
-            raise TunelabError(f"{out} was started with a different configuration; resume it with its own "
-                               f"config.yaml (tunelab {command} --out {out} --resume, no other settings)")
-        run = RunDirectory.create(out, command, resume=True)
-        run.write_command(argv)
-        return run
-    return RunDirectory.start(out, command, config_yaml, argv, overwrite)
 
 
 def quiet_progress(trainer) -> None:

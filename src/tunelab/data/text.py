@@ -112,7 +112,7 @@ def pick_column(
 # --------------------------------------------------------------------------- readers, one per format
 
 
-def _read_frame(path: Path):
+def read_frame(path: Path):
     import pandas as pd
 
     suffix = path.suffix.lower()
@@ -193,7 +193,7 @@ def _finish_table(splits: dict[str, _RawSplit], columns: dict) -> _RawTable:
 
 def read_text_file(path: Path, cfg: DataConfig) -> _RawTable:
     columns: dict = {}
-    split = _frame_split(_read_frame(path), cfg, path.name, columns)
+    split = _frame_split(read_frame(path), cfg, path.name, columns)
     return _finish_table({"all": split}, columns)
 
 
@@ -214,7 +214,7 @@ def read_text_folder(path: Path, cfg: DataConfig) -> _RawTable:
         parts = sorted(by_split.get(split, []))
         if not parts:
             continue
-        raws = [_frame_split(_read_frame(p), cfg, p.name, columns) for p in parts]
+        raws = [_frame_split(read_frame(p), cfg, p.name, columns) for p in parts]
         if len(raws) == 1:
             splits[split] = raws[0]
         else:  # sharded split files: ids name the shard and row

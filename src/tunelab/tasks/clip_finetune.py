@@ -21,22 +21,21 @@ import numpy as np
 from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
 from tunelab.config import (
     DataConfig,
-    ImageLoadingConfig,
+    ImageDecodingConfig,
     RuntimeConfig,
     TrackingConfig,
-    _choice,
+    check_settings,
     config_from_run,
-    dump_yaml,
-    to_dict,
+    setting,
 )
-from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader, load_image_dataset
-from tunelab.evaluation import ScoreAccumulator, evaluate_split, skipped_record
+from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader
+from tunelab.errors import DataError
+from tunelab.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
 from tunelab.metrics import classification_metrics
-from tunelab.models import count_parameters, resolve_model
-from tunelab.runs import RunDirectory, environment
-from tunelab.runtime import resolve_device, seed_everything
-from tunelab.tasks.common import RunResult, abandon_on_failure, data_block, finish_run, record_inputs
-from tunelab.tasks.finetune import LoraConfig, TrainConfig, lora_targets
+from tunelab.models import count_parameters
+from tunelab.registry import Task, register_task
+from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +49,23 @@ def _default_train() -> TrainConfig:
 
 @dataclasses.dataclass
 class ClipFinetuneConfig:
-    model: str = "openai/clip-vit-base-patch16"
+    model: str = setting("openai/clip-vit-base-patch16", "a CLIP hub id or local directory", flag="--model",
+                         metavar="M")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=_default_train)  # lr None: 1e-4 LoRA, 1e-5 full
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # q_proj,v_proj in both towers
-    loss: str = "contrastive"  # contrastive (the reference) | ce (image against all class prompts)
-    templates: str = "simple"  # evaluation prompts; training uses the first template
-    images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)
+    loss: str = setting("contrastive", "contrastive: the reference's in-batch image/prompt loss; ce: each image "
+                        "against every class prompt", flag="--loss", choices=("contrastive", "ce"))
+    templates: str = setting("simple", "evaluation prompts: simple, ensemble or a file (training uses the first)",
+                             flag="--templates", metavar="simple|ensemble|FILE")
+    images: ImageDecodingConfig = dataclasses.field(default_factory=ImageDecodingConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = 42
+    seed: int = setting(42, "seed of adapters, batch order, caps and made splits", flag="--seed")
 
     def __post_init__(self) -> None:
-        _choice("loss", self.loss, ("contrastive", "ce"))
-        if self.train.lr is None:
-            self.train = dataclasses.replace(self.train, lr=DEFAULT_LR[self.train.method])
+        check_settings(self, "")
+        self.train = fill_learning_rate(self.train, DEFAULT_LR)
 
 
 def clip_config_from_run(run_dir: Path) -> ClipFinetuneConfig:
@@ -72,17 +73,7 @@ def clip_config_from_run(run_dir: Path) -> ClipFinetuneConfig:
 
 
 def wrap_clip_lora(model, lora: LoraConfig):
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    from tunelab.errors import ConfigError
-
-    targets = lora_targets("clip", lora)
-    try:
-        return get_peft_model(model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                    target_modules=targets))
-    except ValueError as exc:
-        raise ConfigError(f"LoRA targets {targets} do not fit this model: {str(exc).splitlines()[0]}") from None
+    return wrap_lora(model, "clip", lora, sequence_classification=False)
 
 
 class ClipLoss:
@@ -110,55 +101,45 @@ class ClipLoss:
         return F.cross_entropy(logits, labels)
 
 
-def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
-                      resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
-    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
-    from tunelab.training import open_run_directory
+def prepare(config: ClipFinetuneConfig) -> Prepared:
+    """The images listed and labelled (no pixels read), CLIP loaded (and wrapped in LoRA)."""
+    from tunelab.data.images import load_image_dataset
+    from tunelab.models import resolve_model
 
-    device = resolve_device(config.runtime.device)
-    rank, world = init_distributed(device.type)
-    seed_everything(config.seed)
     source = resolve_model(config.model)
     templates = load_templates(config.templates)
     dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
     eval_splits = dataset.eval_split_names(config.data.splits)
     if "validation" not in dataset.splits:
-        from tunelab.errors import DataError
-
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
-    config_yaml = dump_yaml(config, COMMAND)
-    model, tokenizer, processor = load_clip(source)  # before --out is touched
+    model, tokenizer, processor = load_clip(source)
     if config.train.method == "lora":
         model = wrap_clip_lora(model, config.lora)
-    params = count_parameters(model)
-    logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
-    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
-                                                             clip_config_from_run, argv), rank, world)
-    with abandon_on_failure(run):
-        if rank == 0:
-            record_inputs(run, source, config.data.dataset)
-        result = _clip_finetune(config, dataset, eval_splits, templates, model, tokenizer, processor, params,
-                                device, run, config_yaml, resume, rank, world)
-    barrier(world)
-    return result
+    return Prepared(config, source, dataset, eval_splits,
+                    {"templates": templates, "model": model, "tokenizer": tokenizer, "processor": processor})
 
 
-def _clip_finetune(config, dataset, eval_splits, templates, model, tokenizer, processor, params, device, run,
-                   config_yaml, resume, rank, world) -> RunResult:
+def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
+    """Train with zero-shot evaluation on validation, then score every split with the
+    best model against freshly computed class embeddings."""
     from tunelab.training import train_resumable, training_summary
 
-    tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
-    trainer, interrupt = build_clip_trainer(config, dataset, model, tokenizer, processor, templates,
-                                            run.path / "checkpoints", tracker, world)
-    stats = train_resumable(trainer, interrupt, run.path, resume, COMMAND)
-    if rank != 0:
-        return RunResult(run.path, {})
+    config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
+    parts = prepared.parts
+    tokenizer, processor, templates = parts["tokenizer"], parts["processor"], parts["templates"]
+    params = count_parameters(parts["model"])
+    logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
+    trainer, interrupt = build_clip_trainer(config, dataset, parts["model"], tokenizer, processor, templates,
+                                            run.path / "checkpoints", context.tracker, context.world)
+    stats = train_resumable(trainer, interrupt, run.path, context.resume, COMMAND)
+    if context.rank != 0:
+        return None
 
     model = trainer.model.eval()
     start = time.perf_counter()
     class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
     split_metrics, reports, skipped = {}, {}, sorted(trainer.skipped_files)
-    for split in eval_splits:
+    for split in prepared.eval_splits:
         data = dataset.splits[split]
         accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
         loader = image_loader(data, ClipPreprocess(processor), config.train.eval_batch_size,
@@ -168,31 +149,49 @@ def _clip_finetune(config, dataset, eval_splits, templates, model, tokenizer, pr
         kept = data.subset(accumulator.seen.nonzero()[0])
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, ("file", kept.ids))
-        if tracker is not None:
-            tracker.log({f"final/{split}/{k}": v for k, v in split_metrics[split].items() if k != "n"},
-                        step=trainer.state.global_step)
     eval_seconds = time.perf_counter() - start
     _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates)
     run.write_json("history.json", trainer.state.log_history)
-    metrics = {
-        "command": COMMAND,
-        "model": config.model,
-        "dataset": config.data.dataset,
-        "method": config.train.method,
-        "loss": config.loss,
-        "splits": split_metrics,
-        "params": params,
-        "timing": {"seconds": {"train": stats["train_runtime"], "eval": eval_seconds},
-                   "throughput": {"train_samples_per_s": stats["train_samples_per_second"],
-                                  "eval_images_per_s": sum(len(dataset.splits[s]) for s in eval_splits)
-                                  / eval_seconds}},
-        "training": training_summary(trainer, config.train, run.path, world, resume),
-        "skipped": skipped_record(sorted(set(skipped))),
-        "templates": {"spec": config.templates, "count": len(templates)},
-        "environment": {**environment(str(device)), "processes": world},
-        "data": data_block(dataset),
-    }
-    return finish_run(run, metrics, config_yaml, reports, dataset.notes)
+    return Outcome(
+        splits=split_metrics, reports=reports, params=params,
+        seconds={"train": stats["train_runtime"], "eval": eval_seconds},
+        throughput={"train_samples_per_s": stats["train_samples_per_second"],
+                    "eval_samples_per_s": throughput(sum(len(dataset.splits[s]) for s in prepared.eval_splits),
+                                                     eval_seconds)},
+        task={"method": config.train.method, "loss": config.loss,
+              "templates": {"spec": config.templates, "count": len(templates)},
+              "training": training_summary(trainer, config.train, run.path, context.world, context.resume)},
+        skipped=sorted(set(skipped)),
+    )
+
+
+def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
+    """Classify image files with the fine-tuned CLIP and the class embeddings it saved."""
+    from tunelab.predict import image_predictor
+    from tunelab.runtime import resolve_device
+
+    model, _, processor = load_clip_run(run_dir, config)
+    return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
+                           config.train.eval_batch_size)
+
+
+def describe(metrics: dict) -> str:
+    task = metrics.get("task", {})
+    return f"{task.get('method', '?')}, {task.get('loss', '?')} loss, " \
+           f"{task.get('training', {}).get('steps', '?')} steps"
+
+
+TASK = register_task(Task(
+    name=COMMAND, config_class=ClipFinetuneConfig, prepare=prepare, execute=execute, resumable=True,
+    summary="fine-tune CLIP for image classification (LoRA or full)",
+    description="CLIP fine-tuning with LoRA (default) or in full, contrastive or ce loss.",
+    load_predictor=load_predictor, describe=describe,
+))
+
+
+def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
+                      resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
+    return run_task(TASK, config, out=out, overwrite=overwrite, resume=resume, argv=argv)
 
 
 def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, processor, templates,
@@ -217,8 +216,6 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     num_classes = len(dataset.class_names)
 
     class ClipTrainer(Trainer):
-        skipped_files: set[str] = set()
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             for row in inputs.get("skipped", []):
                 self.skipped_files.add(train_split.ids[row])
@@ -267,7 +264,7 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
         # Only to satisfy the Trainer's checks: evaluate() above streams validation itself.
         eval_dataset=ProcessedImages(validation, preprocess, config.images.strict) if evaluate else None,
     )
-    trainer.skipped_files = set()
+    trainer.skipped_files = set()  # unreadable images met while training, per trainer
     quiet_progress(trainer)
     return trainer, interrupt
 
@@ -285,7 +282,7 @@ def _top_k_nll(result, labels: np.ndarray) -> float:
     return float(-true_log_prob.mean()) if len(labels) else 0.0
 
 
-def _save(model, tokenizer, processor, run: RunDirectory, config: ClipFinetuneConfig, class_emb, class_names,
+def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_emb, class_names,
           templates) -> None:
     target = run.path / "model"
     model.save_pretrained(str(target), safe_serialization=True)
@@ -304,7 +301,6 @@ def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     from tunelab.models import load_pretrained
-    from tunelab.tasks.common import recorded_model
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned CLIP model in {model_dir}"

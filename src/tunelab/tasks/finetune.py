@@ -16,134 +16,36 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import (
-    DataConfig,
-    RuntimeConfig,
-    TrackingConfig,
-    _choice,
-    _non_negative,
-    _positive,
-    config_from_run,
-    dump_yaml,
-    to_dict,
-)
-from tunelab.data.text import TextDataset, load_text_dataset
-from tunelab.errors import ConfigError, ModelError, TunelabError
-from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split, skipped_record
-from tunelab.models import (
-    ModelSource,
-    count_parameters,
-    hub_kwargs,
-    load_config,
-    load_pretrained,
-    load_tokenizer,
-    resolve_model,
-)
-from tunelab.runs import RunDirectory, environment
-from tunelab.runtime import resolve_device, seed_everything
-from tunelab.tasks.common import RunResult, abandon_on_failure, data_block, finish_run, record_inputs
+from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, config_from_run, setting
+from tunelab.errors import DataError, ModelError
+from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
+from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
+from tunelab.models import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
+from tunelab.registry import Task, register_task
+from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
 
 COMMAND = "finetune"
-DEFAULT_LR = {"full": 2e-5, "lora": 1e-3}
-
-# Attention query/value projections per architecture: the classic LoRA targets.
-LORA_TARGETS = {
-    "distilbert": ["q_lin", "v_lin"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "camembert": ["query", "value"],
-    "electra": ["query", "value"],
-    "albert": ["query", "value"],
-    "deberta": ["in_proj"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "mpnet": ["q", "v"],
-    "clip": ["q_proj", "v_proj"],
-}
-# Classification heads, always trained in full (also under LoRA).
-HEAD_MODULES = ("pre_classifier", "classifier", "score")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """The schedule and optimisation settings. Defaults are the reference recipe."""
-
-    method: str = "full"  # full | lora
-    max_steps: int | None = 1000  # total optimiser steps; None: train for `epochs`
-    epochs: float | None = None  # used when max_steps is None (default 3)
-    lr: float | None = None  # None: 2e-5 for full, 1e-3 for LoRA (adapters need a larger rate)
-    warmup: float = 0.0  # below 1: a fraction of all steps; else a number of steps
-    weight_decay: float = 0.01
-    batch_size: int = 16  # per device
-    eval_batch_size: int = 64
-    grad_accum: int = 1
-    max_length: int = 512  # tokens per text; batches are padded to their longest text only
-    eval_every: int = 100  # steps between evaluations (and checkpoints)
-    save_total_limit: int = 2  # checkpoints kept; the best and the last always survive
-    early_stopping: int | None = None  # stop after N evaluations without improvement
-    best_metric: str = "accuracy"  # validation metric that picks the best checkpoint
-    merge_lora: bool = False  # also save LoRA merged into full weights
-    logging_steps: int = 10
-    gradient_checkpointing: bool = False  # trade compute for memory on large models
-
-    def __post_init__(self) -> None:
-        _choice("train.method", self.method, ("full", "lora"))
-        _choice("train.best_metric", self.best_metric, ("accuracy", "f1", "f1_macro", "loss"))
-        for key in ("batch_size", "eval_batch_size", "grad_accum", "max_length", "eval_every",
-                    "save_total_limit", "logging_steps"):
-            _positive(f"train.{key}", getattr(self, key))
-        _positive("train.max_steps", self.max_steps, allow_none=True)
-        _positive("train.epochs", self.epochs, allow_none=True)
-        _positive("train.lr", self.lr, allow_none=True)
-        _positive("train.early_stopping", self.early_stopping, allow_none=True)
-        _non_negative("train.warmup", self.warmup)
-        _non_negative("train.weight_decay", self.weight_decay)
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
-
-
-@dataclasses.dataclass
-class LoraConfig:
-    """Low-rank adapters (used with train.method=lora)."""
-
-    r: int = 8
-    alpha: float = 32.0
-    dropout: float = 0.1
-    targets: list[str] | None = None  # None: the architecture's attention query/value projections
-
-    def __post_init__(self) -> None:
-        _positive("lora.r", self.r)
-        _positive("lora.alpha", self.alpha)
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"lora.dropout={self.dropout!r} must be in [0, 1)")
+DEFAULT_LR = {"full": 2e-5, "lora": 1e-3}  # adapters need a larger rate
 
 
 @dataclasses.dataclass
 class FinetuneConfig:
-    model: str = "distilbert-base-uncased"
+    model: str = setting("distilbert-base-uncased", "hub id, local directory, or the alias minilm", flag="--model",
+                         metavar="M")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # lr None: 2e-5 full, 1e-3 LoRA
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = 42
+    seed: int = setting(42, "seed of initialisation, batch order, caps and made splits", flag="--seed")
+
+    def __post_init__(self) -> None:
+        self.train = fill_learning_rate(self.train, DEFAULT_LR)
 
 
 # --------------------------------------------------------------------------- model building
-
-
-def lora_targets(model_type: str, config: LoraConfig) -> list[str]:
-    if config.targets:
-        return list(config.targets)
-    if model_type in LORA_TARGETS:
-        return LORA_TARGETS[model_type]
-    raise ConfigError(
-        f"no default LoRA targets for model type '{model_type}'; name them with --lora-targets"
-    )
 
 
 def build_classifier_model(source: ModelSource, class_names: Sequence[str], train: TrainConfig,
@@ -165,22 +67,6 @@ def build_classifier_model(source: ModelSource, class_names: Sequence[str], trai
     if train.method == "lora":
         model = wrap_lora(model, model_type, lora)
     return model
-
-
-def wrap_lora(model, model_type: str, lora: LoraConfig):
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import TaskType, get_peft_model
-
-    targets = lora_targets(model_type, lora)
-    heads = [name for name in HEAD_MODULES if hasattr(model, name)]
-    peft_config = PeftLoraConfig(
-        task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=targets, modules_to_save=heads,
-    )
-    try:
-        return get_peft_model(model, peft_config)
-    except ValueError as exc:
-        raise ConfigError(f"LoRA targets {targets} do not fit this model: {str(exc).splitlines()[0]}") from None
 
 
 # --------------------------------------------------------------------------- data
@@ -256,95 +142,103 @@ def predict_scores(model, tokenizer, texts: Sequence[str], batch_size: int, max_
 # --------------------------------------------------------------------------- the task
 
 
-def run_finetune(
-    config: FinetuneConfig,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    argv: Sequence[str] | None = None,
-) -> RunResult:
-    """Train on train, pick the best checkpoint on validation, score every evaluation
-    split with it, and write a complete run directory. With ``resume``, continue the
-    run in ``out`` from its last complete checkpoint."""
-    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
-    from tunelab.training import open_run_directory
+def prepare(config: FinetuneConfig) -> Prepared:
+    """Read and check the data, then load the tokenizer and the model to train."""
+    from tunelab.data.text import load_text_dataset
+    from tunelab.models import resolve_model
 
-    device = resolve_device(config.runtime.device)
-    rank, world = init_distributed(device.type)
-    seed_everything(config.seed)
     source = resolve_model(config.model)
     dataset = load_text_dataset(config.data, seed=config.seed)  # before any model loads
     eval_splits = dataset.eval_split_names(config.data.splits)
     if "validation" not in dataset.splits:
-        raise TunelabError("fine-tuning picks its best checkpoint on a validation split, and there is none")
+        raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
     config = dataclasses.replace(config, data=dataclasses.replace(
         config.data, text_column=dataset.text_column, label_column=dataset.label_column))
-    config_yaml = dump_yaml(config, COMMAND)
-    # The model loads before --out is touched: a model that cannot load leaves nothing behind.
     tokenizer = load_tokenizer(source)
     model = build_classifier_model(source, dataset.class_names, config.train, config.lora)
-    params = count_parameters(model)
-    logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
-
-    run = rank_zero_run_directory(lambda: open_run_directory(out, COMMAND, config, config_yaml, overwrite, resume,
-                                                             finetune_config_from_run, argv), rank, world)
-    with abandon_on_failure(run):
-        if rank == 0:
-            record_inputs(run, source, config.data.dataset)
-        result = _finetune(config, dataset, eval_splits, tokenizer, model, params, device, run, config_yaml,
-                           resume, rank, world)
-    barrier(world)
-    return result
+    return Prepared(config, source, dataset, eval_splits, {"tokenizer": tokenizer, "model": model})
 
 
-def _finetune(config, dataset, eval_splits, tokenizer, model, params, device, run, config_yaml, resume, rank,
-              world) -> RunResult:
+def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
+    """Train with evaluation on validation, then score every split with the best model."""
     from tunelab.training import train_resumable, training_summary
 
-    tracker = run.tracker(run.path.name, to_dict(config), config.tracking) if rank == 0 else None
-    trainer, interrupt = build_trainer(config, dataset, tokenizer, model, run.path / "checkpoints", tracker, world)
-    train_stats = train_resumable(trainer, interrupt, run.path, resume, COMMAND)
-
+    config, dataset, run = prepared.config, prepared.dataset, context.run
+    tokenizer, model = prepared.parts["tokenizer"], prepared.parts["model"]
+    params = count_parameters(model)
+    logger.info("parameters: %s trainable of %s", f"{params['trainable']:,}", f"{params['total']:,}")
+    trainer, interrupt = build_trainer(config, dataset, tokenizer, model, run.path / "checkpoints", context.tracker,
+                                       context.world)
+    train_stats = train_resumable(trainer, interrupt, run.path, context.resume, COMMAND)
     model = trainer.model
-    if rank != 0:
-        return RunResult(run.path, {})
+    if context.rank != 0:
+        return None
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
     split_metrics, reports = {}, {}
     start = time.perf_counter()
-    for split in eval_splits:
+    for split in prepared.eval_splits:
         data = dataset.splits[split]
-        scores = predict_scores(model, tokenizer, data.texts, config.train.eval_batch_size, max_length, device,
-                                config.runtime.precision)
+        scores = predict_scores(model, tokenizer, data.texts, config.train.eval_batch_size, max_length,
+                                context.device, config.runtime.precision)
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, data.labels, scores, data.ids, ("text", data.texts))
-        if tracker is not None:
-            tracker.log({f"final/{split}/{k}": v for k, v in split_metrics[split].items() if k != "n"},
-                        step=trainer.state.global_step)
     eval_seconds = time.perf_counter() - start
     _save_model(model, tokenizer, run, config.train)
     run.write_json("history.json", trainer.state.log_history)
-
-    metrics = {
-        "command": COMMAND,
-        "model": config.model,
-        "dataset": config.data.dataset,
-        "method": config.train.method,
-        "splits": split_metrics,
-        "params": params,
-        "timing": {
-            "seconds": {"train": train_stats["train_runtime"], "eval": eval_seconds},
-            "throughput": {"train_samples_per_s": train_stats["train_samples_per_second"],
-                           "eval_samples_per_s": sum(m["n"] for m in split_metrics.values()) / eval_seconds},
-        },
-        "training": training_summary(trainer, config.train, run.path, world, resume),
-        "environment": {**environment(str(device)), "processes": world},
-        "skipped": skipped_record([]),
-        "data": data_block(dataset),
-    }
-    return finish_run(run, metrics, config_yaml, reports, dataset.notes)
+    return Outcome(
+        splits=split_metrics, reports=reports, params=params,
+        seconds={"train": train_stats["train_runtime"], "eval": eval_seconds},
+        throughput={"train_samples_per_s": train_stats["train_samples_per_second"],
+                    "eval_samples_per_s": throughput(sum(m["n"] for m in split_metrics.values()), eval_seconds)},
+        task={"method": config.train.method,
+              "training": training_summary(trainer, config.train, run.path, context.world, context.resume)},
+    )
 
 
-def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model, output_dir: Path,
+def load_predictor(run_dir: Path, config: FinetuneConfig):
+    """Classify new texts with a finished fine-tuning run's model."""
+    from tunelab.predict import Prediction, check_texts
+    from tunelab.runtime import resolve_device
+
+    device = resolve_device(config.runtime.device)
+    model, tokenizer = load_finetuned(run_dir, config)
+    model.to(device)
+    names = _class_names(run_dir)
+    max_length = effective_max_length(tokenizer, model, config.train.max_length)
+
+    def predict(inputs: Sequence[str]) -> list:
+        texts = check_texts(inputs)
+        scores = predict_scores(model, tokenizer, texts, config.train.eval_batch_size, max_length, device,
+                                config.runtime.precision)
+        return [Prediction(t, names[p], float(s), "probability")
+                for t, p, s in zip(texts, scores.predicted, scores.score)]
+
+    return predict
+
+
+def describe(metrics: dict) -> str:
+    training = metrics.get("task", {}).get("training", {})
+    return f"{metrics.get('task', {}).get('method', '?')}, {training.get('steps', '?')} steps, " \
+           f"lr {training.get('learning_rate', '?')}"
+
+
+TASK = register_task(Task(
+    name=COMMAND, config_class=FinetuneConfig, prepare=prepare, execute=execute, resumable=True,
+    summary="fine-tune an encoder for classification (full or LoRA)",
+    description="Fine-tune for sequence classification: full or LoRA; resumable; data-parallel under torchrun.",
+    load_predictor=load_predictor, describe=describe,
+))
+
+
+def run_finetune(config: FinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
+                 resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
+    """Train on train, pick the best checkpoint on validation, score every evaluation
+    split with it, and write a complete run directory. With ``resume``, continue the
+    run in ``out`` from its last complete checkpoint."""
+    return run_task(TASK, config, out=out, overwrite=overwrite, resume=resume, argv=argv)
+
+
+def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir: Path,
                   tracker=None, world: int = 1, evaluate: bool = True):
     """The Trainer tunelab trains with: dynamic padding, seeded length-grouped batches,
     length-sorted evaluation batches, metrics from argmax ids only. Returns
@@ -410,7 +304,7 @@ def build_trainer(config: FinetuneConfig, dataset: TextDataset, tokenizer, model
     return trainer, interrupt
 
 
-def _save_model(model, tokenizer, run: RunDirectory, train: TrainConfig) -> None:
+def _save_model(model, tokenizer, run, train: TrainConfig) -> None:
     """Weights (or the LoRA adapter) and tokenizer as safetensors; merged weights on request."""
     target = run.path / "model"
     model.save_pretrained(str(target), safe_serialization=True)
@@ -426,9 +320,6 @@ def load_finetuned(run_dir: Path, config: FinetuneConfig):
     is executed; a LoRA adapter goes onto the base model the run recorded (checked by
     fingerprint)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from tunelab.models import load_pretrained
-    from tunelab.tasks.common import recorded_model
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned model in {model_dir}"

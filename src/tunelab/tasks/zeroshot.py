@@ -1,8 +1,8 @@
 """CLIP zero-shot classification: class prompts against images, no training.
 
-The reference encoded one image at a time; here images are decoded in
-DataLoader workers, encoded in batches, and scored against class embeddings
-computed once, with top-k results streamed so memory stays flat.
+The reference encoded one image at a time; here images are decoded lazily, encoded
+in batches, and scored against class embeddings computed once, with top-k results
+streamed so memory stays flat.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
-from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig, TrackingConfig, dump_yaml, to_dict
-from tunelab.data.images import ClipPreprocess, image_loader, load_image_dataset
+from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig, TrackingConfig, setting
+from tunelab.data.images import ClipPreprocess, image_loader
 from tunelab.errors import DataError
-from tunelab.evaluation import ScoreAccumulator, evaluate_split, skipped_record
-from tunelab.models import count_parameters, resolve_model
-from tunelab.runs import RunDirectory, environment
-from tunelab.runtime import resolve_device, resolve_dtype, seed_everything
-from tunelab.tasks.common import RunResult, abandon_on_failure, data_block, finish_run, record_inputs
+from tunelab.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
+from tunelab.models import count_parameters
+from tunelab.registry import Task, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -30,22 +29,24 @@ COMMAND = "zeroshot"
 
 @dataclasses.dataclass
 class ZeroshotConfig:
-    model: str = "openai/clip-vit-base-patch16"
+    model: str = setting("openai/clip-vit-base-patch16", "a CLIP hub id or local directory", flag="--model",
+                         metavar="M")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    templates: str = "simple"  # simple ("a photo of a {}"), ensemble (80 ImageNet prompts), or a file
+    templates: str = setting("simple", "prompts: simple ('a photo of a {}'), ensemble (CLIP's 80 ImageNet "
+                             "prompts, averaged per class), or a file of templates", flag="--templates",
+                             metavar="simple|ensemble|FILE")
     images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = 42
+    seed: int = setting(42, "seed of caps and made splits", flag="--seed")
 
 
-def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrite: bool = False,
-                 argv: Sequence[str] | None = None) -> RunResult:
-    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
+def prepare(config: ZeroshotConfig) -> Prepared:
+    """The images listed and labelled (no pixels read), the prompts read, CLIP loaded."""
+    from tunelab.data.images import load_image_dataset
+    from tunelab.models import resolve_model
+    from tunelab.runtime import resolve_device, resolve_dtype
 
-    device = resolve_device(config.runtime.device)
-    rank, world = init_distributed(device.type)
-    seed_everything(config.seed)
     source = resolve_model(config.model)
     templates = load_templates(config.templates)
     # Zero-shot needs no training data: a flat class folder is scored whole as "test".
@@ -53,28 +54,25 @@ def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrit
     eval_splits = dataset.eval_split_names(config.data.splits)
     if not eval_splits:
         raise DataError(f"{config.data.dataset} has only a train split; score it with --splits train")
-    config_yaml = dump_yaml(config, COMMAND)
-    dtype = resolve_dtype(config.runtime.precision, device)
-    model, tokenizer, processor = load_clip(source, dtype=dtype)  # before --out is touched
-    model.to(device).eval()
-    run = rank_zero_run_directory(lambda: RunDirectory.start(out, COMMAND, config_yaml, argv, overwrite), rank, world)
-    with abandon_on_failure(run):
-        if rank == 0:
-            record_inputs(run, source, config.data.dataset)
-        result = _zeroshot(config, dataset, eval_splits, templates, model, tokenizer, processor, dtype, device,
-                           run, config_yaml, rank, world)
-    barrier(world)
-    return result
+    dtype = resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
+    model, tokenizer, processor = load_clip(source, dtype=dtype)
+    return Prepared(config, source, dataset, eval_splits,
+                    {"templates": templates, "model": model, "tokenizer": tokenizer, "processor": processor,
+                     "dtype": dtype})
 
 
-def _zeroshot(config, dataset, eval_splits, templates, model, tokenizer, processor, dtype, device, run,
-              config_yaml, rank, world) -> RunResult:
+def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
+    """Class embeddings once, then every evaluation split's images scored against them
+    (sharded over processes under torchrun, gathered on rank 0)."""
     from tunelab.distributed import gather_to_zero, shard
 
+    config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
+    parts = prepared.parts
+    model, templates = parts["model"].to(device).eval(), parts["templates"]
     start = time.perf_counter()
-    class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
+    class_emb = class_embeddings(model, parts["tokenizer"], dataset.class_names, templates, device)
     text_seconds = time.perf_counter() - start
-    if rank == 0:
+    if context.rank == 0:
         save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
         run.write_json("model/zeroshot.json", {"class_names": dataset.class_names, "templates": templates})
         logger.info("%d classes x %d templates encoded in %.1f s", len(dataset.class_names), len(templates),
@@ -82,47 +80,64 @@ def _zeroshot(config, dataset, eval_splits, templates, model, tokenizer, process
 
     split_metrics, reports, skipped, images_seen = {}, {}, [], 0
     start = time.perf_counter()
-    for split in eval_splits:
+    num_classes = len(dataset.class_names)
+    for split in prepared.eval_splits:
         data = dataset.splits[split]
-        # Under torchrun each process scores every world-th image; rank 0 gathers.
-        rows = shard(len(data), rank, world)
+        rows = shard(len(data), context.rank, context.world)
         part = data.subset(rows)
-        scored = ScoreAccumulator(len(part), len(dataset.class_names), "similarity")
-        loader = image_loader(part, ClipPreprocess(processor), config.images.batch_size,
+        scored = ScoreAccumulator(len(part), num_classes, "similarity")
+        loader = image_loader(part, ClipPreprocess(parts["processor"]), config.images.batch_size,
                               config.images.num_workers, config.images.strict)
-        bad = score_loader(model, loader, class_emb.to(device), device, scored, dtype, desc=f"{split} images")
-        parts = gather_to_zero((rows, scored, [part.ids[r] for r in bad]), rank, world)
-        if rank != 0:
+        bad = score_loader(model, loader, class_emb.to(device), device, scored, parts["dtype"],
+                           desc=f"{split} images")
+        gathered = gather_to_zero((rows, scored, [part.ids[r] for r in bad]), context.rank, context.world)
+        if context.rank != 0:
             continue
-        accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
-        for part_rows, part_scores, part_bad in parts:
+        accumulator = ScoreAccumulator(len(data), num_classes, "similarity")
+        for part_rows, part_scores, part_bad in gathered:
             accumulator.absorb(part_scores, part_rows)
             skipped += part_bad
         images_seen += len(data)
         kept = data.subset(accumulator.seen.nonzero()[0])
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, ("file", kept.ids))
-    if rank != 0:
-        return RunResult(run.path, {})
+    if context.rank != 0:
+        return None
     eval_seconds = time.perf_counter() - start
     if skipped:
         logger.warning("%d unreadable images were skipped (listed in metrics.json)", len(skipped))
+    return Outcome(
+        splits=split_metrics, reports=reports, params={**count_parameters(model), "trainable": 0},
+        seconds={"train": 0.0, "text": text_seconds, "eval": eval_seconds},
+        throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(images_seen, eval_seconds)},
+        task={"templates": {"spec": config.templates, "count": len(templates)}},
+        skipped=skipped,
+    )
 
-    metrics = {
-        "command": COMMAND,
-        "model": config.model,
-        "dataset": config.data.dataset,
-        "splits": split_metrics,
-        "params": {**count_parameters(model), "trainable": 0},
-        "timing": {"seconds": {"text": text_seconds, "eval": eval_seconds},
-                   "throughput": {"images_per_s": images_seen / eval_seconds if eval_seconds else 0.0}},
-        "skipped": skipped_record(skipped),
-        "templates": {"spec": config.templates, "count": len(templates)},
-        "environment": {**environment(str(device)), "processes": world},
-        "data": data_block(dataset),
-    }
-    tracker = run.tracker(run.path.name, to_dict(config), config.tracking)
-    for split, values in split_metrics.items():
-        tracker.log({f"{split}/{k}": v for k, v in values.items() if k != "n"})
-    tracker.log({"throughput/images_per_s": metrics["timing"]["throughput"]["images_per_s"]})
-    return finish_run(run, metrics, config_yaml, reports, dataset.notes)
+
+def load_predictor(run_dir: Path, config: ZeroshotConfig):
+    """Classify image files against the class embeddings the run saved."""
+    from tunelab.predict import image_predictor
+    from tunelab.runtime import resolve_device
+
+    model, _, processor = load_clip(recorded_model(run_dir, config.model))
+    return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
+                           config.images.batch_size)
+
+
+def describe(metrics: dict) -> str:
+    templates = metrics.get("task", {}).get("templates", {})
+    return f"{templates.get('spec', '?')} prompts ({templates.get('count', '?')})"
+
+
+TASK = register_task(Task(
+    name=COMMAND, config_class=ZeroshotConfig, prepare=prepare, execute=execute,
+    summary="CLIP zero-shot image classification",
+    description="CLIP zero-shot: class prompts against images, no training.",
+    load_predictor=load_predictor, describe=describe,
+))
+
+
+def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrite: bool = False,
+                 argv: Sequence[str] | None = None) -> RunResult:
+    return run_task(TASK, config, out=out, overwrite=overwrite, argv=argv)

@@ -1,0 +1,263 @@
+"""One run lifecycle for every task.
+
+``run_task`` does, in this order, for any registered task: join the process group
+(torchrun), seed, ``task.prepare`` (read and check the data, load the model:
+nothing is written yet), open the run directory (new, overwriting through a staged
+copy, or resumed), record the inputs, open the tracker, ``task.execute`` (train,
+score), then write ``metrics.json`` in the one schema every task shares, write
+``report.md``, and put the run in place. A failure on the way removes what this run
+created (checkpoints that ``--resume`` can use stay), and never touches a run it was
+to replace. A task module holds only what is its own: its config, ``prepare`` and
+``execute``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.runs import RunDirectory, environment
+
+logger = logging.getLogger(__name__)
+
+INPUTS_FILE = "inputs.json"
+# metrics.json's top-level keys, the same for every task (schema: tunelab/schemas/metrics.schema.json).
+METRICS_KEYS = ("command", "model", "dataset", "splits", "params", "timing", "environment", "skipped", "data",
+                "task")
+# timing.throughput's keys, the same for every task (None where a task has no such phase).
+THROUGHPUT_KEYS = ("train_samples_per_s", "eval_samples_per_s")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a task returns: where its run directory is and what it measured."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+
+    def split(self, name: str) -> dict[str, float]:
+        return self.metrics["splits"][name]
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What ``prepare`` hands to ``execute``: the resolved config (columns found in the
+    data filled in), the model's files, the checked data, and whatever the task loaded."""
+
+    config: Any
+    source: Any  # tunelab.models.ModelSource
+    dataset: Any  # tunelab.data.labels.LabelledData
+    eval_splits: list[str]
+    parts: dict[str, Any] = dataclasses.field(default_factory=dict)  # model, tokenizer, extractor, ...
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Where ``execute`` writes, and how it runs."""
+
+    run: RunDirectory
+    tracker: Any  # tunelab.runs.Tracker on rank 0, else None
+    device: Any  # torch.device
+    rank: int
+    world: int
+    resume: bool
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What ``execute`` measured; the lifecycle turns it into metrics.json."""
+
+    splits: dict[str, dict]  # per split: tunelab.metrics.classification_metrics
+    reports: dict[str, str]  # per split: the per-class text report
+    params: dict[str, Any]  # total, trainable (and a note)
+    seconds: dict[str, float]  # train, eval, and the task's own phases
+    throughput: dict[str, float | None]  # THROUGHPUT_KEYS
+    task: dict[str, Any]  # what only this task has (classifier, method, templates, training summary, ...)
+    skipped: list[str] = dataclasses.field(default_factory=list)  # inputs that could not be used
+
+
+def run_task(task, config, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+             argv: Sequence[str] | None = None) -> RunResult:
+    """Run a registered task (a ``Task`` or its name) with a typed config and write a
+    complete run directory at ``out``."""
+    from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
+    from tunelab.registry import get_task
+    from tunelab.runtime import resolve_device, seed_everything
+
+    task = get_task(task) if isinstance(task, str) else task
+    if not isinstance(config, task.config_class):
+        raise TunelabError(f"tunelab {task.name} takes a {task.config_class.__name__}, not {type(config).__name__}")
+    if resume and not task.resumable:
+        raise TunelabError(f"tunelab {task.name} runs cannot be resumed; rerun them")
+    started = time.perf_counter()
+    device = resolve_device(config.runtime.device)
+    rank, world = init_distributed(device.type)
+    seed_everything(config.seed)
+    prepared = task.prepare(config)  # data checked and model loaded before --out is touched
+    from tunelab.config import dump_yaml
+
+    config_yaml = dump_yaml(prepared.config, task.name)
+    run = rank_zero_run_directory(
+        lambda: open_run_directory(out, task, prepared.config, config_yaml, overwrite, resume, argv), rank, world)
+    with abandon_on_failure(run):
+        tracker = None
+        if rank == 0:
+            record_inputs(run, prepared.source, prepared.config.data.dataset)
+            tracker = run.tracker(run.path.name, dataclasses.asdict(prepared.config), prepared.config.tracking)
+        context = RunContext(run, tracker, device, rank, world, resume)
+        outcome = task.execute(prepared, context)
+        if rank == 0:
+            metrics = assemble_metrics(task.name, prepared, outcome, device, world, time.perf_counter() - started)
+            result = finish_run(run, metrics, config_yaml, outcome.reports, prepared.dataset.notes)
+        else:
+            result = RunResult(run.path, {})
+    barrier(world)
+    return result
+
+
+def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, resume: bool,
+                       argv: Sequence[str] | None) -> RunDirectory:
+    """A new run directory, or with ``resume`` the unfinished one in ``out``, whose saved
+    configuration must equal ``config``."""
+    from tunelab.config import config_from_run
+
+    if not resume:
+        return RunDirectory.start(out, task.name, config_yaml, argv, overwrite)
+    if out is None:
+        raise TunelabError("--resume needs --out DIR: the run directory to continue")
+    if not (Path(out) / "config.yaml").is_file():
+        raise TunelabError(f"nothing to resume in {out}: no config.yaml")
+    if (Path(out) / "metrics.json").is_file():
+        raise TunelabError(f"{out} holds a finished run (metrics.json); nothing to resume")
+    if config_from_run(task.config_class, Path(out)) != config:
+        raise TunelabError(f"{out} was started with a different configuration; resume it with its own "
+                           f"config.yaml (tunelab {task.name} --out {out} --resume, no other settings)")
+    run = RunDirectory.create(out, task.name, resume=True)
+    run.write_command(argv)
+    return run
+
+
+def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device, world: int,
+                     wall_seconds: float) -> dict[str, Any]:
+    """metrics.json in the one schema of every task (METRICS_KEYS)."""
+    from tunelab.evaluation import skipped_record
+
+    unknown = set(outcome.throughput) - set(THROUGHPUT_KEYS)
+    if unknown:
+        raise TunelabError(f"internal: throughput keys {sorted(unknown)} are not in the schema")
+    return {
+        "command": command,
+        "model": prepared.config.model,
+        "dataset": prepared.config.data.dataset,
+        "splits": outcome.splits,
+        "params": outcome.params,
+        "timing": {"seconds": {**outcome.seconds, "total": wall_seconds},
+                   "throughput": {key: outcome.throughput.get(key) for key in THROUGHPUT_KEYS},
+                   **peak_memory()},
+        "environment": {**environment(str(device)), "processes": world},
+        "skipped": skipped_record(outcome.skipped),
+        "data": data_block(prepared.dataset),
+        "task": outcome.task,
+    }
+
+
+def peak_memory() -> dict[str, float]:
+    """The process's peak resident memory (and the GPU's peak allocation where CUDA ran), in MB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    values = {"peak_rss_mb": peak / (1024 * 1024 if sys.platform == "darwin" else 1024)}
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            values["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return values
+
+
+def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
+               class_reports: dict[str, str], notes: list[str]) -> RunResult:
+    """Log the final metrics, write report.md, then metrics.json last (its presence marks a
+    complete run); then put the run in place (replacing an old one only now)."""
+    from tunelab.report import render_run_report
+
+    tracker = run.tracker_if_open()
+    if tracker is not None:
+        for split, values in metrics["splits"].items():
+            tracker.log({f"final/{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+        tracker.log({f"throughput/{k}": v for k, v in metrics["timing"]["throughput"].items() if v is not None})
+    run.write_text("report.md", render_run_report(metrics, config_yaml, class_reports, notes))
+    run.write_metrics(metrics)
+    path = run.commit()
+    for split, values in metrics["splits"].items():
+        logger.info("%s: %s (n=%d)", split, headline_text(values), values["n"])
+    logger.info("run directory: %s", path)
+    return RunResult(path, metrics)
+
+
+def headline_text(values: dict) -> str:
+    return ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1") if k in values)
+
+
+@contextlib.contextmanager
+def abandon_on_failure(run: RunDirectory):
+    """A run that fails leaves nothing half-made: what it created goes (checkpoints that
+    --resume can use stay), and an old run it was to replace is untouched."""
+    try:
+        yield run
+    except BaseException:
+        run.abandon()
+        raise
+
+
+def record_inputs(run: RunDirectory, model_source, dataset_spec: str) -> None:
+    """inputs.json: the model (absolute path or hub id, fingerprint) and the data files'
+    fingerprint, so that predict uses exactly this model and a study reuses a run only
+    while neither changed."""
+    from tunelab.data.sources import resolve_dataset
+
+    run.write_json(INPUTS_FILE, {"model": model_source.record(), "dataset": resolve_dataset(dataset_spec).record()})
+
+
+def read_inputs_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / INPUTS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def recorded_model(run_dir: Path, configured: str):
+    """The base model a run was made with: the absolute path (or hub id) it recorded,
+    checked against the recorded fingerprint, never the configured name re-resolved
+    from the current directory. Runs made before inputs.json existed fall back to
+    the configured name, with a warning."""
+    from tunelab.models import model_from_record, resolve_model
+
+    record = read_inputs_record(run_dir)
+    if record is None:
+        logger.warning("%s records no model fingerprint; using '%s' as configured", run_dir, configured)
+        return resolve_model(configured)
+    return model_from_record(record["model"], run_dir)
+
+
+def data_block(dataset) -> dict[str, Any]:
+    """metrics.json's ``data``: classes, split sizes, what was inferred, the positive class."""
+    block = {"class_names": dataset.class_names, "sizes": {k: len(v) for k, v in dataset.splits.items()},
+             "notes": dataset.notes}
+    if len(dataset.class_names) == 2:
+        block["positive_class"] = dataset.class_names[1]
+    return block
+
+
+def throughput(examples: int, seconds: float) -> float | None:
+    return examples / seconds if seconds > 0 else None

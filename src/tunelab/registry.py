@@ -1,0 +1,92 @@
+"""The task registry: one table that the command line, studies, ``predict``, ``info``,
+the report and the package root all read.
+
+A task is one module that defines a config dataclass, a ``prepare`` step (validate
+the data, load the model: everything that can fail before ``--out`` is touched) and
+an ``execute`` step (train and score inside the run directory), then registers
+itself::
+
+    register_task(Task(name="probe", config_class=ProbeConfig, prepare=prepare, execute=execute,
+                       summary="frozen encoder features + a classical classifier",
+                       load_predictor=load_probe_predictor))
+
+The shared run lifecycle (``tunelab.lifecycle.run_task``) does the rest: process
+group, seeding, run directory, inputs record, tracker, metrics.json, report.md,
+finishing. Tasks registered by users (``tunelab.register_task``) are first-class:
+they get flags, study steps, predict and report like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tunelab.errors import ConfigError
+
+# Built-in tasks, imported on first use (each module registers its task).
+BUILTIN_MODULES = {
+    "probe": "tunelab.tasks.probe",
+    "finetune": "tunelab.tasks.finetune",
+    "zeroshot": "tunelab.tasks.zeroshot",
+    "clip-finetune": "tunelab.tasks.clip_finetune",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything tunelab needs to know about a command that makes a run directory."""
+
+    name: str  # the command: `tunelab <name>`, a study step's `command:`
+    config_class: type  # a dataclass; its fields (and their `setting` metadata) give the flags
+    prepare: Callable[[Any], Any]  # config -> Prepared: data read and checked, model loaded
+    execute: Callable[[Any, Any], Any]  # (Prepared, RunContext) -> Outcome (None on ranks other than 0)
+    summary: str = ""  # one line for `tunelab --help`
+    description: str = ""  # the command's own help
+    resumable: bool = False  # training: --resume continues a killed run from its checkpoints
+    load_predictor: Callable[[Any, Any], Callable[[Sequence], list]] | None = None  # (run_dir, config) -> predict
+    describe: Callable[[dict], str] | None = None  # metrics.json -> a few words for the report's tables
+
+    @property
+    def api_name(self) -> str:
+        """The package-root function name: ``tunelab.clip_finetune(config, out=...)``."""
+        return self.name.replace("-", "_")
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Make a task available to the command line, studies, predict and report."""
+    if not dataclasses.is_dataclass(task.config_class):
+        raise ConfigError(f"task '{task.name}': config_class must be a dataclass")
+    fields = {f.name for f in dataclasses.fields(task.config_class)}
+    missing = {"model", "data", "runtime", "tracking", "seed"} - fields
+    if missing:
+        raise ConfigError(f"task '{task.name}': its config needs the fields {', '.join(sorted(missing))} "
+                          "(the lifecycle reads them)")
+    _TASKS[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    _TASKS.pop(name, None)
+
+
+def _load_builtins() -> None:
+    for name, module in BUILTIN_MODULES.items():
+        if name not in _TASKS:
+            importlib.import_module(module)
+
+
+def get_task(name: str) -> Task:
+    _load_builtins()
+    if name not in _TASKS:
+        raise ConfigError(f"unknown command '{name}'; choose from {', '.join(_TASKS)}")
+    return _TASKS[name]
+
+
+def all_tasks() -> dict[str, Task]:
+    _load_builtins()
+    return dict(_TASKS)
