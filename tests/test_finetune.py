@@ -158,10 +158,13 @@ def test_resume_after_sigkill_gives_the_same_metrics(tiny_bert_dir, topics, tmp_
     assert resumed["task"]["training"]["best_checkpoint"] == uninterrupted["task"]["training"]["best_checkpoint"]
 
 
-def test_resume_refuses_finished_or_missing_runs(full_run, tmp_path, capsys):
+def test_resume_refuses_finished_or_missing_runs(full_run, tiny_bert_dir, topics, tmp_path, capsys):
     assert main(["finetune", "--out", str(full_run), "--resume"]) == 2
     assert "holds a finished run" in capsys.readouterr().err
-    assert main(["finetune", "--out", str(tmp_path / "none"), "--resume", "--dataset", "x"]) == 2
+    # Good data and model: the refusal is about the missing run, nothing else.
+    assert main(finetune_args(tiny_bert_dir, topics, tmp_path / "none", "--resume")) == 2
+    assert "nothing to resume in" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_ctrl_c_saves_a_checkpoint(tiny_bert_dir, topics, tmp_path):

@@ -150,17 +150,24 @@ def test_missing_dataset(capsys, tiny_bert_dir, tmp_path):
                  "not found")
 
 
-def test_data_errors_come_before_the_model_loads(capsys, tmp_path, topic_folder, monkeypatch):
-    import tunelab.models as models
+def test_data_errors_come_before_the_model_loads(capsys, tmp_path, topic_folder, tiny_bert_dir, monkeypatch):
+    import tunelab.features as features
+
+    calls = []
 
     def boom(*a, **k):
-        raise AssertionError("the model was loaded before the data was checked")
+        calls.append(a)
+        raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(models, "load_text_encoder", boom)
+    monkeypatch.setattr(features, "load_text_encoder", boom)  # where the extractor looks it up
+    # A control: with good data the (patched) loader is reached.
+    assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", tmp_path / "c") == 1
+    assert calls and "the model was loaded" in capsys.readouterr().err
+    calls.clear()
     write_csv(topic_folder / "train.csv", [("ok", "a"), ("", "b")] * 5)
-    expect_error(capsys, ["probe", "--model", "distilbert-base-uncased", "--dataset", topic_folder,
+    expect_error(capsys, ["probe", "--model", tiny_bert_dir, "--dataset", topic_folder,
                           "--out", tmp_path / "o"], "5 train rows have empty or non-text text")
-    assert not (tmp_path / "o").exists()
+    assert not calls and not (tmp_path / "o").exists()
 
 
 def test_model_dir_without_model(capsys, tmp_path, topic_folder):
@@ -212,10 +219,20 @@ def test_bad_flag_value(capsys, topic_folder):
                  "features.pooling='max' is not valid; choose one of: cls, mean")
 
 
-def test_tune_without_validation(capsys, tiny_bert_dir, topic_folder, tmp_path):
+def test_tune_with_an_empty_grid(capsys, tiny_bert_dir, topic_folder, tmp_path):
     expect_error(capsys, ["probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--tune",
-                          "--splits", "test", "--out", tmp_path / "o", "--set", "classifier.c_grid=[]"],
-                 "c_grid is empty")
+                          "--out", tmp_path / "o", "--set", "classifier.c_grid=[]"], "c_grid is empty")
+
+
+def test_tune_without_validation():
+    from tunelab.classifiers import ClassifierConfig, fit_classifier
+    from tunelab.errors import TunelabError
+
+    x, y = np.random.default_rng(0).normal(size=(12, 3)), np.array([0, 1] * 6)
+    with pytest.raises(TunelabError, match="picks C on the validation split, and this dataset has none"):
+        fit_classifier(ClassifierConfig(tune=True), x, y, None, None)
+    estimator, tuning = fit_classifier(ClassifierConfig(tune=True, c_grid=[0.5, 2.0]), x, y, x, y)
+    assert tuning["chosen"] in (0.5, 2.0) and set(tuning["scores"]) == {"0.5", "2.0"}
 
 
 def test_wandb_is_optional(tiny_bert_dir, topic_folder, tmp_path, monkeypatch):

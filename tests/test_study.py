@@ -118,15 +118,16 @@ def test_report_numbers_and_deltas(fixed_runs, tmp_path, capsys):
     out = tmp_path / "cmp.md"
     assert main(["report", str(fixed_runs), "--out", str(out), "--baseline", "a-probe"]) == 0
     text = out.read_text()
-    rows = {(cells[0], cells[3]): cells for cells in
+    rows = {(cells[0], cells[4]): cells for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| "))
-            if len(cells) > 6}
-    # accuracy ± 95% interval: 1.96 * sqrt(0.85 * 0.15 / 1000) = 0.0221
-    assert rows[("b-finetune-s1", "test")][5] == "0.8500 ± 0.0221"
-    assert rows[("b-finetune-s1", "test")][6] == "+0.1000"
-    assert rows[("c-finetune-s2", "test")][6] == "+0.1200"
-    assert rows[("a-probe", "validation")][6] == "+0.0000"
-    assert rows[("d-other-data", "test")][6] == "—"  # another dataset: no delta
+            if len(cells) > 7}
+    # The Wilson 95% interval of 850 of 1000: centre (0.85 + 1.96^2/2000) / (1 + 1.96^2/1000)
+    assert rows[("b-finetune-s1", "test")][6] == "0.8500 [0.8265, 0.8708]"
+    assert rows[("d-other-data", "test")][6] == "0.5000 [0.2366, 0.7634]"
+    assert rows[("b-finetune-s1", "test")][7] == "+0.1000"
+    assert rows[("c-finetune-s2", "test")][7] == "+0.1200"
+    assert rows[("a-probe", "validation")][7] == "+0.0000"
+    assert rows[("d-other-data", "test")][7] == "—"  # another dataset: no delta
     # The two fine-tuning runs differ only in seed: mean and spread
     seed_row = next(line for line in text.splitlines() if line.startswith("| b-finetune-s1, c-finetune-s2"))
     assert "| 0.8600 | 0.0141 |" in seed_row

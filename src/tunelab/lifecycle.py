@@ -52,7 +52,7 @@ class Prepared:
     data filled in), the model's files, the checked data, and whatever the task loaded."""
 
     config: Any
-    source: Any  # tunelab.models.ModelSource
+    source: Any  # tunelab.models.ModelSource, or None for a task that uses no pretrained model
     dataset: Any  # tunelab.data.labels.LabelledData
     eval_splits: list[str]
     parts: dict[str, Any] = dataclasses.field(default_factory=dict)  # model, tokenizer, extractor, ...
@@ -226,7 +226,8 @@ def record_inputs(run: RunDirectory, model_source, dataset_spec: str) -> None:
     while neither changed."""
     from tunelab.data.sources import resolve_dataset
 
-    run.write_json(INPUTS_FILE, {"model": model_source.record(), "dataset": resolve_dataset(dataset_spec).record()})
+    model = model_source.record() if model_source is not None else None
+    run.write_json(INPUTS_FILE, {"model": model, "dataset": resolve_dataset(dataset_spec).record()})
 
 
 def read_inputs_record(run_dir: Path) -> dict | None:
@@ -244,7 +245,7 @@ def recorded_model(run_dir: Path, configured: str):
     from tunelab.models import model_from_record, resolve_model
 
     record = read_inputs_record(run_dir)
-    if record is None:
+    if record is None or record.get("model") is None:
         logger.warning("%s records no model fingerprint; using '%s' as configured", run_dir, configured)
         return resolve_model(configured)
     return model_from_record(record["model"], run_dir)

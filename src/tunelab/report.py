@@ -215,9 +215,39 @@ def _fmt(value, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def _ci95(accuracy: float, n: int) -> float:
-    """Half-width of the normal-approximation 95% interval of an accuracy over n examples."""
-    return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n) if n else float("nan")
+def wilson_interval(proportion: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion (an accuracy) over n examples. Unlike
+    the normal approximation it never shrinks to zero width at 0% or 100%, nor leaves [0, 1]."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    denominator = 1 + z * z / n
+    centre = (proportion + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _wall_seconds(seconds: Mapping[str, float]) -> float:
+    """A run's wall time: ``total`` where recorded, else the sum of its phases."""
+    if "total" in seconds:
+        return float(seconds["total"])
+    return float(sum(v for v in seconds.values() if isinstance(v, (int, float))))
+
+
+def _accuracy_cell(accuracy: float, n: int) -> str:
+    low, high = wilson_interval(accuracy, n)
+    return f"{accuracy:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _describe(record: RunRecord) -> str:
+    from tunelab.registry import all_tasks
+
+    task = all_tasks().get(record.command)
+    if task is None or task.describe is None:
+        return ""
+    try:
+        return task.describe(record.metrics)
+    except Exception:  # a report never fails on one run's description
+        return ""
 
 
 def _delta(value: float | None, base: float | None) -> str:
@@ -274,7 +304,7 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
         return doc
     base = next((r for r in records if r.name == baseline), records[0])
     doc.paragraph(f"Deltas are against {base.name} ({base.command}, {base.metrics['model']}) on the same dataset "
-                  "and split. ± is the half-width of a 95% interval for the accuracy given the number of examples n: "
+                  "and split. [low, high] is the Wilson 95% interval of the accuracy given the number of examples n: "
                   "differences smaller than it are within noise.")
     by_command: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -290,15 +320,16 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
                 base_values = base.metrics["splits"].get(split) \
                     if base.metrics["dataset"] == record.metrics["dataset"] else None
                 rows.append([
-                    record.name, record.metrics["model"], record.metrics["dataset"], split, str(values["n"]),
-                    f"{values['accuracy']:.4f} ± {_ci95(values['accuracy'], values['n']):.4f}",
+                    record.name, _describe(record), record.metrics["model"], record.metrics["dataset"], split,
+                    str(values["n"]), _accuracy_cell(values["accuracy"], values["n"]),
                     _delta(values["accuracy"], base_values["accuracy"] if base_values else None),
                     _fmt(values.get("f1")), _fmt(values.get("f1_macro")), _fmt(values.get("top5_accuracy")),
                     f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
-                    f"{sum(v for v in seconds.values() if isinstance(v, (int, float))):.1f}",
+                    f"{_wall_seconds(seconds):.1f}",
                     ", ".join(f"{k} {v:.1f}" for k, v in throughput.items() if v is not None),
                 ])
-        doc.table(["run", "model", "dataset", "split", "n", "accuracy ± 95%", "Δ accuracy", "F1", "F1 macro",
+        doc.table(["run", "what", "model", "dataset", "split", "n", "accuracy [95% interval]", "Δ accuracy", "F1",
+                   "F1 macro",
                    "top-5", "trained / total params", "seconds", "throughput (/s)"], rows)
         _seed_summary(doc, group)
     doc.heading(2, "Training curves")

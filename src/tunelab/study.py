@@ -202,8 +202,10 @@ def _complete_with(run_dir: Path, command: str, config) -> bool:
     if recorded is None:
         return False
     try:
-        return (resolve_model(config.model).fingerprint() == recorded["model"]["fingerprint"]
-                and resolve_dataset(config.data.dataset).fingerprint() == recorded["dataset"]["fingerprint"])
+        model_unchanged = recorded["model"] is None or \
+            resolve_model(config.model).fingerprint() == recorded["model"]["fingerprint"]
+        return model_unchanged and resolve_dataset(config.data.dataset).fingerprint() == \
+            recorded["dataset"]["fingerprint"]
     except TunelabError:
         return False
 
