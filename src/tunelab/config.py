@@ -60,11 +60,22 @@ def check_non_negative(key: str, value: Any) -> None:
 
 
 def check_settings(config: Any, prefix: str) -> None:
-    """Check every field declared with ``choices`` against them (call from __post_init__)."""
+    """Call from __post_init__: checks every field declared with ``choices`` against them,
+    and stores whole numbers given for float fields as floats, so that a config built in
+    Python (``epochs=2``) saves the same config.yaml as one read from flags or YAML."""
+    hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
         choices = field.metadata.get("choices")
         if choices:
-            check_choice(prefix + field.name, getattr(config, field.name), choices)
+            check_choice(prefix + field.name, value, choices)
+        if isinstance(value, int) and not isinstance(value, bool) and float in _number_types(hints[field.name]):
+            setattr(config, field.name, float(value))
+
+
+def _number_types(tp: Any) -> tuple:
+    args = typing.get_args(tp)
+    return args if args else (tp,)
 
 
 @dataclasses.dataclass

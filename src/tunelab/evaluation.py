@@ -128,6 +128,19 @@ def evaluate_split(
     return metrics, text_report(y_true, scores.predicted, class_names)
 
 
+def top_k_nll(result, labels: np.ndarray) -> float:
+    """Softmax cross-entropy over the kept scores (exact when they cover every class); an
+    example whose true class fell outside the top-k counts with the lowest kept log-probability."""
+    scores = result.full if result.full is not None else result.top_scores
+    indices = np.arange(scores.shape[1])[None, :].repeat(len(scores), 0) if result.full is not None \
+        else result.top_indices
+    shifted = scores - scores.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    hit = indices == labels[:, None]
+    true_log_prob = np.where(hit.any(1), (log_probs * hit).sum(1), log_probs.min(1))
+    return float(-true_log_prob.mean()) if len(labels) else 0.0
+
+
 def skipped_record(names: list[str]) -> dict:
     """metrics.json's ``skipped``: how many unreadable inputs, and which."""
     return {"count": len(names), "files": list(names)}

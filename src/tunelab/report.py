@@ -303,9 +303,9 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
         doc.paragraph("No finished runs to compare.")
         return doc
     base = next((r for r in records if r.name == baseline), records[0])
-    doc.paragraph(f"Deltas are against {base.name} ({base.command}, {base.metrics['model']}) on the same dataset "
-                  "and split. [low, high] is the Wilson 95% interval of the accuracy given the number of examples n: "
-                  "differences smaller than it are within noise.")
+    doc.paragraph(f"Deltas are against {base.name} ({base.command}, {base.metrics['model'] or 'no model'}) on the "
+                  "same dataset and split. [low, high] is the Wilson 95% interval of the accuracy given the "
+                  "number of examples n.")
     by_command: dict[str, list[RunRecord]] = {}
     for record in records:
         by_command.setdefault(record.command, []).append(record)
@@ -320,7 +320,7 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
                 base_values = base.metrics["splits"].get(split) \
                     if base.metrics["dataset"] == record.metrics["dataset"] else None
                 rows.append([
-                    record.name, _describe(record), record.metrics["model"], record.metrics["dataset"], split,
+                    record.name, _describe(record), record.metrics["model"] or "—", record.metrics["dataset"], split,
                     str(values["n"]), _accuracy_cell(values["accuracy"], values["n"]),
                     _delta(values["accuracy"], base_values["accuracy"] if base_values else None),
                     _fmt(values.get("f1")), _fmt(values.get("f1_macro")), _fmt(values.get("top5_accuracy")),

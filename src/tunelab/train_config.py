@@ -33,12 +33,13 @@ class TrainConfig:
 
     ``epochs`` and ``max_steps`` are two ways to give the schedule's length: a layer of
     settings (a preset, a YAML file, flags, a study step) that sets one clears the
-    other; with neither, training runs 1,000 steps."""
+    other; with neither, training runs 1,000 steps (the reference recipe)."""
 
     EXCLUSIVE: ClassVar[tuple[tuple[str, ...], ...]] = (("epochs", "max_steps"),)
 
     method: str = setting("full", "full fine-tuning or LoRA adapters", flag="--method", choices=("full", "lora"))
-    max_steps: int | None = setting(None, "optimiser steps (replaces --epochs)", flag="--max-steps", metavar="N")
+    max_steps: int | None = setting(None, "optimiser steps (replaces --epochs; default: 1000 when no --epochs)",
+                                    flag="--max-steps", metavar="N")
     epochs: float | None = setting(None, "passes over the training data (replaces --max-steps)", flag="--epochs",
                                    metavar="N")
     lr: float | None = setting(None, "learning rate (default: the method's, recorded in config.yaml)", flag="--lr")
@@ -75,8 +76,6 @@ class TrainConfig:
         if self.epochs is not None and self.max_steps is not None:
             raise ConfigError(f"train.epochs={self.epochs} and train.max_steps={self.max_steps} both give the "
                               "schedule's length; set one of them")
-        if self.epochs is None and self.max_steps is None:
-            self.max_steps = DEFAULT_MAX_STEPS
 
     @property
     def learning_rate(self) -> float:
@@ -104,6 +103,7 @@ class LoraConfig:
                                         "query/value projections)", flag="--lora-targets", metavar="NAME[,NAME]")
 
     def __post_init__(self) -> None:
+        check_settings(self, "lora.")
         check_positive("lora.r", self.r)
         check_positive("lora.alpha", self.alpha)
         if not 0 <= self.dropout < 1:

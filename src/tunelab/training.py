@@ -223,10 +223,16 @@ def quiet_progress(trainer) -> None:
 
 
 def total_steps(train, num_examples: int, world: int) -> int:
+    """Optimiser steps of the schedule: ``max_steps``, or ``epochs`` over the data, or the
+    reference's 1,000 steps when neither is given."""
+    from tunelab.train_config import DEFAULT_MAX_STEPS
+
     if train.max_steps:
         return train.max_steps
+    if train.epochs is None:
+        return DEFAULT_MAX_STEPS
     per_step = train.batch_size * train.grad_accum * world
-    return math.ceil(math.ceil(num_examples / per_step) * (train.epochs or 3))
+    return math.ceil(math.ceil(num_examples / per_step) * train.epochs)
 
 
 def _checkpointing_argument() -> str:

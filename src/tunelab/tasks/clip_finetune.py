@@ -16,8 +16,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
 from tunelab.config import (
     DataConfig,
@@ -30,7 +28,7 @@ from tunelab.config import (
 )
 from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader
 from tunelab.errors import DataError
-from tunelab.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.evaluation import ScoreAccumulator, evaluate_split, top_k_nll
 from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
 from tunelab.metrics import classification_metrics
 from tunelab.models import count_parameters
@@ -44,7 +42,7 @@ DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(method="lora", max_steps=1000, batch_size=32, eval_every=200)
+    return TrainConfig(method="lora", batch_size=32, eval_every=200)
 
 
 @dataclasses.dataclass
@@ -245,7 +243,7 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
             values.pop("classes_present")
             # Only the top-k scores are kept for many classes, so the validation loss is the
             # cross-entropy over those (exact when every class is kept).
-            values["loss"] = _top_k_nll(result, kept)
+            values["loss"] = top_k_nll(result, kept)
             values["runtime"] = time.perf_counter() - start
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
             net.train(was_training)
@@ -267,19 +265,6 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     trainer.skipped_files = set()  # unreadable images met while training, per trainer
     quiet_progress(trainer)
     return trainer, interrupt
-
-
-def _top_k_nll(result, labels: np.ndarray) -> float:
-    """Softmax cross-entropy over the kept scores (exact when they cover every class); an
-    example whose true class fell outside the top-k counts with the lowest kept log-probability."""
-    scores = result.full if result.full is not None else result.top_scores
-    indices = np.arange(scores.shape[1])[None, :].repeat(len(scores), 0) if result.full is not None \
-        else result.top_indices
-    shifted = scores - scores.max(1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-    hit = indices == labels[:, None]
-    true_log_prob = np.where(hit.any(1), (log_probs * hit).sum(1), log_probs.min(1))
-    return float(-true_log_prob.mean()) if len(labels) else 0.0
 
 
 def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_emb, class_names,
