@@ -56,8 +56,9 @@ def child(args) -> int:
     """One training run in this process; prints its figures as JSON."""
     import logging
 
+    import tunelab
     from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig
-    from tunelab.tasks.clip_finetune import ClipFinetuneConfig, run_clip_finetune
+    from tunelab.tasks.clip_finetune import ClipFinetuneConfig
     from tunelab.train_config import TrainConfig
 
     logging.disable(logging.WARNING)
@@ -71,7 +72,7 @@ def child(args) -> int:
         runtime=RuntimeConfig(device=args.device, precision=args.precision),
     )
     with tempfile.TemporaryDirectory() as out:
-        result = run_clip_finetune(config, out=Path(out) / "run")
+        result = tunelab.clip_finetune(config, out=Path(out) / "run")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"images": args.child, "peak_rss_mb": peak_mb,
                       "train_images_per_s": result.metrics["timing"]["throughput"]["train_samples_per_s"]}))

@@ -151,6 +151,18 @@ class TrackingConfig:
     wandb_project: str = setting("tunelab", "the W&B project")
 
 
+@dataclasses.dataclass
+class TaskConfig:
+    """The settings every task has; the run lifecycle reads them. A task's config
+    subclasses it, redeclaring ``model`` with its own default and adding its groups."""
+
+    model: str | None = setting(None, "hub id, local directory, or an alias (minilm)", flag="--model", metavar="M")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    seed: int = setting(42, "random seed: caps, made splits, initialisation, batch order", flag="--seed")
+
+
 # --------------------------------------------------------------------------- dict <-> dataclass
 
 

@@ -16,16 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.config import DataConfig
-from tunelab.data.labels import (
-    LabelledData,
-    apply_caps,
-    build_label_space,
-    complete_splits,
-    encode_labels,
-)
-from tunelab.data.sources import IMAGE_SUFFIXES, DatasetSource, data_dir, resolve_dataset, split_name_of
+from tunelab.data import sources
+from tunelab.data.labels import LabelledData, apply_caps, build_label_space, complete_splits, encode_labels
+from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.errors import DataError
-from tunelab.hub import require_hub
 
 logger = logging.getLogger(__name__)
 
@@ -227,27 +221,16 @@ def _wordnet_display_names(names: dict[str, str]) -> dict[str, str]:
     return names
 
 
-def _read(source: DatasetSource, cfg: DataConfig, flat_split: str) -> _RawImages:
+def _read(source: sources.DatasetSource, cfg: DataConfig, flat_split: str) -> _RawImages:
     path = Path(source.location)
     if source.format == "tiny-imagenet":
         return read_tiny_imagenet(path)
     if source.format == "image-folder":
         return read_image_folder(path, flat_split)
-    if source.format == "hf-disk":
-        from datasets import load_from_disk
-
-        try:
-            return read_hf_images(load_from_disk(str(path)), cfg, path.name)
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(f"cannot load the saved dataset at {path}: {str(exc).splitlines()[0]}") from None
-    if source.format == "hub":
-        require_hub(f"dataset '{source.spec}' ({source.location})",
-                    "set TUNELAB_DATA_DIR to a folder that holds tiny-imagenet-200/, or pass a local path")
-        from datasets import load_dataset
-
-        return read_hf_images(load_dataset(source.location), cfg, source.location)
+    if source.format in ("hf-disk", "hub"):
+        hint = "set TUNELAB_DATA_DIR to a folder that holds tiny-imagenet-200/, or pass a local path"
+        name = path.name if source.format == "hf-disk" else source.location
+        return read_hf_images(load_hf_dataset(source, hint), cfg, name)
     raise DataError(f"{source.spec} is a {source.format} dataset; this command needs images")
 
 

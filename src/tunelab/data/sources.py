@@ -154,3 +154,22 @@ def resolve_dataset(spec: str) -> DatasetSource:
             f"dataset '{spec}' not found: not a local file or folder, nor a known name ({known_names})"
         )
     return DatasetSource(spec, detect_format(path), str(path))
+
+
+def load_hf_dataset(source: DatasetSource, hint: str):
+    """A dataset saved with ``save_to_disk`` or one on the hub, through the ``datasets``
+    library, with one-line errors; ``hint`` says how to do without the hub."""
+    if source.format == "hf-disk":
+        from datasets import load_from_disk
+
+        try:
+            return load_from_disk(source.location)
+        except Exception as exc:  # datasets raises many types for a broken folder
+            raise DataError(f"cannot load the saved dataset at {source.location}: "
+                            f"{str(exc).splitlines()[0]}") from None
+    from tunelab.hub import require_hub
+
+    require_hub(f"dataset '{source.spec}' ({source.location})", hint)
+    from datasets import load_dataset
+
+    return load_dataset(source.location)

@@ -26,14 +26,8 @@ from tunelab.data.labels import (
     encode_labels,
     label_text,
 )
-from tunelab.data.sources import (
-    TEXT_FILE_SUFFIXES,
-    DatasetSource,
-    resolve_dataset,
-    split_name_of,
-)
+from tunelab.data.sources import TEXT_FILE_SUFFIXES, DatasetSource, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.errors import DataError
-from tunelab.hub import require_hub
 
 logger = logging.getLogger(__name__)
 
@@ -312,24 +306,11 @@ def _read_source(source: DatasetSource, cfg: DataConfig) -> _RawTable:
         return read_text_file(path, cfg)
     if source.format == "text-folder":
         return read_text_folder(path, cfg)
-    if source.format == "hf-disk":
-        from datasets import load_from_disk
-
-        try:
-            loaded = load_from_disk(str(path))
-        except Exception as exc:
-            raise DataError(f"cannot load the saved dataset at {path}: {str(exc).splitlines()[0]}") from None
-        return read_hf_dataset(loaded, cfg, path.name)
-    if source.format == "hub":
-        require_hub(
-            f"dataset '{source.spec}' ({source.location})",
-            "set TUNELAB_DATA_DIR to a folder that holds it"
-            + (f" (e.g. {source.known.local_names[0]}/)" if source.known else "")
-            + ", or pass a local path",
-        )
-        from datasets import load_dataset
-
-        return read_hf_dataset(load_dataset(source.location), cfg, source.location)
+    if source.format in ("hf-disk", "hub"):
+        hint = ("set TUNELAB_DATA_DIR to a folder that holds it"
+                + (f" (e.g. {source.known.local_names[0]}/)" if source.known else "") + ", or pass a local path")
+        name = path.name if source.format == "hf-disk" else source.location
+        return read_hf_dataset(load_hf_dataset(source, hint), cfg, name)
     raise DataError(
         f"{source.spec} is a {source.format} dataset (images); this command needs text"
     )

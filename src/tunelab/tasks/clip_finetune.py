@@ -13,23 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
-from tunelab.config import (
-    DataConfig,
-    ImageDecodingConfig,
-    RuntimeConfig,
-    TrackingConfig,
-    check_settings,
-    config_from_run,
-    setting,
-)
+from tunelab.config import ImageDecodingConfig, TaskConfig, check_settings, config_from_run, setting
 from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader
 from tunelab.errors import DataError
 from tunelab.evaluation import ScoreAccumulator, evaluate_split, top_k_nll
-from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
+from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.metrics import classification_metrics
 from tunelab.models import count_parameters
 from tunelab.registry import Task, register_task
@@ -46,20 +37,16 @@ def _default_train() -> TrainConfig:
 
 
 @dataclasses.dataclass
-class ClipFinetuneConfig:
+class ClipFinetuneConfig(TaskConfig):
     model: str = setting("openai/clip-vit-base-patch16", "a CLIP hub id or local directory", flag="--model",
                          metavar="M")
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: TrainConfig = dataclasses.field(default_factory=_default_train)  # lr None: 1e-4 LoRA, 1e-5 full
-    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # q_proj,v_proj in both towers
     loss: str = setting("contrastive", "contrastive: the reference's in-batch image/prompt loss; ce: each image "
                         "against every class prompt", flag="--loss", choices=("contrastive", "ce"))
     templates: str = setting("simple", "evaluation prompts: simple, ensemble or a file (training uses the first)",
                              flag="--templates", metavar="simple|ensemble|FILE")
+    train: TrainConfig = dataclasses.field(default_factory=_default_train)  # lr None: 1e-4 LoRA, 1e-5 full
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # q_proj,v_proj in both towers
     images: ImageDecodingConfig = dataclasses.field(default_factory=ImageDecodingConfig)
-    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
-    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = setting(42, "seed of adapters, batch order, caps and made splits", flag="--seed")
 
     def __post_init__(self) -> None:
         check_settings(self, "")
@@ -97,6 +84,12 @@ class ClipLoss:
         logits = model(input_ids=self.prompt_ids.to(labels.device), attention_mask=self.prompt_mask.to(labels.device),
                        pixel_values=pixel_values).logits_per_image
         return F.cross_entropy(logits, labels)
+
+
+def describe(metrics: dict) -> str:
+    task = metrics.get("task", {})
+    return f"{task.get('method', '?')}, {task.get('loss', '?')} loss, " \
+           f"{task.get('training', {}).get('steps', '?')} steps"
 
 
 def prepare(config: ClipFinetuneConfig) -> Prepared:
@@ -173,23 +166,12 @@ def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
                            config.train.eval_batch_size)
 
 
-def describe(metrics: dict) -> str:
-    task = metrics.get("task", {})
-    return f"{task.get('method', '?')}, {task.get('loss', '?')} loss, " \
-           f"{task.get('training', {}).get('steps', '?')} steps"
-
-
 TASK = register_task(Task(
     name=COMMAND, config_class=ClipFinetuneConfig, prepare=prepare, execute=execute, resumable=True,
     summary="fine-tune CLIP for image classification (LoRA or full)",
     description="CLIP fine-tuning with LoRA (default) or in full, contrastive or ce loss.",
     load_predictor=load_predictor, describe=describe,
 ))
-
-
-def run_clip_finetune(config: ClipFinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
-                      resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
-    return run_task(TASK, config, out=out, overwrite=overwrite, resume=resume, argv=argv)
 
 
 def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, processor, templates,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, config_from_run, setting
+from tunelab.config import TaskConfig, config_from_run, setting
 from tunelab.errors import DataError, ModelError
 from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
-from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
+from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.models import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
 from tunelab.registry import Task, register_task
 from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
@@ -31,15 +31,11 @@ DEFAULT_LR = {"full": 2e-5, "lora": 1e-3}  # adapters need a larger rate
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
+class FinetuneConfig(TaskConfig):
     model: str = setting("distilbert-base-uncased", "hub id, local directory, or the alias minilm", flag="--model",
                          metavar="M")
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # lr None: 2e-5 full, 1e-3 LoRA
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
-    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
-    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = setting(42, "seed of initialisation, batch order, caps and made splits", flag="--seed")
 
     def __post_init__(self) -> None:
         self.train = fill_learning_rate(self.train, DEFAULT_LR)
@@ -142,6 +138,12 @@ def predict_scores(model, tokenizer, texts: Sequence[str], batch_size: int, max_
 # --------------------------------------------------------------------------- the task
 
 
+def describe(metrics: dict) -> str:
+    training = metrics.get("task", {}).get("training", {})
+    return f"{metrics.get('task', {}).get('method', '?')}, {training.get('steps', '?')} steps, " \
+           f"lr {training.get('learning_rate', '?')}"
+
+
 def prepare(config: FinetuneConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the model to train."""
     from tunelab.data.text import load_text_dataset
@@ -216,26 +218,12 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
     return predict
 
 
-def describe(metrics: dict) -> str:
-    training = metrics.get("task", {}).get("training", {})
-    return f"{metrics.get('task', {}).get('method', '?')}, {training.get('steps', '?')} steps, " \
-           f"lr {training.get('learning_rate', '?')}"
-
-
 TASK = register_task(Task(
     name=COMMAND, config_class=FinetuneConfig, prepare=prepare, execute=execute, resumable=True,
     summary="fine-tune an encoder for classification (full or LoRA)",
     description="Fine-tune for sequence classification: full or LoRA; resumable; data-parallel under torchrun.",
     load_predictor=load_predictor, describe=describe,
 ))
-
-
-def run_finetune(config: FinetuneConfig, out: str | Path | None = None, overwrite: bool = False,
-                 resume: bool = False, argv: Sequence[str] | None = None) -> RunResult:
-    """Train on train, pick the best checkpoint on validation, score every evaluation
-    split with it, and write a complete run directory. With ``resume``, continue the
-    run in ``out`` from its last complete checkpoint."""
-    return run_task(TASK, config, out=out, overwrite=overwrite, resume=resume, argv=argv)
 
 
 def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir: Path,

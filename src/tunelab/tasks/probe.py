@@ -22,10 +22,10 @@ from tunelab.classifiers import (
     load_classifier,
     save_classifier,
 )
-from tunelab.config import DataConfig, ImageDecodingConfig, RuntimeConfig, TrackingConfig, setting
+from tunelab.config import ImageDecodingConfig, TaskConfig, setting
 from tunelab.evaluation import ClassScores, evaluate_split
 from tunelab.features import FeatureCache, FeatureConfig, cached_features
-from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
+from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.registry import Task, register_task
 
 logger = logging.getLogger(__name__)
@@ -34,18 +34,21 @@ COMMAND = "probe"
 
 
 @dataclasses.dataclass
-class ProbeConfig:
+class ProbeConfig(TaskConfig):
     """Everything that determines a probe run; saved as the run's config.yaml."""
 
     model: str = setting("distilbert-base-uncased", "hub id, local directory, or the alias minilm (CLIP models "
                          "probe image data)", flag="--model", metavar="M")
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
     images: ImageDecodingConfig = dataclasses.field(default_factory=ImageDecodingConfig)  # image datasets only
-    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
-    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = setting(42, "seed of sampling caps, made splits and the classifier", flag="--seed")
+
+
+def describe(metrics: dict) -> str:
+    task = metrics.get("task", {})
+    pooling = task.get("features", {}).get("pooling")
+    return ", ".join(x for x in (f"{pooling} pooling" if pooling else "image features",
+                                 task.get("classifier", {}).get("kind", "")) if x)
 
 
 def prepare(config: ProbeConfig) -> Prepared:
@@ -165,23 +168,9 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     return predict
 
 
-def describe(metrics: dict) -> str:
-    task = metrics.get("task", {})
-    pooling = task.get("features", {}).get("pooling")
-    return ", ".join(x for x in (f"{pooling} pooling" if pooling else "image features",
-                                 task.get("classifier", {}).get("kind", "")) if x)
-
-
 TASK = register_task(Task(
     name=COMMAND, config_class=ProbeConfig, prepare=prepare, execute=execute,
     summary="frozen encoder features + a classical classifier",
     description="Frozen-feature probe: encoder features (cached) + SVC or logistic regression.",
     load_predictor=load_predictor, describe=describe,
 ))
-
-
-def run_probe(config: ProbeConfig, out: str | Path | None = None, overwrite: bool = False,
-              argv: Sequence[str] | None = None) -> RunResult:
-    """Extract (or reuse cached) features, fit the classifier on train, score every
-    evaluation split, and write a complete run directory."""
-    return run_task(TASK, config, out=out, overwrite=overwrite, argv=argv)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
-from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig, TrackingConfig, setting
+from tunelab.config import ImageLoadingConfig, TaskConfig, setting
 from tunelab.data.images import ClipPreprocess, image_loader
 from tunelab.errors import DataError
 from tunelab.evaluation import ScoreAccumulator, evaluate_split
-from tunelab.lifecycle import Outcome, Prepared, RunContext, RunResult, recorded_model, run_task, throughput
+from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.models import count_parameters
 from tunelab.registry import Task, register_task
 
@@ -28,17 +27,18 @@ COMMAND = "zeroshot"
 
 
 @dataclasses.dataclass
-class ZeroshotConfig:
+class ZeroshotConfig(TaskConfig):
     model: str = setting("openai/clip-vit-base-patch16", "a CLIP hub id or local directory", flag="--model",
                          metavar="M")
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     templates: str = setting("simple", "prompts: simple ('a photo of a {}'), ensemble (CLIP's 80 ImageNet "
                              "prompts, averaged per class), or a file of templates", flag="--templates",
                              metavar="simple|ensemble|FILE")
     images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)
-    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
-    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = setting(42, "seed of caps and made splits", flag="--seed")
+
+
+def describe(metrics: dict) -> str:
+    templates = metrics.get("task", {}).get("templates", {})
+    return f"{templates.get('spec', '?')} prompts ({templates.get('count', '?')})"
 
 
 def prepare(config: ZeroshotConfig) -> Prepared:
@@ -125,19 +125,9 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
                            config.images.batch_size)
 
 
-def describe(metrics: dict) -> str:
-    templates = metrics.get("task", {}).get("templates", {})
-    return f"{templates.get('spec', '?')} prompts ({templates.get('count', '?')})"
-
-
 TASK = register_task(Task(
     name=COMMAND, config_class=ZeroshotConfig, prepare=prepare, execute=execute,
     summary="CLIP zero-shot image classification",
     description="CLIP zero-shot: class prompts against images, no training.",
     load_predictor=load_predictor, describe=describe,
 ))
-
-
-def run_zeroshot(config: ZeroshotConfig, out: str | Path | None = None, overwrite: bool = False,
-                 argv: Sequence[str] | None = None) -> RunResult:
-    return run_task(TASK, config, out=out, overwrite=overwrite, argv=argv)
