@@ -419,3 +419,20 @@ def test_top_k_loss_is_exact_with_every_class_and_bounded_with_the_top_k():
     top = np.sort(many, axis=1)[:, ::-1][:, :5]
     lowest = top[:, -1] - np.log(np.exp(top).sum(1))
     assert top_k_nll(kept, labels) == pytest.approx(-lowest.mean())
+
+
+def test_every_command_in_the_readme_parses():
+    """The README's examples are the documented interface: each must parse."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [line for line in lines if line.startswith("tunelab ")]
+    commands += [line.split(" -m tunelab ", 1)[1] and "tunelab " + line.split(" -m tunelab ", 1)[1]
+                 for line in lines if " -m tunelab " in line]
+    assert len(commands) >= 10
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])

@@ -118,6 +118,12 @@ def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int
 
     Each class is shuffled and cut at the same fractions, so every part keeps the
     class balance. Indices inside a part are returned sorted (original order).
+
+    Why not scikit-learn's ``StratifiedShuffleSplit`` / ``train_test_split``: they
+    split two ways only, allocate each class's share by randomised rounding over the
+    whole split (a class of 3 can land wholly in one part), and refuse classes with
+    one example; cutting each class at the same fractions keeps every part's class
+    balance exact and makes the three-way 80/10/10 split in one pass.
     """
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
@@ -135,6 +141,7 @@ def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int
 
 def stratified_subsample(labels: np.ndarray, n: int, seed: int, keep_every_class: bool = False) -> np.ndarray:
     """At most ``n`` indices, class proportions kept (largest remainders), seeded.
+    (scikit-learn's splitters cannot promise one example per class; see above.)
 
     With ``keep_every_class`` each class present keeps at least one example (taken from
     the classes with the most places), so a capped training split never loses a class
