@@ -130,7 +130,7 @@ def _word_vote_task():
             data = dataset.splits[split]
             scores = ClassScores.from_full(scores_for(counts, data.texts, prepared.config.smoothing), "log_score")
             splits[split], reports[split] = evaluate_split(run, split, dataset.class_names, data.labels, scores,
-                                                           data.ids, ("text", data.texts))
+                                                           data.ids, data.inputs.columns())
         return Outcome(splits=splits, reports=reports, params={"total": 0, "trainable": 0},
                        seconds={"train": 0.0, "eval": 0.0},
                        throughput={"train_samples_per_s": None, "eval_samples_per_s": None},

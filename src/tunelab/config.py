@@ -67,7 +67,7 @@ def check_settings(config: Any, prefix: str) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         choices = field.metadata.get("choices")
-        if choices:
+        if choices and not (value is None and type(None) in typing.get_args(hints[field.name])):
             check_choice(prefix + field.name, value, choices)
         if isinstance(value, int) and not isinstance(value, bool) and float in _number_types(hints[field.name]):
             setattr(config, field.name, float(value))
@@ -80,16 +80,39 @@ def _number_types(tp: Any) -> tuple:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Where the examples come from and how much of them to use."""
+    """Where the examples come from, what shape they have, and how much of them to use."""
 
-    dataset: str = setting("", "rotten_tomatoes, tiny_imagenet, or a local file or folder",
+    dataset: str = setting("", "rotten_tomatoes, tiny_imagenet, a hub dataset id, or a local file or folder",
                            flag="--dataset", metavar="D")
+    dataset_config: str | None = setting(None, "the dataset's configuration (e.g. mrpc of glue)",
+                                         flag="--dataset-config", metavar="NAME")
+    train_split: str | None = setting(None, "split to train on (default: train)", flag="--train-split",
+                                      metavar="NAME")
+    validation_split: str | None = setting(None, "split that picks checkpoints and settings (default: validation, "
+                                           "else dev or val)", flag="--validation-split", metavar="NAME")
+    test_split: str | None = setting(None, "held-out split (default: test)", flag="--test-split", metavar="NAME")
     text_column: str | None = setting(None, "text column (default: text, or the one usual alternative present)",
                                       flag="--text-column", metavar="COLUMN")
+    text_pair_column: str | None = setting(None, "second text of sentence pairs (default: none, or the usual "
+                                           "pair present, e.g. sentence1/sentence2)", flag="--text-pair-column",
+                                           metavar="COLUMN")
+    pair_encoding: str | None = setting(None, "sentence pairs: cross (the two texts encoded jointly) or bi (each "
+                                        "on its own; default)", flag="--pair-encoding", choices=("cross", "bi"))
     label_column: str | None = setting(None, "label column (default: label, or the one usual alternative present)",
                                        flag="--label-column", metavar="COLUMN")
+    problem: str | None = setting(None, "single-label, multi-label or regression (default: detected from the "
+                                  "labels)", flag="--problem", choices=("single-label", "multi-label", "regression"))
+    label_separator: str | None = setting(None, "multi-label: the separator inside a label cell (e.g. ';')",
+                                          flag="--label-separator", metavar="SEP")
     positive_label: str | None = setting(None, "two classes: the class scored as positive (default: the second)",
                                          flag="--positive-label", metavar="LABEL")
+    class_weight: str | None = setting(None, "balanced: weigh classes inversely to their frequency (probe: the "
+                                       "classifier; finetune: the loss)", flag="--class-weight",
+                                       choices=("balanced",))
+    threshold: str = setting("0.5", "multi-label: the probability above which a label is predicted, or tune "
+                             "(chosen on validation)", flag="--threshold", metavar="P|tune")
+    shots: int | None = setting(None, "K training examples per class, seeded (learning curves)", flag="--shots",
+                                metavar="K")
     max_train_samples: int | None = setting(None, "cap the train split (stratified, seeded; every class kept)",
                                             flag="--max-train-samples", metavar="N")
     max_eval_samples: int | None = setting(None, "cap each evaluation split (stratified, seeded)",
@@ -98,10 +121,23 @@ class DataConfig:
                                        flag="--splits", metavar="SPLIT[,SPLIT]")
 
     def __post_init__(self) -> None:
-        check_positive("data.max_train_samples", self.max_train_samples, allow_none=True)
-        check_positive("data.max_eval_samples", self.max_eval_samples, allow_none=True)
+        check_settings(self, "data.")
+        for key in ("max_train_samples", "max_eval_samples", "shots"):
+            check_positive(f"data.{key}", getattr(self, key), allow_none=True)
+        if self.threshold != "tune":
+            try:
+                value = float(self.threshold)
+            except ValueError:
+                raise ConfigError(f"data.threshold={self.threshold!r} must be a probability or tune") from None
+            if not 0 < value < 1:
+                raise ConfigError(f"data.threshold={self.threshold!r} must be between 0 and 1")
         if isinstance(self.splits, str):
             self.splits = [s.strip() for s in self.splits.split(",") if s.strip()]
+
+    @property
+    def split_names(self) -> dict[str, str | None]:
+        """The dataset's own names for tunelab's train / validation / test splits."""
+        return {"train": self.train_split, "validation": self.validation_split, "test": self.test_split}
 
 
 @dataclasses.dataclass

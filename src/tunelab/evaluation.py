@@ -8,7 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunelab.metrics import classification_metrics, confusion, text_report, top_confused_pairs
+from tunelab.metrics import (
+    classification_metrics,
+    confusion,
+    multilabel_metrics,
+    regression_metrics,
+    text_report,
+    top_confused_pairs,
+)
 from tunelab.runs import RunDirectory
 
 # Per-class score columns in predictions CSVs up to this many classes; beyond, top-5.
@@ -88,16 +95,42 @@ class ScoreAccumulator:
                            self.top_scores[keep], full, self.kind)
 
 
+@dataclasses.dataclass
+class LabelScores:
+    """Multi-label predictions: a score per label (probabilities, or decision values whose
+    threshold is 0), and the labels at or above the threshold."""
+
+    scores: np.ndarray  # (n, classes)
+    threshold: float = 0.5
+    kind: str = "probability"  # probability | decision
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores >= self.threshold
+
+
+@dataclasses.dataclass
+class ValueScores:
+    """Regression predictions: one number per example."""
+
+    values: np.ndarray  # (n,)
+    kind: str = "value"
+
+
+def label_set_text(row: np.ndarray, names: Sequence[str]) -> str:
+    return "; ".join(names[i] for i in np.flatnonzero(row))
+
+
 def prediction_columns(
     ids: Sequence[str],
-    inputs: tuple[str, Sequence[str]],
+    inputs: dict[str, Sequence],
     class_names: Sequence[str],
     scores: ClassScores,
     y_true: np.ndarray | None = None,
 ) -> dict[str, list]:
     """Rows of a predictions table: id, the input, label and prediction as class names, scores."""
     names = np.asarray(class_names, dtype=object)
-    columns: dict[str, list] = {"id": list(ids), inputs[0]: list(inputs[1])}
+    columns: dict[str, list] = {"id": list(ids), **{k: list(v) for k, v in inputs.items()}}
     if y_true is not None:
         columns["label"] = names[y_true].tolist()
     columns["prediction"] = names[scores.predicted].tolist()
@@ -110,16 +143,49 @@ def prediction_columns(
     return columns
 
 
+def split_metrics(y_true: np.ndarray, scores, num_classes: int) -> dict:
+    """The one metrics function of every task and problem: classification, multi-label or
+    regression metrics, by the kind of predictions."""
+    if isinstance(scores, ValueScores):
+        return regression_metrics(y_true, scores.values)
+    if isinstance(scores, LabelScores):
+        return multilabel_metrics(y_true, scores.predicted, scores.scores)
+    return classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
+
+
 def evaluate_split(
     run: RunDirectory,
     split: str,
     class_names: Sequence[str],
     y_true: np.ndarray,
-    scores: ClassScores,
+    scores,
     ids: Sequence[str],
-    inputs: tuple[str, Sequence[str]],
+    inputs: dict[str, Sequence],
 ) -> tuple[dict, str]:
-    """Write the split's predictions and confusion matrix; return (metrics, text report)."""
+    """Score one split and write its predictions table and its picture (confusion matrix,
+    or predicted-vs-gold scatter plot); return (metrics, text report). ``scores`` is a
+    ClassScores, LabelScores or ValueScores; ``inputs`` the input columns (text, pair, file)."""
+    if isinstance(scores, ValueScores):
+        columns = {"id": list(ids), **{k: list(v) for k, v in inputs.items()}, "label": y_true.tolist(),
+                   "prediction": scores.values.tolist()}
+        run.write_predictions(split, columns)
+        run.write_scatter(split, y_true, scores.values)
+        metrics = split_metrics(y_true, scores, 0)
+        return metrics, "\n".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k != "n")
+    if isinstance(scores, LabelScores):
+        columns = {"id": list(ids), **{k: list(v) for k, v in inputs.items()},
+                   "label": [label_set_text(r, class_names) for r in y_true],
+                   "prediction": [label_set_text(r, class_names) for r in scores.predicted]}
+        if len(class_names) <= MAX_SCORE_COLUMNS:
+            for index, name in enumerate(class_names):
+                columns[f"{scores.kind}_{name}"] = scores.scores[:, index].tolist()
+        else:
+            top = np.argsort(-scores.scores, axis=1)[:, :TOP_K]
+            columns["top5"] = [" | ".join(class_names[i] for i in row) for row in top]
+        run.write_predictions(split, columns)
+        return split_metrics(y_true, scores, len(class_names)), text_report(y_true.astype(int),
+                                                                            scores.predicted.astype(int),
+                                                                            class_names)
     num_classes = len(class_names)
     metrics = classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
     run.write_predictions(split, prediction_columns(ids, inputs, class_names, scores, y_true))

@@ -98,3 +98,60 @@ def text_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[st
         digits=4,
         zero_division=0,
     )
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | int]:
+    """Pearson and Spearman correlations, MSE, MAE and R^2 of predicted against gold values."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    constant = len(y_true) < 2 or np.ptp(y_true) == 0 or np.ptp(y_pred) == 0
+    return {
+        "pearson": 0.0 if constant else float(pearsonr(y_true, y_pred)[0]),
+        "spearman": 0.0 if constant else float(spearmanr(y_true, y_pred)[0]),
+        "mse": float(mean_squared_error(y_true, y_pred)) if len(y_true) else 0.0,
+        "mae": float(mean_absolute_error(y_true, y_pred)) if len(y_true) else 0.0,
+        "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else 0.0,
+        "n": int(len(y_true)),
+    }
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray | None = None
+                       ) -> dict[str, float | int]:
+    """Micro, macro and samples F1, subset accuracy, Hamming loss, and the mean average
+    precision of ``scores`` over the labels present in the split."""
+    from sklearn.metrics import average_precision_score, f1_score, hamming_loss
+
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = np.asarray(y_pred).astype(int)
+    present = np.flatnonzero(y_true.sum(0) > 0)
+    result: dict[str, float | int] = {
+        "f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(y_true[:, present], y_pred[:, present], average="macro", zero_division=0))
+        if len(present) else 0.0,
+        "f1_samples": float(f1_score(y_true, y_pred, average="samples", zero_division=0)),
+        "subset_accuracy": float(np.mean((y_true == y_pred).all(1))) if len(y_true) else 0.0,
+        "hamming_loss": float(hamming_loss(y_true, y_pred)) if len(y_true) else 0.0,
+        "classes_present": int(len(present)),
+        "n": int(len(y_true)),
+    }
+    if scores is not None and len(present):
+        result["mean_average_precision"] = float(average_precision_score(y_true[:, present], scores[:, present],
+                                                                         average="macro"))
+    return result
+
+
+# The metric that summarises a run of each problem: reports, studies and best checkpoints.
+HEADLINE = {"single-label": "accuracy", "multi-label": "f1_micro", "regression": "spearman"}
+# Metrics where less is better.
+LOWER_IS_BETTER = frozenset({"loss", "mse", "mae", "hamming_loss"})
+
+
+def headline_metric(values: dict) -> str:
+    """The headline metric of one split's metrics, whatever the problem."""
+    for name in ("accuracy", "f1_micro", "spearman"):
+        if name in values:
+            return name
+    return next(iter(k for k in values if k != "n"))

@@ -267,6 +267,10 @@ class RunDirectory:
         if len(class_names) <= MAX_CLASSES_FOR_PICTURE:
             atomic_write_bytes(self.path / f"confusion_{split}.png", _confusion_png(matrix, class_names, split))
 
+    def write_scatter(self, split: str, gold: np.ndarray, predicted: np.ndarray) -> None:
+        """Regression: predicted against gold values, where classification has a confusion matrix."""
+        atomic_write_bytes(self.path / f"scatter_{split}.png", _scatter_png(gold, predicted, split))
+
     # ------------------------------------------------------------------ tracking
 
     def tracker(self, run_name: str, config: Mapping[str, Any], tracking: TrackingConfig) -> Tracker:
@@ -336,6 +340,27 @@ def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -
             ax.text(p, t, str(count), ha="center", va="center",
                     color="white" if count > threshold else "black", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _scatter_png(gold: np.ndarray, predicted: np.ndarray, split: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.scatter(gold, predicted, s=6, alpha=0.4)
+    low = float(min(np.min(gold), np.min(predicted))) if len(gold) else 0.0
+    high = float(max(np.max(gold), np.max(predicted))) if len(gold) else 1.0
+    ax.plot([low, high], [low, high], color="grey", linewidth=1)
+    ax.set_xlabel("gold")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"predicted vs gold: {split}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -227,10 +227,10 @@ def _read(source: sources.DatasetSource, cfg: DataConfig, flat_split: str) -> _R
         return read_tiny_imagenet(path)
     if source.format == "image-folder":
         return read_image_folder(path, flat_split)
-    if source.format in ("hf-disk", "hub"):
+    if source.format in ("hf-disk", "hf-repo", "hub"):
         hint = "set TUNELAB_DATA_DIR to a folder that holds tiny-imagenet-200/, or pass a local path"
-        name = path.name if source.format == "hf-disk" else source.location
-        return read_hf_images(load_hf_dataset(source, hint), cfg, name)
+        name = path.name if source.format != "hub" else source.location
+        return read_hf_images(load_hf_dataset(source, hint, cfg.dataset_config), cfg, name)
     raise DataError(f"{source.spec} is a {source.format} dataset; this command needs images")
 
 

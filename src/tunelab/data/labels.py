@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,14 +11,18 @@ import numpy as np
 
 from tunelab.errors import DataError
 
+PROBLEMS = ("single-label", "multi-label", "regression")
+
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """The classes of a task. Index order follows sorted label values; the positive
-    class of a binary task is index 1."""
+    """The targets of a task. For classes (single- or multi-label) index order follows
+    sorted label values, and the positive class of a binary task is index 1; a
+    regression task has no classes."""
 
     names: tuple[str, ...]  # human-readable class names, by index
     values: tuple[str, ...]  # the raw label values as text, by index
+    problem: str = "single-label"  # single-label | multi-label | regression
 
     @property
     def num_classes(self) -> int:
@@ -113,6 +118,115 @@ def describe_rows(rows: Sequence[int]) -> str:
     return _rows(rows)
 
 
+# --------------------------------------------------------------------------- label shapes
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def infer_problem(values: Sequence[object], requested: str | None, separator: str | None, source: str) -> str:
+    """The problem the labels describe: lists (or a separator) mean multi-label; numbers
+    that are not all whole mean regression; anything else names classes."""
+    lists = [_is_list(v) for v in values if v is not None]
+    if any(lists) and not all(lists):
+        raise DataError(f"{source}: the label column mixes lists and single values; use one form "
+                        "(a list per row for multi-label data)")
+    detected = "single-label"
+    if (lists and all(lists)) or separator:
+        detected = "multi-label"
+    elif values and all(_is_real_number(v) for v in values if v is not None) \
+            and not all(_is_whole_number(v) for v in values if v is not None):
+        detected = "regression"
+    if requested is None:
+        return detected
+    if requested == "single-label" and detected == "multi-label" and not separator:
+        raise DataError(f"{source}: the labels are lists; use --problem multi-label")
+    return requested
+
+
+def _is_real_number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return bool(np.isfinite(value))
+    return isinstance(value, str) and bool(_NUMBER.match(value.strip()))
+
+
+def _is_whole_number(value: object) -> bool:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return True
+    if isinstance(value, (float, np.floating)):
+        return float(value).is_integer()
+    return isinstance(value, str) and bool(_INTEGER.match(value.strip()))
+
+
+def regression_targets(values: Sequence[object], split: str, source: str, ids: Sequence[str]) -> np.ndarray:
+    """Numeric targets, or a one-line error naming the rows that are not numbers."""
+    bad = [i for i, v in enumerate(values) if v is None or not _is_real_number(v)]
+    if bad:
+        shown = ", ".join(repr(values[i]) for i in bad[:3])
+        raise DataError(f"{source}: {len(bad)} {split} rows have a target that is not a finite number ({shown}; "
+                        f"rows {_rows([ids[i] for i in bad])}); regression needs numbers")
+    return np.asarray([float(v) for v in values], dtype=np.float64)
+
+
+def label_sets(values: Sequence[object], separator: str | None) -> list[list[object]]:
+    """Multi-label cells as lists: lists stay lists, strings split at ``separator``."""
+    out = []
+    for value in values:
+        if _is_list(value):
+            out.append([v for v in value if v is not None and str(v).strip() != ""])
+        elif isinstance(value, str) and separator:
+            out.append([part.strip() for part in value.split(separator) if part.strip()])
+        else:
+            out.append([value])
+    return out
+
+
+def build_multilabel_space(train_sets: Sequence[Sequence[object]], names: dict[str, str] | None = None) -> LabelSpace:
+    distinct = sorted({v for labels in train_sets for v in labels}, key=_sort_key)
+    values = [label_text(v) for v in distinct]
+    if len(values) < 2:
+        raise DataError(f"the training data has {len(values)} distinct label; multi-label needs at least two")
+    return LabelSpace(tuple((names or {}).get(v, v) for v in values), tuple(values), "multi-label")
+
+
+def encode_label_sets(sets: Sequence[Sequence[object]], space: LabelSpace, split: str, source: str,
+                      ids: Sequence[str]) -> np.ndarray:
+    """(n, classes) 0/1 indicators; labels the training data lacks fail with their rows."""
+    index = space.index_of()
+    matrix = np.zeros((len(sets), len(space.values)), dtype=np.float32)
+    unknown: list[int] = []
+    for row, labels in enumerate(sets):
+        for value in labels:
+            i = index.get(label_text(value))
+            if i is None:
+                unknown.append(row)
+            else:
+                matrix[row, i] = 1.0
+    if unknown:
+        shown = sorted({label_text(v) for r in unknown for v in sets[r] if label_text(v) not in index})[:5]
+        raise DataError(f"{source}: {len(set(unknown))} {split} rows have labels that the training data lacks "
+                        f"({', '.join(map(repr, shown))}; rows {_rows([ids[r] for r in sorted(set(unknown))])})")
+    return matrix
+
+
+def strata(labels: np.ndarray) -> np.ndarray:
+    """What splitting stratifies on: class indices; for multi-label rows their first label
+    (rows with none form a group); for regression targets their decile."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return np.where(labels.any(1), labels.argmax(1), -1)
+    if labels.dtype.kind == "f":
+        ranks = np.argsort(np.argsort(labels, kind="stable"), kind="stable")
+        return (ranks * 10 // max(len(labels), 1)).astype(np.int64)
+    return labels
+
+
 def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split ``range(len(labels))`` into parts of the given fractions, per class, seeded.
 
@@ -190,6 +304,10 @@ class LabelledData:
     def class_names(self) -> list[str]:
         return list(self.label_space.names)
 
+    @property
+    def problem(self) -> str:
+        return self.label_space.problem
+
     def eval_split_names(self, requested: Sequence[str] | None = None) -> list[str]:
         if requested:
             missing = [s for s in requested if s not in self.splits]
@@ -205,7 +323,7 @@ def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
     notes = []
     if "all" in splits:
         whole = splits.pop("all")
-        parts = stratified_indices(whole.labels, SINGLE_FILE_FRACTIONS, seed)
+        parts = stratified_indices(strata(whole.labels), SINGLE_FILE_FRACTIONS, seed)
         splits.update({name: whole.subset(idx) for name, idx in zip(("train", "validation", "test"), parts)})
         notes.append(f"split the single file 80/10/10 into train/validation/test (stratified, seed {seed})")
         return splits, notes
@@ -213,7 +331,7 @@ def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
     if missing:
         train = splits["train"]
         fractions = [1.0 - SPLIT_FRACTION * len(missing)] + [SPLIT_FRACTION] * len(missing)
-        parts = stratified_indices(train.labels, fractions, seed)
+        parts = stratified_indices(strata(train.labels), fractions, seed)
         splits["train"] = train.subset(parts[0])
         for name, idx in zip(missing, parts[1:]):
             splits[name] = train.subset(idx)
@@ -228,11 +346,41 @@ def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | No
     for name, split in splits.items():
         cap = max_train if name == "train" else max_eval
         if cap is not None and cap < len(split):
-            capped[name] = split.subset(stratified_subsample(split.labels, cap, seed,
-                                                             keep_every_class=name == "train"))
+            single = np.asarray(split.labels).ndim == 1 and np.asarray(split.labels).dtype.kind in "iu"
+            capped[name] = split.subset(stratified_subsample(strata(split.labels), cap, seed,
+                                                             keep_every_class=name == "train" and single))
             notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {seed})")
         else:
             capped[name] = split
     return capped
 
 
+
+
+def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: list[str],
+                class_names: Sequence[str] = ()) -> dict[str, Any]:
+    """``shots`` training examples per class, seeded (all of a class that has fewer, and a
+    note says so). Validation and test were made before, so they never hold a chosen
+    example."""
+    if shots is None:
+        return splits
+    train = splits["train"]
+    groups = strata(train.labels)
+    if np.asarray(train.labels).dtype.kind == "f" and np.asarray(train.labels).ndim == 1:
+        raise DataError("--shots samples K examples per class, and a regression task has no classes; "
+                        "use --max-train-samples")
+    rng = np.random.default_rng(seed)
+    chosen, short = [], []
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        if len(members) < shots:
+            short.append((int(group), len(members)))
+        chosen.append(members[rng.permutation(len(members))[:shots]])
+    splits = dict(splits)
+    splits["train"] = train.subset(np.sort(np.concatenate(chosen)))
+    notes.append(f"sampled {shots} training examples per class (seed {seed}): {len(splits['train'])} in all")
+    if short:
+        notes.append("classes with fewer than --shots examples keep them all: "
+                     + ", ".join(f"{class_names[g] if 0 <= g < len(class_names) else g} ({n})"
+                                 for g, n in short[:10]))
+    return splits

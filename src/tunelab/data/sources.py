@@ -47,9 +47,10 @@ class DatasetSource:
     """A resolved dataset: its format and where to read it (a path or a hub id)."""
 
     spec: str  # as the user gave it
-    format: str  # rt-polarity | tiny-imagenet | image-folder | text-file | text-folder | hf-disk | hub
+    format: str  # rt-polarity | tiny-imagenet | image-folder | text-file | text-folder | hf-disk | hf-repo | hub
     location: str
     known: KnownDataset | None = None
+    config: str | None = None  # a hub dataset's configuration (glue: mrpc, ...)
 
     @property
     def is_local(self) -> bool:
@@ -59,11 +60,13 @@ class DatasetSource:
         """Changes whenever a data file changes (local data), or names the hub dataset."""
         from tunelab.provenance import files_fingerprint
 
-        return files_fingerprint(Path(self.location)) if self.is_local else f"hub:{self.location}"
+        suffix = f"/{self.config}" if self.config else ""
+        return files_fingerprint(Path(self.location)) + suffix if self.is_local else f"hub:{self.location}{suffix}"
 
     def record(self) -> dict:
         location = str(Path(self.location).resolve()) if self.is_local else self.location
-        return {"name": self.spec, "location": location, "format": self.format, "fingerprint": self.fingerprint()}
+        return {"name": self.spec, "location": location, "format": self.format, "config": self.config,
+                "fingerprint": self.fingerprint()}
 
 
 def data_dir() -> Path | None:
@@ -105,6 +108,8 @@ def detect_format(path: Path) -> str:
         return "tiny-imagenet"
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         return "hf-disk"
+    if _declares_configs(path / "README.md"):
+        return "hf-repo"
     files = [p for p in path.iterdir() if p.is_file()]
     if any(p.suffix.lower() in TEXT_FILE_SUFFIXES and split_name_of(p.stem) for p in files):
         return "text-folder"
@@ -123,6 +128,26 @@ def detect_format(path: Path) -> str:
     )
 
 
+def _declares_configs(readme: Path) -> bool:
+    """A dataset repository's card declares its configurations and data files in YAML."""
+    if not readme.is_file():
+        return False
+    import yaml
+
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return False
+    try:
+        front = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return False
+    return isinstance(front, dict) and "configs" in front
+
+
+# A hub dataset id: a name, or an owner and a name.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
 def _holds_images(folder: Path) -> bool:
     for p in folder.rglob("*"):
         if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -130,8 +155,9 @@ def _holds_images(folder: Path) -> bool:
     return False
 
 
-def resolve_dataset(spec: str) -> DatasetSource:
-    """A known name (looked up under TUNELAB_DATA_DIR, else the hub) or a local path."""
+def resolve_dataset(spec: str, config: str | None = None) -> DatasetSource:
+    """A known name (looked up under TUNELAB_DATA_DIR, else the hub), a local path, or a
+    hub dataset id (``imdb``, ``glue`` with ``config`` mrpc, ``user/name``)."""
     if not spec:
         raise DataError("no dataset given; pass --dataset NAME_OR_PATH")
     known = KNOWN_DATASETS.get(spec)
@@ -146,30 +172,54 @@ def resolve_dataset(spec: str) -> DatasetSource:
                     except DataError:
                         continue
                     return DatasetSource(spec, fmt, str(candidate), known)
-        return DatasetSource(spec, "hub", known.hub_id, known)
+        return DatasetSource(spec, "hub", known.hub_id, known, config)
     path = Path(spec).expanduser()
-    if not path.exists():
+    if path.exists():
+        fmt = detect_format(path)
+        if config and fmt not in ("hf-repo",):
+            if not (path / config).is_dir():
+                subfolders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+                raise DataError(f"{spec} has no configuration '{config}' (--dataset-config); "
+                                f"subfolders: {', '.join(subfolders) or 'none'}")
+            return DatasetSource(spec, detect_format(path / config), str(path / config), None, None)
+        return DatasetSource(spec, fmt, str(path), None, config)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep + os.sep in spec \
+        or Path(spec).suffix.lower() in TEXT_FILE_SUFFIXES
+    if looks_like_path or not HUB_ID.fullmatch(spec):
         known_names = ", ".join(KNOWN_DATASETS)
         raise DataError(
-            f"dataset '{spec}' not found: not a local file or folder, nor a known name ({known_names})"
+            f"dataset '{spec}' not found: not a local file or folder, a known name ({known_names}), "
+            "or a hub dataset id"
         )
-    return DatasetSource(spec, detect_format(path), str(path))
+    return DatasetSource(spec, "hub", spec, None, config)
 
-
-def load_hf_dataset(source: DatasetSource, hint: str):
-    """A dataset saved with ``save_to_disk`` or one on the hub, through the ``datasets``
-    library, with one-line errors; ``hint`` says how to do without the hub."""
+def load_hf_dataset(source: DatasetSource, hint: str, config: str | None = None):
+    """A dataset saved with ``save_to_disk``, a dataset repository (a local folder whose
+    card declares its configurations) or a hub dataset, through the ``datasets``
+    library, with one-line errors; ``hint`` says how to do without the hub. Hub and
+    repository datasets go through the one ``datasets.load_dataset`` call."""
+    config = config or source.config
     if source.format == "hf-disk":
         from datasets import load_from_disk
 
+        if config:
+            raise DataError(f"{source.location} is a saved dataset; it has no configurations (--dataset-config)")
         try:
             return load_from_disk(source.location)
         except Exception as exc:  # datasets raises many types for a broken folder
             raise DataError(f"cannot load the saved dataset at {source.location}: "
                             f"{str(exc).splitlines()[0]}") from None
-    from tunelab.hub import require_hub
+    if source.format == "hub":
+        from tunelab.hub import require_hub
 
-    require_hub(f"dataset '{source.spec}' ({source.location})", hint)
+        require_hub(f"dataset '{source.spec}' ({source.location})", hint)
     from datasets import load_dataset
 
-    return load_dataset(source.location)
+    from tunelab.features import cache_dir
+
+    try:
+        return load_dataset(source.location, name=config, cache_dir=str(cache_dir() / "datasets"))
+    except Exception as exc:  # unknown configuration, missing files, ...: one line
+        message = " ".join(str(exc).split())
+        raise DataError(f"cannot load dataset '{source.spec}'"
+                        + (f" (configuration '{config}')" if config else "") + f": {message[:300]}") from None

@@ -139,7 +139,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         skipped += [data.ids[row] for row in bad]
         kept = data.subset(accumulator.seen.nonzero()[0])
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, ("file", kept.ids))
+            run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, {"file": kept.ids})
     eval_seconds = time.perf_counter() - start
     _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates)
     run.write_json("history.json", trainer.state.log_history)

@@ -183,7 +183,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         scores = predict_scores(model, tokenizer, data.texts, config.train.eval_batch_size, max_length,
                                 context.device, config.runtime.precision)
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, scores, data.ids, ("text", data.texts))
+            run, split, dataset.class_names, data.labels, scores, data.ids, data.inputs.columns())
     eval_seconds = time.perf_counter() - start
     _save_model(model, tokenizer, run, config.train)
     run.write_json("history.json", trainer.state.log_history)

@@ -124,7 +124,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         data = dataset.splits[split]
         full, score_kind = class_scores(estimator, features[split], len(dataset.class_names))
         scores = ClassScores.from_full(full, score_kind, predicted=estimator.predict(features[split]))
-        inputs = ("file", data.ids) if images else ("text", data.texts)
+        inputs = {"file": data.ids} if images else data.inputs.columns()
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, data.labels, scores, data.ids, inputs)
     eval_seconds = time.perf_counter() - start

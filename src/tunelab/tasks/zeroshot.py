@@ -100,7 +100,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         images_seen += len(data)
         kept = data.subset(accumulator.seen.nonzero()[0])
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, ("file", kept.ids))
+            run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, {"file": kept.ids})
     if context.rank != 0:
         return None
     eval_seconds = time.perf_counter() - start
