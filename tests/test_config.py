@@ -7,10 +7,14 @@ from tunelab.tasks.probe import ProbeConfig
 
 
 def test_defaults_are_the_reference_settings():
+    from tunelab.classifiers import resolve_kind
+
     config = ProbeConfig()
     assert config.model == "distilbert-base-uncased"
-    assert config.features.pooling == "cls"
-    assert config.classifier.kind == "svc" and config.classifier.c == 1.0
+    assert config.features.pooling is None  # resolved from the data: cls, or mean for bi-encoded pairs
+    assert resolve_kind(config.classifier, "single-label").kind == "svc" and config.classifier.c == 1.0
+    assert resolve_kind(config.classifier, "multi-label").kind == "logreg"
+    assert resolve_kind(config.classifier, "regression").kind == "ridge"
 
 
 def test_unknown_key_is_named():

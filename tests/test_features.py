@@ -73,10 +73,37 @@ def test_cache_hit_and_key(tiny_bert_dir, tmp_path):
     second, hit2 = cached_features(extractor(tiny_bert_dir), TEXTS, "x", cache)
     assert (hit1, hit2) == (False, True)
     np.testing.assert_array_equal(first, second)
-    keys = {ex.cache_key(TEXTS), extractor(tiny_bert_dir, pooling="mean").cache_key(TEXTS),
-            extractor(tiny_bert_dir, max_length=8).cache_key(TEXTS), ex.cache_key(TEXTS[:-1])}
-    assert len(keys) == 4
+    keys = {ex.cache_key(TEXTS), extractor(tiny_bert_dir, max_length=8).cache_key(TEXTS), ex.cache_key(TEXTS[:-1])}
+    assert len(keys) == 3
+    # Every pooling comes from one forward pass and one cache entry.
+    assert extractor(tiny_bert_dir, pooling="mean").cache_key(TEXTS) == ex.cache_key(TEXTS)
+    mean, hit = cached_features(extractor(tiny_bert_dir, pooling="mean"), TEXTS, "x", cache)
+    assert hit is True
+    np.testing.assert_allclose(mean, extractor(tiny_bert_dir, pooling="mean").encode(TEXTS), atol=1e-6)
     assert not list(cache.root.glob("*.tmp"))
+
+
+def test_pairs_encode_jointly_with_segment_ids(tiny_bert_dir):
+    """cross: the tokenizer's pair input (token type ids marking the second text), equal to
+    encoding that one pair alone."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from tunelab.data.text import TextInputs
+    from tunelab.features import pair_features
+
+    inputs = TextInputs(TEXTS[:3], TEXTS[2:5])
+    joint = extractor(tiny_bert_dir, pooling="cls", batch_size=2).encode(inputs)
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    with torch.no_grad():
+        enc = tok(TEXTS[1], TEXTS[3], return_tensors="pt")
+        want = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state[0, 0]
+    np.testing.assert_allclose(joint[1], want.numpy(), atol=1e-5)
+    bi, _ = pair_features(extractor(tiny_bert_dir, pooling="mean"), inputs, "bi", "x", None)
+    u = extractor(tiny_bert_dir, pooling="mean").encode(TEXTS[:3])
+    v = extractor(tiny_bert_dir, pooling="mean").encode(TEXTS[2:5])
+    np.testing.assert_allclose(bi, np.concatenate([u, v, np.abs(u - v), u * v], axis=1), atol=1e-6)
 
 
 def test_padding_and_batches():

@@ -437,7 +437,7 @@ def test_only_split_file_names_are_splits(tmp_path):
 def test_unusable_feature_rows_are_recorded(tiny_bert_dir, topic_folder, tmp_path, monkeypatch):
     from tunelab.features import TextFeatureExtractor
 
-    encode = TextFeatureExtractor.encode
+    encode = TextFeatureExtractor.encode_all
 
     def with_a_nan_row(self, texts, desc="features"):
         vectors = encode(self, texts, desc)
@@ -445,7 +445,7 @@ def test_unusable_feature_rows_are_recorded(tiny_bert_dir, topic_folder, tmp_pat
             vectors[0] = np.nan
         return vectors
 
-    monkeypatch.setattr(TextFeatureExtractor, "encode", with_a_nan_row)
+    monkeypatch.setattr(TextFeatureExtractor, "encode_all", with_a_nan_row)
     out = tmp_path / "nan"
     assert main([str(a) for a in probe_args(tiny_bert_dir, topic_folder, out, "--no-cache")]) == 0
     metrics = metrics_of(out)

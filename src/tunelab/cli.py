@@ -136,13 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--num-labels", type=int, help="text models: add a classification head of N classes")
     info.set_defaults(handler=_run_info)
 
-    predict = commands.add_parser("predict", help="classify new inputs with a finished run",
-                                  description="Classify texts with the model in a run directory.")
+    predict = commands.add_parser("predict", help="predict for new inputs with a finished run",
+                                  description="Predict for texts, sentence pairs or images with the model in a run "
+                                              "directory.")
     predict.add_argument("run_dir", metavar="DIR")
-    predict.add_argument("inputs", nargs="*", metavar="INPUT", help="texts to classify")
+    predict.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (or image files) to predict for")
+    predict.add_argument("--pair", nargs=2, action="append", default=[], metavar=("FIRST", "SECOND"),
+                         help="a sentence pair (repeatable)")
     predict.add_argument("--input", dest="input_file", metavar="FILE",
-                         help="CSV/JSONL/Parquet (column text) or .txt (one per line)")
-    predict.add_argument("--text-column", help="column of --input to read")
+                         help="CSV/TSV/JSONL/Parquet (column text; for pairs also the run's pair column) or .txt "
+                              "(one text per line)")
+    predict.add_argument("--text-column", help="column of --input to read (default: the run's, else text)")
+    predict.add_argument("--text-pair-column", help="second text column of --input (default: the run's)")
     predict.add_argument("--output", metavar="FILE.csv", help="write predictions here instead of printing")
     predict.set_defaults(handler=_run_predict)
     for sub in commands.choices.values():  # also accepted after the command
@@ -225,13 +230,17 @@ def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.predict import predict, read_inputs
+    from tunelab.predict import predict, read_inputs, run_pair_columns
     from tunelab.runs import atomic_write_bytes
 
-    inputs = list(args.inputs)
+    inputs: list = list(args.inputs) + [tuple(pair) for pair in args.pair]
     if args.input_file:
-        inputs += read_inputs(args.input_file, args.text_column)
+        text_column, pair_column = run_pair_columns(args.run_dir, args.input_file, args.text_column,
+                                                    args.text_pair_column)
+        read = read_inputs(args.input_file, text_column, pair_column)
+        inputs += list(zip(read.texts, read.pairs)) if hasattr(read, "pairs") else read
     predictions = predict(args.run_dir, inputs)
+    pairs = any(p.pair is not None for p in predictions)
     if args.output:
         import csv
         import io
@@ -239,14 +248,14 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["input", "prediction", predictions[0].score_kind])
+        writer.writerow(["input", *(["pair"] if pairs else []), "prediction", predictions[0].score_kind])
         for p in predictions:
-            writer.writerow([p.input, p.label, f"{p.score:.6g}"])
+            writer.writerow([p.input, *([p.pair] if pairs else []), p.label, f"{p.score:.6g}"])
         atomic_write_bytes(Path(args.output), buffer.getvalue().encode("utf-8"))
         print(f"wrote {len(predictions)} predictions to {args.output}")
     else:
         for p in predictions:
-            print(f"{p.label}\t{p.score:.4f}\t{p.input}")
+            print("\t".join([p.label, f"{p.score:.4f}", p.input, *([p.pair] if pairs else [])]))
     return 0
 
 

@@ -117,6 +117,26 @@ class ValueScores:
     kind: str = "value"
 
 
+THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+
+
+def choose_threshold(scores: LabelScores, y_true: np.ndarray, setting: str) -> tuple[float, dict]:
+    """The multi-label decision threshold: the configured probability, or with ``tune``
+    the one of THRESHOLD_GRID that maximises micro F1 on these (validation) scores.
+    Decision values (a linear SVC's) keep their natural threshold 0 unless tuned."""
+    from tunelab.metrics import multilabel_metrics
+
+    if setting != "tune":
+        value = float(setting) if scores.kind == "probability" else 0.0
+        return value, {"value": value, "tuned": False}
+    grid = THRESHOLD_GRID if scores.kind == "probability" else \
+        tuple(float(q) for q in np.quantile(scores.scores, np.linspace(0.05, 0.95, 19)))
+    results = {str(t): multilabel_metrics(y_true, scores.scores >= t)["f1_micro"] for t in grid}
+    best = max(grid, key=lambda t: (results[str(t)], -abs(t - 0.5)))
+    return float(best), {"value": float(best), "tuned": True, "metric": "f1_micro", "split": "validation",
+                         "scores": results}
+
+
 def label_set_text(row: np.ndarray, names: Sequence[str]) -> str:
     return "; ".join(names[i] for i in np.flatnonzero(row))
 

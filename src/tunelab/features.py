@@ -26,16 +26,18 @@ from tunelab.models import ModelSource, load_text_encoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# Bump when extraction changes in a way that alters the numbers.
-FEATURE_VERSION = 1
+# Bump when extraction changes in a way that alters the numbers (2: one entry holds every pooling).
+FEATURE_VERSION = 2
+POOLINGS = ("cls", "mean")
 
 
 @dataclasses.dataclass
 class FeatureConfig:
     """How frozen text features are computed."""
 
-    pooling: str = setting("cls", "cls: the first token's last hidden state; mean: the masked mean of every "
-                           "kept token", flag="--pooling", choices=("cls", "mean"))
+    pooling: str | None = setting(None, "cls: the first token's last hidden state; mean: the masked mean of every "
+                                  "kept token (default: cls, and mean for bi-encoded sentence pairs)",
+                                  flag="--pooling", choices=("cls", "mean"))
     max_length: int = setting(512, "tokens per text, capped by the model's own limit", flag="--max-length",
                               metavar="N")
     batch_size: int = setting(64, "texts per forward pass (sorted batches pad little, so larger is faster)",
@@ -89,16 +91,31 @@ class FeatureCache:
         atomic_write_bytes(self.root / f"{key}.json", json.dumps(meta, indent=1).encode("utf-8"))
 
 
-def text_digest(texts: Sequence[str]) -> str:
+def text_digest(texts) -> str:
+    """Identifies a list of texts, or the texts and second texts of pairs."""
     digest = hashlib.sha256()
-    for text in texts:
+    first, second = split_inputs(texts)
+    for text in first:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
+    if second is not None:
+        digest.update(b"\x01pairs\x01")
+        for text in second:
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\x00")
     return digest.hexdigest()
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int):
-    """Right-pad token id lists to the batch's longest; returns (ids, mask) tensors."""
+def split_inputs(inputs) -> tuple[list[str], list[str] | None]:
+    """(texts, second texts or None) of a list of texts or a TextInputs."""
+    if hasattr(inputs, "pairs"):
+        return list(inputs.texts), (list(inputs.pairs) if inputs.pairs is not None else None)
+    return list(inputs), None
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, types: Sequence[Sequence[int]] | None = None):
+    """Right-pad token id lists to the batch's longest; returns (ids, mask) tensors, and the
+    padded token type ids too when ``types`` are given."""
     import torch
 
     width = max(len(s) for s in sequences)
@@ -107,7 +124,12 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int):
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+    if types is None:
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+    type_ids = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(types):
+        type_ids[row, : len(seq)] = seq
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(type_ids)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -120,11 +142,27 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int, device):
-    """Yield (indices, input_ids, attention_mask) over length-sorted batches, on ``device``."""
+def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int, device,
+                          types: Sequence[Sequence[int]] | None = None):
+    """Yield (indices, model inputs) over length-sorted batches, on ``device``: input_ids,
+    attention_mask, and token_type_ids where ``types`` are given (sentence pairs)."""
     for batch in length_sorted_batches([len(s) for s in ids], batch_size):
-        input_ids, mask = pad_batch([ids[i] for i in batch], pad_id)
-        yield batch, input_ids.to(device), mask.to(device)
+        tensors = pad_batch([ids[i] for i in batch], pad_id, [types[i] for i in batch] if types else None)
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        yield batch, {name: tensor.to(device) for name, tensor in zip(names, tensors)}
+
+
+def tokenize_inputs(tokenizer, inputs, max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids of texts, or of sentence pairs encoded jointly (the tokenizer's pair input,
+    truncated longest first) with their token type ids; no padding."""
+    texts, pairs = split_inputs(inputs)
+    if pairs is None:
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                            return_attention_mask=False, return_token_type_ids=False)
+        return encoded["input_ids"], None
+    encoded = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length, padding=False,
+                        return_attention_mask=False)
+    return encoded["input_ids"], encoded.get("token_type_ids")
 
 
 def pool(hidden, mask, how: str):
@@ -176,11 +214,12 @@ class TextFeatureExtractor:
         positions = getattr(self.model.config, "max_position_embeddings", None) or limit
         return int(min(self.config.max_length, limit, positions))
 
-    def cache_key(self, texts: Sequence[str]) -> str:
+    def cache_key(self, texts) -> str:
+        """Every pooling is computed in the one forward pass and cached together, so the
+        key leaves the pooling out: probes that differ only in pooling share it."""
         parts = {
             "version": FEATURE_VERSION,
             "model": self.source.fingerprint(),
-            "pooling": self.config.pooling,
             "max_length": self.config.max_length,
             "precision": self.runtime.precision,
             "texts": text_digest(texts),
@@ -188,39 +227,40 @@ class TextFeatureExtractor:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
-    def cache_meta(self, texts: Sequence[str]) -> dict:
-        return {"model": self.source.name, "pooling": self.config.pooling, "max_length": self.config.max_length,
+    def cache_meta(self, texts) -> dict:
+        return {"model": self.source.name, "poolings": list(POOLINGS), "max_length": self.config.max_length,
                 "precision": self.runtime.precision, "n": len(texts)}
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        encoded = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        return encoded["input_ids"]
+    def tokenize(self, texts) -> list[list[int]]:
+        return tokenize_inputs(self.tokenizer, texts, self.max_length)[0]
 
-    def encode(self, texts: Sequence[str], desc: str = "features") -> np.ndarray:
-        """Vectors for ``texts`` in their original order, float32."""
+    def select(self, pooled: np.ndarray) -> np.ndarray:
+        """The configured pooling's vectors out of an (n, poolings, dim) array."""
+        return pooled[:, POOLINGS.index(self.config.pooling or "cls")]
+
+    def encode(self, texts, desc: str = "features") -> np.ndarray:
+        """Vectors for ``texts`` (or sentence pairs, encoded jointly) in their order, float32."""
+        return self.select(self.encode_all(texts, desc))
+
+    def encode_all(self, texts, desc: str = "features") -> np.ndarray:
+        """(n, poolings, dim): every pooling from one forward pass, in the inputs' order."""
         import torch
         from tqdm.auto import tqdm
 
-        if not texts:
-            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         model = self.model
-        ids = self.tokenize(texts)
+        if not len(texts):
+            return np.zeros((0, len(POOLINGS), model.config.hidden_size), dtype=np.float32)
+        ids, types = tokenize_inputs(self.tokenizer, texts, self.max_length)
         out: np.ndarray | None = None
         start = time.perf_counter()
         with torch.inference_mode(), tqdm(total=len(ids), desc=desc, unit="text", disable=None) as bar:
-            for batch, input_ids, mask in sorted_padded_batches(ids, self.config.batch_size,
-                                                                pad_token_id(self.tokenizer), self.device):
-                hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                vectors = pool(hidden.float(), mask, self.config.pooling).cpu().numpy()
+            for batch, inputs in sorted_padded_batches(ids, self.config.batch_size, pad_token_id(self.tokenizer),
+                                                       self.device, types):
+                hidden = model(**inputs).last_hidden_state.float()
+                pooled = torch.stack([pool(hidden, inputs["attention_mask"], how) for how in POOLINGS], dim=1)
+                vectors = pooled.cpu().numpy()
                 if out is None:
-                    out = np.empty((len(ids), vectors.shape[1]), dtype=np.float32)
+                    out = np.empty((len(ids), *vectors.shape[1:]), dtype=np.float32)
                 out[batch] = vectors
                 bar.update(len(batch))
         self.seconds += time.perf_counter() - start
@@ -235,8 +275,8 @@ def _take(inputs, rows: np.ndarray):
 
 def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None, rank: int = 0,
                     world: int = 1) -> tuple[np.ndarray | None, bool]:
-    """Features for ``inputs`` (texts, or an image split), from the cache when an
-    identical extraction ran before. Returns (features, came_from_cache).
+    """Features for ``inputs`` (texts, sentence pairs, or an image split), from the cache
+    when an identical extraction ran before. Returns (features, came_from_cache).
 
     Under torchrun each process encodes every world-th input and rank 0 gathers
     them; other ranks get None."""
@@ -249,20 +289,37 @@ def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None, ra
     if broadcast_object(hit is not None, rank, world):
         if rank == 0:
             logger.info("%s: %d feature vectors loaded from cache (%s)", desc, len(inputs), cache.path(key))
-        return hit, True
+        return (extractor.select(hit) if hit is not None else None), True
     if world > 1:
         rows = shard(len(inputs), rank, world)
-        parts = gather_to_zero((rows, extractor.encode(_take(inputs, rows), desc=desc)), rank, world)
+        parts = gather_to_zero((rows, extractor.encode_all(_take(inputs, rows), desc=desc)), rank, world)
         if rank != 0:
             return None, False
-        features = np.empty((len(inputs), parts[0][1].shape[1]), dtype=np.float32)
+        features = np.empty((len(inputs), *parts[0][1].shape[1:]), dtype=np.float32)
         for part_rows, part in parts:
             features[part_rows] = part
     else:
-        features = extractor.encode(inputs, desc=desc)
+        features = extractor.encode_all(inputs, desc=desc)
     if key is not None:
         cache.put(key, features, extractor.cache_meta(inputs))
-    return features, False
+    return extractor.select(features), False
+
+
+def pair_features(extractor, inputs, encoding: str, desc: str, cache: FeatureCache | None, rank: int = 0,
+                  world: int = 1) -> tuple[np.ndarray | None, bool]:
+    """Features of single texts, or of sentence pairs: ``cross`` encodes each pair jointly;
+    ``bi`` encodes each text on its own (cached per text list) and combines the two
+    vectors u, v into (u, v, |u - v|, u * v), as sentence-transformers' classifiers do."""
+    texts, pairs = split_inputs(inputs)
+    if pairs is None:
+        return cached_features(extractor, texts, desc, cache, rank, world)
+    if encoding == "cross":
+        return cached_features(extractor, inputs, desc, cache, rank, world)
+    u, hit_u = cached_features(extractor, texts, f"{desc} (first texts)", cache, rank, world)
+    v, hit_v = cached_features(extractor, pairs, f"{desc} (second texts)", cache, rank, world)
+    if u is None:
+        return None, hit_u and hit_v
+    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1), hit_u and hit_v
 
 
 class ImageFeatureExtractor:
@@ -294,6 +351,12 @@ class ImageFeatureExtractor:
     def load(self) -> None:
         """Load the CLIP model now, so that a model that cannot load fails first."""
         self.loaded  # noqa: B018
+
+    def select(self, features: np.ndarray) -> np.ndarray:
+        return features
+
+    def encode_all(self, split, desc: str = "features") -> np.ndarray:
+        return self.encode(split, desc)
 
     def cache_key(self, split) -> str:
         parts = {"version": FEATURE_VERSION, "kind": "clip-image", "model": self.source.fingerprint(),

@@ -100,16 +100,18 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
     seed_everything(config.seed)
-    prepared = task.prepare(config)  # data checked and model loaded before --out is touched
     from tunelab.config import dump_yaml
 
+    requested_yaml = dump_yaml(config, task.name)  # before the data fills in columns, problem, ...
+    prepared = task.prepare(config)  # data checked and model loaded before --out is touched
     config_yaml = dump_yaml(prepared.config, task.name)
     run = rank_zero_run_directory(
         lambda: open_run_directory(out, task, prepared.config, config_yaml, overwrite, resume, argv), rank, world)
     with abandon_on_failure(run):
         tracker = None
         if rank == 0:
-            record_inputs(run, prepared.source, prepared.config.data.dataset)
+            record_inputs(run, prepared.source, prepared.config.data.dataset, requested_yaml,
+                          getattr(prepared.config.data, "dataset_config", None))
             tracker = run.tracker(run.path.name, dataclasses.asdict(prepared.config), prepared.config.tracking)
         context = RunContext(run, tracker, device, rank, world, resume)
         outcome = task.execute(prepared, context)
@@ -220,14 +222,17 @@ def abandon_on_failure(run: RunDirectory):
         raise
 
 
-def record_inputs(run: RunDirectory, model_source, dataset_spec: str) -> None:
-    """inputs.json: the model (absolute path or hub id, fingerprint) and the data files'
-    fingerprint, so that predict uses exactly this model and a study reuses a run only
-    while neither changed."""
+def record_inputs(run: RunDirectory, model_source, dataset_spec: str, requested_yaml: str = "",
+                  dataset_config: str | None = None) -> None:
+    """inputs.json: the model (absolute path or hub id, fingerprint), the data files'
+    fingerprint, and the configuration as requested (before the data filled in columns
+    and defaults), so that predict uses exactly this model and a study reuses a run only
+    while none of them changed."""
     from tunelab.data.sources import resolve_dataset
 
     model = model_source.record() if model_source is not None else None
-    run.write_json(INPUTS_FILE, {"model": model, "dataset": resolve_dataset(dataset_spec).record()})
+    run.write_json(INPUTS_FILE, {"model": model, "dataset": resolve_dataset(dataset_spec, dataset_config).record(),
+                                 "requested_config": requested_yaml})
 
 
 def read_inputs_record(run_dir: Path) -> dict | None:

@@ -16,10 +16,47 @@ from tunelab.errors import TunelabError
 
 @dataclasses.dataclass
 class Prediction:
-    input: str
-    label: str  # predicted class name
-    score: float  # probability of that class where the model gives one, else its decision value
-    score_kind: str  # probability | decision | similarity
+    input: str  # the text, image file, or first text of a pair
+    label: str  # the predicted class; for multi-label the predicted labels joined by "; "; for regression the value
+    score: float  # probability of that class (or decision value, similarity); for regression the value
+    score_kind: str  # probability | decision | similarity | value
+    pair: str | None = None  # the second text of a sentence pair
+    labels: list[str] | None = None  # multi-label: the predicted labels
+
+
+def as_text_inputs(inputs):
+    """Texts, or sentence pairs given as (first, second) tuples or a TextInputs, checked
+    for empty texts."""
+    from tunelab.data.text import TextInputs
+
+    if not isinstance(inputs, TextInputs):
+        items = list(inputs)
+        if items and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items):
+            inputs = TextInputs([a for a, _ in items], [b for _, b in items])
+        else:
+            inputs = TextInputs(items)
+    check_texts(inputs.texts)
+    if inputs.pairs is not None:
+        check_texts(inputs.pairs)
+    return inputs
+
+
+def predictions_from(inputs, scores, names) -> list[Prediction]:
+    """Predictions for ``inputs`` from ClassScores, LabelScores or ValueScores."""
+    from tunelab.evaluation import LabelScores, ValueScores, label_set_text
+
+    inputs = as_text_inputs(inputs)
+    pairs = inputs.pairs or [None] * len(inputs)
+    if isinstance(scores, ValueScores):
+        return [Prediction(t, f"{v:.6g}", float(v), "value", p) for t, p, v in zip(inputs.texts, pairs, scores.values)]
+    if isinstance(scores, LabelScores):
+        out = []
+        for t, p, row, chosen in zip(inputs.texts, pairs, scores.scores, scores.predicted):
+            labels = [names[i] for i in np.flatnonzero(chosen)]
+            out.append(Prediction(t, label_set_text(chosen, names), float(row.max()), scores.kind, p, labels))
+        return out
+    return [Prediction(t, names[c], float(v), scores.kind, p)
+            for t, p, c, v in zip(inputs.texts, pairs, scores.predicted, scores.score)]
 
 
 def run_command(run_dir: Path) -> str:
@@ -46,11 +83,12 @@ def load_predictor(run_dir: str | Path):
     return task.load_predictor(run_dir, config_from_run(task.config_class, run_dir))
 
 
-def predict(run_dir: str | Path, inputs: Sequence[str]) -> list[Prediction]:
-    """Classify ``inputs`` with the model a run directory holds."""
+def predict(run_dir: str | Path, inputs) -> list[Prediction]:
+    """Predict for ``inputs`` with the model a run directory holds: texts, sentence pairs
+    ((first, second) tuples), or image files, as the run was trained on."""
     predictor = load_predictor(run_dir)
-    if not inputs:
-        raise TunelabError("nothing to predict: give texts as arguments or --input FILE")
+    if not len(inputs):
+        raise TunelabError("nothing to predict: give texts as arguments, --pair A B, or --input FILE")
     return predictor(inputs)
 
 
@@ -91,9 +129,10 @@ def check_texts(inputs: Sequence[str]) -> list[str]:
     return list(inputs)
 
 
-def read_inputs(path: str | Path, column: str | None = None) -> list[str]:
-    """Texts from a CSV/JSONL/Parquet file (column ``text`` or ``column``) or a .txt, one per line."""
-    from tunelab.data.text import TEXT_ALTERNATIVES, pick_column, read_frame
+def read_inputs(path: str | Path, column: str | None = None, pair_column: str | None = None):
+    """Texts from a CSV/TSV/JSONL/Parquet file (column ``text`` or ``column``; with
+    ``pair_column`` sentence pairs) or a .txt, one per line."""
+    from tunelab.data.text import TEXT_ALTERNATIVES, TextInputs, pick_column, read_frame
 
     path = Path(path)
     if not path.is_file():
@@ -101,6 +140,27 @@ def read_inputs(path: str | Path, column: str | None = None) -> list[str]:
     if path.suffix.lower() == ".txt":
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     frame = read_frame(path)
-    name, _ = pick_column([str(c) for c in frame.columns], column, "text", TEXT_ALTERNATIVES,
-                          "--text-column", path.name)
-    return frame[name].tolist()
+    columns = [str(c) for c in frame.columns]
+    name, _ = pick_column(columns, column, "text", TEXT_ALTERNATIVES, "--text-column", path.name)
+    if pair_column is None:
+        return frame[name].tolist()
+    second, _ = pick_column(columns, pair_column, pair_column, (), "--text-pair-column", path.name)
+    return TextInputs(frame[name].tolist(), frame[second].tolist())
+
+
+def run_pair_columns(run_dir: str | Path, input_file: str | Path, text_column: str | None,
+                     pair_column: str | None) -> tuple[str | None, str | None]:
+    """The columns of an input file to read: as given, else the run's own when the file
+    has them (a pair run needs both texts)."""
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    data = config.get("data") or {}
+    if str(input_file).lower().endswith(".txt"):
+        return text_column, None
+    from tunelab.data.text import read_frame
+
+    columns = [str(c) for c in read_frame(Path(input_file)).columns]
+    if text_column is None and data.get("text_column") in columns:
+        text_column = data["text_column"]
+    if pair_column is None and data.get("text_pair_column"):
+        pair_column = data["text_pair_column"]
+    return text_column, pair_column

@@ -37,8 +37,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunelab.config import ConfigError, dump_yaml, from_dict, load_yaml_source, merge_settings, set_dotted
 from tunelab.errors import TunelabError
 from tunelab.lifecycle import run_task
@@ -187,40 +185,30 @@ def default_study_path(name: str) -> Path:
     return Path("runs") / f"study-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _recorded_request(run_dir: Path) -> str | None:
+    from tunelab.lifecycle import read_inputs_record
+
+    recorded = read_inputs_record(run_dir)
+    return recorded.get("requested_config") if recorded else None
+
+
 def _complete_with(run_dir: Path, command: str, config) -> bool:
-    """A finished run made with the same configuration from the same files: the model's
-    and the data's fingerprints must still match what the run recorded."""
+    """A finished run made from the same requested configuration and the same files: the
+    model's and the data's fingerprints must still match what the run recorded."""
     from tunelab.data.sources import resolve_dataset
     from tunelab.lifecycle import read_inputs_record
     from tunelab.models import resolve_model
 
-    if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.yaml").is_file():
-        return False
-    if (run_dir / "config.yaml").read_text(encoding="utf-8") != _saved_yaml(command, config, run_dir):
+    if not (run_dir / "metrics.json").is_file() or _recorded_request(run_dir) != dump_yaml(config, command):
         return False
     recorded = read_inputs_record(run_dir)
-    if recorded is None:
-        return False
     try:
         model_unchanged = recorded["model"] is None or \
             resolve_model(config.model).fingerprint() == recorded["model"]["fingerprint"]
-        return model_unchanged and resolve_dataset(config.data.dataset).fingerprint() == \
-            recorded["dataset"]["fingerprint"]
+        dataset = resolve_dataset(config.data.dataset, getattr(config.data, "dataset_config", None))
+        return model_unchanged and dataset.fingerprint() == recorded["dataset"]["fingerprint"]
     except TunelabError:
         return False
-
-
-def _saved_yaml(command: str, config, run_dir: Path) -> str:
-    """What the run would save: text runs record the columns they resolved, so compare
-    against the saved file with those filled in."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    data = dataclasses.asdict(config).get("data", {})
-    if "data" in saved and isinstance(saved["data"], dict):
-        for key in ("text_column", "label_column"):
-            if data.get(key) is None:
-                filled = dataclasses.replace(config.data, **{key: saved["data"].get(key)})
-                config = dataclasses.replace(config, data=filled)
-    return dump_yaml(config, command)
 
 
 def run_study(study: Study, out: str | Path | None = None) -> tuple[Path, list[StepOutcome]]:
@@ -250,7 +238,7 @@ def run_study(study: Study, out: str | Path | None = None) -> tuple[Path, list[S
             kwargs: dict[str, Any] = {"out": run_dir, "argv": [step.command, "--config", str(run_dir / "config.yaml")]}
             resumable = (task.resumable and (run_dir / "config.yaml").is_file()
                          and not (run_dir / "metrics.json").exists() and (run_dir / "checkpoints").is_dir())
-            if resumable and _saved_yaml(step.command, config, run_dir) == (run_dir / "config.yaml").read_text():
+            if resumable and _recorded_request(run_dir) == dump_yaml(config, step.command):
                 kwargs["resume"] = True
             else:
                 kwargs["overwrite"] = run_dir.exists() and any(run_dir.iterdir())

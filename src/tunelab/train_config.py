@@ -56,8 +56,11 @@ class TrainConfig:
                                     flag="--save-total-limit", metavar="N")
     early_stopping: int | None = setting(None, "stop after N evaluations without improvement",
                                          flag="--early-stopping", metavar="N")
-    best_metric: str = setting("accuracy", "validation metric that picks the best checkpoint", flag="--metric",
-                               choices=("accuracy", "f1", "f1_macro", "balanced_accuracy", "loss"))
+    best_metric: str | None = setting(None, "validation metric that picks the best checkpoint (default: the "
+                                      "problem's headline: accuracy, f1_micro or spearman)", flag="--metric",
+                                      choices=("accuracy", "f1", "f1_macro", "balanced_accuracy", "f1_micro",
+                                               "f1_samples", "subset_accuracy", "mean_average_precision",
+                                               "spearman", "pearson", "mse", "mae", "r2", "loss"))
     merge_lora: bool = setting(False, "also save the LoRA adapters merged into full weights", flag="--merge-lora",
                                const=True)
     logging_steps: int = setting(10, "steps between logged training losses")

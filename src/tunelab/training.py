@@ -251,6 +251,7 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
     checkpoint cadence, best-model selection, precision, and CPU data parallelism."""
     from transformers import TrainingArguments
 
+    from tunelab.metrics import LOWER_IS_BETTER
     from tunelab.runtime import resolve_device, resolve_dtype
 
     device = resolve_device(runtime.device)
@@ -259,8 +260,8 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
     every = min(train.eval_every, steps)
     schedule = dict(eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
                     save_total_limit=train.save_total_limit, load_best_model_at_end=True,
-                    metric_for_best_model=train.best_metric,
-                    greater_is_better=train.best_metric != "loss") if evaluate else \
+                    metric_for_best_model=train.best_metric or "accuracy",
+                    greater_is_better=(train.best_metric or "accuracy") not in LOWER_IS_BETTER) if evaluate else \
         dict(eval_strategy="no", save_strategy="no")
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -313,7 +314,7 @@ def training_summary(trainer, train, run_dir: Path, world: int, resume: bool) ->
         "epochs": trainer.state.epoch,
         "learning_rate": train.learning_rate,
         "best_checkpoint": relative_path(trainer.state.best_model_checkpoint, run_dir),
-        "best_validation_" + train.best_metric: trainer.state.best_metric,
+        "best_validation_" + (train.best_metric or "accuracy"): trainer.state.best_metric,
         "world_size": world,
         "resumed": resume,
     }

@@ -98,6 +98,17 @@ class TextDataset(LabelledData):
     text_pair_column: str | None = None
 
 
+def resolved_data_config(cfg: DataConfig, dataset: TextDataset, pair_default: str = "bi") -> DataConfig:
+    """The data settings with what the data showed filled in (columns, problem, pair
+    encoding), so that config.yaml records what the run did."""
+    import dataclasses
+
+    pair = dataset.text_pair_column
+    return dataclasses.replace(
+        cfg, text_column=dataset.text_column, label_column=dataset.label_column, text_pair_column=pair,
+        problem=dataset.problem, pair_encoding=(cfg.pair_encoding or pair_default) if pair else None)
+
+
 @dataclass
 class _RawSplit:
     texts: list[object]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,58 +43,122 @@ class FinetuneConfig(TaskConfig):
 # --------------------------------------------------------------------------- model building
 
 
-def build_classifier_model(source: ModelSource, class_names: Sequence[str], train: TrainConfig,
-                           lora: LoraConfig):
-    """A sequence-classification model with a fresh head sized for ``class_names``;
-    wrapped in LoRA adapters when asked."""
-    from transformers import AutoModelForSequenceClassification
+def build_model(source: ModelSource, dataset, config: FinetuneConfig):
+    """The model to train: a sequence classifier with a fresh head (classes, label sets, or
+    one output for regression) over single texts or jointly encoded pairs; or, for
+    bi-encoded pairs, a BiEncoder around the bare encoder. LoRA-wrapped when asked."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
-    config = load_config(source)
-    model_type = getattr(config, "model_type", "")
-    if model_type in ("clip", "siglip") or getattr(config, "is_encoder_decoder", False):
+    model_config = load_config(source)
+    model_type = getattr(model_config, "model_type", "")
+    if model_type in ("clip", "siglip") or getattr(model_config, "is_encoder_decoder", False):
         raise ModelError(f"'{source.name}' is a {model_type} model; text fine-tuning needs a text encoder")
-    id2label = dict(enumerate(class_names))
+    problem, names = dataset.problem, dataset.class_names
+    if config.data.pair_encoding == "bi":
+        from tunelab.biencoder import BiEncoder
+
+        encoder = load_pretrained(AutoModel, source.location, f"model '{source.name}'", **hub_kwargs(source))
+        if config.train.method == "lora":
+            encoder = wrap_lora(encoder, model_type, config.lora, sequence_classification=False)
+        train_labels = dataset.splits["train"].labels
+        if problem == "regression":
+            return BiEncoder(encoder, "cosine", 1, (float(train_labels.min()), float(train_labels.max())), problem)
+        return BiEncoder(encoder, "classify", len(names), problem=problem,
+                         class_weights=class_weights(train_labels, problem, config.data.class_weight))
+    id2label = dict(enumerate(names)) if problem != "regression" else {0: "value"}
     model = load_pretrained(
         AutoModelForSequenceClassification, source.location, f"'{source.name}' for sequence classification",
-        num_labels=len(class_names), id2label=id2label, label2id={n: i for i, n in id2label.items()},
+        num_labels=len(id2label), id2label=id2label, label2id={n: i for i, n in id2label.items()},
+        problem_type={"single-label": "single_label_classification", "multi-label": "multi_label_classification",
+                      "regression": "regression"}[problem],
         ignore_mismatched_sizes=True, **hub_kwargs(source),
     )
-    if train.method == "lora":
-        model = wrap_lora(model, model_type, lora)
+    if config.train.method == "lora":
+        model = wrap_lora(model, model_type, config.lora)
     return model
+
+
+def class_weights(labels: np.ndarray, problem: str, setting: str | None):
+    """``balanced`` weights: n / (classes * count) per class (scikit-learn's rule); for label
+    sets the positive weight negatives / positives of each label. None without a setting."""
+    import torch
+
+    if setting is None or problem == "regression":
+        return None
+    if problem == "multi-label":
+        positives = labels.sum(0)
+        return torch.tensor((len(labels) - positives) / np.maximum(positives, 1), dtype=torch.float32)
+    counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
+    return torch.tensor(len(labels) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- data
 
 
 class TokenizedTexts:
-    """Unpadded token ids and labels, one dict per example, for the Trainer; padding
+    """Unpadded token ids (and token type ids of joint pairs, or the second texts' ids of
+    bi-encoded pairs) with targets, one dict per example, for the Trainer; padding
     happens per batch in the collator."""
 
-    def __init__(self, ids: list[list[int]], labels: np.ndarray):
-        self.ids = ids
-        self.labels = labels
+    def __init__(self, ids: list[list[int]], labels: np.ndarray, types: list[list[int]] | None = None,
+                 pair_ids: list[list[int]] | None = None):
+        self.ids, self.labels, self.types, self.pair_ids = ids, labels, types, pair_ids
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict:
-        return {"input_ids": self.ids[index], "labels": int(self.labels[index])}
+        label = self.labels[index]
+        item = {"input_ids": self.ids[index],
+                "labels": label.tolist() if np.ndim(label) else (float(label) if label.dtype.kind == "f"
+                                                                 else int(label))}
+        if self.types is not None:
+            item["token_type_ids"] = self.types[index]
+        if self.pair_ids is not None:
+            item["pair_input_ids"] = self.pair_ids[index]
+        return item
 
     @property
     def lengths(self) -> list[int]:
+        if self.pair_ids is not None:
+            return [max(len(a), len(b)) for a, b in zip(self.ids, self.pair_ids)]
         return [len(s) for s in self.ids]
 
+    def reorder(self, order: np.ndarray) -> TokenizedTexts:
+        take = lambda values: [values[i] for i in order] if values is not None else None  # noqa: E731
+        return TokenizedTexts(take(self.ids), self.labels[order], take(self.types), take(self.pair_ids))
 
-def tokenized_dataset(tokenizer, texts: Sequence[str], labels: np.ndarray, max_length: int,
-                      order: np.ndarray | None = None) -> TokenizedTexts:
-    """One fast-tokenizer call over all texts (no ``.map``, no padding), optionally reordered."""
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
-                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    if order is not None:
-        ids = [ids[i] for i in order]
-        labels = labels[order]
-    return TokenizedTexts(ids, np.asarray(labels))
+
+def tokenized_dataset(tokenizer, inputs, labels: np.ndarray, max_length: int, bi: bool = False) -> TokenizedTexts:
+    """One fast-tokenizer call over all texts (no ``.map``, no padding): single texts, pairs
+    encoded jointly, or (``bi``) each text of a pair on its own."""
+    from tunelab.features import split_inputs, tokenize_inputs
+
+    texts, pairs = split_inputs(inputs)
+    if bi and pairs is not None:
+        first, _ = tokenize_inputs(tokenizer, texts, max_length)
+        second, _ = tokenize_inputs(tokenizer, pairs, max_length)
+        return TokenizedTexts(first, np.asarray(labels), pair_ids=second)
+    ids, types = tokenize_inputs(tokenizer, inputs, max_length)
+    return TokenizedTexts(ids, np.asarray(labels), types)
+
+
+class PairCollator:
+    """Pads both texts of bi-encoded pairs, each to its own longest in the batch."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        import torch
+
+        from tunelab.features import pad_batch
+
+        first_ids, first_mask = pad_batch([i["input_ids"] for i in items], self.pad_id)
+        second_ids, second_mask = pad_batch([i["pair_input_ids"] for i in items], self.pad_id)
+        labels = torch.tensor([i["labels"] for i in items])
+        return {"input_ids": first_ids, "attention_mask": first_mask, "pair_input_ids": second_ids,
+                "pair_attention_mask": second_mask, "labels": labels}
 
 
 def effective_max_length(tokenizer, model, requested: int) -> int:
@@ -111,28 +174,73 @@ def effective_max_length(tokenizer, model, requested: int) -> int:
 # --------------------------------------------------------------------------- inference
 
 
-def predict_scores(model, tokenizer, texts: Sequence[str], batch_size: int, max_length: int, device,
-                   precision: str = "fp32") -> ClassScores:
-    """Class probabilities in the texts' order, from length-sorted, dynamically padded
-    batches, kept in O(n) memory (every class for few classes, the top-5 for many)."""
+def scores_from_outputs(outputs, problem: str, threshold: float = 0.5):
+    """Model outputs (logits, or label-scale values) as ClassScores, LabelScores or ValueScores."""
+    import torch
+
+    from tunelab.evaluation import LabelScores, ValueScores
+
+    outputs = torch.as_tensor(outputs).float()
+    if problem == "regression":
+        return ValueScores(outputs.reshape(-1).numpy().astype(np.float64))
+    if problem == "multi-label":
+        return LabelScores(torch.sigmoid(outputs).numpy(), threshold, "probability")
+    return ClassScores.from_full(torch.softmax(outputs, dim=-1).numpy(), "probability")
+
+
+def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, device, precision: str = "fp32",
+                   problem: str = "single-label", threshold: float = 0.5):
+    """Predictions in the inputs' order, from length-sorted, dynamically padded batches:
+    class probabilities kept in O(n) memory (every class for few classes, the top-5 for
+    many), label-set probabilities, or values. Bi-encoded pairs embed each side once."""
     import torch
     from tqdm.auto import tqdm
 
-    from tunelab.features import pad_token_id, sorted_padded_batches
+    from tunelab.biencoder import BiEncoder
+    from tunelab.features import pad_token_id, sorted_padded_batches, split_inputs, tokenize_inputs
 
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
-                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    accumulator = ScoreAccumulator(len(ids), model.config.num_labels, "probability")
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast, tqdm(total=len(ids), desc="evaluate", unit="text", disable=None) as bar:
-        for batch, input_ids, mask in sorted_padded_batches(ids, batch_size, pad_token_id(tokenizer), device):
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
-            accumulator.add(batch, torch.softmax(logits.float(), dim=-1))
-            bar.update(len(batch))
+    texts, pairs = split_inputs(inputs)
+    pad = pad_token_id(tokenizer)
+
+    def run(batches_of, total, step):
+        outputs = None
+        with torch.inference_mode(), autocast, tqdm(total=total, desc="evaluate", unit="text", disable=None) as bar:
+            for batch, tensors in batches_of:
+                values = step(tensors).float().cpu()
+                if outputs is None:
+                    outputs = torch.empty((total, *values.shape[1:]))
+                outputs[torch.as_tensor(batch)] = values
+                bar.update(len(batch))
+        return outputs
+
+    if isinstance(model, BiEncoder):
+        sides = []
+        for side in (texts, pairs):
+            ids, _ = tokenize_inputs(tokenizer, side, max_length)
+            sides.append(run(sorted_padded_batches(ids, batch_size, pad, device), len(ids),
+                             lambda t: model.embed(t["input_ids"], t["attention_mask"])))
+        with torch.inference_mode():
+            outputs = model.score(sides[0].to(device), sides[1].to(device)).float().cpu()
+    elif problem == "single-label":
+        # Class probabilities go straight into an accumulator: O(n) memory for many classes.
+        ids, types = tokenize_inputs(tokenizer, inputs, max_length)
+        accumulator = ScoreAccumulator(len(ids), model.config.num_labels, "probability")
+        with torch.inference_mode(), autocast, tqdm(total=len(ids), desc="evaluate", unit="text",
+                                                    disable=None) as bar:
+            for batch, tensors in sorted_padded_batches(ids, batch_size, pad, device, types):
+                accumulator.add(batch, torch.softmax(model(**tensors).logits.float(), dim=-1))
+                bar.update(len(batch))
+        model.train(was_training)
+        return accumulator.result()
+    else:
+        ids, types = tokenize_inputs(tokenizer, inputs, max_length)
+        outputs = run(sorted_padded_batches(ids, batch_size, pad, device, types), len(ids),
+                      lambda t: model(**t).logits)
     model.train(was_training)
-    return accumulator.result()
+    return scores_from_outputs(outputs, problem, threshold)
 
 
 # --------------------------------------------------------------------------- the task
@@ -146,7 +254,8 @@ def describe(metrics: dict) -> str:
 
 def prepare(config: FinetuneConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the model to train."""
-    from tunelab.data.text import load_text_dataset
+    from tunelab.data.text import load_text_dataset, resolved_data_config
+    from tunelab.metrics import HEADLINE
     from tunelab.models import resolve_model
 
     source = resolve_model(config.model)
@@ -154,15 +263,34 @@ def prepare(config: FinetuneConfig) -> Prepared:
     eval_splits = dataset.eval_split_names(config.data.splits)
     if "validation" not in dataset.splits:
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
-    config = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, text_column=dataset.text_column, label_column=dataset.label_column))
+    config = dataclasses.replace(config, data=resolved_data_config(config.data, dataset, pair_default="bi"),
+                                 train=dataclasses.replace(config.train, best_metric=config.train.best_metric
+                                                           or HEADLINE[dataset.problem]))
+    check_best_metric(config.train.best_metric, dataset.problem)
     tokenizer = load_tokenizer(source)
-    model = build_classifier_model(source, dataset.class_names, config.train, config.lora)
+    model = build_model(source, dataset, config)
     return Prepared(config, source, dataset, eval_splits, {"tokenizer": tokenizer, "model": model})
+
+
+# Validation metrics each problem can pick the best checkpoint by.
+METRICS_OF = {
+    "single-label": ("accuracy", "f1", "f1_macro", "balanced_accuracy", "loss"),
+    "multi-label": ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "mean_average_precision", "loss"),
+    "regression": ("spearman", "pearson", "mse", "mae", "r2", "loss"),
+}
+
+
+def check_best_metric(metric: str, problem: str) -> None:
+    if metric not in METRICS_OF[problem]:
+        from tunelab.errors import ConfigError
+
+        raise ConfigError(f"--metric {metric} is not a {problem} metric; choose one of: "
+                          f"{', '.join(METRICS_OF[problem])}")
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
+    from tunelab.evaluation import LabelScores, choose_threshold
     from tunelab.training import train_resumable, training_summary
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
@@ -175,45 +303,64 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     model = trainer.model
     if context.rank != 0:
         return None
+    problem = dataset.problem
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
-    split_metrics, reports = {}, {}
+
+    def scores_for(split: str, threshold: float = 0.5):
+        data = dataset.splits[split]
+        return predict_scores(model, tokenizer, data.inputs, config.train.eval_batch_size, max_length,
+                              context.device, config.runtime.precision, problem, threshold)
+
     start = time.perf_counter()
+    threshold, threshold_record = 0.5, None
+    if problem == "multi-label":
+        validation = scores_for("validation")
+        assert isinstance(validation, LabelScores)
+        threshold, threshold_record = choose_threshold(validation, dataset.splits["validation"].labels,
+                                                       config.data.threshold)
+    split_metrics, reports = {}, {}
     for split in prepared.eval_splits:
         data = dataset.splits[split]
-        scores = predict_scores(model, tokenizer, data.texts, config.train.eval_batch_size, max_length,
-                                context.device, config.runtime.precision)
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, scores, data.ids, data.inputs.columns())
+            run, split, dataset.class_names, data.labels, scores_for(split, threshold), data.ids,
+            data.inputs.columns())
     eval_seconds = time.perf_counter() - start
-    _save_model(model, tokenizer, run, config.train)
+    save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold)
     run.write_json("history.json", trainer.state.log_history)
+    task = {"method": config.train.method, "pair_encoding": config.data.pair_encoding,
+            "training": training_summary(trainer, config.train, run.path, context.world, context.resume)}
+    if threshold_record is not None:
+        task["threshold"] = threshold_record
     return Outcome(
         splits=split_metrics, reports=reports, params=params,
         seconds={"train": train_stats["train_runtime"], "eval": eval_seconds},
         throughput={"train_samples_per_s": train_stats["train_samples_per_second"],
                     "eval_samples_per_s": throughput(sum(m["n"] for m in split_metrics.values()), eval_seconds)},
-        task={"method": config.train.method,
-              "training": training_summary(trainer, config.train, run.path, context.world, context.resume)},
+        task=task,
     )
 
 
 def load_predictor(run_dir: Path, config: FinetuneConfig):
-    """Classify new texts with a finished fine-tuning run's model."""
-    from tunelab.predict import Prediction, check_texts
+    """Predict for new texts (or pairs) with a finished fine-tuning run's model."""
+    import json
+
+    from tunelab.predict import as_text_inputs, predictions_from
     from tunelab.runtime import resolve_device
 
     device = resolve_device(config.runtime.device)
     model, tokenizer = load_finetuned(run_dir, config)
     model.to(device)
+    info = json.loads((run_dir / "model" / "tunelab.json").read_text(encoding="utf-8")) \
+        if (run_dir / "model" / "tunelab.json").is_file() else {}
     names = _class_names(run_dir)
+    problem = config.data.problem or "single-label"
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
 
-    def predict(inputs: Sequence[str]) -> list:
-        texts = check_texts(inputs)
-        scores = predict_scores(model, tokenizer, texts, config.train.eval_batch_size, max_length, device,
-                                config.runtime.precision)
-        return [Prediction(t, names[p], float(s), "probability")
-                for t, p, s in zip(texts, scores.predicted, scores.score)]
+    def predict(inputs) -> list:
+        inputs = as_text_inputs(inputs)
+        scores = predict_scores(model, tokenizer, inputs, config.train.eval_batch_size, max_length, device,
+                                config.runtime.precision, problem, info.get("threshold", 0.5))
+        return predictions_from(inputs, scores, names)
 
     return predict
 
@@ -229,11 +376,14 @@ TASK = register_task(Task(
 def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir: Path,
                   tracker=None, world: int = 1, evaluate: bool = True):
     """The Trainer tunelab trains with: dynamic padding, seeded length-grouped batches,
-    length-sorted evaluation batches, metrics from argmax ids only. Returns
-    (trainer, interrupt callback)."""
+    length-sorted evaluation batches, metrics from compact predictions (class ids,
+    label probabilities or values), class weights in the loss. Returns (trainer,
+    interrupt callback)."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-    from tunelab.metrics import classification_metrics
+    from tunelab.biencoder import BiEncoder
+    from tunelab.evaluation import LabelScores, ValueScores, split_metrics
+    from tunelab.features import pad_token_id
     from tunelab.training import (
         InterruptCallback,
         SeededLengthGroupedSampler,
@@ -242,48 +392,76 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
         training_arguments,
     )
 
-    train_cfg = config.train
+    train_cfg, problem = config.train, dataset.problem
+    bi = isinstance(model, BiEncoder)
     max_length = effective_max_length(tokenizer, model, train_cfg.max_length)
     train = dataset.splits["train"]
-    train_ds = tokenized_dataset(tokenizer, train.texts, train.labels, max_length)
+    train_ds = tokenized_dataset(tokenizer, train.inputs, train.labels, max_length, bi)
     val_ds = None
     if evaluate:
         # Evaluation batches in length order: little padding; metrics do not depend on order.
         validation = dataset.splits["validation"]
-        val_ds = tokenized_dataset(tokenizer, validation.texts, validation.labels, max_length,
-                                   order=np.argsort([len(t) for t in validation.texts], kind="stable"))
+        val_ds = tokenized_dataset(tokenizer, validation.inputs, validation.labels, max_length, bi)
+        val_ds = val_ds.reorder(np.argsort(val_ds.lengths, kind="stable"))
 
     args = training_arguments(config.train, config.runtime, config.seed, output_dir, len(train_ds), world,
                               evaluate, remove_unused_columns=False)
     num_classes = len(dataset.class_names)
     samples_per_step = train_cfg.batch_size * train_cfg.grad_accum * world
+    weights = None if bi else class_weights(train.labels, problem, config.data.class_weight)
 
     def preprocess_logits(logits, labels):
-        # Keep one integer per example, not a (n, classes) block of logits.
+        # Keep what the metrics need, not a (n, classes) block of logits: class ids, label
+        # probabilities, or values.
         if isinstance(logits, tuple):
             logits = logits[0]
-        return logits.argmax(dim=-1)
+        if problem == "single-label":
+            return logits.argmax(dim=-1)
+        if problem == "multi-label":
+            return logits.float().sigmoid()
+        return logits.float().reshape(-1)
 
     def compute_metrics(prediction):
-        values = classification_metrics(prediction.label_ids, prediction.predictions, num_classes)
+        labels, outputs = prediction.label_ids, prediction.predictions
+        if problem == "regression":
+            scores = ValueScores(np.asarray(outputs).reshape(-1))
+        elif problem == "multi-label":
+            scores = LabelScores(np.asarray(outputs))
+        else:
+            scores = ClassScores.from_full(np.eye(num_classes)[np.asarray(outputs)], "indicator")
+        values = split_metrics(labels, scores, num_classes)
         values.pop("n")
-        values.pop("classes_present")
+        values.pop("classes_present", None)
         return values
 
     train_lengths = train_ds.lengths
 
-    class LengthGroupedTrainer(Trainer):
+    class TunelabTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
             return SeededLengthGroupedSampler(train_lengths, train_cfg.batch_size * train_cfg.grad_accum,
                                               config.seed)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if weights is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            import torch.nn.functional as F
+
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs.logits.float()
+            w = weights.to(logits.device)
+            loss = F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w) \
+                if problem == "multi-label" else F.cross_entropy(logits, labels, weight=w)
+            return (loss, outputs) if return_outputs else loss
 
     interrupt = InterruptCallback()
     callbacks = [TrackerCallback(tracker, samples_per_step), interrupt]
     if evaluate and train_cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping))
-    trainer = LengthGroupedTrainer(
+    collator = PairCollator(pad_token_id(tokenizer)) if bi else DataCollatorWithPadding(tokenizer)
+    trainer = TunelabTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics if evaluate else None,
         preprocess_logits_for_metrics=preprocess_logits if evaluate else None,
         callbacks=callbacks,
@@ -292,36 +470,50 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     return trainer, interrupt
 
 
-def _save_model(model, tokenizer, run, train: TrainConfig) -> None:
-    """Weights (or the LoRA adapter) and tokenizer as safetensors; merged weights on request."""
-    target = run.path / "model"
-    model.save_pretrained(str(target), safe_serialization=True)
-    tokenizer.save_pretrained(str(target))
-    if train.method == "lora" and train.merge_lora:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(str(target / "merged"), safe_serialization=True)
-        tokenizer.save_pretrained(str(target / "merged"))
+def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, threshold: float = 0.5) -> None:
+    """Weights (or the LoRA adapter) and tokenizer as safetensors, merged weights on
+    request; a bi-encoder's head beside its encoder; tunelab.json with what predict needs."""
+    import json
+
+    from tunelab.biencoder import BiEncoder
+
+    if isinstance(model, BiEncoder):
+        model.save(target, tokenizer)
+    else:
+        model.save_pretrained(str(target), safe_serialization=True)
+        tokenizer.save_pretrained(str(target))
+        if train.method == "lora" and train.merge_lora:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(str(target / "merged"), safe_serialization=True)
+            tokenizer.save_pretrained(str(target / "merged"))
+    (target / "tunelab.json").write_text(json.dumps({
+        "problem": dataset.problem, "class_names": dataset.class_names, "threshold": threshold}, indent=1))
 
 
 def load_finetuned(run_dir: Path, config: FinetuneConfig):
     """(model, tokenizer) from a finished fine-tuning run directory. Nothing in the folder
     is executed; a LoRA adapter goes onto the base model the run recorded (checked by
     fingerprint)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunelab.biencoder import is_bi_encoder, load_bi_encoder
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned model in {model_dir}"
     tokenizer = load_pretrained(AutoTokenizer, model_dir, what)
+    bi = is_bi_encoder(model_dir)
+    loader = AutoModel if bi else AutoModelForSequenceClassification
     if config.train.method == "lora":
         from peft import PeftModel
 
         source = recorded_model(run_dir, config.model)
-        base = load_pretrained(AutoModelForSequenceClassification, source.location, f"base model '{source.name}'",
-                               num_labels=len(_class_names(run_dir)), ignore_mismatched_sizes=True,
-                               **hub_kwargs(source))
+        extra = {} if bi else {"num_labels": max(len(_class_names(run_dir)), 1), "ignore_mismatched_sizes": True}
+        base = load_pretrained(loader, source.location, f"base model '{source.name}'", **extra, **hub_kwargs(source))
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
-        model = load_pretrained(AutoModelForSequenceClassification, model_dir, what, use_safetensors=True)
+        model = load_pretrained(loader, model_dir, what, use_safetensors=True)
+    if bi:
+        model = load_bi_encoder(model_dir, model)
     return model.eval(), tokenizer
 
 

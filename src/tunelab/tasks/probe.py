@@ -10,20 +10,13 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from tunelab.classifiers import (
-    ClassifierConfig,
-    class_scores,
-    fit_classifier,
-    load_classifier,
-    save_classifier,
-)
+from tunelab.classifiers import ClassifierConfig, fit_classifier, load_classifier, predict_scores, save_classifier
 from tunelab.config import ImageDecodingConfig, TaskConfig, setting
-from tunelab.evaluation import ClassScores, evaluate_split
+from tunelab.evaluation import evaluate_split
 from tunelab.features import FeatureCache, FeatureConfig, cached_features
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.registry import Task, register_task
@@ -46,15 +39,18 @@ class ProbeConfig(TaskConfig):
 
 def describe(metrics: dict) -> str:
     task = metrics.get("task", {})
-    pooling = task.get("features", {}).get("pooling")
-    return ", ".join(x for x in (f"{pooling} pooling" if pooling else "image features",
-                                 task.get("classifier", {}).get("kind", "")) if x)
+    features = task.get("features", {})
+    what = f"{features['pooling']} pooling" if features.get("pooling") else "image features"
+    if features.get("pair_encoding"):
+        what += f", {features['pair_encoding']} pairs"
+    return f"{what}, {task.get('classifier', {}).get('kind', '')}"
 
 
 def prepare(config: ProbeConfig) -> Prepared:
     """Read and check the data, then load the encoder (text, or CLIP for images)."""
+    from tunelab.classifiers import resolve_kind
     from tunelab.data.images import is_image_dataset, load_image_dataset
-    from tunelab.data.text import load_text_dataset
+    from tunelab.data.text import load_text_dataset, resolved_data_config
     from tunelab.features import ImageFeatureExtractor, TextFeatureExtractor
     from tunelab.models import resolve_model
 
@@ -65,17 +61,22 @@ def prepare(config: ProbeConfig) -> Prepared:
         extractor = ImageFeatureExtractor(source, config.images, config.features.batch_size, config.runtime)
     else:
         dataset = load_text_dataset(config.data, seed=config.seed)
-        config = dataclasses.replace(config, data=dataclasses.replace(
-            config.data, text_column=dataset.text_column, label_column=dataset.label_column))
+        data = resolved_data_config(config.data, dataset, pair_default="bi")
+        pooling = config.features.pooling or ("mean" if data.pair_encoding == "bi" else "cls")
+        config = dataclasses.replace(config, data=data,
+                                     features=dataclasses.replace(config.features, pooling=pooling))
         extractor = TextFeatureExtractor(source, config.features, config.runtime)
+    config = dataclasses.replace(config, classifier=resolve_kind(config.classifier, dataset.problem))
     eval_splits = dataset.eval_split_names(config.data.splits)
     extractor.load()
     return Prepared(config, source, dataset, eval_splits, {"extractor": extractor, "images": images})
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
-    """Features for every split (cached), the classifier fitted on train, every evaluation
-    split scored."""
+    """Features for every split (cached), the estimator fitted on train (and its setting
+    chosen on validation), every evaluation split scored."""
+    from tunelab.evaluation import LabelScores, choose_threshold
+    from tunelab.features import pair_features
     from tunelab.models import count_parameters_from_config
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
@@ -85,8 +86,12 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     for split in ["train", *[s for s in prepared.eval_splits if s != "train"]]:
         data = dataset.splits[split]
         before = extractor.seconds
-        vectors, from_cache[split] = cached_features(
-            extractor, data if images else data.texts, f"{split} features", cache, context.rank, context.world)
+        if images:
+            vectors, from_cache[split] = cached_features(extractor, data, f"{split} features", cache,
+                                                         context.rank, context.world)
+        else:
+            vectors, from_cache[split] = pair_features(extractor, data.inputs, config.data.pair_encoding,
+                                                       f"{split} features", cache, context.rank, context.world)
         feature_seconds[split] = extractor.seconds - before
         if context.rank != 0:
             continue
@@ -102,19 +107,29 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     if all(from_cache.values()):
         logger.info("all features came from the cache; pass --no-cache to recompute them")
 
+    problem, num_classes = dataset.problem, len(dataset.class_names)
     train, validation = dataset.splits["train"], dataset.splits.get("validation")
     start = time.perf_counter()
     estimator, tuning = fit_classifier(
         config.classifier, features["train"], train.labels,
         features.get("validation") if validation is not None else None,
         validation.labels if validation is not None else None,
-        seed=config.seed,
+        seed=config.seed, problem=problem, class_weight=config.data.class_weight,
+        threshold=float(config.data.threshold) if config.data.threshold != "tune" else 0.5,
     )
+    threshold, threshold_record = 0.5, None
+    if problem == "multi-label":
+        fitted = predict_scores(estimator, features["validation"], problem, num_classes) \
+            if validation is not None else LabelScores(np.zeros((0, num_classes)))
+        threshold, threshold_record = choose_threshold(fitted, validation.labels if validation is not None
+                                                       else np.zeros((0, num_classes)), config.data.threshold)
     train_seconds = time.perf_counter() - start
     save_classifier(estimator, run.path / "model" / "classifier.skops")
     run.write_json("model/probe.json", {
         "class_names": dataset.class_names,
         "label_values": list(dataset.label_space.values),
+        "problem": problem,
+        "threshold": threshold,
         "feature_dim": int(features["train"].shape[1]),
     })
 
@@ -122,13 +137,21 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     split_metrics, reports, score_kind = {}, {}, "score"
     for split in prepared.eval_splits:
         data = dataset.splits[split]
-        full, score_kind = class_scores(estimator, features[split], len(dataset.class_names))
-        scores = ClassScores.from_full(full, score_kind, predicted=estimator.predict(features[split]))
+        scores = predict_scores(estimator, features[split], problem, num_classes, threshold)
+        score_kind = scores.kind
         inputs = {"file": data.ids} if images else data.inputs.columns()
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, data.labels, scores, data.ids, inputs)
     eval_seconds = time.perf_counter() - start
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
+    task = {"classifier": {"kind": config.classifier.kind, "score": score_kind,
+                           "C": tuning["chosen"] if tuning else config.classifier.c, "tuning": tuning},
+            "features": {"pooling": None if images else config.features.pooling,
+                         "pair_encoding": None if images else config.data.pair_encoding,
+                         "dim": int(features["train"].shape[1]), "from_cache": from_cache,
+                         "per_s": throughput(extractor.encoded, extractor.seconds)}}
+    if threshold_record is not None:
+        task["threshold"] = threshold_record
     return Outcome(
         splits=split_metrics, reports=reports,
         params={"total": count_parameters_from_config(prepared.source), "trainable": 0,
@@ -139,31 +162,26 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
             "eval_samples_per_s": throughput(scored, eval_seconds + sum(
                 feature_seconds[s] for s in prepared.eval_splits if s != "train")),
         },
-        task={"classifier": {"kind": config.classifier.kind, "score": score_kind,
-                             "C": tuning["chosen"] if tuning else config.classifier.c, "tuning": tuning},
-              "features": {"pooling": None if images else config.features.pooling,
-                           "dim": int(features["train"].shape[1]), "from_cache": from_cache,
-                           "per_s": throughput(extractor.encoded, extractor.seconds)}},
+        task=task,
         skipped=skipped,
     )
 
 
 def load_predictor(run_dir: Path, config: ProbeConfig):
-    """Classify new texts with a finished probe run: the recorded encoder, the saved classifier."""
-    from tunelab.features import TextFeatureExtractor
-    from tunelab.predict import Prediction, check_texts
+    """Predict for new texts (or pairs) with a finished probe run: the recorded encoder, the
+    saved estimator."""
+    from tunelab.features import TextFeatureExtractor, pair_features
+    from tunelab.predict import predictions_from
 
     info = json.loads((run_dir / "model" / "probe.json").read_text(encoding="utf-8"))
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
-    names = info["class_names"]
+    names, problem = info["class_names"], info.get("problem", "single-label")
 
-    def predict(inputs: Sequence[str]) -> list:
-        texts = check_texts(inputs)
-        features = extractor.encode(texts, desc="features")
-        full, kind = class_scores(estimator, features, len(names))
-        scores = ClassScores.from_full(full, kind, predicted=estimator.predict(features))
-        return [Prediction(t, names[p], float(s), kind) for t, p, s in zip(texts, scores.predicted, scores.score)]
+    def predict(inputs) -> list:
+        features, _ = pair_features(extractor, inputs, config.data.pair_encoding, "features", None)
+        scores = predict_scores(estimator, features, problem, len(names), info.get("threshold", 0.5))
+        return predictions_from(inputs, scores, names)
 
     return predict
 
