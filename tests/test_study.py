@@ -122,12 +122,13 @@ def test_report_numbers_and_deltas(fixed_runs, tmp_path, capsys):
             ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| "))
             if len(cells) > 7}
     # The Wilson 95% interval of 850 of 1000: centre (0.85 + 1.96^2/2000) / (1 + 1.96^2/1000)
-    assert rows[("b-finetune-s1", "test")][6] == "0.8500 [0.8265, 0.8708]"
-    assert rows[("d-other-data", "test")][6] == "0.5000 [0.2366, 0.7634]"
-    assert rows[("b-finetune-s1", "test")][7] == "+0.1000"
-    assert rows[("c-finetune-s2", "test")][7] == "+0.1200"
-    assert rows[("a-probe", "validation")][7] == "+0.0000"
-    assert rows[("d-other-data", "test")][7] == "—"  # another dataset: no delta
+    assert rows[("b-finetune-s1", "test")][6] == "accuracy"
+    assert rows[("b-finetune-s1", "test")][7] == "0.8500 [0.8265, 0.8708]"
+    assert rows[("d-other-data", "test")][7] == "0.5000 [0.2366, 0.7634]"
+    assert rows[("b-finetune-s1", "test")][8] == "+0.1000"
+    assert rows[("c-finetune-s2", "test")][8] == "+0.1200"
+    assert rows[("a-probe", "validation")][8] == "+0.0000"
+    assert rows[("d-other-data", "test")][8] == "—"  # another dataset: no delta
     # The two fine-tuning runs differ only in seed: mean and spread
     seed_row = next(line for line in text.splitlines() if line.startswith("| b-finetune-s1, c-finetune-s2"))
     assert "| 0.8600 | 0.0141 |" in seed_row

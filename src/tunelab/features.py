@@ -40,8 +40,8 @@ class FeatureConfig:
                                   flag="--pooling", choices=("cls", "mean"))
     max_length: int = setting(512, "tokens per text, capped by the model's own limit", flag="--max-length",
                               metavar="N")
-    batch_size: int = setting(64, "texts per forward pass (sorted batches pad little, so larger is faster)",
-                              flag="--batch-size", metavar="N")
+    batch_size: int = setting(64, "texts (or images) per forward pass (sorted batches pad little, so larger is "
+                              "faster)", flag="--batch-size", metavar="N", commands=("probe",))
     cache: bool = setting(True, "reuse features computed before from identical inputs", flag="--no-cache",
                           const=False)
 

@@ -257,11 +257,28 @@ def recorded_model(run_dir: Path, configured: str):
 
 
 def data_block(dataset) -> dict[str, Any]:
-    """metrics.json's ``data``: classes, split sizes, what was inferred, the positive class."""
-    block = {"class_names": dataset.class_names, "sizes": {k: len(v) for k, v in dataset.splits.items()},
-             "notes": dataset.notes}
-    if len(dataset.class_names) == 2:
+    """metrics.json's ``data``: the problem, classes, split sizes and class counts (or the
+    targets' range), what was inferred, the positive class."""
+    import numpy as np
+
+    problem = getattr(dataset, "problem", "single-label")
+    block = {"problem": problem, "class_names": dataset.class_names,
+             "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes}
+    counts = {}
+    for name, split in dataset.splits.items():
+        labels = np.asarray(split.labels)
+        if problem == "regression":
+            counts[name] = {stat: float(fn(labels)) if len(labels) else 0.0
+                            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
+        else:
+            per_class = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(dataset.class_names))
+            counts[name] = {cls: int(c) for cls, c in zip(dataset.class_names, per_class)}
+    block["class_counts"] = counts
+    if problem == "single-label" and len(dataset.class_names) == 2:
         block["positive_class"] = dataset.class_names[1]
+    if getattr(dataset, "text_pair_column", None):
+        block["columns"] = {"text": dataset.text_column, "text_pair": dataset.text_pair_column,
+                            "label": dataset.label_column}
     return block
 
 

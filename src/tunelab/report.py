@@ -15,8 +15,15 @@ from typing import Any
 
 import yaml
 
+from tunelab.metrics import headline_metric
+
 METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro",
-                  "f1_macro", "top5_accuracy")
+                  "f1_macro", "balanced_accuracy", "top5_accuracy",
+                  "f1_micro", "f1_samples", "subset_accuracy", "hamming_loss", "mean_average_precision",
+                  "spearman", "pearson", "mse", "mae", "r2")
+# Beside each run's headline metric, the comparison tables show these where present.
+SIDE_METRICS = ("f1", "f1_macro", "balanced_accuracy", "top5_accuracy", "mean_average_precision", "subset_accuracy",
+                "pearson", "mse", "mae")
 
 
 def metrics_table(splits: Mapping[str, Mapping[str, float]]) -> str:
@@ -233,9 +240,41 @@ def _wall_seconds(seconds: Mapping[str, float]) -> float:
     return float(sum(v for v in seconds.values() if isinstance(v, (int, float))))
 
 
-def _accuracy_cell(accuracy: float, n: int) -> str:
-    low, high = wilson_interval(accuracy, n)
-    return f"{accuracy:.4f} [{low:.4f}, {high:.4f}]"
+def correlation_interval(r: float, n: int, z: float = 1.96, spearman: bool = True) -> tuple[float, float]:
+    """A 95% interval of a correlation through Fisher's z; for Spearman's rho with the
+    Bonett-Wright standard error sqrt(1 + rho^2 / 2) / sqrt(n - 3)."""
+    if n <= 3 or not -1 < r < 1:
+        return float("nan"), float("nan")
+    se = (math.sqrt(1 + r * r / 2) if spearman else 1.0) / math.sqrt(n - 3)
+    centre = math.atanh(r)
+    return math.tanh(centre - z * se), math.tanh(centre + z * se)
+
+
+def _headline_cell(metric: str, value: float, n: int) -> str:
+    if metric == "accuracy":
+        low, high = wilson_interval(value, n)
+    elif metric in ("spearman", "pearson"):
+        low, high = correlation_interval(value, n, spearman=metric == "spearman")
+    else:
+        return f"{value:.4f}"
+    return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _class_distributions(doc: Document, records: list[RunRecord]) -> None:
+    """How the examples of each dataset spread over classes (or, for numbers, their range)."""
+    seen = set()
+    for record in records:
+        data = record.metrics.get("data", {})
+        counts = data.get("class_counts")
+        key = (record.metrics["dataset"], json.dumps(counts, sort_keys=True))
+        if not counts or key in seen:
+            continue
+        seen.add(key)
+        doc.heading(3, f"Data: {record.metrics['dataset']}")
+        splits = list(counts)
+        names = list(next(iter(counts.values())))
+        rows = [[name, *[str(counts[s].get(name, 0)) for s in splits]] for name in names[:50]]
+        doc.table(["class" if data.get("class_names") else "target", *splits], rows)
 
 
 def _describe(record: RunRecord) -> str:
@@ -263,7 +302,9 @@ def _main_split(record: RunRecord) -> str:
 
 def _curves_png(record: RunRecord) -> bytes | None:
     losses = [(h["step"], h["loss"]) for h in record.history if "loss" in h and "step" in h]
-    evals = [(h["step"], h["eval_accuracy"]) for h in record.history if "eval_accuracy" in h]
+    metric = next((m for m in ("accuracy", "f1_micro", "spearman") if any(f"eval_{m}" in h for h in record.history)),
+                  "accuracy")
+    evals = [(h["step"], h[f"eval_{metric}"]) for h in record.history if f"eval_{metric}" in h]
     if not losses and not evals:
         return None
     import matplotlib
@@ -277,7 +318,7 @@ def _curves_png(record: RunRecord) -> bytes | None:
     axes[0].set(title="training loss", xlabel="step")
     if evals:
         axes[1].plot(*zip(*evals), marker="o", color="tab:green")
-    axes[1].set(title="validation accuracy", xlabel="step")
+    axes[1].set(title=f"validation {metric.replace('_', ' ')}", xlabel="step")
     fig.suptitle(record.name)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -304,34 +345,38 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
         return doc
     base = next((r for r in records if r.name == baseline), records[0])
     doc.paragraph(f"Deltas are against {base.name} ({base.command}, {base.metrics['model'] or 'no model'}) on the "
-                  "same dataset and split. [low, high] is the Wilson 95% interval of the accuracy given the "
-                  "number of examples n.")
+                  "same dataset and split, in each run's headline metric (accuracy, micro F1 for label sets, "
+                  "Spearman's rho for numbers). [low, high] is a 95% interval given the number of examples n: "
+                  "Wilson's for an accuracy, Fisher's z for a correlation.")
     by_command: dict[str, list[RunRecord]] = {}
     for record in records:
         by_command.setdefault(record.command, []).append(record)
     for command, group in by_command.items():
         doc.heading(2, f"{command}")
+        side = [m for m in SIDE_METRICS if any(m in v for r in group for v in r.metrics["splits"].values())]
         rows = []
         for record in group:
             params = record.metrics.get("params", {})
             seconds = record.metrics.get("timing", {}).get("seconds", {})
             throughput = record.metrics.get("timing", {}).get("throughput", {})
             for split, values in record.metrics["splits"].items():
+                metric = headline_metric(values)
                 base_values = base.metrics["splits"].get(split) \
                     if base.metrics["dataset"] == record.metrics["dataset"] else None
                 rows.append([
                     record.name, _describe(record), record.metrics["model"] or "—", record.metrics["dataset"], split,
-                    str(values["n"]), _accuracy_cell(values["accuracy"], values["n"]),
-                    _delta(values["accuracy"], base_values["accuracy"] if base_values else None),
-                    _fmt(values.get("f1")), _fmt(values.get("f1_macro")), _fmt(values.get("top5_accuracy")),
+                    str(values["n"]), metric, _headline_cell(metric, values[metric], values["n"]),
+                    _delta(values[metric], base_values.get(metric) if base_values else None),
+                    *[_fmt(values.get(m)) for m in side],
                     f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
                     f"{_wall_seconds(seconds):.1f}",
                     ", ".join(f"{k} {v:.1f}" for k, v in throughput.items() if v is not None),
                 ])
-        doc.table(["run", "what", "model", "dataset", "split", "n", "accuracy [95% interval]", "Δ accuracy", "F1",
-                   "F1 macro",
-                   "top-5", "trained / total params", "seconds", "throughput (/s)"], rows)
+        doc.table(["run", "what", "model", "dataset", "split", "n", "metric", "value [95% interval]", "Δ",
+                   *[m.replace("_", " ") for m in side], "trained / total params", "seconds", "throughput (/s)"],
+                  rows)
         _seed_summary(doc, group)
+    _class_distributions(doc, records)
     doc.heading(2, "Training curves")
     drew = False
     for record in records:
@@ -341,12 +386,17 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
             drew = True
     if not drew:
         doc.paragraph("No training runs.")
-    doc.heading(2, "Confusion")
+    doc.heading(2, "Confusion and predicted-vs-gold")
     for record in records:
         split = _main_split(record)
         picture = read_inside(record.path, f"confusion_{split}.png")
+        scatter = read_inside(record.path, f"scatter_{split}.png")
         if picture is not None:
             doc.image(f"{record.name}-confusion-{split}.png", picture, f"{record.name}: {split}")
+        elif scatter is not None:
+            doc.image(f"{record.name}-scatter-{split}.png", scatter, f"{record.name}: {split}, predicted vs gold")
+        elif record.metrics.get("data", {}).get("problem") == "multi-label":
+            continue
         else:
             matrix = _read_text(record.path, f"confusion_{split}.json")
             pairs = json.loads(matrix).get("top_confused_pairs", []) if matrix else []
@@ -369,12 +419,13 @@ def _seed_summary(doc: Document, group: list[RunRecord]) -> None:
         if len(runs) < 2:
             continue
         for split in runs[0].metrics["splits"]:
-            values = [r.metrics["splits"][split]["accuracy"] for r in runs if split in r.metrics["splits"]]
+            metric = headline_metric(runs[0].metrics["splits"][split])
+            values = [r.metrics["splits"][split][metric] for r in runs if split in r.metrics["splits"]]
             rows.append([", ".join(r.name for r in runs), split, str(len(values)),
                          f"{statistics.mean(values):.4f}", f"{statistics.stdev(values):.4f}"])
     if rows:
         doc.paragraph("Runs that differ only in their seed:")
-        doc.table(["runs", "split", "seeds", "mean accuracy", "std"], rows)
+        doc.table(["runs", "split", "seeds", "mean of the headline metric", "std"], rows)
 
 
 def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",

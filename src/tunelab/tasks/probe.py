@@ -144,8 +144,9 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
             run, split, dataset.class_names, data.labels, scores, data.ids, inputs)
     eval_seconds = time.perf_counter() - start
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
+    parameter, value = ("alpha", 1.0) if config.classifier.kind == "ridge" else ("C", config.classifier.c)
     task = {"classifier": {"kind": config.classifier.kind, "score": score_kind,
-                           "C": tuning["chosen"] if tuning else config.classifier.c, "tuning": tuning},
+                           parameter: tuning["chosen"] if tuning else value, "tuning": tuning},
             "features": {"pooling": None if images else config.features.pooling,
                          "pair_encoding": None if images else config.data.pair_encoding,
                          "dim": int(features["train"].shape[1]), "from_cache": from_cache,

@@ -17,6 +17,7 @@ from tunelab.config import ImageLoadingConfig, TaskConfig, setting
 from tunelab.data.images import ClipPreprocess, image_loader
 from tunelab.errors import DataError
 from tunelab.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.features import FeatureConfig
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.models import count_parameters
 from tunelab.registry import Task, register_task
@@ -34,20 +35,56 @@ class ZeroshotConfig(TaskConfig):
                              "prompts, averaged per class), or a file of templates", flag="--templates",
                              metavar="simple|ensemble|FILE")
     images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)
+    features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)  # sentence pairs only
+
+
+def pair_predictor(run_dir: Path, config: ZeroshotConfig):
+    import json
+
+    import numpy as np
+
+    from tunelab.evaluation import ClassScores, ValueScores
+    from tunelab.features import TextFeatureExtractor
+    from tunelab.predict import as_text_inputs, predictions_from
+
+    saved = json.loads((run_dir / "model" / "pair_similarity.json").read_text(encoding="utf-8"))
+    extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
+
+    def predict(inputs) -> list:
+        inputs = as_text_inputs(inputs)
+        if inputs.pairs is None:
+            from tunelab.errors import TunelabError
+
+            raise TunelabError("this run scores sentence pairs: give them with --pair FIRST SECOND")
+        u, v = extractor.encode(inputs.texts), extractor.encode(inputs.pairs)
+        cosine = (u * v).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-12)
+        if saved["problem"] == "regression":
+            scores = ValueScores(saved["slope"] * cosine + saved["intercept"])
+        else:
+            margin = cosine - saved["threshold"]
+            scores = ClassScores.from_full(np.stack([-margin, margin], axis=1), "similarity_margin")
+        return predictions_from(inputs, scores, saved["class_names"])
+
+    return predict
 
 
 def describe(metrics: dict) -> str:
+    if "pairs" in metrics.get("task", {}):
+        return "cosine similarity of mean-pooled embeddings"
     templates = metrics.get("task", {}).get("templates", {})
     return f"{templates.get('spec', '?')} prompts ({templates.get('count', '?')})"
 
 
 def prepare(config: ZeroshotConfig) -> Prepared:
-    """The images listed and labelled (no pixels read), the prompts read, CLIP loaded."""
-    from tunelab.data.images import load_image_dataset
+    """Images: listed and labelled (no pixels read), the prompts read, CLIP loaded.
+    Sentence pairs: read and checked, the text encoder loaded."""
+    from tunelab.data.images import is_image_dataset, load_image_dataset
     from tunelab.models import resolve_model
     from tunelab.runtime import resolve_device, resolve_dtype
 
     source = resolve_model(config.model)
+    if not is_image_dataset(config.data.dataset):
+        return prepare_pairs(config, source)
     templates = load_templates(config.templates)
     # Zero-shot needs no training data: a flat class folder is scored whole as "test".
     dataset = load_image_dataset(config.data, seed=config.seed, flat_split="test")
@@ -61,11 +98,97 @@ def prepare(config: ZeroshotConfig) -> Prepared:
                      "dtype": dtype})
 
 
+def prepare_pairs(config: ZeroshotConfig, source) -> Prepared:
+    """Zero-shot for sentence pairs: the cosine similarity of the two texts' mean-pooled
+    embeddings, the floor every trained pair method must beat."""
+    from tunelab.data.text import load_text_dataset, resolved_data_config
+    from tunelab.features import TextFeatureExtractor
+
+    dataset = load_text_dataset(config.data, seed=config.seed)
+    if dataset.text_pair_column is None:
+        raise DataError(f"{config.data.dataset} holds single texts; zero-shot scores images against class prompts, "
+                        "or sentence pairs by similarity (name the second text with --text-pair-column)")
+    if dataset.problem == "multi-label" or (dataset.problem == "single-label" and len(dataset.class_names) != 2):
+        raise DataError(f"zero-shot pair similarity predicts a number or one of two classes; this {dataset.problem} "
+                        f"task has {len(dataset.class_names)} classes")
+    if "validation" not in dataset.splits:
+        raise DataError("zero-shot pair similarity fits its scale or threshold on a validation split, and there "
+                        "is none")
+    data = dataclasses.replace(resolved_data_config(config.data, dataset, "bi"), pair_encoding="bi")
+    features = dataclasses.replace(config.features, pooling=config.features.pooling or "mean")
+    config = dataclasses.replace(config, data=data, features=features)
+    extractor = TextFeatureExtractor(source, config.features, config.runtime)
+    extractor.load()
+    eval_splits = dataset.eval_split_names(config.data.splits)
+    return Prepared(config, source, dataset, eval_splits, {"extractor": extractor})
+
+
+def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
+    """Cosine similarities for every split; on validation, a linear map from similarity to
+    the label scale (regression) or the threshold that best separates two classes."""
+    import numpy as np
+
+    from tunelab.evaluation import ClassScores, ValueScores
+    from tunelab.features import FeatureCache, cached_features
+    from tunelab.models import count_parameters_from_config
+
+    config, dataset, run = prepared.config, prepared.dataset, context.run
+    extractor = prepared.parts["extractor"]
+    cache = FeatureCache() if config.features.cache else None
+    similarity = {}
+    for split in dict.fromkeys(["validation", *prepared.eval_splits]):
+        data = dataset.splits[split]
+        u, _ = cached_features(extractor, data.texts, f"{split} first texts", cache, context.rank, context.world)
+        v, _ = cached_features(extractor, data.pairs, f"{split} second texts", cache, context.rank, context.world)
+        if context.rank == 0:
+            norms = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
+            similarity[split] = (u * v).sum(1) / np.maximum(norms, 1e-12)
+    if context.rank != 0:
+        return None
+    start = time.perf_counter()
+    validation = dataset.splits["validation"].labels
+    if dataset.problem == "regression":
+        slope, intercept = np.polyfit(similarity["validation"], validation, 1)
+        calibration = {"map": "label = slope * cosine + intercept, fitted on validation",
+                       "slope": float(slope), "intercept": float(intercept)}
+
+        def scores_of(split):
+            return ValueScores(slope * similarity[split] + intercept)
+    else:
+        candidates = np.unique(similarity["validation"])
+        accuracy = [np.mean((similarity["validation"] >= t) == (validation == 1)) for t in candidates]
+        threshold = float(candidates[int(np.argmax(accuracy))])
+        calibration = {"threshold": threshold, "rule": f"{dataset.class_names[1]} when cosine >= threshold, "
+                       "chosen on validation for accuracy"}
+
+        def scores_of(split):
+            margin = similarity[split] - threshold
+            return ClassScores.from_full(np.stack([-margin, margin], axis=1), "similarity_margin")
+    split_metrics, reports = {}, {}
+    for split in prepared.eval_splits:
+        data = dataset.splits[split]
+        split_metrics[split], reports[split] = evaluate_split(run, split, dataset.class_names, data.labels,
+                                                              scores_of(split), data.ids, data.inputs.columns())
+    run.write_json("model/pair_similarity.json", {"class_names": dataset.class_names, "problem": dataset.problem,
+                                                  **calibration})
+    scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
+    return Outcome(
+        splits=split_metrics, reports=reports,
+        params={"total": count_parameters_from_config(prepared.source), "trainable": 0},
+        seconds={"train": 0.0, "features": extractor.seconds, "eval": extractor.seconds + time.perf_counter() - start},
+        throughput={"train_samples_per_s": None,
+                    "eval_samples_per_s": throughput(scored, extractor.seconds + time.perf_counter() - start)},
+        task={"pairs": {"similarity": "cosine", "pooling": config.features.pooling, **calibration}},
+    )
+
+
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Class embeddings once, then every evaluation split's images scored against them
     (sharded over processes under torchrun, gathered on rank 0)."""
     from tunelab.distributed import gather_to_zero, shard
 
+    if "extractor" in prepared.parts:
+        return execute_pairs(prepared, context)
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
     parts = prepared.parts
     model, templates = parts["model"].to(device).eval(), parts["templates"]
@@ -116,10 +239,13 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
 
 def load_predictor(run_dir: Path, config: ZeroshotConfig):
-    """Classify image files against the class embeddings the run saved."""
+    """Classify image files against the class embeddings the run saved; or score sentence
+    pairs by similarity with the calibration the run fitted."""
     from tunelab.predict import image_predictor
     from tunelab.runtime import resolve_device
 
+    if (run_dir / "model" / "pair_similarity.json").is_file():
+        return pair_predictor(run_dir, config)
     model, _, processor = load_clip(recorded_model(run_dir, config.model))
     return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
                            config.images.batch_size)
@@ -127,7 +253,8 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
 
 TASK = register_task(Task(
     name=COMMAND, config_class=ZeroshotConfig, prepare=prepare, execute=execute,
-    summary="CLIP zero-shot image classification",
-    description="CLIP zero-shot: class prompts against images, no training.",
+    summary="zero-shot: CLIP prompts against images, or sentence-pair similarity",
+    description="Zero-shot, no training: CLIP class prompts against images; or, for sentence pairs, the cosine "
+                "similarity of a text encoder's mean-pooled embeddings (scaled or thresholded on validation).",
     load_predictor=load_predictor, describe=describe,
 ))
