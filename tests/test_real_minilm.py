@@ -34,3 +34,79 @@ def test_minilm_full_finetune_beats_the_probe(need_rt, need_minilm, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["splits"]["validation"]["n"] == 1066
     assert metrics["splits"]["validation"]["accuracy"] > 0.787
+
+
+STSB = ["--dataset", "stsb", "--text-column", "sentence1", "--text-pair-column", "sentence2", "--label-column",
+        "score", "--problem", "regression"]
+
+
+@pytest.fixture
+def stsb(need_minilm):
+    from tests.conftest import data_dir
+
+    if not (data_dir() / "stsb" / "train.csv").is_file():
+        pytest.skip("../shared/data/stsb is not present")
+    return str(data_dir() / "stsb")
+
+
+def stsb_args(path):
+    return [path if a == "stsb" else a for a in STSB]
+
+
+def test_minilm_pair_regression_probe_on_a_stsb_sample(stsb, tmp_path):
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", "minilm", *stsb_args(stsb), "--max-train-samples", "1000",
+                 "--max-eval-samples", "300", "--out", str(out), "--precision", "bf16"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"]["features"]["pair_encoding"] == "bi"
+    assert metrics["splits"]["test"]["spearman"] > 0.7
+
+
+def test_minilm_multilabel_and_imbalanced_text(need_minilm, need_rt, tmp_path):
+    """Rotten Tomatoes as label sets (sentiment plus a length tag) and with 10% positives."""
+    import csv
+
+    from tests.conftest import data_dir
+
+    lines = {p: (data_dir() / "rotten_tomatoes" / "rt-polaritydata" / f"rt-polarity.{p}").read_text(
+        encoding="utf-8", errors="replace").splitlines()[:300] for p in ("pos", "neg")}
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    with open(folder / "train.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for polarity, texts in lines.items():
+            for text in texts:
+                writer.writerow([text, polarity + (";long" if len(text.split()) > 20 else "")])
+    out = tmp_path / "run"
+    assert main(["probe", "--model", "minilm", "--dataset", str(folder), "--label-separator", ";",
+                 "--pooling", "mean", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["class_names"] == ["long", "neg", "pos"]
+    assert metrics["splits"]["test"]["f1_micro"] > 0.6
+
+
+@pytest.mark.anchor
+def test_anchor_stsb_zeroshot(stsb, tmp_path):
+    out = tmp_path / "zs"
+    assert main(["zeroshot", "--model", "minilm", *stsb_args(stsb), "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["splits"]["test"]["spearman"] >= 0.81
+
+
+@pytest.mark.anchor
+def test_anchor_stsb_probe(stsb, tmp_path):
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", "minilm", *stsb_args(stsb), "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["splits"]["test"]["spearman"] >= 0.80
+
+
+@pytest.mark.anchor
+def test_anchor_stsb_finetune_bi_and_cross(stsb, tmp_path):
+    out = tmp_path / "bi"
+    assert main(["finetune", "--model", "minilm", *stsb_args(stsb), "--pair-encoding", "bi", "--epochs", "2",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["splits"]["test"]["spearman"] >= 0.84
+    cross = tmp_path / "cross"
+    assert main(["finetune", "--model", "minilm", *stsb_args(stsb), "--pair-encoding", "cross", "--epochs", "2",
+                 "--out", str(cross)]) == 0
+    assert "spearman" in json.loads((cross / "metrics.json").read_text())["splits"]["test"]

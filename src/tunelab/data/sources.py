@@ -121,6 +121,8 @@ def detect_format(path: Path) -> str:
     subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if subdirs and any(_holds_images(d) for d in subdirs):
         return "image-folder"
+    if any(p.suffix.lower() in TEXT_FILE_SUFFIXES for p in files):
+        return "text-folder"  # data files under other names: --train-split etc. say which is which
     raise DataError(
         f"cannot tell the format of {path}: expected split files (train.csv, test.jsonl, ...), "
         "an rt-polarity or tiny-imagenet-200 folder, class folders of images, "

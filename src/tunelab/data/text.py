@@ -158,6 +158,9 @@ def pick_columns(columns: Sequence[str], cfg: DataConfig, source: str) -> tuple[
     """The text, pair and label columns of a table, and notes on what was inferred."""
     notes = []
     pair = cfg.text_pair_column
+    if pair is not None and pair not in columns:
+        raise DataError(f"{source}: no column '{pair}' (--text-pair-column); columns present: "
+                        f"{', '.join(map(str, columns))}")
     text_requested = cfg.text_column
     if text_requested is None and pair is None and "text" not in columns:
         for first, second in PAIR_COLUMNS:
@@ -167,9 +170,6 @@ def pick_columns(columns: Sequence[str], cfg: DataConfig, source: str) -> tuple[
                 break
     text, note = pick_column(columns, text_requested, "text", TEXT_ALTERNATIVES, "--text-column", source)
     notes += [note] if note else []
-    if pair is not None and pair not in columns:
-        raise DataError(f"{source}: no column '{pair}' (--text-pair-column); columns present: "
-                        f"{', '.join(map(str, columns))}")
     label, note = pick_column(columns, cfg.label_column, "label", LABEL_ALTERNATIVES, "--label-column", source)
     notes += [note] if note else []
     return {"text": text, "pair": pair, "label": label}, notes
@@ -504,7 +504,8 @@ def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
     if source.format != "hub" and source.known is not None:
         notes.append(f"read {source.spec} from {source.location}")
     if not table.splits:
-        raise DataError(f"{cfg.dataset}: no train/validation/test data found")
+        raise DataError(f"{cfg.dataset}: no train/validation/test data found; name the files or splits with "
+                        "--train-split, --validation-split and --test-split")
 
     for split, raw in table.splits.items():
         if not raw.texts:

@@ -172,7 +172,7 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     """Predict for new texts (or pairs) with a finished probe run: the recorded encoder, the
     saved estimator."""
     from tunelab.features import TextFeatureExtractor, pair_features
-    from tunelab.predict import predictions_from
+    from tunelab.predict import as_text_inputs, predictions_from
 
     info = json.loads((run_dir / "model" / "probe.json").read_text(encoding="utf-8"))
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
@@ -180,6 +180,7 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     names, problem = info["class_names"], info.get("problem", "single-label")
 
     def predict(inputs) -> list:
+        inputs = as_text_inputs(inputs)
         features, _ = pair_features(extractor, inputs, config.data.pair_encoding, "features", None)
         scores = predict_scores(estimator, features, problem, len(names), info.get("threshold", 0.5))
         return predictions_from(inputs, scores, names)
