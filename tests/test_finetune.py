@@ -41,7 +41,8 @@ def metrics_of(run):
 @pytest.fixture(scope="module")
 def full_run(tiny_bert_dir, topics, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "full"
-    assert main(finetune_args(tiny_bert_dir, topics, out, "--max-steps", 100, "--lr", "1e-3")) == 0
+    assert main(finetune_args(tiny_bert_dir, topics, out, "--max-steps", 100, "--lr", "1e-3",
+                              "--keep-checkpoints")) == 0
     return out
 
 

@@ -149,7 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-column", help="column of --input to read (default: the run's, else text)")
     predict.add_argument("--text-pair-column", help="second text column of --input (default: the run's)")
     predict.add_argument("--output", metavar="FILE.csv", help="write predictions here instead of printing")
+    predict.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                         help="torch (default), or the run's ONNX export through ONNX Runtime (tunelab export)")
     predict.set_defaults(handler=_run_predict)
+
+    export = commands.add_parser("export", help="export a fine-tuned text classifier (ONNX, optionally int8)",
+                                 description="Export a fine-tuning run's model to RUN/onnx, checked against PyTorch "
+                                             "on the run's own examples; predict --backend onnx then serves it.")
+    export.add_argument("run_dir", metavar="RUN")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised int8 model")
+    export.set_defaults(handler=_run_export)
     for sub in commands.choices.values():  # also accepted after the command
         sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -239,7 +249,7 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                                     args.text_pair_column)
         read = read_inputs(args.input_file, text_column, pair_column)
         inputs += list(zip(read.texts, read.pairs)) if hasattr(read, "pairs") else read
-    predictions = predict(args.run_dir, inputs)
+    predictions = predict(args.run_dir, inputs, backend=args.backend)
     pairs = any(p.pair is not None for p in predictions)
     if args.output:
         import csv
@@ -256,6 +266,17 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         for p in predictions:
             print("\t".join([p.label, f"{p.score:.4f}", p.input, *([p.pair] if pairs else [])]))
+    return 0
+
+
+def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.export import export_onnx
+
+    record = export_onnx(args.run_dir, quantize=args.quantize)
+    line = f"wrote {args.run_dir}/onnx (largest logit difference to PyTorch {record['max_abs_logit_difference']:.1e})"
+    if "int8" in record and "accuracy_change" in record["int8"]:
+        line += f"; int8 accuracy change {record['int8']['accuracy_change']:+.4f}"
+    print(line)
     return 0
 
 

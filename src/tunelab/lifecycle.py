@@ -199,6 +199,11 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
             tracker.log({f"final/{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
         tracker.log({f"throughput/{k}": v for k, v in metrics["timing"]["throughput"].items() if v is not None})
     run.write_text("report.md", render_run_report(metrics, config_yaml, class_reports, notes))
+    if (run.path / "model").is_dir():
+        from tunelab.modelcard import write_model_card
+
+        inputs = read_inputs_record(run.path) or {}
+        write_model_card(run.path / "model", metrics, config_yaml, inputs.get("model"))
     run.write_metrics(metrics)
     path = run.commit()
     for split, values in metrics["splits"].items():

@@ -72,21 +72,29 @@ def run_command(run_dir: Path) -> str:
     return command
 
 
-def load_predictor(run_dir: str | Path):
-    """A function that classifies a list of inputs with the model of ``run_dir``."""
+def load_predictor(run_dir: str | Path, backend: str = "torch"):
+    """A function that predicts for a list of inputs with the model of ``run_dir``;
+    ``backend`` onnx / onnx-int8 serves the run's ONNX export instead of PyTorch."""
     from tunelab.registry import get_task
 
     run_dir = Path(run_dir)
-    task = get_task(run_command(run_dir))
+    command = run_command(run_dir)
+    if backend != "torch":
+        if command != "finetune":
+            raise TunelabError(f"--backend {backend} serves exported fine-tuning runs; {run_dir} is a {command} run")
+        from tunelab.export import onnx_predictor
+
+        return onnx_predictor(run_dir, int8=backend == "onnx-int8")
+    task = get_task(command)
     if task.load_predictor is None:
         raise TunelabError(f"predict does not support '{task.name}' runs")
     return task.load_predictor(run_dir, config_from_run(task.config_class, run_dir))
 
 
-def predict(run_dir: str | Path, inputs) -> list[Prediction]:
+def predict(run_dir: str | Path, inputs, backend: str = "torch") -> list[Prediction]:
     """Predict for ``inputs`` with the model a run directory holds: texts, sentence pairs
     ((first, second) tuples), or image files, as the run was trained on."""
-    predictor = load_predictor(run_dir)
+    predictor = load_predictor(run_dir, backend)
     if not len(inputs):
         raise TunelabError("nothing to predict: give texts as arguments, --pair A B, or --input FILE")
     return predictor(inputs)

@@ -63,6 +63,9 @@ class TrainConfig:
                                                "spearman", "pearson", "mse", "mae", "r2", "loss"))
     merge_lora: bool = setting(False, "also save the LoRA adapters merged into full weights", flag="--merge-lora",
                                const=True)
+    keep_checkpoints: bool = setting(False, "keep every checkpoint (with its optimizer state) after the run "
+                                     "completes; by default only the best model stays, in model/",
+                                     flag="--keep-checkpoints", const=True)
     logging_steps: int = setting(10, "steps between logged training losses")
     gradient_checkpointing: bool = setting(False, "recompute activations to save memory on large models",
                                            flag="--gradient-checkpointing", const=True)

@@ -318,3 +318,16 @@ def training_summary(trainer, train, run_dir: Path, world: int, resume: bool) ->
         "world_size": world,
         "resumed": resume,
     }
+
+
+def prune_checkpoints(run_dir: Path, train) -> str | None:
+    """A completed run keeps what predict, report, export and a rerun need: the best model
+    (already saved in model/), not every checkpoint's optimizer state, unless
+    ``keep_checkpoints``. Returns what happened, for the training summary."""
+    import shutil
+
+    folder = run_dir / "checkpoints"
+    if train.keep_checkpoints or not folder.is_dir():
+        return None
+    shutil.rmtree(folder)
+    return "removed after completion (the best model is in model/; --keep-checkpoints keeps them)"

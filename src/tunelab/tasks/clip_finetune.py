@@ -113,7 +113,7 @@ def prepare(config: ClipFinetuneConfig) -> Prepared:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with zero-shot evaluation on validation, then score every split with the
     best model against freshly computed class embeddings."""
-    from tunelab.training import train_resumable, training_summary
+    from tunelab.training import prune_checkpoints, train_resumable, training_summary
 
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
     parts = prepared.parts
@@ -143,6 +143,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     eval_seconds = time.perf_counter() - start
     _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates)
     run.write_json("history.json", trainer.state.log_history)
+    training = training_summary(trainer, config.train, run.path, context.world, context.resume)
+    training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
     return Outcome(
         splits=split_metrics, reports=reports, params=params,
         seconds={"train": stats["train_runtime"], "eval": eval_seconds},
@@ -151,7 +153,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                                                      eval_seconds)},
         task={"method": config.train.method, "loss": config.loss,
               "templates": {"spec": config.templates, "count": len(templates)},
-              "training": training_summary(trainer, config.train, run.path, context.world, context.resume)},
+              "training": training},
         skipped=sorted(set(skipped)),
     )
 

@@ -21,7 +21,7 @@ from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.models import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
 from tunelab.registry import Task, register_task
-from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
+from tunelab.train_config import HEAD_MODULES, LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def check_best_metric(metric: str, problem: str) -> None:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
     from tunelab.evaluation import LabelScores, choose_threshold
-    from tunelab.training import train_resumable, training_summary
+    from tunelab.training import prune_checkpoints, train_resumable, training_summary
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     tokenizer, model = prepared.parts["tokenizer"], prepared.parts["model"]
@@ -325,10 +325,12 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
             run, split, dataset.class_names, data.labels, scores_for(split, threshold), data.ids,
             data.inputs.columns())
     eval_seconds = time.perf_counter() - start
-    save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold)
+    save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold,
+               base_pointer=(run.final / "model" / "base", prepared.source))
     run.write_json("history.json", trainer.state.log_history)
-    task = {"method": config.train.method, "pair_encoding": config.data.pair_encoding,
-            "training": training_summary(trainer, config.train, run.path, context.world, context.resume)}
+    training = training_summary(trainer, config.train, run.path, context.world, context.resume)
+    training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
+    task = {"method": config.train.method, "pair_encoding": config.data.pair_encoding, "training": training}
     if threshold_record is not None:
         task["threshold"] = threshold_record
     return Outcome(
@@ -470,9 +472,14 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     return trainer, interrupt
 
 
-def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, threshold: float = 0.5) -> None:
-    """Weights (or the LoRA adapter) and tokenizer as safetensors, merged weights on
-    request; a bi-encoder's head beside its encoder; tunelab.json with what predict needs."""
+def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, threshold: float = 0.5,
+               base_pointer: tuple[Path, ModelSource] | None = None) -> None:
+    """A standard Hugging Face folder: weights (or the LoRA adapter) and tokenizer as
+    safetensors, label names in config.json, merged weights on request; a bi-encoder's
+    head beside its encoder; tunelab.json with what predict needs. A LoRA adapter's
+    base_model_name_or_path points at model/base (the base's config with this run's
+    head and label names, and links to the base weights), so that peft's
+    AutoPeftModelForSequenceClassification and transformers' pipeline load it alone."""
     import json
 
     from tunelab.biencoder import BiEncoder
@@ -482,12 +489,51 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
     else:
         model.save_pretrained(str(target), safe_serialization=True)
         tokenizer.save_pretrained(str(target))
+        if train.method == "lora" and base_pointer is not None:
+            write_base_pointer(target, model, *base_pointer)
         if train.method == "lora" and train.merge_lora:
             merged = model.merge_and_unload()
             merged.save_pretrained(str(target / "merged"), safe_serialization=True)
             tokenizer.save_pretrained(str(target / "merged"))
     (target / "tunelab.json").write_text(json.dumps({
         "problem": dataset.problem, "class_names": dataset.class_names, "threshold": threshold}, indent=1))
+
+
+def write_base_pointer(adapter_dir: Path, model, final_base: Path, source: ModelSource) -> None:
+    """model/base: config.json of the classifier (head size, label names) and links to the
+    base model's weight files; the adapter's base_model_name_or_path names its final
+    absolute path. A base checkpoint that carries a classification head (a classifier
+    itself) gets a copy without it instead of a link: the adapter holds this run's head."""
+    import json
+    import os
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from tunelab.provenance import model_files_dir
+
+    base = adapter_dir / "base"
+    base.mkdir(parents=True, exist_ok=True)
+    model.get_base_model().config.save_pretrained(str(base))
+    heads = tuple(f"{name}." for name in HEAD_MODULES)  # trained in full: the adapter holds them
+    weights_dir = model_files_dir(source)
+    safetensors_files = sorted(weights_dir.glob("*.safetensors"))
+    for file in sorted(weights_dir.iterdir()):
+        if file.name.endswith(".safetensors.index.json") or (not safetensors_files and file.name.startswith(
+                "pytorch_model")):
+            os.symlink(file.resolve(), base / file.name)
+    for file in safetensors_files:
+        with safe_open(str(file), framework="pt") as handle:
+            clashing = [k for k in handle.keys() if k.startswith(heads)]
+            if not clashing:
+                os.symlink(file.resolve(), base / file.name)
+                continue
+            kept = {k: handle.get_tensor(k) for k in handle.keys() if k not in clashing}
+        save_file(kept, str(base / file.name), metadata={"format": "pt"})
+    adapter_config = adapter_dir / "adapter_config.json"
+    values = json.loads(adapter_config.read_text(encoding="utf-8"))
+    values["base_model_name_or_path"] = str(final_base)
+    adapter_config.write_text(json.dumps(values, indent=2), encoding="utf-8")
 
 
 def load_finetuned(run_dir: Path, config: FinetuneConfig):

@@ -1,0 +1,158 @@
+"""From result to use: run directories the ecosystem loads on its own (plain
+transformers/peft, no tunelab code), model cards, ONNX export and serving, lean runs."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import topic_rows, write_csv
+from tunelab.cli import main
+
+
+def rows_of(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def metrics_of(run):
+    return json.loads((Path(run) / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def topics(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("topics")
+    write_csv(folder / "train.csv", topic_rows(40, seed=1))
+    write_csv(folder / "validation.csv", topic_rows(8, seed=2))
+    write_csv(folder / "test.csv", topic_rows(8, seed=3))
+    return folder
+
+
+def finetune(model, data, out, *extra):
+    assert main(["finetune", "--model", str(model), "--dataset", str(data), "--out", str(out), "--max-steps", "30",
+                 "--eval-every", "15", "--batch-size", "8", "--lr", "2e-3", *map(str, extra)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_bert_dir, topics, tmp_path_factory):
+    return finetune(tiny_bert_dir, topics, tmp_path_factory.mktemp("use") / "full")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_bert_dir, topics, tmp_path_factory):
+    return finetune(tiny_bert_dir, topics, tmp_path_factory.mktemp("use") / "lora", "--method", "lora",
+                    "--lora-r", "4", "--merge-lora")
+
+
+def probabilities_of(rows, names):
+    return np.array([[float(r[f"probability_{n}"]) for n in names] for r in rows])
+
+
+def test_plain_transformers_and_pipeline_load_a_full_run(full_run):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    rows = rows_of(full_run / "predictions" / "test.csv")
+    names = metrics_of(full_run)["data"]["class_names"]
+    model = AutoModelForSequenceClassification.from_pretrained(full_run / "model")
+    assert [model.config.id2label[i] for i in range(3)] == names
+    classify = pipeline("text-classification", model=str(full_run / "model"), top_k=None)
+    outputs = classify([r["text"] for r in rows])
+    for row, scores in zip(rows, outputs):
+        best = max(scores, key=lambda s: s["score"])
+        assert best["label"] == row["prediction"] and best["score"] == pytest.approx(float(row["probability"]),
+                                                                                     abs=1e-4)
+
+
+def test_plain_peft_loads_a_lora_run_and_merged_is_plain(lora_run):
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rows = rows_of(lora_run / "predictions" / "test.csv")
+    names = metrics_of(lora_run)["data"]["class_names"]
+    tokenizer = AutoTokenizer.from_pretrained(lora_run / "model")
+    batch = tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    expected = probabilities_of(rows, names)
+    for model in (AutoPeftModelForSequenceClassification.from_pretrained(lora_run / "model"),
+                  AutoModelForSequenceClassification.from_pretrained(lora_run / "model" / "merged")):
+        model.eval()
+        assert [model.config.id2label[i] for i in range(3)] == names
+        with torch.no_grad():
+            probabilities = torch.softmax(model(**inputs).logits, -1).numpy()
+        np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+
+
+def test_plain_clip_loads_a_clip_run(tiny_clip_dir, colour_folder, tmp_path):
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    run = tmp_path / "clip"
+    assert main(["clip-finetune", "--model", str(tiny_clip_dir), "--dataset", str(colour_folder), "--out", str(run),
+                 "--max-steps", "10", "--eval-every", "10", "--batch-size", "16", "--num-workers", "0",
+                 "--lr", "5e-3"]) == 0
+    model = CLIPModel.from_pretrained(run / "model").eval()  # the adapter, onto the recorded base
+    processor = AutoImageProcessor.from_pretrained(run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    saved = json.loads((run / "model" / "zeroshot.json").read_text())
+    rows = rows_of(run / "predictions" / "test.csv")[:4]
+    prompts = [saved["templates"][0].format(n) for n in saved["class_names"]]
+    with torch.no_grad():
+        text = model.get_text_features(**tokenizer(prompts, padding=True, return_tensors="pt"))
+        pixels = processor(images=[Image.open(colour_folder / r["file"]).convert("RGB") for r in rows],
+                           return_tensors="pt")["pixel_values"]
+        image = model.get_image_features(pixel_values=pixels)
+        text = text.pooler_output if hasattr(text, "pooler_output") else text
+        image = image.pooler_output if hasattr(image, "pooler_output") else image
+        logits = model.logit_scale.exp() * torch.nn.functional.normalize(image, dim=-1) @ \
+            torch.nn.functional.normalize(text, dim=-1).T
+    expected = np.array([[float(r[f"similarity_{n}"]) for n in saved["class_names"]] for r in rows])
+    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-3)
+
+
+def test_model_card_front_matter(full_run, lora_run):
+    from huggingface_hub import ModelCard
+
+    for run, library in ((full_run, "transformers"), (lora_run, "peft")):
+        card = ModelCard.load(run / "model" / "README.md")
+        metrics = metrics_of(run)
+        assert card.data.library_name == library and card.data.pipeline_tag == "text-classification"
+        assert card.data.base_model and card.data.datasets == [metrics["dataset"]]
+        results = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+        assert results[("test", "accuracy")] == pytest.approx(metrics["splits"]["test"]["accuracy"], abs=1e-6)
+        assert "## Training configuration" in card.text and "## How to load it" in card.text
+
+
+def test_a_completed_run_is_lean_unless_asked(full_run, tiny_bert_dir, topics, tmp_path):
+    assert not (full_run / "checkpoints").exists()
+    assert metrics_of(full_run)["task"]["training"]["checkpoints"].startswith("removed")
+    kept = finetune(tiny_bert_dir, topics, tmp_path / "kept", "--keep-checkpoints")
+    assert len(list((kept / "checkpoints").glob("checkpoint-*"))) >= 1
+
+
+@pytest.mark.parametrize("run_name", ["full_run", "lora_run"])
+def test_onnx_export_and_serving(run_name, request, tmp_path, capsys):
+    run = request.getfixturevalue(run_name)
+    assert main(["export", str(run), "--format", "onnx", "--quantize", "int8"]) == 0
+    record = json.loads((run / "onnx" / "export.json").read_text())
+    assert record["max_abs_logit_difference"] <= 1e-4
+    assert "accuracy_change" in record["int8"] and (run / "onnx" / "model.int8.onnx").is_file()
+    rows = rows_of(run / "predictions" / "test.csv")
+    write_csv(tmp_path / "in.csv", [(r["text"], "") for r in rows])
+    assert main(["predict", str(run), "--input", str(tmp_path / "in.csv"), "--backend", "onnx",
+                 "--output", str(tmp_path / "o.csv")]) == 0
+    served = rows_of(tmp_path / "o.csv")
+    assert [s["prediction"] for s in served] == [r["prediction"] for r in rows]
+    np.testing.assert_allclose([float(s["probability"]) for s in served], [float(r["probability"]) for r in rows],
+                               atol=1e-4)
+    assert main(["predict", str(run), rows[0]["text"], "--backend", "onnx-int8"]) == 0
+
+
+def test_export_of_a_probe_is_refused(tiny_bert_dir, topics, tmp_path, capsys):
+    run = tmp_path / "probe"
+    assert main(["probe", "--model", str(tiny_bert_dir), "--dataset", str(topics), "--out", str(run)]) == 0
+    assert main(["export", str(run)]) == 2
+    assert "is not a fine-tuning run" in capsys.readouterr().err
