@@ -110,3 +110,15 @@ def test_anchor_stsb_finetune_bi_and_cross(stsb, tmp_path):
     assert main(["finetune", "--model", "minilm", *stsb_args(stsb), "--pair-encoding", "cross", "--epochs", "2",
                  "--out", str(cross)]) == 0
     assert "spearman" in json.loads((cross / "metrics.json").read_text())["splits"]["test"]
+
+
+def test_minilm_full_run_is_lean(need_rt, need_minilm, tmp_path):
+    """A completed full fine-tuning run takes at most 1.3 times its weights on disk."""
+    out = tmp_path / "lean"
+    assert main(["finetune", "--model", "minilm", "--dataset", "rotten_tomatoes", "--out", str(out),
+                 "--max-train-samples", "256", "--max-eval-samples", "64", "--max-steps", "4", "--eval-every", "2",
+                 "--batch-size", "16"]) == 0
+    weights = (out / "model" / "model.safetensors").stat().st_size
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not p.is_symlink())
+    assert total <= 1.3 * weights, (total, weights)
+    assert not (out / "checkpoints").exists()
