@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a study variable (clip_model=PATH), a shared setting (seed=1), or STEP.key=value")
     run.add_argument("--out", metavar="DIR", help="study directory (default runs/study-<name>-<timestamp>); "
                      "rerunning into it keeps completed steps")
+    run.add_argument("--dry-run", action="store_true", help="print the runs the study expands into, and stop")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="runs at a time on this machine (CPU threads shared out, or one GPU each)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local (default), or each run a Ray task (pip install 'tunelab[ray]')")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="an existing Ray cluster (default: start a local Ray instance for this study)")
     run.set_defaults(handler=_run_study)
 
     report = commands.add_parser("report", help="compare run directories in Markdown and HTML",
@@ -206,7 +213,15 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     assignments = dict(parse_assignment(a) for a in args.set)
     study = load_study(args.study, assignments)
-    root, outcomes = run_study(study, out=args.out)
+    if args.dry_run:
+        width = max(len(s.name) for s in study.steps) if study.steps else 4
+        for step in study.steps:
+            params = ", ".join(f"{k}={v}" for k, v in step.params.items())
+            print(f"{step.name:<{width}}  {step.command:<13}  {params}")
+        print(f"{len(study.steps)} runs in {len({s.group for s in study.steps})} steps")
+        return 0
+    root, outcomes = run_study(study, out=args.out, jobs=args.jobs, executor=args.executor,
+                               ray_address=args.ray_address)
     width = max(len(o.name) for o in outcomes) if outcomes else 4
     for o in outcomes:
         print(f"{o.name:<{width}}  {o.status:<9}  {o.detail}")

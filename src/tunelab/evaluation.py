@@ -11,6 +11,7 @@ import numpy as np
 from tunelab.metrics import (
     classification_metrics,
     confusion,
+    expected_calibration_error,
     multilabel_metrics,
     regression_metrics,
     text_report,
@@ -170,7 +171,10 @@ def split_metrics(y_true: np.ndarray, scores, num_classes: int) -> dict:
         return regression_metrics(y_true, scores.values)
     if isinstance(scores, LabelScores):
         return multilabel_metrics(y_true, scores.predicted, scores.scores)
-    return classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
+    metrics = classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
+    if scores.kind == "probability":  # calibration needs probabilities (an SVC's decision values have none)
+        metrics["ece"] = expected_calibration_error(scores.score, scores.predicted == np.asarray(y_true))
+    return metrics
 
 
 def evaluate_split(
@@ -207,7 +211,7 @@ def evaluate_split(
                                                                             scores.predicted.astype(int),
                                                                             class_names)
     num_classes = len(class_names)
-    metrics = classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
+    metrics = split_metrics(y_true, scores, num_classes)
     run.write_predictions(split, prediction_columns(ids, inputs, class_names, scores, y_true))
     matrix = confusion(y_true, scores.predicted, num_classes)
     run.write_confusion(split, matrix, class_names, top_confused_pairs(matrix, class_names))

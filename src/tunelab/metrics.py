@@ -155,3 +155,20 @@ def headline_metric(values: dict) -> str:
         if name in values:
             return name
     return next(iter(k for k in values if k != "n"))
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over ``bins`` equal-width
+    confidence bins weighted by how many predictions fall in each."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if not len(confidence):
+        return 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)

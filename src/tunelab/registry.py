@@ -31,6 +31,7 @@ BUILTIN_MODULES = {
     "finetune": "tunelab.tasks.finetune",
     "zeroshot": "tunelab.tasks.zeroshot",
     "clip-finetune": "tunelab.tasks.clip_finetune",
+    "baseline": "tunelab.tasks.baseline",
 }
 
 

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
+from tunelab.analysis import group_runs
 from tunelab.metrics import headline_metric
 
 METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro",
@@ -328,9 +330,12 @@ def _curves_png(record: RunRecord) -> bytes | None:
 
 
 def build_report(records: list[RunRecord], title: str, baseline: str | None = None,
-                 outcomes: list | None = None) -> Document:
+                 outcomes: list | None = None, published: dict | None = None) -> Document:
     doc = Document()
     doc.heading(1, title)
+    if records:
+        groups = group_runs(records, outcomes)
+        _at_a_glance(doc, groups, baseline, published or {})
     env = records[0].metrics.get("environment", {}) if records else {}
     if env:
         doc.paragraph(f"Measured on {env.get('platform', '?')}, device {env.get('device', '?')}; "
@@ -338,12 +343,14 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
                       f"tunelab {env.get('tunelab', '?')}.")
     if outcomes:
         doc.heading(2, "Steps")
-        doc.table(["step", "command", "status", "detail"],
+        doc.table(["run", "command", "status", "detail"],
                   [[o.name, o.command, o.status, o.detail or ""] for o in outcomes])
     if not records:
         doc.paragraph("No finished runs to compare.")
         return doc
-    base = next((r for r in records if r.name == baseline), records[0])
+    _group_sections(doc, groups, baseline)
+    base = next((r for r in records if r.name == baseline), None) or \
+        next((g.runs[0] for g in groups if g.method == baseline), records[0])
     doc.paragraph(f"Deltas are against {base.name} ({base.command}, {base.metrics['model'] or 'no model'}) on the "
                   "same dataset and split, in each run's headline metric (accuracy, micro F1 for label sets, "
                   "Spearman's rho for numbers). [low, high] is a 95% interval given the number of examples n: "
@@ -429,7 +436,8 @@ def _seed_summary(doc: Document, group: list[RunRecord]) -> None:
 
 
 def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",
-                 baseline: str | None = None, outcomes: list | None = None) -> tuple[Path, Path]:
+                 baseline: str | None = None, outcomes: list | None = None,
+                 published: dict | None = None) -> tuple[Path, Path]:
     """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it."""
     from tunelab.runs import atomic_write_bytes
 
@@ -439,8 +447,243 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
     elif out.suffix.lower() != ".md":
         out = out.with_suffix(".md") if out.suffix else out / "report.md"
     records = find_runs(paths)
-    doc = build_report(records, title, baseline, outcomes)
+    if outcomes is None and len(paths) == 1 and (Path(paths[0]) / "study.json").is_file():
+        outcomes, study = _study_state(Path(paths[0]))  # a study directory: its groups and settings
+        baseline = baseline or study.get("baseline")
+        published = published or study.get("published")
+    doc = build_report(records, title, baseline, outcomes, published)
     atomic_write_bytes(out, doc.markdown(out.parent / f"{out.stem}_files").encode("utf-8"))
     html_path = out.with_suffix(".html")
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"))
     return out, html_path
+
+
+# --------------------------------------------------------------------------- study sections
+
+
+def _study_state(root: Path):
+    from types import SimpleNamespace
+
+    state = json.loads(_read_text(root, "study.json") or "{}")
+    outcomes = [SimpleNamespace(**{"group": "", "params": {}, "detail": "", "seconds": 0.0, **step})
+                for step in state.get("steps", [])]
+    return outcomes, state
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _figure(width: float = 7.0, height: float = 3.6):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=100)
+
+
+def _group_value(group, split: str | None = None) -> tuple[float, float, float]:
+    """(mean, low, high) of a group's headline metric: over seeds, or one run's interval."""
+    from tunelab.analysis import seed_summary
+
+    split = split or group.main_split()
+    values = group.values(split)
+    summary = seed_summary(values)
+    if len(values) > 1:
+        return summary["mean"], summary["low"], summary["high"]
+    metric, run_values = group.metric(), group.runs[0].metrics["splits"][split]
+    if metric == "accuracy":
+        return (values[0], *wilson_interval(values[0], run_values["n"]))
+    if metric in ("spearman", "pearson"):
+        return (values[0], *correlation_interval(values[0], run_values["n"], spearman=metric == "spearman"))
+    return values[0], float("nan"), float("nan")
+
+
+def _floor(groups, baseline: str | None):
+    floors = [g for g in groups if g.command == "baseline"]
+    named = [g for g in groups if g.method == baseline or g.name == baseline]
+    pool = floors or named
+    return max(pool, key=lambda g: _group_value(g)[0]) if pool else None
+
+
+def _at_a_glance(doc: Document, groups: list, baseline: str | None, published: dict) -> None:
+    """One chart of every group's headline metric with its interval, and three sentences:
+    the best method, what it gained over the floor and the reference recipe, at what cost."""
+    if not groups:
+        return
+    doc.heading(2, "At a glance")
+    metric, split = groups[0].metric(), groups[0].main_split()
+    comparable = [g for g in groups if g.metric() == metric and split in g.runs[0].metrics["splits"]]
+    points = [(g.name, *_group_value(g, split)) for g in comparable]
+    fig, ax = _figure(7.5, max(2.0, 0.35 * len(points) + 1))
+    for y, (name, mean, low, high) in enumerate(points):
+        ax.barh(y, mean, color="tab:blue", alpha=0.6)
+        if not math.isnan(low):
+            ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], color="black", capsize=3)
+        reference = (published.get(name) or published.get(next((g.method for g in comparable if g.name == name),
+                                                                 ""), {}) or {})
+        if isinstance(reference, dict) and split in reference:
+            ax.plot(reference[split], y, "r*", markersize=10, label="published" if y == 0 else None)
+    ax.set_yticks(range(len(points)), labels=[p[0] for p in points])
+    ax.set_xlabel(f"{split} {metric} (bars: mean; lines: 95% interval" + ("; stars: published" if published else "")
+                  + ")")
+    doc.image("at-a-glance.png", _png(fig), f"{split} {metric} of every method, with its 95% interval")
+    best = max(comparable, key=lambda g: _group_value(g, split)[0])
+    mean, low, high = _group_value(best, split)
+    sentences = [f"The best method is {best.name}: {split} {metric} {mean:.4f}"
+                 + ("" if math.isnan(low) else f" [{low:.4f}, {high:.4f}]") + "."]
+    floor = _floor(comparable, baseline)
+    reference = next((g for g in comparable if g.method == baseline or g.name == baseline), None)
+    gains = []
+    for other, label in ((floor, "the floor"), (reference, "the reference recipe")):
+        if other is None or other is best:
+            continue
+        from tunelab.analysis import paired_comparison
+
+        result = paired_comparison(best, other, split, metric)
+        verdict = "" if result is None else (", significant at 0.05" if result["significant"] else ", within noise")
+        gains.append(f"{mean - _group_value(other, split)[0]:+.4f} over {label} ({other.name}{verdict})")
+    sentences.append(("It gains " + " and ".join(gains) + ".") if gains else
+                     "There is no floor or reference step to compare it with (add a baseline step).")
+    params = best.runs[0].metrics.get("params", {})
+    timing = best.runs[0].metrics.get("timing", {})
+    sentences.append(f"It trains {params.get('trainable', 0):,} of {params.get('total', 0):,} parameters, "
+                     f"taking {_wall_seconds(timing.get('seconds', {})):.0f} s and "
+                     f"{timing.get('peak_rss_mb', 0):.0f} MB of memory per run.")
+    doc.paragraph(" ".join(sentences))
+    if published:
+        rows = []
+        for name, values in published.items():
+            group = next((g for g in comparable if g.method == name or g.name == name), None)
+            for pub_split, value in (values or {}).items():
+                ours = _group_value(group, pub_split)[0] if group and pub_split in group.runs[0].metrics["splits"] \
+                    else None
+                rows.append([name, pub_split, f"{value:.4f}", _fmt(ours)])
+        doc.table(["step", "split", "published", "ours"], rows)
+
+
+def _group_sections(doc: Document, groups: list, baseline: str | None) -> None:
+    """Seed groups, paired comparisons, learning curves, cost and calibration."""
+    from tunelab.analysis import (
+        crossovers,
+        describe_comparison,
+        learning_curves,
+        paired_comparison,
+        pareto_front,
+        reliability,
+        seed_summary,
+    )
+
+    seeded = [g for g in groups if len(g.runs) > 1]
+    if seeded:
+        doc.heading(2, "Seeds")
+        doc.paragraph("Runs that differ only in their seed: mean, standard deviation, range and the 95% interval "
+                      "of the mean over seeds (Student's t), for every metric of the main split.")
+        rows = []
+        for group in seeded:
+            split = group.main_split()
+            for metric in group.runs[0].metrics["splits"][split]:
+                if metric in ("n", "classes_present"):
+                    continue
+                summary = seed_summary(group.values(split, metric))
+                rows.append([group.name, split, metric, str(summary["seeds"]), f"{summary['mean']:.4f}",
+                             f"{summary['std']:.4f}", f"{summary['min']:.4f} to {summary['max']:.4f}",
+                             f"[{summary['low']:.4f}, {summary['high']:.4f}]"])
+        doc.table(["group", "split", "metric", "seeds", "mean", "std", "range", "95% interval"], rows)
+
+    floor = _floor(groups, baseline)
+    if floor is not None and len(groups) > 1:
+        doc.heading(2, "Paired comparisons")
+        split, metric = floor.main_split(), floor.metric()
+        doc.paragraph(f"Each method against {floor.name} on the same {split} examples: the difference of {metric} "
+                      "(averaged over seed pairs), its paired-bootstrap 95% interval, and for accuracy the exact "
+                      "McNemar test. A difference is significant at 0.05 when the test rejects (or the interval "
+                      "excludes 0); otherwise it is within noise.")
+        sentences, rows = [], []
+        for group in groups:
+            if group is floor or group.metric() != metric:
+                continue
+            result = paired_comparison(group, floor, split, metric)
+            if result is None:
+                continue
+            sentences.append(describe_comparison(group.name, floor.name, metric, result))
+            rows.append([group.name, f"{result['delta']:+.4f}", f"[{result['low']:+.4f}, {result['high']:+.4f}]",
+                         f"{result['mcnemar_p']:.3g}" if "mcnemar_p" in result else "—", str(result["n"]),
+                         "significant" if result["significant"] else "within noise"])
+        if rows:
+            doc.table(["method", f"Δ {metric}", "bootstrap 95%", "McNemar p", "n", "at 0.05"], rows)
+            for sentence in sentences:
+                doc.paragraph(sentence)
+
+    curves = learning_curves(groups)
+    if curves:
+        doc.heading(2, "Learning curves")
+        fig, ax = _figure()
+        metric = groups[0].metric()
+        for method, points in curves.items():
+            xs = [x for x, _ in points]
+            ax.plot(xs, [p["mean"] for _, p in points], marker="o", label=method)
+            ax.fill_between(xs, [p["min"] for _, p in points], [p["max"] for _, p in points], alpha=0.2)
+        ax.set_xscale("log")
+        size_key = next(g.size_key for g in groups if g.size_key)
+        ax.set_xlabel("shots per class" if size_key == "data.shots" else "training examples")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+        doc.image("learning-curves.png", _png(fig), f"{metric} against training size (bands: range over seeds)")
+        for sentence in crossovers(curves) or ["No method overtakes another over the sizes tried."]:
+            doc.paragraph(sentence)
+
+    costed = [g for g in groups if g.values()]
+    if len(costed) > 1:
+        doc.heading(2, "Cost")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+        metric = costed[0].metric()
+        for ax, label, cost in ((axes[0], "wall time per run (s)",
+                                 lambda g: np.mean([_wall_seconds(r.metrics["timing"]["seconds"]) for r in g.runs])),
+                                (axes[1], "trained parameters",
+                                 lambda g: max(g.runs[0].metrics.get("params", {}).get("trainable", 0), 1))):
+            points = [(float(cost(g)), _group_value(g)[0]) for g in costed]
+            front = pareto_front(points)
+            ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
+            ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red",
+                    label="Pareto front")
+            for (x, y), group in zip(points, costed):
+                ax.annotate(group.name, (x, y), fontsize=6)
+            ax.set_xscale("log")
+            ax.set(xlabel=label, ylabel=metric)
+            ax.legend(fontsize=7)
+        doc.image("cost.png", _png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")
+        rows = [[g.name, f"{np.mean([_wall_seconds(r.metrics['timing']['seconds']) for r in g.runs]):.1f}",
+                 f"{g.runs[0].metrics['timing'].get('peak_rss_mb', 0):.0f}",
+                 _fmt(g.runs[0].metrics["timing"].get("peak_cuda_mb"), 0),
+                 f"{g.runs[0].metrics.get('params', {}).get('trainable', 0):,}"] for g in costed]
+        doc.table(["group", "seconds per run", "peak RSS MB", "peak CUDA MB", "trained params"], rows)
+
+    calibrated = [g for g in groups if "ece" in g.runs[0].metrics["splits"].get(g.main_split(), {})]
+    uncalibrated = [g.name for g in groups if g.metric() == "accuracy" and g not in calibrated]
+    if calibrated:
+        doc.heading(2, "Calibration")
+        doc.paragraph("Expected calibration error (15 bins) of runs that give probabilities"
+                      + (f"; {', '.join(uncalibrated)} give scores without probabilities (e.g. an SVC's decision "
+                         "values), so no calibration is measured for them." if uncalibrated else "."))
+        doc.table(["group", "split", "ECE (mean over seeds)"],
+                  [[g.name, g.main_split(), f"{np.mean(g.values(metric='ece')):.4f}"] for g in calibrated])
+        fig, ax = _figure(4.5, 4.5)
+        for group in calibrated[:8]:
+            curve = reliability(group.runs[0].path, group.main_split())
+            if curve is not None:
+                centres, accuracy, counts = curve
+                ax.plot(centres[counts > 0], accuracy[counts > 0], marker="o", label=group.name)
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
+        ax.set(xlabel="confidence", ylabel="accuracy", title="reliability")
+        ax.legend(fontsize=7)
+        doc.image("reliability.png", _png(fig), "reliability diagram: accuracy against confidence")

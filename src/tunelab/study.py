@@ -51,11 +51,13 @@ STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 @dataclasses.dataclass
 class Step:
-    name: str
+    name: str  # the run directory: the step's name, with its matrix values for an expanded run
     command: str
     settings: dict[str, Any]  # the step's own keys in the study file
     requires: list[str]
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set STEP.key=value
+    group: str = ""  # the study step this run expands (its name in the study file)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # this run's matrix values
 
 
 @dataclasses.dataclass
@@ -66,6 +68,7 @@ class Study:
     settings: dict[str, Any]  # shared by every step whose command has the key
     baseline: str | None = None  # the step other runs are compared against in the report
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set key=value for every step
+    published: dict[str, Any] = dataclasses.field(default_factory=dict)  # step -> {split: value}: a paper's numbers
 
 
 @dataclasses.dataclass
@@ -75,23 +78,29 @@ class StepOutcome:
     status: str  # completed | reused | skipped | failed
     detail: str = ""
     seconds: float = 0.0
+    group: str = ""
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+STUDY_KEYS = ("command", "name", "variables", "settings", "steps", "baseline", "matrix", "published")
 
 
 def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
-    """Read a study YAML or preset and apply ``--set`` assignments: a variable name sets
-    the variable, ``STEP.key`` one step's setting, any other key the shared settings."""
+    """Read a study YAML or preset, apply ``--set`` assignments (a variable name sets the
+    variable, ``STEP.key`` one step's setting, ``matrix.key`` / ``STEP.matrix.key`` a
+    sweep, any other key the shared settings), and expand every matrix into runs."""
     values, origin = load_yaml_source(source)
     if values.get("command", "study") != "study" or "steps" not in values:
         raise ConfigError(f"{origin} is not a study (it needs a list of steps); "
                           f"for a single command use tunelab {values.get('command', 'COMMAND')} --config")
-    unknown = set(values) - {"command", "name", "variables", "settings", "steps", "baseline"}
+    unknown = set(values) - set(STUDY_KEYS)
     if unknown:
-        raise ConfigError(f"{origin}: unknown study key '{sorted(unknown)[0]}' "
-                          "(known: name, variables, settings, steps, baseline)")
+        raise ConfigError(f"{origin}: unknown study key '{sorted(unknown)[0]}' (known: {', '.join(STUDY_KEYS[1:])})")
     variables = dict(values.get("variables") or {})
     settings = dict(values.get("settings") or {})
+    study_matrix = dict(values.get("matrix") or {})
     commands = all_tasks()
-    steps = []
+    steps, matrices = [], {}
     for index, raw in enumerate(values["steps"] or []):
         if not isinstance(raw, dict) or "command" not in raw:
             raise ConfigError(f"{origin}: step {index + 1} needs a 'command' ({', '.join(commands)})")
@@ -101,45 +110,112 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
             raise ConfigError(f"{origin}: step {index + 1} has unknown command '{command}'; "
                               f"choose from {', '.join(commands)}")
         name = str(raw.pop("name", f"{index + 1:02d}-{command}"))
-        if not STEP_NAME.fullmatch(name) or name in (".", ".."):
-            raise ConfigError(f"{origin}: step name {name!r} is not a plain name; use letters, digits, '.', '_' "
-                              "and '-' (it names the step's run directory inside the study directory)")
+        _check_name(name, origin)
         requires = list(raw.pop("requires", []) or [])
-        steps.append(Step(name, command, raw, requires))
+        matrices[name] = dict(raw.pop("matrix", None) or {})
+        steps.append(Step(name, command, raw, requires, group=name))
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"{origin}: step names must be unique (they name run directories)")
     overrides: dict[str, Any] = {}
     for key, value in (assignments or {}).items():
-        head = key.split(".", 1)[0]
+        head, _, rest = key.partition(".")
         if key in variables:
             variables[key] = value
-        elif head in names and "." in key:
-            set_dotted(next(s for s in steps if s.name == head).overrides, key.split(".", 1)[1], value)
+        elif head == "matrix" and rest:
+            study_matrix[rest] = value
+        elif head in names and rest.startswith("matrix."):
+            matrices[head][rest[len("matrix."):]] = value
+        elif head in names and rest:
+            set_dotted(next(s for s in steps if s.name == head).overrides, rest, value)
         elif _is_config_key(key):
             set_dotted(overrides, key, value)
         else:
             known = ", ".join(variables) or "none"
             raise ConfigError(f"--set {key}=...: '{key}' is not a variable of this study (variables: {known}), "
                               f"a step (steps: {', '.join(names)}), or a setting any command has")
-    return Study(str(values.get("name") or Path(source).stem), steps, variables, settings, values.get("baseline"),
-                 overrides)
+    runs = []
+    for step in steps:
+        runs += expand_matrix(step, {**study_matrix, **matrices[step.name]}, variables, origin)
+    run_names = [r.name for r in runs]
+    if len(set(run_names)) != len(run_names):
+        raise ConfigError(f"{origin}: the matrices give two runs the same name; rename a step")
+    return Study(str(values.get("name") or Path(source).stem), runs, variables, settings, values.get("baseline"),
+                 overrides, dict(values.get("published") or {}))
+
+
+def _check_name(name: str, origin: str) -> None:
+    if not STEP_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{origin}: step name {name!r} is not a plain name; use letters, digits, '.', '_' "
+                          "and '-' (it names the step's run directory inside the study directory)")
+
+
+# Short labels of matrix keys in run names (lora-shots8-seed1); others use their last part.
+MATRIX_LABELS = {"data.shots": "shots", "data.max_train_samples": "n", "seed": "seed", "train.lr": "lr",
+                 "model": "model", "train.method": "", "train.epochs": "ep", "train.max_steps": "steps"}
+
+
+def expand_matrix(step: Step, matrix: dict[str, Any], variables: dict[str, Any], origin: str) -> list[Step]:
+    """One run per combination of the matrix's values (keys are config keys, dotted, or
+    study variables); a key the step's command lacks is left out for that step."""
+    import itertools
+
+    from tunelab.registry import get_task
+
+    cls = get_task(step.command).config_class
+    keys = []
+    for key, values in matrix.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{origin}: matrix key '{key}' needs a list of values, got {values!r}")
+        if key in variables or _has_key(cls, key):
+            keys.append(key)
+        elif not _is_config_key(key):
+            raise ConfigError(f"{origin}: matrix key '{key}' is neither a study variable nor a setting of any "
+                              "command")
+    if not keys:
+        return [step]
+    runs = []
+    for combination in itertools.product(*(matrix[k] for k in keys)):
+        params = dict(zip(keys, combination))
+        overrides = json.loads(json.dumps(step.overrides))
+        settings = json.loads(json.dumps(step.settings))
+        for key, value in params.items():
+            if key in variables:
+                settings = _substitute(settings, {**variables, key: value})
+            else:
+                set_dotted(overrides, key, value)
+        suffix = "-".join(_label(k) + _value_text(v) for k, v in params.items())
+        name = f"{step.name}-{suffix}"
+        _check_name(name, origin)
+        runs.append(dataclasses.replace(step, name=name, settings=settings, overrides=overrides, params=params))
+    return runs
+
+
+def _label(key: str) -> str:
+    return MATRIX_LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", ""))
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "all"
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.]+", "_", Path(text).name if "/" in text else text).strip("_")[:40]
+
+
+def _has_key(cls: type, dotted: str) -> bool:
+    node = cls
+    for part in dotted.split("."):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return False
+        field = fields[part]
+        node = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+    return True
 
 
 def _is_config_key(dotted: str) -> bool:
     """Whether some command's config has the (dotted) key."""
-    parts = dotted.split(".")
-    for task in all_tasks().values():
-        node = task.config_class
-        for part in parts:
-            fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
-            if part not in fields:
-                break
-            field = fields[part]
-            node = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
-        else:
-            return True
-    return False
+    return any(_has_key(task.config_class, dotted) for task in all_tasks().values())
 
 
 def _substitute(value: Any, variables: dict[str, Any]) -> Any:
@@ -211,62 +287,191 @@ def _complete_with(run_dir: Path, command: str, config) -> bool:
         return False
 
 
-def run_study(study: Study, out: str | Path | None = None) -> tuple[Path, list[StepOutcome]]:
-    """Run every step in order; a failure is recorded and the next step runs.
-    Returns (study directory, outcomes)."""
+EXECUTORS = ("local", "ray")
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    step: Step
+    config: Any
+    mode: str  # new | resume | overwrite
+
+
+def run_study(study: Study, out: str | Path | None = None, jobs: int = 1, executor: str = "local",
+              ray_address: str | None = None) -> tuple[Path, list[StepOutcome]]:
+    """Run every run of the study: finished ones with the same inputs are kept, killed
+    training runs resume, the rest run (``jobs`` at a time on this machine, or as Ray
+    tasks); a failure is recorded and the others go on. Returns (study directory,
+    outcomes in study order)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be 1 or more")
     root = Path(out) if out else default_study_path(study.name)
     root.mkdir(parents=True, exist_ok=True)
-    outcomes: list[StepOutcome] = []
+    outcomes: dict[str, StepOutcome] = {}
+    todo: list[PlannedRun] = []
     for step in study.steps:
         run_dir = root / step.name
         missing = [v for v in step.requires if study.variables.get(v) in (None, "")]
         if missing:
             reason = f"needs {', '.join(missing)} (set it with --set {missing[0]}=...)"
-            outcomes.append(StepOutcome(step.name, step.command, "skipped", reason))
+            outcomes[step.name] = _outcome(step, "skipped", reason)
             logger.info("step %s skipped: %s", step.name, reason)
             continue
-        start = time.perf_counter()
         try:
             config = resolve_step(study, step)
-            if _complete_with(run_dir, step.command, config):
-                outcomes.append(StepOutcome(step.name, step.command, "reused",
-                                            "complete with the same configuration"))
-                logger.info("step %s: complete already, kept", step.name)
-                continue
-            task = get_task(step.command)
-            logger.info("step %s: tunelab %s", step.name, step.command)
-            kwargs: dict[str, Any] = {"out": run_dir, "argv": [step.command, "--config", str(run_dir / "config.yaml")]}
-            resumable = (task.resumable and (run_dir / "config.yaml").is_file()
-                         and not (run_dir / "metrics.json").exists() and (run_dir / "checkpoints").is_dir())
-            if resumable and _recorded_request(run_dir) == dump_yaml(config, step.command):
-                kwargs["resume"] = True
-            else:
-                kwargs["overwrite"] = run_dir.exists() and any(run_dir.iterdir())
-            run_task(task, config, **kwargs)
-            outcomes.append(StepOutcome(step.name, step.command, "completed", "",
-                                        time.perf_counter() - start))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # a failed step is reported; the study goes on
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if not isinstance(exc, TunelabError):
-                message = f"{type(exc).__name__}: {message}"
-                logger.debug("%s", traceback.format_exc())
-            outcomes.append(StepOutcome(step.name, step.command, "failed", message, time.perf_counter() - start))
-            logger.error("step %s failed: %s", step.name, message)
-    _write_state(root, study, outcomes)
+        except TunelabError as exc:
+            outcomes[step.name] = _outcome(step, "failed", str(exc))
+            continue
+        if _complete_with(run_dir, step.command, config):
+            outcomes[step.name] = _outcome(step, "reused", "complete with the same configuration and inputs")
+            logger.info("step %s: complete already, kept", step.name)
+            continue
+        resumable = (get_task(step.command).resumable and (run_dir / "config.yaml").is_file()
+                     and not (run_dir / "metrics.json").exists() and (run_dir / "checkpoints").is_dir()
+                     and _recorded_request(run_dir) == dump_yaml(config, step.command))
+        mode = "resume" if resumable else "overwrite" if run_dir.exists() and any(run_dir.iterdir()) else "new"
+        todo.append(PlannedRun(step, config, mode))
+    if executor == "ray":
+        results = _run_on_ray(todo, root, ray_address)
+    elif jobs > 1 and len(todo) > 1:
+        results = _run_in_processes(todo, root, jobs)
+    else:
+        results = [_run_here(planned, root) for planned in todo]
+    for planned, (status, detail, seconds) in zip(todo, results):
+        outcomes[planned.step.name] = _outcome(planned.step, status, detail, seconds)
+        if status == "failed":
+            logger.error("step %s failed: %s", planned.step.name, detail)
+    ordered = [outcomes[step.name] for step in study.steps]
+    _write_state(root, study, ordered)
     from tunelab.report import write_report
 
-    runs = [root / o.name for o in outcomes if o.status in ("completed", "reused")]
-    baseline = study.baseline if study.baseline in [o.name for o in outcomes] else None
-    write_report(runs, root / "report.md", title=f"Study {study.name}", baseline=baseline, outcomes=outcomes)
-    return root, outcomes
+    runs = [root / o.name for o in ordered if o.status in ("completed", "reused")]
+    write_report(runs, root / "report.md", title=f"Study {study.name}", baseline=study.baseline, outcomes=ordered,
+                 published=study.published)
+    return root, ordered
+
+
+def _outcome(step: Step, status: str, detail: str = "", seconds: float = 0.0) -> StepOutcome:
+    return StepOutcome(step.name, step.command, status, detail, seconds, step.group or step.name, step.params)
+
+
+def _failure_text(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not isinstance(exc, TunelabError):
+        message = f"{type(exc).__name__}: {message}"
+        logger.debug("%s", traceback.format_exc())
+    return message
+
+
+def run_planned(command: str, config, out: Path, mode: str) -> tuple[str, str, float]:
+    """One run, in this process: (status, detail, seconds)."""
+    start = time.perf_counter()
+    try:
+        run_task(get_task(command), config, out=out, resume=mode == "resume", overwrite=mode == "overwrite",
+                 argv=[command, "--config", str(out / "config.yaml")])
+        return "completed", "", time.perf_counter() - start
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a failed run is reported; the study goes on
+        return "failed", _failure_text(exc), time.perf_counter() - start
+
+
+def _run_here(planned: PlannedRun, root: Path) -> tuple[str, str, float]:
+    logger.info("step %s: tunelab %s", planned.step.name, planned.step.command)
+    return run_planned(planned.step.command, planned.config, root / planned.step.name, planned.mode)
+
+
+def _run_in_processes(todo: list[PlannedRun], root: Path, jobs: int) -> list[tuple[str, str, float]]:
+    """``jobs`` runs at a time, each a ``python -m tunelab`` process of its own: the CPU
+    threads shared out between them, or one GPU each where there are GPUs."""
+    import os
+    import queue
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover
+        gpus = 0
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(jobs):
+        slots.put(slot)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    configs = root / ".configs"
+    configs.mkdir(exist_ok=True)
+
+    def run(planned: PlannedRun) -> tuple[str, str, float]:
+        slot = slots.get()
+        start = time.perf_counter()
+        try:
+            path = configs / f"{planned.step.name}.yaml"
+            path.write_text(dump_yaml(planned.config, planned.step.command), encoding="utf-8")
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                       TOKENIZERS_PARALLELISM="false")
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            command = [sys.executable, "-m", "tunelab", "-q", planned.step.command, "--config", str(path),
+                       "--out", str(root / planned.step.name)]
+            command += {"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(planned.mode, [])
+            logger.info("step %s: tunelab %s (job %d)", planned.step.name, planned.step.command, slot + 1)
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode == 0:
+                return "completed", "", time.perf_counter() - start
+            lines = [line for line in done.stderr.splitlines() if line.startswith("tunelab:")]
+            detail = lines[-1].split(": ", 1)[-1].removeprefix("error: ") if lines else \
+                (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            return "failed", detail, time.perf_counter() - start
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(run, todo))
+
+
+def _remote_run(command: str, config_yaml: str, out: str, mode: str) -> tuple[str, str, float]:
+    """A Ray task: rebuild the typed config from its YAML and run it on the worker."""
+    import yaml
+
+    from tunelab.config import from_dict
+
+    values = yaml.safe_load(config_yaml)
+    values.pop("command", None)
+    config = from_dict(get_task(command).config_class, values)
+    return run_planned(command, config, Path(out), mode)
+
+
+def _run_on_ray(todo: list[PlannedRun], root: Path, address: str | None) -> list[tuple[str, str, float]]:
+    """Each run a Ray task (one GPU each where the cluster has GPUs); without an address a
+    local Ray instance is started here and shut down when done. Run directories must lie
+    on a path every worker reaches."""
+    try:
+        import ray
+    except ImportError:
+        raise TunelabError("--executor ray needs Ray: pip install 'tunelab[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_remote_run)
+        futures = [remote.remote(p.step.command, dump_yaml(p.config, p.step.command), str(root.resolve() /
+                                 p.step.name), p.mode) for p in todo]
+        return [tuple(result) for result in ray.get(futures)]
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _write_state(root: Path, study: Study, outcomes: list[StepOutcome]) -> None:
     from tunelab.runs import atomic_write_bytes
 
     state = {"name": study.name, "variables": study.variables, "settings": study.settings,
-             "overrides": study.overrides,
+             "overrides": study.overrides, "baseline": study.baseline, "published": study.published,
              "steps": [dataclasses.asdict(o) for o in outcomes]}
     atomic_write_bytes(root / "study.json", (json.dumps(state, indent=2, default=str) + "\n").encode())
