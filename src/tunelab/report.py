@@ -507,9 +507,10 @@ def _group_value(group, split: str | None = None) -> tuple[float, float, float]:
 
 
 def _floor(groups, baseline: str | None):
-    floors = [g for g in groups if g.command == "baseline"]
+    """What the others are compared with: the study's baseline step, else the best of the
+    steps that need no pretrained model."""
     named = [g for g in groups if g.method == baseline or g.name == baseline]
-    pool = floors or named
+    pool = named or [g for g in groups if g.command == "baseline"]
     return max(pool, key=lambda g: _group_value(g)[0]) if pool else None
 
 
@@ -526,7 +527,7 @@ def _at_a_glance(doc: Document, groups: list, baseline: str | None, published: d
     for y, (name, mean, low, high) in enumerate(points):
         ax.barh(y, mean, color="tab:blue", alpha=0.6)
         if not math.isnan(low):
-            ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], color="black", capsize=3)
+            ax.errorbar(mean, y, xerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], color="black", capsize=3)
         reference = (published.get(name) or published.get(next((g.method for g in comparable if g.name == name),
                                                                  ""), {}) or {})
         if isinstance(reference, dict) and split in reference:
@@ -539,8 +540,9 @@ def _at_a_glance(doc: Document, groups: list, baseline: str | None, published: d
     mean, low, high = _group_value(best, split)
     sentences = [f"The best method is {best.name}: {split} {metric} {mean:.4f}"
                  + ("" if math.isnan(low) else f" [{low:.4f}, {high:.4f}]") + "."]
-    floor = _floor(comparable, baseline)
-    reference = next((g for g in comparable if g.method == baseline or g.name == baseline), None)
+    floors = [g for g in comparable if g.command == "baseline"]
+    floor = max(floors, key=lambda g: _group_value(g, split)[0]) if floors else None
+    reference = _floor(comparable, baseline)
     gains = []
     for other, label in ((floor, "the floor"), (reference, "the reference recipe")):
         if other is None or other is best:

@@ -174,6 +174,7 @@ def expand_matrix(step: Step, matrix: dict[str, Any], variables: dict[str, Any],
                               "command")
     if not keys:
         return [step]
+    keys.sort(key=lambda k: k == "seed")  # the seed last: lora-shots8-seed1
     runs = []
     for combination in itertools.product(*(matrix[k] for k in keys)):
         params = dict(zip(keys, combination))

@@ -1,0 +1,166 @@
+"""Studies that answer the question: sweeps, seeds, floors, paired tests, learning
+curves, cost and calibration, run serially, in parallel jobs, and on Ray; every number
+in the report recomputed from the runs' prediction files."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import topic_rows, write_csv
+from tunelab.cli import main
+
+
+def metrics_of(run):
+    return json.loads((Path(run) / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def topics(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("topics")
+    write_csv(folder / "train.csv", topic_rows(40, seed=1))
+    write_csv(folder / "validation.csv", topic_rows(10, seed=2))
+    write_csv(folder / "test.csv", topic_rows(20, seed=3))
+    return folder
+
+
+def curve_study(path: Path, model, data) -> Path:
+    study = {
+        "name": "curve",
+        "baseline": "majority",
+        "matrix": {"seed": [0, 1, 2]},
+        "steps": [
+            {"name": "majority", "command": "baseline", "kind": "majority", "data": {"dataset": str(data)},
+             "matrix": {"seed": [0]}},
+            {"name": "tfidf", "command": "baseline", "kind": "tfidf", "data": {"dataset": str(data)},
+             "matrix": {"data.shots": [2, 8, 30]}},
+            {"name": "probe", "command": "probe", "model": str(model), "data": {"dataset": str(data)},
+             "classifier": {"kind": "logreg", "c": 10.0}, "features": {"pooling": "mean"},
+             "matrix": {"data.shots": [2, 8, 30]}},
+        ],
+    }
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_dry_run_lists_the_expanded_runs(tmp_path, topics, tiny_bert_dir, capsys):
+    path = curve_study(tmp_path / "s.yaml", tiny_bert_dir, topics)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "19 runs in 3 steps"
+    names = [line.split()[0] for line in lines[:-1]]
+    assert names[0] == "majority-seed0" and "probe-shots8-seed1" in names and "tfidf-shotsall-seed2" not in names
+    assert main(["run", str(path), "--dry-run", "--set", "probe.matrix.data.shots=[2]", "--set",
+                 "matrix.seed=[5]"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "5 runs in 3 steps"
+
+
+def test_a_bad_matrix_is_one_line(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "steps": [{"name": "p", "command": "probe", "matrix":
+                                                            {"data.shotz": [1]}}]}))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "matrix key 'data.shotz' is neither a study variable nor a setting" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def curve(tmp_path_factory, topics, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("curve")
+    path = curve_study(root / "s.yaml", tiny_bert_dir, topics)
+    assert main(["run", str(path), "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def test_the_report_answers_the_question(curve):
+    text = (curve / "report.md").read_text()
+    for heading in ("## At a glance", "## Seeds", "## Paired comparisons", "## Learning curves", "## Cost",
+                    "## Calibration"):
+        assert heading in text, heading
+    assert re.search(r"The best method is (probe|tfidf)-shots\d+: test accuracy \d\.\d{4}", text)
+    assert "over the reference recipe (majority" in text
+    for picture in ("at-a-glance.png", "learning-curves.png", "cost.png", "reliability.png"):
+        assert (curve / "report_files" / picture).is_file(), picture
+    assert "McNemar p" in text and ("significant at 0.05" in text or "within noise" in text)
+    html = (curve / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == html.count("<img") >= 4
+
+
+def _predictions(run, split="test"):
+    import csv
+
+    with open(Path(run) / "predictions" / f"{split}.csv", newline="") as handle:
+        return {r["id"]: (r["label"], r["prediction"]) for r in csv.DictReader(handle)}
+
+
+def test_report_numbers_equal_those_recomputed_from_predictions(curve):
+    from scipy.stats import binomtest, t
+
+    runs = [curve / f"probe-shots30-seed{s}" for s in range(3)]
+    accuracies = [metrics_of(r)["splits"]["test"]["accuracy"] for r in runs]
+    for run, accuracy in zip(runs, accuracies):  # metrics.json agrees with the prediction file
+        rows = _predictions(run).values()
+        assert accuracy == pytest.approx(np.mean([a == b for a, b in rows]))
+    text = (curve / "report.md").read_text()
+    mean, sd = np.mean(accuracies), np.std(accuracies, ddof=1)
+    half = t.ppf(0.975, 2) * sd / np.sqrt(3)
+    row = next(line for line in text.splitlines() if line.startswith("| probe-shots30 | test | accuracy |"))
+    assert f"| {mean:.4f} | {sd:.4f} |" in row and f"[{mean - half:.4f}, {mean + half:.4f}]" in row
+    # The paired test against the majority floor, from the prediction files.
+    floor = _predictions(curve / "majority-seed0")
+    only_probe = only_floor = 0
+    deltas = []
+    for run in runs:
+        probe = _predictions(run)
+        right_probe = np.array([probe[i][0] == probe[i][1] for i in sorted(floor)])
+        right_floor = np.array([floor[i][0] == floor[i][1] for i in sorted(floor)])
+        only_probe += int((right_probe & ~right_floor).sum())
+        only_floor += int((~right_probe & right_floor).sum())
+        deltas.append(right_probe.mean() - right_floor.mean())
+    p = binomtest(only_probe, only_probe + only_floor, 0.5).pvalue
+    line = next(line for line in text.splitlines() if re.match(r"\| probe-shots30 \| [+-]", line))
+    assert f"| {np.mean(deltas):+.4f} |" in line and f"| {p:.3g} |" in line
+
+
+def test_calibration_is_measured_where_there_are_probabilities(curve):
+    probe = metrics_of(curve / "probe-shots30-seed0")["splits"]["test"]
+    assert 0 <= probe["ece"] <= 1
+    assert "ece" in metrics_of(curve / "tfidf-shots30-seed0")["splits"]["test"]
+
+
+def test_rerun_keeps_finished_runs_and_jobs_match_serial(curve, tmp_path, topics, tiny_bert_dir):
+    path = curve_study(tmp_path / "s.yaml", tiny_bert_dir, topics)
+    assert main(["run", str(path), "--out", str(curve)]) == 0
+    state = json.loads((curve / "study.json").read_text())
+    assert {s["status"] for s in state["steps"]} == {"reused"}
+    parallel = tmp_path / "parallel"
+    assert main(["run", str(path), "--out", str(parallel), "--jobs", "2", "--set", "matrix.seed=[1]",
+                 "--set", "tfidf.matrix.data.shots=[8]", "--set", "probe.matrix.data.shots=[8]"]) == 0
+    for name in ("tfidf-shots8-seed1", "probe-shots8-seed1"):
+        serial, jobs = metrics_of(curve / name)["splits"], metrics_of(parallel / name)["splits"]
+        for split in serial:
+            assert jobs[split]["accuracy"] == pytest.approx(serial[split]["accuracy"], abs=0.01)
+
+
+def test_baselines_predict(curve, capsys):
+    for run in (curve / "majority-seed0", curve / "tfidf-shots30-seed0"):
+        capsys.readouterr()
+        assert main(["predict", str(run), "sport red film"]) == 0
+        assert capsys.readouterr().out.split("\t")[0] in ("music", "science", "sport")
+    assert metrics_of(curve / "majority-seed0")["task"] == {"kind": "majority"}
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_serial(curve, tmp_path, topics, tiny_bert_dir):
+    pytest.importorskip("ray")
+    path = curve_study(tmp_path / "s.yaml", tiny_bert_dir, topics)
+    out = tmp_path / "ray"
+    assert main(["run", str(path), "--out", str(out), "--executor", "ray", "--set", "matrix.seed=[2]",
+                 "--set", "tfidf.matrix.data.shots=[30]", "--set", "probe.matrix.data.shots=[30]"]) == 0
+    for name in ("majority-seed2", "tfidf-shots30-seed2", "probe-shots30-seed2"):
+        if (curve / name).is_dir():
+            assert metrics_of(out / name)["splits"]["test"]["accuracy"] == pytest.approx(
+                metrics_of(curve / name)["splits"]["test"]["accuracy"], abs=0.01)
+    assert (out / "report.md").is_file()
