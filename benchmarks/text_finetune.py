@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     n = 256 if args.quick else args.num_texts
 
+    import torch
     import transformers
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, default_data_collator
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     from tunelab.config import DataConfig, RuntimeConfig
     from tunelab.data.text import load_text_dataset
     from tunelab.models import load_tokenizer, resolve_model
-    from tunelab.tasks.finetune import FinetuneConfig, build_classifier_model, build_trainer
+    from tunelab.tasks.finetune import FinetuneConfig, build_model, build_trainer
     from tunelab.train_config import TrainConfig
 
     transformers.logging.set_verbosity_error()
@@ -96,18 +97,24 @@ def main(argv=None) -> int:
         rates["trainer"] = trainer_samples_per_s(source.location, tokenizer, dynamic_ds,
                                                  DataCollatorWithPadding(tokenizer), args.batch_size, steps, 0,
                                                  str(Path(tmp) / "b"))
-        config = FinetuneConfig(model=args.model, data=data_config, runtime=RuntimeConfig(device="cpu"),
-                                train=TrainConfig(batch_size=args.batch_size, max_steps=steps, logging_steps=10_000))
-        model = build_classifier_model(source, dataset.class_names, config.train, config.lora)
-        trainer, _ = build_trainer(config, dataset, tokenizer, model, Path(tmp) / "c", evaluate=False)
-        trainer.args.disable_tqdm = True
-        rates["tunelab"] = _timed_train(trainer, args.batch_size, steps)
+        for key, precision in (("tunelab", "fp32"), ("tunelab_bf16", "bf16")):
+            config = FinetuneConfig(model=args.model, data=data_config,
+                                    runtime=RuntimeConfig(device="cpu", precision=precision),
+                                    train=TrainConfig(batch_size=args.batch_size, max_steps=steps,
+                                                      logging_steps=10_000))
+            torch.manual_seed(0)
+            model = build_model(source, dataset, config)
+            trainer, _ = build_trainer(config, dataset, tokenizer, model, Path(tmp) / key, evaluate=False)
+            trainer.args.disable_tqdm = True
+            rates[key] = _timed_train(trainer, args.batch_size, steps)
 
     print("\n| recipe | train samples/s | tunelab ratio |\n|---|---|---|")
     for key, label in (("reference", "(a) reference: pad to 512, Trainer"),
                        ("trainer", "(b) Trainer + DataCollatorWithPadding")):
         print(f"| {label} | {rates[key]:.1f} | {rates['tunelab'] / rates[key]:.2f} |")
-    print(f"| (c) tunelab | {rates['tunelab']:.1f} | 1.00 |")
+    print(f"| (c) tunelab fp32 | {rates['tunelab']:.1f} | 1.00 |")
+    print(f"| (d) tunelab bf16 | {rates['tunelab_bf16']:.1f} | {rates['tunelab_bf16'] / rates['tunelab']:.2f} "
+          "vs (c) |")
     print(json.dumps({
         "benchmark": "text_finetune", "model": args.model, "texts": n, "steps": steps,
         "reference_steps": reference_steps,
@@ -115,6 +122,8 @@ def main(argv=None) -> int:
         "tunelab_per_s": round(rates["tunelab"], 1),
         "ratio_vs_reference": round(rates["tunelab"] / rates["reference"], 2),
         "ratio_vs_trainer": round(rates["tunelab"] / rates["trainer"], 2),
+        "tunelab_bf16_per_s": round(rates["tunelab_bf16"], 1),
+        "ratio_bf16_vs_fp32": round(rates["tunelab_bf16"] / rates["tunelab"], 2),
     }))
     return 0
 

@@ -25,7 +25,7 @@ def metrics_of(run):
 
 def clip_ft(model, data, out, *extra):
     return main(["clip-finetune", "--model", str(model), "--dataset", str(data), "--out", str(out),
-                 "--batch-size", "16", "--num-workers", "0", "--seed", "1", *map(str, extra)])
+                 "--batch-size", "16", "--num-workers", "0", "--seed", "1", "--precision", "fp32", *map(str, extra)])
 
 
 def test_reference_lora_counts_on_vit_b16(capsys):

@@ -17,7 +17,8 @@ TEXTS = ["good film", "the worst , most boring and tedious movie of the year",
 
 
 def extractor(model_dir, **kwargs):
-    return TextFeatureExtractor(resolve_model(str(model_dir)), FeatureConfig(**kwargs), RuntimeConfig(device="cpu"))
+    return TextFeatureExtractor(resolve_model(str(model_dir)), FeatureConfig(**kwargs),
+                                RuntimeConfig(device="cpu", precision="fp32"))
 
 
 def reference_vectors(model_dir, texts, pooling):

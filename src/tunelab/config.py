@@ -171,8 +171,9 @@ class RuntimeConfig:
     """Where and how numbers are crunched."""
 
     device: str = setting("auto", "where to compute: auto, cpu, cuda[:N] or mps", flag="--device", metavar="DEVICE")
-    precision: str = setting("fp32", "fp16 needs a GPU; bf16 is much faster on CPUs with bf16 units",
-                             flag="--precision", choices=("fp32", "bf16", "fp16"))
+    precision: str = setting("auto", "auto: bf16 where the hardware computes it natively (GPUs, CPUs with "
+                             "bf16 units), fp16 on older GPUs, else fp32; config.yaml records the one used",
+                             flag="--precision", choices=("auto", "fp32", "bf16", "fp16"))
 
     def __post_init__(self) -> None:
         check_choice("runtime.device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))

@@ -89,7 +89,7 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
     complete run directory at ``out``."""
     from tunelab.distributed import barrier, init_distributed, rank_zero_run_directory
     from tunelab.registry import get_task
-    from tunelab.runtime import resolve_device, seed_everything
+    from tunelab.runtime import resolve_device, resolve_precision, seed_everything
 
     task = get_task(task) if isinstance(task, str) else task
     if not isinstance(config, task.config_class):
@@ -103,6 +103,8 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
     from tunelab.config import dump_yaml
 
     requested_yaml = dump_yaml(config, task.name)  # before the data fills in columns, problem, ...
+    precision = resolve_precision(config.runtime.precision, device)
+    config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
     prepared = task.prepare(config)  # data checked and model loaded before --out is touched
     config_yaml = dump_yaml(prepared.config, task.name)
     run = rank_zero_run_directory(
