@@ -209,7 +209,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         rows = shard(len(data), context.rank, context.world)
         part = data.subset(rows)
         scored = ScoreAccumulator(len(part), num_classes, "similarity")
-        loader = image_loader(part, ClipPreprocess(parts["processor"]), config.images.batch_size,
+        loader = image_loader(part, ClipPreprocess(parts["processor"]), config.images.batch_for(device),
                               config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb.to(device), device, scored, parts["dtype"],
                            desc=f"{split} images")
@@ -248,7 +248,7 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
         return pair_predictor(run_dir, config)
     model, _, processor = load_clip(recorded_model(run_dir, config.model))
     return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
-                           config.images.batch_size)
+                           config.images.batch_for(resolve_device(config.runtime.device)))
 
 
 TASK = register_task(Task(
