@@ -170,10 +170,8 @@ def load_predictor(run_dir: Path, config: BaselineConfig):
     return predict
 
 
-TASK = register_task(Task(
-    name=COMMAND, config_class=BaselineConfig, prepare=prepare, execute=execute,
-    summary="floors with no pretrained model: majority class, TF-IDF + linear model",
-    description="Baselines that need no pretrained model, so reports show what pretraining adds: the majority "
-                "class, or TF-IDF word n-grams with logistic regression (ridge for numbers).",
-    load_predictor=load_predictor, describe=describe,
-))
+DESCRIPTION = ("Baselines that need no pretrained model, so reports show what pretraining adds: the majority class, "
+               "or TF-IDF word n-grams with logistic regression (ridge for numbers).")
+TASK = register_task(Task(COMMAND, BaselineConfig, prepare, execute, load_predictor=load_predictor, describe=describe,
+                          summary="floors with no pretrained model: majority class, TF-IDF + linear model",
+                          description=DESCRIPTION))
