@@ -112,3 +112,14 @@ def test_padding_and_batches():
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     batches = length_sorted_batches([1, 5, 3, 4], 2)
     assert [b.tolist() for b in batches] == [[1, 3], [2, 0]]
+
+
+def test_tokenisation_is_shared_between_runs_of_a_process(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    from tunelab.features import tokenize_inputs
+
+    first = tokenize_inputs(AutoTokenizer.from_pretrained(tiny_bert_dir), TEXTS, 64)
+    again = tokenize_inputs(AutoTokenizer.from_pretrained(tiny_bert_dir), TEXTS, 64)  # another run's tokenizer
+    assert again is first
+    assert tokenize_inputs(AutoTokenizer.from_pretrained(tiny_bert_dir), TEXTS, 8) is not first

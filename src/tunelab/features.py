@@ -152,9 +152,27 @@ def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id:
         yield batch, {name: tensor.to(device) for name, tensor in zip(names, tensors)}
 
 
+# Token ids of recent inputs, so that runs in one process over the same texts (a study's
+# probe and fine-tuning steps, an evaluation repeated per checkpoint) tokenise them once.
+_TOKENIZED: dict[str, tuple] = {}
+_TOKENIZED_ENTRIES = 8
+
+
 def tokenize_inputs(tokenizer, inputs, max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
     """Token ids of texts, or of sentence pairs encoded jointly (the tokenizer's pair input,
-    truncated longest first) with their token type ids; no padding."""
+    truncated longest first) with their token type ids; no padding. Remembered for the
+    last few input lists (keyed by the tokenizer's vocabulary, the length limit and the
+    texts' digest)."""
+    key = hashlib.sha256(json.dumps([getattr(tokenizer, "name_or_path", ""), len(tokenizer), max_length,
+                                     text_digest(inputs)]).encode()).hexdigest()
+    if key not in _TOKENIZED:
+        if len(_TOKENIZED) >= _TOKENIZED_ENTRIES:
+            _TOKENIZED.pop(next(iter(_TOKENIZED)))
+        _TOKENIZED[key] = _tokenize(tokenizer, inputs, max_length)
+    return _TOKENIZED[key]
+
+
+def _tokenize(tokenizer, inputs, max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
     texts, pairs = split_inputs(inputs)
     if pairs is None:
         encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
