@@ -104,6 +104,19 @@ def topic_rows(n_per_class: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+def write_topic_splits(folder: Path, train: int, validation: int, test: int) -> Path:
+    """train.csv, validation.csv and test.csv of the three-topic task, n rows per class each."""
+    for name, n, seed in (("train", train, 1), ("validation", validation, 2), ("test", test, 3)):
+        write_csv(folder / f"{name}.csv", topic_rows(n, seed=seed))
+    return folder
+
+
+def metrics_of(run) -> dict:
+    import json
+
+    return json.loads((Path(run) / "metrics.json").read_text())
+
+
 @pytest.fixture
 def topic_folder(tmp_path) -> Path:
     """A folder of CSV split files: a 3-class task with string labels."""

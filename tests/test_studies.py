@@ -10,21 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import topic_rows, write_csv
+from tests.conftest import metrics_of, write_topic_splits
 from tunelab.cli import main
-
-
-def metrics_of(run):
-    return json.loads((Path(run) / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def topics(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("topics")
-    write_csv(folder / "train.csv", topic_rows(40, seed=1))
-    write_csv(folder / "validation.csv", topic_rows(10, seed=2))
-    write_csv(folder / "test.csv", topic_rows(20, seed=3))
-    return folder
+    return write_topic_splits(tmp_path_factory.mktemp("topics"), 40, 10, 20)
 
 
 def curve_study(path: Path, model, data) -> Path:

@@ -3,13 +3,12 @@ transformers/peft, no tunelab code), model cards, ONNX export and serving, lean 
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import topic_rows, write_csv
+from tests.conftest import metrics_of, write_csv, write_topic_splits
 from tunelab.cli import main
 
 
@@ -18,17 +17,9 @@ def rows_of(path):
         return list(csv.DictReader(handle))
 
 
-def metrics_of(run):
-    return json.loads((Path(run) / "metrics.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def topics(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("topics")
-    write_csv(folder / "train.csv", topic_rows(40, seed=1))
-    write_csv(folder / "validation.csv", topic_rows(8, seed=2))
-    write_csv(folder / "test.csv", topic_rows(8, seed=3))
-    return folder
+    return write_topic_splits(tmp_path_factory.mktemp("topics"), 40, 8, 8)
 
 
 def finetune(model, data, out, *extra):
