@@ -436,3 +436,17 @@ def test_every_command_in_the_readme_parses():
     parser = build_parser()
     for command in commands:
         parser.parse_args(shlex.split(command)[1:])
+
+
+def test_baselines_write_the_one_schema(tmp_path):
+    import jsonschema
+
+    from tests.conftest import write_topic_splits
+
+    data = write_topic_splits(tmp_path / "topics", 10, 3, 3)
+    schema = json.loads((resources.files("tunelab.schemas") / "metrics.schema.json").read_text())
+    for kind in ("majority", "tfidf"):
+        assert main(["baseline", "--kind", kind, "--dataset", str(data), "--out", str(tmp_path / kind)]) == 0
+        metrics = metrics_of(tmp_path / kind)
+        jsonschema.validate(metrics, schema)
+        assert metrics["model"] is None and metrics["task"] == {"kind": kind}
