@@ -101,13 +101,6 @@ def sync_cuda():
         torch.cuda.synchronize()
 
 
-def sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def text_finetune(args, device, work: Path, gpu: Utilisation) -> dict:
     import torch
     from torch.utils.data import Dataset

@@ -209,13 +209,16 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
     run.write_metrics(metrics)
     path = run.commit()
     for split, values in metrics["splits"].items():
-        logger.info("%s: %s (n=%d)", split, headline_text(values), values["n"])
+        logger.info("%s: %s (n=%d)", split, headline_text(values), values["n"])  # whatever the problem
     logger.info("run directory: %s", path)
     return RunResult(path, metrics)
 
 
 def headline_text(values: dict) -> str:
-    return ", ".join(f"{k} {values[k]:.4f}" for k in ("accuracy", "f1") if k in values)
+    from tunelab.metrics import headline_metric
+
+    metric = headline_metric(values)
+    return f"{metric} {values[metric]:.4f}"
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 
@@ -45,6 +46,7 @@ def resolve_dtype(precision: str, device):
     raise ConfigError(f"unknown precision {precision!r}")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there bf16 runs
     several times faster than fp32; elsewhere it is emulated and slower."""

@@ -290,7 +290,7 @@ def check_best_metric(metric: str, problem: str) -> None:
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
-    from tunelab.evaluation import LabelScores, choose_threshold
+    from tunelab.evaluation import choose_threshold
     from tunelab.training import prune_checkpoints, train_resumable, training_summary
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
@@ -306,24 +306,23 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     problem = dataset.problem
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
 
-    def scores_for(split: str, threshold: float = 0.5):
-        data = dataset.splits[split]
-        return predict_scores(model, tokenizer, data.inputs, config.train.eval_batch_size, max_length,
-                              context.device, config.runtime.precision, problem, threshold)
-
     start = time.perf_counter()
+    scored = {}  # each split is run through the model once, also when it picks the threshold
+    for split in dict.fromkeys(["validation", *prepared.eval_splits] if problem == "multi-label"
+                               else prepared.eval_splits):
+        data = dataset.splits[split]
+        scored[split] = predict_scores(model, tokenizer, data.inputs, config.train.eval_batch_size, max_length,
+                                       context.device, config.runtime.precision, problem)
     threshold, threshold_record = 0.5, None
     if problem == "multi-label":
-        validation = scores_for("validation")
-        assert isinstance(validation, LabelScores)
-        threshold, threshold_record = choose_threshold(validation, dataset.splits["validation"].labels,
+        threshold, threshold_record = choose_threshold(scored["validation"], dataset.splits["validation"].labels,
                                                        config.data.threshold)
+        scored = {split: dataclasses.replace(s, threshold=threshold) for split, s in scored.items()}
     split_metrics, reports = {}, {}
     for split in prepared.eval_splits:
         data = dataset.splits[split]
         split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, scores_for(split, threshold), data.ids,
-            data.inputs.columns())
+            run, split, dataset.class_names, data.labels, scored[split], data.ids, data.inputs.columns())
     eval_seconds = time.perf_counter() - start
     save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold,
                base_pointer=(run.final / "model" / "base", prepared.source))
