@@ -4,8 +4,9 @@ ViT-B/16 architecture with random weights (tunelab ships its config: no network)
 the same Tiny ImageNet validation images, 200 class prompts encoded once for both.
 
   reference: the processor and the model called one image at a time, fp32
-  tunelab:   images decoded in DataLoader workers, batched, scored against cached
-             class embeddings with streaming top-5; fp32, and bf16 on CPU / fp16 on GPU
+  tunelab:   images decoded in DataLoader workers (GPU) or in line (CPU), batched, scored
+             against cached class embeddings with streaming top-5; on CPUs through the
+             rearranged image tower of tunelab.cpu_inference; fp32, and bf16 on CPU / fp16 on GPU
 
     python benchmarks/clip_zeroshot.py [--num-images 512] [--data-dir DIR] [--quick]
 
@@ -16,6 +17,7 @@ precision), ratio_fp32 and ratio (reduced precision over the fp32 reference).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -29,7 +31,7 @@ def main(argv=None) -> int:
                         help="a shipped architecture (random weights) or a local CLIP directory")
     parser.add_argument("--data-dir", default=os.environ.get("TUNELAB_DATA_DIR", "../shared/data"))
     parser.add_argument("--num-images", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=None, help="tunelab batch (default 64 CPU, 256 GPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tunelab batch (default: the image batch of runs)")
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="32 images: a CI-sized run")
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
 
     from tunelab.architectures import arch_config, char_clip_tokenizer, clip_image_processor
     from tunelab.clip import class_embeddings, image_embeddings, logit_scale, score_loader
-    from tunelab.config import DataConfig
+    from tunelab.config import DataConfig, ImageLoadingConfig
     from tunelab.data.images import ClipPreprocess, image_loader, load_image_dataset
     from tunelab.evaluation import ScoreAccumulator
     from tunelab.runtime import resolve_device
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     model.to(device).eval()
     class_emb = class_embeddings(model, tokenizer, dataset.class_names, ["a photo of a {}"], device)
     scale = logit_scale(model)
-    batch = args.batch_size or (256 if device.type == "cuda" else 64)
+    batch = args.batch_size or ImageLoadingConfig().batch_for(device)
     print(f"{n} Tiny ImageNet validation images, {len(dataset.class_names)} classes, {args.model} "
           f"(random weights), device {device}, torch threads {torch.get_num_threads()}")
 
@@ -83,13 +85,15 @@ def main(argv=None) -> int:
         sync()
         return best
 
+    low = torch.float16 if device.type == "cuda" else torch.bfloat16
+    # A run loads the model in its precision once, so the cast is not timed.
+    nets = {torch.float32: model, low: copy.deepcopy(model).to(dtype=low)}
+
     def tunelab(count, dtype):
-        net = model.to(dtype=dtype)
         accumulator = ScoreAccumulator(count, len(dataset.class_names), "similarity")
         loader = image_loader(split.subset(np.arange(count)), ClipPreprocess(processor), batch, args.num_workers)
-        score_loader(net, loader, class_emb, device, accumulator, dtype=dtype, desc="tunelab")
+        score_loader(nets[dtype], loader, class_emb, device, accumulator, dtype=dtype, desc="tunelab")
         sync()
-        model.to(dtype=torch.float32)
         return accumulator.result().score.tolist()
 
     def rate(fn, *a):
@@ -98,7 +102,6 @@ def main(argv=None) -> int:
         out = fn(n, *a)
         return out, n / (time.perf_counter() - start)
 
-    low = torch.float16 if device.type == "cuda" else torch.bfloat16
     ref_pred, ref_rate = rate(reference)
     fp32_pred, fp32_rate = rate(tunelab, torch.float32)
     _, low_rate = rate(tunelab, low)

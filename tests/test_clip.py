@@ -158,17 +158,17 @@ def test_adapter_round_trip_gives_identical_logits(lora_run, colour_folder):
     from PIL import Image
 
     from tunelab.clip import class_embeddings, image_embeddings, load_templates, logit_scale
-    from tunelab.data.images import ClipPreprocess
     from tunelab.tasks.clip_finetune import clip_config_from_run, load_clip_run
 
     config = clip_config_from_run(lora_run)
     model, tokenizer, processor = load_clip_run(lora_run, config)
     rows = read_rows(lora_run / "predictions" / "test.csv")[:6]
     names = metrics_of(lora_run)["data"]["class_names"]
-    preprocess = ClipPreprocess(processor)
     with torch.inference_mode():
         classes = class_embeddings(model, tokenizer, names, load_templates(config.templates), torch.device("cpu"))
-        pixels = torch.stack([preprocess(Image.open(colour_folder / r["file"]).convert("RGB")) for r in rows])
+        # the processor's own path, not tunelab's deferred normalisation
+        pixels = processor(images=[Image.open(colour_folder / r["file"]) for r in rows],
+                           return_tensors="pt")["pixel_values"]
         logits = logit_scale(model) * image_embeddings(model, pixels) @ classes.T
     expected = np.array([[float(r[f"similarity_{n}"]) for n in names] for r in rows])
     np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-4, atol=1e-4)

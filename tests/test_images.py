@@ -121,3 +121,34 @@ def test_saved_dataset_with_wordnet_labels_reads_class_names(tmp_path):
         .save_to_disk(str(tmp_path / "saved"))
     ds = load_image_dataset(DataConfig(dataset=str(tmp_path / "saved")))
     assert ds.class_names == ["goldfish", "European fire salamander"]
+
+
+@pytest.mark.parametrize("mode,size", [("RGB", (64, 64)), ("RGB", (75, 41)), ("L", (30, 52)), ("RGBA", (33, 33)),
+                                       ("P", (90, 60))])
+def test_deferred_normalisation_gives_the_processors_pixels(mode, size):
+    """Workers hand over uint8 (a quarter of the bytes); normalised where the model is,
+    the pixels are the processor's own, whatever the image's size or mode."""
+    torch = pytest.importorskip("torch")
+    processor = clip_image_processor()
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    preprocess = ClipPreprocess(processor)
+    raw = preprocess(image)
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 224, 224)
+    expected = processor(images=image, return_tensors="pt")["pixel_values"]
+    got = preprocess.model_input(raw[None], "cpu")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert preprocess.model_input(raw[None], "cpu", torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_processors_without_rgb_conversion_keep_their_own_path():
+    torch = pytest.importorskip("torch")
+    processor = clip_image_processor(32)
+    processor.do_convert_rgb = False
+    preprocess = ClipPreprocess(processor)
+    image = Image.new("RGB", (40, 40), (200, 10, 10))
+    pixels = preprocess(image)
+    assert pixels.dtype == torch.float32
+    torch.testing.assert_close(preprocess.model_input(pixels[None], "cpu"),
+                               processor(images=image, return_tensors="pt")["pixel_values"])

@@ -89,18 +89,20 @@ def class_embeddings(model, tokenizer, class_names: Sequence[str], templates: Se
         return torch.nn.functional.normalize(embeddings, dim=-1)
 
 
-def image_embeddings(model, pixel_values):
+def image_embeddings(model, pixel_values, encode=None):
+    """Normalised image embeddings; ``encode`` is an :func:`tunelab.cpu_inference.image_features`
+    function made once for a loop over batches."""
     import torch
 
-    return torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixel_values)).float(),
-                                         dim=-1)
+    features = encode(pixel_values) if encode else _features(model.get_image_features(pixel_values=pixel_values))
+    return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
 def _features(output):
     """get_*_features returns a tensor in most versions and a model output in some."""
-    if hasattr(output, "pooler_output") and not hasattr(output, "shape"):
-        return output.pooler_output
-    return output
+    from tunelab.cpu_inference import pooled_output
+
+    return pooled_output(output)
 
 
 def logit_scale(model) -> float:
@@ -113,14 +115,17 @@ def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc
     import torch
     from tqdm.auto import tqdm
 
+    from tunelab.cpu_inference import image_features
+
     skipped: list[int] = []
     scale = logit_scale(model)
+    encode = image_features(model, device, loader.batch_size or 16)
     with torch.inference_mode(), tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=None) as bar:
         for batch in loader:
             skipped += batch["skipped"]
             if len(batch["rows"]):
-                pixels = batch["pixel_values"].to(device, dtype=dtype or torch.float32, non_blocking=True)
-                logits = scale * image_embeddings(model, pixels) @ class_emb.T
+                pixels = loader.dataset.preprocess.model_input(batch["pixel_values"], device, dtype)
+                logits = scale * image_embeddings(model, pixels, encode) @ class_emb.T
                 accumulator.add(batch["rows"].numpy(), logits)
             bar.update(len(batch["rows"]) + len(batch["skipped"]))
     return skipped

@@ -389,6 +389,7 @@ class ImageFeatureExtractor:
         from tqdm.auto import tqdm
 
         from tunelab.clip import image_embeddings
+        from tunelab.cpu_inference import image_features
         from tunelab.data.images import ClipPreprocess, image_loader
 
         model, processor = self.loaded
@@ -396,11 +397,12 @@ class ImageFeatureExtractor:
         loader = image_loader(split, ClipPreprocess(processor), self.batch_size, self.images.num_workers,
                               self.images.strict)
         start = time.perf_counter()
+        encode = image_features(model, self.device, self.batch_size)
         with torch.inference_mode(), tqdm(total=len(split), desc=desc, unit="img", disable=None) as bar:
             for batch in loader:
                 if len(batch["rows"]):
-                    pixels = batch["pixel_values"].to(self.device, dtype=self.dtype)
-                    out[batch["rows"].numpy()] = image_embeddings(model, pixels).cpu().numpy()
+                    pixels = loader.dataset.preprocess.model_input(batch["pixel_values"], self.device, self.dtype)
+                    out[batch["rows"].numpy()] = image_embeddings(model, pixels, encode).cpu().numpy()
                 bar.update(len(batch["rows"]) + len(batch["skipped"]))
         self.seconds += time.perf_counter() - start
         self.encoded += len(split)

@@ -324,16 +324,55 @@ def collate_images(batch):
 
 
 class ClipPreprocess:
-    """Picklable image preprocessing (runs in DataLoader workers)."""
+    """Picklable image preprocessing. The processor's resize and crop run where images are
+    decoded (DataLoader workers) and hand over uint8 pixels; its rescale and normalisation
+    run batched where the model is (:meth:`model_input`). Exact: the processor's own
+    geometry and constants, in its own order. Four times fewer bytes cross from workers,
+    and the float work is one batched op on the device instead of per-image numpy."""
 
     def __init__(self, processor):
         self.processor = processor
+        # With RGB conversion on, PIL hands the processor 8-bit images, so resized and
+        # cropped pixels are uint8 too; other processors keep the processor's full path.
+        self.deferred = bool(getattr(processor, "do_convert_rgb", False)) and all(
+            hasattr(processor, name) for name in ("do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                                                  "image_std"))
+        if self.deferred:
+            self.rescale = float(processor.rescale_factor) if processor.do_rescale else None
+            self.mean = _per_channel(processor.image_mean) if processor.do_normalize else None
+            self.std = _per_channel(processor.image_std) if processor.do_normalize else None
 
     def __call__(self, image):
         import torch
 
+        if self.deferred:
+            pixels = self.processor(images=image, do_rescale=False, do_normalize=False,
+                                    return_tensors="np")["pixel_values"][0]
+            if pixels.dtype != np.uint8:
+                pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+            return torch.from_numpy(np.ascontiguousarray(pixels))
         return torch.from_numpy(np.asarray(self.processor(images=image, return_tensors="np")["pixel_values"][0],
                                            dtype=np.float32))
+
+    def model_input(self, pixels, device, dtype=None):
+        """Pixels as the model takes them: on ``device``, rescaled and normalised (when
+        they came as uint8), in ``dtype``."""
+        import torch
+
+        pixels = pixels.to(device, non_blocking=True)
+        if pixels.dtype != torch.uint8:
+            return pixels.to(dtype or torch.float32)
+        pixels = pixels.float()
+        if self.rescale is not None:
+            pixels.mul_(self.rescale)
+        if self.mean is not None:
+            pixels.sub_(torch.tensor(self.mean, device=pixels.device).view(-1, 1, 1))
+            pixels.div_(torch.tensor(self.std, device=pixels.device).view(-1, 1, 1))
+        return pixels.to(dtype or torch.float32)
+
+
+def _per_channel(values) -> list[float]:
+    return [float(v) for v in values] if isinstance(values, (list, tuple)) else [float(values)] * 3
 
 
 def default_workers() -> int:

@@ -65,8 +65,9 @@ class ClipLoss:
     """Loss on a batch of images and their class indices, through the model's forward
     (so that data-parallel gradient hooks run)."""
 
-    def __init__(self, kind: str, prompt_ids, prompt_mask):
+    def __init__(self, kind: str, prompt_ids, prompt_mask, preprocess):
         self.kind = kind
+        self.preprocess = preprocess  # normalises the uint8 pixels the workers hand over
         self.prompt_ids = prompt_ids  # (classes, length): the first template per class
         self.prompt_mask = prompt_mask
 
@@ -74,6 +75,7 @@ class ClipLoss:
         import torch
         import torch.nn.functional as F
 
+        pixel_values = self.preprocess.model_input(pixel_values, labels.device)
         if self.kind == "contrastive":
             # Each image against the prompts of the batch's own labels: the reference's loss.
             rows = labels.cpu()
@@ -193,8 +195,8 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
                               label_names=["labels"])
     first = [templates[0].format(name) for name in dataset.class_names]
     tokens = tokenizer(first, padding=True, truncation=True, return_tensors="pt")
-    loss_fn = ClipLoss(config.loss, tokens["input_ids"], tokens["attention_mask"])
     preprocess = ClipPreprocess(processor)
+    loss_fn = ClipLoss(config.loss, tokens["input_ids"], tokens["attention_mask"], preprocess)
     num_classes = len(dataset.class_names)
 
     class ClipTrainer(Trainer):
