@@ -263,6 +263,7 @@ def clip_lora(args, device, work: Path, gpu: Utilisation, clip_dir: Path) -> dic
 
 def zero_shot(args, device, work: Path, gpu: Utilisation, clip_dir: Path) -> dict:
     import torch
+    import yaml
     from transformers import AutoImageProcessor, CLIPModel
 
     import tunelab
@@ -304,7 +305,7 @@ def zero_shot(args, device, work: Path, gpu: Utilisation, clip_dir: Path) -> dic
             "tunelab_wall_seconds": wall, "tunelab_images_per_s": n / eval_seconds,
             "ratio": (n / eval_seconds) / reference_rate, "reference_gpu_util": reference_util,
             "tunelab_gpu_util": gpu.mean_between(eval_end - result.metrics["timing"]["seconds"]["eval"], eval_end),
-            "tunelab_precision": result.metrics.get("environment", {}).get("device")}
+            "tunelab_precision": yaml.safe_load((result.run_dir / "config.yaml").read_text())["runtime"]["precision"]}
 
 
 def main(argv=None) -> int:

@@ -152,3 +152,18 @@ def test_processors_without_rgb_conversion_keep_their_own_path():
     assert pixels.dtype == torch.float32
     torch.testing.assert_close(preprocess.model_input(pixels[None], "cpu"),
                                processor(images=image, return_tensors="pt")["pixel_values"])
+
+
+def test_direct_resize_and_crop_gives_the_processors_uint8_pixels():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for processor in (clip_image_processor(), clip_image_processor(32)):
+        preprocess = ClipPreprocess(processor)
+        assert preprocess.geometry is not None
+        for w, h in [(64, 64), (75, 41), (41, 75), (500, 375), (225, 224), (223, 301), (17, 9), (1, 40)]:
+            image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            expected = processor(images=image, do_rescale=False, do_normalize=False,
+                                 return_tensors="np")["pixel_values"][0]
+            got = preprocess(image)
+            assert got.dtype == torch.uint8
+            np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"{w}x{h}")
