@@ -123,3 +123,15 @@ def test_tokenisation_is_shared_between_runs_of_a_process(tiny_bert_dir):
     again = tokenize_inputs(AutoTokenizer.from_pretrained(tiny_bert_dir), TEXTS, 64)  # another run's tokenizer
     assert again is first
     assert tokenize_inputs(AutoTokenizer.from_pretrained(tiny_bert_dir), TEXTS, 8) is not first
+
+
+def test_padding_rounds_lengths_up_on_gpus_only():
+    torch = pytest.importorskip("torch")
+    from tunelab.features import pad_batch
+    from tunelab.runtime import length_multiple
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, multiple=4)
+    assert ids.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]] and mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert pad_batch([[1] * 9], pad_id=0, multiple=4)[0].shape == (1, 12)
+    assert pad_batch([[1] * 9], pad_id=0)[0].shape == (1, 9)
+    assert length_multiple(torch.device("cuda")) == 32 and length_multiple(torch.device("cpu")) == 1

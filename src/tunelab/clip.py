@@ -120,14 +120,20 @@ def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc
     skipped: list[int] = []
     scale = logit_scale(model)
     encode = image_features(model, device, loader.batch_size or 16)
+    pending = None  # the previous batch's scores, still on their way to the host
     with torch.inference_mode(), tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=None) as bar:
         for batch in loader:
             skipped += batch["skipped"]
             if len(batch["rows"]):
                 pixels = loader.dataset.preprocess.model_input(batch["pixel_values"], device, dtype)
                 logits = scale * image_embeddings(model, pixels, encode) @ class_emb.T
-                accumulator.add(batch["rows"].numpy(), logits)
+                staged = accumulator.stage(batch["rows"].numpy(), logits)
+                if pending is not None:
+                    accumulator.commit(pending)
+                pending = staged
             bar.update(len(batch["rows"]) + len(batch["skipped"]))
+    if pending is not None:
+        accumulator.commit(pending)
     return skipped
 
 

@@ -69,14 +69,31 @@ class ScoreAccumulator:
 
     def add(self, rows: np.ndarray, scores) -> None:
         """``scores``: a (batch, classes) torch tensor or array for dataset ``rows``."""
+        self.commit(self.stage(rows, scores))
+
+    def stage(self, rows: np.ndarray, scores):
+        """Start moving a batch's top-k (and full scores) off the device without waiting
+        for it: a GPU keeps computing the next batch meanwhile. :meth:`commit` it later."""
         import torch
 
         scores = torch.as_tensor(scores).float()
         values, indices = scores.topk(self.k, dim=1)
-        self.top_indices[rows] = indices.cpu().numpy()
-        self.top_scores[rows] = values.cpu().numpy()
+        parts = [indices, values] + ([scores] if self.full is not None else [])
+        if scores.device.type != "cuda":
+            return rows, parts, None
+        host = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True).copy_(p, non_blocking=True) for p in parts]
+        done = torch.cuda.Event()
+        done.record()
+        return rows, host, done
+
+    def commit(self, staged) -> None:
+        rows, parts, done = staged
+        if done is not None:
+            done.synchronize()
+        self.top_indices[rows] = parts[0].cpu().numpy()
+        self.top_scores[rows] = parts[1].cpu().numpy()
         if self.full is not None:
-            self.full[rows] = scores.cpu().numpy()
+            self.full[rows] = parts[2].cpu().numpy()
         self.seen[rows] = True
 
     def absorb(self, part: ScoreAccumulator, rows: np.ndarray) -> None:

@@ -113,12 +113,13 @@ def split_inputs(inputs) -> tuple[list[str], list[str] | None]:
     return list(inputs), None
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, types: Sequence[Sequence[int]] | None = None):
-    """Right-pad token id lists to the batch's longest; returns (ids, mask) tensors, and the
-    padded token type ids too when ``types`` are given."""
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, types: Sequence[Sequence[int]] | None = None,
+              multiple: int = 1):
+    """Right-pad token id lists to the batch's longest (rounded up to ``multiple``);
+    returns (ids, mask) tensors, and the padded token type ids too when ``types`` are given."""
     import torch
 
-    width = max(len(s) for s in sequences)
+    width = -(-max(len(s) for s in sequences) // multiple) * multiple
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
     for row, seq in enumerate(sequences):
@@ -146,8 +147,12 @@ def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id:
                           types: Sequence[Sequence[int]] | None = None):
     """Yield (indices, model inputs) over length-sorted batches, on ``device``: input_ids,
     attention_mask, and token_type_ids where ``types`` are given (sentence pairs)."""
+    from tunelab.runtime import length_multiple
+
+    multiple = length_multiple(device)
     for batch in length_sorted_batches([len(s) for s in ids], batch_size):
-        tensors = pad_batch([ids[i] for i in batch], pad_id, [types[i] for i in batch] if types else None)
+        tensors = pad_batch([ids[i] for i in batch], pad_id, [types[i] for i in batch] if types else None,
+                            multiple)
         names = ("input_ids", "attention_mask", "token_type_ids")
         yield batch, {name: tensor.to(device) for name, tensor in zip(names, tensors)}
 

@@ -72,6 +72,15 @@ def resolve_precision(precision: str, device) -> str:
     return "fp32"
 
 
+def length_multiple(device) -> int:
+    """Padded sequence lengths are rounded up to this. On a GPU every new batch shape
+    costs kernel and attention-plan selection again: with length-grouped batches, each of
+    a different length, DistilBERT trained at 109 ms/step on an H100 where the same steps
+    with few shapes take about 30. On a CPU there is no such cost and every padded token
+    is computed, so none."""
+    return 32 if getattr(device, "type", str(device)) == "cuda" else 1
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

@@ -369,9 +369,24 @@ class ClipPreprocess:
         if self.rescale is not None:
             pixels.mul_(self.rescale)
         if self.mean is not None:
-            pixels.sub_(torch.tensor(self.mean, device=pixels.device).view(-1, 1, 1))
-            pixels.div_(torch.tensor(self.std, device=pixels.device).view(-1, 1, 1))
+            mean, std = self._constants(pixels.device)
+            pixels.sub_(mean).div_(std)
         return pixels.to(dtype or torch.float32)
+
+    def __getstate__(self) -> dict:
+        # Workers get the preprocessing without the device copies (a spawned worker must not
+        # receive CUDA tensors).
+        return {k: v for k, v in self.__dict__.items() if k != "_on_device"}
+
+    def _constants(self, device):
+        """Mean and std on ``device``, made once: a fresh small copy to a GPU per batch
+        would wait for the work queued before it."""
+        import torch
+
+        cache = self.__dict__.setdefault("_on_device", {})
+        if str(device) not in cache:
+            cache[str(device)] = tuple(torch.tensor(v, device=device).view(-1, 1, 1) for v in (self.mean, self.std))
+        return cache[str(device)]
 
 
 def _field(size, key: str):

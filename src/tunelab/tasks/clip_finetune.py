@@ -192,7 +192,9 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     workers = default_workers() if config.images.num_workers is None else config.images.num_workers
     args = training_arguments(config.train, config.runtime, config.seed, output_dir, len(train_split), world,
                               evaluate, dataloader_num_workers=workers, remove_unused_columns=False,
-                              label_names=["labels"])
+                              label_names=["labels"],
+                              **(dict(dataloader_prefetch_factor=4, dataloader_persistent_workers=True)
+                                 if workers else {}))
     first = [templates[0].format(name) for name in dataset.class_names]
     tokens = tokenizer(first, padding=True, truncation=True, return_tensors="pt")
     preprocess = ClipPreprocess(processor)

@@ -146,16 +146,17 @@ def tokenized_dataset(tokenizer, inputs, labels: np.ndarray, max_length: int, bi
 class PairCollator:
     """Pads both texts of bi-encoded pairs, each to its own longest in the batch."""
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, multiple: int = 1):
+        self.pad_id, self.multiple = pad_id, multiple
 
     def __call__(self, items: list[dict]) -> dict:
         import torch
 
         from tunelab.features import pad_batch
 
-        first_ids, first_mask = pad_batch([i["input_ids"] for i in items], self.pad_id)
-        second_ids, second_mask = pad_batch([i["pair_input_ids"] for i in items], self.pad_id)
+        first_ids, first_mask = pad_batch([i["input_ids"] for i in items], self.pad_id, multiple=self.multiple)
+        second_ids, second_mask = pad_batch([i["pair_input_ids"] for i in items], self.pad_id,
+                                            multiple=self.multiple)
         labels = torch.tensor([i["labels"] for i in items])
         return {"input_ids": first_ids, "attention_mask": first_mask, "pair_input_ids": second_ids,
                 "pair_attention_mask": second_mask, "labels": labels}
@@ -385,6 +386,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     from tunelab.biencoder import BiEncoder
     from tunelab.evaluation import LabelScores, ValueScores, split_metrics
     from tunelab.features import pad_token_id
+    from tunelab.runtime import length_multiple, resolve_device
     from tunelab.training import (
         InterruptCallback,
         SeededLengthGroupedSampler,
@@ -459,7 +461,9 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     callbacks = [TrackerCallback(tracker, samples_per_step), interrupt]
     if evaluate and train_cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping))
-    collator = PairCollator(pad_token_id(tokenizer)) if bi else DataCollatorWithPadding(tokenizer)
+    multiple = length_multiple(resolve_device(config.runtime.device))
+    collator = PairCollator(pad_token_id(tokenizer), multiple) if bi else \
+        DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple if multiple > 1 else None)
     trainer = TunelabTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=collator, processing_class=tokenizer,
