@@ -476,3 +476,35 @@ def test_minimum_versions_exclude_known_unsafe_loaders():
     assert version(floors["torch"]) >= (2, 6)
     assert version(floors["skops"]) >= (0, 13)
     assert version(floors["transformers"]) >= (4, 56)
+
+
+def test_files_fingerprint_is_the_sorted_walk_of_every_file(tmp_path):
+    """The fast walk gives the digest of the plain definition (every file under the root,
+    links to files followed, links to folders not entered, sorted by path parts), so
+    fingerprints recorded by earlier runs still match."""
+    import hashlib
+    import os
+
+    from tunelab.provenance import files_fingerprint
+
+    root = tmp_path / "d"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "real").mkdir()
+    (root / "a" / "b" / "f").write_text("1")
+    (root / "real" / "g").write_text("22")
+    (root / "a-c").write_text("333")
+    os.symlink("../real", root / "a" / "linkdir")
+    os.symlink("real/g", root / "linkfile")
+    os.symlink("nowhere", root / "broken")
+
+    def plain(folder):
+        digest = hashlib.sha256()
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:20]
+
+    assert files_fingerprint(root) == plain(root)
+    before = files_fingerprint(root)
+    (root / "a" / "b" / "f").write_text("changed")
+    assert files_fingerprint(root) != before
