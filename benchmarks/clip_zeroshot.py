@@ -91,7 +91,8 @@ def main(argv=None) -> int:
 
     def tunelab(count, dtype):
         accumulator = ScoreAccumulator(count, len(dataset.class_names), "similarity")
-        loader = image_loader(split.subset(np.arange(count)), ClipPreprocess(processor), batch, args.num_workers)
+        loader = image_loader(split.subset(np.arange(count)), ClipPreprocess.for_device(processor, device), batch,
+                              args.num_workers)
         score_loader(nets[dtype], loader, class_emb, device, accumulator, dtype=dtype, desc="tunelab")
         sync()
         return accumulator.result().score.tolist()

@@ -72,7 +72,8 @@ def test_falls_back_where_the_tower_would_be_wrong():
 
     from peft import LoraConfig, get_peft_model
 
-    wrapped = get_peft_model(small_clip(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    wrapped = get_peft_model(small_clip(), lora)
     wrapped.eval()
     encode = image_features(wrapped, cpu)
     assert not isinstance(encode, CpuImageTower)  # packing .weight would drop the adapters
@@ -94,8 +95,9 @@ def test_falls_back_without_onednn(monkeypatch):
 
 
 def test_real_size_vit_b16_matches():
-    from tunelab.architectures import arch_config
     from transformers import CLIPModel
+
+    from tunelab.architectures import arch_config
 
     torch.manual_seed(0)
     model = CLIPModel(arch_config("openai/clip-vit-base-patch16")).eval()

@@ -167,3 +167,29 @@ def test_direct_resize_and_crop_gives_the_processors_uint8_pixels():
             got = preprocess(image)
             assert got.dtype == torch.uint8
             np.testing.assert_array_equal(got.numpy(), expected, err_msg=f"{w}x{h}")
+
+
+def test_resizing_where_the_model_is_gives_the_processors_pixels(tmp_path):
+    """On a GPU the workers only decode; the device resizes (Pillow's arithmetic) and
+    crops. Same pixels as the processor, for batches of one size and of mixed sizes."""
+    torch = pytest.importorskip("torch")
+    from tunelab.data.images import collate_images
+
+    processor = clip_image_processor()
+    preprocess = ClipPreprocess(processor, resize_on_device=True)
+    assert preprocess.resize_on_device
+    assert ClipPreprocess.for_device(processor, torch.device("cuda")).resize_on_device
+    assert not ClipPreprocess.for_device(processor, torch.device("cpu")).resize_on_device
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in
+              [(64, 64), (64, 64), (75, 41), (300, 200)]]
+    images.append(Image.fromarray(rng.integers(0, 256, (50, 60, 4), dtype=np.uint8), "RGBA"))
+    raw = [preprocess(image) for image in images]
+    assert raw[2].dtype == torch.uint8 and raw[2].shape == (3, 41, 75)  # decoded, not resized
+    expected = processor(images=images, return_tensors="pt")["pixel_values"]
+    same_size = collate_images([(i, raw[i], 0) for i in range(2)])["pixel_values"]
+    assert isinstance(same_size, torch.Tensor)
+    torch.testing.assert_close(preprocess.model_input(same_size, "cpu"), expected[:2], rtol=0, atol=1e-6)
+    mixed = collate_images([(i, pixels, 0) for i, pixels in enumerate(raw)])["pixel_values"]
+    assert isinstance(mixed, list)
+    torch.testing.assert_close(preprocess.model_input(mixed, "cpu"), expected, rtol=0, atol=1e-6)

@@ -399,8 +399,8 @@ class ImageFeatureExtractor:
 
         model, processor = self.loaded
         out = np.full((len(split), model.config.projection_dim), np.nan, dtype=np.float32)
-        loader = image_loader(split, ClipPreprocess(processor), self.batch_size, self.images.num_workers,
-                              self.images.strict)
+        loader = image_loader(split, ClipPreprocess.for_device(processor, self.device), self.batch_size,
+                              self.images.num_workers, self.images.strict)
         start = time.perf_counter()
         encode = image_features(model, self.device, self.batch_size)
         with torch.inference_mode(), tqdm(total=len(split), desc=desc, unit="img", disable=None) as bar:

@@ -121,7 +121,7 @@ def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
         split = ImageSplit(FileImages(Path("/"), paths), np.arange(len(paths)),
                            np.zeros(len(paths), dtype=np.int64), list(inputs))
         accumulator = ScoreAccumulator(len(paths), len(names), "similarity")
-        loader = image_loader(split, ClipPreprocess(processor), batch_size, 0, strict=True)
+        loader = image_loader(split, ClipPreprocess.for_device(processor, device), batch_size, 0, strict=True)
         score_loader(model, loader, class_emb, device, accumulator)
         result = accumulator.result()
         return [Prediction(text, names[p], float(s), "similarity")

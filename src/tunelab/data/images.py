@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.config import DataConfig
-from tunelab.data import sources
+from tunelab.data import resample, sources
 from tunelab.data.labels import LabelledData, apply_caps, build_label_space, complete_splits, encode_labels
 from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.errors import DataError
@@ -315,9 +315,12 @@ def collate_images(batch):
     import torch
 
     good = [item for item in batch if item[1] is not None]
+    pixels = [torch.as_tensor(item[1]) for item in good]
     return {
         "rows": torch.tensor([item[0] for item in good], dtype=torch.long),
-        "pixel_values": torch.stack([torch.as_tensor(item[1]) for item in good]) if good else torch.empty(0),
+        # Images still to be resized on the device may differ in size: a list then.
+        "pixel_values": (torch.stack(pixels) if len({p.shape for p in pixels}) == 1 else pixels) if pixels
+        else torch.empty(0),
         "labels": torch.tensor([item[2] for item in good], dtype=torch.long),
         "skipped": [item[0] for item in batch if item[1] is None],
     }
@@ -330,7 +333,7 @@ class ClipPreprocess:
     geometry and constants, in its own order. Four times fewer bytes cross from workers,
     and the float work is one batched op on the device instead of per-image numpy."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, resize_on_device: bool = False):
         self.processor = processor
         # With RGB conversion on, PIL hands the processor 8-bit images, so resized and
         # cropped pixels are uint8 too; other processors keep the processor's full path.
@@ -338,14 +341,24 @@ class ClipPreprocess:
             hasattr(processor, name) for name in ("do_rescale", "rescale_factor", "do_normalize", "image_mean",
                                                   "image_std"))
         self.geometry = _plain_geometry(processor) if self.deferred else None
+        # On a GPU the resize too runs where the model is (tunelab.data.resample: Pillow's
+        # pixels exactly); workers then only decode.
+        self.resize_on_device = bool(resize_on_device and self.geometry is not None
+                                     and resample.supported(self.geometry[3]))
         if self.deferred:
             self.rescale = float(processor.rescale_factor) if processor.do_rescale else None
             self.mean = _per_channel(processor.image_mean) if processor.do_normalize else None
             self.std = _per_channel(processor.image_std) if processor.do_normalize else None
 
+    @classmethod
+    def for_device(cls, processor, device) -> ClipPreprocess:
+        return cls(processor, resize_on_device=getattr(device, "type", str(device)) == "cuda")
+
     def __call__(self, image):
         import torch
 
+        if self.resize_on_device:
+            return torch.from_numpy(np.ascontiguousarray(np.asarray(_as_rgb(image)).transpose(2, 0, 1)))
         if self.geometry is not None and getattr(image, "mode", None) == "RGB":
             return torch.from_numpy(_resize_and_crop(image, *self.geometry))
         if self.deferred:
@@ -362,6 +375,12 @@ class ClipPreprocess:
         they came as uint8), in ``dtype``."""
         import torch
 
+        if self.resize_on_device:
+            if isinstance(pixels, (list, tuple)):
+                pixels = torch.cat([self._resize_and_crop_batch(p.to(device, non_blocking=True)[None])
+                                    for p in pixels])
+            else:
+                pixels = self._resize_and_crop_batch(pixels.to(device, non_blocking=True))
         pixels = pixels.to(device, non_blocking=True)
         if pixels.dtype != torch.uint8:
             return pixels.to(dtype or torch.float32)
@@ -372,6 +391,15 @@ class ClipPreprocess:
             mean, std = self._constants(pixels.device)
             pixels.sub_(mean).div_(std)
         return pixels.to(dtype or torch.float32)
+
+    def _resize_and_crop_batch(self, pixels):
+        """uint8 (batch, 3, h, w) of one size, resized and cropped as :func:`_resize_and_crop`."""
+        edge, height, width, filter_ = self.geometry
+        h, w = pixels.shape[-2:]
+        new_w, new_h = (edge, int(edge * h / w)) if w <= h else (int(edge * w / h), edge)
+        resized = resample.resize(pixels, new_h, new_w, filter_)
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+        return resized[..., top:top + height, left:left + width]
 
     def __getstate__(self) -> dict:
         # Workers get the preprocessing without the device copies (a spawned worker must not
@@ -387,6 +415,18 @@ class ClipPreprocess:
         if str(device) not in cache:
             cache[str(device)] = tuple(torch.tensor(v, device=device).view(-1, 1, 1) for v in (self.mean, self.std))
         return cache[str(device)]
+
+
+def _as_rgb(image):
+    """RGB as the processors convert (transparency composited onto white)."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _field(size, key: str):
@@ -409,7 +449,7 @@ def _plain_geometry(processor):
     return int(edge), int(height), int(width), int(resample)
 
 
-def _resize_and_crop(image, edge: int, height: int, width: int, resample: int) -> np.ndarray:
+def _resize_and_crop(image, edge: int, height: int, width: int, filter_: int) -> np.ndarray:
     """The processor's resize and centre crop, straight on the PIL image: the same
     sizes (short side to ``edge``, the long side truncated), the same PIL filter, the
     same crop offsets, so the same uint8 pixels, without the processor's per-call
@@ -417,7 +457,7 @@ def _resize_and_crop(image, edge: int, height: int, width: int, resample: int) -
     float normalisation took 1.09 ms)."""
     w, h = image.size
     new_w, new_h = (edge, int(edge * h / w)) if w <= h else (int(edge * w / h), edge)
-    resized = np.asarray(image.resize((new_w, new_h), resample=resample))
+    resized = np.asarray(image.resize((new_w, new_h), resample=filter_))
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return np.ascontiguousarray(resized[top:top + height, left:left + width].transpose(2, 0, 1))
 

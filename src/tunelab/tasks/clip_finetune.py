@@ -135,7 +135,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     for split in prepared.eval_splits:
         data = dataset.splits[split]
         accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
-        loader = image_loader(data, ClipPreprocess(processor), config.train.eval_batch_size,
+        loader = image_loader(data, ClipPreprocess.for_device(processor, device), config.train.eval_batch_size,
                               config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb, device, accumulator, desc=f"{split} images")
         skipped += [data.ids[row] for row in bad]
@@ -185,6 +185,7 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     from transformers import EarlyStoppingCallback, Trainer
 
     from tunelab.data.images import default_workers
+    from tunelab.runtime import resolve_device
     from tunelab.training import InterruptCallback, TrackerCallback, quiet_progress, training_arguments
 
     train_split = dataset.splits["train"]
@@ -197,7 +198,7 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
                                  if workers else {}))
     first = [templates[0].format(name) for name in dataset.class_names]
     tokens = tokenizer(first, padding=True, truncation=True, return_tensors="pt")
-    preprocess = ClipPreprocess(processor)
+    preprocess = ClipPreprocess.for_device(processor, resolve_device(config.runtime.device))
     loss_fn = ClipLoss(config.loss, tokens["input_ids"], tokens["attention_mask"], preprocess)
     num_classes = len(dataset.class_names)
 

@@ -209,8 +209,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         rows = shard(len(data), context.rank, context.world)
         part = data.subset(rows)
         scored = ScoreAccumulator(len(part), num_classes, "similarity")
-        loader = image_loader(part, ClipPreprocess(parts["processor"]), config.images.batch_for(device),
-                              config.images.num_workers, config.images.strict)
+        loader = image_loader(part, ClipPreprocess.for_device(parts["processor"], device),
+                              config.images.batch_for(device), config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb.to(device), device, scored, parts["dtype"],
                            desc=f"{split} images")
         gathered = gather_to_zero((rows, scored, [part.ids[r] for r in bad]), context.rank, context.world)
