@@ -135,3 +135,4 @@ def test_padding_rounds_lengths_up_on_gpus_only():
     assert pad_batch([[1] * 9], pad_id=0, multiple=4)[0].shape == (1, 12)
     assert pad_batch([[1] * 9], pad_id=0)[0].shape == (1, 9)
     assert length_multiple(torch.device("cuda")) == 32 and length_multiple(torch.device("cpu")) == 1
+    assert length_multiple("cuda:1") == 32 and length_multiple("cpu") == 1

@@ -180,6 +180,7 @@ def test_resizing_where_the_model_is_gives_the_processors_pixels(tmp_path):
     assert preprocess.resize_on_device
     assert ClipPreprocess.for_device(processor, torch.device("cuda")).resize_on_device
     assert not ClipPreprocess.for_device(processor, torch.device("cpu")).resize_on_device
+    assert ClipPreprocess.for_device(processor, "cuda:1").resize_on_device
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in
               [(64, 64), (64, 64), (75, 41), (300, 200)]]

@@ -67,7 +67,7 @@ class ClipLoss:
 
     def __init__(self, kind: str, prompt_ids, prompt_mask, preprocess):
         self.kind = kind
-        self.preprocess = preprocess  # normalises the uint8 pixels the workers hand over
+        self.preprocess = preprocess  # normalises (on GPUs also resizes) the pixels workers hand over
         self.prompt_ids = prompt_ids  # (classes, length): the first template per class
         self.prompt_mask = prompt_mask
 
