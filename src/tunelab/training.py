@@ -279,6 +279,8 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
         bf16=runtime.precision == "bf16",
         fp16=runtime.precision == "fp16",
         use_cpu=device.type == "cpu",
+        # Batches (pinned) go to the GPU without the host waiting for the previous step.
+        **({"accelerator_config": {"non_blocking": True}} if device.type == "cuda" else {}),
         ddp_backend="gloo" if (world > 1 and device.type == "cpu") else None,
         **{_checkpointing_argument(): train.gradient_checkpointing},
         disable_tqdm=False,

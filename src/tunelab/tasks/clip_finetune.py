@@ -70,21 +70,28 @@ class ClipLoss:
         self.preprocess = preprocess  # normalises (on GPUs also resizes) the pixels workers hand over
         self.prompt_ids = prompt_ids  # (classes, length): the first template per class
         self.prompt_mask = prompt_mask
+        self._on_device: dict[str, tuple] = {}
+
+    def prompts_on(self, device):
+        """The prompt tensors on ``device``, copied once: a copy per step (or moving the
+        labels to the host to index them) would make the host wait for the GPU each step."""
+        if str(device) not in self._on_device:
+            self._on_device[str(device)] = (self.prompt_ids.to(device), self.prompt_mask.to(device))
+        return self._on_device[str(device)]
 
     def __call__(self, model, pixel_values, labels):
         import torch
         import torch.nn.functional as F
 
         pixel_values = self.preprocess.model_input(pixel_values, labels.device)
+        ids, mask = self.prompts_on(labels.device)
         if self.kind == "contrastive":
             # Each image against the prompts of the batch's own labels: the reference's loss.
-            rows = labels.cpu()
-            ids, mask = self.prompt_ids[rows].to(labels.device), self.prompt_mask[rows].to(labels.device)
-            logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values).logits_per_image
+            logits = model(input_ids=ids[labels], attention_mask=mask[labels],
+                           pixel_values=pixel_values).logits_per_image
             target = torch.arange(len(labels), device=labels.device)
             return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        logits = model(input_ids=self.prompt_ids.to(labels.device), attention_mask=self.prompt_mask.to(labels.device),
-                       pixel_values=pixel_values).logits_per_image
+        logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values).logits_per_image
         return F.cross_entropy(logits, labels)
 
 

@@ -438,6 +438,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
         return values
 
     train_lengths = train_ds.lengths
+    weights_on: dict = {}
 
     class TunelabTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
@@ -452,7 +453,9 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             logits = outputs.logits.float()
-            w = weights.to(logits.device)
+            if str(logits.device) not in weights_on:  # one copy to the GPU, not one (and a wait) per step
+                weights_on[str(logits.device)] = weights.to(logits.device)
+            w = weights_on[str(logits.device)]
             loss = F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w) \
                 if problem == "multi-label" else F.cross_entropy(logits, labels, weight=w)
             return (loss, outputs) if return_outputs else loss
