@@ -86,7 +86,7 @@ def test_falls_back_where_the_tower_would_be_wrong():
 
 def test_falls_back_without_onednn(monkeypatch):
     model = small_clip()
-    monkeypatch.setattr(cpu_inference, "onednn_linear_available", lambda: False)
+    monkeypatch.setattr(cpu_inference, "onednn_linear_available", lambda dtype_name="float32": False)
     encode = image_features(model, torch.device("cpu"))
     assert not isinstance(encode, CpuImageTower)
     pixels = torch.randn(2, 3, 32, 32)

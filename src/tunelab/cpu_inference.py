@@ -25,15 +25,26 @@ the device is not a CPU, or the vision tower is not shaped like CLIP's,
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 
-def onednn_linear_available() -> bool:
+@lru_cache(maxsize=None)
+def onednn_linear_available(dtype_name: str = "float32") -> bool:
+    """oneDNN's packed linear runs here, in this dtype, and agrees with ``F.linear`` (a
+    CPU without bf16 support raises in bf16: the model's own forward is used then)."""
     import torch
 
     ops = getattr(torch.ops, "mkldnn", None)
     try:
-        return (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
-                and hasattr(ops, "_reorder_linear_weight"))
+        if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")
+                and hasattr(ops, "_reorder_linear_weight")):
+            return False
+        dtype = getattr(torch, dtype_name)
+        generator = torch.Generator().manual_seed(0)
+        x, weight, bias = (torch.randn(*shape, generator=generator).to(dtype) for shape in ((3, 8), (5, 8), (5,)))
+        packed = ops._linear_pointwise(x, ops._reorder_linear_weight(weight, 3), bias, "none", [], "")
+        return bool(torch.allclose(packed.float(), torch.nn.functional.linear(x, weight, bias).float(),
+                                   rtol=2e-2, atol=2e-2))
     except (AttributeError, RuntimeError):
         return False
 
@@ -41,7 +52,8 @@ def onednn_linear_available() -> bool:
 def image_features(model, device, rows_hint: int = 16) -> Callable:
     """A function from pixel batches to (unnormalised) projected image features:
     the rearranged tower on CPUs, the model's own forward elsewhere."""
-    if device.type == "cpu" and onednn_linear_available() and _clip_shaped(model):
+    if device.type == "cpu" and _clip_shaped(model) and \
+            onednn_linear_available(str(model.visual_projection.weight.dtype).removeprefix("torch.")):
         return CpuImageTower(model, rows_hint)
     return lambda pixels: pooled_output(model.get_image_features(pixel_values=pixels))
 
