@@ -70,22 +70,20 @@ def _clip_shaped(model) -> bool:
     quantised layer would lose its extra terms if packed from ``.weight``)."""
     import torch
 
+    def has(obj, *names) -> bool:
+        return all(hasattr(obj, name) for name in names)
+
     vision = getattr(model, "vision_model", None)
-    layers = getattr(getattr(vision, "encoder", None), "layers", None)
-    if vision is None or not layers or not hasattr(model, "visual_projection"):
-        return False
-    if not all(hasattr(vision, name) for name in ("embeddings", "pre_layrnorm", "post_layernorm")):
-        return False
-    needed = ("layer_norm1", "layer_norm2", "self_attn", "mlp")
-    attention = ("q_proj", "k_proj", "v_proj", "out_proj", "scale", "num_heads", "head_dim")
-    if model.training or not all(all(hasattr(layer, n) for n in needed)
-                                 and all(hasattr(layer.self_attn, n) for n in attention)
-                                 and hasattr(layer.mlp, "fc1") and hasattr(layer.mlp, "fc2") for layer in layers):
+    layers = list(getattr(getattr(vision, "encoder", None), "layers", None) or [])
+    if not (layers and has(vision, "embeddings", "pre_layrnorm", "post_layernorm") and has(model, "visual_projection")
+            and all(has(layer, "layer_norm1", "layer_norm2", "self_attn", "mlp") and has(layer.mlp, "fc1", "fc2")
+                    and has(layer.self_attn, "q_proj", "k_proj", "v_proj", "out_proj", "scale", "num_heads", "head_dim")
+                    for layer in layers)):
         return False
     linears = [model.visual_projection] + [module for layer in layers for module in (
         layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj,
         layer.mlp.fc1, layer.mlp.fc2)]
-    return all(type(module) is torch.nn.Linear for module in linears)
+    return not model.training and all(type(module) is torch.nn.Linear for module in linears)
 
 
 class _PackedLinear:
