@@ -89,13 +89,12 @@ def class_embeddings(model, tokenizer, class_names: Sequence[str], templates: Se
         return torch.nn.functional.normalize(embeddings, dim=-1)
 
 
-def image_embeddings(model, pixel_values, encode=None):
-    """Normalised image embeddings; ``encode`` is an :func:`tunelab.cpu_inference.image_features`
-    function made once for a loop over batches."""
+def image_embeddings(model, pixel_values):
+    """Normalised image embeddings of one batch, through the model's own forward."""
     import torch
 
-    features = encode(pixel_values) if encode else _features(model.get_image_features(pixel_values=pixel_values))
-    return torch.nn.functional.normalize(features.float(), dim=-1)
+    return torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixel_values)).float(),
+                                         dim=-1)
 
 
 def _features(output):
@@ -109,31 +108,43 @@ def logit_scale(model) -> float:
     return float(model.logit_scale.detach().exp().float().cpu())
 
 
-def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc: str = "images") -> list[int]:
-    """Stream a DataLoader of images through the image tower and into ``accumulator``;
-    returns the rows that could not be read."""
+def embed_loader(model, loader, device, dtype=None, desc: str = "images", skipped: list[int] | None = None):
+    """Stream a DataLoader of images (``image_loader``) through the image tower: yields
+    (dataset rows, normalised embeddings on ``device``) per batch; unreadable rows are
+    appended to ``skipped``. The tower is the CPU one where it applies."""
     import torch
     from tqdm.auto import tqdm
 
     from tunelab.cpu_inference import image_features
 
-    skipped: list[int] = []
-    scale = logit_scale(model)
     encode = image_features(model, device, loader.batch_size or 16)
-    pending = None  # the previous batch's scores, still on their way to the host
     with torch.inference_mode(), tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=None) as bar:
         for batch in loader:
-            skipped += batch["skipped"]
+            if skipped is not None:
+                skipped += batch["skipped"]
             if len(batch["rows"]):
                 pixels = loader.dataset.preprocess.model_input(batch["pixel_values"], device, dtype)
-                logits = scale * image_embeddings(model, pixels, encode) @ class_emb.T
-                staged = accumulator.stage(batch["rows"].numpy(), logits)
-                if pending is not None:
-                    accumulator.commit(pending)
-                pending = staged
+                yield batch["rows"].numpy(), torch.nn.functional.normalize(encode(pixels).float(), dim=-1)
             bar.update(len(batch["rows"]) + len(batch["skipped"]))
-    if pending is not None:
-        accumulator.commit(pending)
+
+
+def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc: str = "images") -> list[int]:
+    """Stream a DataLoader of images into ``accumulator`` as scores against the class
+    embeddings; returns the rows that could not be read. Each batch's scores travel to
+    the host while the next batch is computed."""
+    import torch
+
+    skipped: list[int] = []
+    scale = logit_scale(model)
+    pending = None
+    with torch.inference_mode():
+        for rows, embeddings in embed_loader(model, loader, device, dtype, desc, skipped):
+            staged = accumulator.stage(rows, scale * embeddings @ class_emb.T)
+            if pending is not None:
+                accumulator.commit(pending)
+            pending = staged
+        if pending is not None:
+            accumulator.commit(pending)
     return skipped
 
 

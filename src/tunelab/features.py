@@ -390,11 +390,7 @@ class ImageFeatureExtractor:
         return {"model": self.source.name, "kind": "clip-image", "precision": self.runtime.precision, "n": len(split)}
 
     def encode(self, split, desc: str = "features") -> np.ndarray:
-        import torch
-        from tqdm.auto import tqdm
-
-        from tunelab.clip import image_embeddings
-        from tunelab.cpu_inference import image_features
+        from tunelab.clip import embed_loader
         from tunelab.data.images import ClipPreprocess, image_loader
 
         model, processor = self.loaded
@@ -402,13 +398,8 @@ class ImageFeatureExtractor:
         loader = image_loader(split, ClipPreprocess.for_device(processor, self.device), self.batch_size,
                               self.images.num_workers, self.images.strict)
         start = time.perf_counter()
-        encode = image_features(model, self.device, self.batch_size)
-        with torch.inference_mode(), tqdm(total=len(split), desc=desc, unit="img", disable=None) as bar:
-            for batch in loader:
-                if len(batch["rows"]):
-                    pixels = loader.dataset.preprocess.model_input(batch["pixel_values"], self.device, self.dtype)
-                    out[batch["rows"].numpy()] = image_embeddings(model, pixels, encode).cpu().numpy()
-                bar.update(len(batch["rows"]) + len(batch["skipped"]))
+        for rows, embeddings in embed_loader(model, loader, self.device, self.dtype, desc):
+            out[rows] = embeddings.cpu().numpy()
         self.seconds += time.perf_counter() - start
         self.encoded += len(split)
         return out

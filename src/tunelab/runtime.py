@@ -78,7 +78,12 @@ def length_multiple(device) -> int:
     a different length, DistilBERT trained at 109 ms/step on an H100 where the same steps
     with few shapes take about 30. On a CPU there is no such cost and every padded token
     is computed, so none."""
-    return 32 if getattr(device, "type", str(device).split(":")[0]) == "cuda" else 1
+    return 32 if is_cuda(device) else 1
+
+
+def is_cuda(device) -> bool:
+    """A torch.device or a name such as "cuda:1"."""
+    return getattr(device, "type", str(device).split(":")[0]) == "cuda"
 
 
 def seed_everything(seed: int) -> None:

@@ -352,7 +352,9 @@ class ClipPreprocess:
 
     @classmethod
     def for_device(cls, processor, device) -> ClipPreprocess:
-        return cls(processor, resize_on_device=getattr(device, "type", str(device).split(":")[0]) == "cuda")
+        from tunelab.runtime import is_cuda
+
+        return cls(processor, resize_on_device=is_cuda(device))
 
     def __call__(self, image):
         import torch
