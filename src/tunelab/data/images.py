@@ -377,13 +377,12 @@ class ClipPreprocess:
         they came as uint8), in ``dtype``."""
         import torch
 
-        if self.resize_on_device:
-            if isinstance(pixels, (list, tuple)):
-                pixels = torch.cat([self._resize_and_crop_batch(p.to(device, non_blocking=True)[None])
-                                    for p in pixels])
-            else:
-                pixels = self._resize_and_crop_batch(pixels.to(device, non_blocking=True))
-        pixels = pixels.to(device, non_blocking=True)
+        if isinstance(pixels, (list, tuple)):  # images of several sizes, to be resized here
+            pixels = torch.cat([self._resize_and_crop_batch(p.to(device, non_blocking=True)[None]) for p in pixels])
+        else:
+            pixels = pixels.to(device, non_blocking=True)
+            if self.resize_on_device:
+                pixels = self._resize_and_crop_batch(pixels)
         if pixels.dtype != torch.uint8:
             return pixels.to(dtype or torch.float32)
         pixels = pixels.float()
