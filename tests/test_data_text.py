@@ -151,9 +151,9 @@ def test_stratified_helpers():
         (lambda p: write_csv(p / "a.csv", [("x", 1)] * 4), {"label_column": "y"},
          r"no column 'y' \(--label-column\); columns present: text, label"),
         (lambda p: write_csv(p / "a.csv", [("x", 0), ("", 1), ("  ", 0), ("y", 1)] * 3), {},
-         r"a.csv: 6 all rows have empty or non-text text \(empty; rows 2, 3, 6, 7, 10, 11\)"),
+         r"a.csv: 6 rows have empty or non-text text \(empty; rows 2, 3, 6, 7, 10, 11\)"),
         (lambda p: write_csv(p / "a.csv", [("x", "only")] * 10), {}, "single class \\(only\\)"),
-        (lambda p: write_csv(p / "a.csv", [("x", "a"), ("y", "")] * 5), {}, "5 all rows have no label"),
+        (lambda p: write_csv(p / "a.csv", [("x", "a"), ("y", "")] * 5), {}, "5 rows have no label"),
     ],
     ids=["missing", "unknown-format", "no-text-column", "no-label-column", "empty-text", "one-class",
          "missing-label"],
@@ -176,7 +176,7 @@ def test_non_string_text_in_jsonl(tmp_path):
 
 def test_label_unseen_in_train(topic_folder):
     write_csv(topic_folder / "test.csv", [("sport red", "sport"), ("art", "painting")])
-    message = r"test.csv: 1 test rows have labels that the training data lacks \('painting'; rows 2\)"
+    message = r"test.csv: 1 test row has labels that the training data lacks \('painting'; row 2\)"
     with pytest.raises(DataError, match=message):
         load(topic_folder)
 

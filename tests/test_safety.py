@@ -78,6 +78,15 @@ def test_study_rerun_never_deletes_a_folder_it_did_not_create(tmp_path, tiny_ber
                                      "data": {"dataset": str(topic_folder)}, "classifier": {"kind": "logreg"}}]}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(study))
+    assert main(["run", str(path), "--out", str(root)]) == 2  # the folder is the user's: refused whole
+    assert not (root / "study.json").exists() and not (root / ".tunelab-run").exists()
+    from tunelab.runs import lock_run_directory
+
+    (root / "probe" / "precious.txt").rename(tmp_path / "precious.txt")
+    (root / "probe").rmdir()
+    lock_run_directory(root).close()  # a study directory tunelab made, with a user's folder planted in it
+    (root / "probe").mkdir()
+    (tmp_path / "precious.txt").rename(root / "probe" / "precious.txt")
     assert main(["run", str(path), "--out", str(root)]) == 1
     status = json.loads((root / "study.json").read_text())["steps"][0]
     assert status["status"] == "failed" and "not created by tunelab" in status["detail"]
@@ -402,7 +411,7 @@ def test_missing_label_markers_are_not_classes(tmp_path, missing):
     from tunelab.errors import DataError
 
     rows = topic_rows(10) + [("an unlabelled text", missing)]
-    with pytest.raises(DataError, match="1 all rows have no label"):
+    with pytest.raises(DataError, match="1 row has no label"):
         load_text_dataset(DataConfig(dataset=str(write_csv(tmp_path / "d.csv", rows))))
 
 

@@ -222,7 +222,7 @@ def test_shots_sample_k_per_class_without_leakage(tmp_path):
     dataset = load_text_dataset(DataConfig(dataset=str(path), shots=4), seed=1)
     train = dataset.splits["train"]
     assert np.bincount(train.labels).tolist() == [4, 2, 4, 4]  # "rare" keeps the two it has in train
-    assert any("fewer than --shots" in n and "rare" in n for n in dataset.notes)
+    assert any("fewer than 4 training examples" in n and "rare" in n for n in dataset.notes)
     assert not set(train.ids) & set(dataset.splits["validation"].ids)
     again = load_text_dataset(DataConfig(dataset=str(path), shots=4), seed=1)
     assert again.splits["train"].ids == train.ids
@@ -354,9 +354,9 @@ def test_bad_inputs_are_one_line(tmp_path, capsys, pairs, tiny_bert_dir):
     expect_error(capsys, [*base, "--dataset", mixed], "mixes lists and single values")
     numbers = write_csv(tmp_path / "n.csv", [(f"t {i}", str(i + 0.5) if i != 3 else "high") for i in range(12)])
     expect_error(capsys, [*base, "--dataset", numbers, "--problem", "regression"],
-                 "1 all rows have a target that is not a finite number ('high'; rows 4)")
+                 "1 row has a target that is not a finite number ('high'; row 4)")
     nan = write_csv(tmp_path / "nan.csv", [(f"t {i}", "nan" if i == 2 else str(i + 0.5)) for i in range(12)])
-    expect_error(capsys, [*base, "--dataset", nan, "--problem", "regression"], "rows have no label")
+    expect_error(capsys, [*base, "--dataset", nan, "--problem", "regression"], "1 row has no label (row 3)")
     expect_error(capsys, [*base, "--dataset", pairs, "--shots", "0"], "data.shots=0 must be a positive number")
     expect_error(capsys, [*base, "--dataset", pairs, "--label-column", "score", "--class-weight", "balanced"],
                  "--class-weight balances classes, and a regression task has none")

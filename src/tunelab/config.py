@@ -113,6 +113,12 @@ class DataConfig:
                              "(chosen on validation)", flag="--threshold", metavar="P|tune")
     shots: int | None = setting(None, "K training examples per class, seeded (learning curves)", flag="--shots",
                                 metavar="K")
+    validation_shots: int | None = setting(None, "with --shots: validation examples per class that choose "
+                                           "checkpoints, thresholds and settings (default: the same K; 0: the "
+                                           "whole validation split)", flag="--validation-shots", metavar="K")
+    split_seed: int = setting(42, "seed of the splits tunelab makes (80/10/10, validation from train) and of "
+                              "--max-eval-samples: fixed across a study's seeds, so every seed scores the same "
+                              "examples", flag="--split-seed", metavar="N")
     max_train_samples: int | None = setting(None, "cap the train split (stratified, seeded; every class kept)",
                                             flag="--max-train-samples", metavar="N")
     max_eval_samples: int | None = setting(None, "cap each evaluation split (stratified, seeded)",
@@ -124,6 +130,8 @@ class DataConfig:
         check_settings(self, "data.")
         for key in ("max_train_samples", "max_eval_samples", "shots"):
             check_positive(f"data.{key}", getattr(self, key), allow_none=True)
+        if self.validation_shots is not None:
+            check_non_negative("data.validation_shots", self.validation_shots)
         if self.threshold != "tune":
             try:
                 value = float(self.threshold)

@@ -105,6 +105,8 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
     requested_yaml = dump_yaml(config, task.name)  # before the data fills in columns, problem, ...
     precision = resolve_precision(config.runtime.precision, device)
     config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
+    if rank == 0:
+        RunDirectory.check_target(out, overwrite, resume)  # before seconds of data reading and model loading
     prepared = task.prepare(config)  # data checked and model loaded before --out is touched
     config_yaml = dump_yaml(prepared.config, task.name)
     run = rank_zero_run_directory(
@@ -241,7 +243,7 @@ def record_inputs(run: RunDirectory, model_source, dataset_spec: str, requested_
     from tunelab.data.sources import resolve_dataset
 
     model = model_source.record() if model_source is not None else None
-    run.write_json(INPUTS_FILE, {"model": model, "dataset": resolve_dataset(dataset_spec, dataset_config).record(),
+    run.write_json(INPUTS_FILE, {"run_id": run.run_id, "model": model, "dataset": resolve_dataset(dataset_spec, dataset_config).record(),
                                  "requested_config": requested_yaml})
 
 

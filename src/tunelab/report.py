@@ -8,7 +8,9 @@ import html
 import io
 import json
 import math
+import re
 import statistics
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -109,29 +111,33 @@ class Document:
         self.blocks.append(("code", summary, text))
 
     def markdown(self, assets: Path) -> str:
-        lines = []
+        """Markdown with every value escaped (names from the data or the user never become
+        markup or HTML); images are written into ``assets``, a folder tunelab owns."""
+        lines = [MARKDOWN_SIGNATURE, ""]
         for block in self.blocks:
             kind = block[0]
             if kind == "heading":
-                lines += ["#" * block[1] + " " + block[2], ""]
+                lines += ["#" * block[1] + " " + markdown_escape(block[2]), ""]
             elif kind == "paragraph":
-                lines += [block[1], ""]
+                lines += [markdown_escape(block[1]), ""]
             elif kind == "table":
-                lines.append("| " + " | ".join(block[1]) + " |")
+                lines.append("| " + " | ".join(markdown_escape(h) for h in block[1]) + " |")
                 lines.append("|" + "---|" * len(block[1]))
-                lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in block[2]]
+                lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in block[2]]
                 lines.append("")
             elif kind == "image":
-                assets.mkdir(parents=True, exist_ok=True)
-                (assets / block[1]).write_bytes(block[2])
-                lines += [f"![{block[3]}]({assets.name}/{block[1]})", ""]
+                _write_asset(assets, block[1], block[2])
+                target = urllib.parse.quote(f"{assets.name}/{block[1]}")
+                lines += [f"![{markdown_escape(block[3])}]({target})", ""]
             elif kind == "code":
-                lines += [f"<details><summary>{block[1]}</summary>", "", "```", block[2].rstrip(), "```",
-                          "", "</details>", ""]
+                fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", block[2])), default=0))
+                lines += [f"<details><summary>{html.escape(block[1])}</summary>", "", fence, block[2].rstrip(),
+                          fence, "", "</details>", ""]
         return "\n".join(lines)
 
     def html(self, title: str) -> str:
-        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{HTML_SIGNATURE}<title>{html.escape(title)}"
+                 "</title>",
                  "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
                  "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
                  "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
@@ -157,6 +163,63 @@ class Document:
                              f"<pre>{html.escape(block[2])}</pre></details>")
         parts.append("</body></html>")
         return "\n".join(parts)
+
+
+# The first line of every report.md tunelab writes, and a tag in every report.html: a
+# report file without it is the user's, and is never replaced.
+MARKDOWN_SIGNATURE = "<!-- written by tunelab report -->"
+HTML_SIGNATURE = "<meta name='generator' content='tunelab report'>"
+ASSETS_MARKER = ".tunelab-report"
+# Markdown punctuation; "_" only where it can open or close emphasis (not inside f1_macro).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*{}\[\]()#!|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+
+
+def markdown_escape(text: str) -> str:
+    """A value as literal Markdown text: HTML special characters as entities, Markdown
+    punctuation backslash-escaped, line breaks as spaces."""
+    text = " ".join(str(text).splitlines())
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+    text = re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", text)  # "1. x" is a list item; "1\. x" is not
+    return "\\" + text if text[:1] in ("-", "+", ">", "=") else text
+
+
+def _write_asset(assets: Path, name: str, data: bytes) -> None:
+    from tunelab.runs import atomic_write_bytes
+
+    if not assets.exists():
+        atomic_write_bytes(assets / ASSETS_MARKER, b"images of the report beside this folder\n")
+    atomic_write_bytes(assets / name, data)
+
+
+def check_report_target(path: Path, signature: str) -> None:
+    """Refuse to replace a report file (or its images folder) that tunelab did not write."""
+    from tunelab.errors import TunelabError
+
+    if path.is_symlink():
+        raise TunelabError(f"{path} is a symbolic link; tunelab does not write through links (remove it or "
+                           "choose another --out)")
+    if path.is_dir() and path.suffix != "":
+        raise TunelabError(f"{path} is a folder; choose another --out")
+    if path.is_file():
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(4096).decode("utf-8", errors="replace")
+        except OSError:
+            head = ""
+        if signature not in head:
+            raise TunelabError(f"{path} exists and was not written by tunelab; it is left as it is (move it or "
+                               "choose another --out)")
+
+
+def check_assets_target(folder: Path) -> None:
+    from tunelab.errors import TunelabError
+
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise TunelabError(f"{folder} is not a folder tunelab made; it is left as it is (remove it or choose "
+                           "another --out)")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / ASSETS_MARKER).is_file():
+        raise TunelabError(f"{folder} holds files that tunelab did not write; it is left as it is (move it or "
+                           "choose another --out)")
 
 
 @dataclasses.dataclass
@@ -451,9 +514,13 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
         outcomes, study = _study_state(Path(paths[0]))  # a study directory: its groups and settings
         baseline = baseline or study.get("baseline")
         published = published or study.get("published")
-    doc = build_report(records, title, baseline, outcomes, published)
-    atomic_write_bytes(out, doc.markdown(out.parent / f"{out.stem}_files").encode("utf-8"))
     html_path = out.with_suffix(".html")
+    assets = out.parent / f"{out.stem}_files"
+    check_report_target(out, MARKDOWN_SIGNATURE)
+    check_report_target(html_path, HTML_SIGNATURE)
+    check_assets_target(assets)
+    doc = build_report(records, title, baseline, outcomes, published)
+    atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"))
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"))
     return out, html_path
 

@@ -7,17 +7,20 @@ leaves a torn or misleading ``metrics.json`` behind.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -43,14 +46,33 @@ def default_run_path(command: str) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file and a rename: readers see the old file or the whole
-    new one, never a torn one. Files are readable by others (0644), like any output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(handle.name, 0o644)
-    os.replace(handle.name, path)
+    new one, never a torn one. A symbolic link at ``path`` is replaced, never written
+    through, and a linked parent folder is refused (a write never lands outside the
+    folder it names). The temporary file goes if anything fails. Files are readable
+    by others (0644), like any output."""
+    path = Path(path)
+    _ensure_directory(path.parent)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name[:100]}.", delete=False)
+    try:
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+
+
+def _ensure_directory(folder: Path) -> None:
+    """Create ``folder`` (and its parents) unless it exists; refuse a symbolic link in its
+    place, so that files meant for it never land in the link's target."""
+    if folder.is_symlink():
+        raise TunelabError(f"{folder} is a symbolic link; tunelab writes only into real folders it can see "
+                           "(remove the link or choose another --out)")
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def is_run_directory(path: Path) -> bool:
@@ -59,11 +81,121 @@ def is_run_directory(path: Path) -> bool:
     return marker.is_file() and not marker.is_symlink()
 
 
+def marker_run_id(path: Path) -> str | None:
+    """The random id in a folder's marker (also recorded in the run's inputs.json or the
+    study's study.json), or None for a missing, empty or foreign marker."""
+    marker = Path(path) / MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            return None
+        value = json.loads(marker.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return None
+    run_id = value.get("run_id") if isinstance(value, dict) else None
+    return run_id if isinstance(run_id, str) and len(run_id) >= 16 else None
+
+
 def _make_marked_directory(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    if not is_run_directory(path):
-        stamp = {"created_by": "tunelab", "created": datetime.now().isoformat(timespec="seconds")}
-        atomic_write_bytes(path / MARKER, (json.dumps(stamp) + "\n").encode())
+    """Create ``path`` with a marker holding a fresh run id. The marker is created with
+    O_EXCL and never replaced: two processes making the same folder lock the same file,
+    so only one of them gets the lock."""
+    _ensure_directory(path)
+    marker = path / MARKER
+    stamp = {"created_by": "tunelab", "created": datetime.now().isoformat(timespec="seconds"),
+             "run_id": uuid.uuid4().hex}
+    try:
+        descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(stamp) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# What a run directory may hold: every name tunelab writes there (and its temporary files).
+RUN_ENTRIES = ("config.yaml", "command.txt", "metrics.json", "report.md", "inputs.json", "history.json",
+               "predictions", "checkpoints", "model", "onnx", "wandb", MARKER, "confusion_*.json", "confusion_*.png",
+               "scatter_*.png", "events.out.tfevents.*", ".*.tunelab-new*", ".*.tmp*", ".*.????????")
+# What a study directory may hold besides its runs.
+STUDY_ENTRIES = ("study.json", "report.md", "report.html", "report_files", ".configs", MARKER, ".*.????????",
+                 ".*.tunelab-new-*", ".*.tunelab-old-*")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Names in ``path`` that tunelab did not write: anything an overwrite would delete
+    that is not a run's (or a study's) own file. A study's runs are checked in turn."""
+    import fnmatch
+
+    path = Path(path)
+    study = (path / "study.json").is_file()
+    allowed = STUDY_ENTRIES if study else RUN_ENTRIES
+    foreign = []
+    for entry in sorted(os.listdir(path)):
+        if any(fnmatch.fnmatchcase(entry, pattern) for pattern in allowed):
+            continue
+        child = path / entry
+        if study and child.is_dir() and not child.is_symlink() and is_run_directory(child):
+            foreign += [f"{entry}/{name}" for name in foreign_entries(child)]
+            continue
+        foreign.append(entry)
+    return foreign
+
+
+def check_replaceable(path: Path, record_name: str) -> None:
+    """Refuse to delete ``path`` unless tunelab made it: a marker with a run id that the
+    run's own record (``record_name``: inputs.json or study.json) repeats, and nothing
+    inside that tunelab did not write."""
+    run_id = marker_run_id(path)
+    try:
+        recorded = json.loads((Path(path) / record_name).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        recorded = _command_run_id(path)  # a run killed before it recorded its inputs
+    if run_id is None or recorded != run_id:
+        raise TunelabError(f"--overwrite refused: {path} does not hold a complete tunelab run (its {MARKER} "
+                           f"and {record_name} do not agree), and tunelab only replaces what it made; "
+                           "choose another --out or remove the folder yourself")
+    foreign = foreign_entries(path)
+    if foreign:
+        raise TunelabError(f"--overwrite refused: {path} holds files tunelab did not write "
+                           f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them away "
+                           "or choose another --out")
+
+
+def _command_run_id(path: Path) -> str | None:
+    try:
+        text = (Path(path) / "command.txt").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = re.search(r"^# run ([0-9a-f]{16,})$", text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def remove_stale_staging(path: Path) -> None:
+    """Remove what killed runs left beside ``path``: staging folders of an overwrite
+    (``.NAME.tunelab-new-PID``) and retired old runs (``.NAME.tunelab-old-PID``) whose
+    process is gone. Only marked folders are removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.glob(f".{path.name}.tunelab-[no][el][wd]-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _process_alive(int(pid)) or entry.is_symlink() or not is_run_directory(entry):
+            continue
+        logger.info("removing %s, left by a run that was killed", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def lock_run_directory(path: Path, create_marker: bool = True):
@@ -157,12 +289,31 @@ class RunDirectory:
         self._lock = lock
         self._created = created  # this process made ``path`` (so it may remove it when abandoned)
 
+    @staticmethod
+    def check_target(out: str | os.PathLike | None, overwrite: bool = False, resume: bool = False) -> None:
+        """Refuse an unusable ``--out`` before any data is read or model loaded."""
+        if out is None or resume:
+            return
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise TunelabError(f"--out {path} is a file; pass a directory")
+        if path.is_symlink():
+            raise TunelabError(f"--out {path} is a symbolic link; pass a real directory")
+        if path.is_dir() and any(path.iterdir()):
+            if not overwrite:
+                raise TunelabError(f"--out {path} already holds files; choose a new directory or pass --overwrite")
+            if not is_run_directory(path):
+                raise TunelabError(f"--overwrite refused: {path} was not created by tunelab (no {MARKER} file), "
+                                   "and tunelab only replaces directories it created; choose another --out")
+            check_replaceable(path, "inputs.json")
+
     @classmethod
     def create(cls, out: str | os.PathLike | None, command: str, overwrite: bool = False,
                resume: bool = False) -> RunDirectory:
         path = Path(out) if out else default_run_path(command)
         if path.exists() and not path.is_dir():
             raise TunelabError(f"--out {path} is a file; pass a directory")
+        remove_stale_staging(path)
         if resume:
             return cls(path, lock=lock_run_directory(path, create_marker=False))
         if path.is_dir() and any(path.iterdir()):
@@ -176,6 +327,11 @@ class RunDirectory:
                     "and tunelab only replaces directories it created; choose another --out"
                 )
             lock = lock_run_directory(path)  # the old run stays locked until it is replaced
+            try:
+                check_replaceable(path, "inputs.json")
+            except TunelabError:
+                lock.close() if lock is not None else None
+                raise
             staging = path.parent / f".{path.name}.tunelab-new-{os.getpid()}"
             if staging.exists():
                 shutil.rmtree(staging)
@@ -193,6 +349,10 @@ class RunDirectory:
         run.write_config(config_yaml)
         run.write_command(argv)
         return run
+
+    @property
+    def run_id(self) -> str | None:
+        return marker_run_id(self.path)
 
     def commit(self) -> Path:
         """Finish: put a run built beside an old one in its place, and release the lock."""
@@ -237,7 +397,7 @@ class RunDirectory:
     def write_command(self, argv: Sequence[str] | None) -> Path:
         line = shlex.join(["tunelab", *argv]) if argv is not None else shlex.join(sys.argv)
         versions = "\n".join(f"{k}=={v}" for k, v in package_versions().items())
-        return self.write_text("command.txt", f"{line}\n\n# versions\n{versions}\n")
+        return self.write_text("command.txt", f"{line}\n\n# run {self.run_id}\n# versions\n{versions}\n")
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
         return self.write_json("metrics.json", metrics)

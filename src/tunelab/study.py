@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Step names name run directories inside the study directory: plain names, never paths.
 STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 100  # well inside any file system's limit for one path component
+# Files of the study directory itself: no step may take these names.
+RESERVED_NAMES = frozenset({"study.json", "report.md", "report.html", "report_files", "predictions", "model"})
 
 
 @dataclasses.dataclass
@@ -148,6 +151,12 @@ def _check_name(name: str, origin: str) -> None:
     if not STEP_NAME.fullmatch(name) or name in (".", ".."):
         raise ConfigError(f"{origin}: step name {name!r} is not a plain name; use letters, digits, '.', '_' "
                           "and '-' (it names the step's run directory inside the study directory)")
+    if name.lower() in RESERVED_NAMES:
+        raise ConfigError(f"{origin}: step name {name!r} is taken by the study's own files "
+                          f"({', '.join(sorted(RESERVED_NAMES))}); rename the step")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{origin}: step name {name[:40]!r}... is {len(name)} characters long; a run directory "
+                          f"name may have at most {MAX_NAME_LENGTH} (shorten the step name or its matrix values)")
 
 
 # Short labels of matrix keys in run names (lora-shots8-seed1); others use their last part.
@@ -259,7 +268,29 @@ def resolve_step(study: Study, step: Step):
 
 
 def default_study_path(name: str) -> Path:
-    return Path("runs") / f"study-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``runs/study-NAME-TIME``, the name reduced to one safe path component."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip(".-")[:MAX_NAME_LENGTH] or "study"
+    return Path("runs") / f"study-{safe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def open_study_directory(root: Path):
+    """Take the study directory for this study alone: a folder that holds files but no
+    tunelab marker is refused (it is the user's), and the marker's lock is held until
+    the study ends, so a second study on the same --out stops at once."""
+    from tunelab.runs import MARKER, is_run_directory, lock_run_directory
+
+    if root.exists() and not root.is_dir():
+        raise TunelabError(f"--out {root} is a file; pass a directory")
+    if root.is_symlink():
+        raise TunelabError(f"--out {root} is a symbolic link; pass a real directory")
+    if root.is_dir() and any(root.iterdir()) and not is_run_directory(root):
+        raise TunelabError(f"--out {root} holds files that tunelab did not write (no {MARKER} file); "
+                           "choose a new or empty directory")
+    try:
+        return lock_run_directory(root)
+    except TunelabError:
+        raise TunelabError(f"another tunelab study is running in {root}; wait for it or choose another --out") \
+            from None
 
 
 def _recorded_request(run_dir: Path) -> str | None:
@@ -309,7 +340,16 @@ def run_study(study: Study, out: str | Path | None = None, jobs: int = 1, execut
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: must be 1 or more")
     root = Path(out) if out else default_study_path(study.name)
-    root.mkdir(parents=True, exist_ok=True)
+    lock = open_study_directory(root)
+    try:
+        return root, _run_study_locked(study, root, jobs, executor, ray_address)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
+                      ray_address: str | None) -> list[StepOutcome]:
     outcomes: dict[str, StepOutcome] = {}
     todo: list[PlannedRun] = []
     for step in study.steps:
@@ -351,7 +391,7 @@ def run_study(study: Study, out: str | Path | None = None, jobs: int = 1, execut
     runs = [root / o.name for o in ordered if o.status in ("completed", "reused")]
     write_report(runs, root / "report.md", title=f"Study {study.name}", baseline=study.baseline, outcomes=ordered,
                  published=study.published)
-    return root, ordered
+    return ordered
 
 
 def _outcome(step: Step, status: str, detail: str = "", seconds: float = 0.0) -> StepOutcome:
@@ -393,6 +433,8 @@ def _run_in_processes(todo: list[PlannedRun], root: Path, jobs: int) -> list[tup
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
+    from tunelab.runs import atomic_write_bytes
+
     try:
         import torch
 
@@ -411,7 +453,7 @@ def _run_in_processes(todo: list[PlannedRun], root: Path, jobs: int) -> list[tup
         start = time.perf_counter()
         try:
             path = configs / f"{planned.step.name}.yaml"
-            path.write_text(dump_yaml(planned.config, planned.step.command), encoding="utf-8")
+            atomic_write_bytes(path, dump_yaml(planned.config, planned.step.command).encode("utf-8"))
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                        TOKENIZERS_PARALLELISM="false")
             if gpus:
@@ -420,18 +462,50 @@ def _run_in_processes(todo: list[PlannedRun], root: Path, jobs: int) -> list[tup
                        "--out", str(root / planned.step.name)]
             command += {"resume": ["--resume"], "overwrite": ["--overwrite"]}.get(planned.mode, [])
             logger.info("step %s: tunelab %s (job %d)", planned.step.name, planned.step.command, slot + 1)
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            done = subprocess.run(command, env=env, capture_output=True, text=True, errors="replace")
             if done.returncode == 0:
                 return "completed", "", time.perf_counter() - start
-            lines = [line for line in done.stderr.splitlines() if line.startswith("tunelab:")]
-            detail = lines[-1].split(": ", 1)[-1].removeprefix("error: ") if lines else \
-                (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            return "failed", detail, time.perf_counter() - start
+            return "failed", failure_from_process(done.returncode, done.stderr), time.perf_counter() - start
         finally:
             slots.put(slot)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(run, todo))
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def last_log_line(text: str) -> str:
+    """The last line of a log that says something: terminal escapes, control characters
+    and progress-bar redraws stripped."""
+    for line in reversed(re.split(r"[\r\n]+", text or "")):
+        line = _CONTROL.sub("", _ESCAPES.sub("", line)).strip()
+        if not line or re.search(r"\d+%\|", line) or re.fullmatch(r"[\s|#=>.-]*", line):
+            continue
+        return line[:300]
+    return ""
+
+
+def failure_from_process(returncode: int, stderr: str) -> str:
+    """Why a job's process failed: tunelab's own one-line error where it printed one,
+    else the exit status (or the signal that killed it) and the last log line."""
+    import signal
+
+    lines = [last_log_line(line) for line in (stderr or "").splitlines() if line.startswith("tunelab:")]
+    if lines and returncode > 0:
+        return lines[-1].split(": ", 1)[-1].removeprefix("error: ")
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        status = f"killed by signal {-returncode} ({name})"
+    else:
+        status = f"exit status {returncode}"
+    last = last_log_line(stderr)
+    return status + (f"; last log line: {last}" if last else "")
 
 
 def _remote_run(command: str, config_yaml: str, out: str, mode: str) -> tuple[str, str, float]:
@@ -460,10 +534,19 @@ def _run_on_ray(todo: list[PlannedRun], root: Path, address: str | None) -> list
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
-        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_remote_run)
+        # No automatic retry: a retried run would find its own half-written directory and fail
+        # with a misleading message; the cause is reported and a rerun of the study resumes it.
+        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=0)(_remote_run)
         futures = [remote.remote(p.step.command, dump_yaml(p.config, p.step.command), str(root.resolve() /
                                  p.step.name), p.mode) for p in todo]
-        return [tuple(result) for result in ray.get(futures)]
+        results = []
+        for future in futures:
+            try:
+                results.append(tuple(ray.get(future)))
+            except Exception as exc:  # the worker died (killed, out of memory) or the task raised
+                cause = last_log_line(str(exc).split("\n", 1)[0]) or type(exc).__name__
+                results.append(("failed", f"the Ray task failed ({type(exc).__name__}): {cause}", 0.0))
+        return results
     finally:
         if started:
             ray.shutdown()
@@ -472,7 +555,9 @@ def _run_on_ray(todo: list[PlannedRun], root: Path, address: str | None) -> list
 def _write_state(root: Path, study: Study, outcomes: list[StepOutcome]) -> None:
     from tunelab.runs import atomic_write_bytes
 
-    state = {"name": study.name, "variables": study.variables, "settings": study.settings,
+    from tunelab.runs import marker_run_id
+
+    state = {"run_id": marker_run_id(root), "name": study.name, "variables": study.variables, "settings": study.settings,
              "overrides": study.overrides, "baseline": study.baseline, "published": study.published,
              "steps": [dataclasses.asdict(o) for o in outcomes]}
     atomic_write_bytes(root / "study.json", (json.dumps(state, indent=2, default=str) + "\n").encode())

@@ -17,7 +17,7 @@ import numpy as np
 
 from tunelab.config import DataConfig
 from tunelab.data import resample, sources
-from tunelab.data.labels import LabelledData, apply_caps, build_label_space, complete_splits, encode_labels
+from tunelab.data.labels import LabelledData, build_label_space, encode_labels, finish_splits, rows_have
 from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.errors import DataError
 
@@ -263,7 +263,7 @@ def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all")
     for split, (_, labels) in raw.splits.items():
         missing = [i for i, v in enumerate(labels) if v is None]
         if missing:
-            raise DataError(f"{cfg.dataset}: {len(missing)} {split} images have no label")
+            raise DataError(f"{cfg.dataset}: {rows_have(len(missing), split, 'image')} no label")
     basis = "train" if "train" in raw.splits else "all" if "all" in raw.splits else next(iter(raw.splits))
     space = build_label_space(
         raw.splits[basis][1] if basis in ("train", "all") else _all_labels(raw),
@@ -274,10 +274,8 @@ def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all")
         ids = [images.name(i) for i in range(len(labels))]
         splits[name] = ImageSplit(images, np.arange(len(labels)), encode_labels(labels, space, name, cfg.dataset, ids),
                                   ids)
-    if "all" in splits or ("train" in splits and "validation" not in splits):
-        splits, made = complete_splits(splits, seed)
-        notes.extend(made)
-    splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes)
+    complete = "all" in splits or ("train" in splits and "validation" not in splits)
+    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset, complete=complete)
     order = [s for s in ("train", "validation", "test") if s in splits]
     return ImageDataset(name=cfg.dataset, label_space=space, splits={k: splits[k] for k in order}, notes=notes)
 

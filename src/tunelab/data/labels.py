@@ -102,16 +102,17 @@ def encode_labels(labels: Sequence[object], space: LabelSpace, split: str, sourc
     if unknown:
         shown = sorted({label_text(labels[r]) for r in unknown})[:5]
         raise DataError(
-            f"{source}: {len(unknown)} {split} rows have labels that the training data lacks "
-            f"({', '.join(map(repr, shown))}; rows {_rows([ids[r] for r in unknown] if ids else unknown)}); "
+            f"{source}: {rows_have(len(unknown), split)} labels that the training data lacks "
+            f"({', '.join(map(repr, shown))}; {_rows([ids[r] for r in unknown] if ids else unknown)}); "
             f"known labels: {', '.join(space.values[:20])}"
         )
     return encoded
 
 
 def _rows(rows: Sequence[int], limit: int = 8) -> str:
+    """``row 3`` or ``rows 3, 5, ...``: which rows, as a message names them."""
     shown = ", ".join(str(r) for r in rows[:limit])
-    return shown + (", ..." if len(rows) > limit else "")
+    return ("row " if len(rows) == 1 else "rows ") + shown + (", ..." if len(rows) > limit else "")
 
 
 def describe_rows(rows: Sequence[int]) -> str:
@@ -153,7 +154,9 @@ def _is_real_number(value: object) -> bool:
         return False
     if isinstance(value, (int, float, np.integer, np.floating)):
         return bool(np.isfinite(value))
-    return isinstance(value, str) and bool(_NUMBER.match(value.strip()))
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return bool(np.isfinite(float(value)))  # parsed, then checked: "1e400" overflows to inf
+    return False
 
 
 def _is_whole_number(value: object) -> bool:
@@ -169,8 +172,8 @@ def regression_targets(values: Sequence[object], split: str, source: str, ids: S
     bad = [i for i, v in enumerate(values) if v is None or not _is_real_number(v)]
     if bad:
         shown = ", ".join(repr(values[i]) for i in bad[:3])
-        raise DataError(f"{source}: {len(bad)} {split} rows have a target that is not a finite number ({shown}; "
-                        f"rows {_rows([ids[i] for i in bad])}); regression needs numbers")
+        raise DataError(f"{source}: {rows_have(len(bad), split)} a target that is not a finite number ({shown}; "
+                        f"{_rows([ids[i] for i in bad])}); regression needs numbers")
     return np.asarray([float(v) for v in values], dtype=np.float64)
 
 
@@ -210,8 +213,8 @@ def encode_label_sets(sets: Sequence[Sequence[object]], space: LabelSpace, split
                 matrix[row, i] = 1.0
     if unknown:
         shown = sorted({label_text(v) for r in unknown for v in sets[r] if label_text(v) not in index})[:5]
-        raise DataError(f"{source}: {len(set(unknown))} {split} rows have labels that the training data lacks "
-                        f"({', '.join(map(repr, shown))}; rows {_rows([ids[r] for r in sorted(set(unknown))])})")
+        raise DataError(f"{source}: {rows_have(len(set(unknown)), split)} labels that the training data lacks "
+                        f"({', '.join(map(repr, shown))}; {_rows([ids[r] for r in sorted(set(unknown))])})")
     return matrix
 
 
@@ -231,7 +234,11 @@ def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int
     """Split ``range(len(labels))`` into parts of the given fractions, per class, seeded.
 
     Each class is shuffled and cut at the same fractions, so every part keeps the
-    class balance. Indices inside a part are returned sorted (original order).
+    class balance. Where rounding per class leaves a later part short of its share of
+    the whole (small classes: a class of 6 cut 80/10/10 gives 5/0/1), the part is
+    topped up from the largest classes' first part, so every part gets its share and
+    none is empty while there are rows for it; every class keeps one example in the
+    first part. Indices inside a part are returned sorted (original order).
 
     Why not scikit-learn's ``StratifiedShuffleSplit`` / ``train_test_split``: they
     split two ways only, allocate each class's share by randomised rounding over the
@@ -240,17 +247,36 @@ def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int
     balance exact and makes the three-way 80/10/10 split in one pass.
     """
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    cells: list[list[np.ndarray]] = []  # per class, per part
     bounds = np.cumsum(fractions)
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         members = members[rng.permutation(len(members))]
         cuts = np.round(bounds * len(members)).astype(int)
-        start = 0
-        for p, cut in enumerate(cuts):
-            parts[p].append(members[start:cut])
+        start, row = 0, []
+        for cut in cuts:
+            row.append(members[start:cut])
             start = cut
-    return [np.sort(np.concatenate(p)) if p else np.array([], dtype=np.int64) for p in parts]
+        cells.append(row)
+    targets = _part_sizes(len(labels), fractions)
+    for part in range(1, len(fractions)):
+        while sum(len(row[part]) for row in cells) < targets[part]:
+            donor = max(cells, key=lambda row: len(row[0]))
+            if len(donor[0]) < 2:
+                break
+            donor[part] = np.append(donor[part], donor[0][-1])
+            donor[0] = donor[0][:-1]
+    parts = [[row[p] for row in cells] for p in range(len(fractions))]
+    return [np.sort(np.concatenate(p)).astype(np.int64) if p else np.array([], dtype=np.int64) for p in parts]
+
+
+def _part_sizes(total: int, fractions: Sequence[float]) -> list[int]:
+    """Each part's share of ``total`` rows (rounded), at least one row per part when
+    there are enough rows."""
+    sizes = [int(round(f * total)) for f in fractions]
+    if total >= len(fractions):
+        sizes = [max(1, size) for size in sizes]
+    return sizes
 
 
 def stratified_subsample(labels: np.ndarray, n: int, seed: int, keep_every_class: bool = False) -> np.ndarray:
@@ -319,10 +345,15 @@ class LabelledData:
 
 def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], list[str]]:
     """Make missing validation/test splits from train, stratified and seeded; a lone
-    split named "all" is cut 80/10/10. Splits need ``.labels`` and ``.subset()``."""
+    split named "all" is cut 80/10/10. Splits need ``.labels`` and ``.subset()``. Too
+    few rows for a split fails with one line that says how many are needed."""
     notes = []
     if "all" in splits:
         whole = splits.pop("all")
+        if len(whole) < len(SINGLE_FILE_FRACTIONS):
+            raise DataError(f"the data has {count_rows(len(whole))}: too few to cut into train, validation and test "
+                            "(80/10/10); give at least 3 rows (10 or more per class keep every class in every "
+                            "split), or pass validation and test files")
         parts = stratified_indices(strata(whole.labels), SINGLE_FILE_FRACTIONS, seed)
         splits.update({name: whole.subset(idx) for name, idx in zip(("train", "validation", "test"), parts)})
         notes.append(f"split the single file 80/10/10 into train/validation/test (stratified, seed {seed})")
@@ -331,6 +362,10 @@ def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
     if missing:
         train = splits["train"]
         fractions = [1.0 - SPLIT_FRACTION * len(missing)] + [SPLIT_FRACTION] * len(missing)
+        if len(train) < len(fractions):
+            raise DataError(f"the train split has {count_rows(len(train))}: too few to also make "
+                            f"{' and '.join(missing)} from it; give at least {len(fractions)} rows, or pass "
+                            f"{' and '.join(missing)} files (--{missing[0]}-split)")
         parts = stratified_indices(strata(train.labels), fractions, seed)
         splits["train"] = train.subset(parts[0])
         for name, idx in zip(missing, parts[1:]):
@@ -339,36 +374,96 @@ def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
     return splits, notes
 
 
+def count_rows(n: int, what: str = "row") -> str:
+    """``1 row``, ``3 rows``: counts in messages read right."""
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def rows_have(n: int, split: str, what: str = "row") -> str:
+    """``1 train row has``, ``3 rows have`` (a lone file's rows are just rows)."""
+    noun = what if split in ("all", "") else f"{split} {what}"
+    return f"{count_rows(n, noun)} {'has' if n == 1 else 'have'}"
+
+
+def check_splits(splits: dict[str, Any], problem: str, class_names: Sequence[str], dataset: str) -> None:
+    """Every split holds rows, and the train split more than one class: a one-line error
+    naming the split, instead of a failure deep inside a classifier."""
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise DataError(f"{dataset}: the {name} split is empty after splitting and sampling; use more data, "
+                            "a larger --max-eval-samples/--shots, or name the split files")
+    if problem == "single-label":
+        present = len(np.unique(np.asarray(splits["train"].labels))) if "train" in splits else 2
+        if present < 2:
+            raise DataError(f"{dataset}: the train split holds a single class after splitting and sampling "
+                            f"({count_rows(len(splits['train']))}); use more data or a larger --shots")
+
+
 def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | None, seed: int,
-               notes: list[str]) -> dict[str, Any]:
-    """Stratified, seeded caps: ``max_train`` on train, ``max_eval`` on every other split."""
+               notes: list[str], eval_seed: int | None = None) -> dict[str, Any]:
+    """Stratified, seeded caps: ``max_train`` on train (drawn with the run's ``seed``),
+    ``max_eval`` on every other split (drawn with ``eval_seed``, the data's seed, so that
+    every seed of a study scores the same examples and paired tests see them all)."""
     capped = {}
     for name, split in splits.items():
         cap = max_train if name == "train" else max_eval
+        draw = seed if name == "train" or eval_seed is None else eval_seed
         if cap is not None and cap < len(split):
             single = np.asarray(split.labels).ndim == 1 and np.asarray(split.labels).dtype.kind in "iu"
-            capped[name] = split.subset(stratified_subsample(strata(split.labels), cap, seed,
+            capped[name] = split.subset(stratified_subsample(strata(split.labels), cap, draw,
                                                              keep_every_class=name == "train" and single))
-            notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {seed})")
+            notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {draw})")
         else:
             capped[name] = split
     return capped
 
 
+def finish_splits(splits: dict[str, Any], cfg, seed: int, notes: list[str], space: LabelSpace, dataset: str,
+                  complete: bool = True) -> dict[str, Any]:
+    """The one way every loader turns read splits into the splits a run uses: missing
+    validation/test made from train (with the data's split seed), K shots per class,
+    caps, then every split checked non-empty. ``cfg`` is a DataConfig."""
+    if complete:
+        splits, made = complete_splits(splits, cfg.split_seed)
+        notes.extend(made)
+    splits = apply_shots(splits, cfg.shots, seed, notes, space.names, cfg.validation_shots)
+    splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes, eval_seed=cfg.split_seed)
+    check_splits(splits, space.problem, space.names, dataset)
+    return splits
+
+
 
 
 def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: list[str],
-                class_names: Sequence[str] = ()) -> dict[str, Any]:
+                class_names: Sequence[str] = (), validation_shots: int | None = None) -> dict[str, Any]:
     """``shots`` training examples per class, seeded (all of a class that has fewer, and a
     note says so). Validation and test were made before, so they never hold a chosen
-    example."""
+    example. The validation split, which picks checkpoints, thresholds and settings,
+    keeps ``validation_shots`` per class (default: ``shots``; 0 keeps it whole), so a
+    few-shot run sees as few labels as a user with K examples per class has."""
     if shots is None:
         return splits
     train = splits["train"]
-    groups = strata(train.labels)
     if np.asarray(train.labels).dtype.kind == "f" and np.asarray(train.labels).ndim == 1:
         raise DataError("--shots samples K examples per class, and a regression task has no classes; "
                         "use --max-train-samples")
+    splits = dict(splits)
+    splits["train"] = train.subset(_per_class(train.labels, shots, seed, "training", notes, class_names))
+    notes.append(f"sampled {shots} training examples per class (seed {seed}): {len(splits['train'])} in all")
+    per_class = shots if validation_shots is None else validation_shots
+    if per_class and "validation" in splits:
+        validation = splits["validation"]
+        splits["validation"] = validation.subset(_per_class(validation.labels, per_class, seed + 1, "validation",
+                                                            notes, class_names))
+        notes.append(f"kept {per_class} validation examples per class (seed {seed + 1}): "
+                     f"{len(splits['validation'])} of {len(validation)}, so settings are chosen on as few labels as "
+                     "a few-shot user has (--validation-shots 0 keeps them all)")
+    return splits
+
+
+def _per_class(labels: np.ndarray, shots: int, seed: int, what: str, notes: list[str],
+               class_names: Sequence[str]) -> np.ndarray:
+    groups = strata(labels)
     rng = np.random.default_rng(seed)
     chosen, short = [], []
     for group in np.unique(groups):
@@ -376,11 +471,8 @@ def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: lis
         if len(members) < shots:
             short.append((int(group), len(members)))
         chosen.append(members[rng.permutation(len(members))[:shots]])
-    splits = dict(splits)
-    splits["train"] = train.subset(np.sort(np.concatenate(chosen)))
-    notes.append(f"sampled {shots} training examples per class (seed {seed}): {len(splits['train'])} in all")
     if short:
-        notes.append("classes with fewer than --shots examples keep them all: "
+        notes.append(f"classes with fewer than {shots} {what} examples keep them all: "
                      + ", ".join(f"{class_names[g] if 0 <= g < len(class_names) else g} ({n})"
                                  for g, n in short[:10]))
-    return splits
+    return np.sort(np.concatenate(chosen))

@@ -21,12 +21,11 @@ import numpy as np
 from tunelab.config import DataConfig
 from tunelab.data.labels import (
     LabelledData,
-    apply_caps,
-    apply_shots,
     build_label_space,
     build_multilabel_space,
-    complete_splits,
+    finish_splits,
     describe_rows,
+    rows_have,
     encode_label_sets,
     encode_labels,
     infer_problem,
@@ -443,8 +442,8 @@ def _check_texts(values: list[object], raw: _RawSplit, split: str, what: str) ->
         kinds = {"empty" if isinstance(values[i], str) or values[i] is None
                  else type(values[i]).__name__ for i in bad}
         raise DataError(
-            f"{raw.source}: {len(bad)} {split} rows have empty or non-text {what} "
-            f"({', '.join(sorted(kinds))}; rows {describe_rows([raw.ids[i] for i in bad])}); "
+            f"{raw.source}: {rows_have(len(bad), split)} empty or non-text {what} "
+            f"({', '.join(sorted(kinds))}; {describe_rows([raw.ids[i] for i in bad])}); "
             "fix or remove them"
         )
 
@@ -453,8 +452,8 @@ def _check_labels(raw: _RawSplit, split: str) -> None:
     missing = [i for i, v in enumerate(raw.labels) if v is None]
     if missing:
         raise DataError(
-            f"{raw.source}: {len(missing)} {split} rows have no label "
-            f"(rows {describe_rows([raw.ids[i] for i in missing])}); fix or remove them"
+            f"{raw.source}: {rows_have(len(missing), split)} no label "
+            f"({describe_rows([raw.ids[i] for i in missing])}); fix or remove them"
         )
 
 
@@ -526,12 +525,7 @@ def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
                         list(raw.pairs) if raw.pairs is not None else None)  # type: ignore[arg-type]
         for name, raw in table.splits.items()
     }
-    splits, made = complete_splits(splits, seed)
-    notes.extend(made)
-    splits = apply_shots(splits, cfg.shots, seed, notes, space.names)
-    splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes)
-    if space.problem == "single-label" and len(np.unique(splits["train"].labels)) < 2:
-        raise DataError(f"{cfg.dataset}: the train split holds a single class after sampling")
+    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset)
     return TextDataset(
         name=cfg.dataset,
         label_space=space,
