@@ -96,13 +96,13 @@ class BiEncoder(nn.Module):
 
 def load_bi_encoder(folder: Path, encoder) -> BiEncoder:
     """A saved bi-encoder's head and settings around an already loaded ``encoder``."""
-    from safetensors.torch import load_file
+    from tunelab.files import read_json_file, read_safetensors
 
-    settings = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    settings = read_json_file(folder / CONFIG_FILE)
     model = BiEncoder(encoder, settings["objective"], settings["num_labels"], tuple(settings["label_range"]),
                       settings["problem"])
     if model.head is not None:
-        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+        model.head.load_state_dict(read_safetensors(folder / HEAD_FILE, framework="pt"))
     return model.eval()
 
 

@@ -179,7 +179,14 @@ def load_classifier(path: Path):
 
     if not path.is_file():
         raise TunelabError(f"no fitted classifier at {path}")
-    untrusted = sio.get_untrusted_types(file=path)
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # a truncated zip (BadZipFile), a foreign file, ...
+        raise TunelabError(f"{path} is damaged (not a complete skops file: {type(exc).__name__}); rerun the run "
+                           "that made it") from None
     if untrusted:
         raise TunelabError(f"{path} holds types that are not trusted: {', '.join(untrusted[:5])}")
-    return sio.load(path)
+    try:
+        return sio.load(path)
+    except Exception as exc:  # skops raises many types for a damaged archive
+        raise TunelabError(f"{path} is damaged ({type(exc).__name__}); rerun the run that made it") from None

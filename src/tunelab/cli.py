@@ -232,7 +232,8 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from tunelab.report import find_runs, write_report
+    from tunelab.analysis import find_runs
+    from tunelab.report import write_report
 
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:

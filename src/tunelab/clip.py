@@ -158,6 +158,10 @@ def save_class_embeddings(path: Path, embeddings, class_names: Sequence[str]) ->
 
 def load_class_embeddings(path: Path):
     import torch
-    from safetensors.numpy import load_file
 
-    return torch.from_numpy(load_file(str(path))["class_embeddings"])
+    from tunelab.files import RunFileError, read_safetensors
+
+    tensors = read_safetensors(path)
+    if "class_embeddings" not in tensors or tensors["class_embeddings"].ndim != 2:
+        raise RunFileError(f"{path} holds no class embeddings matrix; rerun the run that made it")
+    return torch.from_numpy(tensors["class_embeddings"])

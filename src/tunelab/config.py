@@ -442,10 +442,11 @@ def dump_yaml(config: Any, command: str | None = None) -> str:
 
 def config_from_run(cls: type[T], run_dir: Path | str) -> T:
     """The typed configuration a run directory was made with (its config.yaml)."""
+    from tunelab.files import read_yaml_file
+
     path = Path(run_dir) / "config.yaml"
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError:
-        raise ConfigError(f"{run_dir} is not a tunelab run directory (no config.yaml)") from None
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a tunelab run directory (no config.yaml)")
+    values = read_yaml_file(path)
     values.pop("command", None)
     return from_dict(cls, values)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.errors import TunelabError
+from tunelab.files import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     inputs = as_text_inputs(raw_inputs)
     sample = _encode(tokenizer, inputs, max_length, slice(0, 2))
     names = list(sample)
+    target = run_dir / ONNX_DIR
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise TunelabError(f"{target} is not a folder tunelab made (a symbolic link or a file); remove it, then "
+                           "export again")
     lock = lock_run_directory(run_dir, create_marker=False)
     staging = run_dir / f".{ONNX_DIR}.tunelab-new"
     try:
@@ -116,7 +121,6 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
                                tokenizer, inputs, max_length)
             record["int8"] = _int8_change(reference, int8, gold, model)
         atomic_write_bytes(staging / "export.json", (json.dumps(record, indent=2) + "\n").encode())
-        target = run_dir / ONNX_DIR
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -199,10 +203,10 @@ def onnx_predictor(run_dir: str | Path, int8: bool = False):
     if not file.is_file():
         hint = " --quantize int8" if int8 else ""
         raise TunelabError(f"{file} does not exist; create it with: tunelab export {run_dir} --format onnx{hint}")
-    record = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+    record = read_json_file(folder / "export.json")
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     tokenizer = load_pretrained(AutoTokenizer, folder, f"the tokenizer in {folder}")
-    saved = json.loads((Path(run_dir) / "model" / "tunelab.json").read_text(encoding="utf-8"))
+    saved = read_json_file(Path(run_dir) / "model" / "tunelab.json")
 
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)

@@ -23,6 +23,7 @@ import numpy as np
 
 from tunelab.config import RuntimeConfig, check_positive, check_settings, setting
 from tunelab.models import ModelSource, load_text_encoder, load_tokenizer
+from tunelab.provenance import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ class FeatureConfig:
         check_positive("features.batch_size", self.batch_size)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TUNELAB_CACHE_DIR", "~/.cache/tunelab")).expanduser()
 
 
 class FeatureCache:
@@ -71,9 +70,13 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
-            return np.load(path, allow_pickle=False)
+            array = np.load(path, allow_pickle=False)
+            meta = json.loads((self.root / f"{key}.json").read_text(encoding="utf-8"))
+            if list(array.shape) != list(meta.get("shape", [])):
+                raise ValueError(f"shape {list(array.shape)} where {meta.get('shape')} was written")
+            return array
         except Exception as exc:  # EOFError for an empty file, ValueError for a torn one, ...
-            logger.warning("recomputing an unreadable cache entry %s (%s)", path, type(exc).__name__)
+            logger.warning("recomputing an unusable cache entry %s (%s: %s)", path, type(exc).__name__, exc)
             path.unlink(missing_ok=True)
             return None
 
@@ -87,8 +90,9 @@ class FeatureCache:
             np.save(handle, array, allow_pickle=False)
             handle.flush()
             os.fsync(handle.fileno())
+        atomic_write_bytes(self.root / f"{key}.json",
+                           json.dumps({**meta, "shape": list(array.shape)}, indent=1).encode("utf-8"))
         os.replace(handle.name, self.path(key))
-        atomic_write_bytes(self.root / f"{key}.json", json.dumps(meta, indent=1).encode("utf-8"))
 
 
 def text_digest(texts) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -243,7 +242,8 @@ def record_inputs(run: RunDirectory, model_source, dataset_spec: str, requested_
     from tunelab.data.sources import resolve_dataset
 
     model = model_source.record() if model_source is not None else None
-    run.write_json(INPUTS_FILE, {"run_id": run.run_id, "model": model, "dataset": resolve_dataset(dataset_spec, dataset_config).record(),
+    dataset = resolve_dataset(dataset_spec, dataset_config).record()
+    run.write_json(INPUTS_FILE, {"run_id": run.run_id, "model": model, "dataset": dataset,
                                  "requested_config": requested_yaml})
 
 
@@ -251,7 +251,9 @@ def read_inputs_record(run_dir: Path) -> dict | None:
     path = Path(run_dir) / INPUTS_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    from tunelab.files import read_json_file
+
+    return read_json_file(path)
 
 
 def recorded_model(run_dir: Path, configured: str):

@@ -86,7 +86,7 @@ def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str,
 
 
 def _intervals(metrics: dict) -> str:
-    from tunelab.report import correlation_interval, wilson_interval
+    from tunelab.stats import correlation_interval, wilson_interval
 
     lines = []
     for split, values in metrics["splits"].items():

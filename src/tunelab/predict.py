@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from tunelab.config import config_from_run
 from tunelab.errors import TunelabError
+from tunelab.files import read_json_file, read_yaml_file
 
 
 @dataclasses.dataclass
@@ -66,7 +66,8 @@ def run_command(run_dir: Path) -> str:
         raise TunelabError(f"{run_dir} is not a tunelab run directory (no config.yaml)")
     if not (run_dir / "metrics.json").is_file():
         raise TunelabError(f"{run_dir} holds no finished run (no metrics.json); rerun or resume it first")
-    command = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("command")
+    read_json_file(run_dir / "metrics.json")  # a damaged run says so here, naming the file
+    command = read_yaml_file(config_file).get("command")
     if not command:
         raise TunelabError(f"{run_dir}/config.yaml names no command")
     return command
@@ -102,7 +103,6 @@ def predict(run_dir: str | Path, inputs, backend: str = "torch") -> list[Predict
 
 def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
     """Images scored against the class embeddings a CLIP run saved (no prompt re-encoded)."""
-    import json
 
     from tunelab.clip import load_class_embeddings, score_loader
     from tunelab.data.images import ClipPreprocess, FileImages, ImageSplit, image_loader
@@ -110,7 +110,7 @@ def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
 
     model.to(device).eval()
     class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").to(device)
-    names = json.loads((run_dir / "model" / "zeroshot.json").read_text(encoding="utf-8"))["class_names"]
+    names = read_json_file(run_dir / "model" / "zeroshot.json")["class_names"]
 
     def predict_images(inputs: Sequence[str]) -> list[Prediction]:
         missing = [p for p in inputs if not Path(p).is_file()]
@@ -160,7 +160,7 @@ def run_pair_columns(run_dir: str | Path, input_file: str | Path, text_column: s
                      pair_column: str | None) -> tuple[str | None, str | None]:
     """The columns of an input file to read: as given, else the run's own when the file
     has them (a pair run needs both texts)."""
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    config = read_yaml_file(Path(run_dir) / "config.yaml")
     data = config.get("data") or {}
     if str(input_file).lower().endswith(".txt"):
         return text_column, None

@@ -4,6 +4,7 @@ that caches and reruns notice when any of them changed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -34,6 +35,80 @@ def files_fingerprint(root: Path) -> str:
     for parts, size, mtime in sorted(entries):
         digest.update(f"{'/'.join(parts)}:{size}:{mtime}\n".encode())
     return digest.hexdigest()[:20]
+
+
+def cache_dir() -> Path:
+    """Where tunelab caches features, datasets and file hashes (``$TUNELAB_CACHE_DIR``)."""
+    return Path(os.environ.get("TUNELAB_CACHE_DIR", "~/.cache/tunelab")).expanduser()
+
+
+def _regular_files(root: Path) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
+    if root.is_file():
+        return [((root.name,), str(root), root.stat())]
+    entries = []
+    folders = [(str(root), ())]
+    while folders:
+        folder, parts = folders.pop()
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        folders.append((entry.path, parts + (entry.name,)))
+                elif entry.is_file():
+                    entries.append((parts + (entry.name,), entry.path, entry.stat()))
+    return sorted(entries, key=lambda e: e[0])
+
+
+def content_fingerprint(root: Path) -> str:
+    """A digest of the names and contents of every regular file under ``root``: a file
+    rewritten with its size and modification time restored still changes it. Each
+    file's hash is cached by path, inode, size, modification and change time (the
+    change time cannot be set back), so unchanged data is not read again."""
+    cache = _HashCache()
+    digest = hashlib.sha256()
+    for parts, path, stat in _regular_files(Path(root)):
+        digest.update(f"{'/'.join(parts)}:{cache.hash(path, stat)}\n".encode())
+    cache.save()
+    return "sha256-" + digest.hexdigest()[:20]
+
+
+class _HashCache:
+    """File hashes on disk (one JSON file), keyed by what changes whenever content can."""
+
+    def __init__(self):
+        self.path = cache_dir() / "file-hashes.json"
+        self.entries: dict[str, list] = {}
+        self.changed = False
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            self.entries = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def hash(self, path: str, stat: os.stat_result) -> str:
+        key = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        cached = self.entries.get(path)
+        if isinstance(cached, list) and cached[:4] == key and len(cached) == 5:
+            return cached[4]
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        value = digest.hexdigest()[:32]
+        self.entries[path] = [*key, value]
+        self.changed = True
+        return value
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(self.entries), encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError:  # a read-only cache only costs speed
+            pass
 
 
 def hub_revision(repo_id: str) -> str | None:

@@ -9,17 +9,34 @@ import io
 import json
 import math
 import re
-import statistics
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from tunelab.analysis import group_runs
+from tunelab.analysis import (
+    Claim,
+    Family,
+    Group,
+    RunRecord,
+    choose_best,
+    compare,
+    correct,
+    crossover_candidates,
+    families,
+    find_floor,
+    find_runs,
+    group_runs,
+    group_summary,
+    learning_curves,
+    pareto_front,
+    reliability,
+)
 from tunelab.metrics import headline_metric
+from tunelab.runs import read_inside
+from tunelab.stats import PairedTest, correlation_interval, seed_summary, wilson_interval
 
 METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro",
                   "f1_macro", "balanced_accuracy", "top5_accuracy",
@@ -83,9 +100,6 @@ def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
 
 
 # --------------------------------------------------------------------------- comparison reports
-
-
-REPORT_METRICS = ("accuracy", "f1", "f1_macro", "top5_accuracy")
 
 
 class Document:
@@ -170,8 +184,10 @@ class Document:
 MARKDOWN_SIGNATURE = "<!-- written by tunelab report -->"
 HTML_SIGNATURE = "<meta name='generator' content='tunelab report'>"
 ASSETS_MARKER = ".tunelab-report"
-# Markdown punctuation; "_" only where it can open or close emphasis (not inside f1_macro).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*{}\[\]()#!|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+# Markdown punctuation that can start markup anywhere in a line ("[" and "]" escaped, no
+# link or image can form, so "(" and "!" stay as they are); "_" only where it can open or
+# close emphasis (not inside f1_macro).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
 def markdown_escape(text: str) -> str:
@@ -180,7 +196,7 @@ def markdown_escape(text: str) -> str:
     text = " ".join(str(text).splitlines())
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
     text = re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", text)  # "1. x" is a list item; "1\. x" is not
-    return "\\" + text if text[:1] in ("-", "+", ">", "=") else text
+    return "\\" + text if text[:1] in ("-", "+", ">", "=", "#") else text
 
 
 def _write_asset(assets: Path, name: str, data: bytes) -> None:
@@ -222,80 +238,8 @@ def check_assets_target(folder: Path) -> None:
                            "choose another --out)")
 
 
-@dataclasses.dataclass
-class RunRecord:
-    name: str
-    path: Path
-    metrics: dict
-    config: dict
-    command_line: str
-    history: list
-
-    @property
-    def command(self) -> str:
-        return self.metrics["command"]
-
-    def identity(self) -> str:
-        """The configuration without its seed: runs equal here differ only in seed."""
-        config = {k: v for k, v in self.config.items() if k != "seed"}
-        return json.dumps(config, sort_keys=True, default=str)
-
-
-def read_inside(run_dir: Path, name: str) -> bytes | None:
-    """A file of a run directory, or None when it is missing, a symbolic link, or resolves
-    outside the directory: a report never embeds a file from elsewhere."""
-    path = Path(run_dir) / name
-    try:
-        if path.is_symlink() or not path.is_file():
-            return None
-        if not path.resolve().is_relative_to(Path(run_dir).resolve()):
-            return None
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _read_text(run_dir: Path, name: str) -> str | None:
-    data = read_inside(run_dir, name)
-    return data.decode("utf-8", errors="replace") if data is not None else None
-
-
-def find_runs(paths: list[Path | str]) -> list[RunRecord]:
-    """Run directories given directly, or inside study directories (not through
-    symbolic links), in order."""
-    found = []
-    for path in map(Path, paths):
-        if (path / "metrics.json").is_file():
-            found.append(path)
-        elif path.is_dir():
-            found += sorted(p.parent for p in path.glob("*/metrics.json") if not p.parent.is_symlink())
-    records = []
-    for path in found:
-        metrics, config = _read_text(path, "metrics.json"), _read_text(path, "config.yaml")
-        if metrics is None or config is None:
-            continue
-        history, command = _read_text(path, "history.json"), _read_text(path, "command.txt")
-        records.append(RunRecord(
-            path.name, path, json.loads(metrics), yaml.safe_load(config) or {},
-            command.splitlines()[0] if command else "",
-            json.loads(history) if history else [],
-        ))
-    return records
-
-
 def _fmt(value, digits: int = 4) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def wilson_interval(proportion: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score 95% interval of a proportion (an accuracy) over n examples. Unlike
-    the normal approximation it never shrinks to zero width at 0% or 100%, nor leaves [0, 1]."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    denominator = 1 + z * z / n
-    centre = (proportion + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _wall_seconds(seconds: Mapping[str, float]) -> float:
@@ -303,16 +247,6 @@ def _wall_seconds(seconds: Mapping[str, float]) -> float:
     if "total" in seconds:
         return float(seconds["total"])
     return float(sum(v for v in seconds.values() if isinstance(v, (int, float))))
-
-
-def correlation_interval(r: float, n: int, z: float = 1.96, spearman: bool = True) -> tuple[float, float]:
-    """A 95% interval of a correlation through Fisher's z; for Spearman's rho with the
-    Bonett-Wright standard error sqrt(1 + rho^2 / 2) / sqrt(n - 3)."""
-    if n <= 3 or not -1 < r < 1:
-        return float("nan"), float("nan")
-    se = (math.sqrt(1 + r * r / 2) if spearman else 1.0) / math.sqrt(n - 3)
-    centre = math.atanh(r)
-    return math.tanh(centre - z * se), math.tanh(centre + z * se)
 
 
 def _headline_cell(metric: str, value: float, n: int) -> str:
@@ -323,6 +257,11 @@ def _headline_cell(metric: str, value: float, n: int) -> str:
     else:
         return f"{value:.4f}"
     return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _read_text(run_dir: Path, name: str) -> str | None:
+    data = read_inside(run_dir, name)
+    return data.decode("utf-8", errors="replace") if data is not None else None
 
 
 def _class_distributions(doc: Document, records: list[RunRecord]) -> None:
@@ -354,12 +293,6 @@ def _describe(record: RunRecord) -> str:
         return ""
 
 
-def _delta(value: float | None, base: float | None) -> str:
-    if value is None or base is None:
-        return "—"
-    return f"{value - base:+.4f}"
-
-
 def _main_split(record: RunRecord) -> str:
     splits = record.metrics["splits"]
     return "test" if "test" in splits else next(iter(splits))
@@ -372,12 +305,7 @@ def _curves_png(record: RunRecord) -> bytes | None:
     evals = [(h["step"], h[f"eval_{metric}"]) for h in record.history if f"eval_{metric}" in h]
     if not losses and not evals:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    fig, axes = _figure(9, 3.2, columns=2)
     if losses:
         axes[0].plot(*zip(*losses), color="tab:blue")
     axes[0].set(title="training loss", xlabel="step")
@@ -385,20 +313,78 @@ def _curves_png(record: RunRecord) -> bytes | None:
         axes[1].plot(*zip(*evals), marker="o", color="tab:green")
     axes[1].set(title=f"validation {metric.replace('_', ' ')}", xlabel="step")
     fig.suptitle(record.name)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- the comparison report
+
+
+@dataclasses.dataclass
+class Findings:
+    """What a report concludes, decided once and then rendered: per family of comparable
+    groups its floor, its chosen method, and every tested claim (Holm-corrected together)."""
+
+    families: list[Family]
+    floors: dict[int, tuple[Group | None, str]]  # id(family) -> (floor, how it is defined)
+    chosen: dict[int, tuple[Group | None, str, Group | None]]  # id(family) -> (best, split that chose, runner-up)
+    claims: list[Claim]
+
+    def claim(self, a: Group, b: Group, purpose: str) -> Claim | None:
+        return next((c for c in self.claims if c.a is a and c.b is b and c.purpose == purpose), None)
+
+    def family_of(self, group: Group) -> Family | None:
+        return next((f for f in self.families if any(g is group for g in f.groups)), None)
+
+
+def find_findings(groups: list[Group], baseline: str | None) -> Findings:
+    fams = families(groups)
+    floors, chosen, claims = {}, {}, []
+    for family in fams:
+        floor, how = find_floor(family, baseline)
+        floors[id(family)] = (floor, how)
+        best, split = choose_best(family.groups, family.metric)
+        runner = None
+        if best is not None:
+            rest = [g for g in family.groups if g is not best and g.values(split, family.metric)]
+            runner, _ = choose_best(rest, family.metric) if rest else (None, split)
+        chosen[id(family)] = (best, split, runner)
+        if floor is not None:
+            for group in family.groups:
+                if group is not floor:
+                    claims.append(Claim(group, floor, family.split, family.metric, "floor",
+                                        compare(group, floor, family.split, family.metric)))
+        if best is not None and runner is not None:
+            claims.append(Claim(best, runner, family.split, family.metric, "runner-up",
+                                compare(best, runner, family.split, family.metric)))
+        members = {id(g) for g in family.groups}
+        curves = {m: [(x, g) for x, g in points if id(g) in members]
+                  for m, points in learning_curves(family.groups).items()}
+        for ahead, behind, size, previous in crossover_candidates({m: p for m, p in curves.items() if p}):
+            claim = Claim(ahead, behind, family.split, family.metric, "crossover",
+                          compare(ahead, behind, family.split, family.metric))
+            claim.size, claim.previous = size, previous  # type: ignore[attr-defined]
+            claims.append(claim)
+    correct(claims)
+    return Findings(fams, floors, chosen, claims)
+
+
+def _verdict(result: PairedTest | str) -> str:
+    if isinstance(result, str):
+        return f"not tested ({result})"
+    p = result.p_adjusted if result.p_adjusted is not None else result.p
+    return (f"{'significant' if result.significant else 'within noise'} (Holm-adjusted p = {p:.3g}, "
+            f"n = {result.n}, {result.seed_pairs} seed pair{'s' if result.seed_pairs != 1 else ''})")
 
 
 def build_report(records: list[RunRecord], title: str, baseline: str | None = None,
-                 outcomes: list | None = None, published: dict | None = None) -> Document:
+                 outcomes: list | None = None, published: dict | None = None,
+                 problems: list[str] | None = None) -> Document:
     doc = Document()
     doc.heading(1, title)
+    groups = group_runs(records, outcomes) if records else []
+    findings = find_findings(groups, baseline)
     if records:
-        groups = group_runs(records, outcomes)
-        _at_a_glance(doc, groups, baseline, published or {})
+        _at_a_glance(doc, findings, published or {})
     env = records[0].metrics.get("environment", {}) if records else {}
     if env:
         doc.paragraph(f"Measured on {env.get('platform', '?')}, device {env.get('device', '?')}; "
@@ -408,51 +394,20 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
         doc.heading(2, "Steps")
         doc.table(["run", "command", "status", "detail"],
                   [[o.name, o.command, o.status, o.detail or ""] for o in outcomes])
+    for problem in problems or []:
+        doc.paragraph(f"Left out of this report: {problem}.")
     if not records:
         doc.paragraph("No finished runs to compare.")
         return doc
-    _group_sections(doc, groups, baseline)
-    base = next((r for r in records if r.name == baseline), None) or \
-        next((g.runs[0] for g in groups if g.method == baseline), records[0])
-    doc.paragraph(f"Deltas are against {base.name} ({base.command}, {base.metrics['model'] or 'no model'}) on the "
-                  "same dataset and split, in each run's headline metric (accuracy, micro F1 for label sets, "
-                  "Spearman's rho for numbers). [low, high] is a 95% interval given the number of examples n: "
-                  "Wilson's for an accuracy, Fisher's z for a correlation.")
-    by_command: dict[str, list[RunRecord]] = {}
-    for record in records:
-        by_command.setdefault(record.command, []).append(record)
-    for command, group in by_command.items():
-        doc.heading(2, f"{command}")
-        side = [m for m in SIDE_METRICS if any(m in v for r in group for v in r.metrics["splits"].values())]
-        rows = []
-        for record in group:
-            params = record.metrics.get("params", {})
-            seconds = record.metrics.get("timing", {}).get("seconds", {})
-            throughput = record.metrics.get("timing", {}).get("throughput", {})
-            for split, values in record.metrics["splits"].items():
-                metric = headline_metric(values)
-                base_values = base.metrics["splits"].get(split) \
-                    if base.metrics["dataset"] == record.metrics["dataset"] else None
-                rows.append([
-                    record.name, _describe(record), record.metrics["model"] or "—", record.metrics["dataset"], split,
-                    str(values["n"]), metric, _headline_cell(metric, values[metric], values["n"]),
-                    _delta(values[metric], base_values.get(metric) if base_values else None),
-                    *[_fmt(values.get(m)) for m in side],
-                    f"{params.get('trainable', 0):,} / {params.get('total', 0):,}",
-                    f"{_wall_seconds(seconds):.1f}",
-                    ", ".join(f"{k} {v:.1f}" for k, v in throughput.items() if v is not None),
-                ])
-        doc.table(["run", "what", "model", "dataset", "split", "n", "metric", "value [95% interval]", "Δ",
-                   *[m.replace("_", " ") for m in side], "trained / total params", "seconds", "throughput (/s)"],
-                  rows)
-        _seed_summary(doc, group)
+    _group_sections(doc, groups, findings)
+    _run_tables(doc, records, groups, findings)
     _class_distributions(doc, records)
     doc.heading(2, "Training curves")
     drew = False
     for record in records:
         png = _curves_png(record)
         if png:
-            doc.image(f"{record.name}-curves.png", png, f"{record.name}: training loss and validation accuracy")
+            doc.image(f"{record.name}-curves.png", png, f"{record.name}: training loss and validation metric")
             drew = True
     if not drew:
         doc.paragraph("No training runs.")
@@ -469,9 +424,13 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
             continue
         else:
             matrix = _read_text(record.path, f"confusion_{split}.json")
-            pairs = json.loads(matrix).get("top_confused_pairs", []) if matrix else []
+            try:
+                pairs = json.loads(matrix).get("top_confused_pairs", []) if matrix else []
+            except (ValueError, AttributeError):
+                pairs = []
             doc.paragraph(f"{record.name} ({split}): most confused pairs")
-            doc.table(["true", "predicted", "count"], [[p["true"], p["predicted"], str(p["count"])] for p in pairs])
+            doc.table(["true", "predicted", "count"], [[str(p.get("true")), str(p.get("predicted")),
+                                                        str(p.get("count"))] for p in pairs if isinstance(p, dict)])
     doc.heading(2, "Commands and configurations")
     for record in records:
         config_text = _read_text(record.path, "config.yaml") or ""
@@ -479,29 +438,45 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
     return doc
 
 
-def _seed_summary(doc: Document, group: list[RunRecord]) -> None:
-    """Runs that differ only in seed: mean and spread of accuracy per split."""
-    seeds: dict[str, list[RunRecord]] = {}
-    for record in group:
-        seeds.setdefault(record.identity(), []).append(record)
-    rows = []
-    for runs in seeds.values():
-        if len(runs) < 2:
-            continue
-        for split in runs[0].metrics["splits"]:
-            metric = headline_metric(runs[0].metrics["splits"][split])
-            values = [r.metrics["splits"][split][metric] for r in runs if split in r.metrics["splits"]]
-            rows.append([", ".join(r.name for r in runs), split, str(len(values)),
-                         f"{statistics.mean(values):.4f}", f"{statistics.stdev(values):.4f}"])
-    if rows:
-        doc.paragraph("Runs that differ only in their seed:")
-        doc.table(["runs", "split", "seeds", "mean of the headline metric", "std"], rows)
+def _run_tables(doc: Document, records: list[RunRecord], groups: list[Group], findings: Findings) -> None:
+    """One table per command: every run's splits, its headline metric with its interval,
+    and the difference to its family's floor (only runs scored on the floor's examples)."""
+    floor_of: dict[str, Group] = {}
+    for family in findings.families:
+        floor = findings.floors[id(family)][0]
+        if floor is not None:
+            floor_of.setdefault(floor.data_identity(), floor)
+    doc.paragraph("Δ is each run's headline metric (accuracy, micro F1 for label sets, Spearman's rho for numbers) "
+                  "minus the floor's mean on the same split, only for runs scored on the floor's examples. "
+                  "[low, high] is a 95% interval given the number of examples n: Wilson's for an accuracy, "
+                  "Fisher's z for a correlation.")
+    by_command: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_command.setdefault(record.command, []).append(record)
+    for command, members in by_command.items():
+        doc.heading(2, f"{command}")
+        side = [m for m in SIDE_METRICS if any(m in v for r in members for v in r.metrics["splits"].values())]
+        rows = []
+        for record in members:
+            floor = floor_of.get(record.data_identity())
+            for split, values in record.metrics["splits"].items():
+                metric = headline_metric(values)
+                base = floor.mean(split) if floor is not None and floor.values(split, metric) else None
+                rows.append([
+                    record.name, _describe(record), record.metrics["model"] or "—", split,
+                    str(values["n"]), metric, _headline_cell(metric, values[metric], values["n"]),
+                    "—" if base is None else f"{values[metric] - base:+.4f}",
+                    *[_fmt(values.get(m)) for m in side],
+                ])
+        doc.table(["run", "what", "model", "split", "n", "metric", "value [95% interval]", "Δ floor",
+                   *[m.replace("_", " ") for m in side]], rows)
 
 
 def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",
                  baseline: str | None = None, outcomes: list | None = None,
                  published: dict | None = None) -> tuple[Path, Path]:
-    """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it."""
+    """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it.
+    A report file or images folder that tunelab did not write is never replaced."""
     from tunelab.runs import atomic_write_bytes
 
     out = Path(out)
@@ -509,17 +484,18 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
         out = out.with_suffix(".md")
     elif out.suffix.lower() != ".md":
         out = out.with_suffix(".md") if out.suffix else out / "report.md"
-    records = find_runs(paths)
-    if outcomes is None and len(paths) == 1 and (Path(paths[0]) / "study.json").is_file():
-        outcomes, study = _study_state(Path(paths[0]))  # a study directory: its groups and settings
-        baseline = baseline or study.get("baseline")
-        published = published or study.get("published")
     html_path = out.with_suffix(".html")
     assets = out.parent / f"{out.stem}_files"
     check_report_target(out, MARKDOWN_SIGNATURE)
     check_report_target(html_path, HTML_SIGNATURE)
     check_assets_target(assets)
-    doc = build_report(records, title, baseline, outcomes, published)
+    problems: list[str] = []
+    records = find_runs(paths, problems)
+    if outcomes is None and len(paths) == 1 and (Path(paths[0]) / "study.json").is_file():
+        outcomes, study = _study_state(Path(paths[0]))  # a study directory: its groups and settings
+        baseline = baseline or study.get("baseline")
+        published = published or study.get("published")
+    doc = build_report(records, title, baseline, outcomes, published, problems)
     atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"))
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"))
     return out, html_path
@@ -531,10 +507,14 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
 def _study_state(root: Path):
     from types import SimpleNamespace
 
-    state = json.loads(_read_text(root, "study.json") or "{}")
+    try:
+        state = json.loads(_read_text(root, "study.json") or "{}")
+    except ValueError:
+        state = {}
+    steps = state.get("steps", []) if isinstance(state, dict) else []
     outcomes = [SimpleNamespace(**{"group": "", "params": {}, "detail": "", "seconds": 0.0, **step})
-                for step in state.get("steps", [])]
-    return outcomes, state
+                for step in steps if isinstance(step, dict) and "name" in step]
+    return outcomes, state if isinstance(state, dict) else {}
 
 
 def _png(fig) -> bytes:
@@ -547,149 +527,151 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(width: float = 7.0, height: float = 3.6):
+def _figure(width: float = 7.0, height: float = 3.6, columns: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height), dpi=100)
+    return plt.subplots(1, columns, figsize=(width, height), dpi=100)
 
 
-def _group_value(group, split: str | None = None) -> tuple[float, float, float]:
-    """(mean, low, high) of a group's headline metric: over seeds, or one run's interval."""
-    from tunelab.analysis import seed_summary
-
-    split = split or group.main_split()
-    values = group.values(split)
-    summary = seed_summary(values)
-    if len(values) > 1:
-        return summary["mean"], summary["low"], summary["high"]
-    metric, run_values = group.metric(), group.runs[0].metrics["splits"][split]
-    if metric == "accuracy":
-        return (values[0], *wilson_interval(values[0], run_values["n"]))
-    if metric in ("spearman", "pearson"):
-        return (values[0], *correlation_interval(values[0], run_values["n"], spearman=metric == "spearman"))
-    return values[0], float("nan"), float("nan")
+def _published_value(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _floor(groups, baseline: str | None):
-    """What the others are compared with: the study's baseline step, else the best of the
-    steps that need no pretrained model."""
-    named = [g for g in groups if g.method == baseline or g.name == baseline]
-    pool = named or [g for g in groups if g.command == "baseline"]
-    return max(pool, key=lambda g: _group_value(g)[0]) if pool else None
-
-
-def _at_a_glance(doc: Document, groups: list, baseline: str | None, published: dict) -> None:
-    """One chart of every group's headline metric with its interval, and three sentences:
-    the best method, what it gained over the floor and the reference recipe, at what cost."""
-    if not groups:
+def _at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
+    """Per family of comparable runs: one chart of every group's headline metric with its
+    interval, and what can be said: the method chosen on validation and its test score,
+    whether it is distinguishable from the runner-up and from the floor (seed-aware
+    tests, Holm-corrected over the whole report), at what cost."""
+    if not findings.families:
         return
     doc.heading(2, "At a glance")
-    metric, split = groups[0].metric(), groups[0].main_split()
-    comparable = [g for g in groups if g.metric() == metric and split in g.runs[0].metrics["splits"]]
-    points = [(g.name, *_group_value(g, split)) for g in comparable]
-    fig, ax = _figure(7.5, max(2.0, 0.35 * len(points) + 1))
-    for y, (name, mean, low, high) in enumerate(points):
-        ax.barh(y, mean, color="tab:blue", alpha=0.6)
-        if not math.isnan(low):
-            ax.errorbar(mean, y, xerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], color="black", capsize=3)
-        reference = (published.get(name) or published.get(next((g.method for g in comparable if g.name == name),
-                                                                 ""), {}) or {})
-        if isinstance(reference, dict) and split in reference:
-            ax.plot(reference[split], y, "r*", markersize=10, label="published" if y == 0 else None)
-    ax.set_yticks(range(len(points)), labels=[p[0] for p in points])
-    ax.set_xlabel(f"{split} {metric} (bars: mean; lines: 95% interval" + ("; stars: published" if published else "")
-                  + ")")
-    doc.image("at-a-glance.png", _png(fig), f"{split} {metric} of every method, with its 95% interval")
-    best = max(comparable, key=lambda g: _group_value(g, split)[0])
-    mean, low, high = _group_value(best, split)
-    sentences = [f"The best method is {best.name}: {split} {metric} {mean:.4f}"
-                 + ("" if math.isnan(low) else f" [{low:.4f}, {high:.4f}]") + "."]
-    floors = [g for g in comparable if g.command == "baseline"]
-    floor = max(floors, key=lambda g: _group_value(g, split)[0]) if floors else None
-    reference = _floor(comparable, baseline)
-    gains = []
-    for other, label in ((floor, "the floor"), (reference, "the reference recipe")):
-        if other is None or other is best:
-            continue
-        from tunelab.analysis import paired_comparison
-
-        result = paired_comparison(best, other, split, metric)
-        verdict = "" if result is None else (", significant at 0.05" if result["significant"] else ", within noise")
-        gains.append(f"{mean - _group_value(other, split)[0]:+.4f} over {label} ({other.name}{verdict})")
-    sentences.append(("It gains " + " and ".join(gains) + ".") if gains else
-                     "There is no floor or reference step to compare it with (add a baseline step).")
-    params = best.runs[0].metrics.get("params", {})
-    timing = best.runs[0].metrics.get("timing", {})
-    sentences.append(f"It trains {params.get('trainable', 0):,} of {params.get('total', 0):,} parameters, "
-                     f"taking {_wall_seconds(timing.get('seconds', {})):.0f} s and "
-                     f"{timing.get('peak_rss_mb', 0):.0f} MB of memory per run.")
-    doc.paragraph(" ".join(sentences))
+    tested = [c for c in findings.claims if isinstance(c.result, PairedTest)]
+    if tested:
+        doc.paragraph(f"Every \"significant\" below comes from a paired test on the same examples that counts seeds "
+                      f"as well as examples as chance, with Holm's correction over all {len(tested)} comparisons of "
+                      "this report at 0.05.")
+    for index, family in enumerate(findings.families):
+        split, metric = family.split, family.metric
+        if len(findings.families) > 1:
+            doc.heading(3, f"{family.dataset}: {split} {metric}")
+        points = sorted(((g, *group_summary(g, split)) for g in family.groups), key=lambda p: p[1])
+        fig, ax = _figure(7.5, max(2.0, 0.35 * len(points) + 1))
+        for y, (group, mean, low, high) in enumerate(points):
+            ax.barh(y, mean, color="tab:blue", alpha=0.6)
+            if not math.isnan(low):
+                ax.errorbar(mean, y, xerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], color="black",
+                            capsize=3)
+            ax.annotate(f"{mean:.3f}", (mean, y), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=7)
+            reference = published.get(group.name) or published.get(group.method) or {}
+            star = _published_value(reference.get(split)) if isinstance(reference, dict) else None
+            if star is not None:
+                ax.plot(star, y, "r*", markersize=10, label="published" if y == 0 else None)
+        ax.set_yticks(range(len(points)), labels=[p[0].name for p in points])
+        ax.set_xlabel(f"{split} {metric} (bars: mean; lines: 95% interval" + ("; stars: published" if published
+                                                                               else "") + ")")
+        doc.image(f"at-a-glance-{index + 1}.png" if index else "at-a-glance.png", _png(fig),
+                  f"{split} {metric} of every method on {family.dataset}, with its 95% interval")
+        doc.paragraph(" ".join(_glance_sentences(findings, family)))
     if published:
         rows = []
         for name, values in published.items():
-            group = next((g for g in comparable if g.method == name or g.name == name), None)
-            for pub_split, value in (values or {}).items():
-                ours = _group_value(group, pub_split)[0] if group and pub_split in group.runs[0].metrics["splits"] \
-                    else None
-                rows.append([name, pub_split, f"{value:.4f}", _fmt(ours)])
-        doc.table(["step", "split", "published", "ours"], rows)
+            group = next((g for f in findings.families for g in f.groups if g.method == name or g.name == name), None)
+            for pub_split, value in (values.items() if isinstance(values, dict) else []):
+                number = _published_value(value)
+                ours = group.mean(pub_split) if group and group.values(pub_split) else None
+                rows.append([name, str(pub_split), _fmt(number) if number is not None else str(value), _fmt(ours),
+                             group.runs[0].metrics.get("model") or "—" if group else "—"])
+        doc.paragraph("Published numbers come from the paper's own setup; where our step uses another model "
+                      "(the model column), they are context, not a like-for-like comparison.")
+        doc.table(["step", "split", "published", "ours", "our model"], rows)
 
 
-def _group_sections(doc: Document, groups: list, baseline: str | None) -> None:
+def _glance_sentences(findings: Findings, family: Family) -> list[str]:
+    split, metric = family.split, family.metric
+    best, chose_on, runner = findings.chosen[id(family)]
+    floor, floor_how = findings.floors[id(family)]
+    if best is None:
+        return ["No run has a score to compare."]
+    mean, low, high = group_summary(best, split)
+    interval = "" if math.isnan(low) else f" [{low:.4f}, {high:.4f}]"
+    weak = " (an interval from two seeds is wide and rough)" if len(best.values(split)) == 2 else ""
+    if chose_on == split:
+        sentences = [f"Chosen on {split} (no validation split): {best.name}, {split} {metric} {mean:.4f}{interval}"
+                     f"{weak}; chosen and scored on the same split, this number is optimistic."]
+    else:
+        sentences = [f"Chosen on {chose_on}: {best.name} (highest {chose_on} {metric}, "
+                     f"{np.mean(best.values(chose_on)):.4f}); on {split} it scores {mean:.4f}{interval}{weak}."]
+    if runner is not None:
+        claim = findings.claim(best, runner, "runner-up")
+        result = claim.result if claim else "not tested"
+        if isinstance(result, PairedTest) and result.significant:
+            sentences.append(f"Its lead over the runner-up {runner.name} on {split} ({result.delta:+.4f}) is "
+                             f"{_verdict(result)}.")
+        else:
+            sentences.append(f"The runner-up {runner.name} is not separated from it on {split}: "
+                             f"{_verdict(result)}.")
+    if floor is not None and floor is not best:
+        claim = findings.claim(best, floor, "floor")
+        if claim is not None:
+            delta = f"{claim.result.delta:+.4f} " if isinstance(claim.result, PairedTest) else ""
+            sentences.append(f"Against the floor {floor.name} ({floor_how}): {delta}{_verdict(claim.result)}.")
+    elif floor is None:
+        sentences.append("There is no floor to compare it with (add a baseline step).")
+    params = best.runs[0].metrics.get("params", {})
+    timing = best.runs[0].metrics.get("timing", {})
+    seen = best.labels_seen()
+    sentences.append(f"It trains {params.get('trainable', 0):,} of {params.get('total', 0):,} parameters, "
+                     f"taking {_wall_seconds(timing.get('seconds', {})) / 60:.1f} min and "
+                     f"{timing.get('peak_rss_mb', 0):.0f} MB of memory per run"
+                     + (f", and saw {seen:,} labelled examples (train and validation)." if seen is not None else "."))
+    return sentences
+
+
+def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> None:
     """Seed groups, paired comparisons, learning curves, cost and calibration."""
-    from tunelab.analysis import (
-        crossovers,
-        describe_comparison,
-        learning_curves,
-        paired_comparison,
-        pareto_front,
-        reliability,
-        seed_summary,
-    )
-
     seeded = [g for g in groups if len(g.runs) > 1]
     if seeded:
         doc.heading(2, "Seeds")
         doc.paragraph("Runs that differ only in their seed: mean, standard deviation, range and the 95% interval "
-                      "of the mean over seeds (Student's t), for every metric of the main split.")
+                      "of the mean over seeds (Student's t, clipped to the metric's range), for the metrics of "
+                      "the main split.")
         rows = []
         for group in seeded:
             split = group.main_split()
             for metric in group.runs[0].metrics["splits"][split]:
                 if metric in ("n", "classes_present"):
                     continue
-                summary = seed_summary(group.values(split, metric))
+                summary = seed_summary(group.values(split, metric), metric)
                 rows.append([group.name, split, metric, str(summary["seeds"]), f"{summary['mean']:.4f}",
                              f"{summary['std']:.4f}", f"{summary['min']:.4f} to {summary['max']:.4f}",
                              f"[{summary['low']:.4f}, {summary['high']:.4f}]"])
         doc.table(["group", "split", "metric", "seeds", "mean", "std", "range", "95% interval"], rows)
 
-    floor = _floor(groups, baseline)
-    if floor is not None and len(groups) > 1:
+    floor_claims = [c for c in findings.claims if c.purpose == "floor"]
+    if floor_claims:
         doc.heading(2, "Paired comparisons")
-        split, metric = floor.main_split(), floor.metric()
-        doc.paragraph(f"Each method against {floor.name} on the same {split} examples: the difference of {metric} "
-                      "(averaged over seed pairs), its paired-bootstrap 95% interval, and for accuracy the exact "
-                      "McNemar test. A difference is significant at 0.05 when the test rejects (or the interval "
-                      "excludes 0); otherwise it is within noise.")
-        sentences, rows = [], []
-        for group in groups:
-            if group is floor or group.metric() != metric:
+        methods = sorted({c.result.method for c in floor_claims if isinstance(c.result, PairedTest)})
+        doc.paragraph("Each method against its floor on the same examples: the difference of the headline metric "
+                      "(mean over seed pairs; seeds paired by value, a single-run floor paired with every seed), "
+                      "its 95% bootstrap interval (seed pairs and examples resampled together), the seed-aware "
+                      "p-value and the same after Holm's correction over every comparison in this report, and each "
+                      "seed pair's own difference and p-value. Tests used: " + "; ".join(methods or ["none"]) + ".")
+        rows = []
+        for claim in floor_claims:
+            result = claim.result
+            if isinstance(result, str):
+                rows.append([claim.a.name, claim.b.name, "—", "—", "—", "—", "—", "—", "—", f"not paired: {result}"])
                 continue
-            result = paired_comparison(group, floor, split, metric)
-            if result is None:
-                continue
-            sentences.append(describe_comparison(group.name, floor.name, metric, result))
-            rows.append([group.name, f"{result['delta']:+.4f}", f"[{result['low']:+.4f}, {result['high']:+.4f}]",
-                         f"{result['mcnemar_p']:.3g}" if "mcnemar_p" in result else "—", str(result["n"]),
-                         "significant" if result["significant"] else "within noise"])
-        if rows:
-            doc.table(["method", f"Δ {metric}", "bootstrap 95%", "McNemar p", "n", "at 0.05"], rows)
-            for sentence in sentences:
-                doc.paragraph(sentence)
+            per_seed = "; ".join(f"{d:+.4f} (p {p:.3g})" for d, p in result.per_seed)
+            rows.append([claim.a.name, claim.b.name, f"{result.delta:+.4f}", f"[{result.low:+.4f}, {result.high:+.4f}]",
+                         f"{result.p:.3g}", f"{result.p_adjusted:.3g}", str(result.n), str(result.seed_pairs),
+                         per_seed, "significant" if result.significant else "within noise"])
+        doc.table(["method", "floor", "Δ", "95% interval", "p", "p (Holm)", "n", "seed pairs", "per seed Δ (p)",
+                   "at 0.05, corrected"], rows)
 
     curves = learning_curves(groups)
     if curves:
@@ -698,44 +680,31 @@ def _group_sections(doc: Document, groups: list, baseline: str | None) -> None:
         metric = groups[0].metric()
         for method, points in curves.items():
             xs = [x for x, _ in points]
-            ax.plot(xs, [p["mean"] for _, p in points], marker="o", label=method)
-            ax.fill_between(xs, [p["min"] for _, p in points], [p["max"] for _, p in points], alpha=0.2)
+            summaries = [seed_summary(g.values(), g.metric()) for _, g in points]
+            ax.plot(xs, [s["mean"] for s in summaries], marker="o", label=method)
+            ax.fill_between(xs, [s["min"] for s in summaries], [s["max"] for s in summaries], alpha=0.2)
         ax.set_xscale("log")
         size_key = next(g.size_key for g in groups if g.size_key)
         ax.set_xlabel("shots per class" if size_key == "data.shots" else "training examples")
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
         doc.image("learning-curves.png", _png(fig), f"{metric} against training size (bands: range over seeds)")
-        for sentence in crossovers(curves) or ["No method overtakes another over the sizes tried."]:
-            doc.paragraph(sentence)
+        crossings = [c for c in findings.claims if c.purpose == "crossover"]
+        for claim in crossings:
+            size, previous = claim.size, claim.previous  # type: ignore[attr-defined]
+            if isinstance(claim.result, PairedTest) and claim.result.significant:
+                doc.paragraph(f"{claim.a.method} overtakes {claim.b.method} at {size:g} "
+                              f"({claim.result.delta:+.4f}, {_verdict(claim.result)}).")
+            else:
+                doc.paragraph(f"The curves of {claim.a.method} and {claim.b.method} cross between {previous:g} and "
+                              f"{size:g}, but they are within noise there ({_verdict(claim.result)}): no method "
+                              "overtakes the other.")
+        if not crossings:
+            doc.paragraph("No curve crosses another over the sizes tried.")
 
     costed = [g for g in groups if g.values()]
     if len(costed) > 1:
-        doc.heading(2, "Cost")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
-        metric = costed[0].metric()
-        for ax, label, cost in ((axes[0], "wall time per run (s)",
-                                 lambda g: np.mean([_wall_seconds(r.metrics["timing"]["seconds"]) for r in g.runs])),
-                                (axes[1], "trained parameters",
-                                 lambda g: max(g.runs[0].metrics.get("params", {}).get("trainable", 0), 1))):
-            points = [(float(cost(g)), _group_value(g)[0]) for g in costed]
-            front = pareto_front(points)
-            ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
-            ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red",
-                    label="Pareto front")
-            for (x, y), group in zip(points, costed):
-                ax.annotate(group.name, (x, y), fontsize=6)
-            ax.set_xscale("log")
-            ax.set(xlabel=label, ylabel=metric)
-            ax.legend(fontsize=7)
-        doc.image("cost.png", _png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")
-        rows = [[g.name, f"{np.mean([_wall_seconds(r.metrics['timing']['seconds']) for r in g.runs]):.1f}",
-                 f"{g.runs[0].metrics['timing'].get('peak_rss_mb', 0):.0f}",
-                 _fmt(g.runs[0].metrics["timing"].get("peak_cuda_mb"), 0),
-                 f"{g.runs[0].metrics.get('params', {}).get('trainable', 0):,}"] for g in costed]
-        doc.table(["group", "seconds per run", "peak RSS MB", "peak CUDA MB", "trained params"], rows)
+        _cost_section(doc, costed)
 
     calibrated = [g for g in groups if "ece" in g.runs[0].metrics["splits"].get(g.main_split(), {})]
     uncalibrated = [g.name for g in groups if g.metric() == "accuracy" and g not in calibrated]
@@ -756,3 +725,34 @@ def _group_sections(doc: Document, groups: list, baseline: str | None) -> None:
         ax.set(xlabel="confidence", ylabel="accuracy", title="reliability")
         ax.legend(fontsize=7)
         doc.image("reliability.png", _png(fig), "reliability diagram: accuracy against confidence")
+
+
+def _cost_section(doc: Document, costed: list[Group]) -> None:
+    doc.heading(2, "Cost")
+    fig, axes = _figure(9, 3.6, columns=2)
+    metric = costed[0].metric()
+    for ax, label, cost in ((axes[0], "wall time per run (min)",
+                             lambda g: np.mean([_wall_seconds(r.metrics["timing"]["seconds"]) for r in g.runs]) / 60),
+                            (axes[1], "trained parameters",
+                             lambda g: max(g.runs[0].metrics.get("params", {}).get("trainable", 0), 1))):
+        points = [(float(cost(g)), group_summary(g)[0]) for g in costed]
+        front = pareto_front(points)
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
+        if len(front) > 1:
+            ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red",
+                    label="Pareto front")
+            ax.legend(fontsize=7)
+        for (x, y), group in zip(points, costed):
+            ax.annotate(group.name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set(xlabel=label, ylabel=metric)
+    doc.image("cost.png", _png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")
+    rows = [[g.name, f"{np.mean([_wall_seconds(r.metrics['timing']['seconds']) for r in g.runs]) / 60:.2f}",
+             f"{g.runs[0].metrics['timing'].get('peak_rss_mb', 0):.0f}",
+             _fmt(g.runs[0].metrics["timing"].get("peak_cuda_mb"), 0),
+             f"{g.runs[0].metrics.get('params', {}).get('trainable', 0):,} / "
+             f"{g.runs[0].metrics.get('params', {}).get('total', 0):,}",
+             ", ".join(f"{k} {v:.1f}" for k, v in g.runs[0].metrics["timing"].get("throughput", {}).items()
+                       if v is not None)] for g in costed]
+    doc.table(["group", "minutes per run", "peak RSS MB", "peak CUDA MB", "trained / total params",
+               "throughput (/s)"], rows)

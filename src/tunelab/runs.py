@@ -221,6 +221,20 @@ def lock_run_directory(path: Path, create_marker: bool = True):
     return handle
 
 
+def read_inside(run_dir: Path, name: str) -> bytes | None:
+    """A file of a run directory, or None when it is missing, a symbolic link, or resolves
+    outside the directory: a report never embeds a file from elsewhere."""
+    path = Path(run_dir) / name
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        if not path.resolve().is_relative_to(Path(run_dir).resolve()):
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

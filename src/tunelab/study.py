@@ -144,7 +144,22 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
     if len(set(run_names)) != len(run_names):
         raise ConfigError(f"{origin}: the matrices give two runs the same name; rename a step")
     return Study(str(values.get("name") or Path(source).stem), runs, variables, settings, values.get("baseline"),
-                 overrides, dict(values.get("published") or {}))
+                 overrides, _check_published(values.get("published"), origin))
+
+
+def _check_published(published: Any, origin: str) -> dict[str, Any]:
+    """``published: {step: {split: number}}``: a paper's numbers, checked before any run."""
+    if published in (None, {}):
+        return {}
+    if not isinstance(published, dict):
+        raise ConfigError(f"{origin}: published must map step names to {{split: number}}")
+    for step, values in published.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: published.{step} must map splits to numbers, e.g. {{test: 0.84}}")
+        for split, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ConfigError(f"{origin}: published.{step}.{split} = {value!r} is not a number")
+    return dict(published)
 
 
 def _check_name(name: str, origin: str) -> None:
@@ -553,11 +568,10 @@ def _run_on_ray(todo: list[PlannedRun], root: Path, address: str | None) -> list
 
 
 def _write_state(root: Path, study: Study, outcomes: list[StepOutcome]) -> None:
-    from tunelab.runs import atomic_write_bytes
+    from tunelab.runs import atomic_write_bytes, marker_run_id
 
-    from tunelab.runs import marker_run_id
-
-    state = {"run_id": marker_run_id(root), "name": study.name, "variables": study.variables, "settings": study.settings,
-             "overrides": study.overrides, "baseline": study.baseline, "published": study.published,
+    state = {"run_id": marker_run_id(root), "name": study.name, "variables": study.variables,
+             "settings": study.settings, "overrides": study.overrides, "baseline": study.baseline,
+             "published": study.published,
              "steps": [dataclasses.asdict(o) for o in outcomes]}
     atomic_write_bytes(root / "study.json", (json.dumps(state, indent=2, default=str) + "\n").encode())

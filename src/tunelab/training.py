@@ -3,6 +3,7 @@ distributed set-up. The loop itself is the Hugging Face Trainer's."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -188,6 +189,29 @@ def checkpoint_problem(path: Path) -> str | None:
     for name in ("optimizer.pt", "scheduler.pt"):
         if (path / name).is_file() and not zipfile.is_zipfile(path / name):
             return f"{name} is incomplete"
+    return unsafe_state_file(path)
+
+
+def unsafe_state_file(path: Path) -> str | None:
+    """A checkpoint file that ``torch.load(weights_only=True)`` refuses (it would build
+    arbitrary objects), found before the Trainer loads it, so that resuming falls back
+    to an earlier checkpoint instead of failing with PyTorch's advice to trust it."""
+    import torch
+
+    try:
+        from transformers.trainer_pt_utils import safe_globals
+    except ImportError:  # pragma: no cover - older transformers
+        safe_globals = contextlib.nullcontext
+    files = [path / name for name in ("optimizer.pt", "scheduler.pt", "pytorch_model.bin")]
+    files += sorted(path.glob("rng_state*.pth"))
+    for file in files:
+        if not file.is_file():
+            continue
+        try:
+            with safe_globals():
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # UnpicklingError for a refused object, others for a damaged archive
+            return f"{file.name} is refused as unsafe (it holds objects that are not plain tensors) or damaged"
     return None
 
 

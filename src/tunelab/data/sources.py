@@ -58,10 +58,10 @@ class DatasetSource:
 
     def fingerprint(self) -> str:
         """Changes whenever a data file changes (local data), or names the hub dataset."""
-        from tunelab.provenance import files_fingerprint
+        from tunelab.provenance import content_fingerprint
 
         suffix = f"/{self.config}" if self.config else ""
-        return files_fingerprint(Path(self.location)) + suffix if self.is_local else f"hub:{self.location}{suffix}"
+        return content_fingerprint(Path(self.location)) + suffix if self.is_local else f"hub:{self.location}{suffix}"
 
     def record(self) -> dict:
         location = str(Path(self.location).resolve()) if self.is_local else self.location
@@ -178,6 +178,9 @@ def resolve_dataset(spec: str, config: str | None = None) -> DatasetSource:
     path = Path(spec).expanduser()
     if path.exists():
         fmt = detect_format(path)
+        if config and path.is_file():
+            raise DataError(f"--dataset-config {config}: {spec} is a single file, which has no configurations; "
+                            "drop --dataset-config (it names a configuration of a hub dataset or a dataset folder)")
         if config and fmt not in ("hf-repo",):
             if not (path / config).is_dir():
                 subfolders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -217,7 +220,7 @@ def load_hf_dataset(source: DatasetSource, hint: str, config: str | None = None)
         require_hub(f"dataset '{source.spec}' ({source.location})", hint)
     from datasets import load_dataset
 
-    from tunelab.features import cache_dir
+    from tunelab.provenance import cache_dir
 
     try:
         return load_dataset(source.location, name=config, cache_dir=str(cache_dir() / "datasets"))

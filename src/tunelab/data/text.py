@@ -23,15 +23,15 @@ from tunelab.data.labels import (
     LabelledData,
     build_label_space,
     build_multilabel_space,
-    finish_splits,
     describe_rows,
-    rows_have,
     encode_label_sets,
     encode_labels,
+    finish_splits,
     infer_problem,
     label_sets,
     label_text,
     regression_targets,
+    rows_have,
 )
 from tunelab.data.sources import TEXT_FILE_SUFFIXES, DatasetSource, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.errors import DataError

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from tunelab.config import TaskConfig, setting
 from tunelab.errors import DataError
 from tunelab.evaluation import evaluate_split
+from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, throughput
 from tunelab.registry import Task, register_task
 
@@ -34,7 +34,13 @@ class BaselineConfig(TaskConfig):
     model: str | None = setting(None, "unused: baselines need no pretrained model")
     kind: str = setting("tfidf", "majority: the most frequent class (or the mean); tfidf: TF-IDF word n-grams with "
                         "a linear model", flag="--kind", choices=("majority", "tfidf"))
-    c: float = setting(1.0, "tfidf: regularisation strength of the logistic regression", flag="--C")
+    c: float = setting(1.0, "tfidf: regularisation strength of the logistic regression (without --no-tune)",
+                       flag="--C")
+    tune: bool = setting(True, "tfidf: choose C (ridge: alpha) from c_grid on the validation split, as the other "
+                         "methods choose their settings, so the floor is not set low by an untuned default",
+                         flag="--no-tune", const=False)
+    c_grid: list[float] = setting(help="tfidf: values of C tried on validation",
+                                  factory=lambda: [0.1, 1.0, 10.0, 100.0])
     max_features: int = setting(50000, "tfidf: vocabulary size (most frequent n-grams)", flag="--max-features",
                                 metavar="N")
 
@@ -90,36 +96,60 @@ def tfidf_features(vectorizer, split):
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
-    from tunelab.classifiers import predict_scores, save_classifier
+    from tunelab.classifiers import fit_classifier, predict_scores, save_classifier
+    from tunelab.evaluation import LabelScores, choose_threshold
 
     if context.rank != 0:
         return None
     config, dataset, run = prepared.config, prepared.dataset, context.run
     problem, num_classes = dataset.problem, len(dataset.class_names)
     train = dataset.splits["train"]
+    validation = dataset.splits.get("validation")
+    tuning = None
     start = time.perf_counter()
     if config.kind == "majority":
         majority = Majority().fit(train.labels, problem)
-        run.write_json("model/baseline.json", {"kind": "majority", "problem": problem,
-                                               "class_names": dataset.class_names,
-                                               "prior": np.atleast_1d(majority.prior).tolist()})
+
+        def score(data):
+            return majority.scores(len(data), num_classes)
     else:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=config.max_features)
         vectorizer.fit(train.texts + (train.pairs or []))
-        estimator = _estimator(config, problem).fit(tfidf_features(vectorizer, train), train.labels)
+        x_val = tfidf_features(vectorizer, validation) if validation is not None else None
+        estimator, tuning = fit_classifier(
+            _classifier_config(config, problem, validation is not None), tfidf_features(vectorizer, train),
+            train.labels, x_val, validation.labels if validation is not None else None, seed=config.seed,
+            problem=problem, class_weight=config.data.class_weight,
+            threshold=float(config.data.threshold) if config.data.threshold != "tune" else 0.5)
+
+        def score(data):
+            return predict_scores(estimator, tfidf_features(vectorizer, data), problem, num_classes)
+    # Label sets: the decision threshold as every method sets it (--threshold P, or tune on validation).
+    threshold, threshold_record = 0.5, None
+    if problem == "multi-label":
+        fitted = score(validation) if validation is not None else LabelScores(np.zeros((0, num_classes)))
+        threshold, threshold_record = choose_threshold(
+            fitted, validation.labels if validation is not None else np.zeros((0, num_classes)),
+            config.data.threshold)
+    if config.kind == "majority":
+        run.write_json("model/baseline.json", {"kind": "majority", "problem": problem, "threshold": threshold,
+                                               "class_names": dataset.class_names,
+                                               "prior": np.atleast_1d(majority.prior).tolist()})
+    else:
         save_classifier(vectorizer, run.path / "model" / "vectorizer.skops")
         save_classifier(estimator, run.path / "model" / "classifier.skops")
-        run.write_json("model/baseline.json", {"kind": "tfidf", "problem": problem,
+        run.write_json("model/baseline.json", {"kind": "tfidf", "problem": problem, "threshold": threshold,
                                                "class_names": dataset.class_names})
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     split_metrics, reports = {}, {}
     for split in prepared.eval_splits:
         data = dataset.splits[split]
-        scores = majority.scores(len(data), num_classes) if config.kind == "majority" else \
-            predict_scores(estimator, tfidf_features(vectorizer, data), problem, num_classes)
+        scores = score(data)
+        if isinstance(scores, LabelScores):
+            scores = dataclasses.replace(scores, threshold=threshold)
         inputs = {"file": data.ids} if not hasattr(data, "texts") else data.inputs.columns()
         split_metrics[split], reports[split] = evaluate_split(run, split, dataset.class_names, data.labels, scores,
                                                               data.ids, inputs)
@@ -130,26 +160,27 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                    seconds={"train": train_seconds, "eval": eval_seconds},
                    throughput={"train_samples_per_s": throughput(len(train), train_seconds),
                                "eval_samples_per_s": throughput(scored, eval_seconds)},
-                   task={"kind": config.kind})
+                   task={"kind": config.kind, **({"classifier": {"tuning": tuning}} if tuning else {}),
+                         **({"threshold": threshold_record} if threshold_record else {})})
 
 
-def _estimator(config: BaselineConfig, problem: str):
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.multiclass import OneVsRestClassifier
+def _classifier_config(config: BaselineConfig, problem: str, has_validation: bool):
+    """The TF-IDF floor's linear model as a probe classifier: logistic regression (one-vs-
+    rest for label sets) or ridge, its setting chosen on validation like the probe's."""
+    from tunelab.classifiers import ClassifierConfig
 
-    if problem == "regression":
-        return Ridge(alpha=1.0)
-    model = LogisticRegression(C=config.c, max_iter=2000, class_weight=config.data.class_weight,
-                               random_state=config.seed)
-    return OneVsRestClassifier(model) if problem == "multi-label" else model
+    return ClassifierConfig(kind="ridge" if problem == "regression" else "logreg", c=config.c,
+                            tune=config.tune and has_validation,
+                            c_grid=list(config.c_grid), max_iter=2000)
 
 
 def load_predictor(run_dir: Path, config: BaselineConfig):
     from tunelab.classifiers import load_classifier, predict_scores
     from tunelab.data.text import TextSplit
+    from tunelab.evaluation import LabelScores
     from tunelab.predict import as_text_inputs, predictions_from
 
-    saved = json.loads((run_dir / "model" / "baseline.json").read_text(encoding="utf-8"))
+    saved = read_json_file(run_dir / "model" / "baseline.json")
     names, problem = saved["class_names"], saved["problem"]
     if saved["kind"] == "majority":
         majority = Majority()
@@ -162,9 +193,12 @@ def load_predictor(run_dir: Path, config: BaselineConfig):
         inputs = as_text_inputs(inputs)
         if saved["kind"] == "majority":
             scores = majority.scores(len(inputs), len(names))
+            if isinstance(scores, LabelScores):
+                scores = dataclasses.replace(scores, threshold=float(saved.get("threshold", 0.5)))
         else:
             split = TextSplit(inputs.texts, np.zeros(len(inputs)), [], inputs.pairs)
-            scores = predict_scores(estimator, tfidf_features(vectorizer, split), problem, len(names))
+            scores = predict_scores(estimator, tfidf_features(vectorizer, split), problem, len(names),
+                                    float(saved.get("threshold", 0.5)))
         return predictions_from(inputs, scores, names)
 
     return predict

@@ -18,6 +18,7 @@ import numpy as np
 from tunelab.config import TaskConfig, config_from_run, setting
 from tunelab.errors import DataError, ModelError
 from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
+from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.models import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
 from tunelab.registry import Task, register_task
@@ -344,7 +345,6 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
 def load_predictor(run_dir: Path, config: FinetuneConfig):
     """Predict for new texts (or pairs) with a finished fine-tuning run's model."""
-    import json
 
     from tunelab.predict import as_text_inputs, predictions_from
     from tunelab.runtime import resolve_device
@@ -352,7 +352,7 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
     device = resolve_device(config.runtime.device)
     model, tokenizer = load_finetuned(run_dir, config)
     model.to(device)
-    info = json.loads((run_dir / "model" / "tunelab.json").read_text(encoding="utf-8")) \
+    info = read_json_file(run_dir / "model" / "tunelab.json") \
         if (run_dir / "model" / "tunelab.json").is_file() else {}
     names = _class_names(run_dir)
     problem = config.data.problem or "single-label"
@@ -570,9 +570,8 @@ def load_finetuned(run_dir: Path, config: FinetuneConfig):
 
 
 def _class_names(run_dir: Path) -> list[str]:
-    import json
 
-    return json.loads((run_dir / "metrics.json").read_text())["data"]["class_names"]
+    return read_json_file(run_dir / "metrics.json")["data"]["class_names"]
 
 
 def finetune_config_from_run(run_dir: Path) -> FinetuneConfig:

@@ -7,7 +7,6 @@ Rotten Tomatoes), for any encoder and any text classification data.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from tunelab.classifiers import ClassifierConfig, fit_classifier, load_classifie
 from tunelab.config import ImageDecodingConfig, TaskConfig, setting
 from tunelab.evaluation import evaluate_split
 from tunelab.features import FeatureCache, FeatureConfig, cached_features
+from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.registry import Task, register_task
 
@@ -174,7 +174,7 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     from tunelab.features import TextFeatureExtractor, pair_features
     from tunelab.predict import as_text_inputs, predictions_from
 
-    info = json.loads((run_dir / "model" / "probe.json").read_text(encoding="utf-8"))
+    info = read_json_file(run_dir / "model" / "probe.json")
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
     names, problem = info["class_names"], info.get("problem", "single-label")

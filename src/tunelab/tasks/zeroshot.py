@@ -18,6 +18,7 @@ from tunelab.data.images import ClipPreprocess, image_loader
 from tunelab.errors import DataError
 from tunelab.evaluation import ScoreAccumulator, evaluate_split
 from tunelab.features import FeatureConfig
+from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.models import count_parameters
 from tunelab.registry import Task, register_task
@@ -39,7 +40,6 @@ class ZeroshotConfig(TaskConfig):
 
 
 def pair_predictor(run_dir: Path, config: ZeroshotConfig):
-    import json
 
     import numpy as np
 
@@ -47,7 +47,7 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
     from tunelab.features import TextFeatureExtractor
     from tunelab.predict import as_text_inputs, predictions_from
 
-    saved = json.loads((run_dir / "model" / "pair_similarity.json").read_text(encoding="utf-8"))
+    saved = read_json_file(run_dir / "model" / "pair_similarity.json")
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
 
     def predict(inputs) -> list:
