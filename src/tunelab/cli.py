@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict for new inputs with a finished run",
                                   description="Predict for texts, sentence pairs or images with the model in a run "
-                                              "directory.")
+                                              "directory. Options may come before, between or after the inputs; "
+                                              "-- ends the options, for a text that starts with '-' "
+                                              "(tunelab predict RUN -- '-1 star: awful').")
     predict.add_argument("run_dir", metavar="DIR")
     predict.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (or image files) to predict for")
     predict.add_argument("--pair", nargs=2, action="append", default=[], metavar=("FIRST", "SECOND"),
@@ -326,10 +328,32 @@ def _setup_logging(quiet: bool) -> None:
         pass
 
 
+def parse_command_line(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse ``tunelab [-q] [--debug] COMMAND ...`` with the command's options allowed
+    anywhere among its positional arguments (``predict RUN --backend onnx TEXT``), as
+    git, pip and pytest allow; ``--`` ends the options, for a text that starts with
+    ``-``. argparse's intermixed parsing does not support subparsers, so the command's
+    own parser parses everything after the command's name."""
+    parser = parser or build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    index = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if index is None or argv[index] not in commands.choices or "--" in argv[:index]:
+        return parser.parse_args(argv)  # help, version, a missing or unknown command: argparse's own message
+    options = argparse.Namespace(quiet=False, debug=False)
+    leading = argparse.ArgumentParser(prog="tunelab", add_help=False)
+    leading.add_argument("-q", "--quiet", action="store_true")
+    leading.add_argument("--debug", action="store_true")
+    known, unknown = leading.parse_known_args(argv[:index], options)
+    if unknown:
+        return parser.parse_args(argv)
+    args = commands.choices[argv[index]].parse_intermixed_args(argv[index + 1:], known)
+    args.command = argv[index]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(argv)
     debug = args.debug or os.environ.get("TUNELAB_DEBUG") == "1"
     _setup_logging(args.quiet)
     try:

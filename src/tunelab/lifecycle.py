@@ -80,6 +80,8 @@ class Outcome:
     throughput: dict[str, float | None]  # THROUGHPUT_KEYS
     task: dict[str, Any]  # what only this task has (classifier, method, templates, training summary, ...)
     skipped: list[str] = dataclasses.field(default_factory=list)  # inputs that could not be used
+    # Labelled examples the method learnt from or chose settings on; None: train and validation.
+    labels_seen: int | None = None
 
 
 def run_task(task, config, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
@@ -168,7 +170,7 @@ def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device,
                    **peak_memory()},
         "environment": {**environment(str(device)), "processes": world},
         "skipped": skipped_record(outcome.skipped),
-        "data": data_block(prepared.dataset),
+        "data": {**data_block(prepared.dataset), "labels_seen": labels_seen(prepared.dataset, outcome)},
         "task": outcome.task,
     }
 
@@ -294,6 +296,14 @@ def data_block(dataset) -> dict[str, Any]:
         block["columns"] = {"text": dataset.text_column, "text_pair": dataset.text_pair_column,
                             "label": dataset.label_column}
     return block
+
+
+def labels_seen(dataset, outcome: Outcome) -> int:
+    """How many labels a run used in all: what the task says, else its train and
+    validation splits (training, and choosing checkpoints, thresholds or settings)."""
+    if outcome.labels_seen is not None:
+        return int(outcome.labels_seen)
+    return sum(len(dataset.splits[name]) for name in ("train", "validation") if name in dataset.splits)
 
 
 def throughput(examples: int, seconds: float) -> float | None:

@@ -462,14 +462,15 @@ def _run_tables(doc: Document, records: list[RunRecord], groups: list[Group], fi
             for split, values in record.metrics["splits"].items():
                 metric = headline_metric(values)
                 base = floor.mean(split) if floor is not None and floor.values(split, metric) else None
+                seen = record.labels_seen()
                 rows.append([
                     record.name, _describe(record), record.metrics["model"] or "—", split,
                     str(values["n"]), metric, _headline_cell(metric, values[metric], values["n"]),
                     "—" if base is None else f"{values[metric] - base:+.4f}",
-                    *[_fmt(values.get(m)) for m in side],
+                    *[_fmt(values.get(m)) for m in side], "—" if seen is None else f"{seen:,}",
                 ])
         doc.table(["run", "what", "model", "split", "n", "metric", "value [95% interval]", "Δ floor",
-                   *[m.replace("_", " ") for m in side]], rows)
+                   *[m.replace("_", " ") for m in side], "labels seen"], rows)
 
 
 def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",

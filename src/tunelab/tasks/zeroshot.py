@@ -179,6 +179,7 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
         throughput={"train_samples_per_s": None,
                     "eval_samples_per_s": throughput(scored, extractor.seconds + time.perf_counter() - start)},
         task={"pairs": {"similarity": "cosine", "pooling": config.features.pooling, **calibration}},
+        labels_seen=len(dataset.splits["validation"]),  # the scale or threshold is fitted there
     )
 
 
@@ -235,6 +236,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(images_seen, eval_seconds)},
         task={"templates": {"spec": config.templates, "count": len(templates)}},
         skipped=skipped,
+        labels_seen=0,
     )
 
 
