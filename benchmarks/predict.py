@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from tunelab.config import DataConfig
     from tunelab.data.text import load_text_dataset
     from tunelab.export import export_onnx
-    from tunelab.predict import load_predictor
+    from tunelab.prediction import load_predictor
 
     torch.manual_seed(0)
     texts = load_text_dataset(DataConfig(dataset="rotten_tomatoes")).splits["test"].texts

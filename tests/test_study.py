@@ -130,7 +130,7 @@ def test_report_numbers_and_deltas(fixed_runs, tmp_path, capsys):
     assert rows[("a-probe", "validation")][8] == "+0.0000"
     assert rows[("d-other-data", "test")][8] == "—"  # another dataset: no delta
     # The two fine-tuning runs differ only in seed: mean and spread
-    seed_row = next(line for line in text.splitlines() if line.startswith("| b-finetune-s1, c-finetune-s2"))
+    seed_row = next(line for line in text.splitlines() if line.startswith("| b-finetune-s1 | test | accuracy | 2 |"))
     assert "| 0.8600 | 0.0141 |" in seed_row
     assert re.search(r"!\[b-finetune-s1: training loss.*\]\(cmp_files/b-finetune-s1-curves.png\)", text)
     assert (tmp_path / "cmp_files" / "b-finetune-s1-curves.png").is_file()

@@ -295,7 +295,7 @@ def test_report_markdown_escapes_names_and_labels(tmp_path, capsys):
     assert main(["baseline", "--kind", "majority", "--dataset", str(data), "--out", str(run)]) == 0
     assert main(["report", str(run), "--out", str(tmp_path / "rep.md")]) == 0
     text = (tmp_path / "rep.md").read_text()
-    assert "&lt;img src=x onerror=alert(1)&gt;" in text and r"\[link\](javascript:x)" in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and r"[link]\(javascript:x)" in text
     markdown_it = pytest.importorskip("markdown_it")
     rendered = markdown_it.MarkdownIt().enable("table").render(text)
     outside_code = re.sub(r"<pre>.*?</pre>", "", rendered, flags=re.DOTALL)
@@ -309,7 +309,7 @@ def test_report_markdown_escapes_names_and_labels(tmp_path, capsys):
 def multilabel_data(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(240):
+    for _ in range(240):
         labels = [name for name, word in (("sport", "ball"), ("music", "song"), ("art", "paint"))
                   if rng.random() < 0.4] or ["art"]
         words = [word for name, word in (("sport", "ball"), ("music", "song"), ("art", "paint")) if name in labels]

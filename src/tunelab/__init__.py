@@ -22,8 +22,8 @@ _LAZY = {
     "Prepared": ("tunelab.lifecycle", "Prepared"),
     "RunContext": ("tunelab.lifecycle", "RunContext"),
     "run_task": ("tunelab.lifecycle", "run_task"),
-    "predict": ("tunelab.predict", "predict"),
-    "Prediction": ("tunelab.predict", "Prediction"),
+    "predict": ("tunelab.prediction", "predict"),
+    "Prediction": ("tunelab.prediction", "Prediction"),
     "ProbeConfig": ("tunelab.tasks.probe", "ProbeConfig"),
     "FinetuneConfig": ("tunelab.tasks.finetune", "FinetuneConfig"),
     "ZeroshotConfig": ("tunelab.tasks.zeroshot", "ZeroshotConfig"),
@@ -45,11 +45,15 @@ def _task_function(task):
 
 
 def __getattr__(name):
+    """Load a lazy name once and keep it, so every later access gives the same object
+    (no submodule shares a public function's name: ``tunelab.predict`` stays a function)."""
     if name in _LAZY:
         import importlib
 
         module, attribute = _LAZY[name]
-        return getattr(importlib.import_module(module), attribute)
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
     from tunelab.registry import all_tasks
 
     for task in all_tasks().values():

@@ -57,7 +57,8 @@ class RunRecord:
         that choose splits and columns. Runs whose identities differ are never paired."""
         data = self.config.get("data") or {}
         dataset = (self.inputs or {}).get("dataset") or {}
-        fingerprint = dataset.get("fingerprint") or f"unrecorded:{self.path}"
+        # Runs made before inputs.json existed: the dataset as named (no content fingerprint).
+        fingerprint = dataset.get("fingerprint") or f"named:{self.metrics.get('dataset')}"
         chosen = {key: data.get(key) for key in ("dataset_config", "train_split", "validation_split", "test_split",
                                                  "text_column", "text_pair_column", "label_column", "problem",
                                                  "label_separator", "split_seed", "max_eval_samples")}

@@ -258,7 +258,7 @@ def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.predict import predict, read_inputs, run_pair_columns
+    from tunelab.prediction import predict, read_inputs, run_pair_columns
     from tunelab.runs import atomic_write_bytes
 
     inputs: list = list(args.inputs) + [tuple(pair) for pair in args.pair]

@@ -135,9 +135,9 @@ class Document:
             elif kind == "paragraph":
                 lines += [markdown_escape(block[1]), ""]
             elif kind == "table":
-                lines.append("| " + " | ".join(markdown_escape(h) for h in block[1]) + " |")
+                lines.append("| " + " | ".join(markdown_escape(h, False) for h in block[1]) + " |")
                 lines.append("|" + "---|" * len(block[1]))
-                lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in block[2]]
+                lines += ["| " + " | ".join(markdown_escape(cell, False) for cell in row) + " |" for row in block[2]]
                 lines.append("")
             elif kind == "image":
                 _write_asset(assets, block[1], block[2])
@@ -184,19 +184,22 @@ class Document:
 MARKDOWN_SIGNATURE = "<!-- written by tunelab report -->"
 HTML_SIGNATURE = "<meta name='generator' content='tunelab report'>"
 ASSETS_MARKER = ".tunelab-report"
-# Markdown punctuation that can start markup anywhere in a line ("[" and "]" escaped, no
-# link or image can form, so "(" and "!" stay as they are); "_" only where it can open or
-# close emphasis (not inside f1_macro).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+# Markdown punctuation that can start markup anywhere in a line; "_" only where it can
+# open or close emphasis (not inside f1_macro). Brackets stay readable ("[0.70, 0.75]"):
+# what would make them a link or image ("](", "][", "]:") is broken up instead.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|(?<=\])[(\[:])")
 
 
-def markdown_escape(text: str) -> str:
+def markdown_escape(text: str, line_start: bool = True) -> str:
     """A value as literal Markdown text: HTML special characters as entities, Markdown
-    punctuation backslash-escaped, line breaks as spaces."""
+    punctuation backslash-escaped, line breaks as spaces; with ``line_start`` also what
+    only starts a block there (a list item, a heading, a quote)."""
     text = " ".join(str(text).splitlines())
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+    if not line_start:
+        return text
     text = re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", text)  # "1. x" is a list item; "1\. x" is not
-    return "\\" + text if text[:1] in ("-", "+", ">", "=", "#") else text
+    return "\\" + text if text[:1] in ("-", "+", ">", "=", "#", "[") else text
 
 
 def _write_asset(assets: Path, name: str, data: bytes) -> None:
@@ -464,12 +467,12 @@ def _run_tables(doc: Document, records: list[RunRecord], groups: list[Group], fi
                 base = floor.mean(split) if floor is not None and floor.values(split, metric) else None
                 seen = record.labels_seen()
                 rows.append([
-                    record.name, _describe(record), record.metrics["model"] or "—", split,
+                    record.name, _describe(record), record.metrics["model"] or "—", record.metrics["dataset"], split,
                     str(values["n"]), metric, _headline_cell(metric, values[metric], values["n"]),
                     "—" if base is None else f"{values[metric] - base:+.4f}",
                     *[_fmt(values.get(m)) for m in side], "—" if seen is None else f"{seen:,}",
                 ])
-        doc.table(["run", "what", "model", "split", "n", "metric", "value [95% interval]", "Δ floor",
+        doc.table(["run", "what", "model", "dataset", "split", "n", "metric", "value [95% interval]", "Δ floor",
                    *[m.replace("_", " ") for m in side], "labels seen"], rows)
 
 
