@@ -178,7 +178,7 @@ def test_predict_images_matches_the_run(lora_run, colour_folder, capsys):
     rows = read_rows(lora_run / "predictions" / "test.csv")[:4]
     capsys.readouterr()
     assert main(["predict", str(lora_run), *[str(colour_folder / r["file"]) for r in rows]]) == 0
-    printed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    printed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()[1:]]
     assert [p[0] for p in printed] == [r["prediction"] for r in rows]
     np.testing.assert_allclose([float(p[1]) for p in printed], [float(r["similarity"]) for r in rows], atol=1e-3)
 

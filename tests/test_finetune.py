@@ -95,8 +95,8 @@ def test_lora_trains_only_adapters_and_head(lora_run, full_run):
     assert params["trainable"] == adapters + head
     assert params["total"] == metrics_of(full_run)["params"]["total"] + adapters + head  # + head copies
     model_dir = lora_run / "model"
-    assert (model_dir / "adapter_model.safetensors").is_file()
-    assert (model_dir / "merged" / "model.safetensors").is_file()
+    assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
     assert metrics["task"]["training"]["learning_rate"] == 2e-2
     assert metrics["splits"]["validation"]["accuracy"] > 0.4
 
@@ -214,12 +214,11 @@ def test_early_stopping_stops_when_validation_stalls(tiny_bert_dir, topics, tmp_
 
 def test_merged_lora_weights_give_the_adapters_predictions(lora_run):
     import torch
+    from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunelab.tasks.finetune import finetune_config_from_run, load_finetuned
-
-    adapter_model, _ = load_finetuned(lora_run, finetune_config_from_run(lora_run))
-    merged = AutoModelForSequenceClassification.from_pretrained(lora_run / "model" / "merged").eval()
+    adapter_model = AutoPeftModelForSequenceClassification.from_pretrained(lora_run / "model" / "adapter").eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(lora_run / "model").eval()
     batch = AutoTokenizer.from_pretrained(lora_run / "model")(["sport red film", "music blue story"],
                                                              return_tensors="pt", padding=True)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

@@ -106,7 +106,7 @@ def test_predict_round_trip(probe_run, capsys):
                                [float(r["probability"]) for r in rows], atol=1e-4)
     capsys.readouterr()
     assert run_cli("predict", probe_run, texts[0]) == 0
-    assert capsys.readouterr().out.split("\t")[0] == rows[0]["prediction"]
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[0] == rows[0]["prediction"]
 
 
 def test_python_api(tiny_bert_dir, topic_folder, tmp_path):

@@ -314,7 +314,7 @@ def test_predict_uses_the_model_the_run_recorded(tiny_bert_dir, topic_folder, tm
     monkeypatch.chdir(second)
     capsys.readouterr()
     assert main(["predict", str(run), text]) == 0
-    assert capsys.readouterr().out.split("\t")[0] == expected
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[0] == expected
     (first / "encoder" / "tokenizer_config.json").write_text(
         (first / "encoder" / "tokenizer_config.json").read_text() + "\n")
     expect_error(capsys, ["predict", run, text], "changed since")

@@ -100,7 +100,7 @@ def test_pair_probe_classifies_and_predicts(pairs, tiny_bert_dir, tmp_path, enco
     assert list(rows[0])[:5] == ["id", "text", "text_pair", "label", "prediction"]
     capsys.readouterr()
     assert run("predict", out, "--pair", rows[0]["text"], rows[0]["text_pair"]) == 0
-    assert capsys.readouterr().out.split("\t")[0] == rows[0]["prediction"]
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[0] == rows[0]["prediction"]
 
 
 def test_pair_regression_probe_finetune_and_predict(pairs, tiny_bert_dir, tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_pair_regression_probe_finetune_and_predict(pairs, tiny_bert_dir, tmp_pa
         rows = rows_of(out / "predictions" / "test.csv")
         capsys.readouterr()
         assert run("predict", out, "--pair", rows[0]["text"], rows[0]["text_pair"]) == 0
-        printed = float(capsys.readouterr().out.split("\t")[0])
+        printed = float(capsys.readouterr().out.splitlines()[1].split("\t")[0])
         assert printed == pytest.approx(float(rows[0]["prediction"]), rel=1e-3, abs=1e-3)
     assert (tmp_path / "ft-bi" / "model" / "bi_encoder.json").is_file()
 
@@ -169,7 +169,7 @@ def test_multilabel_probe_tunes_its_threshold(tags, tiny_bert_dir, tmp_path, cap
     assert {"probability_music", "probability_sport"} <= set(rows[0])
     capsys.readouterr()
     assert run("predict", out, rows[0]["text"]) == 0
-    assert capsys.readouterr().out.split("\t")[0] == rows[0]["prediction"]
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[0] == rows[0]["prediction"]
 
 
 def test_multilabel_finetune_and_separator(tags, tiny_bert_dir, tmp_path):

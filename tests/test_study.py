@@ -132,8 +132,8 @@ def test_report_numbers_and_deltas(fixed_runs, tmp_path, capsys):
     # The two fine-tuning runs differ only in seed: mean and spread
     seed_row = next(line for line in text.splitlines() if line.startswith("| b-finetune-s1 | test | accuracy | 2 |"))
     assert "| 0.8600 | 0.0141 |" in seed_row
-    assert re.search(r"!\[b-finetune-s1: training loss.*\]\(cmp_files/b-finetune-s1-curves.png\)", text)
-    assert (tmp_path / "cmp_files" / "b-finetune-s1-curves.png").is_file()
+    assert re.search(r"!\[training loss and validation metric.*\]\(cmp_files/training-curves.png\)", text)
+    assert (tmp_path / "cmp_files" / "training-curves.png").is_file()
     assert "tunelab finetune --seed 1" in text
     assert len(find_runs([fixed_runs])) == 4
 

@@ -37,7 +37,7 @@ def full_run(tiny_bert_dir, topics, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_run(tiny_bert_dir, topics, tmp_path_factory):
     return finetune(tiny_bert_dir, topics, tmp_path_factory.mktemp("use") / "lora", "--method", "lora",
-                    "--lora-r", "4", "--merge-lora")
+                    "--lora-r", "4")
 
 
 def probabilities_of(rows, names):
@@ -69,13 +69,40 @@ def test_plain_peft_loads_a_lora_run_and_merged_is_plain(lora_run):
     batch = tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     expected = probabilities_of(rows, names)
-    for model in (AutoPeftModelForSequenceClassification.from_pretrained(lora_run / "model"),
-                  AutoModelForSequenceClassification.from_pretrained(lora_run / "model" / "merged")):
+    for model in (AutoPeftModelForSequenceClassification.from_pretrained(lora_run / "model" / "adapter"),
+                  AutoModelForSequenceClassification.from_pretrained(lora_run / "model")):
         model.eval()
         assert [model.config.id2label[i] for i in range(3)] == names
         with torch.no_grad():
             probabilities = torch.softmax(model(**inputs).logits, -1).numpy()
         np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["full_run", "lora_run"])
+def test_a_model_folder_moved_elsewhere_agrees_with_tunelab_predict(which, request, tmp_path, monkeypatch, capsys):
+    """model/ copied to another place and loaded from another working directory with plain
+    pipeline() (and peft, for the adapter) gives tunelab predict's answer on every input."""
+    import shutil
+
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    run = request.getfixturevalue(which)
+    assert not [p for p in (run / "model").rglob("*") if p.is_symlink()]
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(run / "model", moved)
+    monkeypatch.chdir(tmp_path)
+    texts = [r["text"] for r in rows_of(run / "predictions" / "test.csv")] + ["sport music film", "red", "zzz"]
+    assert main(["predict", str(run), *texts]) == 0
+    ours = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    classify = pipeline("text-classification", model=str(moved))
+    assert [out["label"] for out in classify(texts)] == ours
+    if which == "lora_run":
+        peft_model = AutoPeftModelForSequenceClassification.from_pretrained(moved / "adapter").eval()
+        batch = AutoTokenizer.from_pretrained(moved)(texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            best = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
+        assert [peft_model.config.id2label[int(i)] for i in best] == ours
 
 
 def test_plain_clip_loads_a_clip_run(tiny_clip_dir, colour_folder, tmp_path):

@@ -58,22 +58,25 @@ def add_config_flags(parser: argparse.ArgumentParser, task) -> None:
                 continue
             meta = field.metadata
             flag = meta.get("flag")
-            if not flag or (meta.get("commands") and task.name not in meta["commands"]):
-                continue
             key = prefix + field.name
+            if not flag or (meta.get("commands") and task.name not in meta["commands"]) \
+                    or key in task.unused_settings:
+                continue
             if flag in seen:
                 raise RuntimeError(f"{task.name}: {flag} would set both {seen[flag]} and {key}")
             seen[flag] = key
             title = prefix.rstrip(".") or "general"
             group = groups.setdefault(title, parser.add_argument_group(title))
-            help_text = meta.get("help", "")
+            help_text = meta.get("help", "") + f" [{key}]"
+            if meta.get("hidden"):
+                help_text = argparse.SUPPRESS
             if meta.get("const") is not None:
                 group.add_argument(flag, dest=CONFIG_PREFIX + key, action="store_const", const=meta["const"],
                                    default=None, help=help_text)
                 continue
             shown = _default_text(value)
             if shown and "default" not in help_text:
-                help_text = f"{help_text} (default {shown})"
+                help_text = f"{help_text[:-len(key) - 3]} (default {shown}) [{key}]"
             group.add_argument(flag, dest=CONFIG_PREFIX + key, default=None, metavar=_metavar(field, hints),
                                help=help_text)
 
@@ -88,14 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
 
+    from tunelab.config import list_presets
     from tunelab.registry import all_tasks
 
     for task in all_tasks().values():
         sub = commands.add_parser(task.name, help=task.summary, description=task.description or task.summary)
+        presets = list_presets(task.name)
         sub.add_argument("--config", metavar="FILE.yaml|PRESET",
-                         help="a YAML config or a shipped preset (e.g. lab03-probe); flags override it")
+                         help="a YAML config" + (f" or a shipped preset ({', '.join(presets)})" if presets else "")
+                         + "; flags override it")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override any config key, e.g. --set train.logging_steps=5")
         sub.add_argument("--out", metavar="DIR", help=f"run directory (default runs/{task.name}-<timestamp>)")
@@ -109,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_run_task_command, task_name=task.name)
 
     run = commands.add_parser("run", help="run a study: several steps, one comparison report",
-                              description="Run a study (a YAML file or a preset such as lab03-offline).")
+                              description="Run a study (a YAML file or a preset such as lab03-offline).",
+                              epilog="presets: " + ", ".join(list_presets("study")))
     run.add_argument("study", metavar="STUDY.yaml|PRESET")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="a study variable (clip_model=PATH), a shared setting (seed=1), or STEP.key=value")
@@ -148,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "directory. Options may come before, between or after the inputs; "
                                               "-- ends the options, for a text that starts with '-' "
                                               "(tunelab predict RUN -- '-1 star: awful').")
-    predict.add_argument("run_dir", metavar="DIR")
+    predict.add_argument("run_dir", metavar="DIR", help="a finished run directory (runs/<command>-<time>, or a "
+                                                        "study's run)")
     predict.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (or image files) to predict for")
     predict.add_argument("--pair", nargs=2, action="append", default=[], metavar=("FIRST", "SECOND"),
                          help="a sentence pair (repeatable)")
@@ -160,13 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", metavar="FILE.csv", help="write predictions here instead of printing")
     predict.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                          help="torch (default), or the run's ONNX export through ONNX Runtime (tunelab export)")
+    predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "run"], default="fp32",
+                         help="torch: fp32 (default) gives the saved model's outputs exactly as transformers' "
+                              "pipeline() does; bf16 is faster on CPUs with bf16 units; run: the run's own")
     predict.set_defaults(handler=_run_predict)
 
     export = commands.add_parser("export", help="export a fine-tuned text classifier (ONNX, optionally int8)",
                                  description="Export a fine-tuning run's model to RUN/onnx, checked against PyTorch "
                                              "on the run's own examples; predict --backend onnx then serves it.")
-    export.add_argument("run_dir", metavar="RUN")
-    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("run_dir", metavar="RUN", help="a finished fine-tuning run directory")
+    export.add_argument("--format", choices=["onnx"], default="onnx",
+                        help="onnx: an ONNX model served by ONNX Runtime (the only format so far)")
     export.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised int8 model")
     export.set_defaults(handler=_run_export)
     for sub in commands.choices.values():  # also accepted after the command
@@ -267,7 +279,7 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                                     args.text_pair_column)
         read = read_inputs(args.input_file, text_column, pair_column)
         inputs += list(zip(read.texts, read.pairs)) if hasattr(read, "pairs") else read
-    predictions = predict(args.run_dir, inputs, backend=args.backend)
+    predictions = predict(args.run_dir, inputs, backend=args.backend, precision=args.precision)
     pairs = any(p.pair is not None for p in predictions)
     if args.output:
         import csv
@@ -282,9 +294,21 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         atomic_write_bytes(Path(args.output), buffer.getvalue().encode("utf-8"))
         print(f"wrote {len(predictions)} predictions to {args.output}")
     else:
+        kind = predictions[0].score_kind if predictions else "score"
+        values = kind == "value"  # regression: the prediction is the number, printed once
+        name = SCORE_NAMES.get(kind, kind)
+        if predictions and predictions[0].labels is not None:  # label sets: the best label's score
+            name = f"highest label {name}"
+        print("\t".join(["value" if values else "prediction", *([] if values else [name]),
+                         "input", *(["pair"] if pairs else [])]))
         for p in predictions:
-            print("\t".join([p.label, f"{p.score:.4f}", p.input, *([p.pair] if pairs else [])]))
+            print("\t".join([p.label, *([] if values else [f"{p.score:.4f}"]), p.input, *([p.pair] if pairs else [])]))
     return 0
+
+
+# What predict's score column holds, by the kind of score a run gives.
+SCORE_NAMES = {"probability": "probability", "decision": "decision value",
+               "similarity": "cosine similarity", "logit": "logit", "value": "value"}
 
 
 def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -292,8 +316,11 @@ def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     record = export_onnx(args.run_dir, quantize=args.quantize)
     line = f"wrote {args.run_dir}/onnx (largest logit difference to PyTorch {record['max_abs_logit_difference']:.1e})"
-    if "int8" in record and "accuracy_change" in record["int8"]:
-        line += f"; int8 accuracy change {record['int8']['accuracy_change']:+.4f}"
+    int8 = record.get("int8") or {}
+    if int8.get("agreement_with_fp32") is not None:
+        line += f"; int8 agrees with fp32 on {int8['agreement_with_fp32']:.1%} of {record['checked_examples']} examples"
+    if "accuracy_change" in int8:
+        line += f", accuracy change {int8['accuracy_change']:+.4f}"
     print(line)
     return 0
 
@@ -308,12 +335,11 @@ def _print_summary(result) -> None:
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    # tunelab's own messages at INFO; libraries that log through the root logger (ONNX
+    # Runtime's quantiser, ...) only from WARNING, so the console says what tunelab decided.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    logging.getLogger("tunelab").setLevel(logging.WARNING if quiet else logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
@@ -326,6 +352,59 @@ def _setup_logging(quiet: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+# Hugging Face Trainer spellings that users type from habit -> tunelab's flags.
+HF_SPELLINGS = {
+    "--learning_rate": ["--lr"], "--learning-rate": ["--lr"], "--num_train_epochs": ["--epochs"],
+    "--num-train-epochs": ["--epochs"], "--output_dir": ["--out"], "--output-dir": ["--out"],
+    "--bf16": ["--precision", "bf16"], "--fp16": ["--precision", "fp16"], "--eval_steps": ["--eval-every"],
+    "--eval-steps": ["--eval-every"], "--per_device_train_batch_size": ["--batch-size"],
+    "--per_device_eval_batch_size": ["--eval-batch-size"], "--gradient_accumulation_steps": ["--grad-accum"],
+    "--warmup_ratio": ["--warmup"], "--warmup_steps": ["--warmup"], "--model_name_or_path": ["--model"],
+    "--dataset_name": ["--dataset"], "--max_seq_length": ["--max-length"], "--overwrite_output_dir": ["--overwrite"],
+    "--resume_from_checkpoint": ["--resume"],
+}
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: an unknown option gets "did you mean" with the closest ones."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        unknown = re.findall(r"(--?[\w-]+)", message.split("unrecognized arguments:", 1)[1]) \
+            if "unrecognized arguments:" in message else []
+        options = {o: o for a in self._actions for o in a.option_strings if o.startswith("--")}
+        options.update({k: " ".join(v) for k, v in HF_SPELLINGS.items() if v[0] in options})
+        hints = []
+        for flag in unknown:
+            close = difflib.get_close_matches(flag, list(options), n=3, cutoff=0.6)
+            close = list(dict.fromkeys(options[c] for c in close))[:2]
+            if close:
+                hints.append(f"{flag}: did you mean {' or '.join(close)}?")
+        super().error(message + ("; " + "; ".join(hints) if hints else ""))
+
+
+def translate_spellings(arguments: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Hugging Face spellings (``--learning_rate 1e-4``, ``--bf16``) and snake_case forms
+    of tunelab's own flags become the flags this command has; nothing after ``--``."""
+    known = {o for a in parser._actions for o in a.option_strings}
+    out: list[str] = []
+    for index, argument in enumerate(arguments):
+        if argument == "--":
+            return out + list(arguments[index:])
+        flag, equals, value = argument.partition("=")
+        if flag.startswith("--") and flag not in known:
+            replacement = HF_SPELLINGS.get(flag)
+            if replacement is None and flag.replace("_", "-") in known:
+                replacement = [flag.replace("_", "-")]
+            if replacement is not None and replacement[0] in known:
+                out += replacement + ([value] if equals else [])
+                continue
+        out.append(argument)
+    return out
 
 
 def parse_command_line(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
@@ -346,7 +425,8 @@ def parse_command_line(argv: Sequence[str], parser: argparse.ArgumentParser | No
     known, unknown = leading.parse_known_args(argv[:index], options)
     if unknown:
         return parser.parse_args(argv)
-    args = commands.choices[argv[index]].parse_intermixed_args(argv[index + 1:], known)
+    command = commands.choices[argv[index]]
+    args = command.parse_intermixed_args(translate_spellings(argv[index + 1:], command), known)
     args.command = argv[index]
     return args
 

@@ -113,12 +113,12 @@ def embed_loader(model, loader, device, dtype=None, desc: str = "images", skippe
     (dataset rows, normalised embeddings on ``device``) per batch; unreadable rows are
     appended to ``skipped``. The tower is the CPU one where it applies."""
     import torch
-    from tqdm.auto import tqdm
 
     from tunelab.cpu_inference import image_features
+    from tunelab.progress import progress
 
     encode = image_features(model, device, loader.batch_size or 16)
-    with torch.inference_mode(), tqdm(total=len(loader.dataset), desc=desc, unit="img", disable=None) as bar:
+    with torch.inference_mode(), progress(len(loader.dataset), desc, "img") as bar:
         for batch in loader:
             if skipped is not None:
                 skipped += batch["skipped"]

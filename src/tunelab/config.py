@@ -27,16 +27,17 @@ PRESET_PACKAGE = "tunelab.presets"
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
             flag: str | None = None, choices: tuple[str, ...] | None = None, metavar: str | None = None,
-            const: Any = None, commands: tuple[str, ...] | None = None) -> Any:
+            const: Any = None, commands: tuple[str, ...] | None = None, hidden: bool = False) -> Any:
     """A config field that also describes its command-line flag, so that flags, help
     texts, choices and defaults come from one place (``tunelab.cli`` reads them).
 
     ``flag``: the option name (``--lr``); None gives the field no flag (``--set`` still
     reaches it). ``const``: a switch that stores this value (``--no-cache`` stores False).
     ``choices``: the valid values, checked by ``check_settings`` too. ``commands``: only
-    these commands get the flag."""
+    these commands get the flag. ``hidden``: the flag is still accepted (old scripts) but
+    not shown, because it no longer changes anything."""
     metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "const": const,
-                "commands": commands}
+                "commands": commands, "hidden": hidden}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -198,7 +199,7 @@ class TrackingConfig:
     """Experiment tracking. TensorBoard is always on; W&B only when asked."""
 
     wandb: bool = setting(False, "also log to Weights & Biases (honours WANDB_MODE)", flag="--wandb", const=True)
-    wandb_project: str = setting("tunelab", "the W&B project")
+    wandb_project: str = setting("tunelab", "the W&B project", flag="--wandb-project", metavar="NAME")
 
 
 @dataclasses.dataclass
@@ -210,7 +211,8 @@ class TaskConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
-    seed: int = setting(42, "random seed: caps, made splits, initialisation, batch order", flag="--seed")
+    seed: int = setting(42, "random seed: shots and the train cap, initialisation, batch order (made splits and "
+                        "evaluation caps use --split-seed)", flag="--seed")
 
 
 # --------------------------------------------------------------------------- dict <-> dataclass
@@ -383,9 +385,22 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 # --------------------------------------------------------------------------- presets and files
 
 
-def list_presets() -> list[str]:
+def list_presets(command: str | None = None) -> list[str]:
+    """The shipped presets; with ``command``, those for that command ("study" for studies)."""
     folder = resources.files(PRESET_PACKAGE)
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    if command is None:
+        return names
+    chosen = []
+    for name in names:
+        try:
+            values = yaml.safe_load((folder / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            continue
+        declared = values.get("command", "study" if "steps" in values else None)
+        if declared == command:
+            chosen.append(name)
+    return chosen
 
 
 def load_yaml_source(source: str) -> tuple[dict[str, Any], str]:

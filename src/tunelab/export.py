@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     if isinstance(model, BiEncoder):
         raise TunelabError("ONNX export covers sequence classifiers (single texts and jointly encoded pairs); "
                            "this run is a bi-encoder")
-    if config.train.method == "lora":
+    if hasattr(model, "merge_and_unload"):  # a run saved before model/ held merged weights
         model = model.merge_and_unload()
     model = model.float().eval()
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
@@ -97,7 +98,8 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
         path = staging / "model.onnx"
         axes = {name: {0: "batch", 1: "sequence"} for name in names}
         axes["logits"] = {0: "batch"}
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python control flow: checked below instead
             torch.onnx.export(model, (), str(path), kwargs={k: torch.from_numpy(v) for k, v in sample.items()},
                               input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
                               dynamo=False)

@@ -43,7 +43,8 @@ class FeatureConfig:
                               metavar="N")
     batch_size: int = setting(64, "texts (or images) per forward pass (sorted batches pad little, so larger is "
                               "faster)", flag="--batch-size", metavar="N", commands=("probe",))
-    cache: bool = setting(True, "reuse features computed before from identical inputs", flag="--no-cache",
+    cache: bool = setting(True, "reuse features computed before from identical inputs; --no-cache recomputes them",
+                          flag="--no-cache",
                           const=False)
 
     def __post_init__(self) -> None:
@@ -272,7 +273,8 @@ class TextFeatureExtractor:
     def encode_all(self, texts, desc: str = "features") -> np.ndarray:
         """(n, poolings, dim): every pooling from one forward pass, in the inputs' order."""
         import torch
-        from tqdm.auto import tqdm
+
+        from tunelab.progress import progress
 
         model = self.model
         if not len(texts):
@@ -280,7 +282,7 @@ class TextFeatureExtractor:
         ids, types = tokenize_inputs(self.tokenizer, texts, self.max_length)
         out: np.ndarray | None = None
         start = time.perf_counter()
-        with torch.inference_mode(), tqdm(total=len(ids), desc=desc, unit="text", disable=None) as bar:
+        with torch.inference_mode(), progress(len(ids), desc, "text") as bar:
             for batch, inputs in sorted_padded_batches(ids, self.config.batch_size, pad_token_id(self.tokenizer),
                                                        self.device, types):
                 hidden = model(**inputs).last_hidden_state.float()

@@ -105,10 +105,16 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
 
     requested_yaml = dump_yaml(config, task.name)  # before the data fills in columns, problem, ...
     precision = resolve_precision(config.runtime.precision, device)
+    if config.runtime.precision == "auto" and rank == 0 and config.model is not None:
+        logger.info("precision: %s (--precision auto on %s)", precision, device.type)
     config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
     if rank == 0:
         RunDirectory.check_target(out, overwrite, resume)  # before seconds of data reading and model loading
+        check_tracking(config.tracking)
+    reset_peak_memory()
     prepared = task.prepare(config)  # data checked and model loaded before --out is touched
+    if rank == 0:
+        describe_data(prepared.dataset)
     config_yaml = dump_yaml(prepared.config, task.name)
     run = rank_zero_run_directory(
         lambda: open_run_directory(out, task, prepared.config, config_yaml, overwrite, resume, argv), rank, world)
@@ -127,6 +133,24 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
             result = RunResult(run.path, {})
     barrier(world)
     return result
+
+
+def check_tracking(tracking) -> None:
+    """W&B asked for but not installed stops the run before anything is done."""
+    import importlib.util
+
+    if tracking.wandb and importlib.util.find_spec("wandb") is None:
+        raise TunelabError("--wandb needs the wandb package: pip install wandb (from a clone: pip install -e "
+                           "\".[wandb]\"), or drop --wandb")
+
+
+def describe_data(dataset) -> None:
+    """Say on the console what was decided about the data: columns, problem, splits."""
+    for note in dataset.notes:
+        logger.info("data: %s", note)
+    sizes = ", ".join(f"{name} {len(split):,}" for name, split in dataset.splits.items())
+    classes = f"{len(dataset.class_names)} classes" if dataset.class_names else "numeric targets"
+    logger.info("data: %s, %s; splits: %s", dataset.problem, classes, sizes)
 
 
 def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, resume: bool,
@@ -170,18 +194,48 @@ def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device,
                    **peak_memory()},
         "environment": {**environment(str(device)), "processes": world},
         "skipped": skipped_record(outcome.skipped),
-        "data": {**data_block(prepared.dataset), "labels_seen": labels_seen(prepared.dataset, outcome)},
+        "data": {**data_block(prepared.dataset), "labels_seen": labels_seen(prepared.dataset, outcome),
+                 **({"majority_accuracy": floors} if (floors := majority_accuracy(prepared.dataset)) else {})},
         "task": outcome.task,
     }
 
 
+_PEAK_RESET = {"linux": False}
+
+
+def reset_peak_memory() -> None:
+    """Start this run's peak memory count afresh: several runs in one process (a serial
+    study) each report their own peak, not the process's so far. Linux resets its
+    high-water mark through /proc/self/clear_refs; elsewhere the process peak stays."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        _PEAK_RESET["linux"] = True
+    except OSError:
+        _PEAK_RESET["linux"] = False
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
 def peak_memory() -> dict[str, float]:
-    """The process's peak resident memory (and the GPU's peak allocation where CUDA ran), in MB."""
+    """The run's peak resident memory (and the GPU's peak allocation where CUDA ran), in MB."""
     import resource
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     values = {"peak_rss_mb": peak / (1024 * 1024 if sys.platform == "darwin" else 1024)}
+    if _PEAK_RESET["linux"]:
+        try:
+            with open("/proc/self/status", encoding="ascii") as handle:
+                line = next(line for line in handle if line.startswith("VmHWM:"))
+            values["peak_rss_mb"] = int(line.split()[1]) / 1024
+        except (OSError, StopIteration, ValueError):
+            pass
     try:
         import torch
 
@@ -203,7 +257,10 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
         for split, values in metrics["splits"].items():
             tracker.log({f"final/{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
         tracker.log({f"throughput/{k}": v for k, v in metrics["timing"]["throughput"].items() if v is not None})
-    run.write_text("report.md", render_run_report(metrics, config_yaml, class_reports, notes))
+    from tunelab.metrics import below_majority
+
+    run.write_text("report.md", render_run_report(metrics, config_yaml, class_reports,
+                                                  [*below_majority(metrics), *notes]))
     if (run.path / "model").is_dir():
         from tunelab.modelcard import write_model_card
 
@@ -213,8 +270,25 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
     path = run.commit()
     for split, values in metrics["splits"].items():
         logger.info("%s: %s (n=%d)", split, headline_text(values), values["n"])  # whatever the problem
-    logger.info("run directory: %s", path)
+    from tunelab.metrics import below_majority
+
+    for warning in below_majority(metrics):
+        logger.warning("%s", warning)
+    logger.info("run directory: %s (report: %s)", path, path / "report.md")
     return RunResult(path, metrics)
+
+
+def majority_accuracy(dataset) -> dict[str, float]:
+    """Per evaluation split, the accuracy of always predicting the training split's most
+    frequent class: the floor every classifier must clear (free to compute)."""
+    import numpy as np
+
+    if dataset.problem != "single-label" or "train" not in dataset.splits or not len(dataset.splits["train"]):
+        return {}
+    counts = np.bincount(np.asarray(dataset.splits["train"].labels), minlength=len(dataset.class_names))
+    majority = int(np.argmax(counts))
+    return {name: float(np.mean(np.asarray(split.labels) == majority)) for name, split in dataset.splits.items()
+            if name != "train" and len(split)}
 
 
 def headline_text(values: dict) -> str:

@@ -172,3 +172,19 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
         if members.any():
             total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
     return float(total)
+
+
+def below_majority(metrics: dict) -> list[str]:
+    """Warnings for splits where a run does not beat the majority class."""
+    if metrics.get("task", {}).get("kind") == "majority":
+        return []  # the floor itself
+    floors = metrics.get("data", {}).get("majority_accuracy", {})
+    warnings = []
+    for split, values in metrics["splits"].items():
+        if split in floors and values.get("accuracy", 1.0) <= floors[split]:
+            hint = ("too few training steps or a learning rate too high or too low (try more epochs, --lr)"
+                    if metrics.get("command") in ("finetune", "clip-finetune") else
+                    "features that do not separate the classes, or too few training examples")
+            warnings.append(f"{split} accuracy {values['accuracy']:.4f} is not above the majority class "
+                            f"({floors[split]:.4f}): the run learnt nothing useful; likely {hint}")
+    return warnings

@@ -73,9 +73,17 @@ def run_command(run_dir: Path) -> str:
     return command
 
 
-def load_predictor(run_dir: str | Path, backend: str = "torch"):
+PRECISIONS = ("fp32", "bf16", "fp16", "run")
+
+
+def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str = "fp32"):
     """A function that predicts for a list of inputs with the model of ``run_dir``;
-    ``backend`` onnx / onnx-int8 serves the run's ONNX export instead of PyTorch."""
+    ``backend`` onnx / onnx-int8 serves the run's ONNX export instead of PyTorch.
+    ``precision`` fp32 (default) computes with the saved weights exactly as plain
+    transformers and pipeline() do; bf16/fp16 trade that for speed; ``run`` uses the
+    precision the run trained with."""
+    if precision not in PRECISIONS:
+        raise TunelabError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     from tunelab.registry import get_task
 
     run_dir = Path(run_dir)
@@ -89,16 +97,38 @@ def load_predictor(run_dir: str | Path, backend: str = "torch"):
     task = get_task(command)
     if task.load_predictor is None:
         raise TunelabError(f"predict does not support '{task.name}' runs")
-    return task.load_predictor(run_dir, config_from_run(task.config_class, run_dir))
+    config = config_from_run(task.config_class, run_dir)
+    if precision != "run":
+        config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
+    return task.load_predictor(run_dir, config)
 
 
-def predict(run_dir: str | Path, inputs, backend: str = "torch") -> list[Prediction]:
+def predict(run_dir: str | Path, inputs, backend: str = "torch", precision: str = "fp32") -> list[Prediction]:
     """Predict for ``inputs`` with the model a run directory holds: texts, sentence pairs
     ((first, second) tuples), or image files, as the run was trained on."""
-    predictor = load_predictor(run_dir, backend)
     if not len(inputs):
         raise TunelabError("nothing to predict: give texts as arguments, --pair A B, or --input FILE")
+    check_input_shape(Path(run_dir), inputs)
+    predictor = load_predictor(run_dir, backend, precision)
     return predictor(inputs)
+
+
+def check_input_shape(run_dir: Path, inputs) -> None:
+    """Pairs for a run trained on sentence pairs, single inputs otherwise: one line that
+    says which, instead of a shape error deep in a model or classifier."""
+    run_command(run_dir)
+    data = read_yaml_file(run_dir / "config.yaml").get("data") or {}
+    if hasattr(inputs, "pairs"):
+        given_pairs = inputs.pairs is not None
+    else:
+        items = list(inputs)
+        given_pairs = bool(items) and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items)
+    if data.get("text_pair_column") and not given_pairs:
+        raise TunelabError(f"{run_dir} was trained on sentence pairs (columns {data.get('text_column')} and "
+                           f"{data.get('text_pair_column')}): give each input as a pair (--pair FIRST SECOND, or "
+                           "--input FILE with both columns)")
+    if not data.get("text_pair_column") and given_pairs:
+        raise TunelabError(f"{run_dir} was trained on single inputs, not pairs: give texts (or images), not --pair")
 
 
 def image_predictor(run_dir: Path, model, processor, device, batch_size: int):

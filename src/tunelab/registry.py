@@ -48,6 +48,9 @@ class Task:
     resumable: bool = False  # training: --resume continues a killed run from its checkpoints
     load_predictor: Callable[[Any, Any], Callable[[Sequence], list]] | None = None  # (run_dir, config) -> predict
     describe: Callable[[dict], str] | None = None  # metrics.json -> a few words for the report's tables
+    # Config keys that mean nothing for this task: their flags are not offered (a floor with
+    # no model has no device or precision).
+    unused_settings: tuple[str, ...] = ()
 
     @property
     def api_name(self) -> str:

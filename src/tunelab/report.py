@@ -34,7 +34,7 @@ from tunelab.analysis import (
     pareto_front,
     reliability,
 )
-from tunelab.metrics import headline_metric
+from tunelab.metrics import below_majority, headline_metric
 from tunelab.runs import read_inside
 from tunelab.stats import PairedTest, correlation_interval, seed_summary, wilson_interval
 
@@ -42,6 +42,9 @@ METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "r
                   "f1_macro", "balanced_accuracy", "top5_accuracy",
                   "f1_micro", "f1_samples", "subset_accuracy", "hamming_loss", "mean_average_precision",
                   "spearman", "pearson", "mse", "mae", "r2")
+# The metrics the seed table shows, where a run has them (top-5 only with more than ten classes).
+SEED_METRICS = ("accuracy", "f1_macro", "balanced_accuracy", "top5_accuracy", "ece", "f1_micro", "f1_samples",
+                "subset_accuracy", "mean_average_precision", "spearman", "pearson", "mse")
 # Beside each run's headline metric, the comparison tables show these where present.
 SIDE_METRICS = ("f1", "f1_macro", "balanced_accuracy", "top5_accuracy", "mean_average_precision", "subset_accuracy",
                 "pearson", "mse", "mae")
@@ -124,14 +127,22 @@ class Document:
     def code(self, summary: str, text: str):
         self.blocks.append(("code", summary, text))
 
+    def contents(self) -> list[str]:
+        """The section headings, for a table of contents."""
+        return [block[2] for block in self.blocks if block[0] == "heading" and block[1] == 2]
+
     def markdown(self, assets: Path) -> str:
         """Markdown with every value escaped (names from the data or the user never become
         markup or HTML); images are written into ``assets``, a folder tunelab owns."""
         lines = [MARKDOWN_SIGNATURE, ""]
+        contents = self.contents()
         for block in self.blocks:
             kind = block[0]
             if kind == "heading":
                 lines += ["#" * block[1] + " " + markdown_escape(block[2]), ""]
+                if block[1] == 1 and contents:
+                    lines += ["Contents: " + " · ".join(f"[{markdown_escape(name, False)}](#{_slug(name)})"
+                                                        for name in contents), ""]
             elif kind == "paragraph":
                 lines += [markdown_escape(block[1]), ""]
             elif kind == "table":
@@ -156,18 +167,27 @@ class Document:
                  "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
                  "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
                  "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-                 "pre{background:#f7f7f7;padding:1em;overflow:auto}figure{margin:1em 0}</style></head><body>"]
+                 "pre{background:#f7f7f7;padding:1em;overflow:auto}figure{margin:1em 0}"
+                 ".wide{overflow-x:auto}nav{background:#f7f7f7;padding:.5em 1em;margin:1em 0}"
+                 "nav li{display:inline;margin-right:1.2em}nav ul{padding:0;margin:.3em 0}</style></head><body>"]
+        contents = self.contents()
         for block in self.blocks:
             kind = block[0]
             if kind == "heading":
-                parts.append(f"<h{block[1]}>{html.escape(block[2])}</h{block[1]}>")
+                anchor = f" id='{_slug(block[2])}'" if block[1] == 2 else ""
+                parts.append(f"<h{block[1]}{anchor}>{html.escape(block[2])}</h{block[1]}>")
+                if block[1] == 1 and contents:
+                    parts.append("<nav><strong>Contents</strong><ul>" + "".join(
+                        f"<li><a href='#{_slug(name)}'>{html.escape(name)}</a></li>" for name in contents)
+                        + "</ul></nav>")
             elif kind == "paragraph":
                 parts.append(f"<p>{html.escape(block[1])}</p>")
             elif kind == "table":
                 head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
                 body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                                for row in block[2])
-                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+                parts.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                             "</div>")
             elif kind == "image":
                 data = base64.b64encode(block[2]).decode()
                 parts.append(f"<figure><img alt='{html.escape(block[3])}' src='data:image/png;base64,{data}'>"
@@ -188,6 +208,11 @@ ASSETS_MARKER = ".tunelab-report"
 # open or close emphasis (not inside f1_macro). Brackets stay readable ("[0.70, 0.75]"):
 # what would make them a link or image ("](", "][", "]:") is broken up instead.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|(?<=\])[(\[:])")
+
+
+def _slug(text: str) -> str:
+    """A heading's anchor, as GitHub and most Markdown viewers make it."""
+    return re.sub(r"[^a-z0-9 -]", "", text.lower()).strip().replace(" ", "-")
 
 
 def markdown_escape(text: str, line_start: bool = True) -> str:
@@ -301,22 +326,91 @@ def _main_split(record: RunRecord) -> str:
     return "test" if "test" in splits else next(iter(splits))
 
 
-def _curves_png(record: RunRecord) -> bytes | None:
-    losses = [(h["step"], h["loss"]) for h in record.history if "loss" in h and "step" in h]
-    metric = next((m for m in ("accuracy", "f1_micro", "spearman") if any(f"eval_{m}" in h for h in record.history)),
-                  "accuracy")
-    evals = [(h["step"], h[f"eval_{metric}"]) for h in record.history if f"eval_{metric}" in h]
-    if not losses and not evals:
+def _training_curves_png(records: list[RunRecord]) -> bytes | None:
+    """Every training run's loss and validation metric against the step, overlaid, the
+    best checkpoint of each marked with a star."""
+    curves = []
+    for record in records:
+        losses = [(h["step"], h["loss"]) for h in record.history if "loss" in h and "step" in h]
+        metric = next((m for m in ("accuracy", "f1_micro", "spearman", "mean_average_precision")
+                       if any(f"eval_{m}" in h for h in record.history)), None)
+        evals = [(h["step"], h[f"eval_{metric}"]) for h in record.history if metric and f"eval_{metric}" in h]
+        if losses or evals:
+            best = str(record.metrics.get("task", {}).get("training", {}).get("best_checkpoint") or "")
+            found = re.search(r"checkpoint-(\d+)", best)
+            curves.append((record.name, losses, evals, metric, int(found.group(1)) if found else None))
+    if not curves:
         return None
-    fig, axes = _figure(9, 3.2, columns=2)
-    if losses:
-        axes[0].plot(*zip(*losses), color="tab:blue")
+    fig, axes = _figure(10, 3.6, columns=2)
+    for index, (name, losses, evals, _, best) in enumerate(curves):
+        colour = f"C{index % 10}"
+        if losses:
+            axes[0].plot(*zip(*losses), color=colour, label=name, linewidth=1.2)
+        if evals:
+            axes[1].plot(*zip(*evals), marker="o", markersize=3, color=colour, label=name)
+            at_best = [(s, v) for s, v in evals if s == best]
+            if at_best:
+                axes[1].plot(*at_best[0], marker="*", markersize=13, color=colour, markeredgecolor="black")
     axes[0].set(title="training loss", xlabel="step")
-    if evals:
-        axes[1].plot(*zip(*evals), marker="o", color="tab:green")
-    axes[1].set(title=f"validation {metric.replace('_', ' ')}", xlabel="step")
-    fig.suptitle(record.name)
+    metrics = sorted({c[3] for c in curves if c[3]})
+    axes[1].set(title="validation " + " / ".join(m.replace("_", " ") for m in metrics) + " (star: best checkpoint)",
+                xlabel="step")
+    if len(curves) <= 12:
+        (axes[0] if any(c[1] for c in curves) else axes[1]).legend(fontsize=7)
     return _png(fig)
+
+
+def _confusion_grid_png(records: list[RunRecord]) -> bytes | None:
+    """The confusion matrices of runs with up to 30 classes side by side, each row
+    normalised to the share of its true class, on one shared colour scale, titled by run."""
+    import numpy as np
+
+    panels = []
+    for record in records:
+        split = _main_split(record)
+        text = _read_text(record.path, f"confusion_{split}.json")
+        try:
+            payload = json.loads(text) if text else None
+            matrix = np.asarray(payload["matrix"], dtype=float) if payload else None
+            labels = [str(x) for x in payload["labels"]] if payload else []
+        except (ValueError, KeyError, TypeError):
+            continue
+        if matrix is None or matrix.ndim != 2 or not 1 < len(labels) <= 30 or matrix.shape[0] != len(labels):
+            continue
+        shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+        panels.append((f"{record.name} ({split})", shares, labels))
+    if not panels:
+        return None
+    panels = panels[:12]
+    columns = min(3, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    size = 3.4 if max(len(p[2]) for p in panels) <= 10 else 4.6
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows), dpi=100, squeeze=False)
+    image = None
+    for ax, (title, shares, labels) in zip(axes.flat, panels):
+        image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ticks = range(len(labels))
+        ax.set_xticks(ticks, labels=labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(ticks, labels=labels, fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        if len(labels) <= 10:
+            for (t, p), share in np.ndenumerate(shares):
+                ax.text(p, t, f"{share:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if share > 0.5 else "black")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02, label="share of the true class")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- the comparison report
@@ -406,22 +500,22 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
     _run_tables(doc, records, groups, findings)
     _class_distributions(doc, records)
     doc.heading(2, "Training curves")
-    drew = False
-    for record in records:
-        png = _curves_png(record)
-        if png:
-            doc.image(f"{record.name}-curves.png", png, f"{record.name}: training loss and validation metric")
-            drew = True
-    if not drew:
+    png = _training_curves_png(records)
+    if png:
+        doc.image("training-curves.png", png, "training loss and validation metric of every training run, by step "
+                  "(stars: the best checkpoint, the one kept)")
+    else:
         doc.paragraph("No training runs.")
     doc.heading(2, "Confusion and predicted-vs-gold")
+    grid = _confusion_grid_png(records)
+    if grid:
+        doc.image("confusion.png", grid, "confusion matrices (rows: true class, as shares of it; one colour scale)")
     for record in records:
         split = _main_split(record)
-        picture = read_inside(record.path, f"confusion_{split}.png")
         scatter = read_inside(record.path, f"scatter_{split}.png")
-        if picture is not None:
-            doc.image(f"{record.name}-confusion-{split}.png", picture, f"{record.name}: {split}")
-        elif scatter is not None:
+        if read_inside(record.path, f"confusion_{split}.png") is not None:
+            continue  # in the grid above
+        if scatter is not None:
             doc.image(f"{record.name}-scatter-{split}.png", scatter, f"{record.name}: {split}, predicted vs gold")
         elif record.metrics.get("data", {}).get("problem") == "multi-label":
             continue
@@ -472,6 +566,9 @@ def _run_tables(doc: Document, records: list[RunRecord], groups: list[Group], fi
                     "—" if base is None else f"{values[metric] - base:+.4f}",
                     *[_fmt(values.get(m)) for m in side], "—" if seen is None else f"{seen:,}",
                 ])
+        for record in members:
+            for warning in below_majority(record.metrics):
+                doc.paragraph(f"Warning, {record.name}: {warning}.")
         doc.table(["run", "what", "model", "dataset", "split", "n", "metric", "value [95% interval]", "Δ floor",
                    *[m.replace("_", " ") for m in side], "labels seen"], rows)
 
@@ -646,8 +743,9 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
         rows = []
         for group in seeded:
             split = group.main_split()
+            classes = len(group.runs[0].metrics.get("data", {}).get("class_names", []))
             for metric in group.runs[0].metrics["splits"][split]:
-                if metric in ("n", "classes_present"):
+                if metric not in SEED_METRICS or (metric == "top5_accuracy" and classes <= 10):
                     continue
                 summary = seed_summary(group.values(split, metric), metric)
                 rows.append([group.name, split, metric, str(summary["seeds"]), f"{summary['mean']:.4f}",
@@ -746,8 +844,10 @@ def _cost_section(doc: Document, costed: list[Group]) -> None:
             ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="tab:red",
                     label="Pareto front")
             ax.legend(fontsize=7)
-        for (x, y), group in zip(points, costed):
-            ax.annotate(group.name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        labelled = range(len(points)) if len(points) <= 12 else front  # many points: name the front only
+        for rank, index in enumerate(sorted(labelled, key=lambda i: points[i])):
+            ax.annotate(costed[index].name, points[index], fontsize=7, xytext=(4, 8 if rank % 2 else -11),
+                        textcoords="offset points", arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
         ax.set_xscale("log")
         ax.set(xlabel=label, ylabel=metric)
     doc.image("cost.png", _png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")

@@ -134,9 +134,14 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
         elif _is_config_key(key):
             set_dotted(overrides, key, value)
         else:
+            import difflib
+
             known = ", ".join(variables) or "none"
+            candidates = [*variables, *(f"{n}.{k}" for n in names for k in _config_keys()), *_config_keys()]
+            close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
             raise ConfigError(f"--set {key}=...: '{key}' is not a variable of this study (variables: {known}), "
-                              f"a step (steps: {', '.join(names)}), or a setting any command has")
+                              f"a step (steps: {', '.join(names)}), or a setting any command has"
+                              + (f"; did you mean {' or '.join(close)}?" if close else ""))
     runs = []
     for step in steps:
         runs += expand_matrix(step, {**study_matrix, **matrices[step.name]}, variables, origin)
@@ -236,6 +241,22 @@ def _has_key(cls: type, dotted: str) -> bool:
         field = fields[part]
         node = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
     return True
+
+
+def _config_keys() -> list[str]:
+    """Every dotted config key of every registered command."""
+    keys: set[str] = set()
+
+    def walk(cls, prefix: str) -> None:
+        for field in dataclasses.fields(cls):
+            default = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(default):
+                walk(type(default), f"{prefix}{field.name}.")
+            else:
+                keys.add(prefix + field.name)
+    for task in all_tasks().values():
+        walk(task.config_class, "")
+    return sorted(keys)
 
 
 def _is_config_key(dotted: str) -> bool:

@@ -36,9 +36,9 @@ class BaselineConfig(TaskConfig):
                         "a linear model", flag="--kind", choices=("majority", "tfidf"))
     c: float = setting(1.0, "tfidf: regularisation strength of the logistic regression (without --no-tune)",
                        flag="--C")
-    tune: bool = setting(True, "tfidf: choose C (ridge: alpha) from c_grid on the validation split, as the other "
-                         "methods choose their settings, so the floor is not set low by an untuned default",
-                         flag="--no-tune", const=False)
+    tune: bool = setting(True, "tfidf: C (ridge: alpha) is chosen from c_grid on the validation split, as the "
+                         "other methods choose their settings, so the floor is not set low by an untuned default; "
+                         "--no-tune keeps --C", flag="--no-tune", const=False)
     c_grid: list[float] = setting(help="tfidf: values of C tried on validation",
                                   factory=lambda: [0.1, 1.0, 10.0, 100.0])
     max_features: int = setting(50000, "tfidf: vocabulary size (most frequent n-grams)", flag="--max-features",
@@ -208,4 +208,5 @@ DESCRIPTION = ("Baselines that need no pretrained model, so reports show what pr
                "or TF-IDF word n-grams with logistic regression (ridge for numbers).")
 TASK = register_task(Task(COMMAND, BaselineConfig, prepare, execute, load_predictor=load_predictor, describe=describe,
                           summary="floors with no pretrained model: majority class, TF-IDF + linear model",
+                          unused_settings=("runtime.device", "runtime.precision"),
                           description=DESCRIPTION))

@@ -150,7 +150,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, {"file": kept.ids})
     eval_seconds = time.perf_counter() - start
-    _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates)
+    _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates, prepared.source)
     run.write_json("history.json", trainer.state.log_history)
     training = training_summary(trainer, config.train, run.path, context.world, context.resume)
     training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
@@ -264,16 +264,22 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
 
 
 def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_emb, class_names,
-          templates) -> None:
+          templates, source) -> None:
+    """model/: a self-contained CLIP folder (CLIPModel.from_pretrained loads it from
+    anywhere); a LoRA run's adapters are merged into it and kept in model/adapter/ too,
+    pointing at the base by hub id or absolute path."""
+    from tunelab.tasks.finetune import ADAPTER_DIR, point_adapter_at_base
+
     target = run.path / "model"
+    if config.train.method == "lora":
+        model.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
+        point_adapter_at_base(target / ADAPTER_DIR, source)
+        model = model.merge_and_unload()
     model.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     processor.save_pretrained(str(target))
     save_class_embeddings(target / "class_embeddings.safetensors", class_emb, class_names)
     run.write_json("model/zeroshot.json", {"class_names": list(class_names), "templates": templates})
-    if config.train.method == "lora" and config.train.merge_lora:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(str(target / "merged"), safe_serialization=True)
 
 
 def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
@@ -287,7 +293,8 @@ def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
     what = f"the fine-tuned CLIP model in {model_dir}"
     tokenizer = load_pretrained(AutoTokenizer, model_dir, what)
     processor = load_pretrained(AutoImageProcessor, model_dir, what)
-    if config.train.method == "lora":
+    if config.train.method == "lora" and (model_dir / "adapter_config.json").is_file():
+        # Runs saved before model/ held merged weights: the adapter onto the recorded base.
         from peft import PeftModel
 
         base, _, _ = load_clip(recorded_model(run_dir, config.model))

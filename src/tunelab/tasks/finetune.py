@@ -20,9 +20,10 @@ from tunelab.errors import DataError, ModelError
 from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
 from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
+from tunelab.metrics import HEADLINE
 from tunelab.models import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
 from tunelab.registry import Task, register_task
-from tunelab.train_config import HEAD_MODULES, LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
+from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +197,10 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
     class probabilities kept in O(n) memory (every class for few classes, the top-5 for
     many), label-set probabilities, or values. Bi-encoded pairs embed each side once."""
     import torch
-    from tqdm.auto import tqdm
 
     from tunelab.biencoder import BiEncoder
     from tunelab.features import pad_token_id, sorted_padded_batches, split_inputs, tokenize_inputs
+    from tunelab.progress import progress
 
     was_training = model.training
     model.eval()
@@ -209,7 +210,7 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
 
     def run(batches_of, total, step):
         outputs = None
-        with torch.inference_mode(), autocast, tqdm(total=total, desc="evaluate", unit="text", disable=None) as bar:
+        with torch.inference_mode(), autocast, progress(total, "evaluate", "text") as bar:
             for batch, tensors in batches_of:
                 values = step(tensors).float().cpu()
                 if outputs is None:
@@ -230,8 +231,7 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
         # Class probabilities go straight into an accumulator: O(n) memory for many classes.
         ids, types = tokenize_inputs(tokenizer, inputs, max_length)
         accumulator = ScoreAccumulator(len(ids), model.config.num_labels, "probability")
-        with torch.inference_mode(), autocast, tqdm(total=len(ids), desc="evaluate", unit="text",
-                                                    disable=None) as bar:
+        with torch.inference_mode(), autocast, progress(len(ids), "evaluate", "text") as bar:
             for batch, tensors in sorted_padded_batches(ids, batch_size, pad, device, types):
                 accumulator.add(batch, torch.softmax(model(**tensors).logits.float(), dim=-1))
                 bar.update(len(batch))
@@ -257,7 +257,6 @@ def describe(metrics: dict) -> str:
 def prepare(config: FinetuneConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the model to train."""
     from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.metrics import HEADLINE
     from tunelab.models import resolve_model
 
     source = resolve_model(config.model)
@@ -267,7 +266,7 @@ def prepare(config: FinetuneConfig) -> Prepared:
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
     config = dataclasses.replace(config, data=resolved_data_config(config.data, dataset, pair_default="bi"),
                                  train=dataclasses.replace(config.train, best_metric=config.train.best_metric
-                                                           or HEADLINE[dataset.problem]))
+                                                           or CHECKPOINT_METRIC[dataset.problem]))
     check_best_metric(config.train.best_metric, dataset.problem)
     tokenizer = load_tokenizer(source)
     model = build_model(source, dataset, config)
@@ -280,6 +279,12 @@ METRICS_OF = {
     "multi-label": ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "mean_average_precision", "loss"),
     "regression": ("spearman", "pearson", "mse", "mae", "r2", "loss"),
 }
+
+
+# What picks the best checkpoint by default: the headline metric, except for label sets,
+# whose micro F1 depends on a threshold tuned only after training (at 0.5 an early
+# checkpoint can score 0 and never be beaten); mean average precision needs none.
+CHECKPOINT_METRIC = {**HEADLINE, "multi-label": "mean_average_precision"}
 
 
 def check_best_metric(metric: str, problem: str) -> None:
@@ -326,8 +331,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         split_metrics[split], reports[split] = evaluate_split(
             run, split, dataset.class_names, data.labels, scored[split], data.ids, data.inputs.columns())
     eval_seconds = time.perf_counter() - start
-    save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold,
-               base_pointer=(run.final / "model" / "base", prepared.source))
+    save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold, prepared.source)
     run.write_json("history.json", trainer.state.log_history)
     training = training_summary(trainer, config.train, run.path, context.world, context.resume)
     training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
@@ -479,73 +483,67 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
 
 
 def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, threshold: float = 0.5,
-               base_pointer: tuple[Path, ModelSource] | None = None) -> None:
-    """A standard Hugging Face folder: weights (or the LoRA adapter) and tokenizer as
-    safetensors, label names in config.json, merged weights on request; a bi-encoder's
-    head beside its encoder; tunelab.json with what predict needs. A LoRA adapter's
-    base_model_name_or_path points at model/base (the base's config with this run's
-    head and label names, and links to the base weights), so that peft's
-    AutoPeftModelForSequenceClassification and transformers' pipeline load it alone."""
+               source: ModelSource | None = None) -> None:
+    """A self-contained, movable Hugging Face folder (copy it, zip it, upload it): full
+    weights and tokenizer as safetensors, label names in config.json, so that
+    AutoModelForSequenceClassification and pipeline() load it from anywhere; a
+    bi-encoder's head beside its encoder; tunelab.json with what predict needs. A LoRA
+    run saves its adapters merged into those weights, and the adapter itself in
+    ``adapter/``, whose base_model_name_or_path names the base as a hub id (with its
+    revision) or the base folder's absolute path."""
     import json
 
     from tunelab.biencoder import BiEncoder
 
+    lora = train.method == "lora"
     if isinstance(model, BiEncoder):
+        if lora:
+            model.encoder.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
+            model.encoder = model.encoder.merge_and_unload()
         model.save(target, tokenizer)
     else:
+        if lora:
+            model.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
+            model = model.merge_and_unload()
         model.save_pretrained(str(target), safe_serialization=True)
         tokenizer.save_pretrained(str(target))
-        if train.method == "lora" and base_pointer is not None:
-            write_base_pointer(target, model, *base_pointer)
-        if train.method == "lora" and train.merge_lora:
-            merged = model.merge_and_unload()
-            merged.save_pretrained(str(target / "merged"), safe_serialization=True)
-            tokenizer.save_pretrained(str(target / "merged"))
+    if lora:
+        tokenizer.save_pretrained(str(target / ADAPTER_DIR))
+        if source is not None:
+            point_adapter_at_base(target / ADAPTER_DIR, source)
     (target / "tunelab.json").write_text(json.dumps({
-        "problem": dataset.problem, "class_names": dataset.class_names, "threshold": threshold}, indent=1))
+        "problem": dataset.problem, "class_names": dataset.class_names, "threshold": threshold,
+        "layout": 2}, indent=1))
 
 
-def write_base_pointer(adapter_dir: Path, model, final_base: Path, source: ModelSource) -> None:
-    """model/base: config.json of the classifier (head size, label names) and links to the
-    base model's weight files; the adapter's base_model_name_or_path names its final
-    absolute path. A base checkpoint that carries a classification head (a classifier
-    itself) gets a copy without it instead of a link: the adapter holds this run's head."""
+ADAPTER_DIR = "adapter"
+
+
+def point_adapter_at_base(adapter_dir: Path, source: ModelSource) -> None:
+    """The adapter's base_model_name_or_path: the hub id (and the cached revision) when
+    the base came from the hub, else the base folder's absolute path, so that peft's
+    AutoPeftModel loads it from any working directory."""
     import json
-    import os
 
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from tunelab.provenance import hub_revision
 
-    from tunelab.provenance import model_files_dir
-
-    base = adapter_dir / "base"
-    base.mkdir(parents=True, exist_ok=True)
-    model.get_base_model().config.save_pretrained(str(base))
-    heads = tuple(f"{name}." for name in HEAD_MODULES)  # trained in full: the adapter holds them
-    weights_dir = model_files_dir(source)
-    safetensors_files = sorted(weights_dir.glob("*.safetensors"))
-    for file in sorted(weights_dir.iterdir()):
-        if file.name.endswith(".safetensors.index.json") or (not safetensors_files and file.name.startswith(
-                "pytorch_model")):
-            os.symlink(file.resolve(), base / file.name)
-    for file in safetensors_files:
-        with safe_open(str(file), framework="pt") as handle:
-            clashing = [k for k in handle.keys() if k.startswith(heads)]
-            if not clashing:
-                os.symlink(file.resolve(), base / file.name)
-                continue
-            kept = {k: handle.get_tensor(k) for k in handle.keys() if k not in clashing}
-        save_file(kept, str(base / file.name), metadata={"format": "pt"})
     adapter_config = adapter_dir / "adapter_config.json"
     values = json.loads(adapter_config.read_text(encoding="utf-8"))
-    values["base_model_name_or_path"] = str(final_base)
+    if source.is_local:
+        values["base_model_name_or_path"] = str(Path(source.location).resolve())
+    else:
+        values["base_model_name_or_path"] = source.location
+        revision = hub_revision(source.location)
+        if revision:
+            values["revision"] = revision
     adapter_config.write_text(json.dumps(values, indent=2), encoding="utf-8")
 
 
 def load_finetuned(run_dir: Path, config: FinetuneConfig):
-    """(model, tokenizer) from a finished fine-tuning run directory. Nothing in the folder
-    is executed; a LoRA adapter goes onto the base model the run recorded (checked by
-    fingerprint)."""
+    """(model, tokenizer) from a finished fine-tuning run directory: model/ as plain
+    transformers loads it (a LoRA run's adapters are merged there). Nothing in the folder
+    is executed. Runs saved before that layout keep their adapter in model/, which goes
+    onto the base model the run recorded (checked by fingerprint)."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     from tunelab.biencoder import is_bi_encoder, load_bi_encoder
@@ -555,7 +553,8 @@ def load_finetuned(run_dir: Path, config: FinetuneConfig):
     tokenizer = load_pretrained(AutoTokenizer, model_dir, what)
     bi = is_bi_encoder(model_dir)
     loader = AutoModel if bi else AutoModelForSequenceClassification
-    if config.train.method == "lora":
+    if config.train.method == "lora" and (model_dir / "adapter_config.json").is_file():
+        # Runs saved before model/ held merged weights: the adapter onto the recorded base.
         from peft import PeftModel
 
         source = recorded_model(run_dir, config.model)
