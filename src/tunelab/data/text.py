@@ -39,7 +39,7 @@ from tunelab.errors import DataError
 logger = logging.getLogger(__name__)
 
 TEXT_ALTERNATIVES = ("sentence", "review", "question")
-LABEL_ALTERNATIVES = ("labels", "category", "class")
+LABEL_ALTERNATIVES = ("labels", "category", "class", "rating", "score", "target")
 # Sentence-pair columns used when no text column is named and "text" is absent.
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
                 ("question", "sentence"))
