@@ -92,7 +92,7 @@ def _word_vote_task():
     from tunelab.data.text import load_text_dataset
     from tunelab.evaluation import ClassScores, evaluate_split
     from tunelab.lifecycle import Outcome, Prepared
-    from tunelab.prediction import Prediction
+    from tunelab.predictors import Prediction
     from tunelab.registry import Task
 
     @dataclasses.dataclass

@@ -438,3 +438,21 @@ def test_a_crossover_is_claimed_only_when_its_test_holds(tmp_path):
     for line in re.findall(r".*overtakes.*", text):
         assert "within noise" not in line and "significant" in line, line
     assert "## Learning curves" in text
+
+
+# --------------------------------------------------------------------------- one data pipeline for images too
+
+
+def test_image_data_takes_shots_and_refuses_text_only_flags(tmp_path, colour_folder, capsys):
+    out = tmp_path / "shots"
+    assert main(["baseline", "--kind", "majority", "--dataset", str(colour_folder), "--shots", "2",
+                 "--out", str(out)]) == 0
+    assert metrics_of(out)["data"]["sizes"]["train"] == 2 * 3
+    assert metrics_of(out)["data"]["sizes"]["validation"] == 2 * 3  # K validation examples per class too
+    for flags, message in ((["--train-split", "nonexistent"], "--train-split applies to text data"),
+                           (["--problem", "regression"], "--problem regression: image folders give one class"),
+                           (["--text-pair-column", "other"], "--text-pair-column applies to text data"),
+                           (["--threshold", "0.3"], "--threshold applies to label sets")):
+        expect_error(capsys, ["baseline", "--kind", "majority", "--dataset", colour_folder, *flags, "--out",
+                              tmp_path / "x"], message)
+        assert not (tmp_path / "x").exists()

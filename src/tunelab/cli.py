@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Compare runs (run or study directories) in report.md/.html.")
     report.add_argument("dirs", nargs="+", metavar="DIR")
     report.add_argument("--out", metavar="FILE", default="report.md", help="Markdown file; HTML is written beside it")
-    report.add_argument("--baseline", metavar="RUN", help="run name the deltas are measured against (default: first)")
+    report.add_argument("--baseline", metavar="RUN", help="the floor: the run (or study step) every Δ and paired test "
+                        "is against (default: the best on validation of the runs with no pretrained model)")
     report.add_argument("--title", default="tunelab report")
     report.set_defaults(handler=_run_report)
 

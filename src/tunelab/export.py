@@ -60,7 +60,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     import torch
 
     from tunelab.config import config_from_run
-    from tunelab.prediction import as_text_inputs, run_command
+    from tunelab.predictors import as_text_inputs, run_command
     from tunelab.runs import atomic_write_bytes, lock_run_directory
     from tunelab.tasks.finetune import FinetuneConfig, effective_max_length, load_finetuned
 
@@ -196,7 +196,7 @@ def onnx_predictor(run_dir: str | Path, int8: bool = False):
     from transformers import AutoTokenizer
 
     from tunelab.models import load_pretrained
-    from tunelab.prediction import as_text_inputs, predictions_from
+    from tunelab.predictors import as_text_inputs, predictions_from
     from tunelab.tasks.finetune import scores_from_outputs
 
     ort = _require("onnxruntime")

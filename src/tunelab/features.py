@@ -382,10 +382,8 @@ class ImageFeatureExtractor:
         self.loaded  # noqa: B018
 
     def select(self, features: np.ndarray) -> np.ndarray:
+        """One embedding per image: nothing to choose (text features carry every pooling)."""
         return features
-
-    def encode_all(self, split, desc: str = "features") -> np.ndarray:
-        return self.encode(split, desc)
 
     def cache_key(self, split) -> str:
         parts = {"version": FEATURE_VERSION, "kind": "clip-image", "model": self.source.fingerprint(),
@@ -395,7 +393,7 @@ class ImageFeatureExtractor:
     def cache_meta(self, split) -> dict:
         return {"model": self.source.name, "kind": "clip-image", "precision": self.runtime.precision, "n": len(split)}
 
-    def encode(self, split, desc: str = "features") -> np.ndarray:
+    def encode_all(self, split, desc: str = "features") -> np.ndarray:
         from tunelab.clip import embed_loader
         from tunelab.data.images import ClipPreprocess, image_loader
 

@@ -27,9 +27,6 @@ from tunelab.runs import RunDirectory, environment
 logger = logging.getLogger(__name__)
 
 INPUTS_FILE = "inputs.json"
-# metrics.json's top-level keys, the same for every task (schema: tunelab/schemas/metrics.schema.json).
-METRICS_KEYS = ("command", "model", "dataset", "splits", "params", "timing", "environment", "skipped", "data",
-                "task")
 # timing.throughput's keys, the same for every task (None where a task has no such phase).
 THROUGHPUT_KEYS = ("train_samples_per_s", "eval_samples_per_s")
 
@@ -177,7 +174,7 @@ def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, res
 
 def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device, world: int,
                      wall_seconds: float) -> dict[str, Any]:
-    """metrics.json in the one schema of every task (METRICS_KEYS)."""
+    """metrics.json in the one schema of every task (tunelab/schemas/metrics.schema.json)."""
     from tunelab.evaluation import skipped_record
 
     unknown = set(outcome.throughput) - set(THROUGHPUT_KEYS)

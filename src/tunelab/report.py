@@ -7,6 +7,7 @@ import dataclasses
 import html
 import io
 import json
+import logging
 import math
 import re
 import urllib.parse
@@ -111,6 +112,7 @@ class Document:
 
     def __init__(self):
         self.blocks: list[tuple] = []
+        self.summary: list[str] = []  # the headline sentences, for the console
 
     def heading(self, level: int, text: str):
         self.blocks.append(("heading", level, text))
@@ -198,6 +200,8 @@ class Document:
         parts.append("</body></html>")
         return "\n".join(parts)
 
+
+logger = logging.getLogger(__name__)
 
 # The first line of every report.md tunelab writes, and a tag in every report.html: a
 # report file without it is the user's, and is never replaced.
@@ -599,6 +603,8 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
     doc = build_report(records, title, baseline, outcomes, published, problems)
     atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"))
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"))
+    for sentence in doc.summary:
+        logger.info("%s", sentence)
     return out, html_path
 
 
@@ -676,7 +682,9 @@ def _at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
                                                                                else "") + ")")
         doc.image(f"at-a-glance-{index + 1}.png" if index else "at-a-glance.png", _png(fig),
                   f"{split} {metric} of every method on {family.dataset}, with its 95% interval")
-        doc.paragraph(" ".join(_glance_sentences(findings, family)))
+        sentences = _glance_sentences(findings, family)
+        doc.paragraph(" ".join(sentences))
+        doc.summary.append(sentences[0])
     if published:
         rows = []
         for name, values in published.items():

@@ -416,10 +416,6 @@ class RunDirectory:
     def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
         return self.write_json("metrics.json", metrics)
 
-    def read_metrics(self) -> dict | None:
-        path = self.path / "metrics.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
     # ------------------------------------------------------------------ per-split outputs
 
     def write_predictions(self, split: str, columns: Mapping[str, Sequence[Any]]) -> Path:

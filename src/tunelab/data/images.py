@@ -248,6 +248,28 @@ def is_image_dataset(spec: str) -> bool:
     return source.format in ("tiny-imagenet", "image-folder")
 
 
+# Data settings that mean something for text only: given with image data they stop the
+# run, instead of being silently ignored.
+TEXT_ONLY_FLAGS = {"text_column": "--text-column", "text_pair_column": "--text-pair-column",
+                   "pair_encoding": "--pair-encoding", "label_separator": "--label-separator",
+                   "train_split": "--train-split", "validation_split": "--validation-split",
+                   "test_split": "--test-split", "dataset_config": "--dataset-config"}
+
+
+def check_image_flags(cfg: DataConfig) -> None:
+    for key, flag in TEXT_ONLY_FLAGS.items():
+        if getattr(cfg, key) is not None:
+            extra = " (image folders name their splits by their train/, val/ and test/ folders)" \
+                if key.endswith("_split") else ""
+            raise DataError(f"{flag} applies to text data; {cfg.dataset} holds images{extra}: drop {flag}")
+    if cfg.problem not in (None, "single-label"):
+        raise DataError(f"--problem {cfg.problem}: image folders give one class per image (single-label); "
+                        "drop --problem")
+    if cfg.threshold != "0.5":
+        raise DataError("--threshold applies to label sets (multi-label text); image folders give one class per "
+                        "image: drop --threshold")
+
+
 def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all") -> ImageDataset:
     """List and label the images of a dataset (no pixels are read).
 
@@ -256,6 +278,7 @@ def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all")
     source = resolve_dataset(cfg.dataset)
     if source.known is not None and source.known.modality != "image":
         raise DataError(f"'{cfg.dataset}' is a text dataset; this command needs images")
+    check_image_flags(cfg)
     raw = _read(source, cfg, flat_split)
     notes = list(raw.notes or [])
     if source.is_local and source.known is not None:

@@ -11,8 +11,6 @@ import numpy as np
 
 from tunelab.errors import DataError
 
-PROBLEMS = ("single-label", "multi-label", "regression")
-
 
 @dataclass(frozen=True)
 class LabelSpace:
@@ -27,10 +25,6 @@ class LabelSpace:
     @property
     def num_classes(self) -> int:
         return len(self.names)
-
-    @property
-    def is_binary(self) -> bool:
-        return len(self.names) == 2
 
     def index_of(self) -> dict[str, int]:
         return {value: i for i, value in enumerate(self.values)}
@@ -103,20 +97,16 @@ def encode_labels(labels: Sequence[object], space: LabelSpace, split: str, sourc
         shown = sorted({label_text(labels[r]) for r in unknown})[:5]
         raise DataError(
             f"{source}: {rows_have(len(unknown), split)} labels that the training data lacks "
-            f"({', '.join(map(repr, shown))}; {_rows([ids[r] for r in unknown] if ids else unknown)}); "
+            f"({', '.join(map(repr, shown))}; {describe_rows([ids[r] for r in unknown] if ids else unknown)}); "
             f"known labels: {', '.join(space.values[:20])}"
         )
     return encoded
 
 
-def _rows(rows: Sequence[int], limit: int = 8) -> str:
+def describe_rows(rows: Sequence[int], limit: int = 8) -> str:
     """``row 3`` or ``rows 3, 5, ...``: which rows, as a message names them."""
     shown = ", ".join(str(r) for r in rows[:limit])
     return ("row " if len(rows) == 1 else "rows ") + shown + (", ..." if len(rows) > limit else "")
-
-
-def describe_rows(rows: Sequence[int]) -> str:
-    return _rows(rows)
 
 
 # --------------------------------------------------------------------------- label shapes
@@ -173,7 +163,7 @@ def regression_targets(values: Sequence[object], split: str, source: str, ids: S
     if bad:
         shown = ", ".join(repr(values[i]) for i in bad[:3])
         raise DataError(f"{source}: {rows_have(len(bad), split)} a target that is not a finite number ({shown}; "
-                        f"{_rows([ids[i] for i in bad])}); regression needs numbers")
+                        f"{describe_rows([ids[i] for i in bad])}); regression needs numbers")
     return np.asarray([float(v) for v in values], dtype=np.float64)
 
 
@@ -214,7 +204,7 @@ def encode_label_sets(sets: Sequence[Sequence[object]], space: LabelSpace, split
     if unknown:
         shown = sorted({label_text(v) for r in unknown for v in sets[r] if label_text(v) not in index})[:5]
         raise DataError(f"{source}: {rows_have(len(set(unknown)), split)} labels that the training data lacks "
-                        f"({', '.join(map(repr, shown))}; {_rows([ids[r] for r in sorted(set(unknown))])})")
+                        f"({', '.join(map(repr, shown))}; {describe_rows([ids[r] for r in sorted(set(unknown))])})")
     return matrix
 
 

@@ -56,10 +56,6 @@ class TextInputs:
     def __len__(self) -> int:
         return len(self.texts)
 
-    @property
-    def is_pair(self) -> bool:
-        return self.pairs is not None
-
     def subset(self, indices) -> TextInputs:
         return TextInputs([self.texts[i] for i in indices],
                           [self.pairs[i] for i in indices] if self.pairs is not None else None)

@@ -1,1 +1,2 @@
-"""Tasks: one module each, the same shape: a config dataclass, ``run_*()``, a result."""
+"""Tasks: one module each, the same shape: a config dataclass, ``prepare`` and ``execute``,
+and the ``Task`` that registers them (see tunelab.registry)."""

@@ -178,7 +178,7 @@ def load_predictor(run_dir: Path, config: BaselineConfig):
     from tunelab.classifiers import load_classifier, predict_scores
     from tunelab.data.text import TextSplit
     from tunelab.evaluation import LabelScores
-    from tunelab.prediction import as_text_inputs, predictions_from
+    from tunelab.predictors import as_text_inputs, predictions_from
 
     saved = read_json_file(run_dir / "model" / "baseline.json")
     names, problem = saved["class_names"], saved["problem"]

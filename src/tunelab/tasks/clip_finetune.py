@@ -169,7 +169,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
 def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
     """Classify image files with the fine-tuned CLIP and the class embeddings it saved."""
-    from tunelab.prediction import image_predictor
+    from tunelab.predictors import image_predictor
     from tunelab.runtime import resolve_device
 
     model, _, processor = load_clip_run(run_dir, config)

@@ -350,7 +350,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: FinetuneConfig):
     """Predict for new texts (or pairs) with a finished fine-tuning run's model."""
 
-    from tunelab.prediction import as_text_inputs, predictions_from
+    from tunelab.predictors import as_text_inputs, predictions_from
     from tunelab.runtime import resolve_device
 
     device = resolve_device(config.runtime.device)

@@ -172,7 +172,7 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     """Predict for new texts (or pairs) with a finished probe run: the recorded encoder, the
     saved estimator."""
     from tunelab.features import TextFeatureExtractor, pair_features
-    from tunelab.prediction import as_text_inputs, predictions_from
+    from tunelab.predictors import as_text_inputs, predictions_from
 
     info = read_json_file(run_dir / "model" / "probe.json")
     estimator = load_classifier(run_dir / "model" / "classifier.skops")

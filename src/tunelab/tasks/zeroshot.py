@@ -45,7 +45,7 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
 
     from tunelab.evaluation import ClassScores, ValueScores
     from tunelab.features import TextFeatureExtractor
-    from tunelab.prediction import as_text_inputs, predictions_from
+    from tunelab.predictors import as_text_inputs, predictions_from
 
     saved = read_json_file(run_dir / "model" / "pair_similarity.json")
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
@@ -243,7 +243,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ZeroshotConfig):
     """Classify image files against the class embeddings the run saved; or score sentence
     pairs by similarity with the calibration the run fitted."""
-    from tunelab.prediction import image_predictor
+    from tunelab.predictors import image_predictor
     from tunelab.runtime import resolve_device
 
     if (run_dir / "model" / "pair_similarity.json").is_file():
