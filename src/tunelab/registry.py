@@ -78,10 +78,35 @@ def unregister_task(name: str) -> None:
     _TASKS.pop(name, None)
 
 
+ENTRY_POINT_GROUP = "tunelab.tasks"
+_PLUGINS_LOADED: list[bool] = []
+
+
 def _load_builtins() -> None:
     for name, module in BUILTIN_MODULES.items():
         if name not in _TASKS:
             importlib.import_module(module)
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED.append(True)
+        _load_plugins()
+
+
+def _load_plugins() -> None:
+    """Tasks of installed packages: each entry point of the group ``tunelab.tasks`` names
+    a module that registers its task when imported, or a ``Task`` (registered here).
+    Every process loads them (a --jobs worker, a Ray worker), so a plugin task runs
+    wherever a built-in one does. A plugin that fails to load is reported, not fatal."""
+    import logging
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # a broken plugin must not take the built-in commands down
+            logging.getLogger(__name__).warning("tunelab task plugin %s could not be loaded: %s", entry.value, exc)
+            continue
+        if isinstance(loaded, Task) and loaded.name not in _TASKS:
+            register_task(loaded)
 
 
 def get_task(name: str) -> Task:
