@@ -111,6 +111,18 @@ def write_topic_splits(folder: Path, train: int, validation: int, test: int) -> 
     return folder
 
 
+def load_adapter(adapter_dir: Path):
+    """A run's LoRA adapter (model/adapter) with plain peft: the head size and label names
+    come from the merged model's config beside it, as the model card says."""
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(Path(adapter_dir).parent)
+    return AutoPeftModelForSequenceClassification.from_pretrained(
+        adapter_dir, num_labels=len(config.id2label), id2label=config.id2label, label2id=config.label2id,
+        ignore_mismatched_sizes=True).eval()  # a base that is itself a classifier has a head of another size
+
+
 def metrics_of(run) -> dict:
     import json
 

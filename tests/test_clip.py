@@ -138,8 +138,10 @@ def test_lora_trains_only_adapters(lora_run, tiny_clip_dir):
     from tunelab.info import model_info
 
     assert params["total"] == model_info(str(tiny_clip_dir)).total + params["trainable"]
-    assert (lora_run / "model" / "adapter_model.safetensors").is_file()
-    assert not list((lora_run / "model").glob("*.bin"))
+    assert (lora_run / "model" / "adapter" / "adapter_model.safetensors").is_file()  # the adapter alone
+    assert (lora_run / "model" / "model.safetensors").is_file()  # merged: loads anywhere
+    assert not list((lora_run / "model").rglob("*.bin"))
+    assert not [p for p in (lora_run / "model").rglob("*") if p.is_symlink()]
 
 
 def test_full_finetuning_learns(tiny_clip_dir, colour_folder, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import topic_rows, write_csv
+from tests.conftest import load_adapter, topic_rows, write_csv
 from tunelab.cli import main
 
 CONTRACT = ["config.yaml", "command.txt", "metrics.json", "report.md", "history.json",
@@ -114,12 +114,15 @@ def test_predict_matches_the_runs_predictions(run_name, request, tmp_path):
     with open(run / "predictions" / "test.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     write_csv(tmp_path / "in.csv", [(r["text"], "") for r in rows])
-    assert main(["predict", str(run), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.csv")]) == 0
+    assert main(["predict", str(run), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.csv"),
+                 "--precision", "run"]) == 0  # the run's own precision reproduces its predictions
     with open(tmp_path / "o.csv", newline="", encoding="utf-8") as handle:
         predicted = list(csv.DictReader(handle))
     assert [p["prediction"] for p in predicted] == [r["prediction"] for r in rows]
+    # A LoRA run's predictions were made with the adapter beside the weights; predict serves
+    # them merged, which in bf16 rounds differently (in fp32 they agree to 1e-5: see below).
     np.testing.assert_allclose([float(p["probability"]) for p in predicted],
-                               [float(r["probability"]) for r in rows], rtol=1e-5)
+                               [float(r["probability"]) for r in rows], rtol=1e-5 if run_name == "full_run" else 1e-2)
 
 
 def test_epochs_replace_max_steps(tiny_bert_dir, topics, tmp_path):
@@ -214,10 +217,9 @@ def test_early_stopping_stops_when_validation_stalls(tiny_bert_dir, topics, tmp_
 
 def test_merged_lora_weights_give_the_adapters_predictions(lora_run):
     import torch
-    from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    adapter_model = AutoPeftModelForSequenceClassification.from_pretrained(lora_run / "model" / "adapter").eval()
+    adapter_model = load_adapter(lora_run / "model" / "adapter")
     merged = AutoModelForSequenceClassification.from_pretrained(lora_run / "model").eval()
     batch = AutoTokenizer.from_pretrained(lora_run / "model")(["sport red film", "music blue story"],
                                                              return_tensors="pt", padding=True)

@@ -235,17 +235,27 @@ def test_tune_without_validation():
     assert tuning["chosen"] in (0.5, 2.0) and set(tuning["scores"]) == {"0.5", "2.0"}
 
 
-def test_wandb_is_optional(tiny_bert_dir, topic_folder, tmp_path, monkeypatch):
+def test_wandb_asked_for_but_not_installed_stops_at_once(tiny_bert_dir, topic_folder, tmp_path, monkeypatch,
+                                                         capsys):
+    import importlib.util
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "wb"
-    assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out, "--wandb") == 0
-    assert (out / "metrics.json").is_file()
+    if importlib.util.find_spec("wandb") is not None:
+        assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out, "--wandb") == 0
+        assert (out / "metrics.json").is_file()
+        return
+    assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out, "--wandb") == 2
+    err = capsys.readouterr().err.strip()
+    assert "--wandb needs the wandb package: pip install wandb" in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_predict_reads_a_text_file(probe_run, tmp_path, capsys):
     (tmp_path / "in.txt").write_text("sport red film\n\nmusic blue story\n")
     capsys.readouterr()
     assert run_cli("predict", probe_run, "--input", tmp_path / "in.txt") == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header.split("\t") in (["prediction", "probability", "input"], ["prediction", "decision value", "input"])
     assert [line.split("\t")[2] for line in lines] == ["sport red film", "music blue story"]
     assert all(line.split("\t")[0] in ("music", "science", "sport") for line in lines)

@@ -73,7 +73,7 @@ def test_the_report_answers_the_question(curve):
         assert heading in text, heading
     assert re.search(r"Chosen on validation: (probe|tfidf)-shots\d+ \(highest validation accuracy, \d\.\d{4}\); "
                      r"on test it scores \d\.\d{4}", text)
-    assert "Against the floor majority (the study's declared baseline majority)" in text
+    assert "Against the floor majority (the declared baseline majority)" in text
     assert "reference recipe" not in text
     for picture in ("at-a-glance.png", "learning-curves.png", "cost.png", "reliability.png"):
         assert (curve / "report_files" / picture).is_file(), picture

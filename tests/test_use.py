@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import metrics_of, write_csv, write_topic_splits
+from tests.conftest import load_adapter, metrics_of, write_csv, write_topic_splits
 from tunelab.cli import main
 
 
@@ -60,7 +60,6 @@ def test_plain_transformers_and_pipeline_load_a_full_run(full_run):
 
 
 def test_plain_peft_loads_a_lora_run_and_merged_is_plain(lora_run):
-    from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     rows = rows_of(lora_run / "predictions" / "test.csv")
@@ -69,7 +68,7 @@ def test_plain_peft_loads_a_lora_run_and_merged_is_plain(lora_run):
     batch = tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     expected = probabilities_of(rows, names)
-    for model in (AutoPeftModelForSequenceClassification.from_pretrained(lora_run / "model" / "adapter"),
+    for model in (load_adapter(lora_run / "model" / "adapter"),
                   AutoModelForSequenceClassification.from_pretrained(lora_run / "model")):
         model.eval()
         assert [model.config.id2label[i] for i in range(3)] == names
@@ -84,7 +83,6 @@ def test_a_model_folder_moved_elsewhere_agrees_with_tunelab_predict(which, reque
     pipeline() (and peft, for the adapter) gives tunelab predict's answer on every input."""
     import shutil
 
-    from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer, pipeline
 
     run = request.getfixturevalue(which)
@@ -98,7 +96,7 @@ def test_a_model_folder_moved_elsewhere_agrees_with_tunelab_predict(which, reque
     classify = pipeline("text-classification", model=str(moved))
     assert [out["label"] for out in classify(texts)] == ours
     if which == "lora_run":
-        peft_model = AutoPeftModelForSequenceClassification.from_pretrained(moved / "adapter").eval()
+        peft_model = load_adapter(moved / "adapter")
         batch = AutoTokenizer.from_pretrained(moved)(texts, return_tensors="pt", padding=True)
         with torch.no_grad():
             best = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
@@ -135,7 +133,7 @@ def test_plain_clip_loads_a_clip_run(tiny_clip_dir, colour_folder, tmp_path):
 def test_model_card_front_matter(full_run, lora_run):
     from huggingface_hub import ModelCard
 
-    for run, library in ((full_run, "transformers"), (lora_run, "peft")):
+    for run, library in ((full_run, "transformers"), (lora_run, "transformers")):  # LoRA: merged in model/
         card = ModelCard.load(run / "model" / "README.md")
         metrics = metrics_of(run)
         assert card.data.library_name == library and card.data.pipeline_tag == "text-classification"
@@ -143,6 +141,7 @@ def test_model_card_front_matter(full_run, lora_run):
         results = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
         assert results[("test", "accuracy")] == pytest.approx(metrics["splits"]["test"]["accuracy"], abs=1e-6)
         assert "## Training configuration" in card.text and "## How to load it" in card.text
+    assert "AutoPeftModelForSequenceClassification" in ModelCard.load(lora_run / "model" / "README.md").text
 
 
 def test_a_completed_run_is_lean_unless_asked(full_run, tiny_bert_dir, topics, tmp_path):

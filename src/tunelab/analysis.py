@@ -281,8 +281,8 @@ def find_floor(family: Family, baseline: str | None) -> tuple[Group | None, str]
     named = [g for g in family.groups if baseline and (g.method == baseline or g.name == baseline)]
     if named:
         floor, split = choose_best(named, family.metric)
-        return floor, f"the study's declared baseline {baseline}" + (
-            f" (its best group on {split})" if len(named) > 1 else "")
+        return floor, f"the declared baseline {baseline}" + (
+            f", best of its groups on {split}" if len(named) > 1 else "")
     pool = [g for g in family.groups if g.command == "baseline"]
     if pool:
         floor, split = choose_best(pool, family.metric)

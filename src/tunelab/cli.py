@@ -169,9 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", metavar="FILE.csv", help="write predictions here instead of printing")
     predict.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                          help="torch (default), or the run's ONNX export through ONNX Runtime (tunelab export)")
-    predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "run"], default="fp32",
-                         help="torch: fp32 (default) gives the saved model's outputs exactly as transformers' "
-                              "pipeline() does; bf16 is faster on CPUs with bf16 units; run: the run's own")
+    predict.add_argument("--precision", choices=["fp32", "bf16", "fp16", "run"], default=None,
+                         help="torch: fp32 gives the saved model's outputs exactly as transformers' pipeline() "
+                              "does (the default for fine-tuned runs); run: the run's own, which reproduces its "
+                              "predictions files (the default for probes and zero-shot); bf16 is faster on CPUs "
+                              "with bf16 units")
     predict.set_defaults(handler=_run_predict)
 
     export = commands.add_parser("export", help="export a fine-tuned text classifier (ONNX, optionally int8)",

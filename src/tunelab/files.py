@@ -17,15 +17,20 @@ class RunFileError(TunelabError):
     """A file of a run directory is missing, unreadable or damaged."""
 
 
-def read_json_file(path: Path | str, expect: type | None = dict) -> Any:
-    """A JSON file's value; a missing, truncated or malformed file fails in one line."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RunFileError(f"{path} is missing; the run is incomplete (rerun it)") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise RunFileError(f"{path} cannot be read ({type(exc).__name__}); rerun the run that made it") from None
+        raise RunFileError(f"{path} cannot be read ({type(exc).__name__}: not UTF-8 text); rerun the run that "
+                           "made it") from None
+
+
+def read_json_file(path: Path | str, expect: type | None = dict) -> Any:
+    """A JSON file's value; a missing, truncated or malformed file fails in one line."""
+    path = Path(path)
+    text = _read_text(path)
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -43,12 +48,7 @@ def read_yaml_file(path: Path | str) -> dict:
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunFileError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunFileError(f"{path} cannot be read ({type(exc).__name__}: not UTF-8 text)") from None
+    text = _read_text(path)
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:

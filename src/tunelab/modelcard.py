@@ -27,7 +27,7 @@ def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str,
     from tunelab.report import metrics_table
 
     command, problem = metrics["command"], metrics.get("data", {}).get("problem", "single-label")
-    adapter = (model_dir / "adapter_config.json").is_file()
+    adapter = (model_dir / "adapter_config.json").is_file()  # runs saved before model/ held merged weights
     bi_encoder = (model_dir / "bi_encoder.json").is_file()
     library = "peft" if adapter else "sklearn" if (model_dir / "classifier.skops").is_file() else "transformers"
     pipeline = "sentence-similarity" if bi_encoder else PIPELINE_TAGS.get((command, problem))
@@ -69,7 +69,7 @@ def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str,
         "## How to load it",
         "",
         "```python",
-        *_loading(command, library, bi_encoder),
+        *_loading(command, library, bi_encoder, model_dir),
         "```",
         "",
         "## Training configuration",
@@ -101,7 +101,7 @@ def _intervals(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _loading(command: str, library: str, bi_encoder: bool) -> list[str]:
+def _loading(command: str, library: str, bi_encoder: bool, model_dir: Path) -> list[str]:
     if library == "sklearn":
         return ["import skops.io as sio", "classifier = sio.load('classifier.skops')  # on the encoder's features"]
     if command in ("zeroshot", "clip-finetune"):
@@ -113,4 +113,11 @@ def _loading(command: str, library: str, bi_encoder: bool) -> list[str]:
     if library == "peft":
         return ["from peft import AutoPeftModelForSequenceClassification",
                 "model = AutoPeftModelForSequenceClassification.from_pretrained('.')"]
-    return ["from transformers import pipeline", "classify = pipeline('text-classification', model='.')"]
+    lines = ["from transformers import pipeline", "classify = pipeline('text-classification', model='.')"]
+    if (model_dir / "adapter" / "adapter_config.json").is_file():
+        lines += ["# The LoRA adapter alone (merged into the weights above) is in adapter/:",
+                  "# from peft import AutoPeftModelForSequenceClassification",
+                  "# model = AutoPeftModelForSequenceClassification.from_pretrained(",
+                  "#     'adapter', num_labels=len(config.id2label), id2label=config.id2label,",
+                  "#     label2id=config.label2id, ignore_mismatched_sizes=True)  # config: this folder's config.json"]
+    return lines

@@ -16,13 +16,15 @@ from tunelab.predictors import Prediction, run_command
 PRECISIONS = ("fp32", "bf16", "fp16", "run")
 
 
-def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str = "fp32"):
+def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str | None = None):
     """A function that predicts for a list of inputs with the model of ``run_dir``;
     ``backend`` onnx / onnx-int8 serves the run's ONNX export instead of PyTorch.
-    ``precision`` fp32 (default) computes with the saved weights exactly as plain
-    transformers and pipeline() do; bf16/fp16 trade that for speed; ``run`` uses the
-    precision the run trained with."""
-    if precision not in PRECISIONS:
+    ``precision``: fp32 computes with the saved weights exactly as plain transformers
+    and pipeline() do; bf16/fp16 trade that for speed; ``run`` uses the run's own (its
+    predictions files again); None, the task's default (fine-tuning: fp32, whose model/
+    pipeline() loads; probes and zero-shot: the run's, whose classifier or scale was fitted
+    on features of that precision)."""
+    if precision is not None and precision not in PRECISIONS:
         raise TunelabError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     from tunelab.registry import get_task
 
@@ -38,12 +40,13 @@ def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str =
     if task.load_predictor is None:
         raise TunelabError(f"predict does not support '{task.name}' runs")
     config = config_from_run(task.config_class, run_dir)
+    precision = precision or task.serve_precision
     if precision != "run":
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
     return task.load_predictor(run_dir, config)
 
 
-def predict(run_dir: str | Path, inputs, backend: str = "torch", precision: str = "fp32") -> list[Prediction]:
+def predict(run_dir: str | Path, inputs, backend: str = "torch", precision: str | None = None) -> list[Prediction]:
     """Predict for ``inputs`` with the model a run directory holds: texts, sentence pairs
     ((first, second) tuples), or image files, as the run was trained on."""
     if not len(inputs):

@@ -51,6 +51,14 @@ class Task:
     # Config keys that mean nothing for this task: their flags are not offered (a floor with
     # no model has no device or precision).
     unused_settings: tuple[str, ...] = ()
+    # What the task takes: problem kinds, and per kind of input (text, pairs, images) the
+    # pretrained model it needs (text-encoder, clip, or None). The conformance tests run
+    # every task through every combination it declares.
+    # The precision predict computes in by default: "run" (the run's own, reproducing its
+    # predictions files) or fp32 (what plain transformers gives with the saved model/).
+    serve_precision: str = "run"
+    problems: tuple[str, ...] = ("single-label", "multi-label", "regression")
+    inputs: tuple[tuple[str, str | None], ...] = (("text", "text-encoder"), ("pairs", "text-encoder"))
 
     @property
     def api_name(self) -> str:

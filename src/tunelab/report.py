@@ -394,7 +394,8 @@ def _confusion_grid_png(records: list[RunRecord]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows + 0.4 * rows), dpi=100,
+                             squeeze=False, layout="constrained")
     image = None
     for ax, (title, shares, labels) in zip(axes.flat, panels):
         image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
@@ -671,12 +672,14 @@ def _at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
             if not math.isnan(low):
                 ax.errorbar(mean, y, xerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], color="black",
                             capsize=3)
-            ax.annotate(f"{mean:.3f}", (mean, y), xytext=(3, 0), textcoords="offset points", va="center",
-                        fontsize=7)
             reference = published.get(group.name) or published.get(group.method) or {}
             star = _published_value(reference.get(split)) if isinstance(reference, dict) else None
             if star is not None:
                 ax.plot(star, y, "r*", markersize=10, label="published" if y == 0 else None)
+            right = max(v for v in (mean, high, star) if v is not None and not math.isnan(v))
+            ax.annotate(f"{mean:.4f}", (right, y), xytext=(6, 0), textcoords="offset points", va="center",
+                        fontsize=8)
+        ax.margins(x=0.12)
         ax.set_yticks(range(len(points)), labels=[p[0].name for p in points])
         ax.set_xlabel(f"{split} {metric} (bars: mean; lines: 95% interval" + ("; stars: published" if published
                                                                                else "") + ")")
@@ -807,8 +810,8 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
                               f"({claim.result.delta:+.4f}, {_verdict(claim.result)}).")
             else:
                 doc.paragraph(f"The curves of {claim.a.method} and {claim.b.method} cross between {previous:g} and "
-                              f"{size:g}, but they are within noise there ({_verdict(claim.result)}): no method "
-                              "overtakes the other.")
+                              f"{size:g}, but the difference at {size:g} is {_verdict(claim.result)}: neither "
+                              "overtakes the other there.")
         if not crossings:
             doc.paragraph("No curve crosses another over the sizes tried.")
 
@@ -838,6 +841,9 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
 
 
 def _cost_section(doc: Document, costed: list[Group]) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
     doc.heading(2, "Cost")
     fig, axes = _figure(9, 3.6, columns=2)
     metric = costed[0].metric()
@@ -857,6 +863,8 @@ def _cost_section(doc: Document, costed: list[Group]) -> None:
             ax.annotate(costed[index].name, points[index], fontsize=7, xytext=(4, 8 if rank % 2 else -11),
                         textcoords="offset points", arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel=label, ylabel=metric)
     doc.image("cost.png", _png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")
     rows = [[g.name, f"{np.mean([_wall_seconds(r.metrics['timing']['seconds']) for r in g.runs]) / 60:.2f}",

@@ -209,4 +209,5 @@ DESCRIPTION = ("Baselines that need no pretrained model, so reports show what pr
 TASK = register_task(Task(COMMAND, BaselineConfig, prepare, execute, load_predictor=load_predictor, describe=describe,
                           summary="floors with no pretrained model: majority class, TF-IDF + linear model",
                           unused_settings=("runtime.device", "runtime.precision"),
+                          inputs=(("text", None), ("pairs", None)),
                           description=DESCRIPTION))

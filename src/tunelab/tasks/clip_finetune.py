@@ -182,6 +182,7 @@ TASK = register_task(Task(
     summary="fine-tune CLIP for image classification (LoRA or full)",
     description="CLIP fine-tuning with LoRA (default) or in full, contrastive or ce loss.",
     load_predictor=load_predictor, describe=describe,
+    problems=("single-label",), inputs=(("images", "clip"),),
 ))
 
 

@@ -376,6 +376,8 @@ TASK = register_task(Task(
     summary="fine-tune an encoder for classification (full or LoRA)",
     description="Fine-tune for sequence classification: full or LoRA; resumable; data-parallel under torchrun.",
     load_predictor=load_predictor, describe=describe,
+    # model/ is a plain transformers folder: predict computes as pipeline() does with it.
+    serve_precision="fp32",
 ))
 
 

@@ -165,6 +165,9 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         },
         task=task,
         skipped=skipped,
+        # Validation labels count only where they chose something (C, ridge's alpha, a threshold).
+        labels_seen=len(train) + (len(validation) if validation is not None and (
+            tuning is not None or (threshold_record or {}).get("tuned")) else 0),
     )
 
 
@@ -193,4 +196,5 @@ TASK = register_task(Task(
     summary="frozen encoder features + a classical classifier",
     description="Frozen-feature probe: encoder features (cached) + SVC or logistic regression.",
     load_predictor=load_predictor, describe=describe,
+    inputs=(("text", "text-encoder"), ("pairs", "text-encoder"), ("images", "clip")),
 ))

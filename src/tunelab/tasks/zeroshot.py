@@ -260,4 +260,5 @@ TASK = register_task(Task(
     description="Zero-shot, no training: CLIP class prompts against images; or, for sentence pairs, the cosine "
                 "similarity of a text encoder's mean-pooled embeddings (scaled or thresholded on validation).",
     load_predictor=load_predictor, describe=describe,
+    problems=("single-label", "regression"), inputs=(("images", "clip"), ("pairs", "text-encoder")),
 ))
