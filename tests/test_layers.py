@@ -26,7 +26,11 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
             else:
                 continue
-            graph[name] |= {t for t in targets if t in modules and t != name}
+            for target in targets:  # importing a.b.c also runs the packages a.b and a (but not the
+                parts = target.split(".")  # importer's own packages: they are being imported already)
+                graph[name] |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)
+                                if ".".join(parts[:i]) in modules and ".".join(parts[:i]) != name
+                                and not name.startswith(".".join(parts[:i]) + ".")}
     return graph
 
 

@@ -172,8 +172,8 @@ def test_scores_map_through_the_estimators_own_classes():
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import SVC
 
-    from tunelab.classifiers import class_scores
     from tunelab.evaluation import ClassScores
+    from tunelab.problems.base import class_scores
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)) + np.repeat(np.eye(4)[[0, 2, 3]] * 4, 20, axis=0)

@@ -10,6 +10,7 @@ import numpy as np
 
 from tunelab.config import check_positive, check_settings, setting
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.problems import get_problem
 
 logger = logging.getLogger(__name__)
 
@@ -48,57 +49,41 @@ class ClassifierConfig:
             raise ConfigError("classifier.alpha_grid is empty; ridge needs values of alpha to try")
 
 
-DEFAULT_KIND = {"single-label": "svc", "multi-label": "logreg", "regression": "ridge"}
-
-
 def resolve_kind(config: ClassifierConfig, problem: str) -> ClassifierConfig:
     """The problem's default estimator where none was named; a named one must suit the problem."""
-    kind = config.kind or DEFAULT_KIND[problem]
-    if (problem == "regression") != (kind == "ridge"):
-        raise ConfigError(f"--classifier {kind} does not fit a {problem} task; use "
-                          + ("ridge" if problem == "regression" else "svc or logreg"))
+    kind_of = get_problem(problem)
+    kind = config.kind or kind_of.default_classifier
+    if kind not in kind_of.classifiers:
+        raise ConfigError(f"--classifier {kind} does not fit a {kind_of.name} task; use "
+                          + " or ".join(kind_of.classifiers))
     return dataclasses.replace(config, kind=kind)
 
 
-def build_classifier(config: ClassifierConfig, c: float, seed: int, problem: str = "single-label",
+def build_classifier(config: ClassifierConfig, c: float, seed: int, problem: str | None = None,
                      class_weight: str | None = None):
-    """The estimator for a problem: SVC / logistic regression for classes (one-vs-rest
-    linear SVC / logistic regression for label sets), ridge regression for numbers;
-    ``c`` is C, or alpha for ridge."""
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.multiclass import OneVsRestClassifier
+    """The problem's estimator of ``config.kind`` (tunelab.problems): SVC / logistic
+    regression for classes, one-vs-rest for label sets, ridge for numbers; ``c`` is C, or
+    alpha for ridge."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC, LinearSVC
 
-    if config.kind == "ridge":
-        estimator = Ridge(alpha=c)
-    elif problem == "multi-label":
-        base = LinearSVC(C=c, class_weight=class_weight, random_state=seed) if config.kind == "svc" else \
-            LogisticRegression(C=c, max_iter=config.max_iter, class_weight=class_weight, random_state=seed)
-        estimator = OneVsRestClassifier(base)
-    elif config.kind == "svc":
-        estimator = SVC(C=c, class_weight=class_weight)  # the reference used SVC() defaults: rbf kernel, C=1
-    else:
-        estimator = LogisticRegression(C=c, max_iter=config.max_iter, class_weight=class_weight, random_state=seed)
+    estimator = get_problem(problem).estimator(config.kind, c, seed, class_weight, config.max_iter)
     return make_pipeline(StandardScaler(), estimator) if config.standardize else estimator
 
 
 def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val=None, seed: int = 42,
-                   problem: str = "single-label", class_weight: str | None = None, threshold: float = 0.5):
+                   problem: str | None = None, class_weight: str | None = None, threshold: float = 0.5):
     """Fit one estimator, or one per grid value (C with ``tune``; ridge's alpha always, when
     there is a validation split), keeping the best on validation. Returns (estimator,
     tuning record or None)."""
-    from tunelab.metrics import HEADLINE
-
     grid, parameter = (config.alpha_grid, "alpha") if config.kind == "ridge" else (config.c_grid, "C")
     if not config.tune and not (config.kind == "ridge" and x_val is not None):
         value = 1.0 if config.kind == "ridge" else config.c
         return build_classifier(config, value, seed, problem, class_weight).fit(x_train, y_train), None
     if x_val is None or y_val is None:
         raise TunelabError(f"--tune picks {parameter} on the validation split, and this dataset has none")
-    metric = config.tune_metric or HEADLINE[problem]
-    num_classes = y_train.shape[1] if problem == "multi-label" else int(max(y_train.max(), y_val.max()) + 1)
+    metric = config.tune_metric or get_problem(problem).headline
+    num_classes = get_problem(problem).num_outputs(y_train, y_val)
     scores, best, best_score, best_value = {}, None, -np.inf, None
     for value in grid:
         estimator = build_classifier(config, value, seed, problem, class_weight).fit(x_train, y_train)
@@ -111,58 +96,17 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
                   "split": "validation", "scores": scores}
 
 
-def validation_score(estimator, x, y, problem: str, num_classes: int, metric: str, threshold: float) -> float:
+def validation_score(estimator, x, y, problem: str | None, num_classes: int, metric: str, threshold: float) -> float:
     from tunelab.evaluation import split_metrics
 
     predictions = predict_scores(estimator, x, problem, num_classes, threshold)
     return float(split_metrics(y, predictions, num_classes)[metric])
 
 
-def predict_scores(estimator, features: np.ndarray, problem: str, num_classes: int, threshold: float = 0.5):
+def predict_scores(estimator, features: np.ndarray, problem: str | None, num_classes: int, threshold: float = 0.5):
     """The estimator's predictions in the form evaluation takes: ClassScores, LabelScores
     (probabilities, or decision values thresholded at 0) or ValueScores."""
-    from tunelab.evaluation import ClassScores, LabelScores, ValueScores
-
-    if problem == "regression":
-        return ValueScores(np.asarray(estimator.predict(features), dtype=np.float64))
-    if problem == "multi-label":
-        if _has_proba(estimator):
-            return LabelScores(np.asarray(estimator.predict_proba(features)), threshold, "probability")
-        return LabelScores(np.asarray(estimator.decision_function(features)), 0.0, "decision")
-    full, kind = class_scores(estimator, features, num_classes)
-    return ClassScores.from_full(full, kind, predicted=estimator.predict(features))
-
-
-def class_scores(estimator, features: np.ndarray, num_classes: int) -> tuple[np.ndarray, str]:
-    """Per-class scores, (n, num_classes), column i for class index i: probabilities
-    where the model gives them, else decision values (an SVC's signed distance; for two
-    classes [-d, d]). Columns follow the fitted estimator's own ``classes_``; a class it
-    never saw scores 0 (probability) or -inf (decision), so it is never predicted."""
-    if hasattr(estimator, "predict_proba") and _has_proba(estimator):
-        scores, kind, fill = estimator.predict_proba(features), "probability", 0.0
-    else:
-        scores, kind, fill = estimator.decision_function(features), "decision", -np.inf
-        if scores.ndim == 1:
-            scores = np.stack([-scores, scores], axis=1)
-    classes = np.asarray(estimator_classes(estimator), dtype=np.int64)
-    if len(classes) == num_classes and np.array_equal(classes, np.arange(num_classes)):
-        return scores, kind
-    full = np.full((len(scores), num_classes), fill, dtype=np.float64)
-    full[:, classes] = scores
-    return full, kind
-
-
-def estimator_classes(estimator) -> np.ndarray:
-    """The class indices a fitted estimator (or a pipeline ending in one) knows."""
-    return estimator.classes_ if hasattr(estimator, "classes_") else estimator[-1].classes_
-
-
-def _has_proba(estimator) -> bool:
-    try:
-        estimator.predict_proba  # noqa: B018  (SVC without probability=True raises here)
-    except AttributeError:
-        return False
-    return True
+    return get_problem(problem).estimator_scores(estimator, features, num_classes, threshold)
 
 
 def save_classifier(estimator, path: Path) -> None:

@@ -278,14 +278,14 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
 def majority_accuracy(dataset) -> dict[str, float]:
     """Per evaluation split, the accuracy of always predicting the training split's most
     frequent class: the floor every classifier must clear (free to compute)."""
-    import numpy as np
+    from tunelab.problems import get_problem
 
-    if dataset.problem != "single-label" or "train" not in dataset.splits or not len(dataset.splits["train"]):
+    problem = get_problem(dataset.problem)
+    if "train" not in dataset.splits or not len(dataset.splits["train"]):
         return {}
-    counts = np.bincount(np.asarray(dataset.splits["train"].labels), minlength=len(dataset.class_names))
-    majority = int(np.argmax(counts))
-    return {name: float(np.mean(np.asarray(split.labels) == majority)) for name, split in dataset.splits.items()
-            if name != "train" and len(split)}
+    floors = {name: problem.majority_accuracy(dataset.splits["train"].labels, split.labels)
+              for name, split in dataset.splits.items() if name != "train" and len(split)}
+    return {name: value for name, value in floors.items() if value is not None}
 
 
 def headline_text(values: dict) -> str:
@@ -346,22 +346,14 @@ def recorded_model(run_dir: Path, configured: str):
 def data_block(dataset) -> dict[str, Any]:
     """metrics.json's ``data``: the problem, classes, split sizes and class counts (or the
     targets' range), what was inferred, the positive class."""
-    import numpy as np
+    from tunelab.problems import get_problem
 
-    problem = getattr(dataset, "problem", "single-label")
-    block = {"problem": problem, "class_names": dataset.class_names,
-             "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes}
-    counts = {}
-    for name, split in dataset.splits.items():
-        labels = np.asarray(split.labels)
-        if problem == "regression":
-            counts[name] = {stat: float(fn(labels)) if len(labels) else 0.0
-                            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
-        else:
-            per_class = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(dataset.class_names))
-            counts[name] = {cls: int(c) for cls, c in zip(dataset.class_names, per_class)}
-    block["class_counts"] = counts
-    if problem == "single-label" and len(dataset.class_names) == 2:
+    problem = get_problem(dataset.problem)
+    block = {"problem": problem.name, "class_names": dataset.class_names,
+             "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes,
+             "class_counts": {name: problem.target_counts(split.labels, dataset.class_names)
+                              for name, split in dataset.splits.items()}}
+    if problem.exclusive_classes and len(dataset.class_names) == 2:
         block["positive_class"] = dataset.class_names[1]
     if getattr(dataset, "text_pair_column", None):
         block["columns"] = {"text": dataset.text_column, "text_pair": dataset.text_pair_column,

@@ -20,6 +20,7 @@ from tunelab.data import resample, sources
 from tunelab.data.labels import LabelledData, build_label_space, encode_labels, finish_splits, rows_have
 from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.errors import DataError
+from tunelab.problems import get_problem
 
 logger = logging.getLogger(__name__)
 
@@ -262,9 +263,8 @@ def check_image_flags(cfg: DataConfig) -> None:
             extra = " (image folders name their splits by their train/, val/ and test/ folders)" \
                 if key.endswith("_split") else ""
             raise DataError(f"{flag} applies to text data; {cfg.dataset} holds images{extra}: drop {flag}")
-    if cfg.problem not in (None, "single-label"):
-        raise DataError(f"--problem {cfg.problem}: image folders give one class per image (single-label); "
-                        "drop --problem")
+    if cfg.problem is not None and not get_problem(cfg.problem).exclusive_classes:
+        raise DataError(f"--problem {cfg.problem}: image folders give one class per image; drop --problem")
     if cfg.threshold != "0.5":
         raise DataError("--threshold applies to label sets (multi-label text); image folders give one class per "
                         "image: drop --threshold")
@@ -298,7 +298,7 @@ def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all")
         splits[name] = ImageSplit(images, np.arange(len(labels)), encode_labels(labels, space, name, cfg.dataset, ids),
                                   ids)
     complete = "all" in splits or ("train" in splits and "validation" not in splits)
-    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset, complete=complete)
+    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset, get_problem(space.problem), complete=complete)
     order = [s for s in ("train", "validation", "test") if s in splits]
     return ImageDataset(name=cfg.dataset, label_space=space, splits={k: splits[k] for k in order}, notes=notes)
 

@@ -20,7 +20,7 @@ class LabelSpace:
 
     names: tuple[str, ...]  # human-readable class names, by index
     values: tuple[str, ...]  # the raw label values as text, by index
-    problem: str = "single-label"  # single-label | multi-label | regression
+    problem: str = "single-label"  # a tunelab.problems name
 
     @property
     def num_classes(self) -> int:
@@ -115,31 +115,11 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 
 
-def _is_list(value: object) -> bool:
+def is_list(value: object) -> bool:
     return isinstance(value, (list, tuple, np.ndarray))
 
 
-def infer_problem(values: Sequence[object], requested: str | None, separator: str | None, source: str) -> str:
-    """The problem the labels describe: lists (or a separator) mean multi-label; numbers
-    that are not all whole mean regression; anything else names classes."""
-    lists = [_is_list(v) for v in values if v is not None]
-    if any(lists) and not all(lists):
-        raise DataError(f"{source}: the label column mixes lists and single values; use one form "
-                        "(a list per row for multi-label data)")
-    detected = "single-label"
-    if (lists and all(lists)) or separator:
-        detected = "multi-label"
-    elif values and all(_is_real_number(v) for v in values if v is not None) \
-            and not all(_is_whole_number(v) for v in values if v is not None):
-        detected = "regression"
-    if requested is None:
-        return detected
-    if requested == "single-label" and detected == "multi-label" and not separator:
-        raise DataError(f"{source}: the labels are lists; use --problem multi-label")
-    return requested
-
-
-def _is_real_number(value: object) -> bool:
+def is_real_number(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, (int, float, np.integer, np.floating)):
@@ -149,7 +129,7 @@ def _is_real_number(value: object) -> bool:
     return False
 
 
-def _is_whole_number(value: object) -> bool:
+def is_whole_number(value: object) -> bool:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return True
     if isinstance(value, (float, np.floating)):
@@ -159,7 +139,7 @@ def _is_whole_number(value: object) -> bool:
 
 def regression_targets(values: Sequence[object], split: str, source: str, ids: Sequence[str]) -> np.ndarray:
     """Numeric targets, or a one-line error naming the rows that are not numbers."""
-    bad = [i for i, v in enumerate(values) if v is None or not _is_real_number(v)]
+    bad = [i for i, v in enumerate(values) if v is None or not is_real_number(v)]
     if bad:
         shown = ", ".join(repr(values[i]) for i in bad[:3])
         raise DataError(f"{source}: {rows_have(len(bad), split)} a target that is not a finite number ({shown}; "
@@ -171,7 +151,7 @@ def label_sets(values: Sequence[object], separator: str | None) -> list[list[obj
     """Multi-label cells as lists: lists stay lists, strings split at ``separator``."""
     out = []
     for value in values:
-        if _is_list(value):
+        if is_list(value):
             out.append([v for v in value if v is not None and str(v).strip() != ""])
         elif isinstance(value, str) and separator:
             out.append([part.strip() for part in value.split(separator) if part.strip()])
@@ -206,18 +186,6 @@ def encode_label_sets(sets: Sequence[Sequence[object]], space: LabelSpace, split
         raise DataError(f"{source}: {rows_have(len(set(unknown)), split)} labels that the training data lacks "
                         f"({', '.join(map(repr, shown))}; {describe_rows([ids[r] for r in sorted(set(unknown))])})")
     return matrix
-
-
-def strata(labels: np.ndarray) -> np.ndarray:
-    """What splitting stratifies on: class indices; for multi-label rows their first label
-    (rows with none form a group); for regression targets their decile."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        return np.where(labels.any(1), labels.argmax(1), -1)
-    if labels.dtype.kind == "f":
-        ranks = np.argsort(np.argsort(labels, kind="stable"), kind="stable")
-        return (ranks * 10 // max(len(labels), 1)).astype(np.int64)
-    return labels
 
 
 def stratified_indices(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -333,7 +301,7 @@ class LabelledData:
         return [s for s in self.splits if s != "train"]
 
 
-def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], list[str]]:
+def complete_splits(splits: dict[str, Any], seed: int, problem) -> tuple[dict[str, Any], list[str]]:
     """Make missing validation/test splits from train, stratified and seeded; a lone
     split named "all" is cut 80/10/10. Splits need ``.labels`` and ``.subset()``. Too
     few rows for a split fails with one line that says how many are needed."""
@@ -344,7 +312,7 @@ def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
             raise DataError(f"the data has {count_rows(len(whole))}: too few to cut into train, validation and test "
                             "(80/10/10); give at least 3 rows (10 or more per class keep every class in every "
                             "split), or pass validation and test files")
-        parts = stratified_indices(strata(whole.labels), SINGLE_FILE_FRACTIONS, seed)
+        parts = stratified_indices(problem.strata(whole.labels), SINGLE_FILE_FRACTIONS, seed)
         splits.update({name: whole.subset(idx) for name, idx in zip(("train", "validation", "test"), parts)})
         notes.append(f"split the single file 80/10/10 into train/validation/test (stratified, seed {seed})")
         return splits, notes
@@ -356,7 +324,7 @@ def complete_splits(splits: dict[str, Any], seed: int) -> tuple[dict[str, Any], 
             raise DataError(f"the train split has {count_rows(len(train))}: too few to also make "
                             f"{' and '.join(missing)} from it; give at least {len(fractions)} rows, or pass "
                             f"{' and '.join(missing)} files (--{missing[0]}-split)")
-        parts = stratified_indices(strata(train.labels), fractions, seed)
+        parts = stratified_indices(problem.strata(train.labels), fractions, seed)
         splits["train"] = train.subset(parts[0])
         for name, idx in zip(missing, parts[1:]):
             splits[name] = train.subset(idx)
@@ -375,14 +343,14 @@ def rows_have(n: int, split: str, what: str = "row") -> str:
     return f"{count_rows(n, noun)} {'has' if n == 1 else 'have'}"
 
 
-def check_splits(splits: dict[str, Any], problem: str, class_names: Sequence[str], dataset: str) -> None:
+def check_splits(splits: dict[str, Any], problem, dataset: str) -> None:
     """Every split holds rows, and the train split more than one class: a one-line error
     naming the split, instead of a failure deep inside a classifier."""
     for name, split in splits.items():
         if len(split) == 0:
             raise DataError(f"{dataset}: the {name} split is empty after splitting and sampling; use more data, "
                             "a larger --max-eval-samples/--shots, or name the split files")
-    if problem == "single-label":
+    if problem.exclusive_classes:
         present = len(np.unique(np.asarray(splits["train"].labels))) if "train" in splits else 2
         if present < 2:
             raise DataError(f"{dataset}: the train split holds a single class after splitting and sampling "
@@ -390,7 +358,7 @@ def check_splits(splits: dict[str, Any], problem: str, class_names: Sequence[str
 
 
 def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | None, seed: int,
-               notes: list[str], eval_seed: int | None = None) -> dict[str, Any]:
+               notes: list[str], problem, eval_seed: int | None = None) -> dict[str, Any]:
     """Stratified, seeded caps: ``max_train`` on train (drawn with the run's ``seed``),
     ``max_eval`` on every other split (drawn with ``eval_seed``, the data's seed, so that
     every seed of a study scores the same examples and paired tests see them all)."""
@@ -399,9 +367,9 @@ def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | No
         cap = max_train if name == "train" else max_eval
         draw = seed if name == "train" or eval_seed is None else eval_seed
         if cap is not None and cap < len(split):
-            single = np.asarray(split.labels).ndim == 1 and np.asarray(split.labels).dtype.kind in "iu"
-            capped[name] = split.subset(stratified_subsample(strata(split.labels), cap, draw,
-                                                             keep_every_class=name == "train" and single))
+            keep = name == "train" and problem.exclusive_classes
+            capped[name] = split.subset(stratified_subsample(problem.strata(split.labels), cap, draw,
+                                                             keep_every_class=keep))
             notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {draw})")
         else:
             capped[name] = split
@@ -409,22 +377,24 @@ def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | No
 
 
 def finish_splits(splits: dict[str, Any], cfg, seed: int, notes: list[str], space: LabelSpace, dataset: str,
-                  complete: bool = True) -> dict[str, Any]:
+                  problem, complete: bool = True) -> dict[str, Any]:
     """The one way every loader turns read splits into the splits a run uses: missing
     validation/test made from train (with the data's split seed), K shots per class,
-    caps, then every split checked non-empty. ``cfg`` is a DataConfig."""
+    caps, then every split checked non-empty. ``cfg`` is a DataConfig; ``problem`` the
+    tunelab.problems.Problem, which says how to stratify."""
     if complete:
-        splits, made = complete_splits(splits, cfg.split_seed)
+        splits, made = complete_splits(splits, cfg.split_seed, problem)
         notes.extend(made)
-    splits = apply_shots(splits, cfg.shots, seed, notes, space.names, cfg.validation_shots)
-    splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes, eval_seed=cfg.split_seed)
-    check_splits(splits, space.problem, space.names, dataset)
+    splits = apply_shots(splits, cfg.shots, seed, notes, problem, space.names, cfg.validation_shots)
+    splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes, problem,
+                        eval_seed=cfg.split_seed)
+    check_splits(splits, problem, dataset)
     return splits
 
 
 
 
-def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: list[str],
+def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: list[str], problem,
                 class_names: Sequence[str] = (), validation_shots: int | None = None) -> dict[str, Any]:
     """``shots`` training examples per class, seeded (all of a class that has fewer, and a
     note says so). Validation and test were made before, so they never hold a chosen
@@ -434,26 +404,26 @@ def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: lis
     if shots is None:
         return splits
     train = splits["train"]
-    if np.asarray(train.labels).dtype.kind == "f" and np.asarray(train.labels).ndim == 1:
-        raise DataError("--shots samples K examples per class, and a regression task has no classes; "
+    if not problem.has_classes:
+        raise DataError(f"--shots samples K examples per class, and a {problem.name} task has no classes; "
                         "use --max-train-samples")
     splits = dict(splits)
-    splits["train"] = train.subset(_per_class(train.labels, shots, seed, "training", notes, class_names))
+    splits["train"] = train.subset(_per_class(problem.strata(train.labels), shots, seed, "training", notes,
+                                              class_names))
     notes.append(f"sampled {shots} training examples per class (seed {seed}): {len(splits['train'])} in all")
     per_class = shots if validation_shots is None else validation_shots
     if per_class and "validation" in splits:
         validation = splits["validation"]
-        splits["validation"] = validation.subset(_per_class(validation.labels, per_class, seed + 1, "validation",
-                                                            notes, class_names))
+        splits["validation"] = validation.subset(_per_class(problem.strata(validation.labels), per_class, seed + 1,
+                                                            "validation", notes, class_names))
         notes.append(f"kept {per_class} validation examples per class (seed {seed + 1}): "
                      f"{len(splits['validation'])} of {len(validation)}, so settings are chosen on as few labels as "
                      "a few-shot user has (--validation-shots 0 keeps them all)")
     return splits
 
 
-def _per_class(labels: np.ndarray, shots: int, seed: int, what: str, notes: list[str],
+def _per_class(groups: np.ndarray, shots: int, seed: int, what: str, notes: list[str],
                class_names: Sequence[str]) -> np.ndarray:
-    groups = strata(labels)
     rng = np.random.default_rng(seed)
     chosen, short = [], []
     for group in np.unique(groups):

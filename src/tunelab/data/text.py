@@ -21,20 +21,14 @@ import numpy as np
 from tunelab.config import DataConfig
 from tunelab.data.labels import (
     LabelledData,
-    build_label_space,
-    build_multilabel_space,
     describe_rows,
-    encode_label_sets,
-    encode_labels,
     finish_splits,
-    infer_problem,
-    label_sets,
     label_text,
-    regression_targets,
     rows_have,
 )
 from tunelab.data.sources import TEXT_FILE_SUFFIXES, DatasetSource, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.errors import DataError
+from tunelab.problems import detect_problem
 
 logger = logging.getLogger(__name__)
 
@@ -454,39 +448,12 @@ def _check_labels(raw: _RawSplit, split: str) -> None:
 
 
 def _encode_targets(table: _RawTable, cfg: DataConfig, train_key: str):
-    """The label space and every split's encoded targets, for the problem the labels show."""
+    """The problem the labels show, its label space and every split's encoded targets."""
     train = table.splits[train_key]
-    problem = infer_problem(train.labels, cfg.problem, cfg.label_separator, train.source)
-    if cfg.class_weight and problem == "regression":
-        raise DataError("--class-weight balances classes, and a regression task has none; drop it")
-    if problem == "regression":
-        from tunelab.data.labels import LabelSpace
-
-        space = LabelSpace((), (), "regression")
-        return space, {name: regression_targets(raw.labels, name, raw.source, raw.ids)
-                       for name, raw in table.splits.items()}
-    if problem == "multi-label":
-        sets = {name: label_sets(raw.labels, cfg.label_separator) for name, raw in table.splits.items()}
-        space = build_multilabel_space(sets[train_key], table.label_names)
-        return space, {name: encode_label_sets(sets[name], space, name, raw.source, raw.ids)
-                       for name, raw in table.splits.items()}
-    for name, raw in table.splits.items():
-        lists = [v for v in raw.labels if isinstance(v, (list, tuple, np.ndarray))]
-        if lists:
-            raise DataError(f"{raw.source}: the {name} split holds label lists; use --problem multi-label")
-        raw.labels = _normalise_integers(raw.labels)
-    space = build_label_space(train.labels, cfg.positive_label, table.label_names)
-    return space, {name: encode_labels(raw.labels, space, name, raw.source, raw.ids)
-                   for name, raw in table.splits.items()}
-
-
-def _normalise_integers(values: list[object]) -> list[object]:
-    """CSV labels arrive as text: when every one is an integer, treat them as integers."""
-    import re
-
-    if values and all(isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()) for v in values):
-        return [int(v) for v in values]
-    return values
+    problem = detect_problem(train.labels, cfg.problem, cfg.label_separator, train.source)
+    cells = {name: (raw.labels, raw.source, raw.ids) for name, raw in table.splits.items()}
+    space, targets = problem.encode_targets(cells, train_key, cfg, table.label_names)
+    return problem, space, targets
 
 
 def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
@@ -515,13 +482,13 @@ def load_text_dataset(cfg: DataConfig, seed: int = 42) -> TextDataset:
         raise DataError(
             f"{cfg.dataset}: no training split (a file named train.*); found {', '.join(table.splits)}"
         )
-    space, targets = _encode_targets(table, cfg, train_key)
+    problem, space, targets = _encode_targets(table, cfg, train_key)
     splits = {
         name: TextSplit(list(raw.texts), targets[name], list(raw.ids),  # type: ignore[arg-type]
                         list(raw.pairs) if raw.pairs is not None else None)  # type: ignore[arg-type]
         for name, raw in table.splits.items()
     }
-    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset)
+    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset, problem)
     return TextDataset(
         name=cfg.dataset,
         label_space=space,

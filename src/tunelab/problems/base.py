@@ -1,0 +1,129 @@
+"""A problem kind: everything that differs between classes, label sets and numbers, in
+one place. Code elsewhere asks the problem (``get_problem(name)``) instead of comparing
+its name; a new kind (token classification, say) is one new module here."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class Problem:
+    """The facts and behaviours of one problem kind (a stateless singleton)."""
+
+    name: ClassVar[str]
+    headline: ClassVar[str]  # the metric a run is summed up by (higher is better for all three)
+    checkpoint_metric: ClassVar[str]  # what picks the best checkpoint by default
+    selection_metrics: ClassVar[tuple[str, ...]]  # validation metrics that may pick checkpoints
+    hf_problem_type: ClassVar[str]  # transformers' config.problem_type
+    default_classifier: ClassVar[str]  # the probe's estimator when none is named
+    classifiers: ClassVar[tuple[str, ...]]  # the estimators that suit it
+    card_metrics: ClassVar[tuple[str, ...]]  # what a model card lists
+    card_pipeline: ClassVar[str | None] = "text-classification"
+    has_classes: ClassVar[bool] = True  # a class list (regression has none)
+    exclusive_classes: ClassVar[bool] = False  # exactly one class per example
+    tunes_threshold: ClassVar[bool] = False  # a decision threshold chosen on validation
+    shots_allowed: ClassVar[bool] = True  # K examples per class make sense
+
+    def __repr__(self) -> str:
+        return f"<problem {self.name}>"
+
+    # --------------------------------------------------------------- labels and data
+
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """What splitting stratifies on."""
+        raise NotImplementedError
+
+    def target_counts(self, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+        """How one split's targets spread: per class counts, or the numbers' range."""
+        raise NotImplementedError
+
+    def majority_accuracy(self, train_labels: np.ndarray, labels: np.ndarray) -> float | None:
+        """The accuracy of always predicting the training split's most frequent class."""
+        return None
+
+    def encode_targets(self, labels: dict[str, tuple[list, str, list[str]]], train_key: str, cfg,
+                       label_names: dict[str, str] | None):
+        """The label space and each split's encoded targets from raw label cells:
+        ``labels`` maps a split to (cells, source, row ids); ``cfg`` is a DataConfig."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- models and scores
+
+    def head_labels(self, class_names: list[str]) -> dict[int, str]:
+        """id2label of a sequence classification head."""
+        return dict(enumerate(class_names))
+
+    def scores_from_outputs(self, outputs: np.ndarray, threshold: float = 0.5):
+        """A model's raw outputs (logits or values) as scores evaluation takes."""
+        raise NotImplementedError
+
+    def compact_outputs(self, logits):
+        """What evaluation during training keeps of a batch's logits (a torch tensor)."""
+        raise NotImplementedError
+
+    def scores_from_compact(self, outputs: np.ndarray, num_classes: int):
+        raise NotImplementedError
+
+    def loss(self, logits, labels, weights):
+        """The weighted training loss (torch), where class weights are asked for."""
+        raise NotImplementedError
+
+    def class_weights(self, labels: np.ndarray) -> np.ndarray | None:
+        """``balanced`` weights, or None where the problem has no classes."""
+        return None
+
+    def prior(self, labels: np.ndarray) -> np.ndarray:
+        """What the majority floor predicts: the training prior (or mean)."""
+        raise NotImplementedError
+
+    def prior_scores(self, prior: np.ndarray, n: int, num_classes: int, threshold: float = 0.5):
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- classical estimators
+
+    def estimator(self, kind: str, c: float, seed: int, class_weight: str | None, max_iter: int):
+        raise NotImplementedError
+
+    def estimator_scores(self, estimator, features, num_classes: int, threshold: float = 0.5):
+        raise NotImplementedError
+
+    def num_outputs(self, y_train: np.ndarray, y_val: np.ndarray | None) -> int:
+        """How many classes (or labels) a fitted estimator scores."""
+        return int(max(y_train.max(), y_val.max() if y_val is not None and len(y_val) else 0) + 1)
+
+
+# --------------------------------------------------------------- fitted estimators' outputs
+
+
+def class_scores(estimator, features: np.ndarray, num_classes: int) -> tuple[np.ndarray, str]:
+    """Per-class scores, (n, num_classes), column i for class index i: probabilities
+    where the model gives them, else decision values (an SVC's signed distance; for two
+    classes [-d, d]). Columns follow the fitted estimator's own ``classes_``; a class it
+    never saw scores 0 (probability) or -inf (decision), so it is never predicted."""
+    if hasattr(estimator, "predict_proba") and has_probabilities(estimator):
+        scores, kind, fill = estimator.predict_proba(features), "probability", 0.0
+    else:
+        scores, kind, fill = estimator.decision_function(features), "decision", -np.inf
+        if scores.ndim == 1:
+            scores = np.stack([-scores, scores], axis=1)
+    classes = np.asarray(estimator_classes(estimator), dtype=np.int64)
+    if len(classes) == num_classes and np.array_equal(classes, np.arange(num_classes)):
+        return scores, kind
+    full = np.full((len(scores), num_classes), fill, dtype=np.float64)
+    full[:, classes] = scores
+    return full, kind
+
+
+def estimator_classes(estimator) -> np.ndarray:
+    """The class indices a fitted estimator (or a pipeline ending in one) knows."""
+    return estimator.classes_ if hasattr(estimator, "classes_") else estimator[-1].classes_
+
+
+def has_probabilities(estimator) -> bool:
+    try:
+        estimator.predict_proba  # noqa: B018  (SVC without probability=True raises here)
+    except AttributeError:
+        return False
+    return True

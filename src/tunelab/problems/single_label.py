@@ -1,0 +1,98 @@
+"""One class per example."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tunelab.errors import DataError
+from tunelab.problems.base import Problem
+
+
+class SingleLabel(Problem):
+    name = "single-label"
+    headline = "accuracy"
+    checkpoint_metric = "accuracy"
+    selection_metrics = ("accuracy", "f1", "f1_macro", "balanced_accuracy", "loss")
+    hf_problem_type = "single_label_classification"
+    default_classifier = "svc"
+    classifiers = ("svc", "logreg")
+    card_metrics = ("accuracy", "f1", "f1_macro")
+    exclusive_classes = True
+
+    def encode_targets(self, labels, train_key, cfg, label_names):
+        import re
+
+        from tunelab.data.labels import build_label_space, encode_labels, is_list
+
+        normalised = {}
+        for name, (cells, source, ids) in labels.items():
+            if any(is_list(v) for v in cells):
+                raise DataError(f"{source}: the {name} split holds label lists; use --problem multi-label")
+            if cells and all(isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()) for v in cells):
+                cells = [int(v) for v in cells]  # CSV labels arrive as text: integers when all are
+            normalised[name] = (cells, source, ids)
+        space = build_label_space(normalised[train_key][0], cfg.positive_label, label_names)
+        return space, {name: encode_labels(cells, space, name, source, ids)
+                       for name, (cells, source, ids) in normalised.items()}
+
+    def strata(self, labels):
+        return np.asarray(labels)
+
+    def target_counts(self, labels, class_names) -> dict[str, Any]:
+        per_class = np.bincount(np.asarray(labels), minlength=len(class_names))
+        return {cls: int(c) for cls, c in zip(class_names, per_class)}
+
+    def majority_accuracy(self, train_labels, labels) -> float | None:
+        majority = int(np.argmax(np.bincount(np.asarray(train_labels))))
+        return float(np.mean(np.asarray(labels) == majority))
+
+    def scores_from_outputs(self, outputs, threshold: float = 0.5):
+        import torch
+
+        from tunelab.evaluation import ClassScores
+
+        return ClassScores.from_full(torch.softmax(torch.as_tensor(outputs).float(), dim=-1).numpy(), "probability")
+
+    def compact_outputs(self, logits):
+        return logits.argmax(dim=-1)
+
+    def scores_from_compact(self, outputs, num_classes: int):
+        from tunelab.evaluation import ClassScores
+
+        return ClassScores.from_full(np.eye(num_classes)[np.asarray(outputs)], "indicator")
+
+    def loss(self, logits, labels, weights):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits, labels, weight=weights)
+
+    def class_weights(self, labels):
+        counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
+        return len(labels) / (len(counts) * np.maximum(counts, 1))
+
+    def prior(self, labels):
+        return np.bincount(labels) / len(labels)
+
+    def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
+        from tunelab.evaluation import ClassScores
+
+        full = np.zeros(num_classes)
+        full[: len(prior)] = prior
+        return ClassScores.from_full(np.tile(full, (n, 1)), "probability")
+
+    def estimator(self, kind, c, seed, class_weight, max_iter):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.svm import SVC
+
+        if kind == "svc":
+            return SVC(C=c, class_weight=class_weight)  # the reference used SVC() defaults: rbf kernel, C=1
+        return LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight, random_state=seed)
+
+    def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
+        from tunelab.evaluation import ClassScores
+        from tunelab.problems.base import class_scores
+
+        full, kind = class_scores(estimator, features, num_classes)
+        return ClassScores.from_full(full, kind, predicted=estimator.predict(features))
