@@ -82,3 +82,23 @@ def test_tasks_import_no_command_module():
     for name, targets in import_graph().items():
         if name.startswith("tunelab.tasks."):
             assert not targets & commands, (name, targets & commands)
+
+
+def test_no_code_outside_problems_compares_a_problem_name():
+    """What differs between problem kinds lives in tunelab/problems: elsewhere code asks the
+    problem (get_problem(name).headline, .strata(...), ...) instead of comparing names."""
+    from tunelab.problems import PROBLEMS
+
+    names = set(PROBLEMS)
+    found = []
+    for path in (SOURCE / "tunelab").rglob("*.py"):
+        if "problems" in path.relative_to(SOURCE / "tunelab").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                constants = [c for c in (node.left, *node.comparators) if isinstance(c, ast.Constant)]
+                constants += [e for c in node.comparators if isinstance(c, (ast.Tuple, ast.List, ast.Set))
+                              for e in c.elts if isinstance(e, ast.Constant)]
+                if any(c.value in names for c in constants):
+                    found.append(f"{path.name}:{node.lineno}")
+    assert found == [], found

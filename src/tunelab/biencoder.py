@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tunelab.features import pool
+from tunelab.problems import get_problem
 
 CONFIG_FILE = "bi_encoder.json"
 HEAD_FILE = "bi_encoder_head.safetensors"
@@ -27,11 +28,11 @@ HEAD_FILE = "bi_encoder_head.safetensors"
 
 class BiEncoder(nn.Module):
     def __init__(self, encoder, objective: str, num_labels: int, label_range: tuple[float, float] = (0.0, 1.0),
-                 problem: str = "single-label", class_weights: torch.Tensor | None = None):
+                 problem: str | None = None, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.encoder = encoder
         self.objective = objective  # cosine | classify
-        self.problem = problem
+        self.problem = get_problem(problem).name
         self.num_labels = num_labels
         self.label_range = (float(label_range[0]), float(label_range[1]))
         hidden = encoder.config.hidden_size
@@ -74,9 +75,7 @@ class BiEncoder(nn.Module):
             target = (labels.float() - low) / max(high - low, 1e-12)
             return F.mse_loss(torch.cosine_similarity(u.float(), v.float(), dim=-1), target)
         weights = self.class_weights if self.class_weights.numel() else None
-        if self.problem == "multi-label":
-            return F.binary_cross_entropy_with_logits(scores.float(), labels.float(), pos_weight=weights)
-        return F.cross_entropy(scores.float(), labels.long(), weight=weights)
+        return get_problem(self.problem).loss(scores.float(), labels, weights)
 
     def save(self, folder: Path, tokenizer) -> None:
         """The encoder (or its LoRA adapter) as a standard folder, the head as safetensors,

@@ -21,6 +21,7 @@ import numpy as np
 
 from tunelab.errors import TunelabError
 from tunelab.files import read_json_file
+from tunelab.problems import get_problem
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
                                f"(more than {TOLERANCE:g}); nothing was exported")
         record = {"format": "onnx", "opset": OPSET, "inputs": names, "checked_examples": len(inputs),
                   "max_abs_logit_difference": difference, "tolerance": TOLERANCE,
-                  "problem": config.data.problem or "single-label", "max_length": max_length}
+                  "problem": get_problem(config.data.problem).name, "max_length": max_length}
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 

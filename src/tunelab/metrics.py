@@ -143,14 +143,13 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarra
     return result
 
 
-# The metric that summarises a run of each problem: reports, studies and best checkpoints.
-HEADLINE = {"single-label": "accuracy", "multi-label": "f1_micro", "regression": "spearman"}
 # Metrics where less is better.
 LOWER_IS_BETTER = frozenset({"loss", "mse", "mae", "hamming_loss"})
 
 
 def headline_metric(values: dict) -> str:
-    """The headline metric of one split's metrics, whatever the problem."""
+    """The headline metric of one split's metrics, whatever the problem (each problem's
+    ``headline`` in tunelab.problems, recognised by the metrics a split has)."""
     for name in ("accuracy", "f1_micro", "spearman"):
         if name in values:
             return name

@@ -9,16 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PIPELINE_TAGS = {
-    ("finetune", "single-label"): "text-classification",
-    ("finetune", "multi-label"): "text-classification",
-    ("finetune", "regression"): "text-classification",
-    ("clip-finetune", "single-label"): "zero-shot-image-classification",
-    ("zeroshot", "single-label"): "zero-shot-image-classification",
-}
-# The metrics a model-index lists, per problem.
-CARD_METRICS = {"single-label": ("accuracy", "f1", "f1_macro"), "multi-label": ("f1_micro", "f1_macro"),
-                "regression": ("spearman", "pearson", "mse")}
+from tunelab.problems import get_problem
 
 
 def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str, base_model: dict | None) -> Path:
@@ -26,18 +17,26 @@ def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str,
 
     from tunelab.report import metrics_table
 
-    command, problem = metrics["command"], metrics.get("data", {}).get("problem", "single-label")
+    command, kind = metrics["command"], get_problem(metrics.get("data", {}).get("problem"))
+    problem = kind.name
     adapter = (model_dir / "adapter_config.json").is_file()  # runs saved before model/ held merged weights
     bi_encoder = (model_dir / "bi_encoder.json").is_file()
     library = "peft" if adapter else "sklearn" if (model_dir / "classifier.skops").is_file() else "transformers"
-    pipeline = "sentence-similarity" if bi_encoder else PIPELINE_TAGS.get((command, problem))
+    if bi_encoder:
+        pipeline = "sentence-similarity"
+    elif (model_dir / "class_embeddings.safetensors").is_file():  # CLIP: class prompts against images
+        pipeline = "zero-shot-image-classification"
+    elif (model_dir / "config.json").is_file() and library == "transformers":  # a sequence classifier
+        pipeline = kind.card_pipeline
+    else:
+        pipeline = None
     base = (base_model or {}).get("location") if (base_model or {}).get("is_local") is False else \
         (base_model or {}).get("name")
     results = [
         EvalResult(task_type=pipeline or "text-classification", dataset_type=metrics["dataset"],
                    dataset_name=metrics["dataset"], dataset_split=split, metric_type=name,
                    metric_value=round(float(values[name]), 6))
-        for split, values in metrics["splits"].items() for name in CARD_METRICS[problem] if name in values
+        for split, values in metrics["splits"].items() for name in kind.card_metrics if name in values
     ]
     data = ModelCardData(library_name=library, pipeline_tag=pipeline, base_model=base,
                          datasets=[metrics["dataset"]], tags=["tunelab", command],

@@ -522,8 +522,8 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
             continue  # in the grid above
         if scatter is not None:
             doc.image(f"{record.name}-scatter-{split}.png", scatter, f"{record.name}: {split}, predicted vs gold")
-        elif record.metrics.get("data", {}).get("problem") == "multi-label":
-            continue
+        elif read_inside(record.path, f"confusion_{split}.json") is None:
+            continue  # label sets have no confusion matrix
         else:
             matrix = _read_text(record.path, f"confusion_{split}.json")
             try:

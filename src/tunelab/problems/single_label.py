@@ -66,7 +66,7 @@ class SingleLabel(Problem):
     def loss(self, logits, labels, weights):
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits, labels, weight=weights)
+        return F.cross_entropy(logits, labels.long(), weight=weights)
 
     def class_weights(self, labels):
         counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)

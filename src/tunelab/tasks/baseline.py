@@ -22,6 +22,7 @@ from tunelab.errors import DataError
 from tunelab.evaluation import evaluate_split
 from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, throughput
+from tunelab.problems import get_problem
 from tunelab.registry import Task, register_task
 
 logger = logging.getLogger(__name__)
@@ -65,23 +66,16 @@ def prepare(config: BaselineConfig) -> Prepared:
 
 
 class Majority:
-    """Predicts the training prior: a constant, scored with the class frequencies."""
+    """Predicts the training prior (the class frequencies, each label's rate, or the mean
+    of the numbers, as the problem defines it): a constant."""
 
     def fit(self, labels: np.ndarray, problem: str) -> Majority:
         self.problem = problem
-        self.prior = labels.mean(0) if problem != "single-label" else np.bincount(labels) / len(labels)
+        self.prior = get_problem(problem).prior(labels)
         return self
 
     def scores(self, n: int, num_classes: int):
-        from tunelab.evaluation import ClassScores, LabelScores, ValueScores
-
-        if self.problem == "regression":
-            return ValueScores(np.full(n, float(self.prior)))
-        prior = np.zeros(num_classes)
-        prior[: len(np.atleast_1d(self.prior))] = self.prior
-        if self.problem == "multi-label":
-            return LabelScores(np.tile(prior, (n, 1)), 0.5)
-        return ClassScores.from_full(np.tile(prior, (n, 1)), "probability")
+        return get_problem(self.problem).prior_scores(np.atleast_1d(self.prior), n, num_classes)
 
 
 def tfidf_features(vectorizer, split):
@@ -128,7 +122,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
             return predict_scores(estimator, tfidf_features(vectorizer, data), problem, num_classes)
     # Label sets: the decision threshold as every method sets it (--threshold P, or tune on validation).
     threshold, threshold_record = 0.5, None
-    if problem == "multi-label":
+    if get_problem(problem).tunes_threshold:
         fitted = score(validation) if validation is not None else LabelScores(np.zeros((0, num_classes)))
         threshold, threshold_record = choose_threshold(
             fitted, validation.labels if validation is not None else np.zeros((0, num_classes)),
@@ -169,7 +163,8 @@ def _classifier_config(config: BaselineConfig, problem: str, has_validation: boo
     rest for label sets) or ridge, its setting chosen on validation like the probe's."""
     from tunelab.classifiers import ClassifierConfig
 
-    return ClassifierConfig(kind="ridge" if problem == "regression" else "logreg", c=config.c,
+    kind = "logreg" if "logreg" in get_problem(problem).classifiers else get_problem(problem).default_classifier
+    return ClassifierConfig(kind=kind, c=config.c,
                             tune=config.tune and has_validation,
                             c_grid=list(config.c_grid), max_iter=2000)
 

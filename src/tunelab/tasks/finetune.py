@@ -17,11 +17,11 @@ import numpy as np
 
 from tunelab.config import TaskConfig, config_from_run, setting
 from tunelab.errors import DataError, ModelError
-from tunelab.evaluation import ClassScores, ScoreAccumulator, evaluate_split
+from tunelab.evaluation import ScoreAccumulator, evaluate_split
 from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
-from tunelab.metrics import HEADLINE
 from tunelab.models import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
+from tunelab.problems import get_problem
 from tunelab.registry import Task, register_task
 from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
@@ -55,7 +55,7 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
     model_type = getattr(model_config, "model_type", "")
     if model_type in ("clip", "siglip") or getattr(model_config, "is_encoder_decoder", False):
         raise ModelError(f"'{source.name}' is a {model_type} model; text fine-tuning needs a text encoder")
-    problem, names = dataset.problem, dataset.class_names
+    problem, names = get_problem(dataset.problem), dataset.class_names
     if config.data.pair_encoding == "bi":
         from tunelab.biencoder import BiEncoder
 
@@ -63,35 +63,30 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
         if config.train.method == "lora":
             encoder = wrap_lora(encoder, model_type, config.lora, sequence_classification=False)
         train_labels = dataset.splits["train"].labels
-        if problem == "regression":
-            return BiEncoder(encoder, "cosine", 1, (float(train_labels.min()), float(train_labels.max())), problem)
-        return BiEncoder(encoder, "classify", len(names), problem=problem,
-                         class_weights=class_weights(train_labels, problem, config.data.class_weight))
-    id2label = dict(enumerate(names)) if problem != "regression" else {0: "value"}
+        if not problem.has_classes:  # numbers: the cosine of the two embeddings, scaled to the targets
+            return BiEncoder(encoder, "cosine", 1, (float(train_labels.min()), float(train_labels.max())),
+                             problem.name)
+        return BiEncoder(encoder, "classify", len(names), problem=problem.name,
+                         class_weights=class_weights(train_labels, problem.name, config.data.class_weight))
+    id2label = problem.head_labels(names)
     model = load_pretrained(
         AutoModelForSequenceClassification, source.location, f"'{source.name}' for sequence classification",
         num_labels=len(id2label), id2label=id2label, label2id={n: i for i, n in id2label.items()},
-        problem_type={"single-label": "single_label_classification", "multi-label": "multi_label_classification",
-                      "regression": "regression"}[problem],
-        ignore_mismatched_sizes=True, **hub_kwargs(source),
+        problem_type=problem.hf_problem_type, ignore_mismatched_sizes=True, **hub_kwargs(source),
     )
     if config.train.method == "lora":
         model = wrap_lora(model, model_type, config.lora)
     return model
 
 
-def class_weights(labels: np.ndarray, problem: str, setting: str | None):
-    """``balanced`` weights: n / (classes * count) per class (scikit-learn's rule); for label
-    sets the positive weight negatives / positives of each label. None without a setting."""
+def class_weights(labels: np.ndarray, problem: str | None, setting: str | None):
+    """``balanced`` weights as the problem defines them (classes: n / (classes * count),
+    scikit-learn's rule; label sets: negatives / positives of each label), as a tensor;
+    None without a setting or for a problem without classes."""
     import torch
 
-    if setting is None or problem == "regression":
-        return None
-    if problem == "multi-label":
-        positives = labels.sum(0)
-        return torch.tensor((len(labels) - positives) / np.maximum(positives, 1), dtype=torch.float32)
-    counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
-    return torch.tensor(len(labels) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+    weights = get_problem(problem).class_weights(labels) if setting is not None else None
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- data
@@ -177,22 +172,13 @@ def effective_max_length(tokenizer, model, requested: int) -> int:
 # --------------------------------------------------------------------------- inference
 
 
-def scores_from_outputs(outputs, problem: str, threshold: float = 0.5):
+def scores_from_outputs(outputs, problem: str | None, threshold: float = 0.5):
     """Model outputs (logits, or label-scale values) as ClassScores, LabelScores or ValueScores."""
-    import torch
-
-    from tunelab.evaluation import LabelScores, ValueScores
-
-    outputs = torch.as_tensor(outputs).float()
-    if problem == "regression":
-        return ValueScores(outputs.reshape(-1).numpy().astype(np.float64))
-    if problem == "multi-label":
-        return LabelScores(torch.sigmoid(outputs).numpy(), threshold, "probability")
-    return ClassScores.from_full(torch.softmax(outputs, dim=-1).numpy(), "probability")
+    return get_problem(problem).scores_from_outputs(outputs, threshold)
 
 
 def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, device, precision: str = "fp32",
-                   problem: str = "single-label", threshold: float = 0.5):
+                   problem: str | None = None, threshold: float = 0.5):
     """Predictions in the inputs' order, from length-sorted, dynamically padded batches:
     class probabilities kept in O(n) memory (every class for few classes, the top-5 for
     many), label-set probabilities, or values. Bi-encoded pairs embed each side once."""
@@ -227,7 +213,7 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
                              lambda t: model.embed(t["input_ids"], t["attention_mask"])))
         with torch.inference_mode():
             outputs = model.score(sides[0].to(device), sides[1].to(device)).float().cpu()
-    elif problem == "single-label":
+    elif get_problem(problem).exclusive_classes:
         # Class probabilities go straight into an accumulator: O(n) memory for many classes.
         ids, types = tokenize_inputs(tokenizer, inputs, max_length)
         accumulator = ScoreAccumulator(len(ids), model.config.num_labels, "probability")
@@ -266,33 +252,20 @@ def prepare(config: FinetuneConfig) -> Prepared:
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
     config = dataclasses.replace(config, data=resolved_data_config(config.data, dataset, pair_default="bi"),
                                  train=dataclasses.replace(config.train, best_metric=config.train.best_metric
-                                                           or CHECKPOINT_METRIC[dataset.problem]))
+                                                           or get_problem(dataset.problem).checkpoint_metric))
     check_best_metric(config.train.best_metric, dataset.problem)
     tokenizer = load_tokenizer(source)
     model = build_model(source, dataset, config)
     return Prepared(config, source, dataset, eval_splits, {"tokenizer": tokenizer, "model": model})
 
 
-# Validation metrics each problem can pick the best checkpoint by.
-METRICS_OF = {
-    "single-label": ("accuracy", "f1", "f1_macro", "balanced_accuracy", "loss"),
-    "multi-label": ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "mean_average_precision", "loss"),
-    "regression": ("spearman", "pearson", "mse", "mae", "r2", "loss"),
-}
-
-
-# What picks the best checkpoint by default: the headline metric, except for label sets,
-# whose micro F1 depends on a threshold tuned only after training (at 0.5 an early
-# checkpoint can score 0 and never be beaten); mean average precision needs none.
-CHECKPOINT_METRIC = {**HEADLINE, "multi-label": "mean_average_precision"}
-
-
 def check_best_metric(metric: str, problem: str) -> None:
-    if metric not in METRICS_OF[problem]:
+    """The metric that picks checkpoints must be one the problem's evaluation gives."""
+    allowed = get_problem(problem).selection_metrics
+    if metric not in allowed:
         from tunelab.errors import ConfigError
 
-        raise ConfigError(f"--metric {metric} is not a {problem} metric; choose one of: "
-                          f"{', '.join(METRICS_OF[problem])}")
+        raise ConfigError(f"--metric {metric} is not a {problem} metric; choose one of: {', '.join(allowed)}")
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
@@ -311,17 +284,18 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     if context.rank != 0:
         return None
     problem = dataset.problem
+    tunes_threshold = get_problem(problem).tunes_threshold
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
 
     start = time.perf_counter()
     scored = {}  # each split is run through the model once, also when it picks the threshold
-    for split in dict.fromkeys(["validation", *prepared.eval_splits] if problem == "multi-label"
+    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tunes_threshold
                                else prepared.eval_splits):
         data = dataset.splits[split]
         scored[split] = predict_scores(model, tokenizer, data.inputs, config.train.eval_batch_size, max_length,
                                        context.device, config.runtime.precision, problem)
     threshold, threshold_record = 0.5, None
-    if problem == "multi-label":
+    if tunes_threshold:
         threshold, threshold_record = choose_threshold(scored["validation"], dataset.splits["validation"].labels,
                                                        config.data.threshold)
         scored = {split: dataclasses.replace(s, threshold=threshold) for split, s in scored.items()}
@@ -359,7 +333,7 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
     info = read_json_file(run_dir / "model" / "tunelab.json") \
         if (run_dir / "model" / "tunelab.json").is_file() else {}
     names = _class_names(run_dir)
-    problem = config.data.problem or "single-label"
+    problem = config.data.problem  # None in runs made before it was recorded: single-label
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
 
     def predict(inputs) -> list:
@@ -390,7 +364,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
     from tunelab.biencoder import BiEncoder
-    from tunelab.evaluation import LabelScores, ValueScores, split_metrics
+    from tunelab.evaluation import split_metrics
     from tunelab.features import pad_token_id
     from tunelab.runtime import length_multiple, resolve_device
     from tunelab.training import (
@@ -402,6 +376,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     )
 
     train_cfg, problem = config.train, dataset.problem
+    kind = get_problem(problem)
     bi = isinstance(model, BiEncoder)
     max_length = effective_max_length(tokenizer, model, train_cfg.max_length)
     train = dataset.splits["train"]
@@ -424,21 +399,11 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
         # probabilities, or values.
         if isinstance(logits, tuple):
             logits = logits[0]
-        if problem == "single-label":
-            return logits.argmax(dim=-1)
-        if problem == "multi-label":
-            return logits.float().sigmoid()
-        return logits.float().reshape(-1)
+        return kind.compact_outputs(logits)
 
     def compute_metrics(prediction):
         labels, outputs = prediction.label_ids, prediction.predictions
-        if problem == "regression":
-            scores = ValueScores(np.asarray(outputs).reshape(-1))
-        elif problem == "multi-label":
-            scores = LabelScores(np.asarray(outputs))
-        else:
-            scores = ClassScores.from_full(np.eye(num_classes)[np.asarray(outputs)], "indicator")
-        values = split_metrics(labels, scores, num_classes)
+        values = split_metrics(labels, kind.scores_from_compact(outputs, num_classes), num_classes)
         values.pop("n")
         values.pop("classes_present", None)
         return values
@@ -454,7 +419,6 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if weights is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            import torch.nn.functional as F
 
             labels = inputs.pop("labels")
             outputs = model(**inputs)
@@ -462,8 +426,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
             if str(logits.device) not in weights_on:  # one copy to the GPU, not one (and a wait) per step
                 weights_on[str(logits.device)] = weights.to(logits.device)
             w = weights_on[str(logits.device)]
-            loss = F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w) \
-                if problem == "multi-label" else F.cross_entropy(logits, labels, weight=w)
+            loss = kind.loss(logits, labels, w)
             return (loss, outputs) if return_outputs else loss
 
     interrupt = InterruptCallback()

@@ -19,6 +19,7 @@ from tunelab.evaluation import evaluate_split
 from tunelab.features import FeatureCache, FeatureConfig, cached_features
 from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
+from tunelab.problems import get_problem
 from tunelab.registry import Task, register_task
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         threshold=float(config.data.threshold) if config.data.threshold != "tune" else 0.5,
     )
     threshold, threshold_record = 0.5, None
-    if problem == "multi-label":
+    if get_problem(problem).tunes_threshold:
         fitted = predict_scores(estimator, features["validation"], problem, num_classes) \
             if validation is not None else LabelScores(np.zeros((0, num_classes)))
         threshold, threshold_record = choose_threshold(fitted, validation.labels if validation is not None
@@ -180,7 +181,7 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     info = read_json_file(run_dir / "model" / "probe.json")
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
-    names, problem = info["class_names"], info.get("problem", "single-label")
+    names, problem = info["class_names"], info.get("problem")  # None in old runs: single-label
 
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)

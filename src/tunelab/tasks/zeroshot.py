@@ -21,6 +21,7 @@ from tunelab.features import FeatureConfig
 from tunelab.files import read_json_file
 from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.models import count_parameters
+from tunelab.problems import get_problem
 from tunelab.registry import Task, register_task
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
             raise TunelabError("this run scores sentence pairs: give them with --pair FIRST SECOND")
         u, v = extractor.encode(inputs.texts), extractor.encode(inputs.pairs)
         cosine = (u * v).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-12)
-        if saved["problem"] == "regression":
+        if "slope" in saved:  # numbers: the linear map fitted on validation
             scores = ValueScores(saved["slope"] * cosine + saved["intercept"])
         else:
             margin = cosine - saved["threshold"]
@@ -108,7 +109,8 @@ def prepare_pairs(config: ZeroshotConfig, source) -> Prepared:
     if dataset.text_pair_column is None:
         raise DataError(f"{config.data.dataset} holds single texts; zero-shot scores images against class prompts, "
                         "or sentence pairs by similarity (name the second text with --text-pair-column)")
-    if dataset.problem == "multi-label" or (dataset.problem == "single-label" and len(dataset.class_names) != 2):
+    kind = get_problem(dataset.problem)
+    if kind.has_classes and not (kind.exclusive_classes and len(dataset.class_names) == 2):
         raise DataError(f"zero-shot pair similarity predicts a number or one of two classes; this {dataset.problem} "
                         f"task has {len(dataset.class_names)} classes")
     if "validation" not in dataset.splits:
@@ -147,7 +149,7 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
         return None
     start = time.perf_counter()
     validation = dataset.splits["validation"].labels
-    if dataset.problem == "regression":
+    if not get_problem(dataset.problem).has_classes:
         slope, intercept = np.polyfit(similarity["validation"], validation, 1)
         calibration = {"map": "label = slope * cosine + intercept, fitted on validation",
                        "slope": float(slope), "intercept": float(intercept)}
