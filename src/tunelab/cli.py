@@ -59,8 +59,7 @@ def add_config_flags(parser: argparse.ArgumentParser, task) -> None:
             meta = field.metadata
             flag = meta.get("flag")
             key = prefix + field.name
-            if not flag or (meta.get("commands") and task.name not in meta["commands"]) \
-                    or key in task.unused_settings:
+            if not flag or key in task.unused_settings:
                 continue
             if flag in seen:
                 raise RuntimeError(f"{task.name}: {flag} would set both {seen[flag]} and {key}")

@@ -27,17 +27,18 @@ PRESET_PACKAGE = "tunelab.presets"
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
             flag: str | None = None, choices: tuple[str, ...] | None = None, metavar: str | None = None,
-            const: Any = None, commands: tuple[str, ...] | None = None, hidden: bool = False) -> Any:
+            const: Any = None, hidden: bool = False) -> Any:
     """A config field that also describes its command-line flag, so that flags, help
     texts, choices and defaults come from one place (``tunelab.cli`` reads them).
 
     ``flag``: the option name (``--lr``); None gives the field no flag (``--set`` still
     reaches it). ``const``: a switch that stores this value (``--no-cache`` stores False).
-    ``choices``: the valid values, checked by ``check_settings`` too. ``commands``: only
-    these commands get the flag. ``hidden``: the flag is still accepted (old scripts) but
-    not shown, because it no longer changes anything."""
+    ``choices``: the valid values, checked by ``check_settings`` too. ``hidden``: the flag
+    is still accepted (old scripts) but not shown, because it no longer changes anything.
+    Which commands offer a flag is the task's to say (``Task.unused_settings``), never the
+    shared config's."""
     metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "const": const,
-                "commands": commands, "hidden": hidden}
+                "hidden": hidden}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -42,7 +42,7 @@ class FeatureConfig:
     max_length: int = setting(512, "tokens per text, capped by the model's own limit", flag="--max-length",
                               metavar="N")
     batch_size: int = setting(64, "texts (or images) per forward pass (sorted batches pad little, so larger is "
-                              "faster)", flag="--batch-size", metavar="N", commands=("probe",))
+                              "faster)", flag="--batch-size", metavar="N")
     cache: bool = setting(True, "reuse features computed before from identical inputs; --no-cache recomputes them",
                           flag="--no-cache",
                           const=False)

@@ -48,8 +48,8 @@ class Task:
     resumable: bool = False  # training: --resume continues a killed run from its checkpoints
     load_predictor: Callable[[Any, Any], Callable[[Sequence], list]] | None = None  # (run_dir, config) -> predict
     describe: Callable[[dict], str] | None = None  # metrics.json -> a few words for the report's tables
-    # Config keys that mean nothing for this task: their flags are not offered (a floor with
-    # no model has no device or precision).
+    # Config keys whose flags this command does not offer: they mean nothing here (a floor
+    # with no model has no device or precision), or another key owns the flag here.
     unused_settings: tuple[str, ...] = ()
     # What the task takes: problem kinds, and per kind of input (text, pairs, images) the
     # pretrained model it needs (text-encoder, clip, or None). The conformance tests run

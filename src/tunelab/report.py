@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import io
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from tunelab.analysis import (
     reliability,
 )
 from tunelab.metrics import below_majority, headline_metric
+from tunelab.plots import figure, png
 from tunelab.runs import read_inside
 from tunelab.stats import PairedTest, correlation_interval, seed_summary, wilson_interval
 
@@ -389,13 +389,8 @@ def _confusion_grid_png(records: list[RunRecord]) -> bytes | None:
     columns = min(3, len(panels))
     rows = (len(panels) + columns - 1) // columns
     size = 3.4 if max(len(p[2]) for p in panels) <= 10 else 4.6
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 1, size * rows + 0.4 * rows), dpi=100,
-                             squeeze=False, layout="constrained")
+    fig, axes = figure(size * columns + 1, size * rows + 0.4 * rows, columns=columns, rows=rows, squeeze=False,
+                       layout="constrained")
     image = None
     for ax, (title, shares, labels) in zip(axes.flat, panels):
         image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
@@ -412,10 +407,7 @@ def _confusion_grid_png(records: list[RunRecord]) -> bytes | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02, label="share of the true class")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 # --------------------------------------------------------------------------- the comparison report
@@ -625,23 +617,11 @@ def _study_state(root: Path):
     return outcomes, state if isinstance(state, dict) else {}
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+_png = png
 
 
 def _figure(width: float = 7.0, height: float = 3.6, columns: int = 1):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, columns, figsize=(width, height), dpi=100)
+    return figure(width, height, columns=columns)
 
 
 def _published_value(value) -> float | None:

@@ -490,14 +490,11 @@ def _json_default(value: Any) -> Any:
 
 
 def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tunelab.plots import figure, png
 
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
+    fig, ax = figure(size, size * 0.9)
     im = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
     ax.set_yticks(range(n), labels=list(class_names))
@@ -510,20 +507,13 @@ def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -
             ax.text(p, t, str(count), ha="center", va="center",
                     color="white" if count > threshold else "black", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 def _scatter_png(gold: np.ndarray, predicted: np.ndarray, split: str) -> bytes:
-    import matplotlib
+    from tunelab.plots import figure, png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig, ax = figure(4.5, 4.5)
     ax.scatter(gold, predicted, s=6, alpha=0.4)
     low = float(min(np.min(gold), np.min(predicted))) if len(gold) else 0.0
     high = float(max(np.max(gold), np.max(predicted))) if len(gold) else 1.0
@@ -531,8 +521,4 @@ def _scatter_png(gold: np.ndarray, predicted: np.ndarray, split: str) -> bytes:
     ax.set_xlabel("gold")
     ax.set_ylabel("predicted")
     ax.set_title(f"predicted vs gold: {split}")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)

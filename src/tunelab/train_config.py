@@ -50,7 +50,7 @@ class TrainConfig:
     eval_batch_size: int = setting(64, "examples per evaluation batch", flag="--eval-batch-size", metavar="N")
     grad_accum: int = setting(1, "gradient accumulation steps", flag="--grad-accum", metavar="N")
     max_length: int = setting(512, "tokens per text; batches pad to their longest text only", flag="--max-length",
-                              metavar="N", commands=("finetune",))
+                              metavar="N")
     eval_every: int = setting(100, "steps between evaluations (and checkpoints)", flag="--eval-every", metavar="N")
     save_total_limit: int = setting(2, "checkpoints kept while training; the best and the last always survive",
                                     flag="--save-total-limit", metavar="N")

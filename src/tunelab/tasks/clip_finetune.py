@@ -183,6 +183,7 @@ TASK = register_task(Task(
     description="CLIP fine-tuning with LoRA (default) or in full, contrastive or ce loss.",
     load_predictor=load_predictor, describe=describe,
     problems=("single-label",), inputs=(("images", "clip"),),
+    unused_settings=("train.max_length",),  # CLIP's prompts are cut at the text tower's own limit
 ))
 
 

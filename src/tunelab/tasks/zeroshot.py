@@ -258,7 +258,8 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
 TASK = register_task(Task(
     name=COMMAND, config_class=ZeroshotConfig, prepare=prepare, execute=execute,
     summary="zero-shot: CLIP prompts against images, or sentence-pair similarity",
-    unused_settings=("data.class_weight", "data.pair_encoding"),
+    # --batch-size is the images' (images.batch_size); sentence pairs take --set features.batch_size.
+    unused_settings=("data.class_weight", "data.pair_encoding", "features.batch_size"),
     description="Zero-shot, no training: CLIP class prompts against images; or, for sentence pairs, the cosine "
                 "similarity of a text encoder's mean-pooled embeddings (scaled or thresholded on validation).",
     load_predictor=load_predictor, describe=describe,
