@@ -36,7 +36,7 @@ def build_model(folder: Path, arch: str) -> None:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from tunelab.architectures import arch_config, char_clip_tokenizer, clip_image_processor
+    from tunelab.models.architectures import arch_config, char_clip_tokenizer, clip_image_processor
 
     tokenizer = char_clip_tokenizer()
     if arch == "vit-b16":
@@ -57,9 +57,9 @@ def child(args) -> int:
     import logging
 
     import tunelab
-    from tunelab.config import DataConfig, ImageLoadingConfig, RuntimeConfig
+    from tunelab.core.config import DataConfig, ImageLoadingConfig, RuntimeConfig
     from tunelab.tasks.clip_finetune import ClipFinetuneConfig
-    from tunelab.train_config import TrainConfig
+    from tunelab.training.config import TrainConfig
 
     logging.disable(logging.WARNING)
     config = ClipFinetuneConfig(

@@ -6,7 +6,7 @@ the same Tiny ImageNet validation images, 200 class prompts encoded once for bot
   reference: the processor and the model called one image at a time, fp32
   tunelab:   images decoded in DataLoader workers (GPU) or in line (CPU), batched, scored
              against cached class embeddings with streaming top-5; on CPUs through the
-             rearranged image tower of tunelab.cpu_inference; fp32, and bf16 on CPU / fp16 on GPU
+             rearranged image tower of tunelab.encoders.cpu_tower; fp32, and bf16 on CPU / fp16 on GPU
 
     python benchmarks/clip_zeroshot.py [--num-images 512] [--data-dir DIR] [--quick]
 
@@ -44,12 +44,12 @@ def main(argv=None) -> int:
     import transformers
     from transformers import CLIPModel
 
-    from tunelab.architectures import arch_config, char_clip_tokenizer, clip_image_processor
-    from tunelab.clip import class_embeddings, image_embeddings, logit_scale, score_loader
-    from tunelab.config import DataConfig, ImageLoadingConfig
+    from tunelab.core.config import DataConfig, ImageLoadingConfig
+    from tunelab.core.runtime import resolve_device
     from tunelab.data.images import ClipPreprocess, image_loader, load_image_dataset
-    from tunelab.evaluation import ScoreAccumulator
-    from tunelab.runtime import resolve_device
+    from tunelab.encoders.clip import class_embeddings, image_embeddings, logit_scale, score_loader
+    from tunelab.models.architectures import arch_config, char_clip_tokenizer, clip_image_processor
+    from tunelab.scoring.evaluation import ScoreAccumulator
 
     transformers.logging.set_verbosity_error()
     device = resolve_device(args.device)
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     dataset = load_image_dataset(DataConfig(dataset="tiny_imagenet", splits=["validation"]))
     split = dataset.splits["validation"].subset(np.arange(n))
     if Path(args.model).is_dir():
-        from tunelab.clip import load_clip
-        from tunelab.models import resolve_model
+        from tunelab.encoders.clip import load_clip
+        from tunelab.models.resolve import resolve_model
 
         model, tokenizer, processor = load_clip(resolve_model(args.model))
     else:

@@ -112,11 +112,11 @@ def text_finetune(args, device, work: Path, gpu: Utilisation) -> dict:
         TrainingArguments,
     )
 
-    from tunelab.architectures import arch_config
-    from tunelab.config import DataConfig, RuntimeConfig
+    from tunelab.core.config import DataConfig, RuntimeConfig
     from tunelab.data.text import load_text_dataset
+    from tunelab.models.architectures import arch_config
     from tunelab.tasks.finetune import FinetuneConfig, build_trainer
-    from tunelab.train_config import TrainConfig
+    from tunelab.training.config import TrainConfig
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     config = arch_config("distilbert-base-uncased")
@@ -164,7 +164,7 @@ def text_finetune(args, device, work: Path, gpu: Utilisation) -> dict:
         reference_rate, reference_util = timed(reference, batch)
     del reference, reference_model
 
-    from tunelab.runtime import resolve_precision
+    from tunelab.core.runtime import resolve_precision
 
     results = {"reference_samples_per_s": reference_rate, "reference_gpu_util": reference_util, "batch": batch}
     for key, size in (("same_batch", batch), ("tunelab_batch", tunelab_batch)):
@@ -188,11 +188,11 @@ def clip_lora(args, device, work: Path, gpu: Utilisation, clip_dir: Path) -> dic
     from torch.utils.data import Dataset
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, Trainer, TrainingArguments
 
-    from tunelab.config import DataConfig, ImageDecodingConfig, RuntimeConfig
+    from tunelab.core.config import DataConfig, ImageDecodingConfig, RuntimeConfig
+    from tunelab.core.runtime import resolve_precision
     from tunelab.data.images import load_image_dataset
-    from tunelab.runtime import resolve_precision
     from tunelab.tasks.clip_finetune import ClipFinetuneConfig, build_clip_trainer, wrap_clip_lora
-    from tunelab.train_config import LoraConfig, TrainConfig
+    from tunelab.training.config import LoraConfig, TrainConfig
 
     dataset = load_image_dataset(DataConfig(dataset="tiny_imagenet", splits=["validation"]), flat_split="all")
     data = dataset.splits["validation"]
@@ -267,9 +267,9 @@ def zero_shot(args, device, work: Path, gpu: Utilisation, clip_dir: Path) -> dic
     from transformers import AutoImageProcessor, CLIPModel
 
     import tunelab
-    from tunelab.clip import class_embeddings, image_embeddings, logit_scale
-    from tunelab.config import DataConfig, ImageLoadingConfig
+    from tunelab.core.config import DataConfig, ImageLoadingConfig
     from tunelab.data.images import load_image_dataset
+    from tunelab.encoders.clip import class_embeddings, image_embeddings, logit_scale
 
     dataset = load_image_dataset(DataConfig(dataset="tiny_imagenet", splits=["validation"]), flat_split="test")
     data = dataset.splits["validation"]
@@ -318,15 +318,15 @@ def main(argv=None) -> int:
     os.environ["TUNELAB_DATA_DIR"] = args.data_dir
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.tokenizer is None:
-        from tunelab.models import resolve_model
+        from tunelab.models.resolve import resolve_model
 
         args.tokenizer = resolve_model("minilm").location
 
     import torch
     import transformers
 
-    from tunelab.architectures import arch_config, char_clip_tokenizer, clip_image_processor
-    from tunelab.runtime import resolve_device
+    from tunelab.core.runtime import resolve_device
+    from tunelab.models.architectures import arch_config, char_clip_tokenizer, clip_image_processor
 
     transformers.logging.set_verbosity_error()
     device = resolve_device("auto")

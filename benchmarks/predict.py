@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     import torch
 
     import tunelab
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
     from tunelab.data.text import load_text_dataset
-    from tunelab.export import export_onnx
-    from tunelab.prediction import load_predictor
+    from tunelab.serve.export import export_onnx
+    from tunelab.serve.predict import load_predictor
 
     torch.manual_seed(0)
     texts = load_text_dataset(DataConfig(dataset="rotten_tomatoes")).splits["test"].texts

@@ -56,10 +56,10 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from tunelab.config import DataConfig, RuntimeConfig
+    from tunelab.core.config import DataConfig, RuntimeConfig
     from tunelab.data.text import load_text_dataset
-    from tunelab.features import FeatureConfig, TextFeatureExtractor
-    from tunelab.models import resolve_model
+    from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor
+    from tunelab.models.resolve import resolve_model
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -64,11 +64,11 @@ def main(argv=None) -> int:
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, default_data_collator
 
-    from tunelab.config import DataConfig, RuntimeConfig
+    from tunelab.core.config import DataConfig, RuntimeConfig
     from tunelab.data.text import load_text_dataset
-    from tunelab.models import load_tokenizer, resolve_model
+    from tunelab.models.resolve import load_tokenizer, resolve_model
     from tunelab.tasks.finetune import FinetuneConfig, build_model, build_trainer
-    from tunelab.train_config import TrainConfig
+    from tunelab.training.config import TrainConfig
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

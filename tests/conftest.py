@@ -149,7 +149,7 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from tunelab.architectures import char_clip_tokenizer, clip_image_processor
+    from tunelab.models.architectures import char_clip_tokenizer, clip_image_processor
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = char_clip_tokenizer(model_max_length=32)

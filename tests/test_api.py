@@ -3,12 +3,12 @@
 import importlib
 
 import tunelab
-from tunelab.registry import all_tasks
+from tunelab.core.registry import all_tasks
 
 
 def test_every_public_name_is_the_same_object_on_every_access():
-    importlib.import_module("tunelab.prediction")  # what commands import along the way
-    importlib.import_module("tunelab.export")
+    importlib.import_module("tunelab.serve.predict")  # what commands import along the way
+    importlib.import_module("tunelab.serve.export")
     for name in tunelab.__all__:
         first, second = getattr(tunelab, name), getattr(tunelab, name)
         assert not isinstance(first, type(tunelab)), f"tunelab.{name} is a module"

@@ -29,7 +29,7 @@ def clip_ft(model, data, out, *extra):
 
 
 def test_reference_lora_counts_on_vit_b16(capsys):
-    from tunelab.info import model_info
+    from tunelab.models.info import model_info
 
     info = model_info("openai/clip-vit-base-patch16", random_init=True, lora_r=8, lora_targets=["q_proj", "v_proj"])
     assert (info.trainable, info.total) == (491_520, 150_112_257)
@@ -41,14 +41,14 @@ def test_reference_lora_counts_on_vit_b16(capsys):
 
 
 def test_distilbert_architecture_count():
-    from tunelab.info import model_info
+    from tunelab.models.info import model_info
 
     assert model_info("distilbert-base-uncased", random_init=True).total == 66_362_880
 
 
 def test_templates():
-    from tunelab.clip import load_templates
-    from tunelab.errors import ConfigError
+    from tunelab.core.errors import ConfigError
+    from tunelab.encoders.clip import load_templates
 
     assert load_templates("simple") == ["a photo of a {}"]
     ensemble = load_templates("ensemble")
@@ -135,7 +135,7 @@ def test_lora_trains_only_adapters(lora_run, tiny_clip_dir):
     params = metrics_of(lora_run)["params"]
     # q_proj and v_proj in 2 layers of each tower, hidden 32, r 8: 8 modules x (32*8 + 8*32)
     assert params["trainable"] == 8 * (32 * 8 + 8 * 32)
-    from tunelab.info import model_info
+    from tunelab.models.info import model_info
 
     assert params["total"] == model_info(str(tiny_clip_dir)).total + params["trainable"]
     assert (lora_run / "model" / "adapter" / "adapter_model.safetensors").is_file()  # the adapter alone
@@ -159,7 +159,7 @@ def test_adapter_round_trip_gives_identical_logits(lora_run, colour_folder):
     import torch
     from PIL import Image
 
-    from tunelab.clip import class_embeddings, image_embeddings, load_templates, logit_scale
+    from tunelab.encoders.clip import class_embeddings, image_embeddings, load_templates, logit_scale
     from tunelab.tasks.clip_finetune import clip_config_from_run, load_clip_run
 
     config = clip_config_from_run(lora_run)

@@ -1,13 +1,13 @@
 import pytest
 import yaml
 
-from tunelab.config import DataConfig, build_config, dump_yaml, from_dict, list_presets, parse_assignment
-from tunelab.errors import ConfigError
+from tunelab.core.config import DataConfig, build_config, dump_yaml, from_dict, list_presets, parse_assignment
+from tunelab.core.errors import ConfigError
 from tunelab.tasks.probe import ProbeConfig
 
 
 def test_defaults_are_the_reference_settings():
-    from tunelab.classifiers import resolve_kind
+    from tunelab.scoring.classifiers import resolve_kind
 
     config = ProbeConfig()
     assert config.model == "distilbert-base-uncased"

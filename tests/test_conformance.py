@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import metrics_of, write_csv
 from tunelab.cli import main
-from tunelab.registry import all_tasks
+from tunelab.core.registry import all_tasks
 
 WORDS = {"sport": ["ball", "goal", "team"], "music": ["song", "band", "tune"], "art": ["paint", "museum", "brush"]}
 

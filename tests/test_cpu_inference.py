@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tunelab import cpu_inference  # noqa: E402
-from tunelab.cpu_inference import CpuImageTower, image_features, pooled_output  # noqa: E402
+from tunelab.encoders import cpu_tower as cpu_inference  # noqa: E402
+from tunelab.encoders.cpu_tower import CpuImageTower, image_features, pooled_output  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not cpu_inference.onednn_linear_available(), reason="no oneDNN linear op")
 
@@ -97,7 +97,7 @@ def test_falls_back_without_onednn(monkeypatch):
 def test_real_size_vit_b16_matches():
     from transformers import CLIPModel
 
-    from tunelab.architectures import arch_config
+    from tunelab.models.architectures import arch_config
 
     torch.manual_seed(0)
     model = CLIPModel(arch_config("openai/clip-vit-base-patch16")).eval()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import topic_rows, write_csv
-from tunelab.config import DataConfig
+from tunelab.core.config import DataConfig
+from tunelab.core.errors import DataError
 from tunelab.data.labels import stratified_indices, stratified_subsample
 from tunelab.data.text import load_text_dataset
-from tunelab.errors import DataError
 
 
 def load(dataset, **kwargs):

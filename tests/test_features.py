@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tunelab.config import RuntimeConfig
-from tunelab.features import (
+from tunelab.core.config import RuntimeConfig
+from tunelab.encoders.text import (
     FeatureCache,
     FeatureConfig,
     TextFeatureExtractor,
@@ -10,7 +10,7 @@ from tunelab.features import (
     length_sorted_batches,
     pad_batch,
 )
-from tunelab.models import resolve_model
+from tunelab.models.resolve import resolve_model
 
 TEXTS = ["good film", "the worst , most boring and tedious movie of the year",
          "a", "fun and charming story with a dog and a cat", "bad"]
@@ -91,7 +91,7 @@ def test_pairs_encode_jointly_with_segment_ids(tiny_bert_dir):
     from transformers import AutoModel, AutoTokenizer
 
     from tunelab.data.text import TextInputs
-    from tunelab.features import pair_features
+    from tunelab.encoders.text import pair_features
 
     inputs = TextInputs(TEXTS[:3], TEXTS[2:5])
     joint = extractor(tiny_bert_dir, pooling="cls", batch_size=2).encode(inputs)
@@ -117,7 +117,7 @@ def test_padding_and_batches():
 def test_tokenisation_is_shared_between_runs_of_a_process(tiny_bert_dir):
     from transformers import AutoTokenizer
 
-    from tunelab.features import tokenize_inputs
+    from tunelab.encoders.text import tokenize_inputs
 
     first = tokenize_inputs(AutoTokenizer.from_pretrained(tiny_bert_dir), TEXTS, 64)
     again = tokenize_inputs(AutoTokenizer.from_pretrained(tiny_bert_dir), TEXTS, 64)  # another run's tokenizer
@@ -127,8 +127,8 @@ def test_tokenisation_is_shared_between_runs_of_a_process(tiny_bert_dir):
 
 def test_padding_rounds_lengths_up_on_gpus_only():
     torch = pytest.importorskip("torch")
-    from tunelab.features import pad_batch
-    from tunelab.runtime import length_multiple
+    from tunelab.core.runtime import length_multiple
+    from tunelab.encoders.text import pad_batch
 
     ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, multiple=4)
     assert ids.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]] and mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]

@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import data_dir, write_colour_images
-from tunelab.architectures import clip_image_processor
-from tunelab.config import DataConfig
+from tunelab.core.config import DataConfig
+from tunelab.core.errors import DataError
 from tunelab.data.images import ClipPreprocess, image_loader, is_image_dataset, load_image_dataset
-from tunelab.errors import DataError
+from tunelab.models.architectures import clip_image_processor
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def test_nothing_imports_the_command_line():
 
 
 def test_tasks_import_no_command_module():
-    commands = {"tunelab.prediction", "tunelab.export", "tunelab.study", "tunelab.report"}
+    commands = {"tunelab.serve.predict", "tunelab.serve.export", "tunelab.study.run", "tunelab.report.document"}
     for name, targets in import_graph().items():
         if name.startswith("tunelab.tasks."):
             assert not targets & commands, (name, targets & commands)

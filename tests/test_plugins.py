@@ -10,14 +10,14 @@ import pytest
 import yaml
 
 from tests.conftest import metrics_of, write_topic_splits
-from tunelab import registry
 from tunelab.cli import main
+from tunelab.core import registry
 
 PLUGIN = '''
 import dataclasses
 
-from tunelab.config import setting
-from tunelab.registry import Task, register_task
+from tunelab.core.config import setting
+from tunelab.core.registry import Task, register_task
 from tunelab.tasks import baseline
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import write_csv
 from tunelab.cli import main
-from tunelab.metrics import classification_metrics
+from tunelab.scoring.metrics import classification_metrics
 
 CONTRACT_FILES = ["config.yaml", "command.txt", "metrics.json", "report.md", "model/classifier.skops",
                   "predictions/validation.csv", "predictions/test.csv",
@@ -111,7 +111,7 @@ def test_predict_round_trip(probe_run, capsys):
 
 def test_python_api(tiny_bert_dir, topic_folder, tmp_path):
     import tunelab
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
 
     config = tunelab.ProbeConfig(model=str(tiny_bert_dir), data=DataConfig(dataset=str(topic_folder),
                                  splits=["test"]))
@@ -151,7 +151,7 @@ def test_missing_dataset(capsys, tiny_bert_dir, tmp_path):
 
 
 def test_data_errors_come_before_the_model_loads(capsys, tmp_path, topic_folder, tiny_bert_dir, monkeypatch):
-    import tunelab.features as features
+    import tunelab.encoders.text as features
 
     calls = []
 
@@ -225,8 +225,8 @@ def test_tune_with_an_empty_grid(capsys, tiny_bert_dir, topic_folder, tmp_path):
 
 
 def test_tune_without_validation():
-    from tunelab.classifiers import ClassifierConfig, fit_classifier
-    from tunelab.errors import TunelabError
+    from tunelab.core.errors import TunelabError
+    from tunelab.scoring.classifiers import ClassifierConfig, fit_classifier
 
     x, y = np.random.default_rng(0).normal(size=(12, 3)), np.array([0, 1] * 6)
     with pytest.raises(TunelabError, match="picks C on the validation split, and this dataset has none"):

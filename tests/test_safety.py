@@ -80,7 +80,7 @@ def test_study_rerun_never_deletes_a_folder_it_did_not_create(tmp_path, tiny_ber
     path.write_text(yaml.safe_dump(study))
     assert main(["run", str(path), "--out", str(root)]) == 2  # the folder is the user's: refused whole
     assert not (root / "study.json").exists() and not (root / ".tunelab-run").exists()
-    from tunelab.runs import lock_run_directory
+    from tunelab.core.runs import lock_run_directory
 
     (root / "probe" / "precious.txt").rename(tmp_path / "precious.txt")
     (root / "probe").rmdir()
@@ -124,7 +124,7 @@ def test_a_model_that_fails_to_load_touches_nothing(capsys, probe_run, topic_fol
 
 
 def test_a_locked_run_directory_is_refused(capsys, probe_run, tiny_bert_dir, topic_folder):
-    from tunelab.runs import lock_run_directory
+    from tunelab.core.runs import lock_run_directory
 
     holder = lock_run_directory(probe_run)  # as another process writing there would
     try:
@@ -159,9 +159,9 @@ def test_a_capped_train_split_keeps_every_class(tiny_bert_dir, tmp_path):
 
 
 def test_a_cap_below_the_number_of_classes_is_refused(tmp_path):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
+    from tunelab.core.errors import DataError
     from tunelab.data.text import load_text_dataset
-    from tunelab.errors import DataError
 
     with pytest.raises(DataError, match="cannot keep one example of each of the 12 classes"):
         load_text_dataset(DataConfig(dataset=str(many_classes_file(tmp_path / "d.csv")), max_train_samples=5))
@@ -172,8 +172,8 @@ def test_scores_map_through_the_estimators_own_classes():
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import SVC
 
-    from tunelab.evaluation import ClassScores
     from tunelab.problems.base import class_scores
+    from tunelab.scoring.evaluation import ClassScores
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)) + np.repeat(np.eye(4)[[0, 2, 3]] * 4, 20, axis=0)
@@ -188,8 +188,8 @@ def test_scores_map_through_the_estimators_own_classes():
 
 def test_top5_never_below_top1_when_prediction_and_scores_disagree():
     """An SVC votes one-vs-one but scores one-vs-rest: the vote leads the top-k list."""
-    from tunelab.evaluation import ClassScores
-    from tunelab.metrics import classification_metrics
+    from tunelab.scoring.evaluation import ClassScores
+    from tunelab.scoring.metrics import classification_metrics
 
     scores = np.tile(np.arange(12, dtype=float), (4, 1))  # class 11 scores best everywhere
     predicted = np.array([0, 1, 2, 3])  # the votes say otherwise
@@ -247,7 +247,7 @@ def write_checkpoint(folder: Path, step: int, torn: str | None = None) -> Path:
 
 @pytest.mark.parametrize("torn", ["weights", "state", "missing"])
 def test_resume_falls_back_past_a_torn_checkpoint(tmp_path, torn):
-    from tunelab.training import last_complete_checkpoint
+    from tunelab.training.trainer import last_complete_checkpoint
 
     good = write_checkpoint(tmp_path, 50)
     write_checkpoint(tmp_path, 100, torn=torn)
@@ -256,7 +256,7 @@ def test_resume_falls_back_past_a_torn_checkpoint(tmp_path, torn):
 
 
 def test_sharded_checkpoint_needs_every_shard(tmp_path):
-    from tunelab.training import checkpoint_problem
+    from tunelab.training.trainer import checkpoint_problem
 
     path = write_checkpoint(tmp_path, 10)
     (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
@@ -269,9 +269,9 @@ def test_sharded_checkpoint_needs_every_shard(tmp_path):
 
 
 def test_an_empty_cache_file_is_recomputed(tiny_bert_dir, tmp_path):
-    from tunelab.config import RuntimeConfig
-    from tunelab.features import FeatureCache, FeatureConfig, TextFeatureExtractor, cached_features
-    from tunelab.models import resolve_model
+    from tunelab.core.config import RuntimeConfig
+    from tunelab.encoders.text import FeatureCache, FeatureConfig, TextFeatureExtractor, cached_features
+    from tunelab.models.resolve import resolve_model
 
     extractor = TextFeatureExtractor(resolve_model(str(tiny_bert_dir)), FeatureConfig(), RuntimeConfig())
     cache = FeatureCache(tmp_path)
@@ -285,7 +285,7 @@ def test_an_empty_cache_file_is_recomputed(tiny_bert_dir, tmp_path):
 
 
 def test_probe_survives_an_empty_cache_file(tiny_bert_dir, topic_folder, tmp_path, probe_run):
-    from tunelab.features import cache_dir
+    from tunelab.encoders.text import cache_dir
 
     for entry in (cache_dir() / "features").glob("*.npy"):
         entry.write_bytes(b"")
@@ -324,7 +324,7 @@ def test_predict_uses_the_model_the_run_recorded(tiny_bert_dir, topic_folder, tm
 
 
 def test_report_never_reads_outside_a_run_directory(probe_run, tmp_path):
-    from tunelab.report import write_report
+    from tunelab.report.document import write_report
 
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"\x89PNG secret bytes outside every run")
@@ -354,7 +354,7 @@ def test_report_never_reads_outside_a_run_directory(probe_run, tmp_path):
 def test_fingerprints_cover_tokenizer_files_and_every_shard(tiny_bert_dir, tmp_path):
     import shutil
 
-    from tunelab.models import resolve_model
+    from tunelab.models.resolve import resolve_model
 
     model = tmp_path / "m"
     shutil.copytree(tiny_bert_dir, model)
@@ -406,9 +406,9 @@ def test_non_finite_numbers_fail_at_once(capsys, topic_folder, flag, value):
 
 @pytest.mark.parametrize("missing", ["NaN", "null", "N/A", "#N/A"])
 def test_missing_label_markers_are_not_classes(tmp_path, missing):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
+    from tunelab.core.errors import DataError
     from tunelab.data.text import load_text_dataset
-    from tunelab.errors import DataError
 
     rows = topic_rows(10) + [("an unlabelled text", missing)]
     with pytest.raises(DataError, match="1 row has no label"):
@@ -416,9 +416,9 @@ def test_missing_label_markers_are_not_classes(tmp_path, missing):
 
 
 def test_image_folder_mixing_split_and_other_folders_is_refused(tmp_path):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
+    from tunelab.core.errors import DataError
     from tunelab.data.images import load_image_dataset
-    from tunelab.errors import DataError
 
     for name in ("train", "test", "extra"):
         write_colour_images(tmp_path / "d" / name, 2)
@@ -427,7 +427,7 @@ def test_image_folder_mixing_split_and_other_folders_is_refused(tmp_path):
 
 
 def test_only_split_file_names_are_splits(tmp_path):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
     from tunelab.data.sources import split_name_of
     from tunelab.data.text import load_text_dataset
 
@@ -444,7 +444,7 @@ def test_only_split_file_names_are_splits(tmp_path):
 
 
 def test_unusable_feature_rows_are_recorded(tiny_bert_dir, topic_folder, tmp_path, monkeypatch):
-    from tunelab.features import TextFeatureExtractor
+    from tunelab.encoders.text import TextFeatureExtractor
 
     encode = TextFeatureExtractor.encode_all
 
@@ -494,7 +494,7 @@ def test_files_fingerprint_is_the_sorted_walk_of_every_file(tmp_path):
     import hashlib
     import os
 
-    from tunelab.provenance import files_fingerprint
+    from tunelab.core.provenance import files_fingerprint
 
     root = tmp_path / "d"
     (root / "a" / "b").mkdir(parents=True)

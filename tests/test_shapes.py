@@ -213,7 +213,7 @@ def test_class_weights_and_balanced_accuracy(imbalanced, tiny_bert_dir, tmp_path
 
 
 def test_shots_sample_k_per_class_without_leakage(tmp_path):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
     from tunelab.data.text import load_text_dataset
 
     rng = random.Random(0)
@@ -248,7 +248,7 @@ def write_repo(folder: Path) -> Path:
 
 
 def test_dataset_configs_and_split_names_through_load_dataset(tmp_path, capsys):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
     from tunelab.data.text import load_text_dataset
 
     repo = write_repo(tmp_path / "repo")
@@ -265,7 +265,7 @@ def test_dataset_configs_and_split_names_through_load_dataset(tmp_path, capsys):
 def test_split_flags_on_saved_datasets_and_folders(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
     from tunelab.data.text import load_text_dataset
 
     rng = random.Random(0)
@@ -291,8 +291,8 @@ def test_hub_path_is_the_load_dataset_call(tmp_path, monkeypatch):
     """A hub id goes through the same datasets.load_dataset call a repository folder does."""
     import datasets
 
-    import tunelab.hub
-    from tunelab.config import DataConfig
+    import tunelab.core.hub
+    from tunelab.core.config import DataConfig
     from tunelab.data.text import load_text_dataset
 
     repo = write_repo(tmp_path / "repo")
@@ -304,7 +304,7 @@ def test_hub_path_is_the_load_dataset_call(tmp_path, monkeypatch):
         return real(str(repo), name=name, **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", recording)
-    monkeypatch.setattr(tunelab.hub, "hub_reachable", lambda: True)
+    monkeypatch.setattr(tunelab.core.hub, "hub_reachable", lambda: True)
     dataset = load_text_dataset(DataConfig(dataset="someone/topics", dataset_config="easy"))
     assert calls == [("someone/topics", "easy")] and len(dataset.splits["validation"]) == 18
 
@@ -313,7 +313,7 @@ def test_hub_path_is_the_load_dataset_call(tmp_path, monkeypatch):
 
 
 def test_tsv_without_quotes_bom_crlf_and_odd_column_names(tmp_path):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
     from tunelab.data.text import load_text_dataset
 
     lines = ["\ufeffthe text\t#label"]
@@ -329,9 +329,9 @@ def test_tsv_without_quotes_bom_crlf_and_odd_column_names(tmp_path):
 
 @pytest.mark.parametrize("suffix, bad_line", [(".tsv", "only one field"), (".csv", "a,b,c")])
 def test_a_row_with_the_wrong_number_of_fields_stops_the_run(tmp_path, suffix, bad_line):
-    from tunelab.config import DataConfig
+    from tunelab.core.config import DataConfig
+    from tunelab.core.errors import DataError
     from tunelab.data.text import load_text_dataset
-    from tunelab.errors import DataError
 
     sep = "\t" if suffix == ".tsv" else ","
     lines = [f"text{sep}label"] + [f"row {i}{sep}{'ab'[i % 2]}" for i in range(10)]

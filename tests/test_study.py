@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import topic_rows, write_csv
 from tunelab.cli import main
-from tunelab.report import find_runs, write_report
+from tunelab.report.document import find_runs, write_report
 
 
 @pytest.fixture

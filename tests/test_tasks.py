@@ -88,12 +88,12 @@ def test_tracker_keys_are_the_same_in_every_task(four_runs):
 
 
 def _word_vote_task():
-    from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig, setting
+    from tunelab.core.config import DataConfig, RuntimeConfig, TrackingConfig, setting
+    from tunelab.core.lifecycle import Outcome, Prepared
+    from tunelab.core.registry import Task
     from tunelab.data.text import load_text_dataset
-    from tunelab.evaluation import ClassScores, evaluate_split
-    from tunelab.lifecycle import Outcome, Prepared
-    from tunelab.predictors import Prediction
-    from tunelab.registry import Task
+    from tunelab.scoring.evaluation import ClassScores, evaluate_split
+    from tunelab.scoring.predictors import Prediction
 
     @dataclasses.dataclass
     class WordVote:
@@ -154,7 +154,7 @@ def _word_vote_task():
 @pytest.fixture
 def word_vote():
     import tunelab
-    from tunelab.registry import unregister_task
+    from tunelab.core.registry import unregister_task
 
     task = tunelab.register_task(_word_vote_task())
     yield task
@@ -232,9 +232,9 @@ def _from_api(task, values):
 @pytest.mark.parametrize("command", list(SETTINGS))
 def test_flags_yaml_study_and_api_give_the_same_config(command, tmp_path):
     from tunelab.cli import config_overrides
-    from tunelab.config import build_config, dump_yaml
-    from tunelab.registry import get_task
-    from tunelab.study import load_study, resolve_step
+    from tunelab.core.config import build_config, dump_yaml
+    from tunelab.core.registry import get_task
+    from tunelab.study.run import load_study, resolve_step
 
     task = get_task(command)
     values, flags = SETTINGS[command]
@@ -253,8 +253,8 @@ def test_flags_yaml_study_and_api_give_the_same_config(command, tmp_path):
 
 def test_epochs_replace_a_presets_steps_in_every_path(tmp_path):
     from tunelab.cli import config_overrides
-    from tunelab.config import build_config
-    from tunelab.study import load_study, resolve_step
+    from tunelab.core.config import build_config
+    from tunelab.study.run import load_study, resolve_step
     from tunelab.tasks.finetune import FinetuneConfig
 
     args = build_parser().parse_args(["finetune", "--config", "lab03-finetune", "--epochs", "2"])
@@ -266,11 +266,11 @@ def test_epochs_replace_a_presets_steps_in_every_path(tmp_path):
     study = load_study(str(tmp_path / "s.yaml"), {"x.train.max_steps": 7})
     step = resolve_step(study, study.steps[0])
     assert (step.train.epochs, step.train.max_steps) == (None, 7)  # the --set layer wins
-    from tunelab.training import total_steps
+    from tunelab.training.trainer import total_steps
 
     assert total_steps(FinetuneConfig().train, 10, 1) == 1000  # neither given: the reference's 1,000 steps
-    from tunelab.errors import ConfigError
-    from tunelab.train_config import TrainConfig
+    from tunelab.core.errors import ConfigError
+    from tunelab.training.config import TrainConfig
 
     with pytest.raises(ConfigError, match="both give the schedule's length"):
         TrainConfig(epochs=1, max_steps=5)
@@ -279,7 +279,7 @@ def test_epochs_replace_a_presets_steps_in_every_path(tmp_path):
 def test_the_learning_rate_used_is_recorded():
     from tunelab.tasks.clip_finetune import ClipFinetuneConfig
     from tunelab.tasks.finetune import FinetuneConfig
-    from tunelab.train_config import TrainConfig
+    from tunelab.training.config import TrainConfig
 
     assert FinetuneConfig().train.lr == 2e-5
     assert FinetuneConfig(train=TrainConfig(method="lora")).train.lr == 1e-3
@@ -335,18 +335,18 @@ def test_no_module_imports_another_modules_private_names():
 
 def test_info_and_the_package_root_read_the_registry():
     import tunelab
-    from tunelab.registry import all_tasks
+    from tunelab.core.registry import all_tasks
 
     for task in all_tasks().values():
         assert callable(getattr(tunelab, task.api_name))
-    assert "tunelab.tasks" not in (SRC / "info.py").read_text()
+    assert "tunelab.tasks" not in (SRC / "models" / "info.py").read_text()
 
 
 # --------------------------------------------------------------------------- training and evaluation bookkeeping
 
 
 def test_length_grouped_sampler_is_seeded_and_groups_lengths():
-    from tunelab.training import SeededLengthGroupedSampler
+    from tunelab.training.trainer import SeededLengthGroupedSampler
 
     lengths = np.random.default_rng(0).integers(1, 200, size=1000)
     first = list(SeededLengthGroupedSampler(lengths, 16, seed=3, mega=4))
@@ -368,7 +368,7 @@ def test_length_grouped_sampler_is_seeded_and_groups_lengths():
 def test_sampler_resumes_mid_epoch_to_the_same_order():
     """The Trainer resumes by skipping the batches already seen in the epoch: the order
     must not depend on anything but (seed, epoch)."""
-    from tunelab.training import SeededLengthGroupedSampler
+    from tunelab.training.trainer import SeededLengthGroupedSampler
 
     lengths = np.random.default_rng(2).integers(1, 50, size=300)
     uninterrupted = SeededLengthGroupedSampler(lengths, 8, seed=5)
@@ -383,7 +383,7 @@ def test_sampler_resumes_mid_epoch_to_the_same_order():
 def test_score_accumulator_keeps_top_k_and_absorbs_shards():
     import torch
 
-    from tunelab.evaluation import ScoreAccumulator
+    from tunelab.scoring.evaluation import ScoreAccumulator
 
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(10, 12)).astype(np.float32)
@@ -405,7 +405,7 @@ def test_score_accumulator_keeps_top_k_and_absorbs_shards():
 
 
 def test_top_k_loss_is_exact_with_every_class_and_bounded_with_the_top_k():
-    from tunelab.evaluation import ClassScores, top_k_nll
+    from tunelab.scoring.evaluation import ClassScores, top_k_nll
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 4)) * 3

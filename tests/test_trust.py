@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import metrics_of, topic_rows, write_csv, write_topic_splits
 from tunelab.cli import main
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 
 
 def expect_error(capsys, args, message, code=2):
@@ -52,7 +52,7 @@ def write_study(path: Path, data: Path, **extra) -> Path:
 
 
 def test_a_second_study_on_the_same_out_stops_at_once(tmp_path):
-    from tunelab.study import open_study_directory
+    from tunelab.study.run import open_study_directory
 
     first = open_study_directory(tmp_path / "study")
     try:
@@ -103,7 +103,7 @@ def test_report_never_replaces_a_users_file_nor_writes_through_links(tmp_path, t
 
 
 def test_a_killed_job_is_reported_with_its_signal_and_last_line():
-    from tunelab.study import failure_from_process
+    from tunelab.study.run import failure_from_process
 
     stderr = "loading\ntrain features:  40%|####      | 4/10 [00:01<00:02]\r   \x1b[A\n"
     detail = failure_from_process(-9, stderr)
@@ -137,7 +137,7 @@ def test_too_few_rows_say_how_many_are_needed(tmp_path, capsys):
 
 
 def test_a_killed_overwrite_leaves_nothing_behind(tmp_path, topics):
-    from tunelab.runs import _make_marked_directory
+    from tunelab.core.runs import _make_marked_directory
 
     run = tmp_path / "run"
     assert main([str(a) for a in baseline_args(topics, run)]) == 0
@@ -165,7 +165,7 @@ def test_reserved_and_long_step_names_are_refused_up_front(tmp_path, topics, nam
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
-    from tunelab.runs import atomic_write_bytes
+    from tunelab.core.runs import atomic_write_bytes
 
     (tmp_path / "target").mkdir()
     (tmp_path / "target" / "x").write_text("a folder is in the way")
@@ -175,7 +175,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
 
 
 def test_a_study_name_is_one_safe_path_component():
-    from tunelab.study import default_study_path
+    from tunelab.study.run import default_study_path
 
     path = default_study_path("../../etc/evil")
     assert path.parent == Path("runs") and ".." not in path.name and "/" not in path.name
@@ -212,7 +212,7 @@ def test_data_fingerprints_follow_content_not_size_and_time(tmp_path):
 
 
 def test_the_marker_is_created_once_and_locked_once(tmp_path):
-    from tunelab.runs import MARKER, _make_marked_directory, lock_run_directory, marker_run_id
+    from tunelab.core.runs import MARKER, _make_marked_directory, lock_run_directory, marker_run_id
 
     _make_marked_directory(tmp_path / "r")
     first_id = marker_run_id(tmp_path / "r")
@@ -278,7 +278,7 @@ def test_dataset_config_on_a_file_is_one_line(tmp_path, topics, capsys):
 
 
 def test_a_cache_entry_of_the_wrong_shape_is_recomputed(tmp_path):
-    from tunelab.features import FeatureCache
+    from tunelab.encoders.text import FeatureCache
 
     cache = FeatureCache(tmp_path)
     cache.put("k", np.ones((4, 8), dtype=np.float32), {"what": "test"})
@@ -373,7 +373,7 @@ def test_few_shot_runs_choose_on_k_validation_labels_per_class(tmp_path, topics)
 
 
 def test_seed_aware_test_does_not_call_noise_significant():
-    from tunelab.stats import holm, paired_test
+    from tunelab.scoring.stats import holm, paired_test
 
     rng = np.random.default_rng(1)
     gold = [str(g) for g in rng.integers(0, 2, 1066)]
@@ -398,7 +398,7 @@ def test_seed_aware_test_does_not_call_noise_significant():
 
 
 def test_metrics_recomputed_from_predictions_match_metrics_json(tmp_path):
-    from tunelab.stats import metric_from_predictions
+    from tunelab.scoring.stats import metric_from_predictions
 
     data = multilabel_data(tmp_path)
     out = tmp_path / "ml"

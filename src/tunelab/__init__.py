@@ -10,31 +10,31 @@ Every registered task is a function here (``tunelab.probe``, ``tunelab.finetune`
 
 __version__ = "0.1.0"
 
-from tunelab.config import DataConfig, RuntimeConfig, TrackingConfig  # noqa: E402
-from tunelab.errors import TunelabError  # noqa: E402
-from tunelab.registry import Task, register_task  # noqa: E402
+from tunelab.core.config import DataConfig, RuntimeConfig, TrackingConfig  # noqa: E402
+from tunelab.core.errors import TunelabError  # noqa: E402
+from tunelab.core.registry import Task, register_task  # noqa: E402
 
 # Names that import torch, transformers or scikit-learn load on first use, so that
 # `import tunelab` and `tunelab --help` stay fast.
 _LAZY = {
-    "RunResult": ("tunelab.lifecycle", "RunResult"),
-    "Outcome": ("tunelab.lifecycle", "Outcome"),
-    "Prepared": ("tunelab.lifecycle", "Prepared"),
-    "RunContext": ("tunelab.lifecycle", "RunContext"),
-    "run_task": ("tunelab.lifecycle", "run_task"),
-    "predict": ("tunelab.prediction", "predict"),
-    "Prediction": ("tunelab.prediction", "Prediction"),
+    "RunResult": ("tunelab.core.lifecycle", "RunResult"),
+    "Outcome": ("tunelab.core.lifecycle", "Outcome"),
+    "Prepared": ("tunelab.core.lifecycle", "Prepared"),
+    "RunContext": ("tunelab.core.lifecycle", "RunContext"),
+    "run_task": ("tunelab.core.lifecycle", "run_task"),
+    "predict": ("tunelab.serve.predict", "predict"),
+    "Prediction": ("tunelab.serve.predict", "Prediction"),
     "ProbeConfig": ("tunelab.tasks.probe", "ProbeConfig"),
     "FinetuneConfig": ("tunelab.tasks.finetune", "FinetuneConfig"),
     "ZeroshotConfig": ("tunelab.tasks.zeroshot", "ZeroshotConfig"),
     "ClipFinetuneConfig": ("tunelab.tasks.clip_finetune", "ClipFinetuneConfig"),
-    "TrainConfig": ("tunelab.train_config", "TrainConfig"),
-    "LoraConfig": ("tunelab.train_config", "LoraConfig"),
+    "TrainConfig": ("tunelab.training.config", "TrainConfig"),
+    "LoraConfig": ("tunelab.training.config", "LoraConfig"),
 }
 
 
 def _task_function(task):
-    from tunelab.lifecycle import run_task
+    from tunelab.core.lifecycle import run_task
 
     def run(config, out=None, overwrite: bool = False, resume: bool = False, argv=None):
         return run_task(task, config, out=out, overwrite=overwrite, resume=resume, argv=argv)
@@ -54,7 +54,7 @@ def __getattr__(name):
         value = getattr(importlib.import_module(module), attribute)
         globals()[name] = value
         return value
-    from tunelab.registry import all_tasks
+    from tunelab.core.registry import all_tasks
 
     for task in all_tasks().values():
         if task.api_name == name:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunelab import __version__
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 
 logger = logging.getLogger("tunelab")
 
@@ -40,7 +40,7 @@ def _default_text(value) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, task) -> None:
-    """One flag per config field that declares one (``tunelab.config.setting``): its name,
+    """One flag per config field that declares one (``tunelab.core.config.setting``): its name,
     help, choices and metavar from the field's metadata, its default from the task's own
     default config, so that the help can never disagree with the code."""
     import typing
@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
 
-    from tunelab.config import list_presets
-    from tunelab.registry import all_tasks
+    from tunelab.core.config import list_presets
+    from tunelab.core.registry import all_tasks
 
     for task in all_tasks().values():
         sub = commands.add_parser(task.name, help=task.summary, description=task.description or task.summary)
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from tunelab.config import parse_assignment
+    from tunelab.core.config import parse_assignment
 
     overrides = {}
     for assignment in args.set:
@@ -205,9 +205,9 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _run_task_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from tunelab.config import build_config
-    from tunelab.lifecycle import run_task
-    from tunelab.registry import get_task
+    from tunelab.core.config import build_config
+    from tunelab.core.lifecycle import run_task
+    from tunelab.core.registry import get_task
 
     task = get_task(args.task_name)
     overrides = config_overrides(args)
@@ -224,8 +224,8 @@ def _run_task_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.config import parse_assignment
-    from tunelab.study import load_study, run_study
+    from tunelab.core.config import parse_assignment
+    from tunelab.study.run import load_study, run_study
 
     assignments = dict(parse_assignment(a) for a in args.set)
     study = load_study(args.study, assignments)
@@ -248,8 +248,8 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from tunelab.analysis import find_runs
-    from tunelab.report import write_report
+    from tunelab.report.analysis import find_runs
+    from tunelab.report.document import write_report
 
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
@@ -262,7 +262,7 @@ def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.info import model_info
+    from tunelab.models.info import model_info
 
     targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
     info = model_info(args.model, random_init=args.random_init, lora_r=args.lora_r, lora_targets=targets,
@@ -272,8 +272,8 @@ def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.prediction import predict, read_inputs, run_pair_columns
-    from tunelab.runs import atomic_write_bytes
+    from tunelab.core.runs import atomic_write_bytes
+    from tunelab.serve.predict import predict, read_inputs, run_pair_columns
 
     inputs: list = list(args.inputs) + [tuple(pair) for pair in args.pair]
     if args.input_file:
@@ -314,7 +314,7 @@ SCORE_NAMES = {"probability": "probability", "decision": "decision value",
 
 
 def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.export import export_onnx
+    from tunelab.serve.export import export_onnx
 
     record = export_onnx(args.run_dir, quantize=args.quantize)
     line = f"wrote {args.run_dir}/onnx (largest logit difference to PyTorch {record['max_abs_logit_difference']:.1e})"
@@ -328,7 +328,7 @@ def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _print_summary(result) -> None:
-    from tunelab.report import metrics_table
+    from tunelab.report.document import metrics_table
 
     if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import DataConfig
+from tunelab.core.config import DataConfig
+from tunelab.core.errors import DataError
 from tunelab.data import resample, sources
 from tunelab.data.labels import LabelledData, build_label_space, encode_labels, finish_splits, rows_have
 from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
-from tunelab.errors import DataError
 from tunelab.problems import get_problem
 
 logger = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ class ClipPreprocess:
 
     @classmethod
     def for_device(cls, processor, device) -> ClipPreprocess:
-        from tunelab.runtime import is_cuda
+        from tunelab.core.runtime import is_cuda
 
         return cls(processor, resize_on_device=is_cuda(device))
 

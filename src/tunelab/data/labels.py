@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.errors import DataError
+from tunelab.core.errors import DataError
 
 
 @dataclass(frozen=True)

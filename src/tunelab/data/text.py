@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import DataConfig
+from tunelab.core.config import DataConfig
+from tunelab.core.errors import DataError
 from tunelab.data.labels import (
     LabelledData,
     describe_rows,
@@ -27,7 +28,6 @@ from tunelab.data.labels import (
     rows_have,
 )
 from tunelab.data.sources import TEXT_FILE_SUFFIXES, DatasetSource, load_hf_dataset, resolve_dataset, split_name_of
-from tunelab.errors import DataError
 from tunelab.problems import detect_problem
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tunelab.core.errors import ConfigError, DataError
 from tunelab.data.labels import is_list, is_real_number, is_whole_number
-from tunelab.errors import ConfigError, DataError
 from tunelab.problems.base import Problem
 from tunelab.problems.multi_label import MultiLabel
 from tunelab.problems.regression import Regression

@@ -41,7 +41,7 @@ class MultiLabel(Problem):
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
         import torch
 
-        from tunelab.evaluation import LabelScores
+        from tunelab.scoring.evaluation import LabelScores
 
         return LabelScores(torch.sigmoid(torch.as_tensor(outputs).float()).numpy(), threshold, "probability")
 
@@ -49,7 +49,7 @@ class MultiLabel(Problem):
         return logits.float().sigmoid()
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.evaluation import LabelScores
+        from tunelab.scoring.evaluation import LabelScores
 
         return LabelScores(np.asarray(outputs))
 
@@ -66,7 +66,7 @@ class MultiLabel(Problem):
         return labels.mean(0)
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.evaluation import LabelScores
+        from tunelab.scoring.evaluation import LabelScores
 
         full = np.zeros(num_classes)
         full[: len(np.atleast_1d(prior))] = prior
@@ -82,8 +82,8 @@ class MultiLabel(Problem):
         return OneVsRestClassifier(base)
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
-        from tunelab.evaluation import LabelScores
         from tunelab.problems.base import has_probabilities
+        from tunelab.scoring.evaluation import LabelScores
 
         if has_probabilities(estimator):
             return LabelScores(np.asarray(estimator.predict_proba(features)), threshold, "probability")

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.errors import DataError
+from tunelab.core.errors import DataError
 from tunelab.problems.base import Problem
 
 
@@ -51,7 +51,7 @@ class SingleLabel(Problem):
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
         import torch
 
-        from tunelab.evaluation import ClassScores
+        from tunelab.scoring.evaluation import ClassScores
 
         return ClassScores.from_full(torch.softmax(torch.as_tensor(outputs).float(), dim=-1).numpy(), "probability")
 
@@ -59,7 +59,7 @@ class SingleLabel(Problem):
         return logits.argmax(dim=-1)
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.evaluation import ClassScores
+        from tunelab.scoring.evaluation import ClassScores
 
         return ClassScores.from_full(np.eye(num_classes)[np.asarray(outputs)], "indicator")
 
@@ -76,7 +76,7 @@ class SingleLabel(Problem):
         return np.bincount(labels) / len(labels)
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.evaluation import ClassScores
+        from tunelab.scoring.evaluation import ClassScores
 
         full = np.zeros(num_classes)
         full[: len(prior)] = prior
@@ -91,8 +91,8 @@ class SingleLabel(Problem):
         return LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight, random_state=seed)
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
-        from tunelab.evaluation import ClassScores
         from tunelab.problems.base import class_scores
+        from tunelab.scoring.evaluation import ClassScores
 
         full, kind = class_scores(estimator, features, num_classes)
         return ClassScores.from_full(full, kind, predicted=estimator.predict(features))

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import TaskConfig, setting
-from tunelab.errors import DataError
-from tunelab.evaluation import evaluate_split
-from tunelab.files import read_json_file
-from tunelab.lifecycle import Outcome, Prepared, RunContext, throughput
+from tunelab.core.config import TaskConfig, setting
+from tunelab.core.errors import DataError
+from tunelab.core.files import read_json_file
+from tunelab.core.lifecycle import Outcome, Prepared, RunContext, throughput
+from tunelab.core.registry import Task, register_task
 from tunelab.problems import get_problem
-from tunelab.registry import Task, register_task
+from tunelab.scoring.evaluation import evaluate_split
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ def tfidf_features(vectorizer, split):
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
-    from tunelab.classifiers import fit_classifier, predict_scores, save_classifier
-    from tunelab.evaluation import LabelScores, choose_threshold
+    from tunelab.scoring.classifiers import fit_classifier, predict_scores, save_classifier
+    from tunelab.scoring.evaluation import LabelScores, choose_threshold
 
     if context.rank != 0:
         return None
@@ -161,7 +161,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def _classifier_config(config: BaselineConfig, problem: str, has_validation: bool):
     """The TF-IDF floor's linear model as a probe classifier: logistic regression (one-vs-
     rest for label sets) or ridge, its setting chosen on validation like the probe's."""
-    from tunelab.classifiers import ClassifierConfig
+    from tunelab.scoring.classifiers import ClassifierConfig
 
     kind = "logreg" if "logreg" in get_problem(problem).classifiers else get_problem(problem).default_classifier
     return ClassifierConfig(kind=kind, c=config.c,
@@ -170,10 +170,10 @@ def _classifier_config(config: BaselineConfig, problem: str, has_validation: boo
 
 
 def load_predictor(run_dir: Path, config: BaselineConfig):
-    from tunelab.classifiers import load_classifier, predict_scores
     from tunelab.data.text import TextSplit
-    from tunelab.evaluation import LabelScores
-    from tunelab.predictors import as_text_inputs, predictions_from
+    from tunelab.scoring.classifiers import load_classifier, predict_scores
+    from tunelab.scoring.evaluation import LabelScores
+    from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
     saved = read_json_file(run_dir / "model" / "baseline.json")
     names, problem = saved["class_names"], saved["problem"]

@@ -15,16 +15,16 @@ import logging
 import time
 from pathlib import Path
 
-from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
-from tunelab.config import ImageDecodingConfig, TaskConfig, check_settings, config_from_run, setting
+from tunelab.core.config import ImageDecodingConfig, TaskConfig, check_settings, config_from_run, setting
+from tunelab.core.errors import DataError
+from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
+from tunelab.core.registry import Task, register_task
 from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader
-from tunelab.errors import DataError
-from tunelab.evaluation import ScoreAccumulator, evaluate_split, top_k_nll
-from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
-from tunelab.metrics import classification_metrics
-from tunelab.models import count_parameters
-from tunelab.registry import Task, register_task
-from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
+from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
+from tunelab.models.resolve import count_parameters
+from tunelab.scoring.evaluation import ScoreAccumulator, evaluate_split, top_k_nll
+from tunelab.scoring.metrics import classification_metrics
+from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def describe(metrics: dict) -> str:
 def prepare(config: ClipFinetuneConfig) -> Prepared:
     """The images listed and labelled (no pixels read), CLIP loaded (and wrapped in LoRA)."""
     from tunelab.data.images import load_image_dataset
-    from tunelab.models import resolve_model
+    from tunelab.models.resolve import resolve_model
 
     source = resolve_model(config.model)
     templates = load_templates(config.templates)
@@ -122,7 +122,7 @@ def prepare(config: ClipFinetuneConfig) -> Prepared:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with zero-shot evaluation on validation, then score every split with the
     best model against freshly computed class embeddings."""
-    from tunelab.training import prune_checkpoints, train_resumable, training_summary
+    from tunelab.training.trainer import prune_checkpoints, train_resumable, training_summary
 
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
     parts = prepared.parts
@@ -169,8 +169,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
 def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
     """Classify image files with the fine-tuned CLIP and the class embeddings it saved."""
-    from tunelab.predictors import image_predictor
-    from tunelab.runtime import resolve_device
+    from tunelab.core.runtime import resolve_device
+    from tunelab.scoring.predictors import image_predictor
 
     model, _, processor = load_clip_run(run_dir, config)
     return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
@@ -193,9 +193,9 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     against freshly computed class embeddings. Returns (trainer, interrupt callback)."""
     from transformers import EarlyStoppingCallback, Trainer
 
+    from tunelab.core.runtime import resolve_device
     from tunelab.data.images import default_workers
-    from tunelab.runtime import resolve_device
-    from tunelab.training import InterruptCallback, TrackerCallback, quiet_progress, training_arguments
+    from tunelab.training.trainer import InterruptCallback, TrackerCallback, quiet_progress, training_arguments
 
     train_split = dataset.splits["train"]
     validation = dataset.splits.get("validation")
@@ -289,7 +289,7 @@ def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
     is executed; a LoRA adapter goes onto the base model the run recorded."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from tunelab.models import load_pretrained
+    from tunelab.models.resolve import load_pretrained
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned CLIP model in {model_dir}"

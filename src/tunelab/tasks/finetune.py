@@ -15,15 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.config import TaskConfig, config_from_run, setting
-from tunelab.errors import DataError, ModelError
-from tunelab.evaluation import ScoreAccumulator, evaluate_split
-from tunelab.files import read_json_file
-from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
-from tunelab.models import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
+from tunelab.core.config import TaskConfig, config_from_run, setting
+from tunelab.core.errors import DataError, ModelError
+from tunelab.core.files import read_json_file
+from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
+from tunelab.core.registry import Task, register_task
+from tunelab.models.resolve import (
+    ModelSource,
+    count_parameters,
+    hub_kwargs,
+    load_config,
+    load_pretrained,
+    load_tokenizer,
+)
 from tunelab.problems import get_problem
-from tunelab.registry import Task, register_task
-from tunelab.train_config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
+from tunelab.scoring.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +64,7 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
         raise ModelError(f"'{source.name}' is a {model_type} model; text fine-tuning needs a text encoder")
     problem, names = get_problem(dataset.problem), dataset.class_names
     if config.data.pair_encoding == "bi":
-        from tunelab.biencoder import BiEncoder
+        from tunelab.models.biencoder import BiEncoder
 
         encoder = load_pretrained(AutoModel, source.location, f"model '{source.name}'", **hub_kwargs(source))
         if config.train.method == "lora":
@@ -129,7 +136,7 @@ class TokenizedTexts:
 def tokenized_dataset(tokenizer, inputs, labels: np.ndarray, max_length: int, bi: bool = False) -> TokenizedTexts:
     """One fast-tokenizer call over all texts (no ``.map``, no padding): single texts, pairs
     encoded jointly, or (``bi``) each text of a pair on its own."""
-    from tunelab.features import split_inputs, tokenize_inputs
+    from tunelab.encoders.text import split_inputs, tokenize_inputs
 
     texts, pairs = split_inputs(inputs)
     if bi and pairs is not None:
@@ -149,7 +156,7 @@ class PairCollator:
     def __call__(self, items: list[dict]) -> dict:
         import torch
 
-        from tunelab.features import pad_batch
+        from tunelab.encoders.text import pad_batch
 
         first_ids, first_mask = pad_batch([i["input_ids"] for i in items], self.pad_id, multiple=self.multiple)
         second_ids, second_mask = pad_batch([i["pair_input_ids"] for i in items], self.pad_id,
@@ -184,9 +191,9 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
     many), label-set probabilities, or values. Bi-encoded pairs embed each side once."""
     import torch
 
-    from tunelab.biencoder import BiEncoder
-    from tunelab.features import pad_token_id, sorted_padded_batches, split_inputs, tokenize_inputs
-    from tunelab.progress import progress
+    from tunelab.core.progress import progress
+    from tunelab.encoders.text import pad_token_id, sorted_padded_batches, split_inputs, tokenize_inputs
+    from tunelab.models.biencoder import BiEncoder
 
     was_training = model.training
     model.eval()
@@ -243,7 +250,7 @@ def describe(metrics: dict) -> str:
 def prepare(config: FinetuneConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the model to train."""
     from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.models import resolve_model
+    from tunelab.models.resolve import resolve_model
 
     source = resolve_model(config.model)
     dataset = load_text_dataset(config.data, seed=config.seed)  # before any model loads
@@ -263,15 +270,15 @@ def check_best_metric(metric: str, problem: str) -> None:
     """The metric that picks checkpoints must be one the problem's evaluation gives."""
     allowed = get_problem(problem).selection_metrics
     if metric not in allowed:
-        from tunelab.errors import ConfigError
+        from tunelab.core.errors import ConfigError
 
         raise ConfigError(f"--metric {metric} is not a {problem} metric; choose one of: {', '.join(allowed)}")
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
-    from tunelab.evaluation import choose_threshold
-    from tunelab.training import prune_checkpoints, train_resumable, training_summary
+    from tunelab.scoring.evaluation import choose_threshold
+    from tunelab.training.trainer import prune_checkpoints, train_resumable, training_summary
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     tokenizer, model = prepared.parts["tokenizer"], prepared.parts["model"]
@@ -324,8 +331,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: FinetuneConfig):
     """Predict for new texts (or pairs) with a finished fine-tuning run's model."""
 
-    from tunelab.predictors import as_text_inputs, predictions_from
-    from tunelab.runtime import resolve_device
+    from tunelab.core.runtime import resolve_device
+    from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
     device = resolve_device(config.runtime.device)
     model, tokenizer = load_finetuned(run_dir, config)
@@ -363,11 +370,11 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     interrupt callback)."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-    from tunelab.biencoder import BiEncoder
-    from tunelab.evaluation import split_metrics
-    from tunelab.features import pad_token_id
-    from tunelab.runtime import length_multiple, resolve_device
-    from tunelab.training import (
+    from tunelab.core.runtime import length_multiple, resolve_device
+    from tunelab.encoders.text import pad_token_id
+    from tunelab.models.biencoder import BiEncoder
+    from tunelab.scoring.evaluation import split_metrics
+    from tunelab.training.trainer import (
         InterruptCallback,
         SeededLengthGroupedSampler,
         TrackerCallback,
@@ -458,7 +465,7 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
     revision) or the base folder's absolute path."""
     import json
 
-    from tunelab.biencoder import BiEncoder
+    from tunelab.models.biencoder import BiEncoder
 
     lora = train.method == "lora"
     if isinstance(model, BiEncoder):
@@ -490,7 +497,7 @@ def point_adapter_at_base(adapter_dir: Path, source: ModelSource) -> None:
     AutoPeftModel loads it from any working directory."""
     import json
 
-    from tunelab.provenance import hub_revision
+    from tunelab.core.provenance import hub_revision
 
     adapter_config = adapter_dir / "adapter_config.json"
     values = json.loads(adapter_config.read_text(encoding="utf-8"))
@@ -511,7 +518,7 @@ def load_finetuned(run_dir: Path, config: FinetuneConfig):
     onto the base model the run recorded (checked by fingerprint)."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunelab.biencoder import is_bi_encoder, load_bi_encoder
+    from tunelab.models.biencoder import is_bi_encoder, load_bi_encoder
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned model in {model_dir}"

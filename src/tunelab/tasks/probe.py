@@ -13,14 +13,20 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.classifiers import ClassifierConfig, fit_classifier, load_classifier, predict_scores, save_classifier
-from tunelab.config import ImageDecodingConfig, TaskConfig, setting
-from tunelab.evaluation import evaluate_split
-from tunelab.features import FeatureCache, FeatureConfig, cached_features
-from tunelab.files import read_json_file
-from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
+from tunelab.core.config import ImageDecodingConfig, TaskConfig, setting
+from tunelab.core.files import read_json_file
+from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
+from tunelab.core.registry import Task, register_task
+from tunelab.encoders.text import FeatureCache, FeatureConfig, cached_features
 from tunelab.problems import get_problem
-from tunelab.registry import Task, register_task
+from tunelab.scoring.classifiers import (
+    ClassifierConfig,
+    fit_classifier,
+    load_classifier,
+    predict_scores,
+    save_classifier,
+)
+from tunelab.scoring.evaluation import evaluate_split
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +55,11 @@ def describe(metrics: dict) -> str:
 
 def prepare(config: ProbeConfig) -> Prepared:
     """Read and check the data, then load the encoder (text, or CLIP for images)."""
-    from tunelab.classifiers import resolve_kind
     from tunelab.data.images import is_image_dataset, load_image_dataset
     from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.features import ImageFeatureExtractor, TextFeatureExtractor
-    from tunelab.models import resolve_model
+    from tunelab.encoders.text import ImageFeatureExtractor, TextFeatureExtractor
+    from tunelab.models.resolve import resolve_model
+    from tunelab.scoring.classifiers import resolve_kind
 
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
     images = is_image_dataset(config.data.dataset)
@@ -76,9 +82,9 @@ def prepare(config: ProbeConfig) -> Prepared:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Features for every split (cached), the estimator fitted on train (and its setting
     chosen on validation), every evaluation split scored."""
-    from tunelab.evaluation import LabelScores, choose_threshold
-    from tunelab.features import pair_features
-    from tunelab.models import count_parameters_from_config
+    from tunelab.encoders.text import pair_features
+    from tunelab.models.resolve import count_parameters_from_config
+    from tunelab.scoring.evaluation import LabelScores, choose_threshold
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     extractor, images = prepared.parts["extractor"], prepared.parts["images"]
@@ -175,8 +181,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ProbeConfig):
     """Predict for new texts (or pairs) with a finished probe run: the recorded encoder, the
     saved estimator."""
-    from tunelab.features import TextFeatureExtractor, pair_features
-    from tunelab.predictors import as_text_inputs, predictions_from
+    from tunelab.encoders.text import TextFeatureExtractor, pair_features
+    from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
     info = read_json_file(run_dir / "model" / "probe.json")
     estimator = load_classifier(run_dir / "model" / "classifier.skops")

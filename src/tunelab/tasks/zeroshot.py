@@ -12,17 +12,17 @@ import logging
 import time
 from pathlib import Path
 
-from tunelab.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
-from tunelab.config import ImageLoadingConfig, TaskConfig, setting
+from tunelab.core.config import ImageLoadingConfig, TaskConfig, setting
+from tunelab.core.errors import DataError
+from tunelab.core.files import read_json_file
+from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
+from tunelab.core.registry import Task, register_task
 from tunelab.data.images import ClipPreprocess, image_loader
-from tunelab.errors import DataError
-from tunelab.evaluation import ScoreAccumulator, evaluate_split
-from tunelab.features import FeatureConfig
-from tunelab.files import read_json_file
-from tunelab.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
-from tunelab.models import count_parameters
+from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
+from tunelab.encoders.text import FeatureConfig
+from tunelab.models.resolve import count_parameters
 from tunelab.problems import get_problem
-from tunelab.registry import Task, register_task
+from tunelab.scoring.evaluation import ScoreAccumulator, evaluate_split
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
 
     import numpy as np
 
-    from tunelab.evaluation import ClassScores, ValueScores
-    from tunelab.features import TextFeatureExtractor
-    from tunelab.predictors import as_text_inputs, predictions_from
+    from tunelab.encoders.text import TextFeatureExtractor
+    from tunelab.scoring.evaluation import ClassScores, ValueScores
+    from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
     saved = read_json_file(run_dir / "model" / "pair_similarity.json")
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
@@ -54,7 +54,7 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)
         if inputs.pairs is None:
-            from tunelab.errors import TunelabError
+            from tunelab.core.errors import TunelabError
 
             raise TunelabError("this run scores sentence pairs: give them with --pair FIRST SECOND")
         u, v = extractor.encode(inputs.texts), extractor.encode(inputs.pairs)
@@ -79,9 +79,9 @@ def describe(metrics: dict) -> str:
 def prepare(config: ZeroshotConfig) -> Prepared:
     """Images: listed and labelled (no pixels read), the prompts read, CLIP loaded.
     Sentence pairs: read and checked, the text encoder loaded."""
+    from tunelab.core.runtime import resolve_device, resolve_dtype
     from tunelab.data.images import is_image_dataset, load_image_dataset
-    from tunelab.models import resolve_model
-    from tunelab.runtime import resolve_device, resolve_dtype
+    from tunelab.models.resolve import resolve_model
 
     source = resolve_model(config.model)
     if not is_image_dataset(config.data.dataset):
@@ -103,7 +103,7 @@ def prepare_pairs(config: ZeroshotConfig, source) -> Prepared:
     """Zero-shot for sentence pairs: the cosine similarity of the two texts' mean-pooled
     embeddings, the floor every trained pair method must beat."""
     from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.features import TextFeatureExtractor
+    from tunelab.encoders.text import TextFeatureExtractor
 
     dataset = load_text_dataset(config.data, seed=config.seed)
     if dataset.text_pair_column is None:
@@ -130,9 +130,9 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
     the label scale (regression) or the threshold that best separates two classes."""
     import numpy as np
 
-    from tunelab.evaluation import ClassScores, ValueScores
-    from tunelab.features import FeatureCache, cached_features
-    from tunelab.models import count_parameters_from_config
+    from tunelab.encoders.text import FeatureCache, cached_features
+    from tunelab.models.resolve import count_parameters_from_config
+    from tunelab.scoring.evaluation import ClassScores, ValueScores
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     extractor = prepared.parts["extractor"]
@@ -188,7 +188,7 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Class embeddings once, then every evaluation split's images scored against them
     (sharded over processes under torchrun, gathered on rank 0)."""
-    from tunelab.distributed import gather_to_zero, shard
+    from tunelab.core.distributed import gather_to_zero, shard
 
     if "extractor" in prepared.parts:
         return execute_pairs(prepared, context)
@@ -245,8 +245,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ZeroshotConfig):
     """Classify image files against the class embeddings the run saved; or score sentence
     pairs by similarity with the calibration the run fitted."""
-    from tunelab.predictors import image_predictor
-    from tunelab.runtime import resolve_device
+    from tunelab.core.runtime import resolve_device
+    from tunelab.scoring.predictors import image_predictor
 
     if (run_dir / "model" / "pair_similarity.json").is_file():
         return pair_predictor(run_dir, config)

@@ -1,0 +1,468 @@
+"""Typed configuration: dataclasses, YAML round trips, presets and overrides.
+
+Each component owns a small dataclass with its defaults; a task config nests
+them. A config is built from (1) the dataclass defaults, (2) a preset or YAML
+file given with ``--config``, (3) command-line flags, in that order. The
+resolved config is written to every run directory and is enough to rerun it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tunelab.core.errors import ConfigError
+
+T = TypeVar("T")
+
+PRESET_PACKAGE = "tunelab.presets"
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+            flag: str | None = None, choices: tuple[str, ...] | None = None, metavar: str | None = None,
+            const: Any = None, hidden: bool = False) -> Any:
+    """A config field that also describes its command-line flag, so that flags, help
+    texts, choices and defaults come from one place (``tunelab.cli`` reads them).
+
+    ``flag``: the option name (``--lr``); None gives the field no flag (``--set`` still
+    reaches it). ``const``: a switch that stores this value (``--no-cache`` stores False).
+    ``choices``: the valid values, checked by ``check_settings`` too. ``hidden``: the flag
+    is still accepted (old scripts) but not shown, because it no longer changes anything.
+    Which commands offer a flag is the task's to say (``Task.unused_settings``), never the
+    shared config's."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "const": const,
+                "hidden": hidden}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+
+
+def check_positive(key: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a positive number")
+
+
+def check_non_negative(key: str, value: Any) -> None:
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key}={value!r} must be 0 or more")
+
+
+def check_settings(config: Any, prefix: str) -> None:
+    """Call from __post_init__: checks every field declared with ``choices`` against them,
+    and stores whole numbers given for float fields as floats, so that a config built in
+    Python (``epochs=2``) saves the same config.yaml as one read from flags or YAML."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        choices = field.metadata.get("choices")
+        if choices and not (value is None and type(None) in typing.get_args(hints[field.name])):
+            check_choice(prefix + field.name, value, choices)
+        if isinstance(value, int) and not isinstance(value, bool) and float in _number_types(hints[field.name]):
+            setattr(config, field.name, float(value))
+
+
+def _number_types(tp: Any) -> tuple:
+    args = typing.get_args(tp)
+    return args if args else (tp,)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the examples come from, what shape they have, and how much of them to use."""
+
+    dataset: str = setting("", "rotten_tomatoes, tiny_imagenet, a hub dataset id, or a local file or folder",
+                           flag="--dataset", metavar="D")
+    dataset_config: str | None = setting(None, "the dataset's configuration (e.g. mrpc of glue)",
+                                         flag="--dataset-config", metavar="NAME")
+    train_split: str | None = setting(None, "split to train on (default: train)", flag="--train-split",
+                                      metavar="NAME")
+    validation_split: str | None = setting(None, "split that picks checkpoints and settings (default: validation, "
+                                           "else dev or val)", flag="--validation-split", metavar="NAME")
+    test_split: str | None = setting(None, "held-out split (default: test)", flag="--test-split", metavar="NAME")
+    text_column: str | None = setting(None, "text column (default: text, or the one usual alternative present)",
+                                      flag="--text-column", metavar="COLUMN")
+    text_pair_column: str | None = setting(None, "second text of sentence pairs (default: none, or the usual "
+                                           "pair present, e.g. sentence1/sentence2)", flag="--text-pair-column",
+                                           metavar="COLUMN")
+    pair_encoding: str | None = setting(None, "sentence pairs: cross (the two texts encoded jointly) or bi (each "
+                                        "on its own; default)", flag="--pair-encoding", choices=("cross", "bi"))
+    label_column: str | None = setting(None, "label column (default: label, or the one usual alternative present)",
+                                       flag="--label-column", metavar="COLUMN")
+    problem: str | None = setting(None, "single-label, multi-label or regression (default: detected from the "
+                                  "labels)", flag="--problem", choices=("single-label", "multi-label", "regression"))
+    label_separator: str | None = setting(None, "multi-label: the separator inside a label cell (e.g. ';')",
+                                          flag="--label-separator", metavar="SEP")
+    positive_label: str | None = setting(None, "two classes: the class scored as positive (default: the second)",
+                                         flag="--positive-label", metavar="LABEL")
+    class_weight: str | None = setting(None, "balanced: weigh classes inversely to their frequency (probe: the "
+                                       "classifier; finetune: the loss)", flag="--class-weight",
+                                       choices=("balanced",))
+    threshold: str = setting("0.5", "multi-label: the probability above which a label is predicted, or tune "
+                             "(chosen on validation)", flag="--threshold", metavar="P|tune")
+    shots: int | None = setting(None, "K training examples per class, seeded (learning curves)", flag="--shots",
+                                metavar="K")
+    validation_shots: int | None = setting(None, "with --shots: validation examples per class that choose "
+                                           "checkpoints, thresholds and settings (default: the same K; 0: the "
+                                           "whole validation split)", flag="--validation-shots", metavar="K")
+    split_seed: int = setting(42, "seed of the splits tunelab makes (80/10/10, validation from train) and of "
+                              "--max-eval-samples: fixed across a study's seeds, so every seed scores the same "
+                              "examples", flag="--split-seed", metavar="N")
+    max_train_samples: int | None = setting(None, "cap the train split (stratified, seeded; every class kept)",
+                                            flag="--max-train-samples", metavar="N")
+    max_eval_samples: int | None = setting(None, "cap each evaluation split (stratified, seeded)",
+                                           flag="--max-eval-samples", metavar="N")
+    splits: list[str] | None = setting(None, "evaluation splits (default: every labelled split but train)",
+                                       flag="--splits", metavar="SPLIT[,SPLIT]")
+
+    def __post_init__(self) -> None:
+        check_settings(self, "data.")
+        for key in ("max_train_samples", "max_eval_samples", "shots"):
+            check_positive(f"data.{key}", getattr(self, key), allow_none=True)
+        if self.validation_shots is not None:
+            check_non_negative("data.validation_shots", self.validation_shots)
+        if self.threshold != "tune":
+            try:
+                value = float(self.threshold)
+            except ValueError:
+                raise ConfigError(f"data.threshold={self.threshold!r} must be a probability or tune") from None
+            if not 0 < value < 1:
+                raise ConfigError(f"data.threshold={self.threshold!r} must be between 0 and 1")
+        if isinstance(self.splits, str):
+            self.splits = [s.strip() for s in self.splits.split(",") if s.strip()]
+
+    @property
+    def split_names(self) -> dict[str, str | None]:
+        """The dataset's own names for tunelab's train / validation / test splits."""
+        return {"train": self.train_split, "validation": self.validation_split, "test": self.test_split}
+
+
+@dataclasses.dataclass
+class ImageDecodingConfig:
+    """How images are decoded: worker processes, and what to do with broken files."""
+
+    num_workers: int | None = setting(None, "processes that decode images (default: up to 8 with a GPU, "
+                                      "none on a CPU, where they compete with the model for cores)",
+                                      flag="--num-workers", metavar="N")
+    strict: bool = setting(False, "stop at the first unreadable image instead of skipping it",
+                           flag="--strict", const=True)
+
+    def __post_init__(self) -> None:
+        if self.num_workers is not None:
+            check_non_negative("images.num_workers", self.num_workers)
+
+
+@dataclasses.dataclass
+class ImageLoadingConfig(ImageDecodingConfig):
+    """Image inference: the decoding settings and the batch size."""
+
+    batch_size: int | None = setting(None, "images per batch (default: 256 on a GPU; 16 on a CPU, where larger "
+                                     "batches outgrow the caches and run slower per image)", flag="--batch-size",
+                                     metavar="N")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("images.batch_size", self.batch_size, allow_none=True)
+
+    def batch_for(self, device) -> int:
+        return self.batch_size or (256 if device.type == "cuda" else 16)
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Where and how numbers are crunched."""
+
+    device: str = setting("auto", "where to compute: auto, cpu, cuda[:N] or mps", flag="--device", metavar="DEVICE")
+    precision: str = setting("auto", "auto: bf16 where the hardware computes it natively (GPUs, CPUs with "
+                             "bf16 units), fp16 on older GPUs, else fp32; config.yaml records the one used",
+                             flag="--precision", choices=("auto", "fp32", "bf16", "fp16"))
+
+    def __post_init__(self) -> None:
+        check_choice("runtime.device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        check_settings(self, "runtime.")
+
+
+@dataclasses.dataclass
+class TrackingConfig:
+    """Experiment tracking. TensorBoard is always on; W&B only when asked."""
+
+    wandb: bool = setting(False, "also log to Weights & Biases (honours WANDB_MODE)", flag="--wandb", const=True)
+    wandb_project: str = setting("tunelab", "the W&B project", flag="--wandb-project", metavar="NAME")
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """The settings every task has; the run lifecycle reads them. A task's config
+    subclasses it, redeclaring ``model`` with its own default and adding its groups."""
+
+    model: str | None = setting(None, "hub id, local directory, or an alias (minilm)", flag="--model", metavar="M")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    seed: int = setting(42, "random seed: shots and the train cap, initialisation, batch order (made splits and "
+                        "evaluation caps use --split-seed)", flag="--seed")
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or say why not."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(key, v, inner) for v in value]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a whole number")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r} must be a whole number")
+    if tp is float:
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None:
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return number
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r} must be text")
+    return value
+
+
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build a (nested) config dataclass, rejecting unknown keys by name."""
+    if values is None:
+        values = {}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown setting '{prefix}{unknown[0]}'; known settings here: "
+            + ", ".join(prefix + n for n in names)
+        )
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        if _is_dataclass_type(hints[field.name]) and isinstance(value, dict) \
+                and field.default_factory is not dataclasses.MISSING:
+            # Keys given for a nested group update that group's own defaults.
+            value = merge_settings(hints[field.name], to_dict(field.default_factory()), value)
+        kwargs[field.name] = _coerce(prefix + field.name, value, hints[field.name])
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merge_settings(cls: type, base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` over ``base`` for the config class ``cls``, nested groups key by key.
+    Where a class declares fields that exclude each other (``EXCLUSIVE``, e.g. a schedule
+    given in epochs or in steps), a layer that sets one clears the others in ``base``:
+    the later layer wins, whether it is a preset, a YAML file, a flag or a study step."""
+    merged = dict(base)
+    hints = typing.get_type_hints(cls) if _is_dataclass_type(cls) else {}
+    for group in getattr(cls, "EXCLUSIVE", ()):
+        if any(layer.get(name) is not None for name in group):
+            for name in group:
+                if name not in layer:
+                    merged[name] = None
+    for key, value in layer.items():
+        inner = hints.get(key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(inner, merged[key], value) if _is_dataclass_type(inner) \
+                else deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_dotted(target: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """``set_dotted(d, "data.dataset", "x")`` sets ``d["data"]["dataset"]``."""
+    *parents, leaf = dotted_key.split(".")
+    node = target
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted_key}': '{part}' is not a group of settings")
+    node[leaf] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` from ``--set``; the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+# --------------------------------------------------------------------------- presets and files
+
+
+def list_presets(command: str | None = None) -> list[str]:
+    """The shipped presets; with ``command``, those for that command ("study" for studies)."""
+    folder = resources.files(PRESET_PACKAGE)
+    names = sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    if command is None:
+        return names
+    chosen = []
+    for name in names:
+        try:
+            values = yaml.safe_load((folder / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            continue
+        declared = values.get("command", "study" if "steps" in values else None)
+        if declared == command:
+            chosen.append(name)
+    return chosen
+
+
+def load_yaml_source(source: str) -> tuple[dict[str, Any], str]:
+    """Read a YAML file path or a shipped preset name; returns (mapping, where it came from)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        origin = str(path)
+    else:
+        preset = resources.files(PRESET_PACKAGE) / f"{source}.yaml"
+        if not preset.is_file():
+            if source.endswith((".yaml", ".yml")) or "/" in source:
+                raise ConfigError(f"config file not found: {source}")
+            raise ConfigError(
+                f"'{source}' is neither a YAML file nor a preset; presets: {', '.join(list_presets())}"
+            )
+        text = preset.read_text(encoding="utf-8")
+        origin = f"preset:{source}"
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin} must hold a mapping of settings, not {type(values).__name__}")
+    return values, origin
+
+
+def build_config(
+    cls: type[T],
+    command: str,
+    source: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Defaults, then the preset/YAML ``source``, then ``overrides`` (dotted keys allowed)."""
+    values: dict[str, Any] = {}
+    if source:
+        values, origin = load_yaml_source(source)
+        values = dict(values)
+        declared = values.pop("command", command)
+        if declared != command:
+            raise ConfigError(f"{origin} is a '{declared}' config; use it with 'tunelab {declared}'")
+    nested: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        set_dotted(nested, key, value)
+    return from_dict(cls, merge_settings(cls, values, nested))
+
+
+def dump_yaml(config: Any, command: str | None = None) -> str:
+    values = to_dict(config)
+    if command:
+        values = {"command": command, **values}
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+def config_from_run(cls: type[T], run_dir: Path | str) -> T:
+    """The typed configuration a run directory was made with (its config.yaml)."""
+    from tunelab.core.files import read_yaml_file
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a tunelab run directory (no config.yaml)")
+    values = read_yaml_file(path)
+    values.pop("command", None)
+    return from_dict(cls, values)

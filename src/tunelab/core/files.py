@@ -1,0 +1,78 @@
+"""Reading the files of a run directory with one-line errors that name the file.
+
+A run directory can be damaged (a copy cut short, a file edited by hand, a disk
+full); whatever reads it says which file is wrong and how to mend it, instead of a
+parser's traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.errors import TunelabError
+
+
+class RunFileError(TunelabError):
+    """A file of a run directory is missing, unreadable or damaged."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunFileError(f"{path} is missing; the run is incomplete (rerun it)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFileError(f"{path} cannot be read ({type(exc).__name__}: not UTF-8 text); rerun the run that "
+                           "made it") from None
+
+
+def read_json_file(path: Path | str, expect: type | None = dict) -> Any:
+    """A JSON file's value; a missing, truncated or malformed file fails in one line."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise RunFileError(f"{path} is damaged (not valid JSON: {str(exc).splitlines()[0]}); "
+                           "rerun the run that made it") from None
+    if expect is not None and not isinstance(value, expect):
+        raise RunFileError(f"{path} is damaged (it holds a {type(value).__name__}, not a {expect.__name__}); "
+                           "rerun the run that made it")
+    return value
+
+
+def read_yaml_file(path: Path | str) -> dict:
+    """A YAML mapping; tags that would build Python objects, bad bytes and syntax errors
+    fail in one line (the loader is always the safe one)."""
+    import yaml
+
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise RunFileError(f"{path} is not valid YAML, or holds tags that would build objects ({first})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RunFileError(f"{path} must hold a mapping of settings, not {type(value).__name__}")
+    return value
+
+
+def read_safetensors(path: Path | str, framework: str = "numpy") -> dict:
+    """The tensors of a safetensors file; a missing, truncated or foreign file fails in
+    one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"{path} is missing; the run is incomplete (rerun it)")
+    try:
+        if framework == "numpy":
+            from safetensors.numpy import load_file
+        else:
+            from safetensors.torch import load_file
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for torn or foreign files
+        raise RunFileError(f"{path} is damaged (not a complete safetensors file: {type(exc).__name__}); "
+                           "rerun the run that made it") from None

@@ -1,0 +1,129 @@
+"""The task registry: one table that the command line, studies, ``predict``, ``info``,
+the report and the package root all read.
+
+A task is one module that defines a config dataclass, a ``prepare`` step (validate
+the data, load the model: everything that can fail before ``--out`` is touched) and
+an ``execute`` step (train and score inside the run directory), then registers
+itself::
+
+    register_task(Task(name="probe", config_class=ProbeConfig, prepare=prepare, execute=execute,
+                       summary="frozen encoder features + a classical classifier",
+                       load_predictor=load_probe_predictor))
+
+The shared run lifecycle (``tunelab.core.lifecycle.run_task``) does the rest: process
+group, seeding, run directory, inputs record, tracker, metrics.json, report.md,
+finishing. Tasks registered by users (``tunelab.register_task``) are first-class:
+they get flags, study steps, predict and report like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tunelab.core.errors import ConfigError
+
+# Built-in tasks, imported on first use (each module registers its task).
+BUILTIN_MODULES = {
+    "probe": "tunelab.tasks.probe",
+    "finetune": "tunelab.tasks.finetune",
+    "zeroshot": "tunelab.tasks.zeroshot",
+    "clip-finetune": "tunelab.tasks.clip_finetune",
+    "baseline": "tunelab.tasks.baseline",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything tunelab needs to know about a command that makes a run directory."""
+
+    name: str  # the command: `tunelab <name>`, a study step's `command:`
+    config_class: type  # a dataclass; its fields (and their `setting` metadata) give the flags
+    prepare: Callable[[Any], Any]  # config -> Prepared: data read and checked, model loaded
+    execute: Callable[[Any, Any], Any]  # (Prepared, RunContext) -> Outcome (None on ranks other than 0)
+    summary: str = ""  # one line for `tunelab --help`
+    description: str = ""  # the command's own help
+    resumable: bool = False  # training: --resume continues a killed run from its checkpoints
+    load_predictor: Callable[[Any, Any], Callable[[Sequence], list]] | None = None  # (run_dir, config) -> predict
+    describe: Callable[[dict], str] | None = None  # metrics.json -> a few words for the report's tables
+    # Config keys whose flags this command does not offer: they mean nothing here (a floor
+    # with no model has no device or precision), or another key owns the flag here.
+    unused_settings: tuple[str, ...] = ()
+    # What the task takes: problem kinds, and per kind of input (text, pairs, images) the
+    # pretrained model it needs (text-encoder, clip, or None). The conformance tests run
+    # every task through every combination it declares.
+    # The precision predict computes in by default: "run" (the run's own, reproducing its
+    # predictions files) or fp32 (what plain transformers gives with the saved model/).
+    serve_precision: str = "run"
+    problems: tuple[str, ...] = ("single-label", "multi-label", "regression")
+    inputs: tuple[tuple[str, str | None], ...] = (("text", "text-encoder"), ("pairs", "text-encoder"))
+
+    @property
+    def api_name(self) -> str:
+        """The package-root function name: ``tunelab.clip_finetune(config, out=...)``."""
+        return self.name.replace("-", "_")
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Make a task available to the command line, studies, predict and report."""
+    if not dataclasses.is_dataclass(task.config_class):
+        raise ConfigError(f"task '{task.name}': config_class must be a dataclass")
+    fields = {f.name for f in dataclasses.fields(task.config_class)}
+    missing = {"model", "data", "runtime", "tracking", "seed"} - fields
+    if missing:
+        raise ConfigError(f"task '{task.name}': its config needs the fields {', '.join(sorted(missing))} "
+                          "(the lifecycle reads them)")
+    _TASKS[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    _TASKS.pop(name, None)
+
+
+ENTRY_POINT_GROUP = "tunelab.tasks"
+_PLUGINS_LOADED: list[bool] = []
+
+
+def _load_builtins() -> None:
+    for name, module in BUILTIN_MODULES.items():
+        if name not in _TASKS:
+            importlib.import_module(module)
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED.append(True)
+        _load_plugins()
+
+
+def _load_plugins() -> None:
+    """Tasks of installed packages: each entry point of the group ``tunelab.tasks`` names
+    a module that registers its task when imported, or a ``Task`` (registered here).
+    Every process loads them (a --jobs worker, a Ray worker), so a plugin task runs
+    wherever a built-in one does. A plugin that fails to load is reported, not fatal."""
+    import logging
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # a broken plugin must not take the built-in commands down
+            logging.getLogger(__name__).warning("tunelab task plugin %s could not be loaded: %s", entry.value, exc)
+            continue
+        if isinstance(loaded, Task) and loaded.name not in _TASKS:
+            register_task(loaded)
+
+
+def get_task(name: str) -> Task:
+    _load_builtins()
+    if name not in _TASKS:
+        raise ConfigError(f"unknown command '{name}'; choose from {', '.join(_TASKS)}")
+    return _TASKS[name]
+
+
+def all_tasks() -> dict[str, Task]:
+    _load_builtins()
+    return dict(_TASKS)

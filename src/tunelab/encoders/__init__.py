@@ -1,0 +1,2 @@
+"""Encoders: text tokenising, batching and feature extraction (with the feature cache), CLIP
+prompts and image scoring, and the CPU image tower."""

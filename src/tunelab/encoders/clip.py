@@ -1,0 +1,167 @@
+"""CLIP as a classifier: prompt templates, class embeddings, batched image scoring."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.core.errors import ConfigError, ModelError
+from tunelab.models.resolve import ModelSource, load_config
+
+logger = logging.getLogger(__name__)
+
+# The reference lab's single prompt.
+SIMPLE_TEMPLATES = ["a photo of a {}"]
+
+
+def load_templates(spec: str) -> list[str]:
+    """``simple`` (the reference's prompt), ``ensemble`` (CLIP's 80 ImageNet prompts,
+    Radford et al. 2021), or a text file with one template per line, each holding ``{}``."""
+    if spec == "simple":
+        return list(SIMPLE_TEMPLATES)
+    if spec == "ensemble":
+        text = (resources.files("tunelab.templates") / "imagenet-80.txt").read_text(encoding="utf-8")
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--templates {spec!r}: use simple, ensemble, or a file of templates")
+        text = path.read_text(encoding="utf-8")
+    templates = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise ConfigError(f"--templates {spec}: every template needs a {{}} for the class name"
+                          + (f" (not: {bad[0]!r})" if bad else " (the file is empty)"))
+    return templates
+
+
+def require_clip(source: ModelSource):
+    config = load_config(source)
+    if getattr(config, "model_type", "") != "clip":
+        raise ModelError(f"'{source.name}' is a {getattr(config, 'model_type', 'unknown')} model; "
+                         "this command needs a CLIP model (e.g. openai/clip-vit-base-patch16)")
+    return config
+
+
+def load_clip(source: ModelSource, dtype=None):
+    """(model, tokenizer, image processor) of a CLIP checkpoint."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    from tunelab.models.resolve import hub_kwargs, load_pretrained
+
+    require_clip(source)
+    kwargs = hub_kwargs(source)
+    what = f"CLIP model '{source.name}'"
+    model = load_pretrained(CLIPModel, source.location, what, dtype=dtype, **kwargs)
+    tokenizer = load_pretrained(AutoTokenizer, source.location, what, **kwargs)
+    processor = load_pretrained(AutoImageProcessor, source.location, what, **kwargs)
+    return model, tokenizer, processor
+
+
+def prompts_for(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    return [template.format(name) for name in class_names for template in templates]
+
+
+def encode_prompts(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 256):
+    """Normalised text embeddings of ``prompts``; gradients flow if enabled by the caller."""
+    import torch
+
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(list(prompts[start:start + batch_size]), padding=True, truncation=True,
+                           return_tensors="pt").to(device)
+        features = _features(model.get_text_features(input_ids=tokens["input_ids"],
+                                                     attention_mask=tokens["attention_mask"]))
+        outputs.append(torch.nn.functional.normalize(features.float(), dim=-1))
+    return torch.cat(outputs)
+
+
+def class_embeddings(model, tokenizer, class_names: Sequence[str], templates: Sequence[str], device):
+    """One normalised embedding per class: its templates' normalised embeddings, averaged."""
+    import torch
+
+    with torch.inference_mode():
+        embeddings = encode_prompts(model, tokenizer, prompts_for(class_names, templates), device)
+        embeddings = embeddings.view(len(class_names), len(templates), -1).mean(1)
+        return torch.nn.functional.normalize(embeddings, dim=-1)
+
+
+def image_embeddings(model, pixel_values):
+    """Normalised image embeddings of one batch, through the model's own forward."""
+    import torch
+
+    return torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixel_values)).float(),
+                                         dim=-1)
+
+
+def _features(output):
+    """get_*_features returns a tensor in most versions and a model output in some."""
+    from tunelab.encoders.cpu_tower import pooled_output
+
+    return pooled_output(output)
+
+
+def logit_scale(model) -> float:
+    return float(model.logit_scale.detach().exp().float().cpu())
+
+
+def embed_loader(model, loader, device, dtype=None, desc: str = "images", skipped: list[int] | None = None):
+    """Stream a DataLoader of images (``image_loader``) through the image tower: yields
+    (dataset rows, normalised embeddings on ``device``) per batch; unreadable rows are
+    appended to ``skipped``. The tower is the CPU one where it applies."""
+    import torch
+
+    from tunelab.core.progress import progress
+    from tunelab.encoders.cpu_tower import image_features
+
+    encode = image_features(model, device, loader.batch_size or 16)
+    with torch.inference_mode(), progress(len(loader.dataset), desc, "img") as bar:
+        for batch in loader:
+            if skipped is not None:
+                skipped += batch["skipped"]
+            if len(batch["rows"]):
+                pixels = loader.dataset.preprocess.model_input(batch["pixel_values"], device, dtype)
+                yield batch["rows"].numpy(), torch.nn.functional.normalize(encode(pixels).float(), dim=-1)
+            bar.update(len(batch["rows"]) + len(batch["skipped"]))
+
+
+def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc: str = "images") -> list[int]:
+    """Stream a DataLoader of images into ``accumulator`` as scores against the class
+    embeddings; returns the rows that could not be read. Each batch's scores travel to
+    the host while the next batch is computed."""
+    import torch
+
+    skipped: list[int] = []
+    scale = logit_scale(model)
+    pending = None
+    with torch.inference_mode():
+        for rows, embeddings in embed_loader(model, loader, device, dtype, desc, skipped):
+            staged = accumulator.stage(rows, scale * embeddings @ class_emb.T)
+            if pending is not None:
+                accumulator.commit(pending)
+            pending = staged
+        if pending is not None:
+            accumulator.commit(pending)
+    return skipped
+
+
+def save_class_embeddings(path: Path, embeddings, class_names: Sequence[str]) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"class_embeddings": np.ascontiguousarray(embeddings.float().cpu().numpy())}, str(path),
+              metadata={"classes": str(len(class_names))})
+
+
+def load_class_embeddings(path: Path):
+    import torch
+
+    from tunelab.core.files import RunFileError, read_safetensors
+
+    tensors = read_safetensors(path)
+    if "class_embeddings" not in tensors or tensors["class_embeddings"].ndim != 2:
+        raise RunFileError(f"{path} holds no class embeddings matrix; rerun the run that made it")
+    return torch.from_numpy(tensors["class_embeddings"])

@@ -1,0 +1,409 @@
+"""Frozen-encoder features: batched, length-sorted, dynamically padded, cached.
+
+The reference padded every sentence to 512 tokens and pushed texts through a
+generic pipeline one by one. Here texts are tokenised once, sorted by length
+so each batch pads only to its own longest member, and run under
+``torch.inference_mode``; results are cached on disk, keyed by everything that
+determines them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.core.config import RuntimeConfig, check_positive, check_settings, setting
+from tunelab.core.provenance import cache_dir
+from tunelab.models.resolve import ModelSource, load_text_encoder, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Bump when extraction changes in a way that alters the numbers (2: one entry holds every pooling).
+FEATURE_VERSION = 2
+POOLINGS = ("cls", "mean")
+
+
+@dataclasses.dataclass
+class FeatureConfig:
+    """How frozen text features are computed."""
+
+    pooling: str | None = setting(None, "cls: the first token's last hidden state; mean: the masked mean of every "
+                                  "kept token (default: cls, and mean for bi-encoded sentence pairs)",
+                                  flag="--pooling", choices=("cls", "mean"))
+    max_length: int = setting(512, "tokens per text, capped by the model's own limit", flag="--max-length",
+                              metavar="N")
+    batch_size: int = setting(64, "texts (or images) per forward pass (sorted batches pad little, so larger is "
+                              "faster)", flag="--batch-size", metavar="N")
+    cache: bool = setting(True, "reuse features computed before from identical inputs; --no-cache recomputes them",
+                          flag="--no-cache",
+                          const=False)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "features.")
+        check_positive("features.max_length", self.max_length)
+        check_positive("features.batch_size", self.batch_size)
+
+
+
+
+class FeatureCache:
+    """Arrays on disk under a content key; writes are atomic so a crash leaves no torn file."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = (root or cache_dir()) / "features"
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached array, or None; an unreadable entry (empty, torn, foreign) is removed
+        so that it is recomputed."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            array = np.load(path, allow_pickle=False)
+            meta = json.loads((self.root / f"{key}.json").read_text(encoding="utf-8"))
+            if list(array.shape) != list(meta.get("shape", [])):
+                raise ValueError(f"shape {list(array.shape)} where {meta.get('shape')} was written")
+            return array
+        except Exception as exc:  # EOFError for an empty file, ValueError for a torn one, ...
+            logger.warning("recomputing an unusable cache entry %s (%s: %s)", path, type(exc).__name__, exc)
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, array: np.ndarray, meta: dict) -> None:
+        """Write to a temporary file, flush it to disk, then rename: a crash leaves the old
+        entry or the whole new one, never a torn one."""
+        from tunelab.core.runs import atomic_write_bytes
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.root, suffix=".npy.tmp", delete=False) as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        atomic_write_bytes(self.root / f"{key}.json",
+                           json.dumps({**meta, "shape": list(array.shape)}, indent=1).encode("utf-8"))
+        os.replace(handle.name, self.path(key))
+
+
+def text_digest(texts) -> str:
+    """Identifies a list of texts, or the texts and second texts of pairs."""
+    digest = hashlib.sha256()
+    first, second = split_inputs(texts)
+    for text in first:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    if second is not None:
+        digest.update(b"\x01pairs\x01")
+        for text in second:
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def split_inputs(inputs) -> tuple[list[str], list[str] | None]:
+    """(texts, second texts or None) of a list of texts or a TextInputs."""
+    if hasattr(inputs, "pairs"):
+        return list(inputs.texts), (list(inputs.pairs) if inputs.pairs is not None else None)
+    return list(inputs), None
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, types: Sequence[Sequence[int]] | None = None,
+              multiple: int = 1):
+    """Right-pad token id lists to the batch's longest (rounded up to ``multiple``);
+    returns (ids, mask) tensors, and the padded token type ids too when ``types`` are given."""
+    import torch
+
+    width = -(-max(len(s) for s in sequences) // multiple) * multiple
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    if types is None:
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+    type_ids = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(types):
+        type_ids[row, : len(seq)] = seq
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(type_ids)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches, longest first: memory peaks at once and padding stays minimal."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int, device,
+                          types: Sequence[Sequence[int]] | None = None):
+    """Yield (indices, model inputs) over length-sorted batches, on ``device``: input_ids,
+    attention_mask, and token_type_ids where ``types`` are given (sentence pairs)."""
+    from tunelab.core.runtime import length_multiple
+
+    multiple = length_multiple(device)
+    for batch in length_sorted_batches([len(s) for s in ids], batch_size):
+        tensors = pad_batch([ids[i] for i in batch], pad_id, [types[i] for i in batch] if types else None,
+                            multiple)
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        yield batch, {name: tensor.to(device) for name, tensor in zip(names, tensors)}
+
+
+# Token ids of recent inputs, so that runs in one process over the same texts (a study's
+# probe and fine-tuning steps, an evaluation repeated per checkpoint) tokenise them once.
+_TOKENIZED: dict[str, tuple] = {}
+_TOKENIZED_ENTRIES = 8
+
+
+def tokenize_inputs(tokenizer, inputs, max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids of texts, or of sentence pairs encoded jointly (the tokenizer's pair input,
+    truncated longest first) with their token type ids; no padding. Remembered for the
+    last few input lists (keyed by the tokenizer's vocabulary, the length limit and the
+    texts' digest)."""
+    key = hashlib.sha256(json.dumps([getattr(tokenizer, "name_or_path", ""), len(tokenizer), max_length,
+                                     text_digest(inputs)]).encode()).hexdigest()
+    if key not in _TOKENIZED:
+        if len(_TOKENIZED) >= _TOKENIZED_ENTRIES:
+            _TOKENIZED.pop(next(iter(_TOKENIZED)))
+        _TOKENIZED[key] = _tokenize(tokenizer, inputs, max_length)
+    return _TOKENIZED[key]
+
+
+def _tokenize(tokenizer, inputs, max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
+    texts, pairs = split_inputs(inputs)
+    if pairs is None:
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False,
+                            return_attention_mask=False, return_token_type_ids=False)
+        return encoded["input_ids"], None
+    encoded = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length, padding=False,
+                        return_attention_mask=False)
+    return encoded["input_ids"], encoded.get("token_type_ids")
+
+
+def pool(hidden, mask, how: str):
+    """[CLS]: the first token. Mean: average over every token the mask keeps,
+    special tokens included, as sentence-transformers does."""
+    if how == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class TextFeatureExtractor:
+    """A frozen text encoder that maps texts to fixed-size vectors."""
+
+    def __init__(self, source: ModelSource, features: FeatureConfig, runtime: RuntimeConfig):
+        from tunelab.core.runtime import resolve_device, resolve_dtype
+
+        self.source = source
+        self.config = features
+        self.runtime = runtime
+        self.device = resolve_device(runtime.device)
+        self.dtype = resolve_dtype(runtime.precision, self.device)
+        self._tokenizer = None
+        self._model = None
+        self.seconds = 0.0  # time spent encoding, for throughput figures
+        self.encoded = 0
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.source)
+        return self._tokenizer
+
+    @property
+    def model(self):
+        if self._model is None:
+            model = load_text_encoder(self.source, dtype=self.dtype)
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    def load(self) -> None:
+        """Load tokenizer and weights now, so that a model that cannot load fails first."""
+        self.tokenizer  # noqa: B018
+        self.model  # noqa: B018
+
+    @property
+    def max_length(self) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", None) or self.config.max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None) or limit
+        return int(min(self.config.max_length, limit, positions))
+
+    def cache_key(self, texts) -> str:
+        """Every pooling is computed in the one forward pass and cached together, so the
+        key leaves the pooling out: probes that differ only in pooling share it."""
+        parts = {
+            "version": FEATURE_VERSION,
+            "model": self.source.fingerprint(),
+            "max_length": self.config.max_length,
+            "precision": self.runtime.precision,
+            "texts": text_digest(texts),
+            "n": len(texts),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def cache_meta(self, texts) -> dict:
+        return {"model": self.source.name, "poolings": list(POOLINGS), "max_length": self.config.max_length,
+                "precision": self.runtime.precision, "n": len(texts)}
+
+    def tokenize(self, texts) -> list[list[int]]:
+        return tokenize_inputs(self.tokenizer, texts, self.max_length)[0]
+
+    def select(self, pooled: np.ndarray) -> np.ndarray:
+        """The configured pooling's vectors out of an (n, poolings, dim) array."""
+        return pooled[:, POOLINGS.index(self.config.pooling or "cls")]
+
+    def encode(self, texts, desc: str = "features") -> np.ndarray:
+        """Vectors for ``texts`` (or sentence pairs, encoded jointly) in their order, float32."""
+        return self.select(self.encode_all(texts, desc))
+
+    def encode_all(self, texts, desc: str = "features") -> np.ndarray:
+        """(n, poolings, dim): every pooling from one forward pass, in the inputs' order."""
+        import torch
+
+        from tunelab.core.progress import progress
+
+        model = self.model
+        if not len(texts):
+            return np.zeros((0, len(POOLINGS), model.config.hidden_size), dtype=np.float32)
+        ids, types = tokenize_inputs(self.tokenizer, texts, self.max_length)
+        out: np.ndarray | None = None
+        start = time.perf_counter()
+        with torch.inference_mode(), progress(len(ids), desc, "text") as bar:
+            for batch, inputs in sorted_padded_batches(ids, self.config.batch_size, pad_token_id(self.tokenizer),
+                                                       self.device, types):
+                hidden = model(**inputs).last_hidden_state.float()
+                pooled = torch.stack([pool(hidden, inputs["attention_mask"], how) for how in POOLINGS], dim=1)
+                vectors = pooled.cpu().numpy()
+                if out is None:
+                    out = np.empty((len(ids), *vectors.shape[1:]), dtype=np.float32)
+                out[batch] = vectors
+                bar.update(len(batch))
+        self.seconds += time.perf_counter() - start
+        self.encoded += len(ids)
+        assert out is not None
+        return out
+
+
+def _take(inputs, rows: np.ndarray):
+    return inputs.subset(rows) if hasattr(inputs, "subset") else [inputs[i] for i in rows]
+
+
+def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None, rank: int = 0,
+                    world: int = 1) -> tuple[np.ndarray | None, bool]:
+    """Features for ``inputs`` (texts, sentence pairs, or an image split), from the cache
+    when an identical extraction ran before. Returns (features, came_from_cache).
+
+    Under torchrun each process encodes every world-th input and rank 0 gathers
+    them; other ranks get None."""
+    from tunelab.core.distributed import broadcast_object, gather_to_zero, shard
+
+    key = extractor.cache_key(inputs) if cache is not None and rank == 0 else None
+    hit = cache.get(key) if key is not None else None
+    if hit is not None and hit.shape[0] != len(inputs):
+        hit = None
+    if broadcast_object(hit is not None, rank, world):
+        if rank == 0:
+            logger.info("%s: %d feature vectors loaded from cache (%s)", desc, len(inputs), cache.path(key))
+        return (extractor.select(hit) if hit is not None else None), True
+    if world > 1:
+        rows = shard(len(inputs), rank, world)
+        parts = gather_to_zero((rows, extractor.encode_all(_take(inputs, rows), desc=desc)), rank, world)
+        if rank != 0:
+            return None, False
+        features = np.empty((len(inputs), *parts[0][1].shape[1:]), dtype=np.float32)
+        for part_rows, part in parts:
+            features[part_rows] = part
+    else:
+        features = extractor.encode_all(inputs, desc=desc)
+    if key is not None:
+        cache.put(key, features, extractor.cache_meta(inputs))
+    return extractor.select(features), False
+
+
+def pair_features(extractor, inputs, encoding: str, desc: str, cache: FeatureCache | None, rank: int = 0,
+                  world: int = 1) -> tuple[np.ndarray | None, bool]:
+    """Features of single texts, or of sentence pairs: ``cross`` encodes each pair jointly;
+    ``bi`` encodes each text on its own (cached per text list) and combines the two
+    vectors u, v into (u, v, |u - v|, u * v), as sentence-transformers' classifiers do."""
+    texts, pairs = split_inputs(inputs)
+    if pairs is None:
+        return cached_features(extractor, texts, desc, cache, rank, world)
+    if encoding == "cross":
+        return cached_features(extractor, inputs, desc, cache, rank, world)
+    u, hit_u = cached_features(extractor, texts, f"{desc} (first texts)", cache, rank, world)
+    v, hit_v = cached_features(extractor, pairs, f"{desc} (second texts)", cache, rank, world)
+    if u is None:
+        return None, hit_u and hit_v
+    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1), hit_u and hit_v
+
+
+class ImageFeatureExtractor:
+    """CLIP image embeddings (normalised), decoded lazily in DataLoader workers.
+    Unreadable images give rows of NaN, so callers can drop and report them."""
+
+    def __init__(self, source: ModelSource, images, batch_size: int, runtime: RuntimeConfig):
+        from tunelab.core.runtime import resolve_device, resolve_dtype
+
+        self.source = source
+        self.images = images  # ImageDecodingConfig: workers, strictness
+        self.batch_size = batch_size
+        self.runtime = runtime
+        self.device = resolve_device(runtime.device)
+        self.dtype = resolve_dtype(runtime.precision, self.device)
+        self._loaded = None
+        self.seconds = 0.0
+        self.encoded = 0
+
+    @property
+    def loaded(self):
+        if self._loaded is None:
+            from tunelab.encoders.clip import load_clip
+
+            model, _, processor = load_clip(self.source, dtype=self.dtype)
+            self._loaded = (model.to(self.device).eval(), processor)
+        return self._loaded
+
+    def load(self) -> None:
+        """Load the CLIP model now, so that a model that cannot load fails first."""
+        self.loaded  # noqa: B018
+
+    def select(self, features: np.ndarray) -> np.ndarray:
+        """One embedding per image: nothing to choose (text features carry every pooling)."""
+        return features
+
+    def cache_key(self, split) -> str:
+        parts = {"version": FEATURE_VERSION, "kind": "clip-image", "model": self.source.fingerprint(),
+                 "precision": self.runtime.precision, "images": split.digest(), "n": len(split)}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def cache_meta(self, split) -> dict:
+        return {"model": self.source.name, "kind": "clip-image", "precision": self.runtime.precision, "n": len(split)}
+
+    def encode_all(self, split, desc: str = "features") -> np.ndarray:
+        from tunelab.data.images import ClipPreprocess, image_loader
+        from tunelab.encoders.clip import embed_loader
+
+        model, processor = self.loaded
+        out = np.full((len(split), model.config.projection_dim), np.nan, dtype=np.float32)
+        loader = image_loader(split, ClipPreprocess.for_device(processor, self.device), self.batch_size,
+                              self.images.num_workers, self.images.strict)
+        start = time.perf_counter()
+        for rows, embeddings in embed_loader(model, loader, self.device, self.dtype, desc):
+            out[rows] = embeddings.cpu().numpy()
+        self.seconds += time.perf_counter() - start
+        self.encoded += len(split)
+        return out

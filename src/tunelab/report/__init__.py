@@ -1,0 +1,1 @@
+"""Reports: what runs say together (analysis) and the documents and plots that say it."""

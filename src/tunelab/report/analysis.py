@@ -1,0 +1,420 @@
+"""What a set of runs says together: seed groups, which runs may be compared (the same
+data, split and examples), the floor and the chosen method (chosen on validation),
+paired seed-aware tests with Holm's correction, learning curves and where one method
+overtakes another, cost fronts and calibration. Everything is recomputed from the
+runs' own files (metrics, configuration, inputs record, prediction files), so the
+report's numbers can be checked against them; the statistics live in ``tunelab.scoring.stats``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunelab.core.runs import read_inside
+from tunelab.scoring.metrics import headline_metric
+from tunelab.scoring.stats import PairedTest, better, holm, paired_test, seed_summary
+
+logger = logging.getLogger(__name__)
+
+SIZE_KEYS = ("data.shots", "data.max_train_samples")  # matrix keys that set the training-set size
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+@dataclasses.dataclass
+class RunRecord:
+    name: str
+    path: Path
+    metrics: dict
+    config: dict
+    command_line: str
+    history: list
+    inputs: dict | None = None  # inputs.json: the model's and the data's fingerprints
+
+    @property
+    def command(self) -> str:
+        return self.metrics["command"]
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    def identity(self) -> str:
+        """The configuration without its seed: runs equal here differ only in seed."""
+        config = {k: v for k, v in self.config.items() if k != "seed"}
+        return json.dumps(config, sort_keys=True, default=str)
+
+    def data_identity(self) -> str:
+        """Which examples a split holds: the data's content fingerprint and the settings
+        that choose splits and columns. Runs whose identities differ are never paired."""
+        data = self.config.get("data") or {}
+        dataset = (self.inputs or {}).get("dataset") or {}
+        # Runs made before inputs.json existed: the dataset as named (no content fingerprint).
+        fingerprint = dataset.get("fingerprint") or f"named:{self.metrics.get('dataset')}"
+        chosen = {key: data.get(key) for key in ("dataset_config", "train_split", "validation_split", "test_split",
+                                                 "text_column", "text_pair_column", "label_column", "problem",
+                                                 "label_separator", "split_seed", "max_eval_samples")}
+        return json.dumps([fingerprint, chosen], sort_keys=True, default=str)
+
+    def labels_seen(self) -> int | None:
+        """How many labelled examples the run learnt from or chose settings on: train
+        and validation, as sizes in metrics.json record them."""
+        sizes = self.metrics.get("data", {}).get("sizes", {})
+        seen = self.metrics.get("data", {}).get("labels_seen")
+        if seen is not None:
+            return int(seen)
+        return int(sizes.get("train", 0) + sizes.get("validation", 0)) if sizes else None
+
+
+def find_runs(paths: list[Path | str], problems: list[str] | None = None) -> list[RunRecord]:
+    """Run directories given directly, or inside study directories (not through
+    symbolic links), in order. A run whose files are damaged is left out, and why is
+    appended to ``problems``."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "metrics.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p.parent for p in path.glob("*/metrics.json") if not p.parent.is_symlink())
+    records = []
+    for path in found:
+        try:
+            records.append(_read_record(path))
+        except ValueError as exc:
+            if problems is not None:
+                problems.append(f"{path.name}: left out ({exc})")
+            logger.warning("%s is left out of the report: %s", path, exc)
+    return records
+
+
+def _read_record(path: Path) -> RunRecord:
+    import yaml
+
+    def text(name: str) -> str | None:
+        data = read_inside(path, name)
+        return data.decode("utf-8", errors="replace") if data is not None else None
+
+    metrics_text, config_text = text("metrics.json"), text("config.yaml")
+    if metrics_text is None or config_text is None:
+        raise ValueError("metrics.json or config.yaml is missing or a link")
+    try:
+        metrics = json.loads(metrics_text)
+    except ValueError:
+        raise ValueError("metrics.json is not valid JSON") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("splits"), dict) or "command" not in metrics:
+        raise ValueError("metrics.json lacks the command or the splits")
+    try:
+        config = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        raise ValueError("config.yaml is not valid YAML or holds tags that would build objects") from None
+    if not isinstance(config, dict):
+        raise ValueError("config.yaml holds no mapping")
+    history, command, inputs = text("history.json"), text("command.txt"), text("inputs.json")
+    try:
+        history_value = json.loads(history) if history else []
+        inputs_value = json.loads(inputs) if inputs else None
+    except ValueError:
+        history_value, inputs_value = [], None
+    return RunRecord(path.name, path, metrics, config, command.splitlines()[0] if command else "",
+                     history_value if isinstance(history_value, list) else [],
+                     inputs_value if isinstance(inputs_value, dict) else None)
+
+
+def read_predictions(run_path: Path, split: str) -> dict[str, tuple[str, str]] | None:
+    """id -> (label, prediction) as written in predictions/<split>.csv; None when the file
+    is missing, a link, or damaged (a torn row, a missing column)."""
+    data = read_inside(run_path, f"predictions/{split}.csv")
+    if data is None:
+        return None
+    try:
+        rows = list(csv.DictReader(data.decode("utf-8").splitlines()))
+        out = {}
+        for row in rows:
+            if not all(isinstance(row.get(key), str) for key in ("id", "label", "prediction")):
+                raise ValueError("a row lacks its id, label or prediction")
+            out[row["id"]] = (row["label"], row["prediction"])
+        return out
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+        logger.warning("%s/predictions/%s.csv is damaged (%s); not used in paired tests", run_path, split, exc)
+        return None
+
+
+# --------------------------------------------------------------------------- seed groups
+
+
+@dataclasses.dataclass
+class Group:
+    """Runs that differ only in their seed."""
+
+    name: str
+    method: str  # the study step (or run) the group belongs to: one line of a learning curve
+    runs: list[RunRecord]
+    size: Any = None  # shots per class or training examples, when a matrix set it
+    size_key: str | None = None
+
+    @property
+    def command(self) -> str:
+        return self.runs[0].command
+
+    def main_split(self) -> str:
+        splits = self.runs[0].metrics["splits"]
+        return "test" if "test" in splits else next(iter(splits))
+
+    def metric(self) -> str:
+        return headline_metric(self.runs[0].metrics["splits"][self.main_split()])
+
+    def data_identity(self) -> str:
+        return self.runs[0].data_identity()
+
+    def values(self, split: str | None = None, metric: str | None = None) -> list[float]:
+        split, metric = split or self.main_split(), metric or self.metric()
+        return [r.metrics["splits"][split][metric] for r in self.runs if metric in r.metrics["splits"].get(split, {})]
+
+    def mean(self, split: str | None = None) -> float | None:
+        values = self.values(split)
+        return float(np.mean(values)) if values else None
+
+    def labels_seen(self) -> int | None:
+        return self.runs[0].labels_seen()
+
+
+def group_runs(records: list[RunRecord], outcomes: list | None = None) -> list[Group]:
+    """Seed groups: in a study, runs of one step whose matrix values differ only in seed;
+    elsewhere, runs whose configurations differ only in seed."""
+    by_name = {o.name: o for o in (outcomes or [])}
+    groups: dict[str, Group] = {}
+    for record in records:
+        outcome = by_name.get(record.name)
+        if outcome is not None:
+            params = {k: v for k, v in (outcome.params or {}).items() if k != "seed"}
+            key = outcome.group + "|" + repr(sorted(params.items()))
+            size_key = next((k for k in SIZE_KEYS if k in params), None)
+            name = outcome.group + "".join(f"-{_short(k)}{'all' if v is None else v}" for k, v in params.items())
+            group = groups.setdefault(key, Group(name, outcome.group, [], params.get(size_key), size_key))
+        else:
+            key = record.identity()
+            group = groups.setdefault(key, Group(record.name, record.name, []))
+        group.runs.append(record)
+    for group in groups.values():
+        group.runs.sort(key=lambda r: (str(type(r.seed)), r.seed if r.seed is not None else 0))
+    return list(groups.values())
+
+
+def _short(key: str) -> str:
+    return {"data.shots": "shots", "data.max_train_samples": "n"}.get(key, key.rsplit(".", 1)[-1])
+
+
+def group_summary(group: Group, split: str | None = None) -> tuple[float, float, float]:
+    """(mean, low, high) of a group's headline metric: over seeds, or one run's interval."""
+    from tunelab.scoring.stats import correlation_interval, wilson_interval
+
+    split = split or group.main_split()
+    values, metric = group.values(split), group.metric()
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    if len(values) > 1:
+        summary = seed_summary(values, metric)
+        return summary["mean"], summary["low"], summary["high"]
+    run_values = group.runs[0].metrics["splits"][split]
+    if metric == "accuracy":
+        return (values[0], *wilson_interval(values[0], run_values["n"]))
+    if metric in ("spearman", "pearson"):
+        return (values[0], *correlation_interval(values[0], run_values["n"], spearman=metric == "spearman"))
+    return values[0], float("nan"), float("nan")
+
+
+# --------------------------------------------------------------------------- families, floor, choice
+
+
+@dataclasses.dataclass
+class Family:
+    """Groups scored on the same examples with the same headline metric: only these are
+    compared with each other."""
+
+    groups: list[Group]
+    split: str
+    metric: str
+    dataset: str  # the dataset as the runs name it
+
+
+def families(groups: list[Group]) -> list[Family]:
+    out: dict[tuple, Family] = {}
+    for group in groups:
+        key = (group.data_identity(), group.main_split(), group.metric())
+        family = out.setdefault(key, Family([], group.main_split(), group.metric(),
+                                            str(group.runs[0].metrics.get("dataset"))))
+        family.groups.append(group)
+    return list(out.values())
+
+
+CHOICE_SPLIT = "validation"
+
+
+def choose_best(groups: list[Group], metric: str) -> tuple[Group | None, str]:
+    """The group with the best mean on the validation split, and the split that chose it
+    (the main split, said as such, only where no group has a validation split)."""
+    scored = [g for g in groups if g.values(CHOICE_SPLIT, metric)]
+    split = CHOICE_SPLIT
+    if not scored:
+        scored, split = [g for g in groups if g.values()], groups[0].main_split() if groups else CHOICE_SPLIT
+    best = None
+    for group in scored:
+        if best is None or better(metric, float(np.mean(group.values(split, metric))),
+                                  float(np.mean(best.values(split, metric)))):
+            best = group
+    return best, split
+
+
+def find_floor(family: Family, baseline: str | None) -> tuple[Group | None, str]:
+    """The one floor every comparison of a family is made against: the study's declared
+    baseline step (the best of its groups on validation, if it has several), else the
+    best on validation of the runs that need no pretrained model. Returns (group, how it
+    was defined)."""
+    named = [g for g in family.groups if baseline and (g.method == baseline or g.name == baseline)]
+    if named:
+        floor, split = choose_best(named, family.metric)
+        return floor, f"the declared baseline {baseline}" + (
+            f", best of its groups on {split}" if len(named) > 1 else "")
+    pool = [g for g in family.groups if g.command == "baseline"]
+    if pool:
+        floor, split = choose_best(pool, family.metric)
+        return floor, f"the best on {split} of the runs that need no pretrained model"
+    return None, ""
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+def seed_couples(a: Group, b: Group) -> list[tuple[RunRecord, RunRecord]]:
+    """Runs of A and B paired by seed. A group of one run (a deterministic floor, say) is
+    paired with every run of the other; otherwise only seeds both have are paired."""
+    if len(a.runs) == 1 or len(b.runs) == 1:
+        return [(ra, rb) for ra in a.runs for rb in b.runs]
+    by_seed = {repr(r.seed): r for r in b.runs}
+    return [(ra, by_seed[repr(ra.seed)]) for ra in a.runs if repr(ra.seed) in by_seed]
+
+
+def compare(a: Group, b: Group, split: str, metric: str) -> PairedTest | str:
+    """A against B on the examples both scored, by the seed-aware paired test; or, where
+    they cannot be paired, the reason in words."""
+    if a.data_identity() != b.data_identity():
+        return "different data (dataset content, splits or evaluation caps differ)"
+    couples = seed_couples(a, b)
+    if not couples:
+        return "no seed in common"
+    rows = {}
+    for run in {id(r): r for pair in couples for r in pair}.values():
+        predictions = read_predictions(run.path, split)
+        if predictions is None:
+            return f"{run.name} has no readable predictions/{split}.csv"
+        rows[id(run)] = predictions
+    ids = sorted(set.intersection(*(set(p) for p in rows.values())))
+    if len(ids) < 2:
+        return "fewer than two examples in common"
+    aligned = [([rows[id(ra)][i] for i in ids], [rows[id(rb)][i] for i in ids]) for ra, rb in couples]
+    try:
+        return paired_test(aligned, metric)
+    except ValueError as exc:
+        return str(exc)
+
+
+@dataclasses.dataclass
+class Claim:
+    """One comparison a report states, with its test; Holm's correction is applied over
+    every claim of a report at once."""
+
+    a: Group
+    b: Group
+    split: str
+    metric: str
+    purpose: str  # floor | runner-up | crossover
+    result: PairedTest | str
+
+
+def correct(claims: list[Claim]) -> None:
+    """Holm's correction over every tested claim (the report's family of comparisons)."""
+    tested = [c for c in claims if isinstance(c.result, PairedTest)]
+    for claim, adjusted in zip(tested, holm([c.result.p for c in tested])):
+        claim.result.p_adjusted = adjusted
+
+
+# --------------------------------------------------------------------------- curves, fronts, calibration
+
+
+def learning_curves(groups: list[Group]) -> dict[str, list[tuple[float, Group]]]:
+    """method -> [(size, group)] for groups a size matrix made, sorted by size."""
+    curves: dict[str, list[tuple[float, Group]]] = {}
+    for group in groups:
+        if group.size_key is None or not group.values():
+            continue
+        size = group.size if group.size is not None else _full_size(group)
+        curves.setdefault(group.method, []).append((float(size), group))
+    return {m: sorted(points, key=lambda p: p[0]) for m, points in curves.items()}
+
+
+def _full_size(group: Group) -> float:
+    """A size of None means all the data: place it at the training split's size (per class
+    for shots)."""
+    data = group.runs[0].metrics.get("data", {})
+    train = data.get("sizes", {}).get("train", 1)
+    classes = max(len(data.get("class_names", [])), 1)
+    return train / classes if group.size_key == "data.shots" else train
+
+
+def crossover_candidates(curves: dict[str, list[tuple[float, Group]]]) -> list[tuple[Group, Group, float, float]]:
+    """(leader, other, size, previous size) wherever the mean of one method's curve passes
+    another's between two sizes both tried; each is claimed only if its test holds."""
+    found = []
+    methods = list(curves)
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            at_a, at_b = dict(curves[a]), dict(curves[b])
+            common = sorted(set(at_a) & set(at_b))
+            signs = [np.sign(at_a[x].mean() - at_b[x].mean()) for x in common]
+            metric = at_a[common[0]].metric() if common else "accuracy"
+            for k in range(1, len(common)):
+                if signs[k] != signs[k - 1] and signs[k] != 0:
+                    x = common[k]
+                    ahead = at_a[x] if better(metric, at_a[x].mean(), at_b[x].mean()) else at_b[x]
+                    behind = at_b[x] if ahead is at_a[x] else at_a[x]
+                    found.append((ahead, behind, x, common[k - 1]))
+    return found
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats at lower or equal cost (cost, score)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def reliability(run_path: Path, split: str, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(bin centres, accuracy per bin, count per bin) from a run's predictions CSV."""
+    data = read_inside(run_path, f"predictions/{split}.csv")
+    if data is None:
+        return None
+    try:
+        rows = list(csv.DictReader(data.decode("utf-8").splitlines()))
+        if not rows or "probability" not in rows[0]:
+            return None
+        confidence = np.array([float(r["probability"]) for r in rows])
+        correct_rows = np.array([r["label"] == r["prediction"] for r in rows], dtype=float)
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error):
+        return None
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    accuracy = np.array([correct_rows[which == b].mean() if counts[b] else np.nan for b in range(bins)])
+    return (edges[:-1] + edges[1:]) / 2, accuracy, counts

@@ -1,0 +1,2 @@
+"""Scoring: metrics, statistics, classical estimators, per-split evaluation and the parts
+predictors are made of."""

@@ -1,0 +1,253 @@
+"""Scoring one split: metrics, predictions CSV, confusion matrix, all in one place,
+so every task writes the same files in the same form."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from tunelab.core.runs import RunDirectory
+from tunelab.scoring.metrics import (
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    multilabel_metrics,
+    regression_metrics,
+    text_report,
+    top_confused_pairs,
+)
+
+# Per-class score columns in predictions CSVs up to this many classes; beyond, top-5.
+MAX_SCORE_COLUMNS = 10
+TOP_K = 5
+
+
+@dataclasses.dataclass
+class ClassScores:
+    """Predictions with their scores, kept in O(n) memory for many classes: the full
+    (n, classes) matrix only up to MAX_SCORE_COLUMNS classes, else the top-k."""
+
+    predicted: np.ndarray  # (n,) class index
+    score: np.ndarray  # (n,) score of the predicted class
+    top_indices: np.ndarray  # (n, k) best classes first
+    top_scores: np.ndarray  # (n, k)
+    full: np.ndarray | None = None  # (n, classes) when kept
+    kind: str = "score"  # probability | decision | similarity
+
+    @classmethod
+    def from_full(cls, scores: np.ndarray, kind: str, predicted: np.ndarray | None = None) -> ClassScores:
+        """``predicted``, when a model's own prediction can differ from the best score
+        (an SVC votes one-vs-one but scores one-vs-rest), leads each top-k list, so the
+        top-5 always contains the prediction and top-5 accuracy is never below accuracy."""
+        k = min(TOP_K, scores.shape[1])
+        order = np.argsort(-scores, axis=1, kind="stable")
+        if predicted is None:
+            top = order[:, :k]
+            predicted = top[:, 0]
+        else:
+            predicted = np.asarray(predicted, dtype=np.int64)
+            rest = order[order != predicted[:, None]].reshape(len(order), -1)
+            top = np.concatenate([predicted[:, None], rest[:, : k - 1]], axis=1)
+        keep = scores if scores.shape[1] <= MAX_SCORE_COLUMNS else None
+        return cls(predicted, scores[np.arange(len(scores)), predicted], top,
+                   np.take_along_axis(scores, top, axis=1), keep, kind)
+
+
+class ScoreAccumulator:
+    """Collects batches of per-class scores into a ClassScores without ever holding
+    a (n, classes) block for many classes (the reference ran out of memory there)."""
+
+    def __init__(self, n: int, num_classes: int, kind: str):
+        self.k = min(TOP_K, num_classes)
+        self.top_indices = np.zeros((n, self.k), dtype=np.int64)
+        self.top_scores = np.zeros((n, self.k), dtype=np.float32)
+        self.full = np.zeros((n, num_classes), dtype=np.float32) if num_classes <= MAX_SCORE_COLUMNS else None
+        self.seen = np.zeros(n, dtype=bool)
+        self.kind = kind
+
+    def add(self, rows: np.ndarray, scores) -> None:
+        """``scores``: a (batch, classes) torch tensor or array for dataset ``rows``."""
+        self.commit(self.stage(rows, scores))
+
+    def stage(self, rows: np.ndarray, scores):
+        """Start moving a batch's top-k (and full scores) off the device without waiting
+        for it: a GPU keeps computing the next batch meanwhile. :meth:`commit` it later."""
+        import torch
+
+        scores = torch.as_tensor(scores).float()
+        values, indices = scores.topk(self.k, dim=1)
+        parts = [indices, values] + ([scores] if self.full is not None else [])
+        if scores.device.type != "cuda":
+            return rows, parts, None
+        host = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True).copy_(p, non_blocking=True) for p in parts]
+        done = torch.cuda.Event()
+        done.record()
+        return rows, host, done
+
+    def commit(self, staged) -> None:
+        rows, parts, done = staged
+        if done is not None:
+            done.synchronize()
+        self.top_indices[rows] = parts[0].cpu().numpy()
+        self.top_scores[rows] = parts[1].cpu().numpy()
+        if self.full is not None:
+            self.full[rows] = parts[2].cpu().numpy()
+        self.seen[rows] = True
+
+    def absorb(self, part: ScoreAccumulator, rows: np.ndarray) -> None:
+        """Take in a shard's scores; ``rows`` maps the shard's positions to this one's."""
+        kept = part.seen
+        target = np.asarray(rows)[kept]
+        self.top_indices[target] = part.top_indices[kept]
+        self.top_scores[target] = part.top_scores[kept]
+        if self.full is not None:
+            self.full[target] = part.full[kept]
+        self.seen[target] = True
+
+    def result(self, keep: np.ndarray | None = None) -> ClassScores:
+        keep = self.seen if keep is None else keep
+        full = self.full[keep] if self.full is not None else None
+        return ClassScores(self.top_indices[keep, 0], self.top_scores[keep, 0], self.top_indices[keep],
+                           self.top_scores[keep], full, self.kind)
+
+
+@dataclasses.dataclass
+class LabelScores:
+    """Multi-label predictions: a score per label (probabilities, or decision values whose
+    threshold is 0), and the labels at or above the threshold."""
+
+    scores: np.ndarray  # (n, classes)
+    threshold: float = 0.5
+    kind: str = "probability"  # probability | decision
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores >= self.threshold
+
+
+@dataclasses.dataclass
+class ValueScores:
+    """Regression predictions: one number per example."""
+
+    values: np.ndarray  # (n,)
+    kind: str = "value"
+
+
+THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+
+
+def choose_threshold(scores: LabelScores, y_true: np.ndarray, setting: str) -> tuple[float, dict]:
+    """The multi-label decision threshold: the configured probability, or with ``tune``
+    the one of THRESHOLD_GRID that maximises micro F1 on these (validation) scores.
+    Decision values (a linear SVC's) keep their natural threshold 0 unless tuned."""
+    from tunelab.scoring.metrics import multilabel_metrics
+
+    if setting != "tune":
+        value = float(setting) if scores.kind == "probability" else 0.0
+        return value, {"value": value, "tuned": False}
+    grid = THRESHOLD_GRID if scores.kind == "probability" else \
+        tuple(float(q) for q in np.quantile(scores.scores, np.linspace(0.05, 0.95, 19)))
+    results = {str(t): multilabel_metrics(y_true, scores.scores >= t)["f1_micro"] for t in grid}
+    best = max(grid, key=lambda t: (results[str(t)], -abs(t - 0.5)))
+    return float(best), {"value": float(best), "tuned": True, "metric": "f1_micro", "split": "validation",
+                         "scores": results}
+
+
+def label_set_text(row: np.ndarray, names: Sequence[str]) -> str:
+    return "; ".join(names[i] for i in np.flatnonzero(row))
+
+
+def prediction_columns(
+    ids: Sequence[str],
+    inputs: dict[str, Sequence],
+    class_names: Sequence[str],
+    scores: ClassScores,
+    y_true: np.ndarray | None = None,
+) -> dict[str, list]:
+    """Rows of a predictions table: id, the input, label and prediction as class names, scores."""
+    names = np.asarray(class_names, dtype=object)
+    columns: dict[str, list] = {"id": list(ids), **{k: list(v) for k, v in inputs.items()}}
+    if y_true is not None:
+        columns["label"] = names[y_true].tolist()
+    columns["prediction"] = names[scores.predicted].tolist()
+    columns[scores.kind] = scores.score.tolist()
+    if scores.full is not None:
+        for index, name in enumerate(class_names):
+            columns[f"{scores.kind}_{name}"] = scores.full[:, index].tolist()
+    else:
+        columns["top5"] = [" | ".join(names[row]) for row in scores.top_indices]
+    return columns
+
+
+def split_metrics(y_true: np.ndarray, scores, num_classes: int) -> dict:
+    """The one metrics function of every task and problem: classification, multi-label or
+    regression metrics, by the kind of predictions."""
+    if isinstance(scores, ValueScores):
+        return regression_metrics(y_true, scores.values)
+    if isinstance(scores, LabelScores):
+        return multilabel_metrics(y_true, scores.predicted, scores.scores)
+    metrics = classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
+    if scores.kind == "probability":  # calibration needs probabilities (an SVC's decision values have none)
+        metrics["ece"] = expected_calibration_error(scores.score, scores.predicted == np.asarray(y_true))
+    return metrics
+
+
+def evaluate_split(
+    run: RunDirectory,
+    split: str,
+    class_names: Sequence[str],
+    y_true: np.ndarray,
+    scores,
+    ids: Sequence[str],
+    inputs: dict[str, Sequence],
+) -> tuple[dict, str]:
+    """Score one split and write its predictions table and its picture (confusion matrix,
+    or predicted-vs-gold scatter plot); return (metrics, text report). ``scores`` is a
+    ClassScores, LabelScores or ValueScores; ``inputs`` the input columns (text, pair, file)."""
+    if isinstance(scores, ValueScores):
+        columns = {"id": list(ids), **{k: list(v) for k, v in inputs.items()}, "label": y_true.tolist(),
+                   "prediction": scores.values.tolist()}
+        run.write_predictions(split, columns)
+        run.write_scatter(split, y_true, scores.values)
+        metrics = split_metrics(y_true, scores, 0)
+        return metrics, "\n".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k != "n")
+    if isinstance(scores, LabelScores):
+        columns = {"id": list(ids), **{k: list(v) for k, v in inputs.items()},
+                   "label": [label_set_text(r, class_names) for r in y_true],
+                   "prediction": [label_set_text(r, class_names) for r in scores.predicted]}
+        if len(class_names) <= MAX_SCORE_COLUMNS:
+            for index, name in enumerate(class_names):
+                columns[f"{scores.kind}_{name}"] = scores.scores[:, index].tolist()
+        else:
+            top = np.argsort(-scores.scores, axis=1)[:, :TOP_K]
+            columns["top5"] = [" | ".join(class_names[i] for i in row) for row in top]
+        run.write_predictions(split, columns)
+        return split_metrics(y_true, scores, len(class_names)), text_report(y_true.astype(int),
+                                                                            scores.predicted.astype(int),
+                                                                            class_names)
+    num_classes = len(class_names)
+    metrics = split_metrics(y_true, scores, num_classes)
+    run.write_predictions(split, prediction_columns(ids, inputs, class_names, scores, y_true))
+    matrix = confusion(y_true, scores.predicted, num_classes)
+    run.write_confusion(split, matrix, class_names, top_confused_pairs(matrix, class_names))
+    return metrics, text_report(y_true, scores.predicted, class_names)
+
+
+def top_k_nll(result, labels: np.ndarray) -> float:
+    """Softmax cross-entropy over the kept scores (exact when they cover every class); an
+    example whose true class fell outside the top-k counts with the lowest kept log-probability."""
+    scores = result.full if result.full is not None else result.top_scores
+    indices = np.arange(scores.shape[1])[None, :].repeat(len(scores), 0) if result.full is not None \
+        else result.top_indices
+    shifted = scores - scores.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    hit = indices == labels[:, None]
+    true_log_prob = np.where(hit.any(1), (log_probs * hit).sum(1), log_probs.min(1))
+    return float(-true_log_prob.mean()) if len(labels) else 0.0
+
+
+def skipped_record(names: list[str]) -> dict:
+    """metrics.json's ``skipped``: how many unreadable inputs, and which."""
+    return {"count": len(names), "files": list(names)}

@@ -1,0 +1,110 @@
+"""What every task's predictor is made of: the Prediction record, text inputs checked,
+scores turned into predictions, images scored against saved class embeddings. Tasks
+import this module, never the predict command (tunelab.serve.predict), which imports them
+through the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.core.errors import TunelabError
+from tunelab.core.files import read_json_file, read_yaml_file
+
+
+@dataclasses.dataclass
+class Prediction:
+    input: str  # the text, image file, or first text of a pair
+    label: str  # the predicted class; for multi-label the predicted labels joined by "; "; for regression the value
+    score: float  # probability of that class (or decision value, similarity); for regression the value
+    score_kind: str  # probability | decision | similarity | value
+    pair: str | None = None  # the second text of a sentence pair
+    labels: list[str] | None = None  # multi-label: the predicted labels
+
+
+def as_text_inputs(inputs):
+    """Texts, or sentence pairs given as (first, second) tuples or a TextInputs, checked
+    for empty texts."""
+    from tunelab.data.text import TextInputs
+
+    if not isinstance(inputs, TextInputs):
+        items = list(inputs)
+        if items and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items):
+            inputs = TextInputs([a for a, _ in items], [b for _, b in items])
+        else:
+            inputs = TextInputs(items)
+    check_texts(inputs.texts)
+    if inputs.pairs is not None:
+        check_texts(inputs.pairs)
+    return inputs
+
+
+def predictions_from(inputs, scores, names) -> list[Prediction]:
+    """Predictions for ``inputs`` from ClassScores, LabelScores or ValueScores."""
+    from tunelab.scoring.evaluation import LabelScores, ValueScores, label_set_text
+
+    inputs = as_text_inputs(inputs)
+    pairs = inputs.pairs or [None] * len(inputs)
+    if isinstance(scores, ValueScores):
+        return [Prediction(t, f"{v:.6g}", float(v), "value", p) for t, p, v in zip(inputs.texts, pairs, scores.values)]
+    if isinstance(scores, LabelScores):
+        out = []
+        for t, p, row, chosen in zip(inputs.texts, pairs, scores.scores, scores.predicted):
+            labels = [names[i] for i in np.flatnonzero(chosen)]
+            out.append(Prediction(t, label_set_text(chosen, names), float(row.max()), scores.kind, p, labels))
+        return out
+    return [Prediction(t, names[c], float(v), scores.kind, p)
+            for t, p, c, v in zip(inputs.texts, pairs, scores.predicted, scores.score)]
+
+
+def run_command(run_dir: Path) -> str:
+    """The command a finished run directory was made by."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise TunelabError(f"{run_dir} is not a tunelab run directory (no config.yaml)")
+    if not (run_dir / "metrics.json").is_file():
+        raise TunelabError(f"{run_dir} holds no finished run (no metrics.json); rerun or resume it first")
+    read_json_file(run_dir / "metrics.json")  # a damaged run says so here, naming the file
+    command = read_yaml_file(config_file).get("command")
+    if not command:
+        raise TunelabError(f"{run_dir}/config.yaml names no command")
+    return command
+
+
+def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
+    """Images scored against the class embeddings a CLIP run saved (no prompt re-encoded)."""
+
+    from tunelab.data.images import ClipPreprocess, FileImages, ImageSplit, image_loader
+    from tunelab.encoders.clip import load_class_embeddings, score_loader
+    from tunelab.scoring.evaluation import ScoreAccumulator
+
+    model.to(device).eval()
+    class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").to(device)
+    names = read_json_file(run_dir / "model" / "zeroshot.json")["class_names"]
+
+    def predict_images(inputs: Sequence[str]) -> list[Prediction]:
+        missing = [p for p in inputs if not Path(p).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise TunelabError(f"image not found: {missing[0]}{more}")
+        paths = [str(Path(p).resolve()) for p in inputs]
+        split = ImageSplit(FileImages(Path("/"), paths), np.arange(len(paths)),
+                           np.zeros(len(paths), dtype=np.int64), list(inputs))
+        accumulator = ScoreAccumulator(len(paths), len(names), "similarity")
+        loader = image_loader(split, ClipPreprocess.for_device(processor, device), batch_size, 0, strict=True)
+        score_loader(model, loader, class_emb, device, accumulator)
+        result = accumulator.result()
+        return [Prediction(text, names[p], float(s), "similarity")
+                for text, p, s in zip(inputs, result.predicted, result.score)]
+
+    return predict_images
+
+
+def check_texts(inputs: Sequence[str]) -> list[str]:
+    bad = [i + 1 for i, t in enumerate(inputs) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise TunelabError(f"{len(bad)} inputs are empty (positions {', '.join(map(str, bad[:8]))})")
+    return list(inputs)

@@ -1,0 +1,1 @@
+"""Serving finished runs: the predict and export commands."""

@@ -1,0 +1,1 @@
+"""Studies: several runs from one file, their matrix, executors and the study report."""
