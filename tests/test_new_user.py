@@ -98,7 +98,7 @@ def test_pairs_and_single_texts_are_checked_before_predicting(tmp_path, capsys):
 
 
 def test_each_run_of_a_study_reports_its_own_peak_memory(tmp_path):
-    from tunelab.core.lifecycle import peak_memory, reset_peak_memory
+    from tunelab.tasks.lifecycle import peak_memory, reset_peak_memory
 
     reset_peak_memory()
     ballast = bytearray(300 * 2**20)  # 300 MB touched

@@ -201,12 +201,12 @@ def test_existing_run_is_not_overwritten(capsys, probe_run, tiny_bert_dir, topic
 
 
 def test_failed_run_leaves_no_metrics(capsys, tiny_bert_dir, topic_folder, tmp_path, monkeypatch):
-    import tunelab.tasks.probe as probe
+    import tunelab.scoring.evaluation as evaluation
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(probe, "evaluate_split", boom)
+    monkeypatch.setattr(evaluation, "evaluate_split", boom)  # the one evaluation of every task
     out = tmp_path / "o"
     assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out) == 1
     assert "unexpected error: RuntimeError: disk full" in capsys.readouterr().err

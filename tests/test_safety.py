@@ -94,14 +94,14 @@ def test_study_rerun_never_deletes_a_folder_it_did_not_create(tmp_path, tiny_ber
 
 
 def test_a_failed_overwrite_keeps_the_old_run(capsys, probe_run, tiny_bert_dir, topic_folder, monkeypatch):
-    import tunelab.tasks.probe as probe
+    import tunelab.scoring.evaluation as evaluation
 
     before = tree(probe_run)
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(probe, "evaluate_split", boom)
+    monkeypatch.setattr(evaluation, "evaluate_split", boom)  # the one evaluation of every task
     assert main([str(a) for a in probe_args(tiny_bert_dir, topic_folder, probe_run, "--overwrite")]) == 1
     assert tree(probe_run) == before
     assert not list(probe_run.parent.glob(".run.tunelab-*"))  # no staging left behind

@@ -89,11 +89,11 @@ def test_tracker_keys_are_the_same_in_every_task(four_runs):
 
 def _word_vote_task():
     from tunelab.core.config import DataConfig, RuntimeConfig, TrackingConfig, setting
-    from tunelab.core.lifecycle import Outcome, Prepared
     from tunelab.core.registry import Task
     from tunelab.data.text import load_text_dataset
     from tunelab.scoring.evaluation import ClassScores, evaluate_split
     from tunelab.scoring.predictors import Prediction
+    from tunelab.tasks.lifecycle import Outcome, Prepared
 
     @dataclasses.dataclass
     class WordVote:

@@ -17,11 +17,11 @@ from tunelab.core.registry import Task, register_task  # noqa: E402
 # Names that import torch, transformers or scikit-learn load on first use, so that
 # `import tunelab` and `tunelab --help` stay fast.
 _LAZY = {
-    "RunResult": ("tunelab.core.lifecycle", "RunResult"),
-    "Outcome": ("tunelab.core.lifecycle", "Outcome"),
-    "Prepared": ("tunelab.core.lifecycle", "Prepared"),
-    "RunContext": ("tunelab.core.lifecycle", "RunContext"),
-    "run_task": ("tunelab.core.lifecycle", "run_task"),
+    "RunResult": ("tunelab.tasks.lifecycle", "RunResult"),
+    "Outcome": ("tunelab.tasks.lifecycle", "Outcome"),
+    "Prepared": ("tunelab.tasks.lifecycle", "Prepared"),
+    "RunContext": ("tunelab.tasks.lifecycle", "RunContext"),
+    "run_task": ("tunelab.tasks.lifecycle", "run_task"),
     "predict": ("tunelab.serve.predict", "predict"),
     "Prediction": ("tunelab.serve.predict", "Prediction"),
     "ProbeConfig": ("tunelab.tasks.probe", "ProbeConfig"),
@@ -34,7 +34,7 @@ _LAZY = {
 
 
 def _task_function(task):
-    from tunelab.core.lifecycle import run_task
+    from tunelab.tasks.lifecycle import run_task
 
     def run(config, out=None, overwrite: bool = False, resume: bool = False, argv=None):
         return run_task(task, config, out=out, overwrite=overwrite, resume=resume, argv=argv)

@@ -206,8 +206,8 @@ def _run_task_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from tunelab.core.config import build_config
-    from tunelab.core.lifecycle import run_task
     from tunelab.core.registry import get_task
+    from tunelab.tasks.lifecycle import run_task
 
     task = get_task(args.task_name)
     overrides = config_overrides(args)
@@ -328,7 +328,7 @@ def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _print_summary(result) -> None:
-    from tunelab.report.document import metrics_table
+    from tunelab.report.run_report import metrics_table
 
     if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return

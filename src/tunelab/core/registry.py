@@ -10,7 +10,7 @@ itself::
                        summary="frozen encoder features + a classical classifier",
                        load_predictor=load_probe_predictor))
 
-The shared run lifecycle (``tunelab.core.lifecycle.run_task``) does the rest: process
+The shared run lifecycle (``tunelab.tasks.lifecycle.run_task``) does the rest: process
 group, seeding, run directory, inputs record, tracker, metrics.json, report.md,
 finishing. Tasks registered by users (``tunelab.register_task``) are first-class:
 they get flags, study steps, predict and report like the built-in ones.

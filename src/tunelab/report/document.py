@@ -12,7 +12,6 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -39,68 +38,11 @@ from tunelab.report.analysis import (
 from tunelab.scoring.metrics import below_majority, headline_metric
 from tunelab.scoring.stats import PairedTest, correlation_interval, seed_summary, wilson_interval
 
-METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro",
-                  "f1_macro", "balanced_accuracy", "top5_accuracy",
-                  "f1_micro", "f1_samples", "subset_accuracy", "hamming_loss", "mean_average_precision",
-                  "spearman", "pearson", "mse", "mae", "r2")
-# The metrics the seed table shows, where a run has them (top-5 only with more than ten classes).
 SEED_METRICS = ("accuracy", "f1_macro", "balanced_accuracy", "top5_accuracy", "ece", "f1_micro", "f1_samples",
                 "subset_accuracy", "mean_average_precision", "spearman", "pearson", "mse")
 # Beside each run's headline metric, the comparison tables show these where present.
 SIDE_METRICS = ("f1", "f1_macro", "balanced_accuracy", "top5_accuracy", "mean_average_precision", "subset_accuracy",
                 "pearson", "mse", "mae")
-
-
-def metrics_table(splits: Mapping[str, Mapping[str, float]]) -> str:
-    present = [m for m in METRIC_COLUMNS if any(m in v for v in splits.values())]
-    lines = ["| split | n | " + " | ".join(present) + " |", "|---" * (len(present) + 2) + "|"]
-    for split, values in splits.items():
-        cells = [f"{values[m]:.4f}" if m in values else "" for m in present]
-        lines.append(f"| {split} | {values.get('n', '')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
-                      class_reports: Mapping[str, str], notes: list[str]) -> str:
-    """report.md: metrics, settings, timings, per-class reports."""
-    lines = [
-        f"# tunelab {metrics['command']}: {metrics['model']} on {metrics['dataset']}",
-        "",
-        "## Metrics",
-        "",
-        metrics_table(metrics["splits"]),
-        "",
-    ]
-    params = metrics.get("params")
-    if params:
-        lines += [f"Parameters: {params['trainable']:,} trainable of {params['total']:,}.", ""]
-    extra = metrics.get("task", {}).get("classifier")
-    if extra and extra.get("tuning"):
-        tuning = extra["tuning"]
-        tried = ", ".join(f"{c}: {s:.4f}" for c, s in tuning["scores"].items())
-        lines += [f"Tuned {tuning['parameter']} on {tuning['split']} {tuning['metric']}: "
-                  f"chose {tuning['chosen']} ({tried}).", ""]
-    training = metrics.get("task", {}).get("training")
-    if training:
-        lines += ["## Training", ""]
-        lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in training.items() if value is not None]
-        lines.append("")
-    timing = metrics.get("timing", {})
-    if timing:
-        lines += ["## Timing", "", "| step | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in timing.get("seconds", {}).items()]
-        lines += ["", "| throughput | per second |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in timing.get("throughput", {}).items() if v is not None]
-        lines.append("")
-    if notes:
-        lines += ["## Data", ""] + [f"- {n}" for n in notes] + [""]
-    for split, report in class_reports.items():
-        lines += [f"## Per-class report: {split}", "", "```", report.rstrip(), "```", ""]
-    env = metrics.get("environment", {})
-    if env:
-        lines += ["## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
-    lines += ["## Configuration", "", "```yaml", config_yaml.rstrip(), "```", ""]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- comparison reports

@@ -39,8 +39,8 @@ from typing import Any
 
 from tunelab.core.config import ConfigError, dump_yaml, from_dict, load_yaml_source, merge_settings, set_dotted
 from tunelab.core.errors import TunelabError
-from tunelab.core.lifecycle import run_task
 from tunelab.core.registry import all_tasks, get_task
+from tunelab.tasks.lifecycle import run_task
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def open_study_directory(root: Path):
 
 
 def _recorded_request(run_dir: Path) -> str | None:
-    from tunelab.core.lifecycle import read_inputs_record
+    from tunelab.tasks.lifecycle import read_inputs_record
 
     recorded = read_inputs_record(run_dir)
     return recorded.get("requested_config") if recorded else None
@@ -339,9 +339,9 @@ def _recorded_request(run_dir: Path) -> str | None:
 def _complete_with(run_dir: Path, command: str, config) -> bool:
     """A finished run made from the same requested configuration and the same files: the
     model's and the data's fingerprints must still match what the run recorded."""
-    from tunelab.core.lifecycle import read_inputs_record
     from tunelab.data.sources import resolve_dataset
     from tunelab.models.resolve import resolve_model
+    from tunelab.tasks.lifecycle import read_inputs_record
 
     if not (run_dir / "metrics.json").is_file() or _recorded_request(run_dir) != dump_yaml(config, command):
         return False

@@ -20,10 +20,9 @@ import numpy as np
 from tunelab.core.config import TaskConfig, setting
 from tunelab.core.errors import DataError
 from tunelab.core.files import read_json_file
-from tunelab.core.lifecycle import Outcome, Prepared, RunContext, throughput
 from tunelab.core.registry import Task, register_task
 from tunelab.problems import get_problem
-from tunelab.scoring.evaluation import evaluate_split
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
 
 logger = logging.getLogger(__name__)
 
@@ -138,19 +137,17 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                                                "class_names": dataset.class_names})
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    split_metrics, reports = {}, {}
+    predictions = {}
     for split in prepared.eval_splits:
         data = dataset.splits[split]
         scores = score(data)
         if isinstance(scores, LabelScores):
             scores = dataclasses.replace(scores, threshold=threshold)
         inputs = {"file": data.ids} if not hasattr(data, "texts") else data.inputs.columns()
-        split_metrics[split], reports[split] = evaluate_split(run, split, dataset.class_names, data.labels, scores,
-                                                              data.ids, inputs)
+        predictions[split] = Scored(scores, data.labels, data.ids, inputs)
     eval_seconds = time.perf_counter() - start
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
-    return Outcome(splits=split_metrics, reports=reports, params={"total": 0, "trainable": 0,
-                                                                  "note": "no neural network"},
+    return Outcome(scored=predictions, params={"total": 0, "trainable": 0, "note": "no neural network"},
                    seconds={"train": train_seconds, "eval": eval_seconds},
                    throughput={"train_samples_per_s": throughput(len(train), train_seconds),
                                "eval_samples_per_s": throughput(scored, eval_seconds)},

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, check_settings, config_from_run, setting
 from tunelab.core.errors import DataError
-from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.core.registry import Task, register_task
 from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader
 from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
 from tunelab.models.resolve import count_parameters
-from tunelab.scoring.evaluation import ScoreAccumulator, evaluate_split, top_k_nll
+from tunelab.scoring.evaluation import ScoreAccumulator, top_k_nll
 from tunelab.scoring.metrics import classification_metrics
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
 from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     model = trainer.model.eval()
     start = time.perf_counter()
     class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
-    split_metrics, reports, skipped = {}, {}, sorted(trainer.skipped_files)
+    predictions, skipped = {}, sorted(trainer.skipped_files)
     for split in prepared.eval_splits:
         data = dataset.splits[split]
         accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
@@ -147,15 +147,14 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         bad = score_loader(model, loader, class_emb, device, accumulator, desc=f"{split} images")
         skipped += [data.ids[row] for row in bad]
         kept = data.subset(accumulator.seen.nonzero()[0])
-        split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, {"file": kept.ids})
+        predictions[split] = Scored(accumulator.result(), kept.labels, kept.ids, {"file": kept.ids})
     eval_seconds = time.perf_counter() - start
     _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates, prepared.source)
     run.write_json("history.json", trainer.state.log_history)
     training = training_summary(trainer, config.train, run.path, context.world, context.resume)
     training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
     return Outcome(
-        splits=split_metrics, reports=reports, params=params,
+        scored=predictions, params=params,
         seconds={"train": stats["train_runtime"], "eval": eval_seconds},
         throughput={"train_samples_per_s": stats["train_samples_per_second"],
                     "eval_samples_per_s": throughput(sum(len(dataset.splits[s]) for s in prepared.eval_splits),

@@ -18,7 +18,6 @@ import numpy as np
 from tunelab.core.config import TaskConfig, config_from_run, setting
 from tunelab.core.errors import DataError, ModelError
 from tunelab.core.files import read_json_file
-from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.core.registry import Task, register_task
 from tunelab.models.resolve import (
     ModelSource,
@@ -29,7 +28,8 @@ from tunelab.models.resolve import (
     load_tokenizer,
 )
 from tunelab.problems import get_problem
-from tunelab.scoring.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.scoring.evaluation import ScoreAccumulator
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
 from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
@@ -306,11 +306,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         threshold, threshold_record = choose_threshold(scored["validation"], dataset.splits["validation"].labels,
                                                        config.data.threshold)
         scored = {split: dataclasses.replace(s, threshold=threshold) for split, s in scored.items()}
-    split_metrics, reports = {}, {}
-    for split in prepared.eval_splits:
-        data = dataset.splits[split]
-        split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, scored[split], data.ids, data.inputs.columns())
+    predictions = {split: Scored(scored[split], dataset.splits[split].labels, dataset.splits[split].ids,
+                                 dataset.splits[split].inputs.columns()) for split in prepared.eval_splits}
     eval_seconds = time.perf_counter() - start
     save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold, prepared.source)
     run.write_json("history.json", trainer.state.log_history)
@@ -320,10 +317,10 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     if threshold_record is not None:
         task["threshold"] = threshold_record
     return Outcome(
-        splits=split_metrics, reports=reports, params=params,
+        scored=predictions, params=params,
         seconds={"train": train_stats["train_runtime"], "eval": eval_seconds},
         throughput={"train_samples_per_s": train_stats["train_samples_per_second"],
-                    "eval_samples_per_s": throughput(sum(m["n"] for m in split_metrics.values()), eval_seconds)},
+                    "eval_samples_per_s": throughput(sum(len(p.ids) for p in predictions.values()), eval_seconds)},
         task=task,
     )
 

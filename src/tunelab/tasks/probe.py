@@ -15,7 +15,6 @@ import numpy as np
 
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, setting
 from tunelab.core.files import read_json_file
-from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.core.registry import Task, register_task
 from tunelab.encoders.text import FeatureCache, FeatureConfig, cached_features
 from tunelab.problems import get_problem
@@ -26,7 +25,7 @@ from tunelab.scoring.classifiers import (
     predict_scores,
     save_classifier,
 )
-from tunelab.scoring.evaluation import evaluate_split
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +140,13 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     })
 
     start = time.perf_counter()
-    split_metrics, reports, score_kind = {}, {}, "score"
+    predictions, score_kind = {}, "score"
     for split in prepared.eval_splits:
         data = dataset.splits[split]
         scores = predict_scores(estimator, features[split], problem, num_classes, threshold)
         score_kind = scores.kind
         inputs = {"file": data.ids} if images else data.inputs.columns()
-        split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, data.labels, scores, data.ids, inputs)
+        predictions[split] = Scored(scores, data.labels, data.ids, inputs)
     eval_seconds = time.perf_counter() - start
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     parameter, value = ("alpha", 1.0) if config.classifier.kind == "ridge" else ("C", config.classifier.c)
@@ -161,7 +159,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     if threshold_record is not None:
         task["threshold"] = threshold_record
     return Outcome(
-        splits=split_metrics, reports=reports,
+        scored=predictions,
         params={"total": count_parameters_from_config(prepared.source), "trainable": 0,
                 "note": "frozen encoder; only the classifier is fitted"},
         seconds={"features": extractor.seconds, "train": train_seconds, "eval": eval_seconds},

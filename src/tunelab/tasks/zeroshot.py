@@ -15,14 +15,14 @@ from pathlib import Path
 from tunelab.core.config import ImageLoadingConfig, TaskConfig, setting
 from tunelab.core.errors import DataError
 from tunelab.core.files import read_json_file
-from tunelab.core.lifecycle import Outcome, Prepared, RunContext, recorded_model, throughput
 from tunelab.core.registry import Task, register_task
 from tunelab.data.images import ClipPreprocess, image_loader
 from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
 from tunelab.encoders.text import FeatureConfig
 from tunelab.models.resolve import count_parameters
 from tunelab.problems import get_problem
-from tunelab.scoring.evaluation import ScoreAccumulator, evaluate_split
+from tunelab.scoring.evaluation import ScoreAccumulator
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
 
 logger = logging.getLogger(__name__)
 
@@ -166,16 +166,13 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
         def scores_of(split):
             margin = similarity[split] - threshold
             return ClassScores.from_full(np.stack([-margin, margin], axis=1), "similarity_margin")
-    split_metrics, reports = {}, {}
-    for split in prepared.eval_splits:
-        data = dataset.splits[split]
-        split_metrics[split], reports[split] = evaluate_split(run, split, dataset.class_names, data.labels,
-                                                              scores_of(split), data.ids, data.inputs.columns())
+    predictions = {split: Scored(scores_of(split), dataset.splits[split].labels, dataset.splits[split].ids,
+                                 dataset.splits[split].inputs.columns()) for split in prepared.eval_splits}
     run.write_json("model/pair_similarity.json", {"class_names": dataset.class_names, "problem": dataset.problem,
                                                   **calibration})
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     return Outcome(
-        splits=split_metrics, reports=reports,
+        scored=predictions,
         params={"total": count_parameters_from_config(prepared.source), "trainable": 0},
         seconds={"train": 0.0, "features": extractor.seconds, "eval": extractor.seconds + time.perf_counter() - start},
         throughput={"train_samples_per_s": None,
@@ -204,7 +201,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         logger.info("%d classes x %d templates encoded in %.1f s", len(dataset.class_names), len(templates),
                     text_seconds)
 
-    split_metrics, reports, skipped, images_seen = {}, {}, [], 0
+    predictions, skipped, images_seen = {}, [], 0
     start = time.perf_counter()
     num_classes = len(dataset.class_names)
     for split in prepared.eval_splits:
@@ -225,15 +222,14 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
             skipped += part_bad
         images_seen += len(data)
         kept = data.subset(accumulator.seen.nonzero()[0])
-        split_metrics[split], reports[split] = evaluate_split(
-            run, split, dataset.class_names, kept.labels, accumulator.result(), kept.ids, {"file": kept.ids})
+        predictions[split] = Scored(accumulator.result(), kept.labels, kept.ids, {"file": kept.ids})
     if context.rank != 0:
         return None
     eval_seconds = time.perf_counter() - start
     if skipped:
         logger.warning("%d unreadable images were skipped (listed in metrics.json)", len(skipped))
     return Outcome(
-        splits=split_metrics, reports=reports, params={**count_parameters(model), "trainable": 0},
+        scored=predictions, params={**count_parameters(model), "trainable": 0},
         seconds={"train": 0.0, "text": text_seconds, "eval": eval_seconds},
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(images_seen, eval_seconds)},
         task={"templates": {"spec": config.templates, "count": len(templates)}},

@@ -67,15 +67,28 @@ class RunContext:
 
 
 @dataclasses.dataclass
-class Outcome:
-    """What ``execute`` measured; the lifecycle turns it into metrics.json."""
+class Scored:
+    """One split's predictions, as a task hands them over: the lifecycle evaluates every
+    task's splits the same way (metrics, predictions file, confusion matrix or scatter)."""
 
-    splits: dict[str, dict]  # per split: tunelab.scoring.metrics.classification_metrics
-    reports: dict[str, str]  # per split: the per-class text report
+    scores: Any  # tunelab.scoring.evaluation ClassScores, LabelScores or ValueScores
+    labels: Any  # the gold targets, encoded
+    ids: list[str]
+    inputs: dict[str, Any]  # the input columns of the predictions file (text, pair, file)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What ``execute`` measured; the lifecycle evaluates its predictions and turns it
+    into metrics.json."""
+
     params: dict[str, Any]  # total, trainable (and a note)
     seconds: dict[str, float]  # train, eval, and the task's own phases
     throughput: dict[str, float | None]  # THROUGHPUT_KEYS
     task: dict[str, Any]  # what only this task has (classifier, method, templates, training summary, ...)
+    scored: dict[str, Scored] = dataclasses.field(default_factory=dict)  # per split: its predictions
+    splits: dict[str, dict] = dataclasses.field(default_factory=dict)  # per split: metrics (filled by evaluate)
+    reports: dict[str, str] = dataclasses.field(default_factory=dict)  # per split: the per-class text report
     skipped: list[str] = dataclasses.field(default_factory=list)  # inputs that could not be used
     # Labelled examples the method learnt from or chose settings on; None: train and validation.
     labels_seen: int | None = None
@@ -124,6 +137,7 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
         context = RunContext(run, tracker, device, rank, world, resume)
         outcome = task.execute(prepared, context)
         if rank == 0:
+            evaluate(run, prepared.dataset, outcome)
             metrics = assemble_metrics(task.name, prepared, outcome, device, world, time.perf_counter() - started)
             result = finish_run(run, metrics, config_yaml, outcome.reports, prepared.dataset.notes)
         else:
@@ -170,6 +184,19 @@ def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, res
     run = RunDirectory.create(out, task.name, resume=True)
     run.write_command(argv)
     return run
+
+
+def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:
+    """The one evaluation of every task: each split's metrics, predictions file and
+    picture, in the order the task scored them; the time it takes counts as evaluation."""
+    from tunelab.scoring.evaluation import evaluate_split
+
+    start = time.perf_counter()
+    for split, scored in outcome.scored.items():
+        outcome.splits[split], outcome.reports[split] = evaluate_split(
+            run, split, dataset.class_names, scored.labels, scored.scores, scored.ids, scored.inputs)
+    if outcome.scored:
+        outcome.seconds["eval"] = outcome.seconds.get("eval", 0.0) + time.perf_counter() - start
 
 
 def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device, world: int,
@@ -247,7 +274,7 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
                class_reports: dict[str, str], notes: list[str]) -> RunResult:
     """Log the final metrics, write report.md, then metrics.json last (its presence marks a
     complete run); then put the run in place (replacing an old one only now)."""
-    from tunelab.report.document import render_run_report
+    from tunelab.report.run_report import render_run_report
 
     tracker = run.tracker_if_open()
     if tracker is not None:
