@@ -119,7 +119,13 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quantized = staging / "model.int8.onnx"
-            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # the quantiser's advice goes to the root logger, not to users
+            try:
+                quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+            finally:
+                root.setLevel(level)
             int8 = onnx_logits(ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]),
                                tokenizer, inputs, max_length)
             record["int8"] = _int8_change(reference, int8, gold, model)

@@ -114,13 +114,14 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
     from tunelab.core.config import dump_yaml
 
     requested_yaml = dump_yaml(config, task.name)  # before the data fills in columns, problem, ...
+    requested_precision = config.runtime.precision
     precision = resolve_precision(config.runtime.precision, device)
-    if config.runtime.precision == "auto" and rank == 0 and config.model is not None:
-        logger.info("precision: %s (--precision auto on %s)", precision, device.type)
     config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
     if rank == 0:
         RunDirectory.check_target(out, overwrite, resume)  # before seconds of data reading and model loading
         check_tracking(config.tracking)
+        if requested_precision == "auto" and config.model is not None:
+            logger.info("precision: %s (--precision auto on %s)", precision, device.type)
     reset_peak_memory()
     prepared = task.prepare(config)  # data checked and model loaded before --out is touched
     if rank == 0:
