@@ -100,6 +100,12 @@ def test_report_never_replaces_a_users_file_nor_writes_through_links(tmp_path, t
     (other.parent / "report_files").symlink_to(victim)
     expect_error(capsys, ["report", run, "--out", other], "report_files is not a folder tunelab made")
     assert list(victim.iterdir()) == []
+    # The folder --out names is the user's: it may be a link (a reports folder on another disk).
+    real = tmp_path / "real-reports"
+    real.mkdir()
+    (tmp_path / "reports").symlink_to(real)
+    assert main(["report", str(run), "--out", str(tmp_path / "reports" / "r.md")]) == 0
+    assert (real / "r.md").is_file() and (real / "r_files").is_dir()
 
 
 def test_a_killed_job_is_reported_with_its_signal_and_last_line():

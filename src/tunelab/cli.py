@@ -293,7 +293,7 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         writer.writerow(["input", *(["pair"] if pairs else []), "prediction", predictions[0].score_kind])
         for p in predictions:
             writer.writerow([p.input, *([p.pair] if pairs else []), p.label, f"{p.score:.6g}"])
-        atomic_write_bytes(Path(args.output), buffer.getvalue().encode("utf-8"))
+        atomic_write_bytes(Path(args.output), buffer.getvalue().encode("utf-8"), own_folder=False)
         print(f"wrote {len(predictions)} predictions to {args.output}")
     else:
         kind = predictions[0].score_kind if predictions else "score"

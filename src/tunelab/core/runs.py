@@ -44,14 +44,18 @@ def default_run_path(command: str) -> Path:
     return Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, own_folder: bool = True) -> None:
     """Write via a temporary file and a rename: readers see the old file or the whole
     new one, never a torn one. A symbolic link at ``path`` is replaced, never written
-    through, and a linked parent folder is refused (a write never lands outside the
-    folder it names). The temporary file goes if anything fails. Files are readable
-    by others (0644), like any output."""
+    through. In a folder tunelab owns (``own_folder``: a run directory, a report's
+    images) a linked folder is refused, so a write never lands outside it; a folder of
+    the user's (where --out or --output points, a cache) may be a link. The temporary
+    file goes if anything fails. Files are readable by others (0644), like any output."""
     path = Path(path)
-    _ensure_directory(path.parent)
+    if own_folder:
+        _ensure_directory(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name[:100]}.", delete=False)
     try:
         with handle:

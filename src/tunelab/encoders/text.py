@@ -91,8 +91,8 @@ class FeatureCache:
             np.save(handle, array, allow_pickle=False)
             handle.flush()
             os.fsync(handle.fileno())
-        atomic_write_bytes(self.root / f"{key}.json",
-                           json.dumps({**meta, "shape": list(array.shape)}, indent=1).encode("utf-8"))
+        meta_bytes = json.dumps({**meta, "shape": list(array.shape)}, indent=1).encode("utf-8")
+        atomic_write_bytes(self.root / f"{key}.json", meta_bytes, own_folder=False)  # a cache may be a link
         os.replace(handle.name, self.path(key))
 
 

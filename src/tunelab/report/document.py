@@ -536,8 +536,8 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
         baseline = baseline or study.get("baseline")
         published = published or study.get("published")
     doc = build_report(records, title, baseline, outcomes, published, problems)
-    atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"))
-    atomic_write_bytes(html_path, doc.html(title).encode("utf-8"))
+    atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"), own_folder=False)
+    atomic_write_bytes(html_path, doc.html(title).encode("utf-8"), own_folder=False)
     for sentence in doc.summary:
         logger.info("%s", sentence)
     return out, html_path
