@@ -245,7 +245,8 @@ def tfidf_run(tmp_path, topics):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda r: (r / "metrics.json").write_text('{"command": "base'), "metrics.json is damaged (not valid JSON"),
-    (lambda r: (r / "model" / "baseline.json").write_text("{"), "baseline.json is damaged"),
+    (lambda r: (r / "model" / "predictor.json").write_text("{"), "predictor.json is damaged"),
+    (lambda r: (r / "model" / "predictor.json").write_text('{"version": 99}'), "newer than this tunelab reads"),
     (lambda r: (r / "model" / "classifier.skops").write_bytes(
         (r / "model" / "classifier.skops").read_bytes()[:200]), "classifier.skops is damaged"),
     (lambda r: (r / "config.yaml").write_bytes(b"\xff\xfe\x00garbage"), "config.yaml cannot be read"),
@@ -331,7 +332,7 @@ def test_the_multilabel_floor_applies_its_threshold(tmp_path):
         assert main(["baseline", "--dataset", str(data), "--label-separator", ";", "--threshold", threshold,
                      "--out", str(out)]) == 0
         scores[threshold] = metrics_of(out)["splits"]["test"]["f1_micro"]
-        assert json.loads((out / "model" / "baseline.json").read_text())["threshold"] == float(threshold)
+        assert json.loads((out / "model" / "predictor.json").read_text())["threshold"] == float(threshold)
     assert scores["0.2"] != scores["0.8"]
     out = tmp_path / "tuned"
     assert main(["baseline", "--dataset", str(data), "--label-separator", ";", "--threshold", "tune",
@@ -462,3 +463,15 @@ def test_image_data_takes_shots_and_refuses_text_only_flags(tmp_path, colour_fol
         expect_error(capsys, ["baseline", "--kind", "majority", "--dataset", colour_folder, *flags, "--out",
                               tmp_path / "x"], message)
         assert not (tmp_path / "x").exists()
+
+
+def test_one_predictor_description_and_old_runs_still_served(tfidf_run, capsys):
+    record = json.loads((tfidf_run / "model" / "predictor.json").read_text())
+    assert record["format"] == "tunelab-predictor" and record["version"] == 1 and record["task"] == "baseline"
+    assert sorted(p.name for p in (tfidf_run / "model").glob("*.json")) == ["predictor.json"]
+    # A run made before predictor.json kept its task's own sidecar: it is still served.
+    old = {k: v for k, v in record.items() if k not in ("format", "version", "task")}
+    (tfidf_run / "model" / "baseline.json").write_text(json.dumps(old))
+    (tfidf_run / "model" / "predictor.json").unlink()
+    assert main(["predict", str(tfidf_run), "sport ball goal"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[0] in ("music", "science", "sport")

@@ -114,7 +114,7 @@ def test_plain_clip_loads_a_clip_run(tiny_clip_dir, colour_folder, tmp_path):
     model = CLIPModel.from_pretrained(run / "model").eval()  # the adapter, onto the recorded base
     processor = AutoImageProcessor.from_pretrained(run / "model")
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
-    saved = json.loads((run / "model" / "zeroshot.json").read_text())
+    saved = json.loads((run / "model" / "predictor.json").read_text())
     rows = rows_of(run / "predictions" / "test.csv")[:4]
     prompts = [saved["templates"][0].format(n) for n in saved["class_names"]]
     with torch.no_grad():

@@ -76,3 +76,33 @@ def read_safetensors(path: Path | str, framework: str = "numpy") -> dict:
     except Exception as exc:  # safetensors raises its own error types for torn or foreign files
         raise RunFileError(f"{path} is damaged (not a complete safetensors file: {type(exc).__name__}); "
                            "rerun the run that made it") from None
+
+
+PREDICTOR_FILE = "predictor.json"
+PREDICTOR_VERSION = 1
+# What runs made before model/predictor.json wrote instead, one file per task.
+OLD_PREDICTOR_FILES = ("tunelab.json", "probe.json", "baseline.json", "pair_similarity.json", "zeroshot.json")
+
+
+def predictor_record(task: str, problem: str | None, class_names: list, **fields: Any) -> dict:
+    """The one description of how a run's predictor loads, whatever the task: written to
+    model/predictor.json, read back by ``read_predictor``."""
+    return {"format": "tunelab-predictor", "version": PREDICTOR_VERSION, "task": task, "problem": problem,
+            "class_names": list(class_names), **fields}
+
+
+def read_predictor(run_dir: Path | str) -> dict:
+    """model/predictor.json, or what a run made before it wrote that file (its task's own
+    sidecar); a record of a newer version is refused in one line."""
+    model_dir = Path(run_dir) / "model"
+    path = model_dir / PREDICTOR_FILE
+    if path.is_file():
+        record = read_json_file(path)
+        if not isinstance(record.get("version"), int) or record["version"] > PREDICTOR_VERSION:
+            raise RunFileError(f"{path} is version {record.get('version')!r}, newer than this tunelab reads "
+                               f"({PREDICTOR_VERSION}); upgrade tunelab, or rerun the run")
+        return record
+    for name in OLD_PREDICTOR_FILES:
+        if (model_dir / name).is_file():
+            return {"version": 0, **read_json_file(model_dir / name)}
+    raise RunFileError(f"{path} is missing; the run is incomplete or was made by another tool (rerun it)")

@@ -105,7 +105,7 @@ def _loading(command: str, library: str, bi_encoder: bool, model_dir: Path) -> l
         return ["import skops.io as sio", "classifier = sio.load('classifier.skops')  # on the encoder's features"]
     if command in ("zeroshot", "clip-finetune"):
         return ["from transformers import CLIPModel", "model = CLIPModel.from_pretrained('.')",
-                "# class names and prompts: zeroshot.json; class embeddings: class_embeddings.safetensors"]
+                "# class names and prompts: predictor.json; class embeddings: class_embeddings.safetensors"]
     if bi_encoder:
         return ["from transformers import AutoModel", "encoder = AutoModel.from_pretrained('.')  # mean-pool, then "
                 "compare or classify with bi_encoder_head.safetensors"]

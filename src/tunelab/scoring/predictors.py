@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.errors import TunelabError
-from tunelab.core.files import read_json_file, read_yaml_file
+from tunelab.core.files import read_json_file, read_predictor, read_yaml_file
 
 
 @dataclasses.dataclass
@@ -83,7 +83,7 @@ def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
 
     model.to(device).eval()
     class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").to(device)
-    names = read_json_file(run_dir / "model" / "zeroshot.json")["class_names"]
+    names = read_predictor(run_dir)["class_names"]
 
     def predict_images(inputs: Sequence[str]) -> list[Prediction]:
         missing = [p for p in inputs if not Path(p).is_file()]

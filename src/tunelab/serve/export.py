@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.errors import TunelabError
-from tunelab.core.files import read_json_file
+from tunelab.core.files import read_json_file, read_predictor
 from tunelab.problems import get_problem
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def onnx_predictor(run_dir: str | Path, int8: bool = False):
     record = read_json_file(folder / "export.json")
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     tokenizer = load_pretrained(AutoTokenizer, folder, f"the tokenizer in {folder}")
-    saved = read_json_file(Path(run_dir) / "model" / "tunelab.json")
+    saved = read_predictor(run_dir)
 
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)

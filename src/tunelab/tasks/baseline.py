@@ -19,7 +19,7 @@ import numpy as np
 
 from tunelab.core.config import TaskConfig, setting
 from tunelab.core.errors import DataError
-from tunelab.core.files import read_json_file
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.problems import get_problem
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
@@ -127,14 +127,14 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
             fitted, validation.labels if validation is not None else np.zeros((0, num_classes)),
             config.data.threshold)
     if config.kind == "majority":
-        run.write_json("model/baseline.json", {"kind": "majority", "problem": problem, "threshold": threshold,
-                                               "class_names": dataset.class_names,
-                                               "prior": np.atleast_1d(majority.prior).tolist()})
+        run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
+            COMMAND, problem, dataset.class_names, kind="majority", threshold=threshold,
+            prior=np.atleast_1d(majority.prior).tolist()))
     else:
         save_classifier(vectorizer, run.path / "model" / "vectorizer.skops")
         save_classifier(estimator, run.path / "model" / "classifier.skops")
-        run.write_json("model/baseline.json", {"kind": "tfidf", "problem": problem, "threshold": threshold,
-                                               "class_names": dataset.class_names})
+        run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, problem, dataset.class_names,
+                                                                   kind="tfidf", threshold=threshold))
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     predictions = {}
@@ -172,7 +172,7 @@ def load_predictor(run_dir: Path, config: BaselineConfig):
     from tunelab.scoring.evaluation import LabelScores
     from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
-    saved = read_json_file(run_dir / "model" / "baseline.json")
+    saved = read_predictor(run_dir)
     names, problem = saved["class_names"], saved["problem"]
     if saved["kind"] == "majority":
         majority = Majority()

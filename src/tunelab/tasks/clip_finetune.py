@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, check_settings, config_from_run, setting
 from tunelab.core.errors import DataError
+from tunelab.core.files import PREDICTOR_FILE, predictor_record
 from tunelab.core.registry import Task, register_task
 from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader
 from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
@@ -280,7 +281,8 @@ def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_em
     tokenizer.save_pretrained(str(target))
     processor.save_pretrained(str(target))
     save_class_embeddings(target / "class_embeddings.safetensors", class_emb, class_names)
-    run.write_json("model/zeroshot.json", {"class_names": list(class_names), "templates": templates})
+    run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, None, list(class_names), kind="clip",
+                                                               templates=templates))
 
 
 def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):

@@ -17,7 +17,7 @@ import numpy as np
 
 from tunelab.core.config import TaskConfig, config_from_run, setting
 from tunelab.core.errors import DataError, ModelError
-from tunelab.core.files import read_json_file
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.models.resolve import (
     ModelSource,
@@ -334,8 +334,7 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
     device = resolve_device(config.runtime.device)
     model, tokenizer = load_finetuned(run_dir, config)
     model.to(device)
-    info = read_json_file(run_dir / "model" / "tunelab.json") \
-        if (run_dir / "model" / "tunelab.json").is_file() else {}
+    info = read_predictor(run_dir)
     names = _class_names(run_dir)
     problem = config.data.problem  # None in runs made before it was recorded: single-label
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
@@ -456,7 +455,7 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
     """A self-contained, movable Hugging Face folder (copy it, zip it, upload it): full
     weights and tokenizer as safetensors, label names in config.json, so that
     AutoModelForSequenceClassification and pipeline() load it from anywhere; a
-    bi-encoder's head beside its encoder; tunelab.json with what predict needs. A LoRA
+    bi-encoder's head beside its encoder; predictor.json with what predict needs. A LoRA
     run saves its adapters merged into those weights, and the adapter itself in
     ``adapter/``, whose base_model_name_or_path names the base as a hub id (with its
     revision) or the base folder's absolute path."""
@@ -480,9 +479,8 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
         tokenizer.save_pretrained(str(target / ADAPTER_DIR))
         if source is not None:
             point_adapter_at_base(target / ADAPTER_DIR, source)
-    (target / "tunelab.json").write_text(json.dumps({
-        "problem": dataset.problem, "class_names": dataset.class_names, "threshold": threshold,
-        "layout": 2}, indent=1))
+    (target / PREDICTOR_FILE).write_text(json.dumps(predictor_record(
+        COMMAND, dataset.problem, dataset.class_names, threshold=threshold, layout=2), indent=1))
 
 
 ADAPTER_DIR = "adapter"

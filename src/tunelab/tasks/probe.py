@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, setting
-from tunelab.core.files import read_json_file
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.encoders.text import FeatureCache, FeatureConfig, cached_features
 from tunelab.problems import get_problem
@@ -131,13 +131,9 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                                                        else np.zeros((0, num_classes)), config.data.threshold)
     train_seconds = time.perf_counter() - start
     save_classifier(estimator, run.path / "model" / "classifier.skops")
-    run.write_json("model/probe.json", {
-        "class_names": dataset.class_names,
-        "label_values": list(dataset.label_space.values),
-        "problem": problem,
-        "threshold": threshold,
-        "feature_dim": int(features["train"].shape[1]),
-    })
+    run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
+        COMMAND, problem, dataset.class_names, label_values=list(dataset.label_space.values), threshold=threshold,
+        feature_dim=int(features["train"].shape[1])))
 
     start = time.perf_counter()
     predictions, score_kind = {}, "score"
@@ -182,7 +178,7 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     from tunelab.encoders.text import TextFeatureExtractor, pair_features
     from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
-    info = read_json_file(run_dir / "model" / "probe.json")
+    info = read_predictor(run_dir)
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
     names, problem = info["class_names"], info.get("problem")  # None in old runs: single-label

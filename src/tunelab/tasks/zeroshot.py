@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunelab.core.config import ImageLoadingConfig, TaskConfig, setting
 from tunelab.core.errors import DataError
-from tunelab.core.files import read_json_file
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.data.images import ClipPreprocess, image_loader
 from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
@@ -48,7 +48,7 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
     from tunelab.scoring.evaluation import ClassScores, ValueScores
     from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
-    saved = read_json_file(run_dir / "model" / "pair_similarity.json")
+    saved = read_predictor(run_dir)
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
 
     def predict(inputs) -> list:
@@ -168,8 +168,8 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
             return ClassScores.from_full(np.stack([-margin, margin], axis=1), "similarity_margin")
     predictions = {split: Scored(scores_of(split), dataset.splits[split].labels, dataset.splits[split].ids,
                                  dataset.splits[split].inputs.columns()) for split in prepared.eval_splits}
-    run.write_json("model/pair_similarity.json", {"class_names": dataset.class_names, "problem": dataset.problem,
-                                                  **calibration})
+    run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, dataset.problem, dataset.class_names,
+                                                               kind="pair-similarity", **calibration))
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     return Outcome(
         scored=predictions,
@@ -197,7 +197,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     text_seconds = time.perf_counter() - start
     if context.rank == 0:
         save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
-        run.write_json("model/zeroshot.json", {"class_names": dataset.class_names, "templates": templates})
+        run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, dataset.problem, dataset.class_names,
+                                                                   kind="clip", templates=templates))
         logger.info("%d classes x %d templates encoded in %.1f s", len(dataset.class_names), len(templates),
                     text_seconds)
 
@@ -244,7 +245,8 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
     from tunelab.core.runtime import resolve_device
     from tunelab.scoring.predictors import image_predictor
 
-    if (run_dir / "model" / "pair_similarity.json").is_file():
+    saved = read_predictor(run_dir)
+    if saved.get("kind") == "pair-similarity" or "slope" in saved or "threshold" in saved:  # old runs: no kind
         return pair_predictor(run_dir, config)
     model, _, processor = load_clip(recorded_model(run_dir, config.model))
     return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
