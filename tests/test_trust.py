@@ -404,28 +404,31 @@ def test_seed_aware_test_does_not_call_noise_significant():
     assert paired_test(few, "accuracy").p > 0.05
 
 
+def label_rows(run: Path, split: str = "test") -> list[tuple[str, str]]:
+    """(label, prediction) of every row of a run's predictions file."""
+    import csv
+
+    with open(run / "predictions" / f"{split}.csv", newline="") as handle:
+        return [(r["label"], r["prediction"]) for r in csv.DictReader(handle)]
+
+
 def test_metrics_recomputed_from_predictions_match_metrics_json(tmp_path):
     from tunelab.scoring.stats import metric_from_predictions
 
     data = multilabel_data(tmp_path)
     out = tmp_path / "ml"
     assert main(["baseline", "--dataset", str(data), "--label-separator", ";", "--out", str(out)]) == 0
-    import csv
-
-    with open(out / "predictions" / "test.csv", newline="") as handle:
-        rows = [(r["label"], r["prediction"]) for r in csv.DictReader(handle)]
     split = metrics_of(out)["splits"]["test"]
     for metric in ("f1_micro", "f1_macro", "f1_samples", "subset_accuracy", "hamming_loss"):
-        assert metric_from_predictions(rows, metric) == pytest.approx(split[metric], abs=1e-9), metric
+        assert metric_from_predictions(label_rows(out), metric) == pytest.approx(split[metric], abs=1e-9), metric
     numbers = write_csv(tmp_path / "n.csv", [(f"t {i} {'up' if i % 3 else 'down'}", f"{(i % 7) * 0.5:.1f}")
                                              for i in range(80)])
     out = tmp_path / "reg"
     assert main(["baseline", "--dataset", str(numbers), "--problem", "regression", "--out", str(out)]) == 0
-    with open(out / "predictions" / "test.csv", newline="") as handle:
-        rows = [(r["label"], r["prediction"]) for r in csv.DictReader(handle)]
     split = metrics_of(out)["splits"]["test"]
     for metric in ("spearman", "pearson", "mse", "mae", "r2"):
-        assert metric_from_predictions(rows, metric) == pytest.approx(split[metric], rel=1e-4, abs=1e-4), metric
+        assert metric_from_predictions(label_rows(out), metric) == pytest.approx(split[metric], rel=1e-4,
+                                                                                 abs=1e-4), metric
 
 
 def test_a_crossover_is_claimed_only_when_its_test_holds(tmp_path):

@@ -239,6 +239,12 @@ def read_inside(run_dir: Path, name: str) -> bytes | None:
         return None
 
 
+def read_text_inside(run_dir: Path, name: str) -> str | None:
+    """``read_inside`` as text (undecodable bytes replaced)."""
+    data = read_inside(run_dir, name)
+    return data.decode("utf-8", errors="replace") if data is not None else None
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -334,19 +340,11 @@ class RunDirectory:
         remove_stale_staging(path)
         if resume:
             return cls(path, lock=lock_run_directory(path, create_marker=False))
-        if path.is_dir() and any(path.iterdir()):
-            if not overwrite:
-                raise TunelabError(
-                    f"--out {path} already holds files; choose a new directory or pass --overwrite"
-                )
-            if not is_run_directory(path):
-                raise TunelabError(
-                    f"--overwrite refused: {path} was not created by tunelab (no {MARKER} file), "
-                    "and tunelab only replaces directories it created; choose another --out"
-                )
+        cls.check_target(path, overwrite)
+        if path.is_dir() and any(path.iterdir()):  # an overwrite that check_target allowed
             lock = lock_run_directory(path)  # the old run stays locked until it is replaced
             try:
-                check_replaceable(path, "inputs.json")
+                check_replaceable(path, "inputs.json")  # again, now that no other process can change it
             except TunelabError:
                 lock.close() if lock is not None else None
                 raise

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.core.runs import read_inside
+from tunelab.core.runs import read_inside, read_text_inside
 from tunelab.scoring.metrics import headline_metric
 from tunelab.scoring.stats import PairedTest, better, holm, paired_test, seed_summary
 
@@ -98,11 +98,7 @@ def find_runs(paths: list[Path | str], problems: list[str] | None = None) -> lis
 def _read_record(path: Path) -> RunRecord:
     import yaml
 
-    def text(name: str) -> str | None:
-        data = read_inside(path, name)
-        return data.decode("utf-8", errors="replace") if data is not None else None
-
-    metrics_text, config_text = text("metrics.json"), text("config.yaml")
+    metrics_text, config_text = read_text_inside(path, "metrics.json"), read_text_inside(path, "config.yaml")
     if metrics_text is None or config_text is None:
         raise ValueError("metrics.json or config.yaml is missing or a link")
     try:
@@ -117,7 +113,8 @@ def _read_record(path: Path) -> RunRecord:
         raise ValueError("config.yaml is not valid YAML or holds tags that would build objects") from None
     if not isinstance(config, dict):
         raise ValueError("config.yaml holds no mapping")
-    history, command, inputs = text("history.json"), text("command.txt"), text("inputs.json")
+    history, command, inputs = (read_text_inside(path, name) for name in ("history.json", "command.txt",
+                                                                              "inputs.json"))
     try:
         history_value = json.loads(history) if history else []
         inputs_value = json.loads(inputs) if inputs else None
@@ -302,17 +299,20 @@ def seed_couples(a: Group, b: Group) -> list[tuple[RunRecord, RunRecord]]:
     return [(ra, by_seed[repr(ra.seed)]) for ra in a.runs if repr(ra.seed) in by_seed]
 
 
-def compare(a: Group, b: Group, split: str, metric: str) -> PairedTest | str:
+def compare(a: Group, b: Group, split: str, metric: str, read: dict | None = None) -> PairedTest | str:
     """A against B on the examples both scored, by the seed-aware paired test; or, where
-    they cannot be paired, the reason in words."""
+    they cannot be paired, the reason in words. ``read`` keeps prediction files already
+    parsed (a report compares the floor with every method: its file is read once)."""
     if a.data_identity() != b.data_identity():
         return "different data (dataset content, splits or evaluation caps differ)"
     couples = seed_couples(a, b)
     if not couples:
         return "no seed in common"
-    rows = {}
+    rows, read = {}, {} if read is None else read
     for run in {id(r): r for pair in couples for r in pair}.values():
-        predictions = read_predictions(run.path, split)
+        if (run.path, split) not in read:
+            read[run.path, split] = read_predictions(run.path, split)
+        predictions = read[run.path, split]
         if predictions is None:
             return f"{run.name} has no readable predictions/{split}.csv"
         rows[id(run)] = predictions

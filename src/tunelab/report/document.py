@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.plots import figure, png
-from tunelab.core.runs import read_inside
+from tunelab.core.runs import read_inside, read_text_inside
 from tunelab.report.analysis import (
     Claim,
     Family,
@@ -233,11 +233,6 @@ def _headline_cell(metric: str, value: float, n: int) -> str:
     return f"{value:.4f} [{low:.4f}, {high:.4f}]"
 
 
-def _read_text(run_dir: Path, name: str) -> str | None:
-    data = read_inside(run_dir, name)
-    return data.decode("utf-8", errors="replace") if data is not None else None
-
-
 def _class_distributions(doc: Document, records: list[RunRecord]) -> None:
     """How the examples of each dataset spread over classes (or, for numbers, their range)."""
     seen = set()
@@ -287,7 +282,7 @@ def _training_curves_png(records: list[RunRecord]) -> bytes | None:
             curves.append((record.name, losses, evals, metric, int(found.group(1)) if found else None))
     if not curves:
         return None
-    fig, axes = _figure(10, 3.6, columns=2)
+    fig, axes = figure(10, 3.6, columns=2)
     for index, (name, losses, evals, _, best) in enumerate(curves):
         colour = f"C{index % 10}"
         if losses:
@@ -303,7 +298,7 @@ def _training_curves_png(records: list[RunRecord]) -> bytes | None:
                 xlabel="step")
     if len(curves) <= 12:
         (axes[0] if any(c[1] for c in curves) else axes[1]).legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def _confusion_grid_png(records: list[RunRecord]) -> bytes | None:
@@ -314,7 +309,7 @@ def _confusion_grid_png(records: list[RunRecord]) -> bytes | None:
     panels = []
     for record in records:
         split = _main_split(record)
-        text = _read_text(record.path, f"confusion_{split}.json")
+        text = read_text_inside(record.path, f"confusion_{split}.json")
         try:
             payload = json.loads(text) if text else None
             matrix = np.asarray(payload["matrix"], dtype=float) if payload else None
@@ -374,7 +369,7 @@ class Findings:
 
 def find_findings(groups: list[Group], baseline: str | None) -> Findings:
     fams = families(groups)
-    floors, chosen, claims = {}, {}, []
+    floors, chosen, claims, read = {}, {}, [], {}  # read: prediction files parsed once for the whole report
     for family in fams:
         floor, how = find_floor(family, baseline)
         floors[id(family)] = (floor, how)
@@ -388,16 +383,16 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
             for group in family.groups:
                 if group is not floor:
                     claims.append(Claim(group, floor, family.split, family.metric, "floor",
-                                        compare(group, floor, family.split, family.metric)))
+                                        compare(group, floor, family.split, family.metric, read)))
         if best is not None and runner is not None:
             claims.append(Claim(best, runner, family.split, family.metric, "runner-up",
-                                compare(best, runner, family.split, family.metric)))
+                                compare(best, runner, family.split, family.metric, read)))
         members = {id(g) for g in family.groups}
         curves = {m: [(x, g) for x, g in points if id(g) in members]
                   for m, points in learning_curves(family.groups).items()}
         for ahead, behind, size, previous in crossover_candidates({m: p for m, p in curves.items() if p}):
             claim = Claim(ahead, behind, family.split, family.metric, "crossover",
-                          compare(ahead, behind, family.split, family.metric))
+                          compare(ahead, behind, family.split, family.metric, read))
             claim.size, claim.previous = size, previous  # type: ignore[attr-defined]
             claims.append(claim)
     correct(claims)
@@ -459,7 +454,7 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
         elif read_inside(record.path, f"confusion_{split}.json") is None:
             continue  # label sets have no confusion matrix
         else:
-            matrix = _read_text(record.path, f"confusion_{split}.json")
+            matrix = read_text_inside(record.path, f"confusion_{split}.json")
             try:
                 pairs = json.loads(matrix).get("top_confused_pairs", []) if matrix else []
             except (ValueError, AttributeError):
@@ -469,7 +464,7 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
                                                         str(p.get("count"))] for p in pairs if isinstance(p, dict)])
     doc.heading(2, "Commands and configurations")
     for record in records:
-        config_text = _read_text(record.path, "config.yaml") or ""
+        config_text = read_text_inside(record.path, "config.yaml") or ""
         doc.code(f"{record.name}: {record.command_line}", config_text)
     return doc
 
@@ -550,20 +545,13 @@ def _study_state(root: Path):
     from types import SimpleNamespace
 
     try:
-        state = json.loads(_read_text(root, "study.json") or "{}")
+        state = json.loads(read_text_inside(root, "study.json") or "{}")
     except ValueError:
         state = {}
     steps = state.get("steps", []) if isinstance(state, dict) else []
     outcomes = [SimpleNamespace(**{"group": "", "params": {}, "detail": "", "seconds": 0.0, **step})
                 for step in steps if isinstance(step, dict) and "name" in step]
     return outcomes, state if isinstance(state, dict) else {}
-
-
-_png = png
-
-
-def _figure(width: float = 7.0, height: float = 3.6, columns: int = 1):
-    return figure(width, height, columns=columns)
 
 
 def _published_value(value) -> float | None:
@@ -588,7 +576,7 @@ def _at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
         if len(findings.families) > 1:
             doc.heading(3, f"{family.dataset}: {split} {metric}")
         points = sorted(((g, *group_summary(g, split)) for g in family.groups), key=lambda p: p[1])
-        fig, ax = _figure(7.5, max(2.0, 0.35 * len(points) + 1))
+        fig, ax = figure(7.5, max(2.0, 0.35 * len(points) + 1))
         for y, (group, mean, low, high) in enumerate(points):
             ax.barh(y, mean, color="tab:blue", alpha=0.6)
             if not math.isnan(low):
@@ -605,7 +593,7 @@ def _at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
         ax.set_yticks(range(len(points)), labels=[p[0].name for p in points])
         ax.set_xlabel(f"{split} {metric} (bars: mean; lines: 95% interval" + ("; stars: published" if published
                                                                                else "") + ")")
-        doc.image(f"at-a-glance-{index + 1}.png" if index else "at-a-glance.png", _png(fig),
+        doc.image(f"at-a-glance-{index + 1}.png" if index else "at-a-glance.png", png(fig),
                   f"{split} {metric} of every method on {family.dataset}, with its 95% interval")
         sentences = _glance_sentences(findings, family)
         doc.paragraph(" ".join(sentences))
@@ -711,7 +699,7 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
     curves = learning_curves(groups)
     if curves:
         doc.heading(2, "Learning curves")
-        fig, ax = _figure()
+        fig, ax = figure()
         metric = groups[0].metric()
         for method, points in curves.items():
             xs = [x for x, _ in points]
@@ -723,7 +711,7 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
         ax.set_xlabel("shots per class" if size_key == "data.shots" else "training examples")
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
-        doc.image("learning-curves.png", _png(fig), f"{metric} against training size (bands: range over seeds)")
+        doc.image("learning-curves.png", png(fig), f"{metric} against training size (bands: range over seeds)")
         crossings = [c for c in findings.claims if c.purpose == "crossover"]
         for claim in crossings:
             size, previous = claim.size, claim.previous  # type: ignore[attr-defined]
@@ -750,7 +738,7 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
                          "values), so no calibration is measured for them." if uncalibrated else "."))
         doc.table(["group", "split", "ECE (mean over seeds)"],
                   [[g.name, g.main_split(), f"{np.mean(g.values(metric='ece')):.4f}"] for g in calibrated])
-        fig, ax = _figure(4.5, 4.5)
+        fig, ax = figure(4.5, 4.5)
         for group in calibrated[:8]:
             curve = reliability(group.runs[0].path, group.main_split())
             if curve is not None:
@@ -759,7 +747,7 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
         ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
         ax.set(xlabel="confidence", ylabel="accuracy", title="reliability")
         ax.legend(fontsize=7)
-        doc.image("reliability.png", _png(fig), "reliability diagram: accuracy against confidence")
+        doc.image("reliability.png", png(fig), "reliability diagram: accuracy against confidence")
 
 
 def _cost_section(doc: Document, costed: list[Group]) -> None:
@@ -767,7 +755,7 @@ def _cost_section(doc: Document, costed: list[Group]) -> None:
     import matplotlib.ticker
 
     doc.heading(2, "Cost")
-    fig, axes = _figure(9, 3.6, columns=2)
+    fig, axes = figure(9, 3.6, columns=2)
     metric = costed[0].metric()
     for ax, label, cost in ((axes[0], "wall time per run (min)",
                              lambda g: np.mean([_wall_seconds(r.metrics["timing"]["seconds"]) for r in g.runs]) / 60),
@@ -788,7 +776,7 @@ def _cost_section(doc: Document, costed: list[Group]) -> None:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel=label, ylabel=metric)
-    doc.image("cost.png", _png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")
+    doc.image("cost.png", png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")
     rows = [[g.name, f"{np.mean([_wall_seconds(r.metrics['timing']['seconds']) for r in g.runs]) / 60:.2f}",
              f"{g.runs[0].metrics['timing'].get('peak_rss_mb', 0):.0f}",
              _fmt(g.runs[0].metrics["timing"].get("peak_cuda_mb"), 0),

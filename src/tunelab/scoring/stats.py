@@ -203,9 +203,10 @@ def paired_test(couples: Sequence[tuple[Sequence[tuple[str, str]], Sequence[tupl
     items = rng.integers(0, n, size=(draws, n))
     seeds = rng.integers(0, k, size=(draws, k)) if k > 1 else np.zeros((draws, 1), dtype=int)
     per_couple = np.empty((k, draws))  # each couple's resampled difference, for every draw
+    parts = [(_per_item_scores(a, metric), _per_item_scores(b, metric)) for a, b in couples] if fast else []
     for c, (rows_a, rows_b) in enumerate(couples):
         if fast:
-            part_a, part_b = _per_item_scores(rows_a, metric), _per_item_scores(rows_b, metric)
+            part_a, part_b = parts[c]
             for start in range(0, draws, 250):
                 chunk = items[start:start + 250]
                 if metric == "f1_micro":
@@ -226,10 +227,9 @@ def paired_test(couples: Sequence[tuple[Sequence[tuple[str, str]], Sequence[tupl
         return float(min(1.0, 2 * (min(below, above) + 1) / (len(values) + 1)))
 
     per_seed = []
-    for c, (rows_a, rows_b) in enumerate(couples):
+    for c in range(k):
         if metric == "accuracy":
-            right_a = np.array([x == y for x, y in rows_a])
-            right_b = np.array([x == y for x, y in rows_b])
+            right_a, right_b = parts[c][0] == 1, parts[c][1] == 1  # per-item correctness
             only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
             p_seed = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
         else:
