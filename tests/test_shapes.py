@@ -128,6 +128,29 @@ def test_pair_regression_probe_finetune_and_predict(pairs, tiny_bert_dir, tmp_pa
     assert (tmp_path / "ft-bi" / "model" / "bi_encoder.json").is_file()
 
 
+def test_onnx_export_of_pair_runs(pairs, tiny_bert_dir, tmp_path):
+    """Every pair run whose predictor is a transformer exports: a bi-encoder (its head in
+    NumPy after the ONNX embedding) and a probe on separately encoded pairs."""
+    from tests.test_use import served_like_the_run
+
+    base = ["--model", tiny_bert_dir, "--dataset", pairs, "--label-column", "score", "--precision", "fp32"]
+    assert run("finetune", *base, "--out", tmp_path / "bi", "--pair-encoding", "bi", "--max-steps", 20,
+               "--eval-every", 10, "--batch-size", 8, "--lr", "1e-3") == 0
+    assert run("probe", "--model", tiny_bert_dir, "--dataset", pairs, "--out", tmp_path / "probe",
+               "--classifier", "logreg", "--precision", "fp32") == 0
+    for name, output in (("bi", "embedding"), ("probe", "features")):
+        assert run("export", tmp_path / name) == 0
+        record = json.loads((tmp_path / name / "onnx" / "export.json").read_text())
+        assert record["output"] == output and record["prediction_agreement"] == 1.0
+        assert record["agreement_with_run_predictions"] == 1.0
+        rows, served = served_like_the_run(tmp_path / name, tmp_path)
+        if name == "bi":  # regression on the label scale
+            np.testing.assert_allclose([float(s["prediction"]) for s in served],
+                                       [float(r["prediction"]) for r in rows], atol=1e-4)
+        else:
+            assert [s["prediction"] for s in served] == [r["prediction"] for r in rows]
+
+
 def test_bi_encoder_classifies_pairs(pairs, tiny_bert_dir, tmp_path):
     out = tmp_path / "bi"
     assert run("finetune", "--model", tiny_bert_dir, "--dataset", pairs, "--out", out, "--max-steps", 40,

@@ -169,8 +169,47 @@ def test_onnx_export_and_serving(run_name, request, tmp_path, capsys):
     assert main(["predict", str(run), rows[0]["text"], "--backend", "onnx-int8"]) == 0
 
 
-def test_export_of_a_probe_is_refused(tiny_bert_dir, topics, tmp_path, capsys):
+def served_like_the_run(run, tmp_path, backend="onnx"):
+    """predict through the ONNX export on the run's own test inputs gives the predictions
+    file's labels and scores."""
+    rows = rows_of(run / "predictions" / "test.csv")
+    pairs = "text_pair" in rows[0]
+    header = ("text", "text_pair") if pairs else ("text", "label")
+    write_csv(tmp_path / "in.csv", [(r["text"], r["text_pair"] if pairs else "") for r in rows], header=header)
+    out = tmp_path / f"{run.name}-{backend}.csv"
+    columns = ["--text-column", "text", "--text-pair-column", "text_pair"] if pairs else []
+    assert main(["predict", str(run), "--input", str(tmp_path / "in.csv"), "--backend", backend, *columns,
+                 "--output", str(out)]) == 0
+    served = rows_of(out)
+    return rows, served
+
+
+def test_onnx_export_of_a_text_probe(tiny_bert_dir, topics, tmp_path, capsys):
     run = tmp_path / "probe"
-    assert main(["probe", "--model", str(tiny_bert_dir), "--dataset", str(topics), "--out", str(run)]) == 0
+    assert main(["probe", "--model", str(tiny_bert_dir), "--dataset", str(topics), "--out", str(run),
+                 "--classifier", "logreg", "--pooling", "mean", "--precision", "fp32"]) == 0
+    assert main(["export", str(run), "--quantize", "int8"]) == 0
+    record = json.loads((run / "onnx" / "export.json").read_text())
+    assert record["task"] == "probe" and record["output"] == "features"
+    assert record["max_abs_output_difference"] <= record["tolerance"] and record["prediction_agreement"] == 1.0
+    assert record["agreement_with_run_predictions"] == 1.0 and record["run_precision"] == "fp32"
+    assert 0.0 <= record["int8"]["agreement_with_fp32"] <= 1.0 and "accuracy_change" in record["int8"]
+    rows, served = served_like_the_run(run, tmp_path)
+    assert [s["prediction"] for s in served] == [r["prediction"] for r in rows]
+    np.testing.assert_allclose([float(s["probability"]) for s in served], [float(r["probability"]) for r in rows],
+                               atol=1e-4)
+    names = metrics_of(run)["data"]["class_names"]
+    import tunelab
+
+    predictor = tunelab.load_predictor(run, backend="onnx")
+    assert isinstance(predictor, tunelab.Predictor) and predictor.task == "probe" and predictor.class_names == names
+    assert predictor([rows[0]["text"]])[0].label == rows[0]["prediction"]
+
+
+def test_export_of_a_floor_is_refused(topics, tmp_path, capsys):
+    run = tmp_path / "floor"
+    assert main(["baseline", "--dataset", str(topics), "--out", str(run)]) == 0
     assert main(["export", str(run)]) == 2
-    assert "is not a fine-tuning run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a baseline run" in err and "finetune" in err and "probe" in err
+    assert main(["predict", str(run), "a text", "--backend", "onnx"]) == 2

@@ -175,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "with bf16 units")
     predict.set_defaults(handler=_run_predict)
 
-    export = commands.add_parser("export", help="export a fine-tuned text classifier (ONNX, optionally int8)",
-                                 description="Export a fine-tuning run's model to RUN/onnx, checked against PyTorch "
-                                             "on the run's own examples; predict --backend onnx then serves it.")
-    export.add_argument("run_dir", metavar="RUN", help="a finished fine-tuning run directory")
+    export = commands.add_parser("export", help="export a text run's transformer (ONNX, optionally int8)",
+                                 description="Export the transformer of a text run's predictor to RUN/onnx (a "
+                                             "fine-tuned classifier or bi-encoder, a probe's encoder), checked "
+                                             "against PyTorch on the run's own examples; predict --backend onnx "
+                                             "then serves it with the run's own head or classifier.")
+    export.add_argument("run_dir", metavar="RUN", help="a finished text run directory (finetune or probe)")
     export.add_argument("--format", choices=["onnx"], default="onnx",
                         help="onnx: an ONNX model served by ONNX Runtime (the only format so far)")
     export.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised int8 model")
@@ -317,7 +319,8 @@ def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from tunelab.serve.export import export_onnx
 
     record = export_onnx(args.run_dir, quantize=args.quantize)
-    line = f"wrote {args.run_dir}/onnx (largest logit difference to PyTorch {record['max_abs_logit_difference']:.1e})"
+    line = (f"wrote {args.run_dir}/onnx (largest {record['output']} difference to PyTorch "
+            f"{record['max_abs_output_difference']:.1e}; predictions agree on {record['prediction_agreement']:.1%})")
     int8 = record.get("int8") or {}
     if int8.get("agreement_with_fp32") is not None:
         line += f"; int8 agrees with fp32 on {int8['agreement_with_fp32']:.1%} of {record['checked_examples']} examples"

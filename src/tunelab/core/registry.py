@@ -48,6 +48,12 @@ class Task:
     resumable: bool = False  # training: --resume continues a killed run from its checkpoints
     load_predictor: Callable[[Any, Any], Callable[[Sequence], list]] | None = None  # (run_dir, config) -> predict
     describe: Callable[[dict], str] | None = None  # metrics.json -> a few words for the report's tables
+    # ONNX: the transformer part of a run's predictor as one graph ((run_dir, config) ->
+    # tunelab.models.graphs.ExportGraph), and the predictor built around any function that
+    # computes that graph's output for TextInputs ((run_dir, config, encode) -> predict).
+    # A task with both is exported by `tunelab export` and served by `predict --backend onnx`.
+    export_graph: Callable[[Any, Any], Any] | None = None
+    predictor_from_graph: Callable[[Any, Any, Callable], Callable[[Sequence], list]] | None = None
     # Config keys whose flags this command does not offer: they mean nothing here (a floor
     # with no model has no device or precision), or another key owns the flag here.
     unused_settings: tuple[str, ...] = ()

@@ -348,7 +348,21 @@ def pair_features(extractor, inputs, encoding: str, desc: str, cache: FeatureCac
     v, hit_v = cached_features(extractor, pairs, f"{desc} (second texts)", cache, rank, world)
     if u is None:
         return None, hit_u and hit_v
-    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1), hit_u and hit_v
+    return combine_pair(u, v), hit_u and hit_v
+
+
+def combine_pair(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(u, v, |u - v|, u * v): two texts' vectors as one classifier input."""
+    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1)
+
+
+def pair_vectors(encode, inputs, encoding: str) -> np.ndarray:
+    """``pair_features`` with any encoder function (PyTorch or ONNX; it takes texts, or
+    TextInputs whose pairs it encodes jointly) and no cache."""
+    texts, pairs = split_inputs(inputs)
+    if pairs is None or encoding == "cross":
+        return encode(inputs)
+    return combine_pair(encode(texts), encode(pairs))
 
 
 class ImageFeatureExtractor:

@@ -105,5 +105,22 @@ def load_bi_encoder(folder: Path, encoder) -> BiEncoder:
     return model.eval()
 
 
+def score_embeddings(folder: Path, u, v):
+    """``BiEncoder.score`` in NumPy from the saved head and settings: the onnx backend
+    scores embeddings without loading a PyTorch model."""
+    import numpy as np
+
+    from tunelab.core.files import read_json_file, read_safetensors
+
+    settings = read_json_file(folder / CONFIG_FILE)
+    u, v = np.asarray(u, dtype=np.float32), np.asarray(v, dtype=np.float32)
+    if settings["objective"] == "cosine":
+        low, high = settings["label_range"]
+        norms = np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-8)
+        return low + (u * v).sum(1) / norms * (high - low)
+    head = read_safetensors(folder / HEAD_FILE)
+    return np.concatenate([u, v, np.abs(u - v)], axis=1) @ head["weight"].T + head["bias"]
+
+
 def is_bi_encoder(folder: Path) -> bool:
     return (Path(folder) / CONFIG_FILE).is_file()

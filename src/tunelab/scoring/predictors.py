@@ -25,6 +25,35 @@ class Prediction:
     labels: list[str] | None = None  # multi-label: the predicted labels
 
 
+class Predictor:
+    """A finished run's model, ready for new inputs: what ``tunelab.load_predictor``
+    returns, whatever the task or backend. Call it (or ``predict``) with texts, sentence
+    pairs or image files, as the run was trained on; ``record`` is the run's
+    model/predictor.json (task, problem, class names, threshold)."""
+
+    def __init__(self, run_dir: str | Path, predict, backend: str = "torch"):
+        self.run_dir = Path(run_dir)
+        self.backend = backend
+        self.record = read_predictor(self.run_dir)
+        self._predict = predict
+
+    @property
+    def task(self) -> str:
+        return self.record.get("task") or run_command(self.run_dir)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.record.get("class_names") or [])
+
+    def predict(self, inputs) -> list[Prediction]:
+        return self._predict(inputs)
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self.run_dir)!r}, task={self.task!r}, backend={self.backend!r})"
+
+
 def as_text_inputs(inputs):
     """Texts, or sentence pairs given as (first, second) tuples or a TextInputs, checked
     for empty texts."""

@@ -1,11 +1,14 @@
-"""Serving without PyTorch: a fine-tuned text classifier exported to ONNX (optionally
-quantised to int8), checked against PyTorch on real inputs, and run through ONNX
-Runtime by ``tunelab predict RUN --backend onnx``.
+"""Serving without PyTorch: the transformer part of a run's predictor (a fine-tuned
+classifier's logits, a bi-encoder's embedding, a text probe's pooled features) exported
+to ONNX (optionally quantised to int8), checked against PyTorch on real inputs, and run
+through ONNX Runtime by ``tunelab predict RUN --backend onnx``, with the task's own
+predictor (head, classifier, threshold) around it.
 
 ``RUN/onnx/`` holds ``model.onnx`` (and ``model.int8.onnx``), the tokenizer, and
-``export.json``: the largest logit difference to PyTorch (export fails above
-1e-4) and the int8 model's accuracy change on the run's own test predictions
-(measured and recorded, not enforced).
+``export.json``: the largest output difference to PyTorch (export fails above 1e-4,
+relative to the largest value for pooled vectors), how often the served labels agree,
+and the int8 model's accuracy change on the run's own test predictions (measured and
+recorded, not enforced).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.errors import TunelabError
-from tunelab.core.files import read_json_file, read_predictor
+from tunelab.core.files import read_json_file
 from tunelab.problems import get_problem
 
 logger = logging.getLogger(__name__)
@@ -39,9 +42,9 @@ def _require(package: str):
         raise TunelabError(f"ONNX export and the onnx backend need {package}: pip install 'tunelab[onnx]'") from None
 
 
-def check_texts_of(run_dir: Path, limit: int = 256) -> tuple[list, list[str] | None]:
-    """Real inputs to check an export with: the run's own test (else validation) predictions,
-    and their gold labels."""
+def check_texts_of(run_dir: Path, limit: int = 256) -> tuple[list, list[str] | None, list[str]]:
+    """Real inputs to check an export with: the run's own test (else validation) inputs,
+    their gold labels, and the run's own predictions for them."""
     import csv
 
     for split in ("test", "validation"):
@@ -51,41 +54,36 @@ def check_texts_of(run_dir: Path, limit: int = 256) -> tuple[list, list[str] | N
                 rows = list(csv.DictReader(handle))
             if rows:
                 inputs = [(r["text"], r["text_pair"]) if "text_pair" in r else r["text"] for r in rows]
-                return inputs, [r.get("label") for r in rows]
+                return inputs, [r.get("label") for r in rows], [r.get("prediction") for r in rows]
     raise TunelabError(f"{run_dir} has no predictions to check an export against")
 
 
 def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
-    """Export a finished fine-tuning run's model to ``RUN/onnx``; returns the record
-    written to ``RUN/onnx/export.json``."""
+    """Export the transformer part of a finished run's predictor to ``RUN/onnx`` (any task
+    whose registry entry gives an export graph: fine-tuned classifiers and bi-encoders,
+    text probes); returns the record written to ``RUN/onnx/export.json``."""
     import torch
 
     from tunelab.core.config import config_from_run
+    from tunelab.core.registry import get_task
     from tunelab.core.runs import atomic_write_bytes, lock_run_directory
     from tunelab.scoring.predictors import as_text_inputs, run_command
-    from tunelab.tasks.finetune import FinetuneConfig, effective_max_length, load_finetuned
 
     run_dir = Path(run_dir)
-    if run_command(run_dir) != "finetune":
-        raise TunelabError(f"{run_dir} is not a fine-tuning run; ONNX export covers text classification runs")
+    task = get_task(run_command(run_dir))
+    if task.export_graph is None or task.predictor_from_graph is None:
+        exportable = ", ".join(name for name, t in all_exportable().items())
+        raise TunelabError(f"{run_dir} is a {task.name} run; ONNX export covers runs whose predictor is a text "
+                           f"transformer ({exportable})")
     if quantize not in (None, "int8"):
         raise TunelabError(f"--quantize {quantize}: the supported quantisation is int8")
     _require("onnx")
     ort = _require("onnxruntime")
-    config = config_from_run(FinetuneConfig, run_dir)
-    model, tokenizer = load_finetuned(run_dir, config)
-    from tunelab.models.biencoder import BiEncoder
-
-    if isinstance(model, BiEncoder):
-        raise TunelabError("ONNX export covers sequence classifiers (single texts and jointly encoded pairs); "
-                           "this run is a bi-encoder")
-    if hasattr(model, "merge_and_unload"):  # a run saved before model/ held merged weights
-        model = model.merge_and_unload()
-    model = model.float().eval()
-    max_length = effective_max_length(tokenizer, model, config.train.max_length)
-    raw_inputs, gold = check_texts_of(run_dir)
+    config = config_from_run(task.config_class, run_dir)
+    graph = task.export_graph(run_dir, config)
+    raw_inputs, gold, run_predictions = check_texts_of(run_dir)
     inputs = as_text_inputs(raw_inputs)
-    sample = _encode(tokenizer, inputs, max_length, slice(0, 2))
+    sample = _encode(graph.tokenizer, inputs, graph.max_length, slice(0, 2))
     names = list(sample)
     target = run_dir / ONNX_DIR
     if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -98,23 +96,45 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
         staging.mkdir(parents=True)
         path = staging / "model.onnx"
         axes = {name: {0: "batch", 1: "sequence"} for name in names}
-        axes["logits"] = {0: "batch"}
+        axes[graph.output] = {0: "batch"}
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on Python control flow: checked below instead
-            torch.onnx.export(model, (), str(path), kwargs={k: torch.from_numpy(v) for k, v in sample.items()},
-                              input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
-                              dynamo=False)
-        tokenizer.save_pretrained(str(staging))
+            torch.onnx.export(graph.module, (), str(path), kwargs={k: torch.from_numpy(v) for k, v in sample.items()},
+                              input_names=names, output_names=[graph.output], dynamic_axes=axes,
+                              opset_version=OPSET, dynamo=False)
+        graph.tokenizer.save_pretrained(str(staging))
+
+        def served_by(encode):
+            """The run's predictions on the check inputs through ``encode``, and every
+            array the graph gave on the way."""
+            seen = []
+
+            def recording(batch_inputs):
+                seen.append(encode(batch_inputs))
+                return seen[-1]
+
+            predictions = task.predictor_from_graph(run_dir, config, recording)(inputs)
+            return predictions, np.concatenate([a.reshape(len(a), -1) for a in seen])
+
+        reference, reference_outputs = served_by(lambda x: torch_outputs(graph, x))
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        reference = _torch_logits(model, tokenizer, inputs, max_length)
-        exported = onnx_logits(session, tokenizer, inputs, max_length)
-        difference = float(np.abs(reference - exported).max())
-        if difference > TOLERANCE:
-            raise TunelabError(f"the exported model's logits differ from PyTorch's by {difference:.2e} "
-                               f"(more than {TOLERANCE:g}); nothing was exported")
-        record = {"format": "onnx", "opset": OPSET, "inputs": names, "checked_examples": len(inputs),
-                  "max_abs_logit_difference": difference, "tolerance": TOLERANCE,
-                  "problem": get_problem(config.data.problem).name, "max_length": max_length}
+        exported, exported_outputs = served_by(lambda x: onnx_outputs(session, graph.tokenizer, x, graph.max_length))
+        # Logits are checked absolutely; pooled hidden states (features, embeddings) can be
+        # large, so relative to their largest value.
+        scale = 1.0 if graph.output == "logits" else max(1.0, float(np.abs(reference_outputs).max()))
+        difference = float(np.abs(reference_outputs - exported_outputs).max())
+        if difference > TOLERANCE * scale:
+            raise TunelabError(f"the exported model's {graph.output} differ from PyTorch's by {difference:.2e} "
+                               f"(more than {TOLERANCE * scale:.2g}); nothing was exported")
+        record = {"format": "onnx", "version": 2, "task": task.name, "output": graph.output, "opset": OPSET,
+                  "inputs": names, "checked_examples": len(inputs), "max_abs_output_difference": difference,
+                  "tolerance": TOLERANCE * scale, "prediction_agreement": _agreement(reference, exported),
+                  "problem": get_problem(config.data.problem).name, "max_length": graph.max_length,
+                  # The run may have computed in bf16; the export is fp32, as plain transformers is.
+                  "run_precision": config.runtime.precision,
+                  "agreement_with_run_predictions": _agreement_with_file(exported, run_predictions)}
+        if graph.output == "logits":
+            record["max_abs_logit_difference"] = difference  # the name version 1 used
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -126,9 +146,9 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
                 quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
             finally:
                 root.setLevel(level)
-            int8 = onnx_logits(ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]),
-                               tokenizer, inputs, max_length)
-            record["int8"] = _int8_change(reference, int8, gold, model)
+            int8_session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+            int8, int8_outputs = served_by(lambda x: onnx_outputs(int8_session, graph.tokenizer, x, graph.max_length))
+            record["int8"] = _int8_change(reference, int8, gold, float(np.abs(reference_outputs - int8_outputs).max()))
         atomic_write_bytes(staging / "export.json", (json.dumps(record, indent=2) + "\n").encode())
         if target.exists():
             shutil.rmtree(target)
@@ -137,22 +157,44 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         if lock is not None:
             lock.close()
-    logger.info("exported %s (largest logit difference to PyTorch %.2e)", run_dir / ONNX_DIR, difference)
+    logger.info("exported %s (largest %s difference to PyTorch %.2e)", run_dir / ONNX_DIR, graph.output, difference)
     return record
 
 
-def _int8_change(reference: np.ndarray, int8: np.ndarray, gold: list[str] | None, model) -> dict:
+def all_exportable() -> dict:
+    from tunelab.core.registry import all_tasks
+
+    return {name: task for name, task in all_tasks().items()
+            if task.export_graph is not None and task.predictor_from_graph is not None}
+
+
+def _agreement(first: list, second: list) -> float:
+    """The share of inputs whose served label is the same (values: the same to 4 digits)."""
+    same = [a.label == b.label if a.score_kind != "value" else abs(a.score - b.score) <= 1e-4 * max(1, abs(a.score))
+            for a, b in zip(first, second)]
+    return float(np.mean(same)) if same else 1.0
+
+
+def _agreement_with_file(served: list, labels: list[str]) -> float | None:
+    """The share of the run's own predicted labels the export gives again (values: within
+    1e-3 of the printed value)."""
+    if not served or any(label is None for label in labels):
+        return None
+    if served[0].score_kind == "value":
+        same = [abs(p.score - float(label)) <= 1e-3 * max(1.0, abs(p.score)) for p, label in zip(served, labels)]
+    else:
+        same = [p.label == label for p, label in zip(served, labels)]
+    return float(np.mean(same))
+
+
+def _int8_change(reference: list, int8: list, gold: list[str] | None, output_difference: float) -> dict:
     """How much int8 changes the predictions: agreement with fp32, and accuracy on the
-    run's labelled examples where it has them."""
-    change = {"agreement_with_fp32": float(np.mean(reference.argmax(-1) == int8.argmax(-1)))
-              if reference.shape[-1] > 1 else None,
-              "max_abs_logit_difference": float(np.abs(reference - int8).max())}
-    id2label = getattr(model.config, "id2label", {}) or {}
-    if gold and reference.shape[-1] > 1 and all(g is not None for g in gold):
-        names = np.asarray([id2label.get(i, str(i)) for i in range(reference.shape[-1])])
-        gold_array = np.asarray(gold)
-        fp32 = float(np.mean(names[reference.argmax(-1)] == gold_array))
-        quantized = float(np.mean(names[int8.argmax(-1)] == gold_array))
+    run's labelled examples where it has them (classes, not values)."""
+    change = {"agreement_with_fp32": _agreement(reference, int8), "max_abs_output_difference": output_difference}
+    classes = reference and reference[0].score_kind != "value"
+    if classes and gold and all(g is not None for g in gold):
+        fp32 = float(np.mean([p.label == g for p, g in zip(reference, gold)]))
+        quantized = float(np.mean([p.label == g for p, g in zip(int8, gold)]))
         change.update(accuracy_fp32=fp32, accuracy_int8=quantized, accuracy_change=quantized - fp32)
     return change
 
@@ -168,61 +210,69 @@ def _encode(tokenizer, inputs, max_length: int, rows=None) -> dict[str, np.ndarr
     return {name: tensor.numpy() for name, tensor in zip(names, tensors)}
 
 
-def _torch_logits(model, tokenizer, inputs, max_length: int, batch_size: int = 32) -> np.ndarray:
+def torch_outputs(graph, inputs, batch_size: int = 32) -> np.ndarray:
+    """The graph's output in PyTorch, over length-sorted, dynamically padded batches."""
     import torch
 
     from tunelab.encoders.text import pad_token_id, sorted_padded_batches, tokenize_inputs
 
-    ids, types = tokenize_inputs(tokenizer, inputs, max_length)
+    ids, types = tokenize_inputs(graph.tokenizer, inputs, graph.max_length)
     out = None
     with torch.inference_mode():
-        for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(tokenizer), "cpu", types):
-            logits = model(**tensors).logits.float().numpy()
-            out = np.empty((len(ids), logits.shape[1]), dtype=np.float32) if out is None else out
-            out[batch] = logits
-    return out
+        for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(graph.tokenizer), "cpu", types):
+            values = graph.module(**tensors).float().numpy()
+            out = np.empty((len(ids), *values.shape[1:]), dtype=np.float32) if out is None else out
+            out[batch] = values
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def onnx_logits(session, tokenizer, inputs, max_length: int, batch_size: int = 32) -> np.ndarray:
-    """Logits from an ONNX Runtime session, over length-sorted, dynamically padded batches."""
+def onnx_outputs(session, tokenizer, inputs, max_length: int, batch_size: int = 32) -> np.ndarray:
+    """The exported graph's output from an ONNX Runtime session, over length-sorted,
+    dynamically padded batches."""
     from tunelab.encoders.text import pad_token_id, sorted_padded_batches, tokenize_inputs
 
     wanted = {i.name for i in session.get_inputs()}
+    output = session.get_outputs()[0].name
     ids, types = tokenize_inputs(tokenizer, inputs, max_length)
     out = None
     for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(tokenizer), "cpu", types):
         feed = {name: tensor.numpy() for name, tensor in tensors.items() if name in wanted}
-        logits = session.run(["logits"], feed)[0]
-        out = np.empty((len(ids), logits.shape[1]), dtype=np.float32) if out is None else out
-        out[batch] = logits
-    return out
+        values = session.run([output], feed)[0]
+        out = np.empty((len(ids), *values.shape[1:]), dtype=np.float32) if out is None else out
+        out[batch] = values
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def onnx_predictor(run_dir: str | Path, int8: bool = False):
-    """``predict`` through ONNX Runtime: no PyTorch model is loaded."""
+    """``predict`` through ONNX Runtime: the exported graph, then the task's own predictor
+    around it (a classifier, a head); no PyTorch model is loaded."""
     from transformers import AutoTokenizer
 
+    from tunelab.core.config import config_from_run
+    from tunelab.core.registry import get_task
     from tunelab.models.resolve import load_pretrained
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
-    from tunelab.tasks.finetune import scores_from_outputs
+    from tunelab.scoring.predictors import run_command
 
     ort = _require("onnxruntime")
-    folder = Path(run_dir) / ONNX_DIR
+    run_dir = Path(run_dir)
+    task = get_task(run_command(run_dir))
+    folder = run_dir / ONNX_DIR
     file = folder / ("model.int8.onnx" if int8 else "model.onnx")
+    if task.predictor_from_graph is None:
+        raise TunelabError(f"--backend onnx serves exported runs of {', '.join(all_exportable())}; {run_dir} is a "
+                           f"{task.name} run")
     if not file.is_file():
         hint = " --quantize int8" if int8 else ""
         raise TunelabError(f"{file} does not exist; create it with: tunelab export {run_dir} --format onnx{hint}")
     record = read_json_file(folder / "export.json")
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     tokenizer = load_pretrained(AutoTokenizer, folder, f"the tokenizer in {folder}")
-    saved = read_predictor(run_dir)
+    config = config_from_run(task.config_class, run_dir)
 
-    def predict(inputs) -> list:
-        inputs = as_text_inputs(inputs)
+    def encode(inputs) -> np.ndarray:
         start = time.perf_counter()
-        logits = onnx_logits(session, tokenizer, inputs, record["max_length"])
-        logger.debug("onnx: %d inputs in %.3f s", len(inputs), time.perf_counter() - start)
-        scores = scores_from_outputs(logits, saved["problem"], saved.get("threshold", 0.5))
-        return predictions_from(inputs, scores, saved["class_names"])
+        outputs = onnx_outputs(session, tokenizer, inputs, record["max_length"])
+        logger.debug("onnx: %d inputs in %.3f s", len(outputs), time.perf_counter() - start)
+        return outputs
 
-    return predict
+    return task.predictor_from_graph(run_dir, config, encode)

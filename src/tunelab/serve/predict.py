@@ -11,13 +11,14 @@ from pathlib import Path
 from tunelab.core.config import config_from_run
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import read_yaml_file
-from tunelab.scoring.predictors import Prediction, run_command
+from tunelab.scoring.predictors import Prediction, Predictor, run_command
 
 PRECISIONS = ("fp32", "bf16", "fp16", "run")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str | None = None):
-    """A function that predicts for a list of inputs with the model of ``run_dir``;
+def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str | None = None) -> Predictor:
+    """A Predictor that predicts for a list of inputs with the model of ``run_dir``;
     ``backend`` onnx / onnx-int8 serves the run's ONNX export instead of PyTorch.
     ``precision``: fp32 computes with the saved weights exactly as plain transformers
     and pipeline() do; bf16/fp16 trade that for speed; ``run`` uses the run's own (its
@@ -30,12 +31,12 @@ def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str |
 
     run_dir = Path(run_dir)
     command = run_command(run_dir)
+    if backend not in BACKENDS:
+        raise TunelabError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     if backend != "torch":
-        if command != "finetune":
-            raise TunelabError(f"--backend {backend} serves exported fine-tuning runs; {run_dir} is a {command} run")
         from tunelab.serve.export import onnx_predictor
 
-        return onnx_predictor(run_dir, int8=backend == "onnx-int8")
+        return Predictor(run_dir, onnx_predictor(run_dir, int8=backend == "onnx-int8"), backend)
     task = get_task(command)
     if task.load_predictor is None:
         raise TunelabError(f"predict does not support '{task.name}' runs")
@@ -43,7 +44,7 @@ def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str |
     precision = precision or task.serve_precision
     if precision != "run":
         config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, precision=precision))
-    return task.load_predictor(run_dir, config)
+    return Predictor(run_dir, task.load_predictor(run_dir, config), backend)
 
 
 def predict(run_dir: str | Path, inputs, backend: str = "torch", precision: str | None = None) -> list[Prediction]:

@@ -348,11 +348,54 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
     return predict
 
 
+def export_graph(run_dir: Path, config: FinetuneConfig):
+    """The model as one graph: a classifier's logits, or a bi-encoder's mean-pooled
+    embedding (its head and cosine scale follow in ``predictor_from_graph``)."""
+    from tunelab.models.biencoder import BiEncoder
+    from tunelab.models.graphs import ClassifierLogits, ExportGraph, PooledEncoder
+
+    model, tokenizer = load_finetuned(run_dir, config)
+    max_length = effective_max_length(tokenizer, model, config.train.max_length)
+    if isinstance(model, BiEncoder):
+        encoder = model.encoder
+        if hasattr(encoder, "merge_and_unload"):  # a run saved before model/ held merged weights
+            encoder = encoder.merge_and_unload()
+        return ExportGraph(PooledEncoder(encoder.float(), "mean", token_types=False).eval(), tokenizer, max_length,
+                           "embedding")
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return ExportGraph(ClassifierLogits(model.float()).eval(), tokenizer, max_length, "logits")
+
+
+def predictor_from_graph(run_dir: Path, config: FinetuneConfig, encode):
+    """Predictions from the graph's outputs (``encode``: PyTorch or ONNX Runtime): logits
+    to scores, or a bi-encoder's two embeddings through its saved head, in NumPy."""
+    from tunelab.encoders.text import split_inputs
+    from tunelab.models.biencoder import is_bi_encoder, score_embeddings
+    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+
+    model_dir = run_dir / "model"
+    info, names, bi = read_predictor(run_dir), _class_names(run_dir), is_bi_encoder(model_dir)
+
+    def predict(inputs) -> list:
+        inputs = as_text_inputs(inputs)
+        if bi:
+            texts, pairs = split_inputs(inputs)
+            outputs = score_embeddings(model_dir, encode(texts), encode(pairs))
+        else:
+            outputs = encode(inputs)
+        scores = scores_from_outputs(outputs, config.data.problem, info.get("threshold", 0.5))
+        return predictions_from(inputs, scores, names)
+
+    return predict
+
+
 TASK = register_task(Task(
     name=COMMAND, config_class=FinetuneConfig, prepare=prepare, execute=execute, resumable=True,
     summary="fine-tune an encoder for classification (full or LoRA)",
     description="Fine-tune for sequence classification: full or LoRA; resumable; data-parallel under torchrun.",
-    load_predictor=load_predictor, describe=describe,
+    load_predictor=load_predictor, describe=describe, export_graph=export_graph,
+    predictor_from_graph=predictor_from_graph,
     # model/ is a plain transformers folder: predict computes as pipeline() does with it.
     serve_precision="fp32",
 ))

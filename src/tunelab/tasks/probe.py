@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, setting
-from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
+from tunelab.core.errors import TunelabError
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.encoders.text import FeatureCache, FeatureConfig, cached_features
 from tunelab.problems import get_problem
@@ -133,7 +134,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     save_classifier(estimator, run.path / "model" / "classifier.skops")
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
         COMMAND, problem, dataset.class_names, label_values=list(dataset.label_space.values), threshold=threshold,
-        feature_dim=int(features["train"].shape[1])))
+        feature_dim=int(features["train"].shape[1]), inputs="images" if images else "text"))
 
     start = time.perf_counter()
     predictions, score_kind = {}, "score"
@@ -175,17 +176,46 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ProbeConfig):
     """Predict for new texts (or pairs) with a finished probe run: the recorded encoder, the
     saved estimator."""
-    from tunelab.encoders.text import TextFeatureExtractor, pair_features
+    from tunelab.encoders.text import TextFeatureExtractor
+
+    check_text_run(run_dir)
+    extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
+    return predictor_from_graph(run_dir, config, lambda inputs: extractor.encode(inputs, "features"))
+
+
+def check_text_run(run_dir: Path) -> None:
+    if read_predictor(run_dir).get("inputs") == "images" or \
+            (read_json_file(run_dir / "metrics.json").get("task") or {}).get("features", {}).get("pooling") is None:
+        raise TunelabError(f"{run_dir} is a probe on image features; predict and export serve text probes "
+                           "(score new images with a zeroshot or clip-finetune run)")
+
+
+def export_graph(run_dir: Path, config: ProbeConfig):
+    """The frozen encoder with the run's pooling, in fp32 on the CPU, as one graph; the
+    saved classifier follows in ``predictor_from_graph``."""
+    from tunelab.core.config import RuntimeConfig
+    from tunelab.encoders.text import TextFeatureExtractor
+    from tunelab.models.graphs import ExportGraph, PooledEncoder
+
+    check_text_run(run_dir)
+    extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features,
+                                     RuntimeConfig(device="cpu", precision="fp32"))
+    module = PooledEncoder(extractor.model.float(), config.features.pooling or "cls").eval()
+    return ExportGraph(module, extractor.tokenizer, extractor.max_length, "features")
+
+
+def predictor_from_graph(run_dir: Path, config: ProbeConfig, encode):
+    """The saved classifier on features from ``encode`` (PyTorch or ONNX Runtime)."""
+    from tunelab.encoders.text import pair_vectors
     from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
     info = read_predictor(run_dir)
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
-    extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
     names, problem = info["class_names"], info.get("problem")  # None in old runs: single-label
 
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)
-        features, _ = pair_features(extractor, inputs, config.data.pair_encoding, "features", None)
+        features = pair_vectors(encode, inputs, config.data.pair_encoding)
         scores = predict_scores(estimator, features, problem, len(names), info.get("threshold", 0.5))
         return predictions_from(inputs, scores, names)
 
@@ -196,6 +226,7 @@ TASK = register_task(Task(
     name=COMMAND, config_class=ProbeConfig, prepare=prepare, execute=execute,
     summary="frozen encoder features + a classical classifier",
     description="Frozen-feature probe: encoder features (cached) + SVC or logistic regression.",
-    load_predictor=load_predictor, describe=describe,
+    load_predictor=load_predictor, describe=describe, export_graph=export_graph,
+    predictor_from_graph=predictor_from_graph,
     inputs=(("text", "text-encoder"), ("pairs", "text-encoder"), ("images", "clip")),
 ))

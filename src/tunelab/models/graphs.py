@@ -1,0 +1,52 @@
+"""The transformer part of a run's predictor as one graph (token ids in, one array out),
+so that ONNX export and the onnx backend treat every text task alike: a fine-tuned
+classifier gives logits, a bi-encoder and a probe's encoder give pooled vectors. What
+follows the graph (a classifier, a bi-encoder's head, thresholds) stays with the task."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from tunelab.encoders.text import pool
+
+
+class ClassifierLogits(nn.Module):
+    """A sequence classifier's logits, without the output record around them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.float()
+
+
+class PooledEncoder(nn.Module):
+    """An encoder's last hidden states pooled to one vector per input, as the probe's
+    feature extractor and the bi-encoder compute them."""
+
+    def __init__(self, encoder, pooling: str, token_types: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.token_types = token_types  # the bi-encoder embeds without them
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {"token_type_ids": token_type_ids} if self.token_types and token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return pool(hidden.float(), attention_mask, self.pooling)
+
+
+@dataclasses.dataclass
+class ExportGraph:
+    """What a task hands to ONNX export: the graph, the tokenizer its inputs come from,
+    the length they are cut to, and the name of the graph's output."""
+
+    module: Any  # torch.nn.Module: (input_ids, attention_mask[, token_type_ids]) -> (batch, width)
+    tokenizer: Any
+    max_length: int
+    output: str  # logits | embedding | features
