@@ -1,5 +1,8 @@
 """Image datasets: Tiny ImageNet layout, image folders, saved datasets, broken files."""
 
+import csv
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -194,3 +197,79 @@ def test_resizing_where_the_model_is_gives_the_processors_pixels(tmp_path):
     mixed = collate_images([(i, pixels, 0) for i, pixels in enumerate(raw)])["pixel_values"]
     assert isinstance(mixed, list)
     torch.testing.assert_close(preprocess.model_input(mixed, "cpu"), expected, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- tables of image files and labels
+
+
+def write_image_table(root, per_class: int = 8):
+    """train.jsonl / test.csv naming colour images with label sets: each image is its
+    colour, and 'warm' too when red."""
+    from tests.conftest import write_colour_images
+
+    write_colour_images(root / "images", per_class, seed=5)
+    rows = [{"file": f"images/{colour}/{colour}_{i}.png",
+             "labels": [colour, "warm"] if colour == "red" else [colour]}
+            for colour in ("red", "green", "blue") for i in range(per_class)]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows[::2] + rows[1::4]) + "\n")
+    with open(root / "test.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "labels"])
+        writer.writerows((r["file"], ";".join(r["labels"])) for r in rows[3::4])
+    return root
+
+
+def test_image_table_holds_label_sets(tmp_path):
+    from tunelab.core.config import DataConfig
+    from tunelab.data.images import is_image_dataset, load_image_dataset
+
+    root = write_image_table(tmp_path / "table")
+    assert is_image_dataset(str(root))
+    data = load_image_dataset(DataConfig(dataset=str(root), label_separator=";"), seed=0)
+    assert data.problem == "multi-label" and data.class_names == ["blue", "green", "red", "warm"]
+    train = data.splits["train"]
+    red = [i for i, name in enumerate(train.ids) if "/red/" in name]
+    assert red and all(train.labels[i].tolist() == [0, 0, 1, 1] for i in red)
+    assert train.load(0).mode == "RGB" and set(data.splits) == {"train", "validation", "test"}
+    assert len(data.splits["test"]) == 6  # the test file's own rows, split by their separator
+
+
+def test_image_table_errors(tmp_path, tiny_clip_dir, capsys):
+    from tunelab.cli import main
+
+    root = write_image_table(tmp_path / "table")
+    (root / "images" / "red" / "red_0.png").unlink()
+    assert main(["probe", "--dataset", str(root), "--model", str(tiny_clip_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.jsonl: 1 train row has no image file: row 1 (images/red/red_0.png)" in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_multi_label_images_through_the_probe_and_refused_by_single_label_methods(tmp_path, tiny_clip_dir,
+                                                                                   capsys):
+    from tests.conftest import metrics_of
+    from tunelab.cli import main
+
+    root = write_image_table(tmp_path / "table")
+    out = tmp_path / "probe"
+    assert main(["probe", "--dataset", str(root), "--model", str(tiny_clip_dir), "--label-separator", ";",
+                 "--out", str(out), "--precision", "fp32"]) == 0
+    metrics = metrics_of(out)
+    assert metrics["data"]["problem"] == "multi-label" and "f1_micro" in metrics["splits"]["test"]
+    rows = list(csv.DictReader(open(out / "predictions" / "test.csv", newline="")))
+    assert len(rows) == 6 and rows[0]["file"].startswith("images/")
+    capsys.readouterr()
+    assert main(["clip-finetune", "--dataset", str(root), "--model", str(tiny_clip_dir), "--label-separator", ";",
+                 "--out", str(tmp_path / "cf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "clip-finetune takes single-label data" in err and "is multi-label" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "cf").exists()
+
+
+def test_label_set_flags_on_class_folders_stop(colour_folder, tiny_clip_dir, capsys):
+    from tunelab.cli import main
+
+    for flag in (["--label-separator", ";"], ["--problem", "multi-label"], ["--threshold", "0.3"]):
+        assert main(["probe", "--dataset", str(colour_folder), "--model", str(tiny_clip_dir), *flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "class folders give one class per image" in err and len(err.splitlines()) == 1, err

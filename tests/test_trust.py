@@ -460,7 +460,7 @@ def test_image_data_takes_shots_and_refuses_text_only_flags(tmp_path, colour_fol
     assert metrics_of(out)["data"]["sizes"]["train"] == 2 * 3
     assert metrics_of(out)["data"]["sizes"]["validation"] == 2 * 3  # K validation examples per class too
     for flags, message in ((["--train-split", "nonexistent"], "--train-split applies to text data"),
-                           (["--problem", "regression"], "--problem regression: image folders give one class"),
+                           (["--problem", "regression"], "--problem regression: class folders give one class"),
                            (["--text-pair-column", "other"], "--text-pair-column applies to text data"),
                            (["--threshold", "0.3"], "--threshold applies to label sets")):
         expect_error(capsys, ["baseline", "--kind", "majority", "--dataset", colour_folder, *flags, "--out",

@@ -18,9 +18,9 @@ import numpy as np
 from tunelab.core.config import DataConfig
 from tunelab.core.errors import DataError
 from tunelab.data import resample, sources
-from tunelab.data.labels import LabelledData, build_label_space, encode_labels, finish_splits, rows_have
+from tunelab.data.labels import LabelledData, finish_splits, rows_have
 from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
-from tunelab.problems import get_problem
+from tunelab.problems import detect_problem, get_problem
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RowImages:
 class ImageSplit:
     source: FileImages | RowImages
     indices: np.ndarray  # rows of the source
-    labels: np.ndarray  # class indices
+    labels: np.ndarray  # encoded targets: class indices, label-set rows, or values
     ids: list[str]
 
     def __len__(self) -> int:
@@ -184,6 +184,53 @@ def read_image_folder(path: Path, flat_split: str) -> _RawImages:
     return _RawImages(splits, {c: c.replace("_", " ") for c in classes})
 
 
+def read_image_table(path: Path, cfg: DataConfig, flat_split: str) -> _RawImages:
+    """A table (CSV, TSV, JSONL, Parquet) of image files and their labels: one file (the
+    split ``flat_split``) or split files (train.csv, validation.jsonl, ...). File paths
+    are relative to the table's folder (or absolute); a label cell is a class, a list of
+    classes (JSONL, Parquet) or classes joined by --label-separator: multi-label images
+    through the same problem seam as text."""
+    from tunelab.data.sources import IMAGE_FILE_COLUMNS, TEXT_FILE_SUFFIXES, image_file_column
+    from tunelab.data.text import LABEL_ALTERNATIVES, assign_splits, is_missing_label, pick_column, read_frame
+
+    if path.is_file():
+        files = {flat_split: [path]}
+    else:
+        tables = {p.stem: p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in TEXT_FILE_SUFFIXES}
+        files = {split: [tables[n] for n in sorted(names)]
+                 for split, names in assign_splits(sorted(tables), cfg, str(path)).items()}
+    splits, notes, columns = {}, [], {}
+    for split, parts in files.items():
+        paths, labels = [], []
+        for table in parts:
+            frame = read_frame(table)
+            names = [str(c) for c in frame.columns]
+            first = frame.iloc[0].to_dict() if len(frame) else {}
+            file_column = image_file_column(names, first)
+            if file_column is None:
+                raise DataError(f"{table.name}: no column of image files ({', '.join(IMAGE_FILE_COLUMNS)}) whose "
+                                f"first value names an image ({', '.join(IMAGE_SUFFIXES)})")
+            label_column, note = pick_column(names, cfg.label_column, "labels" if "labels" in names else "label",
+                                             LABEL_ALTERNATIVES, "--label-column", table.name)
+            if note and note not in notes:
+                notes.append(note)
+            columns.setdefault("file", file_column)
+            missing = []
+            for row, value in enumerate(frame[file_column].tolist(), start=1):
+                name = value.strip() if isinstance(value, str) else ""
+                if not name or not (table.parent / name).is_file():  # relative to the table, or absolute
+                    missing.append(f"row {row}" + (f" ({name})" if name else ""))
+                paths.append(name)
+            if missing:
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise DataError(f"{table.name}: {rows_have(len(missing), split, 'row')} no image file: "
+                                f"{', '.join(missing[:3])}{more}")
+            labels += [None if is_missing_label(v) else v for v in frame[label_column].tolist()]
+        splits[split] = (FileImages(path if path.is_dir() else path.parent, paths), labels)  # the tables' folder
+    notes.append(f"images named by the column '{columns['file']}' of {path.name}")
+    return _RawImages(splits, None, notes)
+
+
 def read_hf_images(dataset_dict, cfg: DataConfig, source: str) -> _RawImages:
     from datasets import ClassLabel, Dataset, DatasetDict
 
@@ -228,6 +275,8 @@ def _read(source: sources.DatasetSource, cfg: DataConfig, flat_split: str) -> _R
         return read_tiny_imagenet(path)
     if source.format == "image-folder":
         return read_image_folder(path, flat_split)
+    if source.format == "image-table":
+        return read_image_table(path, cfg, flat_split)
     if source.format in ("hf-disk", "hf-repo", "hub"):
         hint = "set TUNELAB_DATA_DIR to a folder that holds tiny-imagenet-200/, or pass a local path"
         name = path.name if source.format != "hub" else source.location
@@ -246,28 +295,37 @@ def is_image_dataset(spec: str) -> bool:
         loaded = load_from_disk(source.location)
         first = next(iter(loaded.values())) if hasattr(loaded, "values") else loaded
         return any(c in first.column_names for c in IMAGE_COLUMNS)
-    return source.format in ("tiny-imagenet", "image-folder")
+    return source.format in ("tiny-imagenet", "image-folder", "image-table")
 
 
 # Data settings that mean something for text only: given with image data they stop the
 # run, instead of being silently ignored.
 TEXT_ONLY_FLAGS = {"text_column": "--text-column", "text_pair_column": "--text-pair-column",
-                   "pair_encoding": "--pair-encoding", "label_separator": "--label-separator",
-                   "train_split": "--train-split", "validation_split": "--validation-split",
-                   "test_split": "--test-split", "dataset_config": "--dataset-config"}
+                   "pair_encoding": "--pair-encoding", "train_split": "--train-split",
+                   "validation_split": "--validation-split", "test_split": "--test-split",
+                   "dataset_config": "--dataset-config"}
+# Label settings that a table of image files and labels uses, and class folders cannot.
+LABEL_SET_FLAGS = {"label_separator": "--label-separator"}
 
 
-def check_image_flags(cfg: DataConfig) -> None:
+def check_image_flags(cfg: DataConfig, table: bool = False) -> None:
     for key, flag in TEXT_ONLY_FLAGS.items():
         if getattr(cfg, key) is not None:
             extra = " (image folders name their splits by their train/, val/ and test/ folders)" \
                 if key.endswith("_split") else ""
             raise DataError(f"{flag} applies to text data; {cfg.dataset} holds images{extra}: drop {flag}")
+    if table:
+        return
+    hint = "; a table of image files and labels (CSV or JSONL: file,labels) can hold label sets"
+    for key, flag in LABEL_SET_FLAGS.items():
+        if getattr(cfg, key) is not None:
+            raise DataError(f"{flag} applies to label sets; class folders give one class per image: drop {flag}"
+                            f"{hint}")
     if cfg.problem is not None and not get_problem(cfg.problem).exclusive_classes:
-        raise DataError(f"--problem {cfg.problem}: image folders give one class per image; drop --problem")
+        raise DataError(f"--problem {cfg.problem}: class folders give one class per image; drop --problem{hint}")
     if cfg.threshold != "0.5":
-        raise DataError("--threshold applies to label sets (multi-label text); image folders give one class per "
-                        "image: drop --threshold")
+        raise DataError("--threshold applies to label sets; class folders give one class per image: drop "
+                        f"--threshold{hint}")
 
 
 def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all") -> ImageDataset:
@@ -278,7 +336,7 @@ def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all")
     source = resolve_dataset(cfg.dataset)
     if source.known is not None and source.known.modality != "image":
         raise DataError(f"'{cfg.dataset}' is a text dataset; this command needs images")
-    check_image_flags(cfg)
+    check_image_flags(cfg, table=source.format == "image-table")
     raw = _read(source, cfg, flat_split)
     notes = list(raw.notes or [])
     if source.is_local and source.known is not None:
@@ -287,20 +345,24 @@ def load_image_dataset(cfg: DataConfig, seed: int = 42, flat_split: str = "all")
         missing = [i for i, v in enumerate(labels) if v is None]
         if missing:
             raise DataError(f"{cfg.dataset}: {rows_have(len(missing), split, 'image')} no label")
-    basis = "train" if "train" in raw.splits else "all" if "all" in raw.splits else next(iter(raw.splits))
-    space = build_label_space(
-        raw.splits[basis][1] if basis in ("train", "all") else _all_labels(raw),
-        cfg.positive_label, raw.names,
-    )
-    splits = {}
-    for name, (images, labels) in raw.splits.items():
-        ids = [images.name(i) for i in range(len(labels))]
-        splits[name] = ImageSplit(images, np.arange(len(labels)), encode_labels(labels, space, name, cfg.dataset, ids),
-                                  ids)
+    # Through the problem seam, as text: classes, label sets (a table's lists or joined
+    # labels), or values. Classes come from train, else (a test-only folder) every split.
+    cells = {name: (labels, f"{cfg.dataset} ({name})", [images.name(i) for i in range(len(labels))])
+             for name, (images, labels) in raw.splits.items()}
+    basis = "train" if "train" in cells else "all" if "all" in cells else SPACE_KEY
+    if basis == SPACE_KEY:
+        cells[SPACE_KEY] = (_all_labels(raw), cfg.dataset, [])
+    problem = detect_problem(cells[basis][0], cfg.problem, cfg.label_separator, cfg.dataset)
+    space, targets = problem.encode_targets(cells, basis, cfg, raw.names)
+    splits = {name: ImageSplit(images, np.arange(len(labels)), targets[name], cells[name][2])
+              for name, (images, labels) in raw.splits.items()}
     complete = "all" in splits or ("train" in splits and "validation" not in splits)
-    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset, get_problem(space.problem), complete=complete)
+    splits = finish_splits(splits, cfg, seed, notes, space, cfg.dataset, problem, complete=complete)
     order = [s for s in ("train", "validation", "test") if s in splits]
     return ImageDataset(name=cfg.dataset, label_space=space, splits={k: splits[k] for k in order}, notes=notes)
+
+
+SPACE_KEY = "(every split)"
 
 
 def _all_labels(raw: _RawImages) -> list[object]:
@@ -327,8 +389,8 @@ class ProcessedImages:
         except Exception as exc:  # PIL raises many types for broken files
             if self.strict:
                 raise DataError(f"cannot read image {self.split.ids[row]}: {type(exc).__name__}: {exc}") from None
-            return row, None, int(self.split.labels[row])
-        return row, pixels, int(self.split.labels[row])
+            return row, None, self.split.labels[row]
+        return row, pixels, self.split.labels[row]  # a class index, a label-set row, or a value
 
 
 def collate_images(batch):
@@ -342,7 +404,8 @@ def collate_images(batch):
         # Images still to be resized on the device may differ in size: a list then.
         "pixel_values": (torch.stack(pixels) if len({p.shape for p in pixels}) == 1 else pixels) if pixels
         else torch.empty(0),
-        "labels": torch.tensor([item[2] for item in good], dtype=torch.long),
+        "labels": torch.as_tensor(np.stack([np.asarray(item[2]) for item in good])) if good
+        else torch.empty(0, dtype=torch.long),
         "skipped": [item[0] for item in batch if item[1] is None],
     }
 

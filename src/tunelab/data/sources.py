@@ -11,6 +11,8 @@ from tunelab.core.errors import DataError
 
 TEXT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Columns of a data table that name image files (a table of file, labels is image data).
+IMAGE_FILE_COLUMNS = ("file", "image", "path", "filepath", "file_path", "filename", "file_name", "image_path")
 SPLIT_ALIASES = {
     "train": ("train", "training"),
     "validation": ("validation", "valid", "val", "dev"),
@@ -47,7 +49,7 @@ class DatasetSource:
     """A resolved dataset: its format and where to read it (a path or a hub id)."""
 
     spec: str  # as the user gave it
-    format: str  # rt-polarity | tiny-imagenet | image-folder | text-file | text-folder | hf-disk | hf-repo | hub
+    format: str  # rt-polarity | tiny-imagenet | image-folder | image-table | text-file | text-folder | hf-disk | hf-repo | hub
     location: str
     known: KnownDataset | None = None
     config: str | None = None  # a hub dataset's configuration (glue: mrpc, ...)
@@ -93,7 +95,7 @@ def detect_format(path: Path) -> str:
     """Name the layout of a local dataset path, or fail saying what was expected."""
     if path.is_file():
         if path.suffix.lower() in TEXT_FILE_SUFFIXES:
-            return "text-file"
+            return "image-table" if names_images(path) else "text-file"
         raise DataError(
             f"cannot read {path}: unknown file type '{path.suffix}'; "
             f"use one of {', '.join(TEXT_FILE_SUFFIXES)}"
@@ -110,9 +112,10 @@ def detect_format(path: Path) -> str:
         return "hf-disk"
     if _declares_configs(path / "README.md"):
         return "hf-repo"
-    files = [p for p in path.iterdir() if p.is_file()]
-    if any(p.suffix.lower() in TEXT_FILE_SUFFIXES and split_name_of(p.stem) for p in files):
-        return "text-folder"
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    split_files = [p for p in files if p.suffix.lower() in TEXT_FILE_SUFFIXES and split_name_of(p.stem)]
+    if split_files:
+        return "image-table" if names_images(split_files[0]) else "text-folder"
     data_sub = path / "data"
     if data_sub.is_dir() and any(
         p.suffix.lower() in TEXT_FILE_SUFFIXES and split_name_of(p.stem) for p in data_sub.iterdir()
@@ -148,6 +151,48 @@ def _declares_configs(readme: Path) -> bool:
 
 # A hub dataset id: a name, or an owner and a name.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def image_file_column(columns, first_row: dict) -> str | None:
+    """The column of a table that names image files: one of IMAGE_FILE_COLUMNS whose
+    first value is a path with an image suffix."""
+    for column in IMAGE_FILE_COLUMNS:
+        if column in columns:
+            value = first_row.get(column)
+            if isinstance(value, str) and Path(value.strip()).suffix.lower() in IMAGE_SUFFIXES:
+                return column
+    return None
+
+
+def names_images(path: Path) -> bool:
+    """Whether a data file is a table of image files and labels (its header and first row
+    are enough; an unreadable file is left to the reader, which says why)."""
+    import csv
+    import json
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+                first = next(reader, None)
+                return first is not None and image_file_column(reader.fieldnames or [], first) is not None
+        if suffix in (".jsonl", ".json"):
+            with path.open(encoding="utf-8-sig") as handle:
+                line = handle.readline().strip()
+            first = json.loads(line) if line.startswith("{") else None
+            return isinstance(first, dict) and image_file_column(list(first), first) is not None
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.ParquetFile(path).read_row_group(0) if pq.ParquetFile(path).num_row_groups else None
+            if table is None or table.num_rows == 0:
+                return False
+            first = {name: table.column(name)[0].as_py() for name in table.column_names}
+            return image_file_column(table.column_names, first) is not None
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        return False
+    return False
 
 
 def _holds_images(folder: Path) -> bool:

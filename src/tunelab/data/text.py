@@ -256,7 +256,7 @@ def _frame_split(frame, cfg: DataConfig, source: str, table_columns: dict) -> _R
     table_columns.setdefault("notes", notes)
     texts = frame[columns["text"]].tolist()
     pairs = frame[columns["pair"]].tolist() if columns["pair"] else None
-    labels = [None if _is_missing(v) else v for v in frame[columns["label"]].tolist()]
+    labels = [None if is_missing_label(v) else v for v in frame[columns["label"]].tolist()]
     return _RawSplit(texts, labels, [str(i + 1) for i in range(len(frame))], source, pairs)
 
 
@@ -264,7 +264,7 @@ def _frame_split(frame, cfg: DataConfig, source: str, table_columns: dict) -> _R
 MISSING_LABEL_TEXTS = frozenset({"", "nan", "null", "n/a", "#n/a", "<na>"})
 
 
-def _is_missing(value: object) -> bool:
+def is_missing_label(value: object) -> bool:
     if value is None:
         return True
     if isinstance(value, float) and np.isnan(value):
@@ -393,7 +393,7 @@ def read_hf_dataset(dataset_dict, cfg: DataConfig, source: str) -> _RawTable:
         inner = feature.feature if isinstance(feature, Sequence) else feature
         if isinstance(inner, ClassLabel):
             label_names = {str(i): n for i, n in enumerate(inner.names)}
-        labels = [None if _is_missing(v) else v for v in ds[picked["label"]]]
+        labels = [None if is_missing_label(v) else v for v in ds[picked["label"]]]
         # ClassLabel marks a missing label (e.g. GLUE test splits) with -1.
         if isinstance(feature, ClassLabel):
             labels = [None if v == -1 else v for v in labels]

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.errors import TunelabError
+from tunelab.core.errors import DataError, TunelabError
 from tunelab.core.runs import RunDirectory, environment
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
             logger.info("precision: %s (--precision auto on %s)", precision, device.type)
     reset_peak_memory()
     prepared = task.prepare(config)  # data checked and model loaded before --out is touched
+    check_problem(task, prepared.dataset)
     if rank == 0:
         describe_data(prepared.dataset)
     config_yaml = dump_yaml(prepared.config, task.name)
@@ -145,6 +146,15 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
             result = RunResult(run.path, {})
     barrier(world)
     return result
+
+
+def check_problem(task, dataset) -> None:
+    """A task runs the problem kinds it declares; any other stops in one line (a
+    multi-label table of images given to a method that picks one class)."""
+    problem = getattr(dataset, "problem", None)
+    if problem is not None and problem not in task.problems:
+        raise DataError(f"tunelab {task.name} takes {' or '.join(task.problems)} data; {dataset.name} is "
+                        f"{problem}")
 
 
 def check_tracking(tracking) -> None:
