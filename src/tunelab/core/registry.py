@@ -32,6 +32,7 @@ BUILTIN_MODULES = {
     "zeroshot": "tunelab.tasks.zeroshot",
     "clip-finetune": "tunelab.tasks.clip_finetune",
     "baseline": "tunelab.tasks.baseline",
+    "setfit": "tunelab.tasks.setfit",
 }
 
 

@@ -49,7 +49,8 @@ class DatasetSource:
     """A resolved dataset: its format and where to read it (a path or a hub id)."""
 
     spec: str  # as the user gave it
-    format: str  # rt-polarity | tiny-imagenet | image-folder | image-table | text-file | text-folder | hf-disk | hf-repo | hub
+    # rt-polarity | tiny-imagenet | image-folder | image-table | text-file | text-folder | hf-disk | hf-repo | hub
+    format: str
     location: str
     known: KnownDataset | None = None
     config: str | None = None  # a hub dataset's configuration (glue: mrpc, ...)

@@ -351,6 +351,34 @@ def pair_features(extractor, inputs, encoding: str, desc: str, cache: FeatureCac
     return combine_pair(u, v), hit_u and hit_v
 
 
+def graph_outputs(module, tokenizer, inputs, max_length: int, batch_size: int = 64, device="cpu",
+                  precision: str = "fp32", desc: str | None = None) -> np.ndarray:
+    """A module that maps token ids to one array per input (tunelab.models.graphs: pooled
+    vectors, logits), over length-sorted, dynamically padded batches, in the inputs'
+    order, float32; bf16 runs under autocast."""
+    import torch
+
+    from tunelab.core.progress import progress
+
+    ids, types = tokenize_inputs(tokenizer, inputs, max_length)
+    out: np.ndarray | None = None
+    device = torch.device(device) if isinstance(device, str) else device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast, progress(len(ids), desc or "encode", "text") as bar:
+        for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(tokenizer), device, types):
+            values = module(**tensors).float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(ids), *values.shape[1:]), dtype=np.float32)
+            out[batch] = values
+            bar.update(len(batch))
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Unit-length rows (sentence-transformers' Normalize): cosine becomes a dot product."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def combine_pair(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """(u, v, |u - v|, u * v): two texts' vectors as one classifier input."""
     return np.concatenate([u, v, np.abs(u - v), u * v], axis=1)

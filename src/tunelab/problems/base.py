@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from tunelab.core.errors import DataError
+
 
 class Problem:
     """The facts and behaviours of one problem kind (a stateless singleton)."""
@@ -34,6 +36,11 @@ class Problem:
     def strata(self, labels: np.ndarray) -> np.ndarray:
         """What splitting stratifies on."""
         raise NotImplementedError
+
+    def shares_class(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Per row, whether two examples' targets share a class: contrastive pairs (SetFit)
+        are positive where they do."""
+        raise DataError(f"{self.name} targets have no classes to pair examples by")
 
     def target_counts(self, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
         """How one split's targets spread: per class counts, or the numbers' range."""

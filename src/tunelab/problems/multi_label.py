@@ -30,6 +30,9 @@ class MultiLabel(Problem):
         return space, {name: encode_label_sets(sets[name], space, name, source, ids)
                        for name, (_, source, ids) in labels.items()}
 
+    def shares_class(self, first, second):
+        return (np.asarray(first).astype(bool) & np.asarray(second).astype(bool)).any(1)
+
     def strata(self, labels):
         labels = np.asarray(labels)
         return np.where(labels.any(1), labels.argmax(1), -1)  # the first label; rows with none form a group

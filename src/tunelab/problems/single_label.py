@@ -40,6 +40,9 @@ class SingleLabel(Problem):
     def strata(self, labels):
         return np.asarray(labels)
 
+    def shares_class(self, first, second):
+        return np.asarray(first) == np.asarray(second)
+
     def target_counts(self, labels, class_names) -> dict[str, Any]:
         per_class = np.bincount(np.asarray(labels), minlength=len(class_names))
         return {cls: int(c) for cls, c in zip(class_names, per_class)}

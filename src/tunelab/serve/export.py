@@ -211,19 +211,10 @@ def _encode(tokenizer, inputs, max_length: int, rows=None) -> dict[str, np.ndarr
 
 
 def torch_outputs(graph, inputs, batch_size: int = 32) -> np.ndarray:
-    """The graph's output in PyTorch, over length-sorted, dynamically padded batches."""
-    import torch
+    """The graph's output in PyTorch fp32 on the CPU, as the export is checked."""
+    from tunelab.encoders.text import graph_outputs
 
-    from tunelab.encoders.text import pad_token_id, sorted_padded_batches, tokenize_inputs
-
-    ids, types = tokenize_inputs(graph.tokenizer, inputs, graph.max_length)
-    out = None
-    with torch.inference_mode():
-        for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(graph.tokenizer), "cpu", types):
-            values = graph.module(**tensors).float().numpy()
-            out = np.empty((len(ids), *values.shape[1:]), dtype=np.float32) if out is None else out
-            out[batch] = values
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+    return graph_outputs(graph.module, graph.tokenizer, inputs, graph.max_length, batch_size, "cpu")
 
 
 def onnx_outputs(session, tokenizer, inputs, max_length: int, batch_size: int = 32) -> np.ndarray:

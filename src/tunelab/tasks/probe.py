@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from tunelab.scoring.classifiers import (
     predict_scores,
     save_classifier,
 )
+from tunelab.scoring.evaluation import LabelScores, choose_threshold
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
 
 logger = logging.getLogger(__name__)
@@ -84,7 +86,6 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     chosen on validation), every evaluation split scored."""
     from tunelab.encoders.text import pair_features
     from tunelab.models.resolve import count_parameters_from_config
-    from tunelab.scoring.evaluation import LabelScores, choose_threshold
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     extractor, images = prepared.parts["extractor"], prepared.parts["images"]
@@ -114,37 +115,15 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     if all(from_cache.values()):
         logger.info("all features came from the cache; pass --no-cache to recompute them")
 
-    problem, num_classes = dataset.problem, len(dataset.class_names)
     train, validation = dataset.splits["train"], dataset.splits.get("validation")
-    start = time.perf_counter()
-    estimator, tuning = fit_classifier(
-        config.classifier, features["train"], train.labels,
-        features.get("validation") if validation is not None else None,
-        validation.labels if validation is not None else None,
-        seed=config.seed, problem=problem, class_weight=config.data.class_weight,
-        threshold=float(config.data.threshold) if config.data.threshold != "tune" else 0.5,
-    )
-    threshold, threshold_record = 0.5, None
-    if get_problem(problem).tunes_threshold:
-        fitted = predict_scores(estimator, features["validation"], problem, num_classes) \
-            if validation is not None else LabelScores(np.zeros((0, num_classes)))
-        threshold, threshold_record = choose_threshold(fitted, validation.labels if validation is not None
-                                                       else np.zeros((0, num_classes)), config.data.threshold)
-    train_seconds = time.perf_counter() - start
-    save_classifier(estimator, run.path / "model" / "classifier.skops")
+    head = fit_head(config.classifier, config.data, dataset, features, prepared.eval_splits, config.seed,
+                    lambda data: {"file": data.ids} if images else data.inputs.columns())
+    save_classifier(head.estimator, run.path / "model" / "classifier.skops")
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
-        COMMAND, problem, dataset.class_names, label_values=list(dataset.label_space.values), threshold=threshold,
-        feature_dim=int(features["train"].shape[1]), inputs="images" if images else "text"))
-
-    start = time.perf_counter()
-    predictions, score_kind = {}, "score"
-    for split in prepared.eval_splits:
-        data = dataset.splits[split]
-        scores = predict_scores(estimator, features[split], problem, num_classes, threshold)
-        score_kind = scores.kind
-        inputs = {"file": data.ids} if images else data.inputs.columns()
-        predictions[split] = Scored(scores, data.labels, data.ids, inputs)
-    eval_seconds = time.perf_counter() - start
+        COMMAND, dataset.problem, dataset.class_names, label_values=list(dataset.label_space.values),
+        threshold=head.threshold, feature_dim=int(features["train"].shape[1]), inputs="images" if images else "text"))
+    tuning, threshold_record, score_kind = head.tuning, head.threshold_record, head.score_kind
+    train_seconds, eval_seconds, predictions = head.train_seconds, head.eval_seconds, head.predictions
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     parameter, value = ("alpha", 1.0) if config.classifier.kind == "ridge" else ("C", config.classifier.c)
     task = {"classifier": {"kind": config.classifier.kind, "score": score_kind,
@@ -171,6 +150,51 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         labels_seen=len(train) + (len(validation) if validation is not None and (
             tuning is not None or (threshold_record or {}).get("tuned")) else 0),
     )
+
+
+@dataclasses.dataclass
+class FittedHead:
+    estimator: Any
+    tuning: dict | None  # C (or alpha) chosen on validation, with every score
+    threshold: float
+    threshold_record: dict | None  # multi-label: how the threshold was chosen
+    predictions: dict[str, Scored]
+    score_kind: str
+    train_seconds: float
+    eval_seconds: float
+
+
+def fit_head(classifier, data_config, dataset, features: dict, eval_splits, seed: int, inputs_of) -> FittedHead:
+    """A classical head on fixed vectors (a probe's frozen features, SetFit's tuned
+    embeddings): fitted on train (C or alpha chosen on validation where asked), the
+    multi-label threshold chosen as configured, every evaluation split scored.
+    ``inputs_of(split data)`` gives a predictions file's input columns."""
+    problem, num_classes = dataset.problem, len(dataset.class_names)
+    train, validation = dataset.splits["train"], dataset.splits.get("validation")
+    start = time.perf_counter()
+    estimator, tuning = fit_classifier(
+        classifier, features["train"], train.labels,
+        features.get("validation") if validation is not None else None,
+        validation.labels if validation is not None else None,
+        seed=seed, problem=problem, class_weight=data_config.class_weight,
+        threshold=float(data_config.threshold) if data_config.threshold != "tune" else 0.5,
+    )
+    threshold, threshold_record = 0.5, None
+    if get_problem(problem).tunes_threshold:
+        fitted = predict_scores(estimator, features["validation"], problem, num_classes) \
+            if validation is not None else LabelScores(np.zeros((0, num_classes)))
+        threshold, threshold_record = choose_threshold(fitted, validation.labels if validation is not None
+                                                       else np.zeros((0, num_classes)), data_config.threshold)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions, score_kind = {}, "score"
+    for split in eval_splits:
+        data = dataset.splits[split]
+        scores = predict_scores(estimator, features[split], problem, num_classes, threshold)
+        score_kind = scores.kind
+        predictions[split] = Scored(scores, data.labels, data.ids, inputs_of(data))
+    return FittedHead(estimator, tuning, threshold, threshold_record, predictions, score_kind, train_seconds,
+                      time.perf_counter() - start)
 
 
 def load_predictor(run_dir: Path, config: ProbeConfig):
