@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.errors import TunelabError
-from tunelab.core.files import read_json_file, read_predictor, read_yaml_file
+from tunelab.core.files import PREDICTOR_FILE, read_json_file, read_predictor, read_yaml_file
 
 
 @dataclasses.dataclass
@@ -34,8 +34,13 @@ class Predictor:
     def __init__(self, run_dir: str | Path, predict, backend: str = "torch"):
         self.run_dir = Path(run_dir)
         self.backend = backend
-        self.record = read_predictor(self.run_dir)
         self._predict = predict
+        try:
+            self.record = read_predictor(self.run_dir)
+        except TunelabError:
+            if (self.run_dir / "model" / PREDICTOR_FILE).exists():
+                raise  # damaged: say so
+            self.record = {}  # a task of a plugin may keep its own files; it predicts all the same
 
     @property
     def task(self) -> str:
