@@ -400,8 +400,12 @@ class RunDirectory:
     # ------------------------------------------------------------------ plain files
 
     def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
-        atomic_write_bytes(target, text.encode("utf-8"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
         return target
 
     def write_json(self, name: str, value: Any) -> Path:

@@ -26,6 +26,9 @@ class KnownDataset:
     modality: str  # text | image
     local_names: tuple[str, ...]  # folders tried under TUNELAB_DATA_DIR, in order
     hub_id: str
+    # What each label means in words, where the label is a code (zero-shot describes the
+    # classes with these unless told otherwise).
+    label_text: dict | None = None
 
 
 KNOWN_DATASETS = {
@@ -34,6 +37,7 @@ KNOWN_DATASETS = {
         "text",
         ("rotten_tomatoes/rt-polaritydata", "rt-polaritydata", "rotten_tomatoes"),
         "cornell-movie-review-data/rotten_tomatoes",
+        {"neg": "negative", "pos": "positive", "0": "negative", "1": "positive"},
     ),
     "tiny_imagenet": KnownDataset(
         "tiny_imagenet",

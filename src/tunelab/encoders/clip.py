@@ -18,18 +18,23 @@ logger = logging.getLogger(__name__)
 SIMPLE_TEMPLATES = ["a photo of a {}"]
 
 
-def load_templates(spec: str) -> list[str]:
-    """``simple`` (the reference's prompt), ``ensemble`` (CLIP's 80 ImageNet prompts,
-    Radford et al. 2021), or a text file with one template per line, each holding ``{}``."""
+def load_templates(spec: str, simple: Sequence[str] = SIMPLE_TEMPLATES) -> list[str]:
+    """``simple`` (the reference's prompt, or the caller's own), ``ensemble`` (CLIP's 80
+    ImageNet prompts, Radford et al. 2021), a text file with one template per line, or
+    templates given inline, separated by ``|``; each holds ``{}``."""
     if spec == "simple":
-        return list(SIMPLE_TEMPLATES)
+        return list(simple)
     if spec == "ensemble":
         text = (resources.files("tunelab.templates") / "imagenet-80.txt").read_text(encoding="utf-8")
     else:
         path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"--templates {spec!r}: use simple, ensemble, or a file of templates")
-        text = path.read_text(encoding="utf-8")
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+        elif "{" not in spec and ("/" in spec or path.suffix):
+            raise ConfigError(f"--templates {spec!r}: no such file; use simple, ensemble, a file of templates, or "
+                              "templates holding {} (several separated by |)")
+        else:
+            text = "\n".join(part.strip() for part in spec.split("|"))
     templates = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:

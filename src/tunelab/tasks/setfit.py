@@ -137,6 +137,8 @@ def prepare(config: SetfitConfig) -> Prepared:
                         "(fine-tune pairs with tunelab finetune)")
     check_problem(TASK, dataset)  # before the head's check, which would name a regression head
     problem = get_problem(dataset.problem)
+    if config.classifier.kind is None:
+        config = dataclasses.replace(config, classifier=dataclasses.replace(config.classifier, kind="logreg"))
     if config.classifier.kind not in problem.classifiers:
         raise ConfigError(f"--classifier {config.classifier.kind} does not fit {problem.name} data; choose one of "
                           f"{', '.join(problem.classifiers)}")

@@ -33,9 +33,20 @@ COMMAND = "zeroshot"
 class ZeroshotConfig(TaskConfig):
     model: str = setting("openai/clip-vit-base-patch16", "a CLIP hub id or local directory", flag="--model",
                          metavar="M")
-    templates: str = setting("simple", "prompts: simple ('a photo of a {}'), ensemble (CLIP's 80 ImageNet "
-                             "prompts, averaged per class), or a file of templates", flag="--templates",
-                             metavar="simple|ensemble|FILE")
+    templates: str = setting("simple", "prompts: simple ('a photo of a {}'; text: the description alone, or "
+                             "'This example is {}.' for nli), ensemble (CLIP's 80 ImageNet prompts, averaged per "
+                             "class), a file of templates, or templates holding {} separated by |",
+                             flag="--templates", metavar="simple|ensemble|FILE|TEMPLATE")
+    method: str = setting("similarity", "text: similarity (cosine of a sentence encoder's embeddings of the text "
+                          "and each class description) or nli (an NLI cross-encoder's entailment of 'This example "
+                          "is {}.')", flag="--zeroshot-method", choices=("similarity", "nli"))
+    label_names: list[str] | None = setting(None, "text: one name per class, in class order (names integer "
+                                            "labels; default: the labels, or the dataset's meaning of them)",
+                                            flag="--label-names", metavar="A,B,...")
+    label_descriptions: str | None = setting(None, "text: a YAML or JSON file, label -> a description or a list "
+                                             "of them (averaged)", flag="--label-descriptions", metavar="FILE")
+    calibrate: bool = setting(False, "text: subtract each class's mean score over the training texts (their "
+                              "labels unused)", flag="--calibrate", const=True)
     images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)  # sentence pairs only
 
@@ -70,6 +81,10 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
 
 
 def describe(metrics: dict) -> str:
+    text = metrics.get("task", {}).get("text")
+    if text:
+        return f"text {text.get('method', '?')}, {len(text.get('templates', []))} template(s)" + \
+            (", calibrated" if text.get("calibration") else "")
     if "pairs" in metrics.get("task", {}):
         return "cosine similarity of mean-pooled embeddings"
     templates = metrics.get("task", {}).get("templates", {})
@@ -89,6 +104,9 @@ def prepare(config: ZeroshotConfig) -> Prepared:
     templates = load_templates(config.templates)
     # Zero-shot needs no training data: a flat class folder is scored whole as "test".
     dataset = load_image_dataset(config.data, seed=config.seed, flat_split="test")
+    if not get_problem(dataset.problem).exclusive_classes:
+        raise DataError(f"{config.data.dataset} holds label sets; image zero-shot picks one class per image (fit a "
+                        "probe on the CLIP features for label sets)")
     eval_splits = dataset.eval_split_names(config.data.splits)
     if not eval_splits:
         raise DataError(f"{config.data.dataset} has only a train split; score it with --splits train")
@@ -107,8 +125,9 @@ def prepare_pairs(config: ZeroshotConfig, source) -> Prepared:
 
     dataset = load_text_dataset(config.data, seed=config.seed)
     if dataset.text_pair_column is None:
-        raise DataError(f"{config.data.dataset} holds single texts; zero-shot scores images against class prompts, "
-                        "or sentence pairs by similarity (name the second text with --text-pair-column)")
+        from tunelab.tasks.text_zeroshot import prepare_texts
+
+        return prepare_texts(config, source, dataset)
     kind = get_problem(dataset.problem)
     if kind.has_classes and not (kind.exclusive_classes and len(dataset.class_names) == 2):
         raise DataError(f"zero-shot pair similarity predicts a number or one of two classes; this {dataset.problem} "
@@ -187,6 +206,10 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     (sharded over processes under torchrun, gathered on rank 0)."""
     from tunelab.core.distributed import gather_to_zero, shard
 
+    if "text" in prepared.parts:
+        from tunelab.tasks.text_zeroshot import execute_texts
+
+        return execute_texts(prepared, context, COMMAND)
     if "extractor" in prepared.parts:
         return execute_pairs(prepared, context)
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
@@ -246,6 +269,10 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
     from tunelab.scoring.predictors import image_predictor
 
     saved = read_predictor(run_dir)
+    if str(saved.get("kind", "")).startswith("text-"):
+        from tunelab.tasks.text_zeroshot import text_predictor
+
+        return text_predictor(run_dir, config, recorded_model(run_dir, config.model))
     if saved.get("kind") == "pair-similarity" or "slope" in saved or "threshold" in saved:  # old runs: no kind
         return pair_predictor(run_dir, config)
     model, _, processor = load_clip(recorded_model(run_dir, config.model))
@@ -255,11 +282,14 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
 
 TASK = register_task(Task(
     name=COMMAND, config_class=ZeroshotConfig, prepare=prepare, execute=execute,
-    summary="zero-shot: CLIP prompts against images, or sentence-pair similarity",
+    summary="zero-shot: CLIP prompts against images, texts against class descriptions, sentence-pair similarity",
     # --batch-size is the images' (images.batch_size); sentence pairs take --set features.batch_size.
     unused_settings=("data.class_weight", "data.pair_encoding", "features.batch_size"),
-    description="Zero-shot, no training: CLIP class prompts against images; or, for sentence pairs, the cosine "
-                "similarity of a text encoder's mean-pooled embeddings (scaled or thresholded on validation).",
+    description="Zero-shot, no training: CLIP class prompts against images; texts against class descriptions "
+                "(a sentence encoder's cosine, or an NLI cross-encoder's entailment); or, for sentence pairs, the "
+                "cosine similarity of a text encoder's mean-pooled embeddings (scaled or thresholded on "
+                "validation).",
     load_predictor=load_predictor, describe=describe,
-    problems=("single-label", "regression"), inputs=(("images", "clip"), ("pairs", "text-encoder")),
+    problems=("single-label", "multi-label", "regression"),
+    inputs=(("images", "clip"), ("pairs", "text-encoder"), ("text", "text-encoder")),
 ))

@@ -1,0 +1,325 @@
+"""Zero-shot classification of texts: no labelled example is learnt from.
+
+- ``similarity`` (the default): each text's embedding (a sentence encoder, mean
+  pooled) against each class's description, by cosine. A class is described by its
+  name (or its meaning where the dataset defines one: Rotten Tomatoes' ``neg`` is
+  "negative"), by ``--label-names``, or by ``--label-descriptions FILE``; ``--templates``
+  ("a {} review") wraps each description, and a class's several descriptions and
+  templates are averaged, as CLIP's prompt ensembles are.
+- ``nli``: a cross-encoder trained on natural language inference scores the
+  hypothesis "This example is {}." against each text; the entailment logits compete
+  across classes (one class per text), or give each label its own entailment
+  probability against contradiction (label sets), as transformers' zero-shot pipeline
+  does.
+
+``--calibrate`` subtracts each class's mean score over the (unlabelled) training texts,
+so that a class whose description sits close to every text stops winning by default
+("calibrate before use", Zhao et al., 2021). Label sets take the labels scoring at or
+above a threshold chosen on validation (or ``--threshold``).
+
+The zeroshot task (tunelab.tasks.zeroshot) calls this module for single texts; it holds
+what text zero-shot does, the task holds the command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.core.errors import ConfigError, DataError, ModelError
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor, read_yaml_file
+from tunelab.problems import get_problem
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("similarity", "nli")
+SIMPLE = {"similarity": ("{}",), "nli": ("This example is {}.",)}
+EMBEDDINGS_FILE = "label_embeddings.safetensors"
+
+
+def class_descriptions(class_names: list[str], label_names: list[str] | None, descriptions_file: str | None,
+                       dataset: str) -> dict[str, list[str]]:
+    """Each class's descriptions: the file's, else --label-names, else the dataset's own
+    meaning of its labels, else the class name. Bad input stops in one line."""
+    from tunelab.data.sources import KNOWN_DATASETS
+
+    if label_names is not None:
+        if len(label_names) != len(class_names):
+            raise ConfigError(f"--label-names gives {len(label_names)} names for {len(class_names)} classes "
+                              f"({', '.join(class_names)}); give one per class, in that order")
+        if any(not name.strip() for name in label_names):
+            raise ConfigError("--label-names holds an empty name")
+        described = {c: [n.strip()] for c, n in zip(class_names, label_names)}
+    else:
+        known = KNOWN_DATASETS.get(dataset)
+        meaning = (known.label_text if known is not None else None) or {}
+        described = {c: [meaning.get(c, c)] for c in class_names}
+    if descriptions_file is None:
+        return described
+    path = Path(descriptions_file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--label-descriptions {descriptions_file}: file not found")
+    values = read_json_file(path) if path.suffix.lower() == ".json" else read_yaml_file(path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: give a mapping of label -> description (or a list of descriptions)")
+    values = {str(k): v for k, v in values.items()}
+    missing = [c for c in class_names if c not in values]
+    if missing:
+        raise ConfigError(f"{path} describes no {', '.join(repr(m) for m in missing[:5])}: describe every class "
+                          f"({', '.join(class_names)})")
+    unknown = [k for k in values if k not in class_names]
+    if unknown:
+        raise ConfigError(f"{path} describes {', '.join(repr(u) for u in unknown[:5])}, which the data does not "
+                          f"have; classes: {', '.join(class_names)}")
+    for name in class_names:
+        texts = values[name] if isinstance(values[name], list) else [values[name]]
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ConfigError(f"{path}: the description of {name!r} must be a text or a list of texts")
+        described[name] = [t.strip() for t in texts]
+    return described
+
+
+def prepare_texts(config, source, dataset) -> Prepared:
+    """Single texts (``dataset`` read and checked): the descriptions and templates
+    resolved, then the encoder (similarity) or the NLI cross-encoder loaded."""
+    from tunelab.data.text import resolved_data_config
+    from tunelab.encoders.clip import load_templates
+
+    problem = get_problem(dataset.problem)
+    if not problem.has_classes:
+        raise DataError(f"{config.data.dataset} holds numbers; text zero-shot picks classes (score sentence pairs "
+                        "by similarity with --text-pair-column)")
+    if config.method not in METHODS:
+        raise ConfigError(f"--zeroshot-method {config.method}: choose {' or '.join(METHODS)}")
+    if config.templates == "ensemble":
+        raise ConfigError("--templates ensemble holds CLIP's photo prompts; for text give templates holding {} "
+                          "('a {} review', several separated by |) or a file of them")
+    templates = load_templates(config.templates, SIMPLE[config.method])
+    descriptions = class_descriptions(dataset.class_names, config.label_names, config.label_descriptions,
+                                      config.data.dataset)
+    eval_splits = dataset.eval_split_names(config.data.splits)
+    if config.calibrate and "train" not in dataset.splits:
+        raise DataError("--calibrate centres the scores on the training texts (their labels unused), and there "
+                        "is no train split")
+    if not problem.exclusive_classes and "validation" not in dataset.splits and config.data.threshold in ("0.5",
+                                                                                                       "tune"):
+        raise DataError("label sets take the labels above a threshold chosen on validation, and there is none; "
+                        "give --threshold")
+    config = dataclasses.replace(config, data=resolved_data_config(config.data, dataset, "bi"),
+                                 features=dataclasses.replace(config.features,
+                                                              pooling=config.features.pooling or "mean"))
+    parts = {"templates": templates, "descriptions": descriptions}
+    if config.method == "nli":
+        parts.update(load_nli(source, config))
+    else:
+        from tunelab.encoders.text import TextFeatureExtractor
+
+        parts["extractor"] = TextFeatureExtractor(source, config.features, config.runtime)
+        parts["extractor"].load()
+    return Prepared(config, source, dataset, eval_splits, {"text": parts})
+
+
+def load_nli(source, config) -> dict:
+    """An NLI cross-encoder, with the indices of its entailment and contradiction outputs."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.core.runtime import resolve_device, resolve_dtype
+    from tunelab.models.resolve import hub_kwargs, load_pretrained, load_tokenizer
+
+    dtype = resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
+    model = load_pretrained(AutoModelForSequenceClassification, source.location, f"NLI model '{source.name}'",
+                            dtype=dtype, **hub_kwargs(source))
+    labels = {int(i): str(n).lower() for i, n in (model.config.id2label or {}).items()}
+    entail = [i for i, n in labels.items() if n.startswith("entail")]
+    contradict = [i for i, n in labels.items() if n.startswith("contradict")]
+    if not entail:
+        raise ModelError(f"'{source.name}' is not an NLI model: its outputs ({', '.join(labels.values())}) name no "
+                         "entailment; --zeroshot-method nli needs one (e.g. cross-encoder/nli-MiniLM2-L6-H768)")
+    return {"model": model.eval(), "tokenizer": load_tokenizer(source), "entailment": entail[0],
+            "contradiction": contradict[0] if contradict else None}
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def label_embeddings(encode, descriptions: dict[str, list[str]], templates: list[str]) -> np.ndarray:
+    """One unit vector per class: every template around every description, embedded,
+    normalised, averaged and normalised again."""
+    from tunelab.encoders.text import normalize_rows
+
+    names = list(descriptions)
+    prompts = [t.replace("{}", d) for n in names for d in descriptions[n] for t in templates]
+    vectors = normalize_rows(encode(prompts))
+    out, start = [], 0
+    for name in names:
+        count = len(descriptions[name]) * len(templates)
+        out.append(vectors[start:start + count].mean(0))
+        start += count
+    return normalize_rows(np.stack(out))
+
+
+def nli_logits(model, tokenizer, texts: list[str], hypotheses: dict[str, list[str]], config, device,
+               desc: str) -> np.ndarray:
+    """(texts, classes, NLI outputs): each text against each class's hypotheses (one per
+    template and description), averaged per class."""
+    from tunelab.data.text import TextInputs
+    from tunelab.encoders.text import graph_outputs
+    from tunelab.models.graphs import ClassifierLogits
+
+    flat = [h for group in hypotheses.values() for h in group]
+    pairs = TextInputs([t for t in texts for _ in flat], [h for _ in texts for h in flat])
+    max_length = min(config.features.max_length, getattr(tokenizer, "model_max_length", 512) or 512)
+    logits = graph_outputs(ClassifierLogits(model), tokenizer, pairs, max_length, config.features.batch_size,
+                           device, config.runtime.precision, desc).reshape(len(texts), len(flat), -1)
+    bounds = np.cumsum([0, *map(len, hypotheses.values())])
+    return np.stack([logits[:, a:b].mean(1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+
+
+def entailment_scores(logits: np.ndarray, entailment: int, contradiction: int | None, exclusive: bool) -> np.ndarray:
+    """One class per text: entailment logits across classes. Label sets: each label's
+    entailment against contradiction (or against all outputs), a probability."""
+    if exclusive:
+        return logits[:, :, entailment]
+    if contradiction is not None:
+        logits = logits[:, :, [contradiction, entailment]]
+        entailment = 1
+    shifted = logits - logits.max(-1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    return probabilities[:, :, entailment]
+
+
+def scores_from(raw: np.ndarray, exclusive: bool, kind: str, threshold: float):
+    """Per-class scores as evaluation takes them: softmax of NLI logits or cosine
+    similarities over classes (one class per text); per-label scores with a threshold."""
+    from tunelab.scoring.evaluation import ClassScores, LabelScores
+
+    if not exclusive:
+        return LabelScores(raw, threshold, kind)
+    if kind == "probability":  # NLI: entailment logits compete across the classes
+        shifted = raw - raw.max(1, keepdims=True)
+        raw = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    return ClassScores.from_full(raw, kind)
+
+
+def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outcome | None:
+    """Scores of every needed split against the classes; offsets from the training texts
+    with --calibrate; a label-set threshold chosen on validation."""
+    from tunelab.encoders.text import FeatureCache, cached_features, normalize_rows
+    from tunelab.models.resolve import count_parameters_from_config
+    from tunelab.scoring.evaluation import LabelScores, choose_threshold
+
+    config, dataset, run = prepared.config, prepared.dataset, context.run
+    parts = prepared.parts["text"]
+    problem = get_problem(dataset.problem)
+    exclusive = problem.exclusive_classes
+    needs = list(dict.fromkeys([*(["train"] if config.calibrate else []),
+                                *(["validation"] if not exclusive and "validation" in dataset.splits else []),
+                                *prepared.eval_splits]))
+    if context.rank != 0:  # one process scores (zero-shot has no training to share)
+        return None
+    start = time.perf_counter()
+    raw, record = {}, {}
+    if config.method == "nli":
+        hypotheses = {c: [t.replace("{}", d) for d in parts["descriptions"][c] for t in parts["templates"]]
+                      for c in dataset.class_names}
+        model = parts["model"].to(context.device)
+        for split in needs:
+            logits = nli_logits(model, parts["tokenizer"], dataset.splits[split].texts, hypotheses, config,
+                                context.device, f"{split} texts x {sum(map(len, hypotheses.values()))} hypotheses")
+            raw[split] = entailment_scores(logits, parts["entailment"], parts["contradiction"], exclusive)
+        kind = "probability"
+        record = {"hypotheses": hypotheses, "entailment": parts["entailment"],
+                  "contradiction": parts["contradiction"]}
+        params = count_parameters_from_config(prepared.source)
+    else:
+        extractor = parts["extractor"]
+        embeddings = label_embeddings(lambda texts: extractor.encode(texts, "class descriptions"),
+                                      parts["descriptions"], parts["templates"])
+        cache = FeatureCache() if config.features.cache else None
+        for split in needs:
+            vectors, _ = cached_features(extractor, dataset.splits[split].texts, f"{split} features", cache)
+            raw[split] = normalize_rows(vectors) @ embeddings.T
+        kind = "similarity"
+        from safetensors.numpy import save
+
+        run.write_bytes(f"model/{EMBEDDINGS_FILE}", save({"embeddings": np.ascontiguousarray(embeddings,
+                                                                                          dtype=np.float32)}))
+        params = count_parameters_from_config(prepared.source)
+    offsets = np.zeros(len(dataset.class_names), dtype=np.float64)
+    if config.calibrate:
+        offsets = raw["train"].mean(0)
+        raw = {split: values - offsets for split, values in raw.items()}
+        record["calibration"] = {"texts": len(dataset.splits["train"]), "split": "train", "labels_used": False,
+                                 "offsets": dict(zip(dataset.class_names, map(float, offsets)))}
+    threshold, threshold_record = 0.5, None
+    if not exclusive:
+        explicit = config.data.threshold not in ("0.5", "tune")
+        if explicit:
+            threshold, threshold_record = float(config.data.threshold), {"value": float(config.data.threshold),
+                                                                         "tuned": False}
+        else:  # similarities have no natural threshold: chosen on validation
+            tuning_kind = "probability" if kind == "probability" and config.data.threshold == "tune" else "score"
+            threshold, threshold_record = choose_threshold(
+                LabelScores(raw["validation"], 0.5, tuning_kind), dataset.splits["validation"].labels, "tune")
+    predictions = {split: Scored(scores_from(raw[split], exclusive, kind, threshold), dataset.splits[split].labels,
+                                 dataset.splits[split].ids, dataset.splits[split].inputs.columns())
+                   for split in prepared.eval_splits}
+    seconds = time.perf_counter() - start
+    run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
+        command, dataset.problem, dataset.class_names, kind=f"text-{config.method}", threshold=threshold,
+        offsets=[float(o) for o in offsets], **{k: v for k, v in record.items() if k != "calibration"}))
+    scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
+    task = {"text": {"method": config.method, "templates": parts["templates"],
+                     "descriptions": parts["descriptions"], "score": kind, **record}}
+    if threshold_record is not None:
+        task["threshold"] = threshold_record
+    return Outcome(
+        scored=predictions, params={"total": params, "trainable": 0},
+        seconds={"train": 0.0, "eval": seconds},
+        throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(scored, seconds)},
+        task=task,
+        labels_seen=len(dataset.splits["validation"]) if threshold_record and threshold_record.get("tuned") else 0,
+    )
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def text_predictor(run_dir: Path, config, source):
+    """New texts scored as the run scored its splits: the saved class embeddings (or
+    hypotheses), offsets and threshold."""
+    from tunelab.core.files import read_safetensors
+    from tunelab.core.runtime import resolve_device
+    from tunelab.encoders.text import TextFeatureExtractor, normalize_rows
+    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+
+    saved = read_predictor(run_dir)
+    names, exclusive = saved["class_names"], get_problem(saved.get("problem")).exclusive_classes
+    offsets = np.asarray(saved.get("offsets") or np.zeros(len(names)))
+    threshold = saved.get("threshold", 0.5)
+    if saved.get("kind") == "text-nli":
+        parts = load_nli(source, config)
+        device = resolve_device(config.runtime.device)
+        model = parts["model"].to(device)
+
+        def raw_scores(texts):
+            logits = nli_logits(model, parts["tokenizer"], texts, saved["hypotheses"], config, device, "texts")
+            return entailment_scores(logits, saved["entailment"], saved["contradiction"], exclusive), "probability"
+    else:
+        embeddings = read_safetensors(run_dir / "model" / EMBEDDINGS_FILE)["embeddings"]
+        extractor = TextFeatureExtractor(source, config.features, config.runtime)
+
+        def raw_scores(texts):
+            return normalize_rows(extractor.encode(texts)) @ embeddings.T, "similarity"
+
+    def predict(inputs) -> list:
+        inputs = as_text_inputs(inputs)
+        raw, kind = raw_scores(inputs.texts)
+        return predictions_from(inputs, scores_from(raw - offsets, exclusive, kind, threshold), names)
+
+    return predict
