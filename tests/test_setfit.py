@@ -32,6 +32,8 @@ def test_pairs_are_balanced_cycled_and_labelled_by_shared_class():
     assert all(np.array_equal(a, b) for a, b in zip((first, second, targets), again))
     _, _, fixed = contrastive_pairs(labels, get_problem("single-label"), 20, 50, np.random.default_rng(0))
     assert len(fixed) == 50 and fixed.sum() == 25
+    _, _, capped = contrastive_pairs(labels, get_problem("single-label"), 20, None, np.random.default_rng(0), 100)
+    assert len(capped) == 100 and capped.sum() == 50
 
 
 def test_multi_label_pairs_share_any_label():

@@ -155,3 +155,32 @@ def test_descriptions_missing_a_label_stop(tiny_bert_dir, topics, tmp_path, caps
                  str(file)]) == 2
     err = capsys.readouterr().err.strip()
     assert "describes no 'science'" in err and len(err.splitlines()) == 1
+
+
+def test_zero_shot_is_the_zero_label_point_of_the_learning_curves(tiny_bert_dir, tmp_path):
+    import re
+
+    import yaml
+
+    data = write_topic_splits(tmp_path / "topics", 30, 6, 30)
+    study = {"name": "low", "baseline": "majority", "matrix": {"seed": [0, 1]},
+             "steps": [{"name": "majority", "command": "baseline", "kind": "majority",
+                        "data": {"dataset": str(data)}, "matrix": {"seed": [0]}},
+                       {"name": "tfidf", "command": "baseline", "kind": "tfidf", "data": {"dataset": str(data)},
+                        "matrix": {"data.shots": [1, 8]}},
+                       {"name": "zeroshot", "command": "zeroshot", "model": str(tiny_bert_dir),
+                        "data": {"dataset": str(data)}, "matrix": {"seed": [0], "data.shots": [None]}}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert re.search(r"zeroshot learns from no label: accuracy \d\.\d{4}, drawn as the dashed line at 0 labels",
+                     text)
+    lines = re.findall(r".*tfidf (?:overtakes|does not overtake) zeroshot.*", text)
+    assert len(lines) == 1, text
+    if "overtakes" in lines[0]:
+        assert re.search(r"at (1|8) \([+-]\d\.\d{4}, significant", lines[0]), lines[0]
+    assert not re.search(r"curves of .*zeroshot", text)  # a reference, not a curve
+    assert (tmp_path / "out" / "report_files" / "learning-curves.png").is_file()
+    zeroshot_runs = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("zeroshot")]
+    assert len(zeroshot_runs) == 1 and metrics_of(zeroshot_runs[0])["data"]["labels_seen"] == 0

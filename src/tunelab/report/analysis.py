@@ -335,7 +335,7 @@ class Claim:
     b: Group
     split: str
     metric: str
-    purpose: str  # floor | runner-up | crossover
+    purpose: str  # floor | runner-up | crossover | zero-shot
     result: PairedTest | str
 
 
@@ -350,10 +350,11 @@ def correct(claims: list[Claim]) -> None:
 
 
 def learning_curves(groups: list[Group]) -> dict[str, list[tuple[float, Group]]]:
-    """method -> [(size, group)] for groups a size matrix made, sorted by size."""
+    """method -> [(size, group)] for groups a size matrix made, sorted by size. Methods
+    that learn from no label (zero-shot) are references, not curves."""
     curves: dict[str, list[tuple[float, Group]]] = {}
     for group in groups:
-        if group.size_key is None or not group.values():
+        if group.size_key is None or not group.values() or group.labels_seen() == 0:
             continue
         size = group.size if group.size is not None else _full_size(group)
         curves.setdefault(group.method, []).append((float(size), group))
@@ -367,6 +368,12 @@ def _full_size(group: Group) -> float:
     train = data.get("sizes", {}).get("train", 1)
     classes = max(len(data.get("class_names", [])), 1)
     return train / classes if group.size_key == "data.shots" else train
+
+
+def zero_label_references(groups: list[Group]) -> list[Group]:
+    """Groups that learnt from no label at all (zero-shot): the point at 0 labels and the
+    level every learning curve is measured against."""
+    return [g for g in groups if g.labels_seen() == 0 and g.values()]
 
 
 def crossover_candidates(curves: dict[str, list[tuple[float, Group]]]) -> list[tuple[Group, Group, float, float]]:

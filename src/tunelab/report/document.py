@@ -34,9 +34,10 @@ from tunelab.report.analysis import (
     learning_curves,
     pareto_front,
     reliability,
+    zero_label_references,
 )
 from tunelab.scoring.metrics import below_majority, headline_metric
-from tunelab.scoring.stats import PairedTest, correlation_interval, seed_summary, wilson_interval
+from tunelab.scoring.stats import PairedTest, better, correlation_interval, seed_summary, wilson_interval
 
 SEED_METRICS = ("accuracy", "f1_macro", "balanced_accuracy", "top5_accuracy", "ece", "f1_micro", "f1_samples",
                 "subset_accuracy", "mean_average_precision", "spearman", "pearson", "mse")
@@ -395,8 +396,39 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
                           compare(ahead, behind, family.split, family.metric, read))
             claim.size, claim.previous = size, previous  # type: ignore[attr-defined]
             claims.append(claim)
+        # Every size of every curve against each zero-shot reference: where a method
+        # overtakes zero-shot is the smallest size whose test holds after correction.
+        for reference in zero_label_references(family.groups):
+            for points in curves.values():
+                for size, group in points:
+                    claim = Claim(group, reference, family.split, family.metric, "zero-shot",
+                                  compare(group, reference, family.split, family.metric, read))
+                    claim.size = size  # type: ignore[attr-defined]
+                    claims.append(claim)
     correct(claims)
     return Findings(fams, floors, chosen, claims)
+
+
+def _zero_shot_lines(doc: Document, findings: Findings, curves: dict) -> None:
+    """Where each learning curve overtakes each zero-shot reference: the smallest size at
+    which it is ahead and the paired test holds after Holm's correction."""
+    against = [c for c in findings.claims if c.purpose == "zero-shot"]
+    for reference in {id(c.b): c.b for c in against}.values():
+        level = seed_summary(reference.values(), reference.metric())["mean"]
+        doc.paragraph(f"{reference.method} learns from no label: {reference.metric()} {level:.4f}, drawn as the "
+                      "dashed line at 0 labels.")
+        for method in curves:
+            claims = sorted((c for c in against if c.b is reference and c.a.method == method),
+                            key=lambda c: c.size)  # type: ignore[attr-defined]
+            ahead = [c for c in claims if isinstance(c.result, PairedTest) and c.result.significant
+                     and better(c.metric, c.result.delta, 0.0)]
+            if ahead:
+                first = ahead[0]
+                doc.paragraph(f"{method} overtakes {reference.method} at {first.size:g} "  # type: ignore[attr-defined]
+                              f"({first.result.delta:+.4f}, {_verdict(first.result)}).")
+            elif claims:
+                doc.paragraph(f"{method} does not overtake {reference.method} at any size tried (no difference "
+                              "in its favour holds after correction).")
 
 
 def _verdict(result: PairedTest | str) -> str:
@@ -706,6 +738,15 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
             summaries = [seed_summary(g.values(), g.metric()) for _, g in points]
             ax.plot(xs, [s["mean"] for s in summaries], marker="o", label=method)
             ax.fill_between(xs, [s["min"] for s in summaries], [s["max"] for s in summaries], alpha=0.2)
+        references = zero_label_references(groups)
+        smallest = min(x for points in curves.values() for x, _ in points)
+        for index, reference in enumerate(references):
+            level = seed_summary(reference.values(), reference.metric())["mean"]
+            colour = f"C{(len(curves) + index) % 10}"
+            ax.axhline(level, linestyle="--", color=colour, linewidth=1, label=f"{reference.method} (0 labels)")
+            ax.plot([smallest / 2], [level], marker="s", color=colour)
+            ax.annotate("0", (smallest / 2, level), textcoords="offset points", xytext=(0, -12), ha="center",
+                        fontsize=7)
         ax.set_xscale("log")
         size_key = next(g.size_key for g in groups if g.size_key)
         ax.set_xlabel("shots per class" if size_key == "data.shots" else "training examples")
@@ -724,6 +765,7 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
                               "overtakes the other there.")
         if not crossings:
             doc.paragraph("No curve crosses another over the sizes tried.")
+        _zero_shot_lines(doc, findings, curves)
 
     costed = [g for g in groups if g.values()]
     if len(costed) > 1:

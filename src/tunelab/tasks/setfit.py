@@ -48,11 +48,14 @@ class PairSamplingConfig:
                                   "num_iterations)", flag="--num-iterations", metavar="N")
     num_pairs: int | None = setting(None, "draw this many pairs in all instead (half positive, half negative)",
                                     flag="--num-pairs", metavar="N")
+    max_pairs: int | None = setting(None, "at most this many pairs (caps num_iterations on larger data: a fixed "
+                                    "training budget across a learning curve)", flag="--max-pairs", metavar="N")
 
     def __post_init__(self) -> None:
         check_positive("pairs.num_iterations", self.num_iterations)
-        if self.num_pairs is not None:
-            check_positive("pairs.num_pairs", self.num_pairs)
+        for key in ("num_pairs", "max_pairs"):
+            if getattr(self, key) is not None:
+                check_positive(f"pairs.{key}", getattr(self, key))
 
 
 def _setfit_train() -> TrainConfig:
@@ -81,10 +84,12 @@ class SetfitConfig(TaskConfig):
 
 
 def contrastive_pairs(labels: np.ndarray, problem, iterations: int, num_pairs: int | None,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      rng: np.random.Generator, max_pairs: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first rows, second rows, targets): every unordered pair of examples (an example
     with itself included), shuffled; positives (sharing a class) and negatives each
-    cycled to ``iterations`` per example (or half of ``num_pairs``), interleaved."""
+    cycled to ``iterations`` per example (or half of ``num_pairs``; at most half of
+    ``max_pairs``), interleaved."""
     n = len(labels)
     first, second = np.triu_indices(n, 0)
     order = rng.permutation(len(first))
@@ -95,6 +100,8 @@ def contrastive_pairs(labels: np.ndarray, problem, iterations: int, num_pairs: i
         raise DataError(f"SetFit draws pairs of examples with shared and with different classes; the training "
                         f"examples have no {kind} classes")
     per_side = num_pairs // 2 if num_pairs is not None else iterations * n
+    if max_pairs is not None:
+        per_side = min(per_side, max_pairs // 2)
     per_side = max(per_side, 1)
     pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
     pos, neg = np.resize(pos, per_side), np.resize(neg, per_side)  # cycled, as SetFit does
@@ -169,7 +176,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     train = dataset.splits["train"]
     problem = get_problem(dataset.problem)
     first, second, targets = contrastive_pairs(train.labels, problem, config.pairs.num_iterations,
-                                               config.pairs.num_pairs, np.random.default_rng(config.seed))
+                                               config.pairs.num_pairs, np.random.default_rng(config.seed),
+                                               config.pairs.max_pairs)
     pairs = PairData({"train": TextSplit([train.texts[i] for i in first], targets,
                                          [f"{train.ids[i]}~{train.ids[j]}" for i, j in zip(first, second)],
                                          [train.texts[j] for j in second])})
@@ -211,6 +219,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     task = {"method": config.train.method, "training": training,
             "pairs": {"count": len(targets), "positive": int(targets.sum()),
                       "num_iterations": None if config.pairs.num_pairs else config.pairs.num_iterations,
+                      "max_pairs": config.pairs.max_pairs,
                       "loss": "cosine similarity (MSE)"},
             "classifier": {"kind": config.classifier.kind, "score": head.score_kind,
                            "C": head.tuning["chosen"] if head.tuning else config.classifier.c, "tuning": head.tuning}}
