@@ -11,7 +11,7 @@ run then has what every tunelab training run has (bf16, LoRA, tracking, torchrun
 seeded length-grouped batches with dynamic padding, one run directory), and the pairs
 are drawn as SetFit 1.x draws them (every unordered pair of training examples,
 shuffled, positives and negatives each cycled to ``num_iterations`` per example and
-interleaved). ``benchmarks/setfit.py`` runs the package's own trainer beside it.
+interleaved). ``benchmarks/setfit_vs_package.py`` runs the package's own trainer beside it.
 """
 
 from __future__ import annotations

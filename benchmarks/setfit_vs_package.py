@@ -2,7 +2,7 @@
 the same few labelled Rotten Tomatoes examples, the same seeds and the same settings
 (batch 16, 20 iterations, one epoch, logistic regression head, fp32), in one process.
 
-    python benchmarks/setfit.py [--model minilm] [--shots 8] [--seeds 0,1,2] [--quick]
+    python benchmarks/setfit_vs_package.py [--model minilm] [--shots 8] [--seeds 0,1,2] [--quick]
 
 Both sides train on exactly the examples tunelab's ``--shots`` draws for that seed and
 are scored on the same test sentences. Prints each seed's test accuracy for both, their
