@@ -130,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an existing Ray cluster (default: start a local Ray instance for this study)")
     run.set_defaults(handler=_run_study)
 
+    search = commands.add_parser("search", help="search one command's hyperparameters: trials on validation, the "
+                                 "best on test", description="A hyperparameter search (Optuna) of one command, as a "
+                                 "study step with a search block: every trial a run scored on validation only, the "
+                                 "best trial's settings run once more on every split (COMMAND-best), one report.")
+    search.add_argument("search_command", metavar="COMMAND", help="the command to search (probe, finetune, ...)")
+    search.add_argument("--space", action="append", default=[], metavar="KEY=SPEC", required=True,
+                        help="a setting and its range: train.lr=loguniform:1e-5,1e-2, train.warmup=uniform:0,0.2, "
+                             "lora.r=int:4,16, or a list lora.r=4,8,16 (repeatable)")
+    search.add_argument("--trials", type=int, default=20, metavar="N", help="trials to run (default 20)")
+    search.add_argument("--metric", default="validation.accuracy", help="validation metric to optimise (its "
+                        "direction is the metric's)")
+    search.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
+    search.add_argument("--pruner", choices=["median", "asha", "none"], default="median",
+                        help="stop trials whose validation curve falls behind (fine-tuning reports at every "
+                             "evaluation)")
+    search.add_argument("--search-seed", type=int, default=0, metavar="S", help="the sampler's seed")
+    search.add_argument("--model", help="the command's --model")
+    search.add_argument("--dataset", help="the command's --dataset")
+    search.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any setting of the command (train.max_steps=80)")
+    search.add_argument("--out", metavar="DIR", help="study directory (default runs/study-search-<command>-<time>); "
+                        "rerunning into it continues a killed search")
+    search.set_defaults(handler=_run_search)
+
     report = commands.add_parser("report", help="compare run directories in Markdown and HTML",
                                  description="Compare runs (run or study directories) in report.md/.html.")
     report.add_argument("dirs", nargs="+", metavar="DIR")
@@ -245,6 +269,27 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"{o.name:<{width}}  {o.status:<9}  {o.detail}")
     print(f"report: {root / 'report.md'} and {root / 'report.html'}")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _run_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tunelab.core.config import parse_assignment, set_dotted
+    from tunelab.study.run import load_study, run_study
+    from tunelab.study.search import parse_space_flag
+
+    step: dict = {"name": args.search_command, "command": args.search_command,
+                  "search": {"space": dict(parse_space_flag(s) for s in args.space), "trials": args.trials,
+                             "metric": args.metric, "sampler": args.sampler, "pruner": args.pruner,
+                             "seed": args.search_seed}}
+    for key, value in [("model", args.model), ("data.dataset", args.dataset),
+                       *(parse_assignment(a) for a in args.set)]:
+        if value is not None:
+            set_dotted(step, key, value)
+    study = load_study({"name": f"search-{args.search_command}", "steps": [step]})
+    root, outcomes = run_study(study, out=args.out)
+    for o in outcomes:
+        print(f"{o.name}  {o.status}  {o.detail}")
+    print(f"report: {root / 'report.md'} and {root / 'report.html'}")
+    return 1 if all(o.status == "failed" for o in outcomes) else 0
 
 
 def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:

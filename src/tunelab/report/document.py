@@ -36,7 +36,7 @@ from tunelab.report.analysis import (
     reliability,
     zero_label_references,
 )
-from tunelab.scoring.metrics import below_majority, headline_metric
+from tunelab.scoring.metrics import LOWER_IS_BETTER, below_majority, headline_metric
 from tunelab.scoring.stats import PairedTest, better, correlation_interval, seed_summary, wilson_interval
 
 SEED_METRICS = ("accuracy", "f1_macro", "balanced_accuracy", "top5_accuracy", "ece", "f1_micro", "f1_samples",
@@ -441,7 +441,7 @@ def _verdict(result: PairedTest | str) -> str:
 
 def build_report(records: list[RunRecord], title: str, baseline: str | None = None,
                  outcomes: list | None = None, published: dict | None = None,
-                 problems: list[str] | None = None) -> Document:
+                 problems: list[str] | None = None, searches: list[dict] | None = None) -> Document:
     doc = Document()
     doc.heading(1, title)
     groups = group_runs(records, outcomes) if records else []
@@ -457,6 +457,8 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
         doc.heading(2, "Steps")
         doc.table(["run", "command", "status", "detail"],
                   [[o.name, o.command, o.status, o.detail or ""] for o in outcomes])
+    for search in searches or []:
+        _search_section(doc, search)
     for problem in problems or []:
         doc.paragraph(f"Left out of this report: {problem}.")
     if not records:
@@ -541,7 +543,7 @@ def _run_tables(doc: Document, records: list[RunRecord], groups: list[Group], fi
 
 def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",
                  baseline: str | None = None, outcomes: list | None = None,
-                 published: dict | None = None) -> tuple[Path, Path]:
+                 published: dict | None = None, searches: list[dict] | None = None) -> tuple[Path, Path]:
     """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it.
     A report file or images folder that tunelab did not write is never replaced."""
     from tunelab.core.runs import atomic_write_bytes
@@ -562,7 +564,11 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
         outcomes, study = _study_state(Path(paths[0]))  # a study directory: its groups and settings
         baseline = baseline or study.get("baseline")
         published = published or study.get("published")
-    doc = build_report(records, title, baseline, outcomes, published, problems)
+        searches = searches or _search_records(Path(paths[0]))
+        # A search's trials scored validation only: compare its best run.
+        records = [r for r in records if not any(o.name == r.name and getattr(o, "trial", False)
+                                                 for o in outcomes)]
+    doc = build_report(records, title, baseline, outcomes, published, problems, searches)
     atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"), own_folder=False)
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"), own_folder=False)
     for sentence in doc.summary:
@@ -571,6 +577,71 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
 
 
 # --------------------------------------------------------------------------- study sections
+
+
+def _search_records(root: Path) -> list[dict]:
+    records = []
+    for path in sorted(root.glob("*.search.json")):
+        try:
+            records.append(json.loads(read_text_inside(root, path.name) or "{}"))
+        except ValueError:
+            continue
+    return [r for r in records if isinstance(r, dict) and "trials" in r]
+
+
+def _search_section(doc: Document, search: dict) -> None:
+    """One searched step: how many trials ran, were pruned and failed; the optimisation
+    history; Optuna's parameter importances; every trial; the best configuration (chosen
+    on validation) as YAML to copy. Only the best configuration's run scored test."""
+    import yaml
+
+    step, spec = search.get("step", "?"), search.get("spec", {})
+    doc.heading(2, f"Search: {step}")
+    if "error" in search:
+        doc.paragraph(f"The search stopped: {search['error']}.")
+        return
+    counts = search.get("counts", {})
+    metric = spec.get("metric", "validation.accuracy")
+    doc.paragraph(f"{len(search['trials'])} trials ({counts.get('complete', 0)} complete, {counts.get('pruned', 0)} "
+                  f"pruned, {counts.get('fail', 0)} failed or interrupted) over {', '.join(spec.get('space', {}))}; "
+                  f"sampler {spec.get('sampler')}, pruner {spec.get('pruner')}, seed {spec.get('seed')}; trials "
+                  f"scored {metric} only. The comparisons above use {step}-best: the best trial's configuration, "
+                  "run once more on every split.")
+    values = [(t["number"], t["value"], t["state"]) for t in search["trials"] if t.get("value") is not None]
+    if values:
+        fig, ax = figure()
+        lower = metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER
+        best, running = [], None
+        for _, value, _ in values:
+            running = value if running is None else (min(running, value) if lower else max(running, value))
+            best.append(running)
+        ax.plot([n for n, _, _ in values], [v for _, v, _ in values], "o", label="trial")
+        ax.step([n for n, _, _ in values], best, where="post", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+        doc.image(f"search-{step}.png", png(fig), f"{metric} of every completed trial, and the best so far")
+    if search.get("importances"):
+        doc.table(["setting", "importance (Optuna, fANOVA)"],
+                  [[k, f"{v:.3f}"] for k, v in sorted(search["importances"].items(), key=lambda kv: -kv[1])])
+    rows = []
+    for t in search["trials"]:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+        value = f"{t['value']:.4f}" if isinstance(t.get("value"), (int, float)) else ""
+        rows.append([str(t["number"]), t.get("run") or "", t["state"], value, params, t.get("note", "")])
+    doc.table(["trial", "run", "state", metric, "settings", "note"], rows)
+    best = search.get("best")
+    if best:
+        nested: dict = {}
+        for key, value in best["params"].items():
+            node = nested
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        doc.paragraph(f"Best: trial {best['trial']} ({best['chosen_on']} {best['value']:.4f}); its settings, to "
+                      "copy into a step:")
+        doc.code(f"best settings of {step}", yaml.safe_dump(nested, sort_keys=False))
 
 
 def _study_state(root: Path):

@@ -85,11 +85,14 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
     metric = config.tune_metric or get_problem(problem).headline
     num_classes = get_problem(problem).num_outputs(y_train, y_val)
     scores, best, best_score, best_value = {}, None, -np.inf, None
-    for value in grid:
+    from tunelab.core.trial import report
+
+    for position, value in enumerate(grid):
         estimator = build_classifier(config, value, seed, problem, class_weight).fit(x_train, y_train)
         score = validation_score(estimator, x_val, y_val, problem, num_classes, metric, threshold)
         scores[str(value)] = score
         logger.info("%s=%g: validation %s %.4f", parameter, value, metric, score)
+        report(position, {metric: score})  # a search sees the grid (a probe is not stopped midway)
         if score > best_score:  # strict: ties keep the earlier (more regularised for C) value
             best, best_score, best_value = estimator, score, value
     return best, {"parameter": parameter, "chosen": best_value, "metric": metric,

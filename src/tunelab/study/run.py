@@ -61,6 +61,7 @@ class Step:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set STEP.key=value
     group: str = ""  # the study step this run expands (its name in the study file)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # this run's matrix values
+    search: Any = None  # tunelab.study.search.SearchSpec: trials instead of one run
 
 
 @dataclasses.dataclass
@@ -83,16 +84,17 @@ class StepOutcome:
     seconds: float = 0.0
     group: str = ""
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trial: bool = False  # one trial of a search (scored on validation only)
 
 
 STUDY_KEYS = ("command", "name", "variables", "settings", "steps", "baseline", "matrix", "published")
 
 
-def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
+def load_study(source: str | dict, assignments: dict[str, Any] | None = None) -> Study:
     """Read a study YAML or preset, apply ``--set`` assignments (a variable name sets the
     variable, ``STEP.key`` one step's setting, ``matrix.key`` / ``STEP.matrix.key`` a
     sweep, any other key the shared settings), and expand every matrix into runs."""
-    values, origin = load_yaml_source(source)
+    values, origin = (source, "the search") if isinstance(source, dict) else load_yaml_source(source)
     if values.get("command", "study") != "study" or "steps" not in values:
         raise ConfigError(f"{origin} is not a study (it needs a list of steps); "
                           f"for a single command use tunelab {values.get('command', 'COMMAND')} --config")
@@ -116,7 +118,14 @@ def load_study(source: str, assignments: dict[str, Any] | None = None) -> Study:
         _check_name(name, origin)
         requires = list(raw.pop("requires", []) or [])
         matrices[name] = dict(raw.pop("matrix", None) or {})
-        steps.append(Step(name, command, raw, requires, group=name))
+        search = None
+        if "search" in raw:
+            from tunelab.study.search import parse_search
+
+            cls = commands[command].config_class
+            search = parse_search(raw.pop("search"), lambda key, cls=cls: _has_key(cls, key),
+                                  f"{origin}: step {name}")
+        steps.append(Step(name, command, raw, requires, group=name, search=search))
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"{origin}: step names must be unique (they name run directories)")
@@ -386,23 +395,28 @@ def run_study(study: Study, out: str | Path | None = None, jobs: int = 1, execut
 
 def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
                       ray_address: str | None) -> list[StepOutcome]:
-    outcomes: dict[str, StepOutcome] = {}
+    outcomes: dict[str, list[StepOutcome]] = {}
     todo: list[PlannedRun] = []
+    searches: list[dict] = []
     for step in study.steps:
         run_dir = root / step.name
         missing = [v for v in step.requires if study.variables.get(v) in (None, "")]
         if missing:
             reason = f"needs {', '.join(missing)} (set it with --set {missing[0]}=...)"
-            outcomes[step.name] = _outcome(step, "skipped", reason)
+            outcomes[step.name] = [_outcome(step, "skipped", reason)]
             logger.info("step %s skipped: %s", step.name, reason)
             continue
         try:
             config = resolve_step(study, step)
         except TunelabError as exc:
-            outcomes[step.name] = _outcome(step, "failed", str(exc))
+            outcomes[step.name] = [_outcome(step, "failed", str(exc))]
+            continue
+        if step.search is not None:
+            record, outcomes[step.name] = _run_searched_step(study, step, root)
+            searches.append(record)
             continue
         if _complete_with(run_dir, step.command, config):
-            outcomes[step.name] = _outcome(step, "reused", "complete with the same configuration and inputs")
+            outcomes[step.name] = [_outcome(step, "reused", "complete with the same configuration and inputs")]
             logger.info("step %s: complete already, kept", step.name)
             continue
         resumable = (get_task(step.command).resumable and (run_dir / "config.yaml").is_file()
@@ -417,17 +431,61 @@ def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
     else:
         results = [_run_here(planned, root) for planned in todo]
     for planned, (status, detail, seconds) in zip(todo, results):
-        outcomes[planned.step.name] = _outcome(planned.step, status, detail, seconds)
+        outcomes[planned.step.name] = [_outcome(planned.step, status, detail, seconds)]
         if status == "failed":
             logger.error("step %s failed: %s", planned.step.name, detail)
-    ordered = [outcomes[step.name] for step in study.steps]
+    ordered = [o for step in study.steps for o in outcomes[step.name]]
     _write_state(root, study, ordered)
     from tunelab.report.document import write_report
 
-    runs = [root / o.name for o in ordered if o.status in ("completed", "reused")]
+    # A search's trials scored validation only: the report compares its best run.
+    runs = [root / o.name for o in ordered if o.status in ("completed", "reused") and not o.trial]
     write_report(runs, root / "report.md", title=f"Study {study.name}", baseline=study.baseline, outcomes=ordered,
-                 published=study.published)
+                 published=study.published, searches=searches)
     return ordered
+
+
+def _run_searched_step(study: Study, step: Step, root: Path) -> tuple[dict, list[StepOutcome]]:
+    """The step's trials (validation only), then its best configuration on every split."""
+    from tunelab.study.search import TrialRun, run_search
+
+    def config_for(params: dict[str, Any], splits: list[str] | None):
+        overrides = json.loads(json.dumps(step.overrides))
+        for key, value in params.items():
+            set_dotted(overrides, key, value)
+        config = resolve_step(study, dataclasses.replace(step, overrides=overrides))
+        if splits is not None:
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, splits=splits))
+        return config
+
+    def run(config, out: Path) -> tuple[str, str, float]:
+        mode = "overwrite" if out.exists() and any(out.iterdir()) else "new"
+        logger.info("step %s: tunelab %s", out.name, step.command)
+        return run_planned(step.command, config, out, mode)
+
+    try:
+        record = run_search(step.name, step.search, root, TrialRun(
+            config_for, run, lambda config, out: _complete_with(out, step.command, config)))
+    except TunelabError as exc:
+        return {"step": step.name, "error": str(exc)}, [_outcome(step, "failed", str(exc))]
+    found = []
+    for trial in record["trials"]:
+        if trial.get("run"):
+            outcome = _outcome(step, {"complete": "completed"}.get(trial["state"], trial["state"]), trial["note"],
+                               trial.get("seconds") or 0.0)
+            outcome.name, outcome.group, outcome.trial = trial["run"], f"{step.group}-trials", True
+            found.append(outcome)
+    best = record.get("best")
+    if best is not None:
+        status = best.get("status", "failed")
+        outcome = _outcome(step, status if status in ("completed", "reused") else "failed",
+                           f"best of {len(record['trials'])} trials: trial {best['trial']}, chosen on "
+                           f"{best['chosen_on']}" if status in ("completed", "reused") else status)
+        outcome.name = best["run"]
+        found.append(outcome)
+    else:
+        found.append(_outcome(step, "failed", "no trial completed"))
+    return record, found
 
 
 def _outcome(step: Step, status: str, detail: str = "", seconds: float = 0.0) -> StepOutcome:

@@ -415,6 +415,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     from tunelab.scoring.evaluation import split_metrics
     from tunelab.training.trainer import (
         InterruptCallback,
+        SearchCallback,
         SeededLengthGroupedSampler,
         TrackerCallback,
         quiet_progress,
@@ -476,7 +477,7 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
             return (loss, outputs) if return_outputs else loss
 
     interrupt = InterruptCallback()
-    callbacks = [TrackerCallback(tracker, samples_per_step), interrupt]
+    callbacks = [TrackerCallback(tracker, samples_per_step), interrupt, SearchCallback()]
     if evaluate and train_cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping))
     multiple = length_multiple(resolve_device(config.runtime.device))

@@ -98,6 +98,25 @@ class TrackerCallback(TrainerCallback):
             self.tracker.log(values, step=state.global_step)
 
 
+class SearchCallback(TrainerCallback):
+    """Validation metrics at every evaluation to a hyperparameter search
+    (tunelab.core.trial); a pruned run stops training there and finishes normally, with
+    the best checkpoint so far, so that it keeps what it wrote."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+
+    def on_evaluate(self, args, state, control, metrics: Mapping[str, float] | None = None, **kwargs):
+        from tunelab.core.trial import report
+
+        if not metrics or not state.is_world_process_zero:
+            return
+        values = {k[5:]: float(v) for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        if report(state.global_step, values):
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+
+
 class InterruptCallback(TrainerCallback):
     """Ctrl-C during training: save a checkpoint at the end of the current step, then stop."""
 

@@ -1,0 +1,323 @@
+"""Hyperparameter search for one study step, so that methods are compared at their best.
+
+A step's ``search:`` block names a space of config keys, a trial budget, the validation
+metric to optimise, a sampler (Optuna's TPE, random, or a grid) and a pruner (median or
+ASHA, fed by the validation metrics the run reports while it trains: see
+tunelab.core.trial). Every trial is a run directory, ``<step>-trial<N>``, scored on
+validation only; the best trial's configuration (chosen on validation) runs once more as
+``<step>-best``, the only run of the search that scores the test split. Optuna's state
+lives in the study directory (``<step>.search.journal``), so a killed search continues
+where it stopped; ``<step>.search.json`` holds what the report shows.
+
+Optuna is used as a library (ask and tell) rather than through ``study.optimize``: each
+trial is a tunelab run with its own directory, resume rules and failure handling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.config import ConfigError
+from tunelab.core.errors import TunelabError
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "asha", "none")
+SEARCH_KEYS = ("space", "trials", "metric", "sampler", "pruner", "seed")
+KINDS = ("loguniform", "uniform", "int")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    key: str  # a dotted config key
+    kind: str  # loguniform | uniform | int | choice
+    low: float | None = None
+    high: float | None = None
+    values: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    space: tuple[Dimension, ...]
+    trials: int
+    metric: str  # a validation metric: accuracy, f1_macro, spearman, ...
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+
+    def record(self) -> dict:
+        return {"space": {d.key: list(d.values) if d.kind == "choice" else {d.kind: [d.low, d.high]}
+                          for d in self.space},
+                "trials": self.trials, "metric": f"validation.{self.metric}", "sampler": self.sampler,
+                "pruner": self.pruner, "seed": self.seed}
+
+
+def known_metrics() -> set[str]:
+    from tunelab.problems import PROBLEMS
+
+    names: set[str] = set()
+    for problem in PROBLEMS.values():
+        names |= {*problem.selection_metrics, problem.headline, problem.checkpoint_metric}
+    return names - {"loss"}
+
+
+def parse_search(raw: Any, has_key: Callable[[str], bool], where: str) -> SearchSpec:
+    """A ``search:`` block checked in full before any trial runs: every bad value stops
+    with one line that names it."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: search needs a mapping of {', '.join(SEARCH_KEYS)}")
+    unknown = sorted(set(raw) - set(SEARCH_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown search key '{unknown[0]}' (known: {', '.join(SEARCH_KEYS)})")
+    space = raw.get("space")
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError(f"{where}: search.space needs at least one key to search")
+    dimensions = []
+    for key, spec in space.items():
+        key = str(key)
+        if not has_key(key):
+            raise ConfigError(f"{where}: search.space key '{key}' is not a setting of this step's command")
+        dimensions.append(_dimension(key, spec, where))
+    trials = raw.get("trials", 20)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"{where}: search.trials must be a whole number of at least 1, got {trials!r}")
+    metric = str(raw.get("metric", "validation.accuracy"))
+    split, _, name = metric.rpartition(".")
+    if split != "validation":
+        raise ConfigError(f"{where}: search.metric {metric!r}: trials are chosen on validation only "
+                          "(validation.METRIC)")
+    if name not in known_metrics():
+        raise ConfigError(f"{where}: search.metric {metric!r}: no split has the metric '{name}'; choose one of "
+                          f"{', '.join(sorted(known_metrics()))}")
+    sampler, pruner = str(raw.get("sampler", "tpe")), str(raw.get("pruner", "median"))
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"{where}: search.sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"{where}: search.pruner {pruner!r}: choose one of {', '.join(PRUNERS)}")
+    if sampler == "grid" and any(d.kind != "choice" for d in dimensions):
+        raise ConfigError(f"{where}: search.sampler grid needs a list of values for every key of the space")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}: search.seed must be a whole number")
+    return SearchSpec(tuple(dimensions), trials, name, sampler, pruner, seed)
+
+
+def _dimension(key: str, spec: Any, where: str) -> Dimension:
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{where}: search.space.{key} is an empty list of values")
+        return Dimension(key, "choice", values=tuple(spec))
+    if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise ConfigError(f"{where}: search.space.{key}: give a list of values or one of "
+                          f"{', '.join(f'{{{k}: [low, high]}}' for k in KINDS)}")
+    kind, bounds = next(iter(spec.items()))
+    if not isinstance(bounds, list) or len(bounds) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds):
+        raise ConfigError(f"{where}: search.space.{key}: {kind} needs [low, high], two finite numbers")
+    low, high = float(bounds[0]), float(bounds[1])
+    if not low < high:
+        raise ConfigError(f"{where}: search.space.{key}: the range [{bounds[0]}, {bounds[1]}] is empty "
+                          "(low must be below high)")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}: search.space.{key}: loguniform needs bounds above 0, got {bounds[0]}")
+    if kind == "int" and not (low.is_integer() and high.is_integer()):
+        raise ConfigError(f"{where}: search.space.{key}: int needs whole-number bounds")
+    return Dimension(key, kind, low, high)
+
+
+def parse_space_flag(text: str) -> tuple[str, Any]:
+    """``train.lr=loguniform:1e-5,1e-2``, ``lora.r=4,8,16``: a --space flag as a space entry."""
+    key, sep, spec = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--space {text!r}: give KEY=KIND:LOW,HIGH or KEY=V1,V2,...")
+    import yaml
+
+    kind, colon, rest = spec.partition(":")
+    if colon and kind in KINDS:
+        return key.strip(), {kind: [yaml.safe_load(v) for v in rest.split(",")]}
+    return key.strip(), [yaml.safe_load(v) for v in spec.split(",") if v.strip()]
+
+
+# --------------------------------------------------------------------------- running a search
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise TunelabError("a search needs Optuna: pip install optuna (from a clone: pip install -e \".[search]\")") \
+            from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _sampler(optuna, spec: SearchSpec):
+    # grid: every combination enqueued (see run_search); Optuna's GridSampler stops the
+    # study from inside tell(), which the ask-and-tell loop here cannot take.
+    if spec.sampler in ("random", "grid"):
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def _pruner(optuna, spec: SearchSpec):
+    if spec.pruner == "median":
+        # Compared from the second evaluation on, once three trials have finished.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if spec.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def _suggest(trial, dimension: Dimension):
+    if dimension.kind == "choice":
+        return trial.suggest_categorical(dimension.key, list(dimension.values))
+    if dimension.kind == "int":
+        return trial.suggest_int(dimension.key, int(dimension.low), int(dimension.high))
+    return trial.suggest_float(dimension.key, dimension.low, dimension.high, log=dimension.kind == "loguniform")
+
+
+@dataclasses.dataclass
+class TrialRun:
+    """What the search needs from the study: how to make a step's config with some keys
+    set, and how to run one run (status, detail, seconds)."""
+
+    config_for: Callable[[dict[str, Any], list[str] | None], Any]  # (params, splits or None) -> config
+    run: Callable[[Any, Path], tuple[str, str, float]]
+    complete: Callable[[Any, Path], bool]  # a finished run of this config is already there
+
+
+def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun) -> dict:
+    """Run the trials still missing (a killed search continues), then the best trial
+    once more on every split; returns the record written to ``<step>.search.json``."""
+    from tunelab.core.trial import reporting_to
+    from tunelab.scoring.metrics import LOWER_IS_BETTER
+
+    optuna = _optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    storage = JournalStorage(JournalFileBackend(str(root / f"{step_name}.search.journal")))
+    direction = "minimize" if spec.metric in LOWER_IS_BETTER else "maximize"
+    study = optuna.create_study(study_name=step_name, storage=storage, load_if_exists=True, direction=direction,
+                                sampler=_sampler(optuna, spec), pruner=_pruner(optuna, spec))
+    if spec.sampler == "grid" and not study.trials:
+        import itertools
+
+        combinations = list(itertools.product(*(d.values for d in spec.space)))
+        if spec.trials > len(combinations):
+            logger.info("search %s: the grid has %d combinations; %d trials run", step_name, len(combinations),
+                        len(combinations))
+        for values in combinations[:spec.trials]:
+            study.enqueue_trial(dict(zip((d.key for d in spec.space), values)))
+    budget = spec.trials if spec.sampler != "grid" else min(spec.trials, math.prod(len(d.values) for d in spec.space))
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # a killed search's trial
+        handle = optuna.trial.Trial(study, stale._trial_id)
+        handle.set_user_attr("note", "interrupted: the search was stopped during this trial; it runs again")
+        study.tell(handle, state=TrialState.FAIL)
+        study.enqueue_trial(stale.params)  # tried again, from the start
+
+    def finished() -> int:
+        return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                         TrialState.FAIL))
+                   if "interrupted" not in t.user_attrs.get("note", ""))
+
+    while finished() < budget:
+        trial = study.ask()
+        params = {d.key: _suggest(trial, d) for d in spec.space}
+        name = f"{step_name}-trial{trial.number}"
+        logger.info("search %s: trial %d of %d: %s", step_name, finished() + 1, budget,
+                    ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
+        pruned: dict[str, Any] = {}
+
+        def reporter(position: int, metrics: Mapping[str, float], trial=trial, pruned=pruned) -> bool:
+            value = metrics.get(spec.metric)
+            if value is None or not math.isfinite(value):
+                return False
+            trial.report(float(value), position)
+            if trial.should_prune():
+                pruned.update(step=position, value=float(value))
+                return True
+            return False
+
+        try:
+            config = runner.config_for(params, ["validation"])
+        except TunelabError as exc:
+            trial.set_user_attr("note", f"failed: {exc}")
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        with reporting_to(reporter):
+            status, detail, seconds = runner.run(config, root / name)
+        trial.set_user_attr("run", name)
+        trial.set_user_attr("seconds", round(seconds, 2))
+        value = _validation_value(root / name, spec.metric) if status == "completed" else None
+        if status != "completed":
+            trial.set_user_attr("note", f"failed: {detail}")
+            study.tell(trial, state=TrialState.FAIL)
+        elif pruned:
+            trial.set_user_attr("note", f"pruned at step {pruned['step']}: validation {spec.metric} "
+                                        f"{pruned['value']:.4f} fell behind the {spec.pruner} rule; the run stopped "
+                                        "training there and kept what it wrote")
+            study.tell(trial, state=TrialState.PRUNED)
+        elif value is None:
+            trial.set_user_attr("note", f"failed: the run recorded no validation {spec.metric}")
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    record = _record(study, spec, step_name)
+    best = record.get("best")
+    if best is not None:
+        config = runner.config_for(best["params"], None)
+        target = root / f"{step_name}-best"
+        if runner.complete(config, target):
+            record["best"]["status"] = "reused"
+        else:
+            status, detail, _ = runner.run(config, target)
+            record["best"]["status"] = status if status == "completed" else f"failed: {detail}"
+        record["best"]["run"] = target.name
+    (root / f"{step_name}.search.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+def _validation_value(run_dir: Path, metric: str) -> float | None:
+    try:
+        value = json.loads((run_dir / "metrics.json").read_text())["splits"]["validation"].get(metric)
+    except (OSError, ValueError, KeyError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _record(study, spec: SearchSpec, step_name: str) -> dict:
+    """What the report shows: every trial, the counts, the importances, the best."""
+    optuna = _optuna()
+    from optuna.trial import TrialState
+
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        trials.append({"number": t.number, "run": t.user_attrs.get("run"), "state": t.state.name.lower(),
+                       "value": t.value, "params": t.params, "note": t.user_attrs.get("note", ""),
+                       "seconds": t.user_attrs.get("seconds"),
+                       "curve": {str(k): v for k, v in sorted(t.intermediate_values.items())}})
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    counts = {state: sum(1 for t in trials if t["state"] == state) for state in ("complete", "pruned", "fail")}
+    counts["interrupted"] = sum(1 for t in trials if "interrupted" in t["note"])
+    importances = None
+    if len(complete) >= 2 and len(spec.space) > 1:
+        try:
+            importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            importances = None
+    best = None
+    if complete:
+        chosen = study.best_trial
+        best = {"trial": chosen.number, "params": chosen.params, "value": chosen.value,
+                "chosen_on": f"validation.{spec.metric}"}
+    return {"step": step_name, "spec": spec.record(), "trials": trials, "counts": counts,
+            "importances": importances, "best": best}
