@@ -106,3 +106,15 @@ def test_a_bad_search_block_stops_in_one_line_before_any_trial(tmp_path, tiny_be
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_same_seed_and_budget_give_the_same_best_trial(tmp_path, tiny_bert_dir, topics):
+    search = {"space": {"classifier.c": {"loguniform": [0.001, 100.0]}}, "trials": 3, "sampler": "tpe",
+              "pruner": "none", "seed": 7}
+    bests = []
+    for name in ("a", "b"):
+        path = study_file(tmp_path / f"{name}.yaml", tiny_bert_dir, topics, search, command="probe")
+        assert main(["run", str(path), "--out", str(tmp_path / name)]) == 0
+        record = json.loads((tmp_path / name / "ft.search.json").read_text())
+        bests.append((record["best"]["trial"], record["best"]["params"], [t["params"] for t in record["trials"]]))
+    assert bests[0] == bests[1]

@@ -259,6 +259,10 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
         width = max(len(s.name) for s in study.steps) if study.steps else 4
         for step in study.steps:
             params = ", ".join(f"{k}={v}" for k, v in step.params.items())
+            if step.search is not None:
+                keys = ", ".join(d.key for d in step.search.space)
+                params = (params + "; " if params else "") + f"search: {step.search.trials} trials over {keys}, " \
+                    f"then {step.name}-best"
             print(f"{step.name:<{width}}  {step.command:<13}  {params}")
         print(f"{len(study.steps)} runs in {len({s.group for s in study.steps})} steps")
         return 0
