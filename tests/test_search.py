@@ -118,3 +118,16 @@ def test_the_same_seed_and_budget_give_the_same_best_trial(tmp_path, tiny_bert_d
         record = json.loads((tmp_path / name / "ft.search.json").read_text())
         bests.append((record["best"]["trial"], record["best"]["params"], [t["params"] for t in record["trials"]]))
     assert bests[0] == bests[1]
+
+
+@pytest.mark.parametrize("flags", [["--jobs", "2"], ["--executor", "ray"]], ids=["jobs", "ray"])
+def test_trials_run_in_other_processes_and_still_report_to_the_pruner(tmp_path, tiny_bert_dir, topics, flags):
+    search = {"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}, "trials": 4, "sampler": "random",
+              "pruner": "median", "seed": 3}
+    path = study_file(tmp_path / "s.yaml", tiny_bert_dir, topics, search)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), *flags]) == 0
+    record = json.loads((out / "ft.search.json").read_text())
+    assert len(record["trials"]) == 4 and record["best"] is not None
+    assert all(t["curve"] for t in record["trials"])  # validation reached the journal from each process
+    assert (out / "ft-best" / "metrics.json").is_file()

@@ -2,15 +2,26 @@
 about the search: training code reports its validation metrics here (fine-tuning at
 every evaluation, a probe at each value of its grid); when a search is driving the run,
 its reporter receives them and may answer that the run should stop (pruned). With no
-search, reporting costs nothing and never stops a run."""
+search, reporting costs nothing and never stops a run.
+
+A search that runs trials in this process installs its reporter with ``reporting_to``;
+one that runs them in other processes (``--jobs``, Ray) names the trial in the
+environment variable TUNELAB_TRIAL, and the run reports straight to the search's
+Optuna journal."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from collections.abc import Callable, Iterator, Mapping
+
+ENVIRONMENT = "TUNELAB_TRIAL"  # JSON: journal, study, trial (id), metric, pruner
+PRUNED_AT = "pruned_at"  # the trial's user attribute a pruned run leaves: {step, value}
 
 # The reporter of the search driving this process's run: (step, metrics) -> stop?
 _REPORTERS: list[Callable[[int, Mapping[str, float]], bool]] = []
+_FROM_ENVIRONMENT: dict[str, Callable[[int, Mapping[str, float]], bool] | None] = {}
 
 
 @contextlib.contextmanager
@@ -25,4 +36,55 @@ def reporting_to(reporter: Callable[[int, Mapping[str, float]], bool]) -> Iterat
 def report(step: int, metrics: Mapping[str, float]) -> bool:
     """Validation metrics (names without a split prefix) at ``step``; True when the search
     says the run should stop now."""
-    return any(reporter(step, metrics) for reporter in list(_REPORTERS))
+    reporters = list(_REPORTERS)
+    remote = _environment_reporter()
+    if remote is not None:
+        reporters.append(remote)
+    return any(reporter(step, metrics) for reporter in reporters)
+
+
+def make_pruner(optuna, name: str):
+    """median: compared from the second evaluation on, once three trials have finished;
+    asha: Optuna's successive halving; none: never."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def trial_reporter(optuna, study, trial, metric: str) -> Callable[[int, Mapping[str, float]], bool]:
+    """Reports ``metric`` to an Optuna trial; on pruning, leaves where and at what value
+    in the trial's user attribute PRUNED_AT and answers stop."""
+    import math
+
+    def reporter(step: int, metrics: Mapping[str, float]) -> bool:
+        value = metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            return False
+        trial.report(float(value), step)
+        if trial.should_prune():
+            trial.set_user_attr(PRUNED_AT, {"step": int(step), "value": float(value)})
+            return True
+        return False
+
+    return reporter
+
+
+def _environment_reporter():
+    spec = os.environ.get(ENVIRONMENT)
+    if not spec:
+        return None
+    if spec not in _FROM_ENVIRONMENT:
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        values = json.loads(spec)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=values["study"],
+                                  storage=JournalStorage(JournalFileBackend(values["journal"])),
+                                  pruner=make_pruner(optuna, values["pruner"]))
+        trial = optuna.trial.Trial(study, values["trial"])
+        _FROM_ENVIRONMENT[spec] = trial_reporter(optuna, study, trial, values["metric"])
+    return _FROM_ENVIRONMENT[spec]

@@ -372,6 +372,7 @@ class PlannedRun:
     step: Step
     config: Any
     mode: str  # new | resume | overwrite
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # a search trial's TUNELAB_TRIAL
 
 
 def run_study(study: Study, out: str | Path | None = None, jobs: int = 1, executor: str = "local",
@@ -412,7 +413,7 @@ def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
             outcomes[step.name] = [_outcome(step, "failed", str(exc))]
             continue
         if step.search is not None:
-            record, outcomes[step.name] = _run_searched_step(study, step, root)
+            record, outcomes[step.name] = _run_searched_step(study, step, root, jobs, executor, ray_address)
             searches.append(record)
             continue
         if _complete_with(run_dir, step.command, config):
@@ -445,8 +446,10 @@ def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
     return ordered
 
 
-def _run_searched_step(study: Study, step: Step, root: Path) -> tuple[dict, list[StepOutcome]]:
-    """The step's trials (validation only), then its best configuration on every split."""
+def _run_searched_step(study: Study, step: Step, root: Path, jobs: int, executor: str,
+                       ray_address: str | None) -> tuple[dict, list[StepOutcome]]:
+    """The step's trials (validation only; ``jobs`` at a time in processes, or as Ray
+    tasks), then its best configuration on every split."""
     from tunelab.study.search import TrialRun, run_search
 
     def config_for(params: dict[str, Any], splits: list[str] | None):
@@ -463,9 +466,18 @@ def _run_searched_step(study: Study, step: Step, root: Path) -> tuple[dict, list
         logger.info("step %s: tunelab %s", out.name, step.command)
         return run_planned(step.command, config, out, mode)
 
+    def run_many(items: list[tuple[Any, Path, dict]]) -> list[tuple[str, str, float]]:
+        planned = [PlannedRun(dataclasses.replace(step, name=out.name), config,
+                              "overwrite" if out.exists() and any(out.iterdir()) else "new", env)
+                   for config, out, env in items]
+        if executor == "ray":
+            return _run_on_ray(planned, root, ray_address)
+        return _run_in_processes(planned, root, jobs)
+
+    parallel = jobs if executor != "ray" else max(jobs, 2)
     try:
         record = run_search(step.name, step.search, root, TrialRun(
-            config_for, run, lambda config, out: _complete_with(out, step.command, config)))
+            config_for, run, lambda config, out: _complete_with(out, step.command, config), run_many, parallel))
     except TunelabError as exc:
         return {"step": step.name, "error": str(exc)}, [_outcome(step, "failed", str(exc))]
     found = []
@@ -549,7 +561,7 @@ def _run_in_processes(todo: list[PlannedRun], root: Path, jobs: int) -> list[tup
             path = configs / f"{planned.step.name}.yaml"
             atomic_write_bytes(path, dump_yaml(planned.config, planned.step.command).encode("utf-8"))
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                       TOKENIZERS_PARALLELISM="false")
+                       TOKENIZERS_PARALLELISM="false", **planned.env)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             command = [sys.executable, "-m", "tunelab", "-q", planned.step.command, "--config", str(path),
@@ -602,8 +614,12 @@ def failure_from_process(returncode: int, stderr: str) -> str:
     return status + (f"; last log line: {last}" if last else "")
 
 
-def _remote_run(command: str, config_yaml: str, out: str, mode: str) -> tuple[str, str, float]:
-    """A Ray task: rebuild the typed config from its YAML and run it on the worker."""
+def _remote_run(command: str, config_yaml: str, out: str, mode: str,
+                env: dict[str, str] | None = None) -> tuple[str, str, float]:
+    """A Ray task: rebuild the typed config from its YAML and run it on the worker (with
+    a search trial's environment while it runs)."""
+    import os
+
     import yaml
 
     from tunelab.core.config import from_dict
@@ -611,7 +627,16 @@ def _remote_run(command: str, config_yaml: str, out: str, mode: str) -> tuple[st
     values = yaml.safe_load(config_yaml)
     values.pop("command", None)
     config = from_dict(get_task(command).config_class, values)
-    return run_planned(command, config, Path(out), mode)
+    before = {key: os.environ.get(key) for key in (env or {})}
+    os.environ.update(env or {})
+    try:
+        return run_planned(command, config, Path(out), mode)
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _run_on_ray(todo: list[PlannedRun], root: Path, address: str | None) -> list[tuple[str, str, float]]:
@@ -632,7 +657,7 @@ def _run_on_ray(todo: list[PlannedRun], root: Path, address: str | None) -> list
         # with a misleading message; the cause is reported and a rerun of the study resumes it.
         remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=0)(_remote_run)
         futures = [remote.remote(p.step.command, dump_yaml(p.config, p.step.command), str(root.resolve() /
-                                 p.step.name), p.mode) for p in todo]
+                                 p.step.name), p.mode, p.env) for p in todo]
         results = []
         for future in futures:
             try:

@@ -25,6 +25,7 @@ from typing import Any
 
 from tunelab.core.config import ConfigError
 from tunelab.core.errors import TunelabError
+from tunelab.core.trial import PRUNED_AT
 
 logger = logging.getLogger(__name__)
 
@@ -166,15 +167,6 @@ def _sampler(optuna, spec: SearchSpec):
     return optuna.samplers.TPESampler(seed=spec.seed)
 
 
-def _pruner(optuna, spec: SearchSpec):
-    if spec.pruner == "median":
-        # Compared from the second evaluation on, once three trials have finished.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    if spec.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.NopPruner()
-
-
 def _suggest(trial, dimension: Dimension):
     if dimension.kind == "choice":
         return trial.suggest_categorical(dimension.key, list(dimension.values))
@@ -186,17 +178,20 @@ def _suggest(trial, dimension: Dimension):
 @dataclasses.dataclass
 class TrialRun:
     """What the search needs from the study: how to make a step's config with some keys
-    set, and how to run one run (status, detail, seconds)."""
+    set, how to run one run here (status, detail, seconds), and how to run several at
+    once elsewhere (processes, Ray tasks), each with its own environment."""
 
     config_for: Callable[[dict[str, Any], list[str] | None], Any]  # (params, splits or None) -> config
     run: Callable[[Any, Path], tuple[str, str, float]]
     complete: Callable[[Any, Path], bool]  # a finished run of this config is already there
+    run_many: Callable[[list[tuple[Any, Path, dict]]], list[tuple[str, str, float]]] | None = None
+    parallel: int = 1  # trials at a time (through run_many when above 1)
 
 
 def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun) -> dict:
     """Run the trials still missing (a killed search continues), then the best trial
     once more on every split; returns the record written to ``<step>.search.json``."""
-    from tunelab.core.trial import reporting_to
+    from tunelab.core.trial import ENVIRONMENT, make_pruner, reporting_to, trial_reporter
     from tunelab.scoring.metrics import LOWER_IS_BETTER
 
     optuna = _optuna()
@@ -204,10 +199,11 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun) -
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    storage = JournalStorage(JournalFileBackend(str(root / f"{step_name}.search.journal")))
+    journal = root / f"{step_name}.search.journal"
+    storage = JournalStorage(JournalFileBackend(str(journal)))
     direction = "minimize" if spec.metric in LOWER_IS_BETTER else "maximize"
     study = optuna.create_study(study_name=step_name, storage=storage, load_if_exists=True, direction=direction,
-                                sampler=_sampler(optuna, spec), pruner=_pruner(optuna, spec))
+                                sampler=_sampler(optuna, spec), pruner=make_pruner(optuna, spec.pruner))
     if spec.sampler == "grid" and not study.trials:
         import itertools
 
@@ -230,47 +226,35 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun) -
                    if "interrupted" not in t.user_attrs.get("note", ""))
 
     while finished() < budget:
-        trial = study.ask()
-        params = {d.key: _suggest(trial, d) for d in spec.space}
-        name = f"{step_name}-trial{trial.number}"
-        logger.info("search %s: trial %d of %d: %s", step_name, finished() + 1, budget,
-                    ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
-        pruned: dict[str, Any] = {}
-
-        def reporter(position: int, metrics: Mapping[str, float], trial=trial, pruned=pruned) -> bool:
-            value = metrics.get(spec.metric)
-            if value is None or not math.isfinite(value):
-                return False
-            trial.report(float(value), position)
-            if trial.should_prune():
-                pruned.update(step=position, value=float(value))
-                return True
-            return False
-
-        try:
-            config = runner.config_for(params, ["validation"])
-        except TunelabError as exc:
-            trial.set_user_attr("note", f"failed: {exc}")
-            study.tell(trial, state=TrialState.FAIL)
+        batch = []
+        for _ in range(min(max(runner.parallel, 1), budget - finished())):
+            trial = study.ask()
+            params = {d.key: _suggest(trial, d) for d in spec.space}
+            name = f"{step_name}-trial{trial.number}"
+            trial.set_user_attr("run", name)
+            logger.info("search %s: trial %d: %s", step_name, trial.number,
+                        ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()))
+            try:
+                batch.append((trial, runner.config_for(params, ["validation"])))
+            except TunelabError as exc:
+                trial.set_user_attr("note", f"failed: {exc}")
+                study.tell(trial, state=TrialState.FAIL)
+        if not batch:
             continue
-        with reporting_to(reporter):
-            status, detail, seconds = runner.run(config, root / name)
-        trial.set_user_attr("run", name)
-        trial.set_user_attr("seconds", round(seconds, 2))
-        value = _validation_value(root / name, spec.metric) if status == "completed" else None
-        if status != "completed":
-            trial.set_user_attr("note", f"failed: {detail}")
-            study.tell(trial, state=TrialState.FAIL)
-        elif pruned:
-            trial.set_user_attr("note", f"pruned at step {pruned['step']}: validation {spec.metric} "
-                                        f"{pruned['value']:.4f} fell behind the {spec.pruner} rule; the run stopped "
-                                        "training there and kept what it wrote")
-            study.tell(trial, state=TrialState.PRUNED)
-        elif value is None:
-            trial.set_user_attr("note", f"failed: the run recorded no validation {spec.metric}")
-            study.tell(trial, state=TrialState.FAIL)
+        if runner.parallel > 1 and runner.run_many is not None:
+            # Optuna names a trial in its storage by its id (no public accessor in 4.x/5.x).
+            environments = [{ENVIRONMENT: json.dumps({"journal": str(journal.resolve()), "study": step_name,
+                                                      "trial": trial._trial_id, "metric": spec.metric,
+                                                      "pruner": spec.pruner})} for trial, _ in batch]
+            results = runner.run_many([(config, root / trial.user_attrs["run"], env)
+                                       for (trial, config), env in zip(batch, environments)])
         else:
-            study.tell(trial, value)
+            results = []
+            for trial, config in batch:
+                with reporting_to(trial_reporter(optuna, study, trial, spec.metric)):
+                    results.append(runner.run(config, root / trial.user_attrs["run"]))
+        for (trial, _), (status, detail, seconds) in zip(batch, results):
+            _tell(study, trial, spec, root, status, detail, seconds)
     record = _record(study, spec, step_name)
     best = record.get("best")
     if best is not None:
@@ -284,6 +268,30 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun) -
         record["best"]["run"] = target.name
     (root / f"{step_name}.search.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return record
+
+
+def _tell(study, trial, spec: SearchSpec, root: Path, status: str, detail: str, seconds: float) -> None:
+    """The trial's end: complete with its validation value, pruned (the run stopped where
+    the pruner said and kept what it wrote), or failed, with a note that says which."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("seconds", round(seconds, 2))
+    stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    pruned = stored.user_attrs.get(PRUNED_AT)  # left by the run's reporter, here or in another process
+    value = _validation_value(root / trial.user_attrs["run"], spec.metric) if status == "completed" else None
+    if status != "completed":
+        trial.set_user_attr("note", f"failed: {detail}")
+        study.tell(trial, state=TrialState.FAIL)
+    elif pruned:
+        trial.set_user_attr("note", f"pruned at step {pruned['step']}: validation {spec.metric} "
+                                    f"{pruned['value']:.4f} fell behind the {spec.pruner} rule; the run stopped "
+                                    "training there and kept what it wrote")
+        study.tell(trial, state=TrialState.PRUNED)
+    elif value is None:
+        trial.set_user_attr("note", f"failed: the run recorded no validation {spec.metric}")
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, value)
 
 
 def _validation_value(run_dir: Path, metric: str) -> float | None:
