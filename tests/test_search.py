@@ -39,7 +39,7 @@ def test_search_trials_prune_and_only_the_best_scores_test(tmp_path, tiny_bert_d
         assert set(metrics["splits"]) == {"validation"}, trial  # trials never see test
         assert trial["curve"], trial  # validation reported at every evaluation
         if trial["state"] == "pruned":
-            assert trial["note"].startswith("pruned at step")
+            assert trial["note"].startswith("pruned at evaluation")
             assert metrics["task"]["training"]["steps"] < 8  # stopped where it was pruned, kept its run
     complete = [t for t in record["trials"] if t["state"] == "complete"]
     best = max(complete, key=lambda t: t["value"])

@@ -168,6 +168,9 @@ def test_zero_shot_is_the_zero_label_point_of_the_learning_curves(tiny_bert_dir,
                         "data": {"dataset": str(data)}, "matrix": {"seed": [0]}},
                        {"name": "tfidf", "command": "baseline", "kind": "tfidf", "data": {"dataset": str(data)},
                         "matrix": {"data.shots": [1, 8]}},
+                       {"name": "probe", "command": "probe", "model": str(tiny_bert_dir),
+                        "data": {"dataset": str(data)}, "classifier": {"kind": "logreg", "c": 10.0},
+                        "matrix": {"data.shots": [1, 8]}},
                        {"name": "zeroshot", "command": "zeroshot", "model": str(tiny_bert_dir),
                         "data": {"dataset": str(data)}, "matrix": {"seed": [0], "data.shots": [None]}}]}
     path = tmp_path / "s.yaml"
@@ -176,8 +179,9 @@ def test_zero_shot_is_the_zero_label_point_of_the_learning_curves(tiny_bert_dir,
     text = (tmp_path / "out" / "report.md").read_text()
     assert re.search(r"zeroshot learns from no label: accuracy \d\.\d{4}, drawn as the dashed line at 0 labels",
                      text)
-    lines = re.findall(r".*tfidf (?:overtakes|does not overtake) zeroshot.*", text)
+    lines = re.findall(r".*probe (?:overtakes|does not overtake) zeroshot.*", text)
     assert len(lines) == 1, text
+    assert not re.search(r"tfidf (?:overtakes|does not overtake) zeroshot", text)  # a floor, not a method
     if "overtakes" in lines[0]:
         assert re.search(r"at (1|8) \([+-]\d\.\d{4}, significant", lines[0]), lines[0]
     assert not re.search(r"curves of .*zeroshot", text)  # a reference, not a curve

@@ -34,8 +34,9 @@ def reporting_to(reporter: Callable[[int, Mapping[str, float]], bool]) -> Iterat
 
 
 def report(step: int, metrics: Mapping[str, float]) -> bool:
-    """Validation metrics (names without a split prefix) at ``step``; True when the search
-    says the run should stop now."""
+    """Validation metrics (names without a split prefix) at ``step`` (fine-tuning: the
+    evaluation's number, 1, 2, ...; a probe: the grid position); True when the search says
+    the run should stop now."""
     reporters = list(_REPORTERS)
     remote = _environment_reporter()
     if remote is not None:
@@ -44,7 +45,8 @@ def report(step: int, metrics: Mapping[str, float]) -> bool:
 
 
 def make_pruner(optuna, name: str):
-    """median: compared from the second evaluation on, once three trials have finished;
+    """median: a trial is compared with the median of the others from its second
+    evaluation on, once three trials have finished;
     asha: Optuna's successive halving; none: never."""
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)

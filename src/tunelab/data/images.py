@@ -270,13 +270,13 @@ def _wordnet_display_names(names: dict[str, str]) -> dict[str, str]:
 
 
 def _read(source: sources.DatasetSource, cfg: DataConfig, flat_split: str) -> _RawImages:
+    """The reader of the source's layout (one per format)."""
     path = Path(source.location)
-    if source.format == "tiny-imagenet":
-        return read_tiny_imagenet(path)
-    if source.format == "image-folder":
-        return read_image_folder(path, flat_split)
-    if source.format == "image-table":
-        return read_image_table(path, cfg, flat_split)
+    readers = {"tiny-imagenet": lambda: read_tiny_imagenet(path),
+               "image-folder": lambda: read_image_folder(path, flat_split),
+               "image-table": lambda: read_image_table(path, cfg, flat_split)}
+    if source.format in readers:
+        return readers[source.format]()
     if source.format in ("hf-disk", "hf-repo", "hub"):
         hint = "set TUNELAB_DATA_DIR to a folder that holds tiny-imagenet-200/, or pass a local path"
         name = path.name if source.format != "hub" else source.location

@@ -401,6 +401,8 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
         for reference in zero_label_references(family.groups):
             for points in curves.values():
                 for size, group in points:
+                    if not group.runs[0].metrics.get("model"):
+                        continue  # a floor (no pretrained model) is not a method zero-shot is measured against
                     claim = Claim(group, reference, family.split, family.metric, "zero-shot",
                                   compare(group, reference, family.split, family.metric, read))
                     claim.size = size  # type: ignore[attr-defined]
@@ -420,13 +422,15 @@ def _zero_shot_lines(doc: Document, findings: Findings, curves: dict) -> None:
         for method in curves:
             claims = sorted((c for c in against if c.b is reference and c.a.method == method),
                             key=lambda c: c.size)  # type: ignore[attr-defined]
+            if not claims:
+                continue
             ahead = [c for c in claims if isinstance(c.result, PairedTest) and c.result.significant
                      and better(c.metric, c.result.delta, 0.0)]
             if ahead:
                 first = ahead[0]
                 doc.paragraph(f"{method} overtakes {reference.method} at {first.size:g} "  # type: ignore[attr-defined]
                               f"({first.result.delta:+.4f}, {_verdict(first.result)}).")
-            elif claims:
+            else:
                 doc.paragraph(f"{method} does not overtake {reference.method} at any size tried (no difference "
                               "in its favour holds after correction).")
 

@@ -283,7 +283,7 @@ def _tell(study, trial, spec: SearchSpec, root: Path, status: str, detail: str, 
         trial.set_user_attr("note", f"failed: {detail}")
         study.tell(trial, state=TrialState.FAIL)
     elif pruned:
-        trial.set_user_attr("note", f"pruned at step {pruned['step']}: validation {spec.metric} "
+        trial.set_user_attr("note", f"pruned at evaluation {pruned['step']}: validation {spec.metric} "
                                     f"{pruned['value']:.4f} fell behind the {spec.pruner} rule; the run stopped "
                                     "training there and kept what it wrote")
         study.tell(trial, state=TrialState.PRUNED)

@@ -133,7 +133,7 @@ def prepare(config: SetfitConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the encoder to tune."""
     from transformers import AutoModel
 
-    from tunelab.data.text import load_text_dataset
+    from tunelab.data.text import load_text_dataset, resolved_data_config
     from tunelab.models.biencoder import BiEncoder
     from tunelab.models.resolve import resolve_model
 
@@ -144,6 +144,9 @@ def prepare(config: SetfitConfig) -> Prepared:
                         "(fine-tune pairs with tunelab finetune)")
     check_problem(TASK, dataset)  # before the head's check, which would name a regression head
     problem = get_problem(dataset.problem)
+    # config.yaml records what the data showed (columns, problem), as every task's does:
+    # the report pairs runs on the same examples by these.
+    config = dataclasses.replace(config, data=resolved_data_config(config.data, dataset))
     if config.classifier.kind is None:
         config = dataclasses.replace(config, classifier=dataclasses.replace(config.classifier, kind="logreg"))
     if config.classifier.kind not in problem.classifiers:

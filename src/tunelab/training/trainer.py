@@ -104,16 +104,16 @@ class SearchCallback(TrainerCallback):
     the best checkpoint so far, so that it keeps what it wrote."""
 
     def __init__(self):
-        self.stopped_at: int | None = None
+        self.evaluations = 0
 
     def on_evaluate(self, args, state, control, metrics: Mapping[str, float] | None = None, **kwargs):
         from tunelab.core.trial import report
 
         if not metrics or not state.is_world_process_zero:
             return
+        self.evaluations += 1  # the pruner compares trials at the same evaluation (1, 2, ...)
         values = {k[5:]: float(v) for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
-        if report(state.global_step, values):
-            self.stopped_at = state.global_step
+        if report(self.evaluations, values):
             control.should_training_stop = True
 
 
