@@ -163,15 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--title", default="tunelab report")
     report.set_defaults(handler=_run_report)
 
-    info = commands.add_parser("info", help="parameter counts of a model, with or without LoRA",
-                               description="Total and trainable parameter counts (no weights are loaded).")
+    info = commands.add_parser("info", help="parameter counts of a model, with or without LoRA; training memory",
+                               description="Total and trainable parameter counts (no weights are loaded), and with "
+                                           "--batch-size an estimate of training memory.")
     info.add_argument("--model", required=True, help="hub id, local directory, alias, or a shipped architecture")
     info.add_argument("--random-init", action="store_true",
                       help="use tunelab's shipped architecture config (no network, no weights)")
     info.add_argument("--lora-r", type=int, help="count a LoRA-wrapped model of this rank")
     info.add_argument("--lora-alpha", type=float, default=32.0)
     info.add_argument("--lora-targets", help="comma-separated module names (default: query/value projections)")
-    info.add_argument("--num-labels", type=int, help="text models: add a classification head of N classes")
+    info.add_argument("--num-labels", type=int, help="add a classification head of N classes (text or image)")
+    info.add_argument("--batch-size", type=int, metavar="N", help="also estimate training memory for this batch")
+    info.add_argument("--seq-len", type=int, default=128, metavar="T", help="tokens per text for the estimate "
+                      "(images count their patches)")
+    info.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16",
+                      help="training precision for the estimate")
     info.set_defaults(handler=_run_info)
 
     predict = commands.add_parser("predict", help="predict for new inputs with a finished run",
@@ -317,7 +323,8 @@ def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
     info = model_info(args.model, random_init=args.random_init, lora_r=args.lora_r, lora_targets=targets,
-                      lora_alpha=args.lora_alpha, num_labels=args.num_labels)
+                      lora_alpha=args.lora_alpha, num_labels=args.num_labels, batch_size=args.batch_size,
+                      sequence=args.seq_len, precision=args.precision)
     print(info.describe())
     return 0
 

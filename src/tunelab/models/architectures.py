@@ -14,27 +14,33 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def _file_name(model: str) -> str:
-    return model.replace("/", "-") + ".json"
+def _shipped() -> dict[str, dict]:
+    """Hub name -> its config values, from the files in tunelab/archs (each names itself)."""
+    found = {}
+    for path in resources.files(ARCH_PACKAGE).iterdir():
+        if path.name.endswith(".json"):
+            values = json.loads(path.read_text(encoding="utf-8"))
+            found[values.pop("name")] = values
+    return found
 
 
 def shipped_architectures() -> list[str]:
-    names = [p.name[:-5] for p in resources.files(ARCH_PACKAGE).iterdir() if p.name.endswith(".json")]
-    return sorted(n.replace("openai-", "openai/", 1) if n.startswith("openai-") else n for n in names)
+    return sorted(_shipped())
 
 
 def arch_config(model: str):
     """The transformers config of a shipped architecture (``distilbert-base-uncased``,
-    ``openai/clip-vit-base-patch16``)."""
+    ``openai/clip-vit-base-patch16``, ``google/vit-base-patch16-224``,
+    ``facebook/dinov2-small``, ``google/siglip-base-patch16-224``, ``Qwen/Qwen2.5-0.5B``)."""
     from transformers import AutoConfig
 
-    path = resources.files(ARCH_PACKAGE) / _file_name(model)
-    if not path.is_file():
+    shipped = _shipped()
+    if model not in shipped:
         raise ModelError(
-            f"--random-init knows the architectures {', '.join(shipped_architectures())}; "
+            f"--random-init knows the architectures {', '.join(sorted(shipped))}; "
             f"for '{model}' pass a local directory"
         )
-    values = json.loads(path.read_text(encoding="utf-8"))
+    values = dict(shipped[model])
     model_type = values.pop("model_type")
     values.pop("architectures", None)
     return AutoConfig.for_model(model_type, **values)

@@ -22,6 +22,12 @@ EXTRA_LORA_TARGETS = {
     "albert": ["query", "value"],
     "mpnet": ["q", "v"],
     "clip": ["q_proj", "v_proj"],
+    "siglip": ["q_proj", "v_proj"],
+    # transformers 5 names them q_proj/v_proj, 4.x query/value: peft adapts the ones there.
+    "vit": ["q_proj", "v_proj", "query", "value"],
+    "dinov2": ["q_proj", "v_proj", "query", "value"],
+    # A convolutional backbone has no attention: LoRA on the pointwise (1x1, Linear) layers.
+    "convnext": ["pwconv1", "pwconv2"],
 }
 # Classification heads, always trained in full (also under LoRA).
 HEAD_MODULES = ("pre_classifier", "classifier", "score")
