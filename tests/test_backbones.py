@@ -45,3 +45,55 @@ def test_memory_estimate_adds_up_and_grows_with_the_batch(capsys):
     assert main(["info", "--model", "Qwen/Qwen2.5-0.5B", "--random-init", "--num-labels", "2", "--batch-size", "8",
                  "--seq-len", "64"]) == 0
     assert "training memory, estimated (batch 8 x 64 tokens or patches, bf16)" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- vision backbones in the probe
+
+
+def save_tiny_backbone(folder, family: str):
+    """A 2-layer random backbone of ``family`` on 32x32 images, with its PIL image processor."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if family == "vit":
+        config = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              image_size=32, patch_size=8)
+        processor = tf.ViTImageProcessorPil(size={"height": 32, "width": 32})
+    elif family == "dinov2":
+        config = tf.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                                 image_size=32, patch_size=8)
+        processor = tf.BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    else:
+        config = tf.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                   image_size=32)
+        processor = tf.ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=1.0)
+    tf.AutoModel.from_config(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family, pooling, width", [("vit", "cls", 32), ("vit", "mean", 32),
+                                                    ("dinov2", None, 64), ("convnext", None, 16)])
+def test_a_probe_on_any_vision_backbone(tmp_path, colour_folder, family, pooling, width):
+    import json
+
+    model = save_tiny_backbone(tmp_path / family, family)
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(model), "--dataset", str(colour_folder), "--out", str(out),
+                 "--classifier", "logreg", "--precision", "fp32", "--set", "images.num_workers=0",
+                 *(["--pooling", pooling] if pooling else [])]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    features = metrics["task"]["features"]
+    assert features["dim"] == width  # DINOv2: class token and patch mean side by side
+    assert features["pooling"] == (pooling or ("cls+mean" if family == "dinov2" else "cls"))
+    assert metrics["splits"]["test"]["accuracy"] > 1 / 3  # colours are easy even for random features
+    assert metrics["params"]["trainable"] == 0
+
+
+def test_a_text_model_on_images_stops_in_one_line(tmp_path, colour_folder, tiny_bert_dir, capsys):
+    assert main(["probe", "--model", str(tiny_bert_dir), "--dataset", str(colour_folder), "--out",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "image data needs a vision backbone" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()

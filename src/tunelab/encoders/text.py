@@ -23,7 +23,7 @@ import numpy as np
 
 from tunelab.core.config import RuntimeConfig, check_positive, check_settings, setting
 from tunelab.core.provenance import cache_dir
-from tunelab.models.resolve import ModelSource, load_text_encoder, load_tokenizer
+from tunelab.models.resolve import ModelSource, load_config, load_text_encoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ class FeatureConfig:
     """How frozen text features are computed."""
 
     pooling: str | None = setting(None, "cls: the first token's last hidden state; mean: the masked mean of every "
-                                  "kept token (default: cls, and mean for bi-encoded sentence pairs)",
-                                  flag="--pooling", choices=("cls", "mean"))
+                                  "kept token (default: cls, and mean for bi-encoded sentence pairs); images with a "
+                                  "vision backbone: cls, mean of the patches, or cls+mean (default: cls; DINOv2 "
+                                  "cls+mean)", flag="--pooling", choices=("cls", "mean", "cls+mean"))
     max_length: int = setting(512, "tokens per text, capped by the model's own limit", flag="--max-length",
                               metavar="N")
     batch_size: int = setting(64, "texts (or images) per forward pass (sorted batches pad little, so larger is "
@@ -263,8 +264,12 @@ class TextFeatureExtractor:
         return tokenize_inputs(self.tokenizer, texts, self.max_length)[0]
 
     def select(self, pooled: np.ndarray) -> np.ndarray:
-        """The configured pooling's vectors out of an (n, poolings, dim) array."""
-        return pooled[:, POOLINGS.index(self.config.pooling or "cls")]
+        """The configured pooling's vectors out of an (n, poolings, dim) array (cls+mean:
+        both, concatenated)."""
+        how = self.config.pooling or "cls"
+        if how == "cls+mean":
+            return np.concatenate([pooled[:, POOLINGS.index("cls")], pooled[:, POOLINGS.index("mean")]], axis=1)
+        return pooled[:, POOLINGS.index(how)]
 
     def encode(self, texts, desc: str = "features") -> np.ndarray:
         """Vectors for ``texts`` (or sentence pairs, encoded jointly) in their order, float32."""
@@ -394,16 +399,19 @@ def pair_vectors(encode, inputs, encoding: str) -> np.ndarray:
 
 
 class ImageFeatureExtractor:
-    """CLIP image embeddings (normalised), decoded lazily in DataLoader workers.
+    """Image features decoded lazily in DataLoader workers: CLIP's normalised image
+    embeddings, or a vision backbone's pooled hidden states (tunelab.encoders.vision).
     Unreadable images give rows of NaN, so callers can drop and report them."""
 
-    def __init__(self, source: ModelSource, images, batch_size: int, runtime: RuntimeConfig):
+    def __init__(self, source: ModelSource, images, batch_size: int, runtime: RuntimeConfig,
+                 pooling: str | None = None):
         from tunelab.core.runtime import resolve_device, resolve_dtype
 
         self.source = source
         self.images = images  # ImageDecodingConfig: workers, strictness
         self.batch_size = batch_size
         self.runtime = runtime
+        self.pooling = pooling  # vision backbones: cls | mean | cls+mean; CLIP: None
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.precision, self.device)
         self._loaded = None
@@ -412,40 +420,72 @@ class ImageFeatureExtractor:
 
     @property
     def loaded(self):
+        """(model, processor, kind): kind clip or vision."""
         if self._loaded is None:
-            from tunelab.encoders.clip import load_clip
+            from tunelab.encoders.vision import is_dual_encoder, load_vision_backbone
 
-            model, _, processor = load_clip(self.source, dtype=self.dtype)
-            self._loaded = (model.to(self.device).eval(), processor)
+            if is_dual_encoder(load_config(self.source)):
+                from tunelab.encoders.clip import load_clip
+
+                model, _, processor = load_clip(self.source, dtype=self.dtype)
+                kind = "clip"
+            else:
+                model, processor, _ = load_vision_backbone(self.source, dtype=self.dtype)
+                kind = "vision"
+            self._loaded = (model.to(self.device).eval(), processor, kind)
         return self._loaded
 
     def load(self) -> None:
-        """Load the CLIP model now, so that a model that cannot load fails first."""
+        """Load the model now, so that a model that cannot load fails first."""
         self.loaded  # noqa: B018
 
     def select(self, features: np.ndarray) -> np.ndarray:
-        """One embedding per image: nothing to choose (text features carry every pooling)."""
+        """One vector per image: the pooling is part of the cache key."""
         return features
 
     def cache_key(self, split) -> str:
-        parts = {"version": FEATURE_VERSION, "kind": "clip-image", "model": self.source.fingerprint(),
+        kind = "clip-image" if self.loaded[2] == "clip" else f"vision-{self.pooling}"
+        parts = {"version": FEATURE_VERSION, "kind": kind, "model": self.source.fingerprint(),
                  "precision": self.runtime.precision, "images": split.digest(), "n": len(split)}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def cache_meta(self, split) -> dict:
-        return {"model": self.source.name, "kind": "clip-image", "precision": self.runtime.precision, "n": len(split)}
+        return {"model": self.source.name, "kind": self.loaded[2], "pooling": self.pooling,
+                "precision": self.runtime.precision, "n": len(split)}
 
     def encode_all(self, split, desc: str = "features") -> np.ndarray:
         from tunelab.data.images import ClipPreprocess, image_loader
         from tunelab.encoders.clip import embed_loader
 
-        model, processor = self.loaded
-        out = np.full((len(split), model.config.projection_dim), np.nan, dtype=np.float32)
-        loader = image_loader(split, ClipPreprocess.for_device(processor, self.device), self.batch_size,
-                              self.images.num_workers, self.images.strict)
+        model, processor, kind = self.loaded
+        preprocess = ClipPreprocess.for_device(processor, self.device)
+        loader = image_loader(split, preprocess, self.batch_size, self.images.num_workers, self.images.strict)
         start = time.perf_counter()
-        for rows, embeddings in embed_loader(model, loader, self.device, self.dtype, desc):
-            out[rows] = embeddings.cpu().numpy()
+        if kind == "clip":
+            out = np.full((len(split), model.config.projection_dim), np.nan, dtype=np.float32)
+            for rows, embeddings in embed_loader(model, loader, self.device, self.dtype, desc):
+                out[rows] = embeddings.cpu().numpy()
+        else:
+            out = self._backbone_features(model, preprocess, loader, len(split), desc)
         self.seconds += time.perf_counter() - start
         self.encoded += len(split)
         return out
+
+    def _backbone_features(self, model, preprocess, loader, total: int, desc: str) -> np.ndarray:
+        import torch
+
+        from tunelab.core.progress import progress
+        from tunelab.encoders.vision import pool_image
+
+        out: np.ndarray | None = None
+        with torch.inference_mode(), progress(total, desc, "image") as bar:
+            for batch in loader:
+                rows = batch["rows"].numpy()
+                if len(rows):
+                    pixels = preprocess.model_input(batch["pixel_values"], self.device, self.dtype)
+                    vectors = pool_image(model(pixel_values=pixels), self.pooling or "cls").float().cpu().numpy()
+                    if out is None:
+                        out = np.full((total, vectors.shape[1]), np.nan, dtype=np.float32)
+                    out[rows] = vectors
+                bar.update(len(rows) + len(batch["skipped"]))
+        return out if out is not None else np.full((total, 1), np.nan, dtype=np.float32)

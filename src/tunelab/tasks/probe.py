@@ -60,14 +60,20 @@ def prepare(config: ProbeConfig) -> Prepared:
     from tunelab.data.images import is_image_dataset, load_image_dataset
     from tunelab.data.text import load_text_dataset, resolved_data_config
     from tunelab.encoders.text import ImageFeatureExtractor, TextFeatureExtractor
-    from tunelab.models.resolve import resolve_model
+    from tunelab.models.resolve import load_config, resolve_model
     from tunelab.scoring.classifiers import resolve_kind
 
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
     images = is_image_dataset(config.data.dataset)
     if images:
+        from tunelab.encoders.vision import default_pooling, is_dual_encoder
+
         dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
-        extractor = ImageFeatureExtractor(source, config.images, config.features.batch_size, config.runtime)
+        backbone = load_config(source)
+        # CLIP gives one embedding per image; another vision backbone is pooled as asked.
+        pooling = None if is_dual_encoder(backbone) else config.features.pooling or default_pooling(backbone)
+        config = dataclasses.replace(config, features=dataclasses.replace(config.features, pooling=pooling))
+        extractor = ImageFeatureExtractor(source, config.images, config.features.batch_size, config.runtime, pooling)
     else:
         dataset = load_text_dataset(config.data, seed=config.seed)
         data = resolved_data_config(config.data, dataset, pair_default="bi")
@@ -128,7 +134,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     parameter, value = ("alpha", 1.0) if config.classifier.kind == "ridge" else ("C", config.classifier.c)
     task = {"classifier": {"kind": config.classifier.kind, "score": score_kind,
                            parameter: tuning["chosen"] if tuning else value, "tuning": tuning},
-            "features": {"pooling": None if images else config.features.pooling,
+            "features": {"pooling": config.features.pooling,
                          "pair_encoding": None if images else config.data.pair_encoding,
                          "dim": int(features["train"].shape[1]), "from_cache": from_cache,
                          "per_s": throughput(extractor.encoded, extractor.seconds)}}
@@ -210,6 +216,7 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
 def check_text_run(run_dir: Path) -> None:
     if read_predictor(run_dir).get("inputs") == "images" or \
             (read_json_file(run_dir / "metrics.json").get("task") or {}).get("features", {}).get("pooling") is None:
+        # (runs made before predictor.json said "inputs": image probes recorded no pooling)
         raise TunelabError(f"{run_dir} is a probe on image features; predict and export serve text probes "
                            "(score new images with a zeroshot or clip-finetune run)")
 
