@@ -28,8 +28,8 @@ from tunelab.models.resolve import ModelSource, load_config, load_text_encoder, 
 logger = logging.getLogger(__name__)
 
 # Bump when extraction changes in a way that alters the numbers (2: one entry holds every pooling).
-FEATURE_VERSION = 2
-POOLINGS = ("cls", "mean")
+FEATURE_VERSION = 3  # 3: the last token's state cached beside cls and mean
+POOLINGS = ("cls", "mean", "last")
 
 
 @dataclasses.dataclass
@@ -37,9 +37,10 @@ class FeatureConfig:
     """How frozen text features are computed."""
 
     pooling: str | None = setting(None, "cls: the first token's last hidden state; mean: the masked mean of every "
-                                  "kept token (default: cls, and mean for bi-encoded sentence pairs); images with a "
-                                  "vision backbone: cls, mean of the patches, or cls+mean (default: cls; DINOv2 "
-                                  "cls+mean)", flag="--pooling", choices=("cls", "mean", "cls+mean"))
+                                  "kept token; last: the last kept token (default: cls; mean for bi-encoded sentence "
+                                  "pairs; last for decoders); images with a vision backbone: cls, mean of the "
+                                  "patches, or cls+mean (default: cls; DINOv2 cls+mean)", flag="--pooling",
+                                  choices=("cls", "mean", "last", "cls+mean"))
     max_length: int = setting(512, "tokens per text, capped by the model's own limit", flag="--max-length",
                               metavar="N")
     batch_size: int = setting(64, "texts (or images) per forward pass (sorted batches pad little, so larger is "
@@ -149,6 +150,33 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+def is_decoder(config) -> bool:
+    """A causal language model (Qwen, Llama, GPT-2, ...): it has a causal-LM head class
+    and no masked-LM one, unlike BERT-style encoders, which have both."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", "")
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def ensure_padding(tokenizer, model_name: str):
+    """A decoder's tokenizer often has no pad token: batches pad with its end-of-sequence
+    token instead (masked out, and a classifier reads the last real token). One with
+    neither stops in one line."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer
+    if tokenizer.eos_token is None:
+        from tunelab.core.errors import ModelError
+
+        raise ModelError(f"'{model_name}' has no way to pad a batch: its tokenizer has neither a pad nor an "
+                         "end-of-sequence token")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id: int, device,
                           types: Sequence[Sequence[int]] | None = None):
     """Yield (indices, model inputs) over length-sorted batches, on ``device``: input_ids,
@@ -196,9 +224,15 @@ def _tokenize(tokenizer, inputs, max_length: int) -> tuple[list[list[int]], list
 
 def pool(hidden, mask, how: str):
     """[CLS]: the first token. Mean: average over every token the mask keeps,
-    special tokens included, as sentence-transformers does."""
+    special tokens included, as sentence-transformers does. Last: the last token the mask
+    keeps (right padding): the one state of a decoder that has seen the whole text."""
     if how == "cls":
         return hidden[:, 0]
+    if how == "last":
+        import torch
+
+        last = (mask.sum(1) - 1).clamp(min=0).long()
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 

@@ -261,8 +261,12 @@ def prepare(config: FinetuneConfig) -> Prepared:
                                  train=dataclasses.replace(config.train, best_metric=config.train.best_metric
                                                            or get_problem(dataset.problem).checkpoint_metric))
     check_best_metric(config.train.best_metric, dataset.problem)
-    tokenizer = load_tokenizer(source)
+    from tunelab.encoders.text import ensure_padding
+
+    tokenizer = ensure_padding(load_tokenizer(source), source.name)  # decoders: pad with end-of-sequence
     model = build_model(source, dataset, config)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # a decoder's classifier reads the last real token
     return Prepared(config, source, dataset, eval_splits, {"tokenizer": tokenizer, "model": model})
 
 

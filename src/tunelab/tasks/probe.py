@@ -77,7 +77,11 @@ def prepare(config: ProbeConfig) -> Prepared:
     else:
         dataset = load_text_dataset(config.data, seed=config.seed)
         data = resolved_data_config(config.data, dataset, pair_default="bi")
-        pooling = config.features.pooling or ("mean" if data.pair_encoding == "bi" else "cls")
+        from tunelab.encoders.text import is_decoder
+
+        # A decoder's first token has seen nothing else: its last one stands for the text.
+        pooling = config.features.pooling or ("mean" if data.pair_encoding == "bi" else
+                                              "last" if is_decoder(load_config(source)) else "cls")
         config = dataclasses.replace(config, data=data,
                                      features=dataclasses.replace(config.features, pooling=pooling))
         extractor = TextFeatureExtractor(source, config.features, config.runtime)
