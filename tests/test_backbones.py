@@ -97,3 +97,93 @@ def test_a_text_model_on_images_stops_in_one_line(tmp_path, colour_folder, tiny_
     err = capsys.readouterr().err.strip()
     assert "image data needs a vision backbone" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- decoders for text
+
+
+def save_tiny_decoder(folder):
+    """A 2-layer random Qwen2 with a word-level tokenizer that has no pad token (as
+    decoders' tokenizers often have none)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from tests.conftest import tiny_vocab
+
+    vocab = {**tiny_vocab(), "<|endoftext|>": len(tiny_vocab())}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]",
+                                        eos_token="<|endoftext|>", model_max_length=128)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         eos_token_id=vocab["<|endoftext|>"], bos_token_id=None, pad_token_id=None,
+                         tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_decoder_fine_tunes_with_lora_predicts_and_loads_in_pipeline(tmp_path):
+    import csv
+    import json
+
+    from transformers import pipeline
+
+    from tests.conftest import write_topic_splits
+
+    model = save_tiny_decoder(tmp_path / "qwen")
+    data = write_topic_splits(tmp_path / "topics", 24, 8, 8)
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(model), "--dataset", str(data), "--out", str(out), "--method", "lora",
+                 "--max-steps", "20", "--eval-every", "10", "--batch-size", "8", "--lr", "5e-3",
+                 "--precision", "fp32"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["trainable"] < metrics["params"]["total"] / 4  # adapters on q_proj, v_proj and the head
+    rows = list(csv.DictReader(open(out / "predictions" / "test.csv", newline="")))
+    classify = pipeline("text-classification", model=str(out / "model"))
+    assert {r["label"] for r in classify([r["text"] for r in rows])} <= set(metrics["data"]["class_names"])
+    import tunelab
+
+    served = tunelab.load_predictor(out)([r["text"] for r in rows])
+    assert [p.label for p in served] == [r["prediction"] for r in rows]
+
+
+def test_a_decoder_probe_reads_the_last_token(tmp_path):
+    import json
+
+    from tests.conftest import write_topic_splits
+
+    model = save_tiny_decoder(tmp_path / "qwen")
+    data = write_topic_splits(tmp_path / "topics", 24, 8, 8)
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(model), "--dataset", str(data), "--out", str(out), "--classifier",
+                 "logreg", "--precision", "fp32"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["task"]["features"]["pooling"] == "last"
+
+
+def test_a_tokenizer_with_no_way_to_pad_stops_in_one_line():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tunelab.core.errors import ModelError
+    from tunelab.encoders.text import ensure_padding
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab={"a": 0, "[UNK]": 1},
+                                                                                 unk_token="[UNK]")))
+    with pytest.raises(ModelError, match="has no way to pad a batch"):
+        ensure_padding(bare, "bare")
+    bare.eos_token = "a"
+    assert ensure_padding(bare, "bare").pad_token == "a"
+
+
+def test_pooling_last_takes_the_last_kept_token():
+    import torch
+
+    from tunelab.encoders.text import pool
+
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert torch.equal(pool(hidden, mask, "last"), torch.stack([hidden[0, 1], hidden[1, 3]]))
