@@ -131,3 +131,25 @@ def test_trials_run_in_other_processes_and_still_report_to_the_pruner(tmp_path, 
     assert len(record["trials"]) == 4 and record["best"] is not None
     assert all(t["curve"] for t in record["trials"])  # validation reached the journal from each process
     assert (out / "ft-best" / "metrics.json").is_file()
+
+
+def test_a_run_that_cannot_stop_is_never_called_pruned():
+    import optuna
+
+    from tunelab.core.trial import PRUNED_AT, make_pruner, report, reporting_to, trial_reporter
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(optuna, "median"))
+    for value in (0.9, 0.9, 0.9):  # three finished trials set the median
+        trial = study.ask()
+        for step in (1, 2, 3):
+            trial.report(value, step)
+        study.tell(trial, value)
+    trial = study.ask()
+    with reporting_to(trial_reporter(optuna, study, trial, "accuracy")):
+        assert report(1, {"accuracy": 0.1}) is False  # the first evaluation is never compared
+        assert report(2, {"accuracy": 0.1}, can_stop=False) is False  # a probe's grid, a last evaluation
+        assert PRUNED_AT not in study.trials[-1].user_attrs
+        assert report(3, {"accuracy": 0.1}) is True
+    assert study.trials[-1].user_attrs[PRUNED_AT] == {"step": 3, "value": 0.1}
+    assert report(4, {"accuracy": 0.1}) is False  # no search: reporting never stops a run

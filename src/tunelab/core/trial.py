@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterator, Mapping
 ENVIRONMENT = "TUNELAB_TRIAL"  # JSON: journal, study, trial (id), metric, pruner
 PRUNED_AT = "pruned_at"  # the trial's user attribute a pruned run leaves: {step, value}
 
-# The reporter of the search driving this process's run: (step, metrics) -> stop?
-_REPORTERS: list[Callable[[int, Mapping[str, float]], bool]] = []
-_FROM_ENVIRONMENT: dict[str, Callable[[int, Mapping[str, float]], bool] | None] = {}
+# The reporter of the search driving this process's run: (step, metrics, can_stop) -> stop?
+Reporter = Callable[[int, Mapping[str, float], bool], bool]
+_REPORTERS: list[Reporter] = []
+_FROM_ENVIRONMENT: dict[str, Reporter | None] = {}
 
 
 @contextlib.contextmanager
-def reporting_to(reporter: Callable[[int, Mapping[str, float]], bool]) -> Iterator[None]:
+def reporting_to(reporter: Reporter) -> Iterator[None]:
     _REPORTERS.append(reporter)
     try:
         yield
@@ -33,39 +34,40 @@ def reporting_to(reporter: Callable[[int, Mapping[str, float]], bool]) -> Iterat
         _REPORTERS.remove(reporter)
 
 
-def report(step: int, metrics: Mapping[str, float]) -> bool:
+def report(step: int, metrics: Mapping[str, float], can_stop: bool = True) -> bool:
     """Validation metrics (names without a split prefix) at ``step`` (fine-tuning: the
     evaluation's number, 1, 2, ...; a probe: the grid position); True when the search says
-    the run should stop now."""
+    the run should stop now. ``can_stop`` False: the run goes on whatever the search says
+    (a probe's grid, a training's last evaluation), so it is never called pruned."""
     reporters = list(_REPORTERS)
     remote = _environment_reporter()
     if remote is not None:
         reporters.append(remote)
-    return any(reporter(step, metrics) for reporter in reporters)
+    return any([reporter(step, metrics, can_stop) for reporter in reporters])
 
 
 def make_pruner(optuna, name: str):
     """median: a trial is compared with the median of the others from its second
-    evaluation on, once three trials have finished;
-    asha: Optuna's successive halving; none: never."""
+    evaluation on (steps count from 1), once three trials have finished; asha: Optuna's
+    successive halving; none: never."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
     if name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner()
     return optuna.pruners.NopPruner()
 
 
-def trial_reporter(optuna, study, trial, metric: str) -> Callable[[int, Mapping[str, float]], bool]:
+def trial_reporter(optuna, study, trial, metric: str) -> Reporter:
     """Reports ``metric`` to an Optuna trial; on pruning, leaves where and at what value
     in the trial's user attribute PRUNED_AT and answers stop."""
     import math
 
-    def reporter(step: int, metrics: Mapping[str, float]) -> bool:
+    def reporter(step: int, metrics: Mapping[str, float], can_stop: bool = True) -> bool:
         value = metrics.get(metric)
         if value is None or not math.isfinite(value):
             return False
         trial.report(float(value), step)
-        if trial.should_prune():
+        if can_stop and trial.should_prune():
             trial.set_user_attr(PRUNED_AT, {"step": int(step), "value": float(value)})
             return True
         return False

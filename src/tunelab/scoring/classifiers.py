@@ -92,7 +92,7 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
         score = validation_score(estimator, x_val, y_val, problem, num_classes, metric, threshold)
         scores[str(value)] = score
         logger.info("%s=%g: validation %s %.4f", parameter, value, metric, score)
-        report(position, {metric: score})  # a search sees the grid (a probe is not stopped midway)
+        report(position, {metric: score}, can_stop=False)  # a search sees the grid; a probe is never stopped
         if score > best_score:  # strict: ties keep the earlier (more regularised for C) value
             best, best_score, best_value = estimator, score, value
     return best, {"parameter": parameter, "chosen": best_value, "metric": metric,

@@ -113,7 +113,8 @@ class SearchCallback(TrainerCallback):
             return
         self.evaluations += 1  # the pruner compares trials at the same evaluation (1, 2, ...)
         values = {k[5:]: float(v) for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
-        if report(self.evaluations, values):
+        # The last evaluation ends the training anyway: a trial that gets there is complete.
+        if report(self.evaluations, values, can_stop=state.global_step < state.max_steps):
             control.should_training_stop = True
 
 
