@@ -98,6 +98,7 @@ def test_pairs_and_single_texts_are_checked_before_predicting(tmp_path, capsys):
 
 
 def test_each_run_of_a_study_reports_its_own_peak_memory(tmp_path):
+    from tunelab.tasks import lifecycle
     from tunelab.tasks.lifecycle import peak_memory, reset_peak_memory
 
     reset_peak_memory()
@@ -107,10 +108,10 @@ def test_each_run_of_a_study_reports_its_own_peak_memory(tmp_path):
     del ballast
     reset_peak_memory()
     low = peak_memory()["peak_rss_mb"]
-    import os
-
-    if os.path.exists("/proc/self/clear_refs"):  # Linux resets the high-water mark
+    if lifecycle._PEAK_RESET["linux"]:  # the kernel took the reset of its high-water mark
         assert low < high - 200, (low, high)
+    else:  # elsewhere (or where /proc/self/clear_refs refuses the write) the process peak stays
+        assert low == high
 
 
 def test_the_console_says_what_was_decided(tmp_path, caplog):
