@@ -22,15 +22,16 @@ import time
 from pathlib import Path
 
 
-def run_package(model_dir: str, texts, labels, test_texts, seed: int) -> tuple[list, float]:
-    """The setfit package with its defaults and num_iterations=20: (test predictions, seconds)."""
+def run_package(model_dir: str, texts, labels, test_texts, seed: int, workdir: Path) -> tuple[list, float]:
+    """The setfit package with its defaults and num_iterations=20: (test predictions, seconds).
+    Its checkpoints go to ``workdir`` (by default it writes them where it runs)."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     start = time.perf_counter()
     model = SetFitModel.from_pretrained(model_dir)
-    args = TrainingArguments(batch_size=16, num_iterations=20, num_epochs=1, seed=seed, report_to="none",
-                             show_progress_bar=False)
+    args = TrainingArguments(output_dir=str(workdir / f"package-seed{seed}"), batch_size=16, num_iterations=20,
+                             num_epochs=1, seed=seed, report_to="none", show_progress_bar=False)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
     trainer.train()
     seconds = time.perf_counter() - start
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         train, test = dataset.splits["train"], dataset.splits["test"]
         names = dataset.class_names
         predicted, package_seconds = run_package(model_dir, train.texts, [names[i] for i in train.labels],
-                                                 test.texts, seed)
+                                                 test.texts, seed, workdir)
         package_accuracy = float(np.mean(np.asarray(predicted) == np.asarray([names[i] for i in test.labels])))
         config = SetfitConfig(model=args.model, data=data, seed=seed, runtime=RuntimeConfig(precision="fp32"))
         start = time.perf_counter()
