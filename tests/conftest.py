@@ -123,6 +123,14 @@ def load_adapter(adapter_dir: Path):
         ignore_mismatched_sizes=True).eval()  # a base that is itself a classifier has a head of another size
 
 
+def rows_of(path) -> list[dict]:
+    """The rows of a CSV file (a predictions file, a predict --output), as dicts."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def metrics_of(run) -> dict:
     import json
 

@@ -1,21 +1,15 @@
 """SetFit: contrastive pairs drawn as SetFit draws them, the two stages end to end on the
 tiny model, a body sentence-transformers loads, predict and ONNX export."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 
-from tests.conftest import metrics_of, write_topic_splits
+from tests.conftest import metrics_of, rows_of, write_topic_splits
 from tunelab.cli import main
 from tunelab.problems import get_problem
 from tunelab.tasks.setfit import contrastive_pairs
-
-
-def rows_of(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_pairs_are_balanced_cycled_and_labelled_by_shared_class():

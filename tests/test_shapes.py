@@ -2,7 +2,6 @@
 (cross and bi), multi-label, regression, imbalance with class weights, k-shot, hub-style
 datasets with configurations and split names, messy files, and the bad inputs."""
 
-import csv
 import json
 import random
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import write_csv
+from tests.conftest import rows_of, write_csv
 from tunelab.cli import main
 
 TOPICS = {"sport": ["sport", "red"], "music": ["music", "blue"], "science": ["science", "green"]}
@@ -64,11 +63,6 @@ def tags(tmp_path_factory):
 
 def metrics_of(run):
     return json.loads((Path(run) / "metrics.json").read_text())
-
-
-def rows_of(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def run(*args):

@@ -1,19 +1,13 @@
 """Text zero-shot: texts against class descriptions by cosine (a sentence encoder) or by
 entailment (an NLI cross-encoder), calibration, label sets, and the one-line errors."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 
-from tests.conftest import metrics_of, write_topic_splits
+from tests.conftest import metrics_of, rows_of, write_topic_splits
 from tunelab.cli import main
-
-
-def rows_of(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")

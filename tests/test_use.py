@@ -1,20 +1,14 @@
 """From result to use: run directories the ecosystem loads on its own (plain
 transformers/peft, no tunelab code), model cards, ONNX export and serving, lean runs."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import load_adapter, metrics_of, write_csv, write_topic_splits
+from tests.conftest import load_adapter, metrics_of, rows_of, write_csv, write_topic_splits
 from tunelab.cli import main
-
-
-def rows_of(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,6 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
         kind = "probability"
         record = {"hypotheses": hypotheses, "entailment": parts["entailment"],
                   "contradiction": parts["contradiction"]}
-        params = count_parameters_from_config(prepared.source)
     else:
         extractor = parts["extractor"]
         embeddings = label_embeddings(lambda texts: extractor.encode(texts, "class descriptions"),
@@ -249,7 +248,6 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
 
         run.write_bytes(f"model/{EMBEDDINGS_FILE}", save({"embeddings": np.ascontiguousarray(embeddings,
                                                                                           dtype=np.float32)}))
-        params = count_parameters_from_config(prepared.source)
     offsets = np.zeros(len(dataset.class_names), dtype=np.float64)
     if config.calibrate:
         offsets = raw["train"].mean(0)
@@ -279,7 +277,7 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
     if threshold_record is not None:
         task["threshold"] = threshold_record
     return Outcome(
-        scored=predictions, params={"total": params, "trainable": 0},
+        scored=predictions, params={"total": count_parameters_from_config(prepared.source), "trainable": 0},
         seconds={"train": 0.0, "eval": seconds},
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(scored, seconds)},
         task=task,
