@@ -176,6 +176,32 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_siglip(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer-per-tower SigLIP on 32x32 images with a character-level tokenizer
+    (SigLIP's own needs sentencepiece and the hub) and SigLIP's plain resize."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    from tunelab.models.architectures import char_clip_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = char_clip_tokenizer(model_max_length=24)
+    tokenizer.pad_token = "<|endoftext|>"
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=24, projection_size=32,
+                         bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+                         pad_token_id=len(tokenizer) - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+    )
+    torch.manual_seed(seed)
+    SiglipModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
 def write_colour_images(root: Path, per_class: int, seed: int = 0, size: int = 40) -> Path:
     """class_name/*.png: noisy squares of one colour per class, each with a random shape."""
     import numpy as np
@@ -195,6 +221,11 @@ def write_colour_images(root: Path, per_class: int, seed: int = 0, size: int = 4
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    return save_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
 
 
 @pytest.fixture(scope="session")

@@ -187,3 +187,273 @@ def test_pooling_last_takes_the_last_kept_token():
     hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     assert torch.equal(pool(hidden, mask, "last"), torch.stack([hidden[0, 1], hidden[1, 3]]))
+
+
+# --------------------------------------------------------------------------- fine-tuning on images, SigLIP
+
+
+def _backbone(tmp_path, family, tiny_siglip_dir):
+    return tiny_siglip_dir if family == "siglip" else save_tiny_backbone(tmp_path / family, family)
+
+
+@pytest.mark.parametrize("family, method", [("vit", "full"), ("dinov2", "lora"), ("convnext", "lora"),
+                                            ("siglip", "lora")])
+def test_image_fine_tuning_on_any_vision_backbone(tmp_path, colour_folder, tiny_siglip_dir, family, method):
+    import json
+
+    from transformers import pipeline
+
+    import tunelab
+    from tests.conftest import rows_of
+
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(_backbone(tmp_path, family, tiny_siglip_dir)), "--dataset",
+                 str(colour_folder), "--out", str(out), "--method", method, "--max-steps", "12", "--eval-every", "6",
+                 "--batch-size", "8", "--lr", "1e-3", "--precision", "fp32", "--set", "images.num_workers=0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    params = metrics["params"]
+    assert (params["trainable"] < params["total"] / 2) if method == "lora" else params["trainable"] == params["total"]
+    assert metrics["task"]["inputs"] == "images" and metrics["splits"]["test"]["n"] == 24
+    assert (out / "model" / "adapter" / "adapter_config.json").is_file() == (method == "lora")
+    rows = rows_of(out / "predictions" / "test.csv")
+    files = [str(colour_folder / r["file"]) for r in rows]
+    served = tunelab.load_predictor(out)(files)
+    assert [p.label for p in served] == [r["prediction"] for r in rows]
+    # model/ alone, in plain transformers: the same labels, by name, and the same probabilities
+    classify = pipeline("image-classification", model=str(out / "model"))
+    best = [result[0] for result in classify(files[:6])]
+    assert [b["label"] for b in best] == [p.label for p in served[:6]]
+    assert [b["score"] for b in best] == pytest.approx([p.score for p in served[:6]], abs=1e-4)
+
+
+def test_image_fine_tuning_refuses_a_text_model_in_one_line(tmp_path, colour_folder, tiny_bert_dir, capsys):
+    assert main(["finetune", "--model", str(tiny_bert_dir), "--dataset", str(colour_folder), "--out",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fine-tuning on images needs a vision backbone" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_image_probe_predicts_as_its_predictions_file(tmp_path, colour_folder):
+    import tunelab
+    from tests.conftest import rows_of
+
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(save_tiny_backbone(tmp_path / "vit", "vit")), "--dataset",
+                 str(colour_folder), "--out", str(out), "--classifier", "logreg", "--precision", "fp32",
+                 "--set", "images.num_workers=0"]) == 0
+    rows = rows_of(out / "predictions" / "test.csv")
+    served = tunelab.load_predictor(out)([str(colour_folder / r["file"]) for r in rows])
+    assert [p.label for p in served] == [r["prediction"] for r in rows]
+    assert [p.score for p in served] == pytest.approx([float(r["probability"]) for r in rows], abs=1e-5)
+
+
+def test_siglip_zero_shot_scores_each_class_with_its_own_sigmoid(tmp_path, colour_folder, tiny_siglip_dir):
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    import tunelab
+    from tests.conftest import rows_of
+
+    out = tmp_path / "zs"
+    assert main(["zeroshot", "--model", str(tiny_siglip_dir), "--dataset", str(colour_folder), "--out", str(out),
+                 "--precision", "fp32", "--set", "images.num_workers=0"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["task"]["scores"] == "sigmoid"
+    rows = rows_of(out / "predictions" / "test.csv")
+    # Recomputed with plain transformers: SigLIP's logits_per_image, prompts padded to full length.
+    model = AutoModel.from_pretrained(tiny_siglip_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_siglip_dir)
+    processor = AutoImageProcessor.from_pretrained(tiny_siglip_dir)
+    names = ["blue", "green", "red"]
+    prompts = tokenizer([f"a photo of a {n}" for n in names], padding="max_length", max_length=24,
+                        return_tensors="pt")
+    files = [colour_folder / r["file"] for r in rows[:5]]
+    pixels = processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        logits = model(input_ids=prompts["input_ids"], pixel_values=pixels).logits_per_image.numpy()
+    assert [r["prediction"] for r in rows[:5]] == [names[i] for i in logits.argmax(1)]
+    table = [[float(r[f"similarity_{n}"]) for n in names] for r in rows[:5]]
+    assert np.asarray(table) == pytest.approx(logits, abs=1e-4)
+    served = tunelab.load_predictor(out)([str(f) for f in files])
+    assert [p.label for p in served] == [r["prediction"] for r in rows[:5]]
+    assert np.isfinite([p.score for p in served]).all()
+
+
+def test_siglip_zero_shot_on_label_sets_and_clip_refusing_them(tmp_path, tiny_siglip_dir, tiny_clip_dir, capsys):
+    import json
+
+    import tunelab
+    from tests.conftest import rows_of
+    from tests.test_images import write_image_table
+
+    root = write_image_table(tmp_path / "table")
+    out = tmp_path / "zs"
+    assert main(["zeroshot", "--model", str(tiny_siglip_dir), "--dataset", str(root), "--label-separator", ";",
+                 "--threshold", "tune", "--out", str(out), "--precision", "fp32"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["problem"] == "multi-label" and metrics["task"]["threshold"]["tuned"] is True
+    assert metrics["data"]["labels_seen"] == 3  # the threshold was chosen there
+    rows = rows_of(out / "predictions" / "test.csv")
+    served = tunelab.load_predictor(out)([str(root / r["file"]) for r in rows])
+    assert ["; ".join(p.labels) for p in served] == [r["prediction"] for r in rows]
+    capsys.readouterr()
+    assert main(["zeroshot", "--model", str(tiny_clip_dir), "--dataset", str(root), "--label-separator", ";",
+                 "--out", str(tmp_path / "clip")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "use a SigLIP model" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "clip").exists()
+
+
+def test_image_text_finetune_is_clip_finetune_for_siglip_too(tmp_path, colour_folder, tiny_siglip_dir):
+    import json
+
+    import torch
+
+    from tunelab.data.images import ClipPreprocess
+    from tunelab.tasks.clip_finetune import ClipLoss
+
+    out = tmp_path / "itf"
+    assert main(["image-text-finetune", "--model", str(tiny_siglip_dir), "--dataset", str(colour_folder), "--out",
+                 str(out), "--max-steps", "4", "--eval-every", "2", "--batch-size", "8", "--precision", "fp32",
+                 "--set", "images.num_workers=0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["command"] == "clip-finetune" and 0 < metrics["params"]["trainable"] < metrics["params"]["total"]
+    # SigLIP's contrastive loss is its sigmoid loss: what SiglipModel computes itself with return_loss.
+    from transformers import AutoImageProcessor, AutoModel
+
+    model = AutoModel.from_pretrained(tiny_siglip_dir)
+    prompts = {"input_ids": torch.randint(0, 100, (3, 24))}
+    pixels = torch.rand(3, 3, 32, 32)
+    loss = ClipLoss("contrastive", prompts, ClipPreprocess(AutoImageProcessor.from_pretrained(tiny_siglip_dir)),
+                    sigmoid=True)(model, pixels, torch.arange(3))
+    reference = model(input_ids=prompts["input_ids"], pixel_values=pixels, return_loss=True).loss
+    assert float(loss) == pytest.approx(float(reference), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- decoders: likelihood zero-shot, pairs
+
+
+def write_pair_splits(folder):
+    """Pairs of topic texts, labelled same (1) or different (0)."""
+    import random
+
+    from tests.conftest import topic_rows, write_csv
+
+    for name, n, seed in (("train", 16, 1), ("validation", 6, 2), ("test", 6, 3)):
+        rng = random.Random(seed)
+        rows = topic_rows(n, seed)
+        pairs = [(a, b, int(la == lb)) for (a, la), (b, lb) in zip(rows, rng.sample(rows, len(rows)))]
+        write_csv(folder / f"{name}.csv", pairs, header=("text", "text_pair", "label"))
+    return folder
+
+
+def test_continuation_scores_are_the_models_own_log_probabilities(tmp_path):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.encoders.decoder import continuation_scores
+
+    folder = save_tiny_decoder(tmp_path / "qwen")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.eos_token
+    contexts = ["the film", "a good story with the dog and", "cat"]
+    continuations = ["music", "science sport", "blue"]
+    scores = continuation_scores(model, tokenizer, contexts, continuations, batch_size=2, device=torch.device("cpu"))
+    for context, continuation, score in zip(contexts, continuations, scores):
+        first = tokenizer(context)["input_ids"]
+        second = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            log_probs = torch.log_softmax(model(torch.tensor([first + second])).logits[0], -1)
+        expected = np.mean([float(log_probs[len(first) - 1 + i, token]) for i, token in enumerate(second)])
+        assert score == pytest.approx(expected, abs=1e-5)  # padding in a batch changes nothing
+    # (this tokenizer reads characters: "music" is 5 tokens, so 7 keeps the context's last two, "th")
+    cut = continuation_scores(model, tokenizer, ["the film story with"], ["music"], 1, torch.device("cpu"),
+                              max_length=7)
+    whole = continuation_scores(model, tokenizer, ["th"], ["music"], 1, torch.device("cpu"))
+    assert cut == pytest.approx(whole, abs=1e-5)  # a long context loses its start
+
+
+def test_likelihood_zero_shot_with_in_context_examples(tmp_path):
+    import json
+
+    import tunelab
+    from tests.conftest import rows_of, write_topic_splits
+
+    model = save_tiny_decoder(tmp_path / "qwen")
+    data = write_topic_splits(tmp_path / "topics", 24, 8, 8)
+    out = tmp_path / "zs"
+    assert main(["zeroshot", "--model", str(model), "--dataset", str(data), "--zeroshot-method", "likelihood",
+                 "--in-context", "2", "--out", str(out), "--precision", "fp32"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    examples = metrics["task"]["text"]["examples"]
+    assert len(examples) == 6 and sorted(e["label"] for e in examples) == ["music"] * 2 + ["science"] * 2 + \
+        ["sport"] * 2
+    train = {r["text"]: r["label"] for r in rows_of(data / "train.csv")}
+    assert all(train[e["text"]] == e["label"] for e in examples)  # drawn from train, with their labels
+    assert metrics["data"]["labels_seen"] == 6
+    rows = rows_of(out / "predictions" / "test.csv")
+    served = tunelab.load_predictor(out)([r["text"] for r in rows])
+    assert [p.label for p in served] == [r["prediction"] for r in rows]
+    assert sum(float(rows[0][f"probability_{n}"]) for n in ("music", "science", "sport")) == pytest.approx(1, abs=1e-5)
+
+
+def test_likelihood_prompts_hold_the_examples_and_use_a_chat_template():
+    from tunelab.tasks.text_zeroshot import likelihood_prompts
+
+    class Plain:
+        chat_template = None
+
+    examples = [{"text": "goal goal", "label": "sport", "answer": "sport"}]
+    context, suffix, space = likelihood_prompts(Plain(), "song song", "tune", "Label: {}", examples, ["music", "sport"])
+    assert context == ("Classify the text. Labels: music, sport.\n\nText: goal goal\nLabel: sport\n\n"
+                       "Text: song song\nSecond text: tune\nLabel:") and space == " " and suffix == ""
+
+    class Chat:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return f"<user>{messages[0]['content']}</user><assistant>"
+
+    context, _, _ = likelihood_prompts(Chat(), "song song", None, "Label: {}", [], ["music", "sport"])
+    assert context == "<user>Classify the text. Labels: music, sport.\n\nText: song song</user><assistant>Label:"
+
+
+def test_a_decoder_on_sentence_pairs(tmp_path):
+    import json
+
+    import tunelab
+
+    model = save_tiny_decoder(tmp_path / "qwen")
+    data = write_pair_splits(tmp_path / "pairs")
+    common = ["--model", str(model), "--dataset", str(data), "--text-pair-column", "text_pair", "--precision", "fp32"]
+    runs = {"finetune": ["--method", "lora", "--max-steps", "6", "--eval-every", "3", "--batch-size", "8",
+                         "--pair-encoding", "cross"],
+            "probe": ["--classifier", "logreg"],
+            "zeroshot": ["--zeroshot-method", "likelihood", "--in-context", "1", "--label-names", "different,same"]}
+    for command, flags in runs.items():
+        out = tmp_path / command
+        assert main([command, *common, *flags, "--out", str(out)]) == 0, command
+        assert json.loads((out / "metrics.json").read_text())["splits"]["test"]["n"] == 18
+        served = tunelab.load_predictor(out)([("ball goal", "goal ball"), ("song tune", "paint brush")])
+        assert len(served) == 2 and {p.label for p in served} <= {"0", "1"}, command
+
+
+def test_likelihood_needs_a_decoder_and_in_context_needs_likelihood(tmp_path, tiny_bert_dir, capsys):
+    from tests.conftest import write_topic_splits
+
+    data = write_topic_splits(tmp_path / "topics", 4, 2, 2)
+    for flags, message in ((["--model", str(tiny_bert_dir), "--zeroshot-method", "likelihood"],
+                            "likelihood needs a decoder language model"),
+                           (["--model", str(tiny_bert_dir), "--in-context", "2"], "--in-context puts labelled")):
+        capsys.readouterr()
+        assert main(["zeroshot", "--dataset", str(data), *flags, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "x").exists()

@@ -104,7 +104,7 @@ def test_zeroshot_records_unreadable_images(tiny_clip_dir, tmp_path, capsys):
 def test_zeroshot_needs_clip(tiny_bert_dir, colour_folder, tmp_path, capsys):
     assert main(["zeroshot", "--model", str(tiny_bert_dir), "--dataset", str(colour_folder),
                  "--out", str(tmp_path / "x")]) == 2
-    assert "is a distilbert model; this command needs a CLIP model" in capsys.readouterr().err
+    assert "is a distilbert model; this command needs a CLIP or SigLIP model" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tunelab.core.registry import all_tasks
 
     for task in all_tasks().values():
-        sub = commands.add_parser(task.name, help=task.summary, description=task.description or task.summary)
+        sub = commands.add_parser(task.name, help=task.summary, description=task.description or task.summary,
+                                  aliases=list(task.aliases))
         presets = list_presets(task.name)
         sub.add_argument("--config", metavar="FILE.yaml|PRESET",
                          help="a YAML config" + (f" or a shipped preset ({', '.join(presets)})" if presets else "")
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnx: an ONNX model served by ONNX Runtime (the only format so far)")
     export.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantised int8 model")
     export.set_defaults(handler=_run_export)
-    for sub in commands.choices.values():  # also accepted after the command
+    for sub in {id(p): p for p in commands.choices.values()}.values():  # also after the command (aliases: once)
         sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser

@@ -64,6 +64,9 @@ class Task:
     # The precision predict computes in by default: "run" (the run's own, reproducing its
     # predictions files) or fp32 (what plain transformers gives with the saved model/).
     serve_precision: str = "run"
+    # Other names the command answers to (on the command line and in a study's steps);
+    # runs record the task's own name.
+    aliases: tuple[str, ...] = ()
     problems: tuple[str, ...] = ("single-label", "multi-label", "regression")
     inputs: tuple[tuple[str, str | None], ...] = (("text", "text-encoder"), ("pairs", "text-encoder"))
 
@@ -126,9 +129,16 @@ def _load_plugins() -> None:
 
 def get_task(name: str) -> Task:
     _load_builtins()
+    name = canonical_name(name)
     if name not in _TASKS:
         raise ConfigError(f"unknown command '{name}'; choose from {', '.join(_TASKS)}")
     return _TASKS[name]
+
+
+def canonical_name(name: str) -> str:
+    """A task's own name for one of its aliases (any other name unchanged)."""
+    _load_builtins()
+    return next((task.name for task in _TASKS.values() if name in task.aliases), name)
 
 
 def all_tasks() -> dict[str, Task]:

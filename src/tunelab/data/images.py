@@ -99,6 +99,18 @@ class ImageSplit:
         return h.hexdigest()
 
 
+def files_split(paths) -> ImageSplit:
+    """New image files (to predict: labels unknown) as a split to stream; a missing file
+    stops in one line."""
+    paths = [str(p) for p in paths]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"image not found: {missing[0]}{more}")
+    return ImageSplit(FileImages(Path("/"), [str(Path(p).resolve()) for p in paths]), np.arange(len(paths)),
+                      np.zeros(len(paths), dtype=np.int64), paths)
+
+
 @dataclass
 class ImageDataset(LabelledData):
     """Validated splits of an image classification task."""

@@ -43,27 +43,51 @@ def load_templates(spec: str, simple: Sequence[str] = SIMPLE_TEMPLATES) -> list[
     return templates
 
 
+# Dual encoders scored against class prompts: CLIP (softmax over classes) and SigLIP
+# (a sigmoid per class: independent scores, natural for label sets).
+DUAL_ENCODERS = ("clip", "siglip")
+
+
 def require_clip(source: ModelSource):
     config = load_config(source)
-    if getattr(config, "model_type", "") != "clip":
+    if getattr(config, "model_type", "") not in DUAL_ENCODERS:
         raise ModelError(f"'{source.name}' is a {getattr(config, 'model_type', 'unknown')} model; "
-                         "this command needs a CLIP model (e.g. openai/clip-vit-base-patch16)")
+                         "this command needs a CLIP or SigLIP model (e.g. openai/clip-vit-base-patch16, "
+                         "google/siglip-base-patch16-224)")
     return config
 
 
+def is_sigmoid(model) -> bool:
+    """SigLIP: each class prompt scored on its own (a sigmoid), not against the others."""
+    return getattr(model.config, "model_type", "") == "siglip"
+
+
 def load_clip(source: ModelSource, dtype=None):
-    """(model, tokenizer, image processor) of a CLIP checkpoint."""
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    """(model, tokenizer, image processor) of a CLIP or SigLIP checkpoint."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     from tunelab.models.resolve import hub_kwargs, load_pretrained
 
-    require_clip(source)
+    config = require_clip(source)
     kwargs = hub_kwargs(source)
-    what = f"CLIP model '{source.name}'"
-    model = load_pretrained(CLIPModel, source.location, what, dtype=dtype, **kwargs)
+    what = f"{'SigLIP' if config.model_type == 'siglip' else 'CLIP'} model '{source.name}'"
+    model = load_pretrained(AutoModel, source.location, what, dtype=dtype, **kwargs)
     tokenizer = load_pretrained(AutoTokenizer, source.location, what, **kwargs)
     processor = load_pretrained(AutoImageProcessor, source.location, what, **kwargs)
     return model, tokenizer, processor
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str], model) -> dict:
+    """Prompt tokens as the model was trained on them: CLIP padded to the longest with a
+    mask; SigLIP padded to its full length without one (its text embedding is the last
+    position's, so the padding must be the length it learnt)."""
+    if is_sigmoid(model):
+        length = model.config.text_config.max_position_embeddings
+        tokens = tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
+                           return_tensors="pt")
+        return {"input_ids": tokens["input_ids"]}
+    tokens = tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
 def prompts_for(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -76,10 +100,9 @@ def encode_prompts(model, tokenizer, prompts: Sequence[str], device, batch_size:
 
     outputs = []
     for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(list(prompts[start:start + batch_size]), padding=True, truncation=True,
-                           return_tensors="pt").to(device)
-        features = _features(model.get_text_features(input_ids=tokens["input_ids"],
-                                                     attention_mask=tokens["attention_mask"]))
+        tokens = {k: v.to(device) for k, v in tokenize_prompts(tokenizer, prompts[start:start + batch_size],
+                                                                model).items()}
+        features = _features(model.get_text_features(**tokens))
         outputs.append(torch.nn.functional.normalize(features.float(), dim=-1))
     return torch.cat(outputs)
 
@@ -113,6 +136,12 @@ def logit_scale(model) -> float:
     return float(model.logit_scale.detach().exp().float().cpu())
 
 
+def logit_bias(model) -> float:
+    """SigLIP's learnt bias on the scaled cosine (CLIP has none)."""
+    bias = getattr(model, "logit_bias", None)
+    return float(bias.detach().float().cpu().reshape(-1)[0]) if bias is not None else 0.0
+
+
 def embed_loader(model, loader, device, dtype=None, desc: str = "images", skipped: list[int] | None = None):
     """Stream a DataLoader of images (``image_loader``) through the image tower: yields
     (dataset rows, normalised embeddings on ``device``) per batch; unreadable rows are
@@ -140,11 +169,11 @@ def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc
     import torch
 
     skipped: list[int] = []
-    scale = logit_scale(model)
+    scale, bias = logit_scale(model), logit_bias(model)
     pending = None
     with torch.inference_mode():
         for rows, embeddings in embed_loader(model, loader, device, dtype, desc, skipped):
-            staged = accumulator.stage(rows, scale * embeddings @ class_emb.T)
+            staged = accumulator.stage(rows, scale * embeddings @ class_emb.T + bias)
             if pending is not None:
                 accumulator.commit(pending)
             pending = staged

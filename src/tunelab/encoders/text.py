@@ -496,9 +496,13 @@ class ImageFeatureExtractor:
         loader = image_loader(split, preprocess, self.batch_size, self.images.num_workers, self.images.strict)
         start = time.perf_counter()
         if kind == "clip":
-            out = np.full((len(split), model.config.projection_dim), np.nan, dtype=np.float32)
+            out = None
             for rows, embeddings in embed_loader(model, loader, self.device, self.dtype, desc):
+                if out is None:  # CLIP's projection width, SigLIP's hidden size
+                    out = np.full((len(split), embeddings.shape[1]), np.nan, dtype=np.float32)
                 out[rows] = embeddings.cpu().numpy()
+            if out is None:
+                out = np.full((len(split), 1), np.nan, dtype=np.float32)
         else:
             out = self._backbone_features(model, preprocess, loader, len(split), desc)
         self.seconds += time.perf_counter() - start

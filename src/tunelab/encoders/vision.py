@@ -58,3 +58,47 @@ def pool_image(outputs, how: str):
     if how == "mean":
         return patches
     return torch.cat([cls, patches], dim=-1)
+
+
+def image_classifier_types() -> set[str]:
+    """Model types transformers can make an image classifier of (ViT, DeiT, BEiT, DINOv2,
+    ConvNeXt, Swin, SigLIP's and CLIP's image towers, timm's wrapper, ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    return set(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
+
+
+def classify_loader(model, loader, device, problem: str | None, threshold: float = 0.5, precision: str = "fp32",
+                    desc: str = "images"):
+    """Stream a DataLoader of images (``image_loader``) through an image classifier:
+    (scores of the readable rows, a mask of those rows, the unreadable rows). Class
+    probabilities go into an accumulator (O(n) memory for many classes)."""
+    import numpy as np
+    import torch
+
+    from tunelab.core.progress import progress
+    from tunelab.problems import get_problem
+    from tunelab.scoring.evaluation import ScoreAccumulator
+
+    kind, total = get_problem(problem), len(loader.dataset)
+    preprocess = loader.dataset.preprocess
+    num_labels = model.config.num_labels
+    accumulator = ScoreAccumulator(total, num_labels, "probability") if kind.exclusive_classes else None
+    outputs = torch.full((total, num_labels), float("nan"))
+    seen, skipped = np.zeros(total, dtype=bool), []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast, progress(total, desc, "img") as bar:
+        for batch in loader:
+            skipped += batch["skipped"]
+            rows = batch["rows"].numpy()
+            if len(rows):
+                logits = model(pixel_values=preprocess.model_input(batch["pixel_values"], device)).logits.float()
+                if accumulator is not None:
+                    accumulator.add(rows, torch.softmax(logits, dim=-1))
+                else:
+                    outputs[torch.as_tensor(rows)] = logits.cpu()
+                seen[rows] = True
+            bar.update(len(rows) + len(batch["skipped"]))
+    if accumulator is not None:
+        return accumulator.result(), seen, skipped
+    return kind.scores_from_outputs(outputs[torch.as_tensor(seen)], threshold), seen, skipped

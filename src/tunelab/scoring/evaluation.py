@@ -59,11 +59,13 @@ class ScoreAccumulator:
     """Collects batches of per-class scores into a ClassScores without ever holding
     a (n, classes) block for many classes (the reference ran out of memory there)."""
 
-    def __init__(self, n: int, num_classes: int, kind: str):
+    def __init__(self, n: int, num_classes: int, kind: str, keep_full: bool = False):
         self.k = min(TOP_K, num_classes)
         self.top_indices = np.zeros((n, self.k), dtype=np.int64)
         self.top_scores = np.zeros((n, self.k), dtype=np.float32)
-        self.full = np.zeros((n, num_classes), dtype=np.float32) if num_classes <= MAX_SCORE_COLUMNS else None
+        # Label sets need every label's score (keep_full), whatever their number.
+        self.full = np.zeros((n, num_classes), dtype=np.float32) \
+            if keep_full or num_classes <= MAX_SCORE_COLUMNS else None
         self.seen = np.zeros(n, dtype=bool)
         self.kind = kind
 
@@ -105,6 +107,10 @@ class ScoreAccumulator:
         if self.full is not None:
             self.full[target] = part.full[kept]
         self.seen[target] = True
+
+    def label_scores(self, threshold: float) -> LabelScores:
+        """The seen rows' scores as independent label probabilities (a sigmoid of each)."""
+        return LabelScores(1 / (1 + np.exp(-self.full[self.seen].astype(np.float64))), threshold, "probability")
 
     def result(self, keep: np.ndarray | None = None) -> ClassScores:
         keep = self.seen if keep is None else keep
@@ -246,6 +252,28 @@ def top_k_nll(result, labels: np.ndarray) -> float:
     hit = indices == labels[:, None]
     true_log_prob = np.where(hit.any(1), (log_probs * hit).sum(1), log_probs.min(1))
     return float(-true_log_prob.mean()) if len(labels) else 0.0
+
+
+def validation_loss(scores, labels: np.ndarray) -> float:
+    """The training loss of probability-like predictions, for evaluations that stream
+    their own batches: cross-entropy of the true class (top-k kept: a class outside them
+    counts with the lowest kept probability), binary cross-entropy per label, or the
+    squared error."""
+    labels = np.asarray(labels)
+    if not len(labels):
+        return 0.0
+    if isinstance(scores, ValueScores):
+        return float(np.mean((scores.values - labels) ** 2))
+    eps = 1e-7
+    if isinstance(scores, LabelScores):
+        p = np.clip(scores.scores, eps, 1 - eps)
+        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    if scores.full is not None:
+        true = scores.full[np.arange(len(labels)), labels]
+    else:
+        hit = scores.top_indices == labels[:, None]
+        true = np.where(hit.any(1), (scores.top_scores * hit).sum(1), scores.top_scores.min(1))
+    return float(-np.mean(np.log(np.clip(true, eps, 1.0))))
 
 
 def skipped_record(names: list[str]) -> dict:

@@ -109,30 +109,27 @@ def run_command(run_dir: Path) -> str:
 
 
 def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
-    """Images scored against the class embeddings a CLIP run saved (no prompt re-encoded)."""
-
-    from tunelab.data.images import ClipPreprocess, FileImages, ImageSplit, image_loader
+    """Images scored against the class embeddings a CLIP or SigLIP run saved (no prompt
+    re-encoded): one class each, or (SigLIP on label sets) every label above the run's
+    threshold."""
+    from tunelab.data.images import ClipPreprocess, files_split, image_loader
     from tunelab.encoders.clip import load_class_embeddings, score_loader
+    from tunelab.problems import get_problem
     from tunelab.scoring.evaluation import ScoreAccumulator
 
     model.to(device).eval()
     class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").to(device)
-    names = read_predictor(run_dir)["class_names"]
+    record = read_predictor(run_dir)
+    names = record["class_names"]
+    label_sets = not get_problem(record.get("problem")).exclusive_classes
 
     def predict_images(inputs: Sequence[str]) -> list[Prediction]:
-        missing = [p for p in inputs if not Path(p).is_file()]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise TunelabError(f"image not found: {missing[0]}{more}")
-        paths = [str(Path(p).resolve()) for p in inputs]
-        split = ImageSplit(FileImages(Path("/"), paths), np.arange(len(paths)),
-                           np.zeros(len(paths), dtype=np.int64), list(inputs))
-        accumulator = ScoreAccumulator(len(paths), len(names), "similarity")
+        split = files_split(inputs)
+        accumulator = ScoreAccumulator(len(split), len(names), "similarity", keep_full=label_sets)
         loader = image_loader(split, ClipPreprocess.for_device(processor, device), batch_size, 0, strict=True)
         score_loader(model, loader, class_emb, device, accumulator)
-        result = accumulator.result()
-        return [Prediction(text, names[p], float(s), "similarity")
-                for text, p, s in zip(inputs, result.predicted, result.score)]
+        scores = accumulator.label_scores(record.get("threshold", 0.5)) if label_sets else accumulator.result()
+        return predictions_from(split.ids, scores, names)
 
     return predict_images
 

@@ -104,13 +104,15 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
     variables = dict(values.get("variables") or {})
     settings = dict(values.get("settings") or {})
     study_matrix = dict(values.get("matrix") or {})
+    from tunelab.core.registry import canonical_name
+
     commands = all_tasks()
     steps, matrices = [], {}
     for index, raw in enumerate(values["steps"] or []):
         if not isinstance(raw, dict) or "command" not in raw:
             raise ConfigError(f"{origin}: step {index + 1} needs a 'command' ({', '.join(commands)})")
         raw = dict(raw)
-        command = raw.pop("command")
+        command = canonical_name(raw.pop("command"))
         if command not in commands:
             raise ConfigError(f"{origin}: step {index + 1} has unknown command '{command}'; "
                               f"choose from {', '.join(commands)}")

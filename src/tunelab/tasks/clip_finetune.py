@@ -19,8 +19,16 @@ from tunelab.core.config import ImageDecodingConfig, TaskConfig, check_settings,
 from tunelab.core.errors import DataError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record
 from tunelab.core.registry import Task, register_task
-from tunelab.data.images import ClipPreprocess, ProcessedImages, collate_images, image_loader
-from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
+from tunelab.data.images import ClipPreprocess, image_loader
+from tunelab.encoders.clip import (
+    class_embeddings,
+    is_sigmoid,
+    load_clip,
+    load_templates,
+    save_class_embeddings,
+    score_loader,
+    tokenize_prompts,
+)
 from tunelab.models.resolve import count_parameters
 from tunelab.scoring.evaluation import ScoreAccumulator, top_k_nll
 from tunelab.scoring.metrics import classification_metrics
@@ -39,7 +47,7 @@ def _default_train() -> TrainConfig:
 
 @dataclasses.dataclass
 class ClipFinetuneConfig(TaskConfig):
-    model: str = setting("openai/clip-vit-base-patch16", "a CLIP hub id or local directory", flag="--model",
+    model: str = setting("openai/clip-vit-base-patch16", "a CLIP or SigLIP hub id or local directory", flag="--model",
                          metavar="M")
     loss: str = setting("contrastive", "contrastive: the reference's in-batch image/prompt loss; ce: each image "
                         "against every class prompt", flag="--loss", choices=("contrastive", "ce"))
@@ -59,25 +67,27 @@ def clip_config_from_run(run_dir: Path) -> ClipFinetuneConfig:
 
 
 def wrap_clip_lora(model, lora: LoraConfig):
-    return wrap_lora(model, "clip", lora, sequence_classification=False)
+    return wrap_lora(model, model.config.model_type, lora, sequence_classification=False)
 
 
 class ClipLoss:
     """Loss on a batch of images and their class indices, through the model's forward
-    (so that data-parallel gradient hooks run)."""
+    (so that data-parallel gradient hooks run). SigLIP's contrastive loss is its own
+    sigmoid loss (every image/prompt pair a binary decision), CLIP's the symmetric
+    cross-entropy."""
 
-    def __init__(self, kind: str, prompt_ids, prompt_mask, preprocess):
+    def __init__(self, kind: str, prompt_tokens: dict, preprocess, sigmoid: bool = False):
         self.kind = kind
+        self.sigmoid = sigmoid
         self.preprocess = preprocess  # normalises (on GPUs also resizes) the pixels workers hand over
-        self.prompt_ids = prompt_ids  # (classes, length): the first template per class
-        self.prompt_mask = prompt_mask
-        self._on_device: dict[str, tuple] = {}
+        self.prompt_tokens = prompt_tokens  # (classes, length) tensors: the first template per class
+        self._on_device: dict[str, dict] = {}
 
-    def prompts_on(self, device):
+    def prompts_on(self, device) -> dict:
         """The prompt tensors on ``device``, copied once: a copy per step (or moving the
         labels to the host to index them) would make the host wait for the GPU each step."""
         if str(device) not in self._on_device:
-            self._on_device[str(device)] = (self.prompt_ids.to(device), self.prompt_mask.to(device))
+            self._on_device[str(device)] = {k: v.to(device) for k, v in self.prompt_tokens.items()}
         return self._on_device[str(device)]
 
     def __call__(self, model, pixel_values, labels):
@@ -85,14 +95,16 @@ class ClipLoss:
         import torch.nn.functional as F
 
         pixel_values = self.preprocess.model_input(pixel_values, labels.device)
-        ids, mask = self.prompts_on(labels.device)
+        prompts = self.prompts_on(labels.device)
         if self.kind == "contrastive":
             # Each image against the prompts of the batch's own labels: the reference's loss.
-            logits = model(input_ids=ids[labels], attention_mask=mask[labels],
-                           pixel_values=pixel_values).logits_per_image
+            logits = model(**{k: v[labels] for k, v in prompts.items()}, pixel_values=pixel_values).logits_per_image
+            if self.sigmoid:  # +1 on the diagonal, -1 elsewhere (Zhai et al. 2023)
+                signs = 2 * torch.eye(len(labels), device=labels.device) - 1
+                return -F.logsigmoid(signs * logits).sum() / len(labels)
             target = torch.arange(len(labels), device=labels.device)
             return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixel_values).logits_per_image
+        logits = model(**prompts, pixel_values=pixel_values).logits_per_image
         return F.cross_entropy(logits, labels)
 
 
@@ -179,8 +191,10 @@ def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
 
 TASK = register_task(Task(
     name=COMMAND, config_class=ClipFinetuneConfig, prepare=prepare, execute=execute, resumable=True,
-    summary="fine-tune CLIP for image classification (LoRA or full)",
-    description="CLIP fine-tuning with LoRA (default) or in full, contrastive or ce loss.",
+    summary="fine-tune CLIP or SigLIP on class prompts (LoRA or full); alias image-text-finetune",
+    description="CLIP or SigLIP fine-tuning with LoRA (default) or in full: contrastive loss (CLIP's symmetric "
+                "cross-entropy, SigLIP's sigmoid loss) or ce; evaluated zero-shot against class prompts.",
+    aliases=("image-text-finetune",),
     load_predictor=load_predictor, describe=describe,
     problems=("single-label",), inputs=(("images", "clip"),),
     unused_settings=("train.max_length",),  # CLIP's prompts are cut at the text tower's own limit
@@ -189,80 +203,38 @@ TASK = register_task(Task(
 
 def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, processor, templates,
                        output_dir: Path, tracker=None, world: int = 1, evaluate: bool = True):
-    """A Trainer whose loss is a CLIP loss and whose evaluation is zero-shot scoring
-    against freshly computed class embeddings. Returns (trainer, interrupt callback)."""
-    from transformers import EarlyStoppingCallback, Trainer
-
+    """The image Trainer with a CLIP loss, evaluated zero-shot against class embeddings
+    recomputed at every evaluation. Returns (trainer, interrupt callback)."""
     from tunelab.core.runtime import resolve_device
     from tunelab.data.images import default_workers
-    from tunelab.training.trainer import InterruptCallback, TrackerCallback, quiet_progress, training_arguments
+    from tunelab.training.images import build_image_trainer
 
-    train_split = dataset.splits["train"]
     validation = dataset.splits.get("validation")
     workers = default_workers() if config.images.num_workers is None else config.images.num_workers
-    args = training_arguments(config.train, config.runtime, config.seed, output_dir, len(train_split), world,
-                              evaluate, dataloader_num_workers=workers, remove_unused_columns=False,
-                              label_names=["labels"],
-                              **(dict(dataloader_prefetch_factor=4, dataloader_persistent_workers=True)
-                                 if workers else {}))
     first = [templates[0].format(name) for name in dataset.class_names]
-    tokens = tokenizer(first, padding=True, truncation=True, return_tensors="pt")
     preprocess = ClipPreprocess.for_device(processor, resolve_device(config.runtime.device))
-    loss_fn = ClipLoss(config.loss, tokens["input_ids"], tokens["attention_mask"], preprocess)
+    loss_fn = ClipLoss(config.loss, tokenize_prompts(tokenizer, first, model), preprocess, is_sigmoid(model))
     num_classes = len(dataset.class_names)
 
-    class ClipTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            for row in inputs.get("skipped", []):
-                self.skipped_files.add(train_split.ids[row])
-            labels = inputs["labels"]
-            if len(labels) == 0:  # every image of the batch was unreadable
-                loss = sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)
-            else:
-                loss = loss_fn(model, inputs["pixel_values"], labels)
-            return (loss, None) if return_outputs else loss
+    def validation_metrics(net, skipped_files: set) -> dict:
+        device = next(net.parameters()).device
+        class_emb = class_embeddings(net, tokenizer, dataset.class_names, templates, device)
+        accumulator = ScoreAccumulator(len(validation), num_classes, "similarity")
+        loader = image_loader(validation, preprocess, config.train.eval_batch_size, workers, config.images.strict)
+        for row in score_loader(net, loader, class_emb, device, accumulator, desc="validation"):
+            skipped_files.add(validation.ids[row])
+        result = accumulator.result()
+        kept = validation.labels[accumulator.seen]
+        values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
+        values.pop("n")
+        values.pop("classes_present")
+        # Only the top-k scores are kept for many classes, so the validation loss is the
+        # cross-entropy over those (exact when every class is kept).
+        values["loss"] = top_k_nll(result, kept)
+        return values
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            net = self.accelerator.unwrap_model(self.model)
-            was_training = net.training
-            net.eval()
-            device = next(net.parameters()).device
-            class_emb = class_embeddings(net, tokenizer, dataset.class_names, templates, device)
-            accumulator = ScoreAccumulator(len(validation), num_classes, "similarity")
-            loader = image_loader(validation, preprocess, config.train.eval_batch_size, workers, config.images.strict)
-            start = time.perf_counter()
-            bad = score_loader(net, loader, class_emb, device, accumulator, desc="validation")
-            for row in bad:
-                self.skipped_files.add(validation.ids[row])
-            result = accumulator.result()
-            kept = validation.labels[accumulator.seen]
-            values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
-            values.pop("n")
-            values.pop("classes_present")
-            # Only the top-k scores are kept for many classes, so the validation loss is the
-            # cross-entropy over those (exact when every class is kept).
-            values["loss"] = top_k_nll(result, kept)
-            values["runtime"] = time.perf_counter() - start
-            metrics = {f"{metric_key_prefix}_{k}": v for k, v in values.items()}
-            net.train(was_training)
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
-
-    interrupt = InterruptCallback()
-    samples_per_step = config.train.batch_size * config.train.grad_accum * world
-    callbacks = [TrackerCallback(tracker, samples_per_step), interrupt]
-    if evaluate and config.train.early_stopping:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.train.early_stopping))
-    trainer = ClipTrainer(
-        model=model, args=args, data_collator=collate_images, callbacks=callbacks,
-        train_dataset=ProcessedImages(train_split, preprocess, config.images.strict),
-        # Only to satisfy the Trainer's checks: evaluate() above streams validation itself.
-        eval_dataset=ProcessedImages(validation, preprocess, config.images.strict) if evaluate else None,
-    )
-    trainer.skipped_files = set()  # unreadable images met while training, per trainer
-    quiet_progress(trainer)
-    return trainer, interrupt
+    return build_image_trainer(config, dataset, model, preprocess, loss_fn, validation_metrics, output_dir,
+                               tracker, world, evaluate)
 
 
 def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_emb, class_names,
@@ -270,7 +242,7 @@ def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_em
     """model/: a self-contained CLIP folder (CLIPModel.from_pretrained loads it from
     anywhere); a LoRA run's adapters are merged into it and kept in model/adapter/ too,
     pointing at the base by hub id or absolute path."""
-    from tunelab.tasks.finetune import ADAPTER_DIR, point_adapter_at_base
+    from tunelab.training.config import ADAPTER_DIR, point_adapter_at_base
 
     target = run.path / "model"
     if config.train.method == "lora":
@@ -288,12 +260,12 @@ def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_em
 def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
     """(model, tokenizer, processor) of a finished clip-finetune run. Nothing in the folder
     is executed; a LoRA adapter goes onto the base model the run recorded."""
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     from tunelab.models.resolve import load_pretrained
 
     model_dir = run_dir / "model"
-    what = f"the fine-tuned CLIP model in {model_dir}"
+    what = f"the fine-tuned CLIP or SigLIP model in {model_dir}"
     tokenizer = load_pretrained(AutoTokenizer, model_dir, what)
     processor = load_pretrained(AutoImageProcessor, model_dir, what)
     if config.train.method == "lora" and (model_dir / "adapter_config.json").is_file():
@@ -303,5 +275,5 @@ def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
         base, _, _ = load_clip(recorded_model(run_dir, config.model))
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
-        model = load_pretrained(CLIPModel, model_dir, what, use_safetensors=True)
+        model = load_pretrained(AutoModel, model_dir, what, use_safetensors=True)
     return model.eval(), tokenizer, processor

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.core.config import TaskConfig, config_from_run, setting
+from tunelab.core.config import ImageDecodingConfig, TaskConfig, config_from_run, setting
 from tunelab.core.errors import DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
@@ -30,7 +30,16 @@ from tunelab.models.resolve import (
 from tunelab.problems import get_problem
 from tunelab.scoring.evaluation import ScoreAccumulator
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
-from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
+from tunelab.training.config import (
+    ADAPTER_DIR,
+    LoraConfig,
+    TrainConfig,
+    check_best_metric,
+    class_weights,
+    fill_learning_rate,
+    point_adapter_at_base,
+    wrap_lora,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +49,11 @@ DEFAULT_LR = {"full": 2e-5, "lora": 1e-3}  # adapters need a larger rate
 
 @dataclasses.dataclass
 class FinetuneConfig(TaskConfig):
-    model: str = setting("distilbert-base-uncased", "hub id, local directory, or the alias minilm", flag="--model",
-                         metavar="M")
+    model: str = setting("distilbert-base-uncased", "hub id, local directory, or the alias minilm (a vision "
+                         "backbone for image data)", flag="--model", metavar="M")
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # lr None: 2e-5 full, 1e-3 LoRA
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    images: ImageDecodingConfig = dataclasses.field(default_factory=ImageDecodingConfig)  # image datasets only
 
     def __post_init__(self) -> None:
         self.train = fill_learning_rate(self.train, DEFAULT_LR)
@@ -84,16 +94,6 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
     if config.train.method == "lora":
         model = wrap_lora(model, model_type, config.lora)
     return model
-
-
-def class_weights(labels: np.ndarray, problem: str | None, setting: str | None):
-    """``balanced`` weights as the problem defines them (classes: n / (classes * count),
-    scikit-learn's rule; label sets: negatives / positives of each label), as a tensor;
-    None without a setting or for a problem without classes."""
-    import torch
-
-    weights = get_problem(problem).class_weights(labels) if setting is not None else None
-    return None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- data
@@ -249,10 +249,14 @@ def describe(metrics: dict) -> str:
 
 def prepare(config: FinetuneConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the model to train."""
+    from tunelab.data.images import is_image_dataset
     from tunelab.data.text import load_text_dataset, resolved_data_config
     from tunelab.models.resolve import resolve_model
+    from tunelab.tasks.image_finetune import prepare_images
 
     source = resolve_model(config.model)
+    if is_image_dataset(config.data.dataset):
+        return prepare_images(config, source)
     dataset = load_text_dataset(config.data, seed=config.seed)  # before any model loads
     eval_splits = dataset.eval_split_names(config.data.splits)
     if "validation" not in dataset.splits:
@@ -270,18 +274,13 @@ def prepare(config: FinetuneConfig) -> Prepared:
     return Prepared(config, source, dataset, eval_splits, {"tokenizer": tokenizer, "model": model})
 
 
-def check_best_metric(metric: str, problem: str) -> None:
-    """The metric that picks checkpoints must be one the problem's evaluation gives."""
-    allowed = get_problem(problem).selection_metrics
-    if metric not in allowed:
-        from tunelab.core.errors import ConfigError
-
-        raise ConfigError(f"--metric {metric} is not a {problem} metric; choose one of: {', '.join(allowed)}")
-
-
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
     from tunelab.scoring.evaluation import choose_threshold
+    from tunelab.tasks.image_finetune import execute_images
+
+    if prepared.parts.get("images"):
+        return execute_images(prepared, context)
     from tunelab.training.trainer import prune_checkpoints, train_resumable, training_summary
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
@@ -330,11 +329,13 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
 
 def load_predictor(run_dir: Path, config: FinetuneConfig):
-    """Predict for new texts (or pairs) with a finished fine-tuning run's model."""
-
+    """Predict for new texts (or pairs), or image files, with a finished fine-tuning run's model."""
     from tunelab.core.runtime import resolve_device
     from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.tasks.image_finetune import load_image_predictor
 
+    if read_predictor(run_dir).get("inputs") == "images":
+        return load_image_predictor(run_dir, config)
     device = resolve_device(config.runtime.device)
     model, tokenizer = load_finetuned(run_dir, config)
     model.to(device)
@@ -402,6 +403,7 @@ TASK = register_task(Task(
     predictor_from_graph=predictor_from_graph,
     # model/ is a plain transformers folder: predict computes as pipeline() does with it.
     serve_precision="fp32",
+    inputs=(("text", "text-encoder"), ("pairs", "text-encoder"), ("images", "vision")),
 ))
 
 
@@ -529,29 +531,6 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
             point_adapter_at_base(target / ADAPTER_DIR, source)
     (target / PREDICTOR_FILE).write_text(json.dumps(predictor_record(
         COMMAND, dataset.problem, dataset.class_names, threshold=threshold, layout=2), indent=1))
-
-
-ADAPTER_DIR = "adapter"
-
-
-def point_adapter_at_base(adapter_dir: Path, source: ModelSource) -> None:
-    """The adapter's base_model_name_or_path: the hub id (and the cached revision) when
-    the base came from the hub, else the base folder's absolute path, so that peft's
-    AutoPeftModel loads it from any working directory."""
-    import json
-
-    from tunelab.core.provenance import hub_revision
-
-    adapter_config = adapter_dir / "adapter_config.json"
-    values = json.loads(adapter_config.read_text(encoding="utf-8"))
-    if source.is_local:
-        values["base_model_name_or_path"] = str(Path(source.location).resolve())
-    else:
-        values["base_model_name_or_path"] = source.location
-        revision = hub_revision(source.location)
-        if revision:
-            values["revision"] = revision
-    adapter_config.write_text(json.dumps(values, indent=2), encoding="utf-8")
 
 
 def load_finetuned(run_dir: Path, config: FinetuneConfig):

@@ -212,17 +212,39 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     saved estimator."""
     from tunelab.encoders.text import TextFeatureExtractor
 
+    if read_predictor(run_dir).get("inputs") == "images":
+        return image_predictor(run_dir, config)
     check_text_run(run_dir)
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
     return predictor_from_graph(run_dir, config, lambda inputs: extractor.encode(inputs, "features"))
+
+
+def image_predictor(run_dir: Path, config: ProbeConfig):
+    """Image files through the recorded backbone (the run's pooling), then the saved classifier."""
+    from tunelab.data.images import files_split
+    from tunelab.encoders.text import ImageFeatureExtractor
+    from tunelab.scoring.predictors import predictions_from
+
+    info = read_predictor(run_dir)
+    estimator = load_classifier(run_dir / "model" / "classifier.skops")
+    images = dataclasses.replace(config.images, strict=True, num_workers=0)
+    extractor = ImageFeatureExtractor(recorded_model(run_dir, config.model), images, config.features.batch_size,
+                                      config.runtime, config.features.pooling)
+
+    def predict(paths) -> list:
+        split = files_split(paths)
+        scores = predict_scores(estimator, extractor.encode_all(split, "images"), info.get("problem"),
+                                len(info["class_names"]), info.get("threshold", 0.5))
+        return predictions_from(split.ids, scores, info["class_names"])
+
+    return predict
 
 
 def check_text_run(run_dir: Path) -> None:
     if read_predictor(run_dir).get("inputs") == "images" or \
             (read_json_file(run_dir / "metrics.json").get("task") or {}).get("features", {}).get("pooling") is None:
         # (runs made before predictor.json said "inputs": image probes recorded no pooling)
-        raise TunelabError(f"{run_dir} is a probe on image features; predict and export serve text probes "
-                           "(score new images with a zeroshot or clip-finetune run)")
+        raise TunelabError(f"{run_dir} is a probe on image features; ONNX export serves text runs")
 
 
 def export_graph(run_dir: Path, config: ProbeConfig):
@@ -263,5 +285,5 @@ TASK = register_task(Task(
     description="Frozen-feature probe: encoder features (cached) + SVC or logistic regression.",
     load_predictor=load_predictor, describe=describe, export_graph=export_graph,
     predictor_from_graph=predictor_from_graph,
-    inputs=(("text", "text-encoder"), ("pairs", "text-encoder"), ("images", "clip")),
+    inputs=(("text", "text-encoder"), ("pairs", "text-encoder"), ("images", "clip"), ("images", "vision")),
 ))

@@ -11,6 +11,12 @@
   across classes (one class per text), or give each label its own entailment
   probability against contradiction (label sets), as transformers' zero-shot pipeline
   does.
+- ``likelihood``: a decoder language model reads a prompt (the text, or both texts of a
+  pair, then the template's words before ``{}``, e.g. "Label:") and each class's
+  description is scored by its mean log-probability per token; with ``--in-context K``
+  the prompt first shows K labelled training examples per class (drawn with the run's
+  seed, recorded in the run). A tokenizer with a chat template gets the prompt as a
+  user message and the label as the start of the reply.
 
 ``--calibrate`` subtracts each class's mean score over the (unlabelled) training texts,
 so that a class whose description sits close to every text stops winning by default
@@ -37,8 +43,8 @@ from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throu
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("similarity", "nli")
-SIMPLE = {"similarity": ("{}",), "nli": ("This example is {}.",)}
+METHODS = ("similarity", "nli", "likelihood")
+SIMPLE = {"similarity": ("{}",), "nli": ("This example is {}.",), "likelihood": ("Label: {}",)}
 EMBEDDINGS_FILE = "label_embeddings.safetensors"
 
 
@@ -95,7 +101,13 @@ def prepare_texts(config, source, dataset) -> Prepared:
         raise DataError(f"{config.data.dataset} holds numbers; text zero-shot picks classes (score sentence pairs "
                         "by similarity with --text-pair-column)")
     if config.method not in METHODS:
-        raise ConfigError(f"--zeroshot-method {config.method}: choose {' or '.join(METHODS)}")
+        raise ConfigError(f"--zeroshot-method {config.method}: choose {', '.join(METHODS)}")
+    if config.in_context and config.method != "likelihood":
+        raise ConfigError("--in-context puts labelled examples in a language model's prompt: it needs "
+                          "--zeroshot-method likelihood")
+    if config.method == "likelihood" and not problem.exclusive_classes:
+        raise DataError(f"{config.data.dataset} holds label sets; --zeroshot-method likelihood picks one class per "
+                        "text (use similarity or nli for label sets)")
     if config.templates == "ensemble":
         raise ConfigError("--templates ensemble holds CLIP's photo prompts; for text give templates holding {} "
                           "('a {} review', several separated by |) or a file of them")
@@ -116,12 +128,96 @@ def prepare_texts(config, source, dataset) -> Prepared:
     parts = {"templates": templates, "descriptions": descriptions}
     if config.method == "nli":
         parts.update(load_nli(source, config))
+    elif config.method == "likelihood":
+        from tunelab.encoders.decoder import load_causal_lm
+
+        if config.in_context and "train" not in dataset.splits:
+            raise DataError("--in-context draws its examples from a train split, and there is none")
+        parts["examples"] = in_context_examples(dataset, descriptions, config.in_context, config.seed)
+        parts["model"], parts["tokenizer"] = load_causal_lm(source, _dtype(config))
     else:
         from tunelab.encoders.text import TextFeatureExtractor
 
         parts["extractor"] = TextFeatureExtractor(source, config.features, config.runtime)
         parts["extractor"].load()
     return Prepared(config, source, dataset, eval_splits, {"text": parts})
+
+
+def _dtype(config):
+    from tunelab.core.runtime import resolve_device, resolve_dtype
+
+    return resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
+
+
+def in_context_examples(dataset, descriptions: dict[str, list[str]], per_class: int, seed: int) -> list[dict]:
+    """``per_class`` training examples of each class (all of a smaller class), drawn with
+    the seed and shuffled together, so no class always comes last in the prompt."""
+    if not per_class:
+        return []
+    rng = np.random.default_rng(seed)
+    train = dataset.splits["train"]
+    chosen = []
+    for index in range(len(dataset.class_names)):
+        rows = np.flatnonzero(train.labels == index)
+        chosen += list(rng.choice(rows, size=min(per_class, len(rows)), replace=False))
+    chosen = [int(i) for i in rng.permutation(chosen)]
+    pairs = train.inputs.pairs
+    return [{"text": train.inputs.texts[i], **({"pair": pairs[i]} if pairs is not None else {}),
+             "label": dataset.class_names[int(train.labels[i])],
+             "answer": descriptions[dataset.class_names[int(train.labels[i])]][0]} for i in chosen]
+
+
+def _shown(text: str, pair: str | None) -> str:
+    return f"Text: {text}\n" + (f"Second text: {pair}\n" if pair is not None else "")
+
+
+def likelihood_prompts(tokenizer, text: str, pair: str | None, template: str, examples: list[dict],
+                       options: list[str]) -> tuple[str, str, str]:
+    """(context, the template's words after the label, whitespace moved off the context)
+    for one text: the instruction, the examples, the text, then the template's words
+    before ``{}``. A trailing space belongs to the label's first token in byte-level
+    vocabularies, so it moves from the context to the continuation."""
+    prefix, suffix = template.split("{}", 1)
+    stripped = prefix.rstrip()
+    space = prefix[len(stripped):]
+    intro = f"Classify the text. Labels: {', '.join(options)}.\n\n"
+    shots = "".join(f"{_shown(e['text'], e.get('pair'))}{template.replace('{}', e['answer'])}\n\n"
+                    for e in examples)
+    if getattr(tokenizer, "chat_template", None):
+        message = intro + shots + _shown(text, pair).rstrip()
+        context = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                                add_generation_prompt=True)
+        return context + stripped, suffix, space
+    return intro + shots + _shown(text, pair) + stripped, suffix, space
+
+
+def likelihood_raw(model, tokenizer, inputs, descriptions: dict[str, list[str]], templates: list[str],
+                   examples: list[dict], config, device, desc: str) -> np.ndarray:
+    """(texts, classes): each class's descriptions scored after each template's prompt,
+    averaged over descriptions and templates."""
+    from tunelab.encoders.decoder import continuation_scores
+
+    names = list(descriptions)
+    options = [descriptions[n][0] for n in names]
+    pairs = inputs.pairs or [None] * len(inputs.texts)
+    contexts, continuations, owners = [], [], []
+    for template in templates:
+        for row, (text, pair) in enumerate(zip(inputs.texts, pairs)):
+            context, suffix, space = likelihood_prompts(tokenizer, text, pair, template, examples, options)
+            for column, name in enumerate(names):
+                for description in descriptions[name]:
+                    contexts.append(context)
+                    continuations.append(space + description + suffix)
+                    owners.append((row, column))
+    scores = continuation_scores(model, tokenizer, contexts, continuations, config.features.batch_size, device,
+                                 config.runtime.precision, config.features.max_length,
+                                 desc, add_special_tokens=not getattr(tokenizer, "chat_template", None))
+    total = np.zeros((len(inputs.texts), len(names)))
+    count = np.zeros_like(total)
+    rows, columns = np.asarray(owners).T
+    np.add.at(total, (rows, columns), scores)
+    np.add.at(count, (rows, columns), 1)
+    return total / count
 
 
 def load_nli(source, config) -> dict:
@@ -235,6 +331,16 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
         kind = "probability"
         record = {"hypotheses": hypotheses, "entailment": parts["entailment"],
                   "contradiction": parts["contradiction"]}
+    elif config.method == "likelihood":
+        model = parts["model"].to(context.device)
+        for split in needs:
+            raw[split] = likelihood_raw(model, parts["tokenizer"], dataset.splits[split].inputs,
+                                        parts["descriptions"], parts["templates"], parts["examples"], config,
+                                        context.device, f"{split} texts x {len(dataset.class_names)} labels")
+        kind = "probability"  # label log-likelihoods compete across the classes
+        record = {"examples": parts["examples"], "in_context": config.in_context,
+                  "chat_template": bool(getattr(parts["tokenizer"], "chat_template", None)),
+                  "score": "mean log-probability per token of the label after the prompt"}
     else:
         extractor = parts["extractor"]
         embeddings = label_embeddings(lambda texts: extractor.encode(texts, "class descriptions"),
@@ -270,10 +376,12 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
     seconds = time.perf_counter() - start
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
         command, dataset.problem, dataset.class_names, kind=f"text-{config.method}", threshold=threshold,
-        offsets=[float(o) for o in offsets], **{k: v for k, v in record.items() if k != "calibration"}))
+        offsets=[float(o) for o in offsets], descriptions=parts["descriptions"], templates=parts["templates"],
+        **{k: v for k, v in record.items() if k != "calibration"}))
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     task = {"text": {"method": config.method, "templates": parts["templates"],
                      "descriptions": parts["descriptions"], "score": kind, **record}}
+    examples_seen = len(parts.get("examples") or [])
     if threshold_record is not None:
         task["threshold"] = threshold_record
     return Outcome(
@@ -281,7 +389,8 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
         seconds={"train": 0.0, "eval": seconds},
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(scored, seconds)},
         task=task,
-        labels_seen=len(dataset.splits["validation"]) if threshold_record and threshold_record.get("tuned") else 0,
+        labels_seen=examples_seen + (len(dataset.splits["validation"]) if threshold_record
+                                     and threshold_record.get("tuned") else 0),
     )
 
 
@@ -305,19 +414,30 @@ def text_predictor(run_dir: Path, config, source):
         device = resolve_device(config.runtime.device)
         model = parts["model"].to(device)
 
-        def raw_scores(texts):
-            logits = nli_logits(model, parts["tokenizer"], texts, saved["hypotheses"], config, device, "texts")
+        def raw_scores(inputs):
+            logits = nli_logits(model, parts["tokenizer"], inputs.texts, saved["hypotheses"], config, device,
+                                "texts")
             return entailment_scores(logits, saved["entailment"], saved["contradiction"], exclusive), "probability"
+    elif saved.get("kind") == "text-likelihood":
+        from tunelab.encoders.decoder import load_causal_lm
+
+        device = resolve_device(config.runtime.device)
+        model, tokenizer = load_causal_lm(source, _dtype(config))
+        model.to(device)
+
+        def raw_scores(inputs):
+            return likelihood_raw(model, tokenizer, inputs, saved["descriptions"], saved["templates"],
+                                  saved["examples"], config, device, "texts"), "probability"
     else:
         embeddings = read_safetensors(run_dir / "model" / EMBEDDINGS_FILE)["embeddings"]
         extractor = TextFeatureExtractor(source, config.features, config.runtime)
 
-        def raw_scores(texts):
-            return normalize_rows(extractor.encode(texts)) @ embeddings.T, "similarity"
+        def raw_scores(inputs):
+            return normalize_rows(extractor.encode(inputs.texts)) @ embeddings.T, "similarity"
 
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)
-        raw, kind = raw_scores(inputs.texts)
+        raw, kind = raw_scores(inputs)
         return predictions_from(inputs, scores_from(raw - offsets, exclusive, kind, threshold), names)
 
     return predict

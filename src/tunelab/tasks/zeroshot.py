@@ -12,12 +12,19 @@ import logging
 import time
 from pathlib import Path
 
-from tunelab.core.config import ImageLoadingConfig, TaskConfig, setting
+from tunelab.core.config import ImageLoadingConfig, TaskConfig, check_non_negative, setting
 from tunelab.core.errors import DataError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.data.images import ClipPreprocess, image_loader
-from tunelab.encoders.clip import class_embeddings, load_clip, load_templates, save_class_embeddings, score_loader
+from tunelab.encoders.clip import (
+    class_embeddings,
+    is_sigmoid,
+    load_clip,
+    load_templates,
+    save_class_embeddings,
+    score_loader,
+)
 from tunelab.encoders.text import FeatureConfig
 from tunelab.models.resolve import count_parameters
 from tunelab.problems import get_problem
@@ -38,8 +45,12 @@ class ZeroshotConfig(TaskConfig):
                              "class), a file of templates, or templates holding {} separated by |",
                              flag="--templates", metavar="simple|ensemble|FILE|TEMPLATE")
     method: str = setting("similarity", "text: similarity (cosine of a sentence encoder's embeddings of the text "
-                          "and each class description) or nli (an NLI cross-encoder's entailment of 'This example "
-                          "is {}.')", flag="--zeroshot-method", choices=("similarity", "nli"))
+                          "and each class description), nli (an NLI cross-encoder's entailment of 'This example "
+                          "is {}.') or likelihood (a decoder language model's log-likelihood of each label after "
+                          "the prompt 'Text: ...\\nLabel:')", flag="--zeroshot-method",
+                          choices=("similarity", "nli", "likelihood"))
+    in_context: int = setting(0, "likelihood: K labelled training examples per class shown in the prompt "
+                              "(drawn with --seed, recorded in the run)", flag="--in-context", metavar="K")
     label_names: list[str] | None = setting(None, "text: one name per class, in class order (names integer "
                                             "labels; default: the labels, or the dataset's meaning of them)",
                                             flag="--label-names", metavar="A,B,...")
@@ -49,6 +60,9 @@ class ZeroshotConfig(TaskConfig):
                               "labels unused)", flag="--calibrate", const=True)
     images: ImageLoadingConfig = dataclasses.field(default_factory=ImageLoadingConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)  # sentence pairs only
+
+    def __post_init__(self) -> None:
+        check_non_negative("in_context", self.in_context)
 
 
 def pair_predictor(run_dir: Path, config: ZeroshotConfig):
@@ -104,14 +118,17 @@ def prepare(config: ZeroshotConfig) -> Prepared:
     templates = load_templates(config.templates)
     # Zero-shot needs no training data: a flat class folder is scored whole as "test".
     dataset = load_image_dataset(config.data, seed=config.seed, flat_split="test")
-    if not get_problem(dataset.problem).exclusive_classes:
-        raise DataError(f"{config.data.dataset} holds label sets; image zero-shot picks one class per image (fit a "
-                        "probe on the CLIP features for label sets)")
     eval_splits = dataset.eval_split_names(config.data.splits)
     if not eval_splits:
         raise DataError(f"{config.data.dataset} has only a train split; score it with --splits train")
     dtype = resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
     model, tokenizer, processor = load_clip(source, dtype=dtype)
+    kind = get_problem(dataset.problem)
+    if not kind.exclusive_classes and not (kind.has_classes and is_sigmoid(model)):
+        raise DataError(f"{config.data.dataset} holds label sets; CLIP's softmax picks one class per image: use a "
+                        "SigLIP model (a sigmoid per label), or fit a probe on the CLIP features")
+    if not kind.exclusive_classes and config.data.threshold == "tune" and "validation" not in dataset.splits:
+        raise DataError("--threshold tune chooses the threshold on a validation split, and there is none")
     return Prepared(config, source, dataset, eval_splits,
                     {"templates": templates, "model": model, "tokenizer": tokenizer, "processor": processor,
                      "dtype": dtype})
@@ -124,7 +141,7 @@ def prepare_pairs(config: ZeroshotConfig, source) -> Prepared:
     from tunelab.encoders.text import TextFeatureExtractor
 
     dataset = load_text_dataset(config.data, seed=config.seed)
-    if dataset.text_pair_column is None:
+    if dataset.text_pair_column is None or config.method == "likelihood":  # a prompt can hold both texts
         from tunelab.tasks.text_zeroshot import prepare_texts
 
         return prepare_texts(config, source, dataset)
@@ -219,20 +236,20 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     class_emb = class_embeddings(model, parts["tokenizer"], dataset.class_names, templates, device)
     text_seconds = time.perf_counter() - start
     if context.rank == 0:
-        save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
-        run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, dataset.problem, dataset.class_names,
-                                                                   kind="clip", templates=templates))
         logger.info("%d classes x %d templates encoded in %.1f s", len(dataset.class_names), len(templates),
                     text_seconds)
 
     predictions, skipped, images_seen = {}, [], 0
     start = time.perf_counter()
     num_classes = len(dataset.class_names)
-    for split in prepared.eval_splits:
+    label_sets = not get_problem(dataset.problem).exclusive_classes  # SigLIP: a sigmoid per label
+    tune = label_sets and config.data.threshold == "tune"
+    accumulated = {}
+    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tune else prepared.eval_splits):
         data = dataset.splits[split]
         rows = shard(len(data), context.rank, context.world)
         part = data.subset(rows)
-        scored = ScoreAccumulator(len(part), num_classes, "similarity")
+        scored = ScoreAccumulator(len(part), num_classes, "similarity", keep_full=label_sets)
         loader = image_loader(part, ClipPreprocess.for_device(parts["processor"], device),
                               config.images.batch_for(device), config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb.to(device), device, scored, parts["dtype"],
@@ -240,15 +257,31 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         gathered = gather_to_zero((rows, scored, [part.ids[r] for r in bad]), context.rank, context.world)
         if context.rank != 0:
             continue
-        accumulator = ScoreAccumulator(len(data), num_classes, "similarity")
+        accumulator = ScoreAccumulator(len(data), num_classes, "similarity", keep_full=label_sets)
         for part_rows, part_scores, part_bad in gathered:
             accumulator.absorb(part_scores, part_rows)
             skipped += part_bad
         images_seen += len(data)
-        kept = data.subset(accumulator.seen.nonzero()[0])
-        predictions[split] = Scored(accumulator.result(), kept.labels, kept.ids, {"file": kept.ids})
+        accumulated[split] = (accumulator, data.subset(accumulator.seen.nonzero()[0]))
     if context.rank != 0:
         return None
+    threshold, threshold_record = 0.5, None
+    if label_sets:
+        from tunelab.scoring.evaluation import choose_threshold
+
+        if tune:
+            accumulator, kept = accumulated["validation"]
+            threshold, threshold_record = choose_threshold(accumulator.label_scores(0.5), kept.labels, "tune")
+        else:
+            threshold, threshold_record = choose_threshold(accumulated[prepared.eval_splits[0]][0].label_scores(0.5),
+                                                           None, config.data.threshold)
+    for split in prepared.eval_splits:
+        accumulator, kept = accumulated[split]
+        scores = accumulator.label_scores(threshold) if label_sets else accumulator.result()
+        predictions[split] = Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
+    save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
+    run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
+        COMMAND, dataset.problem, dataset.class_names, kind="clip", templates=templates, threshold=threshold))
     eval_seconds = time.perf_counter() - start
     if skipped:
         logger.warning("%d unreadable images were skipped (listed in metrics.json)", len(skipped))
@@ -256,9 +289,11 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         scored=predictions, params={**count_parameters(model), "trainable": 0},
         seconds={"train": 0.0, "text": text_seconds, "eval": eval_seconds},
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(images_seen, eval_seconds)},
-        task={"templates": {"spec": config.templates, "count": len(templates)}},
+        task={"templates": {"spec": config.templates, "count": len(templates)},
+              "scores": "sigmoid" if is_sigmoid(model) else "softmax",
+              **({"threshold": threshold_record} if threshold_record else {})},
         skipped=skipped,
-        labels_seen=0,
+        labels_seen=len(dataset.splits["validation"]) if tune else 0,
     )
 
 
@@ -273,7 +308,9 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
         from tunelab.tasks.text_zeroshot import text_predictor
 
         return text_predictor(run_dir, config, recorded_model(run_dir, config.model))
-    if saved.get("kind") == "pair-similarity" or "slope" in saved or "threshold" in saved:  # old runs: no kind
+    if saved.get("kind") == "pair-similarity" or (saved.get("kind") != "clip" and ("slope" in saved
+                                                                                 or "threshold" in saved)):
+        # (old pair runs recorded no kind)
         return pair_predictor(run_dir, config)
     model, _, processor = load_clip(recorded_model(run_dir, config.model))
     return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),

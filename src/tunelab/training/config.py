@@ -141,19 +141,69 @@ def lora_targets(model_type: str, config: LoraConfig) -> list[str]:
     raise ConfigError(f"no default LoRA targets for model type '{model_type}'; name them with --lora-targets")
 
 
-def wrap_lora(model, model_type: str, lora: LoraConfig, sequence_classification: bool = True):
-    """The model with LoRA adapters on ``lora_targets``; a sequence classifier's head
-    trains in full."""
+def wrap_lora(model, model_type: str, lora: LoraConfig, sequence_classification: bool = True,
+              train_heads: bool = False):
+    """The model with LoRA adapters on ``lora_targets``; a classifier's head trains in full
+    (a sequence classifier's always; another model's with ``train_heads``: an image
+    classifier takes pixels, which peft's sequence-classification wrapper would not pass)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType, get_peft_model
 
     targets = lora_targets(model_type, lora)
-    extra = {}
+    extra: dict = {}
+    if sequence_classification or train_heads:
+        extra = {"modules_to_save": [n for n in HEAD_MODULES if hasattr(model, n)]}
     if sequence_classification:
-        extra = {"task_type": TaskType.SEQ_CLS, "modules_to_save": [n for n in HEAD_MODULES if hasattr(model, n)]}
+        extra["task_type"] = TaskType.SEQ_CLS
     peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                  target_modules=targets, **extra)
     try:
         return get_peft_model(model, peft_config)
     except ValueError as exc:
         raise ConfigError(f"LoRA targets {targets} do not fit this model: {str(exc).splitlines()[0]}") from None
+
+
+def class_weights(labels, problem: str | None, setting: str | None):
+    """``balanced`` weights as the problem defines them (classes: n / (classes * count),
+    scikit-learn's rule; label sets: negatives / positives of each label), as a tensor;
+    None without a setting or for a problem without classes."""
+    import torch
+
+    from tunelab.problems import get_problem
+
+    weights = get_problem(problem).class_weights(labels) if setting is not None else None
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32)
+
+
+def check_best_metric(metric: str, problem: str) -> None:
+    """The metric that picks checkpoints must be one the problem's evaluation gives."""
+    from tunelab.problems import get_problem
+
+    allowed = get_problem(problem).selection_metrics
+    if metric not in allowed:
+        raise ConfigError(f"--metric {metric} is not a {problem} metric; choose one of: {', '.join(allowed)}")
+
+
+# A LoRA run's model/ holds the merged weights; the adapter itself goes here beside them.
+ADAPTER_DIR = "adapter"
+
+
+def point_adapter_at_base(adapter_dir, source) -> None:
+    """The adapter's base_model_name_or_path: the hub id (and the cached revision) when
+    the base came from the hub, else the base folder's absolute path, so that peft's
+    AutoPeftModel loads it from any working directory."""
+    import json
+    from pathlib import Path
+
+    from tunelab.core.provenance import hub_revision
+
+    adapter_config = Path(adapter_dir) / "adapter_config.json"
+    values = json.loads(adapter_config.read_text(encoding="utf-8"))
+    if source.is_local:
+        values["base_model_name_or_path"] = str(Path(source.location).resolve())
+    else:
+        values["base_model_name_or_path"] = source.location
+        revision = hub_revision(source.location)
+        if revision:
+            values["revision"] = revision
+    adapter_config.write_text(json.dumps(values, indent=2), encoding="utf-8")

@@ -1,0 +1,212 @@
+"""``tunelab finetune`` on image data: any vision backbone transformers makes an image
+classifier of (ViT, DeiT, BEiT, DINOv2, ConvNeXt, Swin, SigLIP's or CLIP's image
+tower, ...), full or LoRA, with a fresh head for classes, label sets or a value.
+
+The same lazy image pipeline as CLIP (decoded and resized in DataLoader workers,
+normalised where the model is), the same Trainer (resume, bf16, torchrun), the same
+evaluation and run directory as text fine-tuning. model/ is a plain transformers
+folder that ``pipeline("image-classification")`` loads with the label names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from tunelab.core.errors import DataError, ModelError
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
+from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
+from tunelab.problems import get_problem
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
+from tunelab.training.config import (
+    ADAPTER_DIR,
+    check_best_metric,
+    class_weights,
+    point_adapter_at_base,
+    wrap_lora,
+)
+
+COMMAND = "finetune"
+
+
+def build_image_classifier(source: ModelSource, dataset, config):
+    """(model, image processor): the backbone with a fresh head, LoRA-wrapped when asked.
+    A model that is no vision backbone stops in one line."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from tunelab.encoders.vision import image_classifier_types
+
+    model_type = getattr(load_config(source), "model_type", "unknown")
+    if model_type not in image_classifier_types():
+        raise ModelError(f"'{source.name}' is a {model_type} model; fine-tuning on images needs a vision backbone "
+                         "(ViT, DeiT, BEiT, DINOv2, ConvNeXt, Swin, SigLIP, CLIP, ...)")
+    problem = get_problem(dataset.problem)
+    id2label = problem.head_labels(dataset.class_names)
+    what = f"'{source.name}' for image classification"
+    model = load_pretrained(
+        AutoModelForImageClassification, source.location, what,
+        num_labels=len(id2label), id2label=id2label, label2id={n: i for i, n in id2label.items()},
+        problem_type=problem.hf_problem_type, ignore_mismatched_sizes=True, **hub_kwargs(source),
+    )
+    processor = load_pretrained(AutoImageProcessor, source.location, what, **hub_kwargs(source))
+    if config.train.method == "lora":
+        model = wrap_lora(model, model_type, config.lora, sequence_classification=False, train_heads=True)
+    return model, processor
+
+
+def prepare_images(config, source: ModelSource) -> Prepared:
+    """The images listed and labelled (no pixels read), the classifier built."""
+    from tunelab.data.images import load_image_dataset
+
+    dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
+    if "validation" not in dataset.splits:
+        raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
+    best = config.train.best_metric or get_problem(dataset.problem).checkpoint_metric
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, best_metric=best))
+    check_best_metric(best, dataset.problem)
+    model, processor = build_image_classifier(source, dataset, config)
+    return Prepared(config, source, dataset, dataset.eval_split_names(config.data.splits),
+                    {"model": model, "processor": processor, "images": True})
+
+
+class ClassifierLoss:
+    """The problem's loss (class weights where asked) on a batch of pixels."""
+
+    def __init__(self, preprocess, problem: str, weights):
+        self.preprocess, self.kind, self.weights = preprocess, get_problem(problem), weights
+        self._on_device: dict = {}
+
+    def __call__(self, model, pixel_values, labels):
+        pixels = self.preprocess.model_input(pixel_values, labels.device)
+        logits = model(pixel_values=pixels).logits.float()
+        weights = self.weights
+        if weights is not None:  # one copy to the GPU, not one per step
+            weights = self._on_device.setdefault(str(logits.device), weights.to(logits.device))
+        return self.kind.loss(logits, labels, weights)
+
+
+def score_split(model, split, preprocess, config, device, problem, threshold: float = 0.5, desc: str = "images"):
+    """(scores, the readable rows, unreadable row indices) of one split."""
+    from tunelab.data.images import image_loader
+    from tunelab.encoders.vision import classify_loader
+
+    loader = image_loader(split, preprocess, config.train.eval_batch_size, config.images.num_workers,
+                          config.images.strict)
+    return classify_loader(model, loader, device, problem, threshold, config.runtime.precision, desc)
+
+
+def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
+    """Train with evaluation on validation, then score every split with the best model."""
+    from tunelab.core.runtime import resolve_device
+    from tunelab.data.images import ClipPreprocess
+    from tunelab.models.resolve import count_parameters
+    from tunelab.scoring.evaluation import choose_threshold, split_metrics, validation_loss
+    from tunelab.training.images import build_image_trainer
+    from tunelab.training.trainer import prune_checkpoints, train_resumable, training_summary
+
+    config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
+    model, processor = prepared.parts["model"], prepared.parts["processor"]
+    problem, num_classes = dataset.problem, len(dataset.class_names)
+    params = count_parameters(model)
+    preprocess = ClipPreprocess.for_device(processor, resolve_device(config.runtime.device))
+    validation = dataset.splits["validation"]
+    loss_fn = ClassifierLoss(preprocess, problem, class_weights(dataset.splits["train"].labels, problem,
+                                                                config.data.class_weight))
+
+    def validation_metrics(net, skipped_files: set) -> dict:
+        scores, seen, bad = score_split(net, validation, preprocess, config, next(net.parameters()).device, problem,
+                                        desc="validation")
+        skipped_files.update(validation.ids[row] for row in bad)
+        values = split_metrics(validation.labels[seen], scores, num_classes)
+        values["loss"] = validation_loss(scores, validation.labels[seen])
+        values.pop("n")
+        values.pop("classes_present", None)
+        return values
+
+    trainer, interrupt = build_image_trainer(config, dataset, model, preprocess, loss_fn, validation_metrics,
+                                             run.path / "checkpoints", context.tracker, context.world)
+    stats = train_resumable(trainer, interrupt, run.path, context.resume, COMMAND)
+    if context.rank != 0:
+        return None
+    model = trainer.model.eval()
+    start = time.perf_counter()
+    tunes_threshold = get_problem(problem).tunes_threshold
+    results, skipped = {}, set(trainer.skipped_files)
+    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tunes_threshold else prepared.eval_splits):
+        data = dataset.splits[split]
+        scores, seen, bad = score_split(model, data, preprocess, config, device, problem, desc=f"{split} images")
+        skipped.update(data.ids[row] for row in bad)
+        results[split] = (scores, data.subset(seen.nonzero()[0]))
+    threshold, threshold_record = 0.5, None
+    if tunes_threshold:
+        scores, kept = results["validation"]
+        threshold, threshold_record = choose_threshold(scores, kept.labels, config.data.threshold)
+        results = {s: (dataclasses.replace(scores, threshold=threshold), kept) for s, (scores, kept) in results.items()}
+    predictions = {split: Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
+                   for split, (scores, kept) in results.items() if split in prepared.eval_splits}
+    eval_seconds = time.perf_counter() - start
+    save_image_classifier(model, processor, run.path / "model", config, dataset, threshold, prepared.source)
+    run.write_json("history.json", trainer.state.log_history)
+    training = training_summary(trainer, config.train, run.path, context.world, context.resume)
+    training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
+    task = {"method": config.train.method, "inputs": "images", "training": training}
+    if threshold_record is not None:
+        task["threshold"] = threshold_record
+    return Outcome(
+        scored=predictions, params=params,
+        seconds={"train": stats["train_runtime"], "eval": eval_seconds},
+        throughput={"train_samples_per_s": stats["train_samples_per_second"],
+                    "eval_samples_per_s": throughput(sum(len(p.ids) for p in predictions.values()), eval_seconds)},
+        task=task, skipped=sorted(skipped),
+    )
+
+
+def save_image_classifier(model, processor, target: Path, config, dataset, threshold: float,
+                          source: ModelSource) -> None:
+    """A self-contained image classifier folder (AutoModelForImageClassification and
+    pipeline("image-classification") load it from anywhere, label names included); a LoRA
+    run's adapters merged in, and kept in adapter/ pointing at the base."""
+    import json
+
+    if config.train.method == "lora":
+        model.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
+        point_adapter_at_base(target / ADAPTER_DIR, source)
+        model = model.merge_and_unload()
+    model.save_pretrained(str(target), safe_serialization=True)
+    processor.save_pretrained(str(target))
+    (target / PREDICTOR_FILE).write_text(json.dumps(predictor_record(
+        COMMAND, dataset.problem, dataset.class_names, threshold=threshold, layout=2, inputs="images"), indent=1))
+
+
+def load_image_classifier(run_dir: Path):
+    """(model, image processor) of a finished image fine-tuning run; nothing in the folder
+    is executed."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model_dir = run_dir / "model"
+    what = f"the fine-tuned image classifier in {model_dir}"
+    model = load_pretrained(AutoModelForImageClassification, model_dir, what, use_safetensors=True)
+    return model.eval(), load_pretrained(AutoImageProcessor, model_dir, what)
+
+
+def load_image_predictor(run_dir: Path, config):
+    """Classify image files with a finished image fine-tuning run's model."""
+    from tunelab.core.runtime import resolve_device
+    from tunelab.data.images import ClipPreprocess, files_split
+    from tunelab.scoring.predictors import predictions_from
+
+    device = resolve_device(config.runtime.device)
+    model, processor = load_image_classifier(run_dir)
+    model.to(device)
+    info = read_predictor(run_dir)
+    preprocess = ClipPreprocess.for_device(processor, device)
+    strict = dataclasses.replace(config, images=dataclasses.replace(config.images, strict=True, num_workers=0))
+
+    def predict(paths) -> list:
+        split = files_split(paths)
+        scores, _, _ = score_split(model, split, preprocess, strict, device, info.get("problem"),
+                                   info.get("threshold", 0.5))
+        return predictions_from(split.ids, scores, info["class_names"])
+
+    return predict
