@@ -457,3 +457,50 @@ def test_likelihood_needs_a_decoder_and_in_context_needs_likelihood(tmp_path, ti
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "x").exists()
+
+
+def test_an_image_classifier_exports_to_onnx_and_serves_the_same_labels(tmp_path, colour_folder):
+    import json
+
+    import tunelab
+    from tests.conftest import rows_of
+
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(save_tiny_backbone(tmp_path / "vit", "vit")), "--dataset",
+                 str(colour_folder), "--out", str(out), "--method", "lora", "--max-steps", "8", "--eval-every", "4",
+                 "--batch-size", "8", "--lr", "1e-3", "--precision", "fp32", "--set", "images.num_workers=0"]) == 0
+    assert main(["export", str(out), "--format", "onnx", "--quantize", "int8"]) == 0
+    record = json.loads((out / "onnx" / "export.json").read_text())
+    assert record["input_kind"] == "images" and record["checked_examples"] == 24
+    assert record["max_abs_output_difference"] <= 1e-4 and record["agreement_with_run_predictions"] == 1.0
+    rows = rows_of(out / "predictions" / "test.csv")
+    files = [str(colour_folder / r["file"]) for r in rows]
+    torch_served = tunelab.load_predictor(out)(files)
+    onnx_served = tunelab.load_predictor(out, backend="onnx")(files)
+    assert [p.label for p in onnx_served] == [p.label for p in torch_served]
+    assert [p.score for p in onnx_served] == pytest.approx([p.score for p in torch_served], abs=1e-5)
+
+
+def test_load_in_4bit_stops_in_one_line_where_it_cannot_work(tmp_path, capsys):
+    import dataclasses
+
+    from tests.conftest import write_topic_splits
+    from tunelab.tasks.finetune import FinetuneConfig, quantization_kwargs
+
+    model = save_tiny_decoder(tmp_path / "qwen")
+    data = write_topic_splits(tmp_path / "topics", 4, 2, 2)
+    for flags, message in ((["--method", "lora", "--device", "cpu"], "--load-in-4bit needs a CUDA GPU"),
+                           (["--method", "full"], "add --method lora (QLoRA)")):
+        capsys.readouterr()
+        assert main(["finetune", "--model", str(model), "--dataset", str(data), "--load-in-4bit", *flags,
+                     "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "x").exists()
+    # What a GPU run would load with: QLoRA's NF4 with double quantisation and bf16 compute.
+    config = dataclasses.replace(FinetuneConfig(), load_in_4bit=True)
+    quantization = quantization_kwargs(config)["quantization_config"]
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant and str(quantization.bnb_4bit_compute_dtype) == "torch.bfloat16"
+    assert quantization_kwargs(FinetuneConfig()) == {}

@@ -587,3 +587,15 @@ def image_loader(split: ImageSplit, preprocess, batch_size: int, num_workers: in
                       num_workers=workers, collate_fn=collate_images, generator=generator,
                       persistent_workers=False, prefetch_factor=4 if workers else None,
                       pin_memory=torch.cuda.is_available())
+
+
+def pixel_batches(processor, paths, batch_size: int = 16, device=None):
+    """Image files as the model takes them, in order: (positions, normalised float32
+    pixels) per batch; an unreadable file stops in one line."""
+    import torch
+
+    device = device or torch.device("cpu")
+    split = files_split(paths)
+    preprocess = ClipPreprocess(processor)
+    for batch in image_loader(split, preprocess, batch_size, 0, strict=True):
+        yield batch["rows"].numpy(), preprocess.model_input(batch["pixel_values"], device)

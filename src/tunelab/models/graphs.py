@@ -1,7 +1,8 @@
-"""The transformer part of a run's predictor as one graph (token ids in, one array out),
-so that ONNX export and the onnx backend treat every text task alike: a fine-tuned
-classifier gives logits, a bi-encoder and a probe's encoder give pooled vectors. What
-follows the graph (a classifier, a bi-encoder's head, thresholds) stays with the task."""
+"""The transformer part of a run's predictor as one graph (token ids or pixels in, one
+array out), so that ONNX export and the onnx backend treat every task alike: a
+fine-tuned classifier gives logits (of texts or images), a bi-encoder and a probe's
+encoder give pooled vectors. What follows the graph (a classifier, a bi-encoder's head,
+thresholds) stays with the task."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ class ClassifierLogits(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.float()
 
 
+class ImageClassifierLogits(nn.Module):
+    """An image classifier's logits from normalised pixels."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits.float()
+
+
 class PooledEncoder(nn.Module):
     """An encoder's last hidden states pooled to one vector per input, as the probe's
     feature extractor and the bi-encoder compute them."""
@@ -43,10 +55,16 @@ class PooledEncoder(nn.Module):
 
 @dataclasses.dataclass
 class ExportGraph:
-    """What a task hands to ONNX export: the graph, the tokenizer its inputs come from,
-    the length they are cut to, and the name of the graph's output."""
+    """What a task hands to ONNX export: the graph, the tokenizer its inputs come from and
+    the length they are cut to (or, for images, the image processor), and the name of the
+    graph's output."""
 
-    module: Any  # torch.nn.Module: (input_ids, attention_mask[, token_type_ids]) -> (batch, width)
+    module: Any  # torch.nn.Module: (input_ids, attention_mask[, token_type_ids]) or (pixel_values) -> (batch, width)
     tokenizer: Any
     max_length: int
     output: str  # logits | embedding | features
+    processor: Any = None  # images: the image processor; the graph takes pixel_values
+
+    @property
+    def inputs(self) -> str:
+        return "images" if self.processor is not None else "text"

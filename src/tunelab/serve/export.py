@@ -1,10 +1,10 @@
 """Serving without PyTorch: the transformer part of a run's predictor (a fine-tuned
-classifier's logits, a bi-encoder's embedding, a text probe's pooled features) exported
+classifier's logits, of texts or images, a bi-encoder's embedding, a text probe's pooled features) exported
 to ONNX (optionally quantised to int8), checked against PyTorch on real inputs, and run
 through ONNX Runtime by ``tunelab predict RUN --backend onnx``, with the task's own
 predictor (head, classifier, threshold) around it.
 
-``RUN/onnx/`` holds ``model.onnx`` (and ``model.int8.onnx``), the tokenizer, and
+``RUN/onnx/`` holds ``model.onnx`` (and ``model.int8.onnx``), the tokenizer (or image processor), and
 ``export.json``: the largest output difference to PyTorch (export fails above 1e-4,
 relative to the largest value for pooled vectors), how often the served labels agree,
 and the int8 model's accuracy change on the run's own test predictions (measured and
@@ -19,6 +19,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -42,19 +43,28 @@ def _require(package: str):
         raise TunelabError(f"ONNX export and the onnx backend need {package}: pip install 'tunelab[onnx]'") from None
 
 
-def check_texts_of(run_dir: Path, limit: int = 256) -> tuple[list, list[str] | None, list[str]]:
-    """Real inputs to check an export with: the run's own test (else validation) inputs,
-    their gold labels, and the run's own predictions for them."""
+def check_texts_of(run_dir: Path, limit: int = 256, image_root: Path | None = None
+                   ) -> tuple[list, list[str] | None, list[str]]:
+    """Real inputs to check an export with: the run's own test (else validation) inputs
+    (texts, pairs, or image files under ``image_root``), their gold labels, and the run's
+    own predictions for them."""
     import csv
 
     for split in ("test", "validation"):
         path = run_dir / "predictions" / f"{split}.csv"
         if path.is_file():
             with open(path, newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-            if rows:
+                rows = list(csv.DictReader(handle))[:limit]
+            if not rows:
+                continue
+            if image_root is not None:
+                inputs = [str(image_root / r["file"]) for r in rows]
+                if not Path(inputs[0]).is_file():
+                    raise TunelabError(f"the run's images are no longer under {image_root} ({rows[0]['file']}); "
+                                       "export checks the model on them")
+            else:
                 inputs = [(r["text"], r["text_pair"]) if "text_pair" in r else r["text"] for r in rows]
-                return inputs, [r.get("label") for r in rows], [r.get("prediction") for r in rows]
+            return inputs, [r.get("label") for r in rows], [r.get("prediction") for r in rows]
     raise TunelabError(f"{run_dir} has no predictions to check an export against")
 
 
@@ -81,9 +91,16 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     ort = _require("onnxruntime")
     config = config_from_run(task.config_class, run_dir)
     graph = task.export_graph(run_dir, config)
-    raw_inputs, gold, run_predictions = check_texts_of(run_dir)
+    images = graph.inputs == "images"
+    raw_inputs, gold, run_predictions = check_texts_of(
+        run_dir, image_root=Path(config.data.dataset).expanduser() if images else None)
     inputs = as_text_inputs(raw_inputs)
-    sample = _encode(graph.tokenizer, inputs, graph.max_length, slice(0, 2))
+    if images:
+        from tunelab.data.images import pixel_batches
+
+        sample = {"pixel_values": next(pixel_batches(graph.processor, inputs.texts[:2]))[1].numpy()}
+    else:
+        sample = _encode(graph.tokenizer, inputs, graph.max_length, slice(0, 2))
     names = list(sample)
     target = run_dir / ONNX_DIR
     if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -95,14 +112,14 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         path = staging / "model.onnx"
-        axes = {name: {0: "batch", 1: "sequence"} for name in names}
+        axes = {name: {0: "batch"} if images else {0: "batch", 1: "sequence"} for name in names}
         axes[graph.output] = {0: "batch"}
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on Python control flow: checked below instead
             torch.onnx.export(graph.module, (), str(path), kwargs={k: torch.from_numpy(v) for k, v in sample.items()},
                               input_names=names, output_names=[graph.output], dynamic_axes=axes,
                               opset_version=OPSET, dynamo=False)
-        graph.tokenizer.save_pretrained(str(staging))
+        (graph.processor if images else graph.tokenizer).save_pretrained(str(staging))
 
         def served_by(encode):
             """The run's predictions on the check inputs through ``encode``, and every
@@ -118,7 +135,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
 
         reference, reference_outputs = served_by(lambda x: torch_outputs(graph, x))
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        exported, exported_outputs = served_by(lambda x: onnx_outputs(session, graph.tokenizer, x, graph.max_length))
+        exported, exported_outputs = served_by(lambda x: onnx_outputs(session, graph, x))
         # Logits are checked absolutely; pooled hidden states (features, embeddings) can be
         # large, so relative to their largest value.
         scale = 1.0 if graph.output == "logits" else max(1.0, float(np.abs(reference_outputs).max()))
@@ -127,6 +144,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
             raise TunelabError(f"the exported model's {graph.output} differ from PyTorch's by {difference:.2e} "
                                f"(more than {TOLERANCE * scale:.2g}); nothing was exported")
         record = {"format": "onnx", "version": 2, "task": task.name, "output": graph.output, "opset": OPSET,
+                  "input_kind": graph.inputs,
                   "inputs": names, "checked_examples": len(inputs), "max_abs_output_difference": difference,
                   "tolerance": TOLERANCE * scale, "prediction_agreement": _agreement(reference, exported),
                   "problem": get_problem(config.data.problem).name, "max_length": graph.max_length,
@@ -147,7 +165,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
             finally:
                 root.setLevel(level)
             int8_session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
-            int8, int8_outputs = served_by(lambda x: onnx_outputs(int8_session, graph.tokenizer, x, graph.max_length))
+            int8, int8_outputs = served_by(lambda x: onnx_outputs(int8_session, graph, x))
             record["int8"] = _int8_change(reference, int8, gold, float(np.abs(reference_outputs - int8_outputs).max()))
         atomic_write_bytes(staging / "export.json", (json.dumps(record, indent=2) + "\n").encode())
         if target.exists():
@@ -212,25 +230,48 @@ def _encode(tokenizer, inputs, max_length: int, rows=None) -> dict[str, np.ndarr
 
 def torch_outputs(graph, inputs, batch_size: int = 32) -> np.ndarray:
     """The graph's output in PyTorch fp32 on the CPU, as the export is checked."""
+    import torch
+
     from tunelab.encoders.text import graph_outputs
 
+    if graph.inputs == "images":
+        with torch.inference_mode():
+            return _image_outputs(graph.processor, inputs, batch_size,
+                                  lambda pixels: graph.module(pixels).float().numpy())
     return graph_outputs(graph.module, graph.tokenizer, inputs, graph.max_length, batch_size, "cpu")
 
 
-def onnx_outputs(session, tokenizer, inputs, max_length: int, batch_size: int = 32) -> np.ndarray:
-    """The exported graph's output from an ONNX Runtime session, over length-sorted,
-    dynamically padded batches."""
+def onnx_outputs(session, graph, inputs, batch_size: int = 32) -> np.ndarray:
+    """The exported graph's output from an ONNX Runtime session: texts over
+    length-sorted, dynamically padded batches; image files (``inputs``: their paths)
+    through the saved image processor. ``graph``: anything with the ExportGraph's
+    tokenizer, max_length and processor."""
     from tunelab.encoders.text import pad_token_id, sorted_padded_batches, tokenize_inputs
 
     wanted = {i.name for i in session.get_inputs()}
     output = session.get_outputs()[0].name
-    ids, types = tokenize_inputs(tokenizer, inputs, max_length)
+    if graph.processor is not None:
+        return _image_outputs(graph.processor, inputs, batch_size,
+                              lambda pixels: session.run([output], {"pixel_values": pixels.numpy()})[0])
+    ids, types = tokenize_inputs(graph.tokenizer, inputs, graph.max_length)
     out = None
-    for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(tokenizer), "cpu", types):
+    for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(graph.tokenizer), "cpu", types):
         feed = {name: tensor.numpy() for name, tensor in tensors.items() if name in wanted}
         values = session.run([output], feed)[0]
         out = np.empty((len(ids), *values.shape[1:]), dtype=np.float32) if out is None else out
         out[batch] = values
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _image_outputs(processor, paths, batch_size: int, run) -> np.ndarray:
+    from tunelab.data.images import pixel_batches
+
+    paths = list(getattr(paths, "texts", paths))
+    out = None
+    for rows, pixels in pixel_batches(processor, paths, batch_size):
+        values = run(pixels)
+        out = np.empty((len(paths), *values.shape[1:]), dtype=np.float32) if out is None else out
+        out[rows] = values
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -257,12 +298,19 @@ def onnx_predictor(run_dir: str | Path, int8: bool = False):
         raise TunelabError(f"{file} does not exist; create it with: tunelab export {run_dir} --format onnx{hint}")
     record = read_json_file(folder / "export.json")
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    tokenizer = load_pretrained(AutoTokenizer, folder, f"the tokenizer in {folder}")
+    if record.get("input_kind") == "images":
+        from transformers import AutoImageProcessor
+
+        graph = SimpleNamespace(tokenizer=None, max_length=None, processor=load_pretrained(
+            AutoImageProcessor, folder, f"the image processor in {folder}"))
+    else:
+        graph = SimpleNamespace(tokenizer=load_pretrained(AutoTokenizer, folder, f"the tokenizer in {folder}"),
+                                max_length=record["max_length"], processor=None)
     config = config_from_run(task.config_class, run_dir)
 
     def encode(inputs) -> np.ndarray:
         start = time.perf_counter()
-        outputs = onnx_outputs(session, tokenizer, inputs, record["max_length"])
+        outputs = onnx_outputs(session, graph, inputs)
         logger.debug("onnx: %d inputs in %.3f s", len(outputs), time.perf_counter() - start)
         return outputs
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, config_from_run, setting
-from tunelab.core.errors import DataError, ModelError
+from tunelab.core.errors import ConfigError, DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.models.resolve import (
@@ -54,9 +54,41 @@ class FinetuneConfig(TaskConfig):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # lr None: 2e-5 full, 1e-3 LoRA
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     images: ImageDecodingConfig = dataclasses.field(default_factory=ImageDecodingConfig)  # image datasets only
+    load_in_4bit: bool = setting(False, "QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, CUDA GPUs only), LoRA "
+                                 "adapters trained in bf16", flag="--load-in-4bit", const=True)
 
     def __post_init__(self) -> None:
         self.train = fill_learning_rate(self.train, DEFAULT_LR)
+
+
+def check_4bit(config: FinetuneConfig) -> None:
+    """--load-in-4bit stops in one line where it cannot work, before anything loads."""
+    import importlib.util
+
+    from tunelab.core.runtime import is_cuda, resolve_device
+
+    if config.train.method != "lora":
+        raise ConfigError("--load-in-4bit freezes the base in 4 bits, which cannot be trained in full: add "
+                          "--method lora (QLoRA)")
+    device = resolve_device(config.runtime.device)
+    if not is_cuda(device):
+        raise ConfigError(f"--load-in-4bit needs a CUDA GPU (bitsandbytes' 4-bit kernels); this run is on "
+                          f"{device.type}: drop the flag (LoRA on the full-precision base)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("--load-in-4bit needs bitsandbytes: pip install 'tunelab[qlora]'")
+
+
+def quantization_kwargs(config: FinetuneConfig) -> dict:
+    """from_pretrained's arguments for a 4-bit base (QLoRA's recipe: NF4, double
+    quantisation, bf16 compute), or none."""
+    if not config.load_in_4bit:
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=torch.bfloat16)}
 
 
 # --------------------------------------------------------------------------- model building
@@ -76,6 +108,9 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
     if config.data.pair_encoding == "bi":
         from tunelab.models.biencoder import BiEncoder
 
+        if config.load_in_4bit:
+            raise ConfigError("--load-in-4bit applies to classifiers; for sentence pairs add --pair-encoding cross")
+
         encoder = load_pretrained(AutoModel, source.location, f"model '{source.name}'", **hub_kwargs(source))
         if config.train.method == "lora":
             encoder = wrap_lora(encoder, model_type, config.lora, sequence_classification=False)
@@ -90,7 +125,12 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
         AutoModelForSequenceClassification, source.location, f"'{source.name}' for sequence classification",
         num_labels=len(id2label), id2label=id2label, label2id={n: i for i, n in id2label.items()},
         problem_type=problem.hf_problem_type, ignore_mismatched_sizes=True, **hub_kwargs(source),
+        **quantization_kwargs(config),
     )
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.train.gradient_checkpointing)
     if config.train.method == "lora":
         model = wrap_lora(model, model_type, config.lora)
     return model
@@ -255,7 +295,12 @@ def prepare(config: FinetuneConfig) -> Prepared:
     from tunelab.tasks.image_finetune import prepare_images
 
     source = resolve_model(config.model)
+    if config.load_in_4bit:
+        check_4bit(config)
     if is_image_dataset(config.data.dataset):
+        if config.load_in_4bit:
+            raise ConfigError("--load-in-4bit applies to text models (decoders, encoders); fine-tune image "
+                              "backbones in bf16")
         return prepare_images(config, source)
     dataset = load_text_dataset(config.data, seed=config.seed)  # before any model loads
     eval_splits = dataset.eval_split_names(config.data.splits)
@@ -358,7 +403,10 @@ def export_graph(run_dir: Path, config: FinetuneConfig):
     embedding (its head and cosine scale follow in ``predictor_from_graph``)."""
     from tunelab.models.biencoder import BiEncoder
     from tunelab.models.graphs import ClassifierLogits, ExportGraph, PooledEncoder
+    from tunelab.tasks.image_finetune import image_export_graph
 
+    if read_predictor(run_dir).get("inputs") == "images":
+        return image_export_graph(run_dir)
     model, tokenizer = load_finetuned(run_dir, config)
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
     if isinstance(model, BiEncoder):
@@ -374,17 +422,23 @@ def export_graph(run_dir: Path, config: FinetuneConfig):
 
 def predictor_from_graph(run_dir: Path, config: FinetuneConfig, encode):
     """Predictions from the graph's outputs (``encode``: PyTorch or ONNX Runtime): logits
-    to scores, or a bi-encoder's two embeddings through its saved head, in NumPy."""
+    (of texts or image files) to scores, or a bi-encoder's two embeddings through its
+    saved head, in NumPy."""
     from tunelab.encoders.text import split_inputs
     from tunelab.models.biencoder import is_bi_encoder, score_embeddings
     from tunelab.scoring.predictors import as_text_inputs, predictions_from
 
     model_dir = run_dir / "model"
     info, names, bi = read_predictor(run_dir), _class_names(run_dir), is_bi_encoder(model_dir)
+    images = info.get("inputs") == "images"
 
     def predict(inputs) -> list:
-        inputs = as_text_inputs(inputs)
-        if bi:
+        inputs = as_text_inputs(inputs)  # image files: their paths
+        if images:
+            from tunelab.data.images import files_split
+
+            outputs = encode(files_split(inputs.texts).ids)
+        elif bi:
             texts, pairs = split_inputs(inputs)
             outputs = score_embeddings(model_dir, encode(texts), encode(pairs))
         else:
@@ -522,7 +576,8 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
     else:
         if lora:
             model.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
-            model = model.merge_and_unload()
+            model = merged_in_full_precision(model, target / ADAPTER_DIR, source) \
+                if getattr(model, "is_loaded_in_4bit", False) else model.merge_and_unload()
         model.save_pretrained(str(target), safe_serialization=True)
         tokenizer.save_pretrained(str(target))
     if lora:
@@ -531,6 +586,22 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
             point_adapter_at_base(target / ADAPTER_DIR, source)
     (target / PREDICTOR_FILE).write_text(json.dumps(predictor_record(
         COMMAND, dataset.problem, dataset.class_names, threshold=threshold, layout=2), indent=1))
+
+
+def merged_in_full_precision(model, adapter_dir: Path, source: ModelSource):
+    """A QLoRA run's adapters merged into the base loaded again in bf16, not into the
+    4-bit weights (merging there would round the adapters away and leave a folder only
+    bitsandbytes on a GPU can load)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    settings = model.config
+    base = load_pretrained(AutoModelForSequenceClassification, source.location, f"base model '{source.name}'",
+                           num_labels=settings.num_labels, id2label=settings.id2label, label2id=settings.label2id,
+                           problem_type=settings.problem_type, pad_token_id=settings.pad_token_id,
+                           ignore_mismatched_sizes=True, dtype=torch.bfloat16, **hub_kwargs(source))
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
 def load_finetuned(run_dir: Path, config: FinetuneConfig):

@@ -210,3 +210,12 @@ def load_image_predictor(run_dir: Path, config):
         return predictions_from(split.ids, scores, info["class_names"])
 
     return predict
+
+
+def image_export_graph(run_dir: Path):
+    """The classifier's logits from pixels, in fp32, as one graph; the image processor
+    that makes the pixels travels with it."""
+    from tunelab.models.graphs import ExportGraph, ImageClassifierLogits
+
+    model, processor = load_image_classifier(run_dir)
+    return ExportGraph(ImageClassifierLogits(model.float()).eval(), None, 0, "logits", processor=processor)
