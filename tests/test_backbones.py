@@ -504,3 +504,62 @@ def test_load_in_4bit_stops_in_one_line_where_it_cannot_work(tmp_path, capsys):
     assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
     assert quantization.bnb_4bit_use_double_quant and str(quantization.bnb_4bit_compute_dtype) == "torch.bfloat16"
     assert quantization_kwargs(FinetuneConfig()) == {}
+
+
+# --------------------------------------------------------------------------- studies over backbones
+
+
+def test_a_study_over_backbones_of_every_family_puts_them_on_one_front(tmp_path, colour_folder, tiny_clip_dir,
+                                                                       tiny_siglip_dir, tiny_bert_dir):
+    import yaml
+
+    from tests.conftest import write_topic_splits
+
+    vit = save_tiny_backbone(tmp_path / "vit", "vit")
+    images = {"name": "image-backbones", "settings": {"data.dataset": str(colour_folder), "runtime.precision": "fp32",
+                                                       "images.num_workers": 0},
+              "steps": [{"name": "probe", "command": "probe", "classifier": {"kind": "logreg"},
+                         "matrix": {"model": [str(tiny_clip_dir), str(tiny_siglip_dir), str(vit)]}},
+                        {"name": "lora", "command": "finetune", "train": {"method": "lora", "max_steps": 6,
+                                                                          "eval_every": 3, "batch_size": 8},
+                         "matrix": {"model": [str(tiny_siglip_dir), str(vit)]}}]}
+    (tmp_path / "images.yaml").write_text(yaml.safe_dump(images))
+    assert main(["run", str(tmp_path / "images.yaml"), "--out", str(tmp_path / "images")]) == 0
+    text = (tmp_path / "images" / "report.md").read_text()
+    cost = text[text.index("## Cost"):].split("\n## ")[0]
+    table = [line for line in cost.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(table) == 5 and all(str(m) in cost for m in (tiny_clip_dir, tiny_siglip_dir, vit))
+    assert "| lora-modelvit |" in cost  # groups named as their runs, by the model folder's name
+    assert any(line.startswith("| \u2605 |") for line in table)  # at least one group is on the joint front
+    assert (tmp_path / "images" / "report_files" / "cost.png").is_file()
+    decoder = save_tiny_decoder(tmp_path / "qwen")
+    texts = {"name": "text-backbones", "settings": {"data": {"dataset": str(write_topic_splits(tmp_path / "t", 12, 4,
+                                                                                                4))},
+                                                     "runtime.precision": "fp32"},
+             "steps": [{"name": "lora", "command": "finetune", "train": {"method": "lora", "max_steps": 4,
+                                                                         "eval_every": 2, "batch_size": 8},
+                        "matrix": {"model": [str(tiny_bert_dir), str(decoder)]}}]}
+    (tmp_path / "texts.yaml").write_text(yaml.safe_dump(texts))
+    assert main(["run", str(tmp_path / "texts.yaml"), "--out", str(tmp_path / "texts")]) == 0
+    assert str(decoder) in (tmp_path / "texts" / "report.md").read_text()
+
+
+def test_a_shared_setting_no_command_has_is_one_line(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "settings": {"dataset": "x"},
+                                    "steps": [{"name": "p", "command": "probe"}]}))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "settings key 'dataset' is a setting of no command; did you mean data.dataset" in err, err
+
+
+def test_pareto_optimal_over_several_costs():
+    from tunelab.report.analysis import pareto_optimal
+
+    costs = [(1, 10, 5), (2, 10, 5), (1, 10, 5), (3, 1, 1)]
+    scores = [0.8, 0.9, 0.7, 0.6]
+    # the second costs more time but scores more; the third is beaten by the first at equal cost;
+    # the fourth is the cheapest in parameters and memory
+    assert pareto_optimal(costs, scores) == [True, True, False, True]

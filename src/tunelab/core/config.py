@@ -466,3 +466,23 @@ def config_from_run(cls: type[T], run_dir: Path | str) -> T:
     values = read_yaml_file(path)
     values.pop("command", None)
     return from_dict(cls, values)
+
+
+# Short names of matrix keys in run names (lora-shots8-seed1); others: the key's last part.
+MATRIX_LABELS = {"data.shots": "shots", "data.max_train_samples": "n", "seed": "seed", "train.lr": "lr",
+                 "model": "model", "train.method": "", "train.epochs": "ep", "train.max_steps": "steps"}
+
+
+def matrix_suffix(params: dict[str, Any]) -> str:
+    """A run's matrix values as a name: ``{"data.shots": 8, "model": "/m/vit"}`` ->
+    ``shots8-modelvit`` (paths by their last part). Study run names and report groups
+    are named by it."""
+    import re
+
+    def text(value: Any) -> str:
+        if value is None:
+            return "all"
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        return re.sub(r"[^A-Za-z0-9.]+", "_", Path(shown).name if "/" in shown else shown).strip("_")[:40]
+
+    return "-".join(MATRIX_LABELS.get(k, k.rsplit(".", 1)[-1].replace("_", "")) + text(v) for k, v in params.items())

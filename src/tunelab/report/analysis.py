@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tunelab.core.config import matrix_suffix
 from tunelab.core.runs import read_inside, read_text_inside
 from tunelab.scoring.metrics import headline_metric
 from tunelab.scoring.stats import PairedTest, better, holm, paired_test, seed_summary
@@ -194,7 +195,7 @@ def group_runs(records: list[RunRecord], outcomes: list | None = None) -> list[G
             params = {k: v for k, v in (outcome.params or {}).items() if k != "seed"}
             key = outcome.group + "|" + repr(sorted(params.items()))
             size_key = next((k for k in SIZE_KEYS if k in params), None)
-            name = outcome.group + "".join(f"-{_short(k)}{'all' if v is None else v}" for k, v in params.items())
+            name = outcome.group + (f"-{matrix_suffix(params)}" if params else "")
             group = groups.setdefault(key, Group(name, outcome.group, [], params.get(size_key), size_key))
         else:
             key = record.identity()
@@ -203,10 +204,6 @@ def group_runs(records: list[RunRecord], outcomes: list | None = None) -> list[G
     for group in groups.values():
         group.runs.sort(key=lambda r: (str(type(r.seed)), r.seed if r.seed is not None else 0))
     return list(groups.values())
-
-
-def _short(key: str) -> str:
-    return {"data.shots": "shots", "data.max_train_samples": "n"}.get(key, key.rsplit(".", 1)[-1])
 
 
 def group_summary(group: Group, split: str | None = None) -> tuple[float, float, float]:
@@ -405,6 +402,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+def pareto_optimal(costs: list[tuple[float, ...]], scores: list[float]) -> list[bool]:
+    """Whether each point is on the front of several costs at once: no other point scores
+    at least as well at no more of every cost, and better or cheaper somewhere."""
+    flags = []
+    for i, (cost, score) in enumerate(zip(costs, scores)):
+        dominated = any(
+            scores[j] >= score and all(a <= b for a, b in zip(costs[j], cost))
+            and (scores[j] > score or any(a < b for a, b in zip(costs[j], cost)))
+            for j in range(len(costs)) if j != i)
+        flags.append(not dominated)
+    return flags
 
 
 def reliability(run_path: Path, split: str, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

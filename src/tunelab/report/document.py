@@ -33,6 +33,7 @@ from tunelab.report.analysis import (
     group_summary,
     learning_curves,
     pareto_front,
+    pareto_optimal,
     reliability,
     zero_label_references,
 )
@@ -867,17 +868,26 @@ def _group_sections(doc: Document, groups: list[Group], findings: Findings) -> N
         doc.image("reliability.png", png(fig), "reliability diagram: accuracy against confidence")
 
 
+def _peak_memory_mb(group: Group) -> float:
+    """A run's peak memory: on the GPU where it used one, else the process's resident set."""
+    timing = group.runs[0].metrics["timing"]
+    return float(timing.get("peak_cuda_mb") or timing.get("peak_rss_mb") or 0)
+
+
 def _cost_section(doc: Document, costed: list[Group]) -> None:
     import matplotlib
     import matplotlib.ticker
 
     doc.heading(2, "Cost")
-    fig, axes = figure(9, 3.6, columns=2)
+    fig, axes = figure(13, 3.6, columns=3)
     metric = costed[0].metric()
-    for ax, label, cost in ((axes[0], "wall time per run (min)",
-                             lambda g: np.mean([_wall_seconds(r.metrics["timing"]["seconds"]) for r in g.runs]) / 60),
-                            (axes[1], "trained parameters",
-                             lambda g: max(g.runs[0].metrics.get("params", {}).get("trainable", 0), 1))):
+    memory = "peak GPU memory (MB)" if any(g.runs[0].metrics["timing"].get("peak_cuda_mb") for g in costed) \
+        else "peak memory, RSS (MB)"
+    costs = {"minutes": lambda g: np.mean([_wall_seconds(r.metrics["timing"]["seconds"]) for r in g.runs]) / 60,
+             "trained": lambda g: max(g.runs[0].metrics.get("params", {}).get("trainable", 0), 1),
+             "memory": lambda g: max(_peak_memory_mb(g), 1)}
+    for ax, label, cost in ((axes[0], "wall time per run (min)", costs["minutes"]),
+                            (axes[1], "trained parameters", costs["trained"]), (axes[2], memory, costs["memory"])):
         points = [(float(cost(g)), group_summary(g)[0]) for g in costed]
         front = pareto_front(points)
         ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
@@ -893,13 +903,22 @@ def _cost_section(doc: Document, costed: list[Group]) -> None:
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel=label, ylabel=metric)
-    doc.image("cost.png", png(fig), f"{metric} against wall time and trained parameters (red: Pareto front)")
-    rows = [[g.name, f"{np.mean([_wall_seconds(r.metrics['timing']['seconds']) for r in g.runs]) / 60:.2f}",
+    doc.image("cost.png", png(fig), f"{metric} against wall time, trained parameters and peak memory (red: Pareto "
+              "front of each)")
+    # One front over all three costs: what no other group beats at no more time, training and memory.
+    optimal = pareto_optimal([tuple(float(c(g)) for c in costs.values()) for g in costed],
+                             [group_summary(g)[0] for g in costed])
+    doc.paragraph(f"On the front (\u2605): no other group reaches a {metric} at least as high with no more wall "
+                  "time, trained parameters and peak memory. Means over seeds are compared; the front describes "
+                  "these runs, it is not a tested claim.")
+    rows = [["\u2605" if on else "", g.name, g.runs[0].metrics.get("model") or "",
+             f"{group_summary(g)[0]:.4f}",
+             f"{np.mean([_wall_seconds(r.metrics['timing']['seconds']) for r in g.runs]) / 60:.2f}",
              f"{g.runs[0].metrics['timing'].get('peak_rss_mb', 0):.0f}",
              _fmt(g.runs[0].metrics["timing"].get("peak_cuda_mb"), 0),
              f"{g.runs[0].metrics.get('params', {}).get('trainable', 0):,} / "
              f"{g.runs[0].metrics.get('params', {}).get('total', 0):,}",
              ", ".join(f"{k} {v:.1f}" for k, v in g.runs[0].metrics["timing"].get("throughput", {}).items()
-                       if v is not None)] for g in costed]
-    doc.table(["group", "minutes per run", "peak RSS MB", "peak CUDA MB", "trained / total params",
-               "throughput (/s)"], rows)
+                       if v is not None)] for g, on in zip(costed, optimal)]
+    doc.table(["front", "group", "model", metric, "minutes per run", "peak RSS MB", "peak CUDA MB",
+               "trained / total params", "throughput (/s)"], rows)

@@ -28,6 +28,7 @@ configuration, resumes interrupted training steps, and redoes the rest.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import re
@@ -37,7 +38,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError, dump_yaml, from_dict, load_yaml_source, merge_settings, set_dotted
+from tunelab.core.config import (
+    ConfigError,
+    dump_yaml,
+    from_dict,
+    load_yaml_source,
+    matrix_suffix,
+    merge_settings,
+    set_dotted,
+)
 from tunelab.core.errors import TunelabError
 from tunelab.core.registry import all_tasks, get_task
 from tunelab.tasks.lifecycle import run_task
@@ -102,7 +111,9 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
     if unknown:
         raise ConfigError(f"{origin}: unknown study key '{sorted(unknown)[0]}' (known: {', '.join(STUDY_KEYS[1:])})")
     variables = dict(values.get("variables") or {})
-    settings = dict(values.get("settings") or {})
+    settings: dict[str, Any] = {}
+    for dotted, value in _flatten(dict(values.get("settings") or {})):  # data.shots and data: {shots} alike
+        set_dotted(settings, dotted, value)
     study_matrix = dict(values.get("matrix") or {})
     from tunelab.core.registry import canonical_name
 
@@ -145,13 +156,16 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
         elif _is_config_key(key):
             set_dotted(overrides, key, value)
         else:
-            import difflib
-
             known = ", ".join(variables) or "none"
             candidates = [*variables, *(f"{n}.{k}" for n in names for k in _config_keys()), *_config_keys()]
             close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
             raise ConfigError(f"--set {key}=...: '{key}' is not a variable of this study (variables: {known}), "
                               f"a step (steps: {', '.join(names)}), or a setting any command has"
+                              + (f"; did you mean {' or '.join(close)}?" if close else ""))
+    for dotted, _ in _flatten(settings):  # a shared setting no command has would be dropped silently
+        if not _is_config_key(dotted):
+            close = difflib.get_close_matches(dotted, _config_keys(), n=3, cutoff=0.6)
+            raise ConfigError(f"{origin}: settings key '{dotted}' is a setting of no command"
                               + (f"; did you mean {' or '.join(close)}?" if close else ""))
     runs = []
     for step in steps:
@@ -191,10 +205,6 @@ def _check_name(name: str, origin: str) -> None:
 
 
 # Short labels of matrix keys in run names (lora-shots8-seed1); others use their last part.
-MATRIX_LABELS = {"data.shots": "shots", "data.max_train_samples": "n", "seed": "seed", "train.lr": "lr",
-                 "model": "model", "train.method": "", "train.epochs": "ep", "train.max_steps": "steps"}
-
-
 def expand_matrix(step: Step, matrix: dict[str, Any], variables: dict[str, Any], origin: str) -> list[Step]:
     """One run per combination of the matrix's values (keys are config keys, dotted, or
     study variables); a key the step's command lacks is left out for that step."""
@@ -225,22 +235,10 @@ def expand_matrix(step: Step, matrix: dict[str, Any], variables: dict[str, Any],
                 settings = _substitute(settings, {**variables, key: value})
             else:
                 set_dotted(overrides, key, value)
-        suffix = "-".join(_label(k) + _value_text(v) for k, v in params.items())
-        name = f"{step.name}-{suffix}"
+        name = f"{step.name}-{matrix_suffix(params)}"
         _check_name(name, origin)
         runs.append(dataclasses.replace(step, name=name, settings=settings, overrides=overrides, params=params))
     return runs
-
-
-def _label(key: str) -> str:
-    return MATRIX_LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", ""))
-
-
-def _value_text(value: Any) -> str:
-    if value is None:
-        return "all"
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return re.sub(r"[^A-Za-z0-9.]+", "_", Path(text).name if "/" in text else text).strip("_")[:40]
 
 
 def _has_key(cls: type, dotted: str) -> bool:
@@ -268,6 +266,17 @@ def _config_keys() -> list[str]:
     for task in all_tasks().values():
         walk(task.config_class, "")
     return sorted(keys)
+
+
+def _flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{data: {shots: 8}, seed: 1}`` -> ``[("data.shots", 8), ("seed", 1)]`` (a dotted key stays as written)."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            pairs += _flatten(value, f"{prefix}{key}.")
+        else:
+            pairs.append((prefix + str(key), value))
+    return pairs
 
 
 def _is_config_key(dotted: str) -> bool:
