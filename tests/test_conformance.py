@@ -86,7 +86,9 @@ def test_every_task_through_every_surface(command, problem, kind, model, dataset
     import jsonschema
 
     data, flags = datasets[(kind, problem)]
-    models = {"text-encoder": ["--model", str(tiny_bert_dir)], "clip": ["--model", str(tiny_clip_dir)], None: []}
+    # "vision": any vision backbone; CLIP's image tower is one (transformers makes an image classifier of it).
+    models = {"text-encoder": ["--model", str(tiny_bert_dir)], "clip": ["--model", str(tiny_clip_dir)],
+              "vision": ["--model", str(tiny_clip_dir)], None: []}
     task = all_tasks()[command]
     args = [command, *models[model], "--dataset", str(data), *flags, *fast_flags(task)]
     run = tmp_path / "run"

@@ -32,7 +32,7 @@ from tunelab.encoders.clip import (
 from tunelab.models.resolve import count_parameters
 from tunelab.scoring.evaluation import ScoreAccumulator, top_k_nll
 from tunelab.scoring.metrics import classification_metrics
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, trained_outcome
 from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def prepare(config: ClipFinetuneConfig) -> Prepared:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with zero-shot evaluation on validation, then score every split with the
     best model against freshly computed class embeddings."""
-    from tunelab.training.trainer import prune_checkpoints, train_resumable, training_summary
+    from tunelab.training.trainer import train_resumable
 
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
     parts = prepared.parts
@@ -163,20 +163,9 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         predictions[split] = Scored(accumulator.result(), kept.labels, kept.ids, {"file": kept.ids})
     eval_seconds = time.perf_counter() - start
     _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates, prepared.source)
-    run.write_json("history.json", trainer.state.log_history)
-    training = training_summary(trainer, config.train, run.path, context.world, context.resume)
-    training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
-    return Outcome(
-        scored=predictions, params=params,
-        seconds={"train": stats["train_runtime"], "eval": eval_seconds},
-        throughput={"train_samples_per_s": stats["train_samples_per_second"],
-                    "eval_samples_per_s": throughput(sum(len(dataset.splits[s]) for s in prepared.eval_splits),
-                                                     eval_seconds)},
-        task={"method": config.train.method, "loss": config.loss,
-              "templates": {"spec": config.templates, "count": len(templates)},
-              "training": training},
-        skipped=sorted(set(skipped)),
-    )
+    task = {"method": config.train.method, "loss": config.loss,
+            "templates": {"spec": config.templates, "count": len(templates)}}
+    return trained_outcome(trainer, stats, context, config.train, predictions, params, eval_seconds, task, skipped)
 
 
 def load_predictor(run_dir: Path, config: ClipFinetuneConfig):

@@ -29,7 +29,7 @@ from tunelab.models.resolve import (
 )
 from tunelab.problems import get_problem
 from tunelab.scoring.evaluation import ScoreAccumulator
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
     LoraConfig,
@@ -326,7 +326,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
     if prepared.parts.get("images"):
         return execute_images(prepared, context)
-    from tunelab.training.trainer import prune_checkpoints, train_resumable, training_summary
+    from tunelab.training.trainer import train_resumable
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     tokenizer, model = prepared.parts["tokenizer"], prepared.parts["model"]
@@ -358,19 +358,10 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                                  dataset.splits[split].inputs.columns()) for split in prepared.eval_splits}
     eval_seconds = time.perf_counter() - start
     save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold, prepared.source)
-    run.write_json("history.json", trainer.state.log_history)
-    training = training_summary(trainer, config.train, run.path, context.world, context.resume)
-    training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
-    task = {"method": config.train.method, "pair_encoding": config.data.pair_encoding, "training": training}
+    task = {"method": config.train.method, "pair_encoding": config.data.pair_encoding}
     if threshold_record is not None:
         task["threshold"] = threshold_record
-    return Outcome(
-        scored=predictions, params=params,
-        seconds={"train": train_stats["train_runtime"], "eval": eval_seconds},
-        throughput={"train_samples_per_s": train_stats["train_samples_per_second"],
-                    "eval_samples_per_s": throughput(sum(len(p.ids) for p in predictions.values()), eval_seconds)},
-        task=task,
-    )
+    return trained_outcome(trainer, train_stats, context, config.train, predictions, params, eval_seconds, task)
 
 
 def load_predictor(run_dir: Path, config: FinetuneConfig):

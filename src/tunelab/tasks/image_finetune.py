@@ -18,7 +18,7 @@ from tunelab.core.errors import DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
     check_best_metric,
@@ -103,7 +103,7 @@ def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
     from tunelab.models.resolve import count_parameters
     from tunelab.scoring.evaluation import choose_threshold, split_metrics, validation_loss
     from tunelab.training.images import build_image_trainer
-    from tunelab.training.trainer import prune_checkpoints, train_resumable, training_summary
+    from tunelab.training.trainer import train_resumable
 
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
     model, processor = prepared.parts["model"], prepared.parts["processor"]
@@ -147,19 +147,10 @@ def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
                    for split, (scores, kept) in results.items() if split in prepared.eval_splits}
     eval_seconds = time.perf_counter() - start
     save_image_classifier(model, processor, run.path / "model", config, dataset, threshold, prepared.source)
-    run.write_json("history.json", trainer.state.log_history)
-    training = training_summary(trainer, config.train, run.path, context.world, context.resume)
-    training["checkpoints"] = prune_checkpoints(run.path, config.train) or "kept"
-    task = {"method": config.train.method, "inputs": "images", "training": training}
+    task = {"method": config.train.method, "inputs": "images"}
     if threshold_record is not None:
         task["threshold"] = threshold_record
-    return Outcome(
-        scored=predictions, params=params,
-        seconds={"train": stats["train_runtime"], "eval": eval_seconds},
-        throughput={"train_samples_per_s": stats["train_samples_per_second"],
-                    "eval_samples_per_s": throughput(sum(len(p.ids) for p in predictions.values()), eval_seconds)},
-        task=task, skipped=sorted(skipped),
-    )
+    return trained_outcome(trainer, stats, context, config.train, predictions, params, eval_seconds, task, skipped)
 
 
 def save_image_classifier(model, processor, target: Path, config, dataset, threshold: float,

@@ -94,6 +94,26 @@ class Outcome:
     labels_seen: int | None = None
 
 
+def trained_outcome(trainer, stats: dict, context: RunContext, train_config, predictions: dict[str, Scored],
+                    params: dict, eval_seconds: float, task: dict, skipped=()) -> Outcome:
+    """The Outcome of a task that trained with the Trainer: history.json written, the
+    training summary (checkpoints pruned as configured) as ``task["training"]``, time
+    and throughput from the Trainer's own figures."""
+    from tunelab.training.trainer import prune_checkpoints, training_summary
+
+    run = context.run
+    run.write_json("history.json", trainer.state.log_history)
+    training = training_summary(trainer, train_config, run.path, context.world, context.resume)
+    training["checkpoints"] = prune_checkpoints(run.path, train_config) or "kept"
+    return Outcome(
+        scored=predictions, params=params,
+        seconds={"train": stats["train_runtime"], "eval": eval_seconds},
+        throughput={"train_samples_per_s": stats["train_samples_per_second"],
+                    "eval_samples_per_s": throughput(sum(len(p.ids) for p in predictions.values()), eval_seconds)},
+        task={**task, "training": training}, skipped=sorted(set(skipped)),
+    )
+
+
 def run_task(task, config, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
              argv: Sequence[str] | None = None) -> RunResult:
     """Run a registered task (a ``Task`` or its name) with a typed config and write a
