@@ -563,3 +563,34 @@ def test_pareto_optimal_over_several_costs():
     # the second costs more time but scores more; the third is beaten by the first at equal cost;
     # the fourth is the cheapest in parameters and memory
     assert pareto_optimal(costs, scores) == [True, True, False, True]
+
+
+@pytest.mark.parametrize("command, family, flags", [
+    ("probe", "vit", ["--classifier", "logreg"]), ("probe", "siglip", ["--classifier", "logreg"]),
+    ("probe", "clip", ["--classifier", "logreg"]), ("zeroshot", "siglip", []), ("zeroshot", "clip", []),
+    ("clip-finetune", "siglip", ["--max-steps", "4", "--eval-every", "2", "--batch-size", "8"]),
+    ("finetune", "dinov2", ["--method", "lora", "--max-steps", "4", "--eval-every", "2", "--batch-size", "8"]),
+    ("finetune", "convnext", ["--max-steps", "4", "--eval-every", "2", "--batch-size", "8"]),
+    ("finetune", "siglip", ["--method", "lora", "--max-steps", "4", "--eval-every", "2", "--batch-size", "8"]),
+])
+def test_every_image_run_exports_to_onnx_and_serves_as_pytorch(tmp_path, colour_folder, tiny_clip_dir,
+                                                               tiny_siglip_dir, command, family, flags):
+    import json
+
+    import tunelab
+    from tests.conftest import rows_of
+
+    pytest.importorskip("onnxruntime")
+    model = {"clip": tiny_clip_dir, "siglip": tiny_siglip_dir}.get(family) or \
+        save_tiny_backbone(tmp_path / family, family)
+    out = tmp_path / "run"
+    assert main([command, "--model", str(model), "--dataset", str(colour_folder), "--out", str(out), *flags,
+                 "--precision", "fp32", "--set", "images.num_workers=0"]) == 0
+    assert main(["export", str(out), "--format", "onnx"]) == 0
+    record = json.loads((out / "onnx" / "export.json").read_text())
+    assert record["input_kind"] == "images" and record["agreement_with_run_predictions"] == 1.0
+    files = [str(colour_folder / r["file"]) for r in rows_of(out / "predictions" / "test.csv")[::4]]
+    torch_served = tunelab.load_predictor(out)(files)
+    onnx_served = tunelab.load_predictor(out, backend="onnx")(files)
+    assert [p.label for p in onnx_served] == [p.label for p in torch_served]
+    assert [p.score for p in onnx_served] == pytest.approx([p.score for p in torch_served], abs=1e-4)

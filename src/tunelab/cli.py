@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "with bf16 units")
     predict.set_defaults(handler=_run_predict)
 
-    export = commands.add_parser("export", help="export a text run's transformer (ONNX, optionally int8)",
+    export = commands.add_parser("export", help="export a run's transformer (ONNX, optionally int8)",
                                  description="Export the transformer of a text run's predictor to RUN/onnx (a "
                                              "fine-tuned classifier or bi-encoder, a probe's encoder), checked "
                                              "against PyTorch on the run's own examples; predict --backend onnx "

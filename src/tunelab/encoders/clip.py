@@ -182,6 +182,12 @@ def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc
     return skipped
 
 
+def scoring_record(model) -> dict:
+    """What scores an image embedding against the saved class embeddings without the
+    model: its logit scale and bias (predictor.json keeps them for ONNX serving)."""
+    return {"logit_scale": logit_scale(model), "logit_bias": logit_bias(model)}
+
+
 def save_class_embeddings(path: Path, embeddings, class_names: Sequence[str]) -> None:
     from safetensors.numpy import save_file
 

@@ -37,6 +37,24 @@ class ImageClassifierLogits(nn.Module):
         return self.model(pixel_values=pixel_values).logits.float()
 
 
+class ImageVectors(nn.Module):
+    """One vector per image: a CLIP or SigLIP model's normalised image embedding, or a
+    vision backbone's pooled hidden states (the probe's image features)."""
+
+    def __init__(self, model, pooling: str | None):
+        super().__init__()
+        self.model = model
+        self.pooling = pooling  # None: a dual encoder's embedding
+
+    def forward(self, pixel_values):
+        from tunelab.encoders.clip import image_embeddings
+        from tunelab.encoders.vision import pool_image
+
+        if self.pooling is None:
+            return image_embeddings(self.model, pixel_values)
+        return pool_image(self.model(pixel_values=pixel_values), self.pooling).float()
+
+
 class PooledEncoder(nn.Module):
     """An encoder's last hidden states pooled to one vector per input, as the probe's
     feature extractor and the bi-encoder compute them."""

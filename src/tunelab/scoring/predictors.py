@@ -134,6 +134,40 @@ def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
     return predict_images
 
 
+def dual_encoder_export(run_dir: Path, model, processor):
+    """A CLIP or SigLIP run's image tower (the normalised embedding) as one graph; the
+    saved class embeddings and the recorded scale and bias follow in NumPy."""
+    from tunelab.models.graphs import ExportGraph, ImageVectors
+
+    if "logit_scale" not in read_predictor(run_dir):
+        raise TunelabError(f"{run_dir} was made before runs recorded their logit scale; rerun it to export it")
+    return ExportGraph(ImageVectors(model.float().eval(), None).eval(), None, 0, "embedding", processor=processor)
+
+
+def dual_encoder_predictor(run_dir: Path, encode):
+    """Image files scored from their embeddings (``encode``: PyTorch or ONNX Runtime)
+    against the class embeddings the run saved: one class each, or SigLIP's label sets."""
+    from tunelab.encoders.clip import load_class_embeddings
+    from tunelab.problems import get_problem
+    from tunelab.scoring.evaluation import ClassScores, LabelScores
+
+    record = read_predictor(run_dir)
+    class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").numpy()
+    names = record["class_names"]
+    label_sets = not get_problem(record.get("problem")).exclusive_classes
+
+    def predict(paths) -> list:
+        from tunelab.data.images import files_split
+
+        split = files_split(list(getattr(paths, "texts", paths)))
+        logits = record["logit_scale"] * encode(split.ids) @ class_emb.T + record.get("logit_bias", 0.0)
+        scores = LabelScores(1 / (1 + np.exp(-logits)), record.get("threshold", 0.5), "probability") if label_sets \
+            else ClassScores.from_full(logits, "similarity")
+        return predictions_from(split.ids, scores, names)
+
+    return predict
+
+
 def check_texts(inputs: Sequence[str]) -> list[str]:
     bad = [i + 1 for i, t in enumerate(inputs) if not isinstance(t, str) or not t.strip()]
     if bad:

@@ -70,8 +70,9 @@ def check_texts_of(run_dir: Path, limit: int = 256, image_root: Path | None = No
 
 def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     """Export the transformer part of a finished run's predictor to ``RUN/onnx`` (any task
-    whose registry entry gives an export graph: fine-tuned classifiers and bi-encoders,
-    text probes); returns the record written to ``RUN/onnx/export.json``."""
+    whose registry entry gives an export graph: fine-tuned text and image classifiers,
+    bi-encoders, probes, CLIP and SigLIP image towers); returns the record written to
+    ``RUN/onnx/export.json``."""
     import torch
 
     from tunelab.core.config import config_from_run
@@ -83,7 +84,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     task = get_task(run_command(run_dir))
     if task.export_graph is None or task.predictor_from_graph is None:
         exportable = ", ".join(name for name, t in all_exportable().items())
-        raise TunelabError(f"{run_dir} is a {task.name} run; ONNX export covers runs whose predictor is a text "
+        raise TunelabError(f"{run_dir} is a {task.name} run; ONNX export covers runs whose predictor is a "
                            f"transformer ({exportable})")
     if quantize not in (None, "int8"):
         raise TunelabError(f"--quantize {quantize}: the supported quantisation is int8")

@@ -27,6 +27,7 @@ from tunelab.encoders.clip import (
     load_templates,
     save_class_embeddings,
     score_loader,
+    scoring_record,
     tokenize_prompts,
 )
 from tunelab.models.resolve import count_parameters
@@ -178,13 +179,28 @@ def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
                            config.train.eval_batch_size)
 
 
+def export_graph(run_dir: Path, config: ClipFinetuneConfig):
+    """The fine-tuned image tower; the class embeddings it saved follow in NumPy."""
+    from tunelab.scoring.predictors import dual_encoder_export
+
+    model, _, processor = load_clip_run(run_dir, config)
+    return dual_encoder_export(run_dir, model, processor)
+
+
+def predictor_from_graph(run_dir: Path, config: ClipFinetuneConfig, encode):
+    from tunelab.scoring.predictors import dual_encoder_predictor
+
+    return dual_encoder_predictor(run_dir, encode)
+
+
 TASK = register_task(Task(
     name=COMMAND, config_class=ClipFinetuneConfig, prepare=prepare, execute=execute, resumable=True,
     summary="fine-tune CLIP or SigLIP on class prompts (LoRA or full); alias image-text-finetune",
     description="CLIP or SigLIP fine-tuning with LoRA (default) or in full: contrastive loss (CLIP's symmetric "
                 "cross-entropy, SigLIP's sigmoid loss) or ce; evaluated zero-shot against class prompts.",
     aliases=("image-text-finetune",),
-    load_predictor=load_predictor, describe=describe,
+    load_predictor=load_predictor, describe=describe, export_graph=export_graph,
+    predictor_from_graph=predictor_from_graph,
     problems=("single-label",), inputs=(("images", "clip"),),
     unused_settings=("train.max_length",),  # CLIP's prompts are cut at the text tower's own limit
 ))
@@ -243,7 +259,7 @@ def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_em
     processor.save_pretrained(str(target))
     save_class_embeddings(target / "class_embeddings.safetensors", class_emb, class_names)
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, None, list(class_names), kind="clip",
-                                                               templates=templates))
+                                                               templates=templates, **scoring_record(model)))
 
 
 def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):

@@ -244,16 +244,27 @@ def check_text_run(run_dir: Path) -> None:
     if read_predictor(run_dir).get("inputs") == "images" or \
             (read_json_file(run_dir / "metrics.json").get("task") or {}).get("features", {}).get("pooling") is None:
         # (runs made before predictor.json said "inputs": image probes recorded no pooling)
-        raise TunelabError(f"{run_dir} is a probe on image features; ONNX export serves text runs")
+        raise TunelabError(f"{run_dir} is a probe on image features made before runs recorded their inputs; "
+                           "rerun it to predict with it or export it")
 
 
 def export_graph(run_dir: Path, config: ProbeConfig):
-    """The frozen encoder with the run's pooling, in fp32 on the CPU, as one graph; the
-    saved classifier follows in ``predictor_from_graph``."""
+    """The frozen encoder (text, or image backbone) with the run's pooling, in fp32 on the
+    CPU, as one graph; the saved classifier follows in ``predictor_from_graph``."""
     from tunelab.core.config import RuntimeConfig
     from tunelab.encoders.text import TextFeatureExtractor
     from tunelab.models.graphs import ExportGraph, PooledEncoder
 
+    if read_predictor(run_dir).get("inputs") == "images":
+        from tunelab.encoders.text import ImageFeatureExtractor
+        from tunelab.models.graphs import ImageVectors
+
+        extractor = ImageFeatureExtractor(recorded_model(run_dir, config.model), config.images,
+                                          config.features.batch_size, RuntimeConfig(device="cpu", precision="fp32"),
+                                          config.features.pooling)
+        model, processor, kind = extractor.loaded
+        module = ImageVectors(model.float(), None if kind == "clip" else config.features.pooling or "cls")
+        return ExportGraph(module.eval(), None, 0, "features", processor=processor)
     check_text_run(run_dir)
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features,
                                      RuntimeConfig(device="cpu", precision="fp32"))
@@ -270,9 +281,16 @@ def predictor_from_graph(run_dir: Path, config: ProbeConfig, encode):
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
     names, problem = info["class_names"], info.get("problem")  # None in old runs: single-label
 
+    images = info.get("inputs") == "images"
+
     def predict(inputs) -> list:
-        inputs = as_text_inputs(inputs)
-        features = pair_vectors(encode, inputs, config.data.pair_encoding)
+        inputs = as_text_inputs(inputs)  # image files: their paths
+        if images:
+            from tunelab.data.images import files_split
+
+            features = encode(files_split(inputs.texts).ids)
+        else:
+            features = pair_vectors(encode, inputs, config.data.pair_encoding)
         scores = predict_scores(estimator, features, problem, len(names), info.get("threshold", 0.5))
         return predictions_from(inputs, scores, names)
 

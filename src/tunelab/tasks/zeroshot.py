@@ -24,6 +24,7 @@ from tunelab.encoders.clip import (
     load_templates,
     save_class_embeddings,
     score_loader,
+    scoring_record,
 )
 from tunelab.encoders.text import FeatureConfig
 from tunelab.models.resolve import count_parameters
@@ -281,7 +282,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         predictions[split] = Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
     save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
-        COMMAND, dataset.problem, dataset.class_names, kind="clip", templates=templates, threshold=threshold))
+        COMMAND, dataset.problem, dataset.class_names, kind="clip", templates=templates, threshold=threshold,
+        **scoring_record(model)))
     eval_seconds = time.perf_counter() - start
     if skipped:
         logger.warning("%d unreadable images were skipped (listed in metrics.json)", len(skipped))
@@ -317,6 +319,24 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
                            config.images.batch_for(resolve_device(config.runtime.device)))
 
 
+def export_graph(run_dir: Path, config: ZeroshotConfig):
+    """Image runs: the model's image tower; the class embeddings follow in NumPy."""
+    from tunelab.scoring.predictors import dual_encoder_export
+
+    if read_predictor(run_dir).get("kind") != "clip":
+        from tunelab.core.errors import TunelabError
+
+        raise TunelabError(f"{run_dir} is a zero-shot run on texts; ONNX export covers its image runs")
+    model, _, processor = load_clip(recorded_model(run_dir, config.model))
+    return dual_encoder_export(run_dir, model, processor)
+
+
+def predictor_from_graph(run_dir: Path, config: ZeroshotConfig, encode):
+    from tunelab.scoring.predictors import dual_encoder_predictor
+
+    return dual_encoder_predictor(run_dir, encode)
+
+
 TASK = register_task(Task(
     name=COMMAND, config_class=ZeroshotConfig, prepare=prepare, execute=execute,
     summary="zero-shot: CLIP prompts against images, texts against class descriptions, sentence-pair similarity",
@@ -326,7 +346,8 @@ TASK = register_task(Task(
                 "(a sentence encoder's cosine, or an NLI cross-encoder's entailment); or, for sentence pairs, the "
                 "cosine similarity of a text encoder's mean-pooled embeddings (scaled or thresholded on "
                 "validation).",
-    load_predictor=load_predictor, describe=describe,
+    load_predictor=load_predictor, describe=describe, export_graph=export_graph,
+    predictor_from_graph=predictor_from_graph,
     problems=("single-label", "multi-label", "regression"),
     inputs=(("images", "clip"), ("pairs", "text-encoder"), ("text", "text-encoder")),
 ))
