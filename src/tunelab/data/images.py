@@ -459,13 +459,14 @@ class ClipPreprocess:
             return torch.from_numpy(np.ascontiguousarray(np.asarray(_as_rgb(image)).transpose(2, 0, 1)))
         if self.geometry is not None and getattr(image, "mode", None) == "RGB":
             return torch.from_numpy(_resize_and_crop(image, *self.geometry))
+        # return_tensors="pt": every backend gives tensors (a torchvision processor gives no NumPy).
         if self.deferred:
-            pixels = self.processor(images=image, do_rescale=False, do_normalize=False,
-                                    return_tensors="np")["pixel_values"][0]
+            pixels = np.asarray(self.processor(images=image, do_rescale=False, do_normalize=False,
+                                               return_tensors="pt")["pixel_values"][0])
             if pixels.dtype != np.uint8:
                 pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
             return torch.from_numpy(np.ascontiguousarray(pixels))
-        return torch.from_numpy(np.asarray(self.processor(images=image, return_tensors="np")["pixel_values"][0],
+        return torch.from_numpy(np.asarray(self.processor(images=image, return_tensors="pt")["pixel_values"][0],
                                            dtype=np.float32))
 
     def model_input(self, pixels, device, dtype=None):
