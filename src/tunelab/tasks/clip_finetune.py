@@ -195,7 +195,7 @@ def predictor_from_graph(run_dir: Path, config: ClipFinetuneConfig, encode):
 
 TASK = register_task(Task(
     name=COMMAND, config_class=ClipFinetuneConfig, prepare=prepare, execute=execute, resumable=True,
-    summary="fine-tune CLIP or SigLIP on class prompts (LoRA or full); alias image-text-finetune",
+    summary="fine-tune CLIP or SigLIP on class prompts (LoRA or full)",
     description="CLIP or SigLIP fine-tuning with LoRA (default) or in full: contrastive loss (CLIP's symmetric "
                 "cross-entropy, SigLIP's sigmoid loss) or ce; evaluated zero-shot against class prompts.",
     aliases=("image-text-finetune",),

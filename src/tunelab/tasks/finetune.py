@@ -442,8 +442,9 @@ def predictor_from_graph(run_dir: Path, config: FinetuneConfig, encode):
 
 TASK = register_task(Task(
     name=COMMAND, config_class=FinetuneConfig, prepare=prepare, execute=execute, resumable=True,
-    summary="fine-tune an encoder for classification (full or LoRA)",
-    description="Fine-tune for sequence classification: full or LoRA; resumable; data-parallel under torchrun.",
+    summary="fine-tune a text encoder or decoder, or a vision backbone, for classification (full or LoRA)",
+    description="Fine-tune for classification: texts and pairs (encoders, decoders; --load-in-4bit QLoRA on CUDA) "
+                "or images (any vision backbone); full or LoRA; resumable; data-parallel under torchrun.",
     load_predictor=load_predictor, describe=describe, export_graph=export_graph,
     predictor_from_graph=predictor_from_graph,
     # model/ is a plain transformers folder: predict computes as pipeline() does with it.
