@@ -594,3 +594,27 @@ def test_every_image_run_exports_to_onnx_and_serves_as_pytorch(tmp_path, colour_
     onnx_served = tunelab.load_predictor(out, backend="onnx")(files)
     assert [p.label for p in onnx_served] == [p.label for p in torch_served]
     assert [p.score for p in onnx_served] == pytest.approx([p.score for p in torch_served], abs=1e-4)
+
+
+def test_image_fine_tuning_on_label_sets(tmp_path):
+    import json
+
+    import tunelab
+    from tests.conftest import rows_of
+    from tests.test_images import write_image_table
+
+    root = write_image_table(tmp_path / "table")
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(save_tiny_backbone(tmp_path / "vit", "vit")), "--dataset", str(root),
+                 "--label-separator", ";", "--threshold", "tune", "--out", str(out), "--max-steps", "8",
+                 "--eval-every", "4", "--batch-size", "4", "--lr", "1e-3", "--precision", "fp32",
+                 "--set", "images.num_workers=0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["problem"] == "multi-label" and metrics["task"]["threshold"]["tuned"] is True
+    assert "f1_micro" in metrics["splits"]["test"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert list(config["id2label"].values()) == ["blue", "green", "red", "warm"]
+    rows = rows_of(out / "predictions" / "test.csv")
+    served = tunelab.load_predictor(out)([str(root / r["file"]) for r in rows])
+    assert ["; ".join(p.labels) for p in served] == [r["prediction"] for r in rows]
