@@ -618,3 +618,28 @@ def test_image_fine_tuning_on_label_sets(tmp_path):
     rows = rows_of(out / "predictions" / "test.csv")
     served = tunelab.load_predictor(out)([str(root / r["file"]) for r in rows])
     assert ["; ".join(p.labels) for p in served] == [r["prediction"] for r in rows]
+
+
+def test_siglip_fine_tunes_on_label_sets_with_a_sigmoid_per_label(tmp_path, tiny_siglip_dir):
+    import json
+
+    import tunelab
+    from tests.conftest import rows_of
+    from tests.test_images import write_image_table
+
+    root = write_image_table(tmp_path / "table")
+    out = tmp_path / "cf"
+    assert main(["image-text-finetune", "--model", str(tiny_siglip_dir), "--dataset", str(root),
+                 "--label-separator", ";", "--threshold", "tune", "--out", str(out), "--max-steps", "6",
+                 "--eval-every", "3", "--batch-size", "4", "--precision", "fp32",
+                 "--set", "images.num_workers=0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["problem"] == "multi-label" and metrics["task"]["loss"] == "sigmoid per label"
+    assert metrics["task"]["threshold"]["tuned"] is True and "f1_micro" in metrics["splits"]["test"]
+    rows = rows_of(out / "predictions" / "test.csv")
+    files = [str(root / r["file"]) for r in rows]
+    served = tunelab.load_predictor(out)(files)
+    assert ["; ".join(p.labels) for p in served] == [r["prediction"] for r in rows]
+    assert main(["export", str(out)]) == 0
+    onnx = tunelab.load_predictor(out, backend="onnx")(files)
+    assert [p.labels for p in onnx] == [p.labels for p in served]

@@ -31,10 +31,11 @@ from tunelab.encoders.clip import (
     tokenize_prompts,
 )
 from tunelab.models.resolve import count_parameters
+from tunelab.problems import get_problem
 from tunelab.scoring.evaluation import ScoreAccumulator, top_k_nll
 from tunelab.scoring.metrics import classification_metrics
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, trained_outcome
-from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
+from tunelab.training.config import LoraConfig, TrainConfig, check_best_metric, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,13 @@ class ClipLoss:
     """Loss on a batch of images and their class indices, through the model's forward
     (so that data-parallel gradient hooks run). SigLIP's contrastive loss is its own
     sigmoid loss (every image/prompt pair a binary decision), CLIP's the symmetric
-    cross-entropy."""
+    cross-entropy. Label sets (SigLIP): every image against every class prompt, a
+    sigmoid per label, whatever ``kind``."""
 
-    def __init__(self, kind: str, prompt_tokens: dict, preprocess, sigmoid: bool = False):
+    def __init__(self, kind: str, prompt_tokens: dict, preprocess, sigmoid: bool = False, label_sets: bool = False):
         self.kind = kind
         self.sigmoid = sigmoid
+        self.label_sets = label_sets  # (SigLIP) each image against every class prompt, a sigmoid per label
         self.preprocess = preprocess  # normalises (on GPUs also resizes) the pixels workers hand over
         self.prompt_tokens = prompt_tokens  # (classes, length) tensors: the first template per class
         self._on_device: dict[str, dict] = {}
@@ -97,6 +100,9 @@ class ClipLoss:
 
         pixel_values = self.preprocess.model_input(pixel_values, labels.device)
         prompts = self.prompts_on(labels.device)
+        if self.label_sets:
+            logits = model(**prompts, pixel_values=pixel_values).logits_per_image
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
         if self.kind == "contrastive":
             # Each image against the prompts of the batch's own labels: the reference's loss.
             logits = model(**{k: v[labels] for k, v in prompts.items()}, pixel_values=pixel_values).logits_per_image
@@ -126,7 +132,13 @@ def prepare(config: ClipFinetuneConfig) -> Prepared:
     eval_splits = dataset.eval_split_names(config.data.splits)
     if "validation" not in dataset.splits:
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
+    best = config.train.best_metric or get_problem(dataset.problem).checkpoint_metric
+    check_best_metric(best, dataset.problem)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, best_metric=best))
     model, tokenizer, processor = load_clip(source)
+    if not get_problem(dataset.problem).exclusive_classes and not is_sigmoid(model):
+        raise DataError(f"{config.data.dataset} holds label sets; CLIP's softmax picks one class per image: use a "
+                        "SigLIP model (a sigmoid per label), or fit a probe on the CLIP features")
     if config.train.method == "lora":
         model = wrap_clip_lora(model, config.lora)
     return Prepared(config, source, dataset, eval_splits,
@@ -152,20 +164,35 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     model = trainer.model.eval()
     start = time.perf_counter()
     class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
-    predictions, skipped = {}, sorted(trainer.skipped_files)
-    for split in prepared.eval_splits:
+    label_sets = not get_problem(dataset.problem).exclusive_classes
+    tune = label_sets and config.data.threshold == "tune"
+    scored, skipped = {}, sorted(trainer.skipped_files)
+    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tune else prepared.eval_splits):
         data = dataset.splits[split]
-        accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity")
+        accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity", keep_full=label_sets)
         loader = image_loader(data, ClipPreprocess.for_device(processor, device), config.train.eval_batch_size,
                               config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb, device, accumulator, desc=f"{split} images")
         skipped += [data.ids[row] for row in bad]
-        kept = data.subset(accumulator.seen.nonzero()[0])
-        predictions[split] = Scored(accumulator.result(), kept.labels, kept.ids, {"file": kept.ids})
+        scored[split] = (accumulator, data.subset(accumulator.seen.nonzero()[0]))
+    threshold, threshold_record = 0.5, None
+    if label_sets:
+        from tunelab.scoring.evaluation import choose_threshold
+
+        accumulator, kept = scored["validation" if tune else prepared.eval_splits[0]]
+        threshold, threshold_record = choose_threshold(accumulator.label_scores(0.5), kept.labels,
+                                                       config.data.threshold)
+    predictions = {}
+    for split in prepared.eval_splits:
+        accumulator, kept = scored[split]
+        scores = accumulator.label_scores(threshold) if label_sets else accumulator.result()
+        predictions[split] = Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
     eval_seconds = time.perf_counter() - start
-    _save(model, tokenizer, processor, run, config, class_emb, dataset.class_names, templates, prepared.source)
-    task = {"method": config.train.method, "loss": config.loss,
+    _save(model, tokenizer, processor, run, config, class_emb, dataset, templates, prepared.source, threshold)
+    task = {"method": config.train.method, "loss": "sigmoid per label" if label_sets else config.loss,
             "templates": {"spec": config.templates, "count": len(templates)}}
+    if threshold_record is not None:
+        task["threshold"] = threshold_record
     return trained_outcome(trainer, stats, context, config.train, predictions, params, eval_seconds, task, skipped)
 
 
@@ -201,7 +228,7 @@ TASK = register_task(Task(
     aliases=("image-text-finetune",),
     load_predictor=load_predictor, describe=describe, export_graph=export_graph,
     predictor_from_graph=predictor_from_graph,
-    problems=("single-label",), inputs=(("images", "clip"),),
+    problems=("single-label", "multi-label"), inputs=(("images", "clip"),),
     unused_settings=("train.max_length",),  # CLIP's prompts are cut at the text tower's own limit
 ))
 
@@ -218,32 +245,40 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     workers = default_workers() if config.images.num_workers is None else config.images.num_workers
     first = [templates[0].format(name) for name in dataset.class_names]
     preprocess = ClipPreprocess.for_device(processor, resolve_device(config.runtime.device))
-    loss_fn = ClipLoss(config.loss, tokenize_prompts(tokenizer, first, model), preprocess, is_sigmoid(model))
+    label_sets = not get_problem(dataset.problem).exclusive_classes
+    loss_fn = ClipLoss(config.loss, tokenize_prompts(tokenizer, first, model), preprocess, is_sigmoid(model),
+                       label_sets)
     num_classes = len(dataset.class_names)
 
     def validation_metrics(net, skipped_files: set) -> dict:
+        from tunelab.scoring.evaluation import split_metrics, validation_loss
+
         device = next(net.parameters()).device
         class_emb = class_embeddings(net, tokenizer, dataset.class_names, templates, device)
-        accumulator = ScoreAccumulator(len(validation), num_classes, "similarity")
+        accumulator = ScoreAccumulator(len(validation), num_classes, "similarity", keep_full=label_sets)
         loader = image_loader(validation, preprocess, config.train.eval_batch_size, workers, config.images.strict)
         for row in score_loader(net, loader, class_emb, device, accumulator, desc="validation"):
             skipped_files.add(validation.ids[row])
-        result = accumulator.result()
         kept = validation.labels[accumulator.seen]
-        values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
+        if label_sets:
+            scores = accumulator.label_scores(0.5)
+            values = {**split_metrics(kept, scores, num_classes), "loss": validation_loss(scores, kept)}
+        else:
+            result = accumulator.result()
+            values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
+            # Only the top-k scores are kept for many classes, so the validation loss is the
+            # cross-entropy over those (exact when every class is kept).
+            values["loss"] = top_k_nll(result, kept)
         values.pop("n")
-        values.pop("classes_present")
-        # Only the top-k scores are kept for many classes, so the validation loss is the
-        # cross-entropy over those (exact when every class is kept).
-        values["loss"] = top_k_nll(result, kept)
+        values.pop("classes_present", None)
         return values
 
     return build_image_trainer(config, dataset, model, preprocess, loss_fn, validation_metrics, output_dir,
                                tracker, world, evaluate)
 
 
-def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_emb, class_names,
-          templates, source) -> None:
+def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_emb, dataset,
+          templates, source, threshold: float = 0.5) -> None:
     """model/: a self-contained CLIP folder (CLIPModel.from_pretrained loads it from
     anywhere); a LoRA run's adapters are merged into it and kept in model/adapter/ too,
     pointing at the base by hub id or absolute path."""
@@ -257,9 +292,10 @@ def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_em
     model.save_pretrained(str(target), safe_serialization=True)
     tokenizer.save_pretrained(str(target))
     processor.save_pretrained(str(target))
-    save_class_embeddings(target / "class_embeddings.safetensors", class_emb, class_names)
-    run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, None, list(class_names), kind="clip",
-                                                               templates=templates, **scoring_record(model)))
+    save_class_embeddings(target / "class_embeddings.safetensors", class_emb, dataset.class_names)
+    run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
+        COMMAND, dataset.problem, list(dataset.class_names), kind="clip", templates=templates, threshold=threshold,
+        **scoring_record(model)))
 
 
 def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
