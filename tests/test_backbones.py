@@ -643,3 +643,27 @@ def test_siglip_fine_tunes_on_label_sets_with_a_sigmoid_per_label(tmp_path, tiny
     assert main(["export", str(out)]) == 0
     onnx = tunelab.load_predictor(out, backend="onnx")(files)
     assert [p.labels for p in onnx] == [p.labels for p in served]
+
+
+def test_label_scores_run_each_prompt_once_and_agree_with_the_plain_scores(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.encoders.decoder import continuation_scores, label_scores
+
+    folder = save_tiny_decoder(tmp_path / "qwen")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.eos_token
+    contexts = ["the film", "a good story with the dog and", "cat", "of the science"]
+    labels = ["music", "science sport", "a"]
+    cpu = torch.device("cpu")
+    shared = label_scores(model, tokenizer, contexts, labels, batch_size=3, device=cpu)
+    plain = continuation_scores(model, tokenizer, [c for c in contexts for _ in labels],
+                                [x for _ in contexts for x in labels], batch_size=5, device=cpu)
+    assert shared.shape == (4, 3)
+    assert shared.ravel() == pytest.approx(plain, abs=1e-4)  # left padding and the cache change nothing
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs_or_out: calls.append(1))
+    label_scores(model, tokenizer, contexts, labels, batch_size=4, device=cpu)
+    assert len(calls) == 1 + 2  # the prompts once; the labels of more than one token once each

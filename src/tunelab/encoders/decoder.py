@@ -70,3 +70,70 @@ def continuation_scores(model, tokenizer, contexts: Sequence[str], continuations
                 out[index] = float(taken[row, starts[index] - 1:len(sequences[index]) - 1].mean())
             bar.update(len(batch))
     return out
+
+
+def label_scores(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str], batch_size: int, device,
+                 precision: str = "fp32", max_length: int = 1024, desc: str = "prompts",
+                 add_special_tokens: bool = True) -> np.ndarray:
+    """(contexts, continuations): the mean log-probability per token of every
+    continuation after every context, as :func:`continuation_scores` computes it, but
+    each context runs through the model once: its keys and values are cached and every
+    label's few tokens run on top of them (the cache cut back after each), instead of
+    the prompt once per label. Contexts are left-padded so the labels follow their last
+    token; positions count real tokens only. A context too long loses its start (room is
+    kept for the longest label). A model whose cache cannot be cut back, or keeps a
+    sliding window, is scored the plain way."""
+    import torch
+
+    from tunelab.core.progress import progress
+
+    continuation_ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+    if any(len(c) == 0 for c in continuation_ids):
+        raise ModelError("a label's words give no tokens after the prompt; give it a name or description")
+    longest = max(len(c) for c in continuation_ids)
+    context_ids = [ids[-max(max_length - longest, 1):]
+                   for ids in tokenizer(list(contexts), add_special_tokens=add_special_tokens)["input_ids"]]
+    out = np.zeros((len(contexts), len(continuations)))
+    order = np.argsort([len(c) for c in context_ids], kind="stable")
+    pad = tokenizer.pad_token_id
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast, progress(len(contexts), desc, "prompt") as bar:
+        for first in range(0, len(order), batch_size):
+            batch = order[first:first + batch_size]
+            width = max(len(context_ids[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids[row, width - len(context_ids[index]):] = torch.tensor(context_ids[index])
+                mask[row, width - len(context_ids[index]):] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            positions = (mask.cumsum(1) - 1).clamp(min=0)
+            prompt = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            cache = prompt.past_key_values
+            if not getattr(cache, "is_croppable", False) or any(getattr(cache, "is_sliding", None) or []):
+                # (a sliding-window layer keeps only its window: cutting it back loses the prompt)
+                return _plain_label_scores(model, tokenizer, contexts, continuations, batch_size, device, precision,
+                                           max_length, desc, add_special_tokens)
+            first_log_probs = torch.log_softmax(prompt.logits[:, -1].float(), dim=-1)
+            lengths = mask.sum(1, keepdim=True)
+            for column, tokens in enumerate(continuation_ids):
+                label = torch.tensor(tokens, device=device).expand(len(batch), -1)
+                taken = [first_log_probs[:, tokens[0]]]
+                if len(tokens) > 1:
+                    step = model(input_ids=label[:, :-1], past_key_values=cache, use_cache=True,
+                                 attention_mask=torch.cat([mask, torch.ones_like(label[:, :-1])], dim=1),
+                                 position_ids=lengths + torch.arange(len(tokens) - 1, device=device))
+                    log_probs = torch.log_softmax(step.logits.float(), dim=-1)
+                    taken += [log_probs[:, i, token] for i, token in enumerate(tokens[1:])]
+                    cache.crop(-(len(tokens) - 1))  # back to the prompt (negative: tokens to remove)
+                out[batch, column] = torch.stack(taken, dim=1).mean(1).cpu().numpy()
+            bar.update(len(batch))
+    return out
+
+
+def _plain_label_scores(model, tokenizer, contexts, continuations, batch_size, device, precision, max_length, desc,
+                        add_special_tokens) -> np.ndarray:
+    pairs = [(c, d) for c in contexts for d in continuations]
+    scores = continuation_scores(model, tokenizer, [c for c, _ in pairs], [d for _, d in pairs], batch_size, device,
+                                 precision, max_length, desc, add_special_tokens)
+    return scores.reshape(len(contexts), len(continuations))

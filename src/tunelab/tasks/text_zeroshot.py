@@ -194,30 +194,26 @@ def likelihood_prompts(tokenizer, text: str, pair: str | None, template: str, ex
 def likelihood_raw(model, tokenizer, inputs, descriptions: dict[str, list[str]], templates: list[str],
                    examples: list[dict], config, device, desc: str) -> np.ndarray:
     """(texts, classes): each class's descriptions scored after each template's prompt,
-    averaged over descriptions and templates."""
-    from tunelab.encoders.decoder import continuation_scores
+    averaged over descriptions and templates. Each prompt runs through the model once."""
+    from tunelab.encoders.decoder import label_scores
 
     names = list(descriptions)
     options = [descriptions[n][0] for n in names]
+    owners = np.repeat(np.arange(len(names)), [len(descriptions[n]) for n in names])  # class of each description
     pairs = inputs.pairs or [None] * len(inputs.texts)
-    contexts, continuations, owners = [], [], []
-    for template in templates:
-        for row, (text, pair) in enumerate(zip(inputs.texts, pairs)):
-            context, suffix, space = likelihood_prompts(tokenizer, text, pair, template, examples, options)
-            for column, name in enumerate(names):
-                for description in descriptions[name]:
-                    contexts.append(context)
-                    continuations.append(space + description + suffix)
-                    owners.append((row, column))
-    scores = continuation_scores(model, tokenizer, contexts, continuations, config.features.batch_size, device,
-                                 config.runtime.precision, config.features.max_length,
-                                 desc, add_special_tokens=not getattr(tokenizer, "chat_template", None))
     total = np.zeros((len(inputs.texts), len(names)))
-    count = np.zeros_like(total)
-    rows, columns = np.asarray(owners).T
-    np.add.at(total, (rows, columns), scores)
-    np.add.at(count, (rows, columns), 1)
-    return total / count
+    for template in templates:
+        prompts = [likelihood_prompts(tokenizer, text, pair, template, examples, options)
+                   for text, pair in zip(inputs.texts, pairs)]
+        space, suffix = prompts[0][2], prompts[0][1]  # the template's: the same for every text
+        scores = label_scores(model, tokenizer, [p[0] for p in prompts],
+                              [space + d + suffix for n in names for d in descriptions[n]],
+                              config.features.batch_size, device, config.runtime.precision,
+                              config.features.max_length, desc,
+                              add_special_tokens=not getattr(tokenizer, "chat_template", None))
+        for column in range(len(names)):
+            total[:, column] += scores[:, owners == column].mean(1)
+    return total / len(templates)
 
 
 def load_nli(source, config) -> dict:
