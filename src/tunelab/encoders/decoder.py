@@ -29,6 +29,21 @@ def load_causal_lm(source: ModelSource, dtype=None):
     return model.eval(), ensure_padding(load_tokenizer(source), source.name)
 
 
+def _padded(sequences: list[list[int]], pad: int, left: bool):
+    """(ids, mask) of token lists padded to the longest: on the right, or on the left
+    (so that what follows each sequence comes right after its last token)."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, tokens in enumerate(sequences):
+        span = slice(width - len(tokens), width) if left else slice(0, len(tokens))
+        ids[row, span] = torch.tensor(tokens)
+        mask[row, span] = 1
+    return ids, mask
+
+
 def continuation_scores(model, tokenizer, contexts: Sequence[str], continuations: Sequence[str], batch_size: int,
                         device, precision: str = "fp32", max_length: int = 1024, desc: str = "prompts",
                         add_special_tokens: bool = True) -> np.ndarray:
@@ -57,12 +72,7 @@ def continuation_scores(model, tokenizer, contexts: Sequence[str], continuations
     with torch.inference_mode(), autocast, progress(len(sequences), desc, "prompt") as bar:
         for first in range(0, len(order), batch_size):
             batch = order[first:first + batch_size]
-            width = max(len(sequences[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids[row, :len(sequences[index])] = torch.tensor(sequences[index])
-                mask[row, :len(sequences[index])] = 1
+            ids, mask = _padded([sequences[i] for i in batch], pad, left=False)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             log_probs = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
             taken = log_probs.gather(-1, ids[:, 1:].to(device)[..., None])[..., 0].cpu()
@@ -100,12 +110,7 @@ def label_scores(model, tokenizer, contexts: Sequence[str], continuations: Seque
     with torch.inference_mode(), autocast, progress(len(contexts), desc, "prompt") as bar:
         for first in range(0, len(order), batch_size):
             batch = order[first:first + batch_size]
-            width = max(len(context_ids[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids[row, width - len(context_ids[index]):] = torch.tensor(context_ids[index])
-                mask[row, width - len(context_ids[index]):] = 1
+            ids, mask = _padded([context_ids[i] for i in batch], pad, left=True)
             ids, mask = ids.to(device), mask.to(device)
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             prompt = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
