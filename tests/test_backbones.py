@@ -667,3 +667,32 @@ def test_label_scores_run_each_prompt_once_and_agree_with_the_plain_scores(tmp_p
     model.register_forward_hook(lambda module, args, kwargs_or_out: calls.append(1))
     label_scores(model, tokenizer, contexts, labels, batch_size=4, device=cpu)
     assert len(calls) == 1 + 2  # the prompts once; the labels of more than one token once each
+
+
+def test_image_fine_tuning_resumes_after_sigkill_to_the_same_metrics(tmp_path, colour_folder):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import metrics_of
+
+    model = save_tiny_backbone(tmp_path / "vit", "vit")
+    args = ["--model", str(model), "--dataset", str(colour_folder), "--method", "lora", "--max-steps", "120",
+            "--eval-every", "20", "--batch-size", "8", "--lr", "1e-3", "--precision", "fp32", "--num-workers", "0"]
+    reference = tmp_path / "reference"
+    assert main(["finetune", *args, "--out", str(reference)]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "finetune", *args, "--out", str(killed)],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoints" / "checkpoint-20" / "trainer_state.json").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    assert main(["finetune", "--out", str(killed), "--resume"]) == 0
+    resumed = metrics_of(killed)
+    assert resumed["task"]["training"]["resumed"] is True
+    assert resumed["splits"] == metrics_of(reference)["splits"]
