@@ -351,12 +351,12 @@ def write_pair_splits(folder):
     return folder
 
 
-def test_continuation_scores_are_the_models_own_log_probabilities(tmp_path):
+def test_label_scores_are_the_models_own_log_probabilities(tmp_path):
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.encoders.decoder import continuation_scores
+    from tunelab.encoders.decoder import label_scores
 
     folder = save_tiny_decoder(tmp_path / "qwen")
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -364,18 +364,18 @@ def test_continuation_scores_are_the_models_own_log_probabilities(tmp_path):
     tokenizer.pad_token = tokenizer.eos_token
     contexts = ["the film", "a good story with the dog and", "cat"]
     continuations = ["music", "science sport", "blue"]
-    scores = continuation_scores(model, tokenizer, contexts, continuations, batch_size=2, device=torch.device("cpu"))
-    for context, continuation, score in zip(contexts, continuations, scores):
-        first = tokenizer(context)["input_ids"]
-        second = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        with torch.inference_mode():
-            log_probs = torch.log_softmax(model(torch.tensor([first + second])).logits[0], -1)
-        expected = np.mean([float(log_probs[len(first) - 1 + i, token]) for i, token in enumerate(second)])
-        assert score == pytest.approx(expected, abs=1e-5)  # padding in a batch changes nothing
+    scores = label_scores(model, tokenizer, contexts, continuations, batch_size=2, device=torch.device("cpu"))
+    for row, context in enumerate(contexts):
+        for column, continuation in enumerate(continuations):
+            first = tokenizer(context)["input_ids"]
+            second = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                log_probs = torch.log_softmax(model(torch.tensor([first + second])).logits[0], -1)
+            expected = np.mean([float(log_probs[len(first) - 1 + i, token]) for i, token in enumerate(second)])
+            assert scores[row, column] == pytest.approx(expected, abs=1e-5)  # padding in a batch changes nothing
     # (this tokenizer reads characters: "music" is 5 tokens, so 7 keeps the context's last two, "th")
-    cut = continuation_scores(model, tokenizer, ["the film story with"], ["music"], 1, torch.device("cpu"),
-                              max_length=7)
-    whole = continuation_scores(model, tokenizer, ["th"], ["music"], 1, torch.device("cpu"))
+    cut = label_scores(model, tokenizer, ["the film story with"], ["music"], 1, torch.device("cpu"), max_length=7)
+    whole = label_scores(model, tokenizer, ["th"], ["music"], 1, torch.device("cpu"))
     assert cut == pytest.approx(whole, abs=1e-5)  # a long context loses its start
 
 
@@ -649,7 +649,7 @@ def test_label_scores_run_each_prompt_once_and_agree_with_the_plain_scores(tmp_p
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.encoders.decoder import continuation_scores, label_scores
+    from tunelab.encoders.decoder import label_scores
 
     folder = save_tiny_decoder(tmp_path / "qwen")
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -659,10 +659,9 @@ def test_label_scores_run_each_prompt_once_and_agree_with_the_plain_scores(tmp_p
     labels = ["music", "science sport", "a"]
     cpu = torch.device("cpu")
     shared = label_scores(model, tokenizer, contexts, labels, batch_size=3, device=cpu)
-    plain = continuation_scores(model, tokenizer, [c for c in contexts for _ in labels],
-                                [x for _ in contexts for x in labels], batch_size=5, device=cpu)
+    plain = label_scores(model, tokenizer, contexts, labels, batch_size=5, device=cpu, reuse_cache=False)
     assert shared.shape == (4, 3)
-    assert shared.ravel() == pytest.approx(plain, abs=1e-4)  # left padding and the cache change nothing
+    assert shared.ravel() == pytest.approx(plain.ravel(), abs=1e-4)  # left padding and the cache change nothing
     calls = []
     model.register_forward_hook(lambda module, args, kwargs_or_out: calls.append(1))
     label_scores(model, tokenizer, contexts, labels, batch_size=4, device=cpu)
