@@ -600,3 +600,15 @@ def pixel_batches(processor, paths, batch_size: int = 16, device=None):
     preprocess = ClipPreprocess(processor)
     for batch in image_loader(split, preprocess, batch_size, 0, strict=True):
         yield batch["rows"].numpy(), preprocess.model_input(batch["pixel_values"], device)
+
+
+def image_outputs(processor, paths, run, batch_size: int = 16, device=None) -> np.ndarray:
+    """``run(pixels)`` (a NumPy array per batch) over image files, stacked in their order:
+    what a predictor's model or exported graph gives for new images."""
+    paths = list(getattr(paths, "texts", paths))  # a TextInputs of paths, as predictors pass them
+    out = None
+    for rows, pixels in pixel_batches(processor, paths, batch_size, device):
+        values = run(pixels)
+        out = np.empty((len(paths), *values.shape[1:]), dtype=np.float32) if out is None else out
+        out[rows] = values
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)

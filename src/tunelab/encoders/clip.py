@@ -162,6 +162,25 @@ def embed_loader(model, loader, device, dtype=None, desc: str = "images", skippe
             bar.update(len(batch["rows"]) + len(batch["skipped"]))
 
 
+def image_embedder(model, processor, device, batch_size: int = 16):
+    """The model's image tower as a function from image files to normalised embeddings
+    (NumPy), on ``device`` (the CPU tower where it applies)."""
+    import torch
+
+    from tunelab.data.images import image_outputs
+    from tunelab.encoders.cpu_tower import image_features
+
+    model.to(device).eval()
+    encode = image_features(model, device, batch_size)
+
+    def embed(paths) -> np.ndarray:
+        with torch.inference_mode():
+            return image_outputs(processor, paths, lambda pixels: torch.nn.functional.normalize(
+                encode(pixels).float(), dim=-1).cpu().numpy(), batch_size, device)
+
+    return embed
+
+
 def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc: str = "images") -> list[int]:
     """Stream a DataLoader of images into ``accumulator`` as scores against the class
     embeddings; returns the rows that could not be read. Each batch's scores travel to

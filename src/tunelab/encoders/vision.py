@@ -68,8 +68,7 @@ def image_classifier_types() -> set[str]:
     return set(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
 
 
-def classify_loader(model, loader, device, problem: str | None, threshold: float = 0.5, precision: str = "fp32",
-                    desc: str = "images"):
+def classify_loader(model, loader, device, problem: str | None, precision: str = "fp32", desc: str = "images"):
     """Stream a DataLoader of images (``image_loader``) through an image classifier:
     (scores of the readable rows, a mask of those rows, the unreadable rows). Class
     probabilities go into an accumulator (O(n) memory for many classes)."""
@@ -101,4 +100,4 @@ def classify_loader(model, loader, device, problem: str | None, threshold: float
             bar.update(len(rows) + len(batch["skipped"]))
     if accumulator is not None:
         return accumulator.result(), seen, skipped
-    return kind.scores_from_outputs(outputs[torch.as_tensor(seen)], threshold), seen, skipped
+    return kind.scores_from_outputs(outputs[torch.as_tensor(seen)]), seen, skipped

@@ -108,32 +108,6 @@ def run_command(run_dir: Path) -> str:
     return command
 
 
-def image_predictor(run_dir: Path, model, processor, device, batch_size: int):
-    """Images scored against the class embeddings a CLIP or SigLIP run saved (no prompt
-    re-encoded): one class each, or (SigLIP on label sets) every label above the run's
-    threshold."""
-    from tunelab.data.images import ClipPreprocess, files_split, image_loader
-    from tunelab.encoders.clip import load_class_embeddings, score_loader
-    from tunelab.problems import get_problem
-    from tunelab.scoring.evaluation import ScoreAccumulator
-
-    model.to(device).eval()
-    class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").to(device)
-    record = read_predictor(run_dir)
-    names = record["class_names"]
-    label_sets = not get_problem(record.get("problem")).exclusive_classes
-
-    def predict_images(inputs: Sequence[str]) -> list[Prediction]:
-        split = files_split(inputs)
-        accumulator = ScoreAccumulator(len(split), len(names), "similarity", keep_full=label_sets)
-        loader = image_loader(split, ClipPreprocess.for_device(processor, device), batch_size, 0, strict=True)
-        score_loader(model, loader, class_emb, device, accumulator)
-        scores = accumulator.label_scores(record.get("threshold", 0.5)) if label_sets else accumulator.result()
-        return predictions_from(split.ids, scores, names)
-
-    return predict_images
-
-
 def dual_encoder_export(run_dir: Path, model, processor):
     """A CLIP or SigLIP run's image tower (the normalised embedding) as one graph; the
     saved class embeddings and the recorded scale and bias follow in NumPy."""
@@ -144,14 +118,16 @@ def dual_encoder_export(run_dir: Path, model, processor):
     return ExportGraph(ImageVectors(model.float().eval(), None).eval(), None, 0, "embedding", processor=processor)
 
 
-def dual_encoder_predictor(run_dir: Path, encode):
+def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
     """Image files scored from their embeddings (``encode``: PyTorch or ONNX Runtime)
-    against the class embeddings the run saved: one class each, or SigLIP's label sets."""
+    against the class embeddings the run saved (no prompt re-encoded): one class each, or
+    SigLIP's label sets. ``scoring``: the logit scale and bias, where the run did not
+    record them (runs before they were recorded, served by the model itself)."""
     from tunelab.encoders.clip import load_class_embeddings
     from tunelab.problems import get_problem
     from tunelab.scoring.evaluation import ClassScores, LabelScores
 
-    record = read_predictor(run_dir)
+    record = {**(scoring or {}), **read_predictor(run_dir)}
     class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").numpy()
     names = record["class_names"]
     label_sets = not get_problem(record.get("problem")).exclusive_classes

@@ -236,9 +236,11 @@ def torch_outputs(graph, inputs, batch_size: int = 32) -> np.ndarray:
     from tunelab.encoders.text import graph_outputs
 
     if graph.inputs == "images":
+        from tunelab.data.images import image_outputs
+
         with torch.inference_mode():
-            return _image_outputs(graph.processor, inputs, batch_size,
-                                  lambda pixels: graph.module(pixels).float().numpy())
+            return image_outputs(graph.processor, inputs, lambda pixels: graph.module(pixels).float().numpy(),
+                                 batch_size)
     return graph_outputs(graph.module, graph.tokenizer, inputs, graph.max_length, batch_size, "cpu")
 
 
@@ -252,8 +254,10 @@ def onnx_outputs(session, graph, inputs, batch_size: int = 32) -> np.ndarray:
     wanted = {i.name for i in session.get_inputs()}
     output = session.get_outputs()[0].name
     if graph.processor is not None:
-        return _image_outputs(graph.processor, inputs, batch_size,
-                              lambda pixels: session.run([output], {"pixel_values": pixels.numpy()})[0])
+        from tunelab.data.images import image_outputs
+
+        return image_outputs(graph.processor, inputs,
+                             lambda pixels: session.run([output], {"pixel_values": pixels.numpy()})[0], batch_size)
     ids, types = tokenize_inputs(graph.tokenizer, inputs, graph.max_length)
     out = None
     for batch, tensors in sorted_padded_batches(ids, batch_size, pad_token_id(graph.tokenizer), "cpu", types):
@@ -261,18 +265,6 @@ def onnx_outputs(session, graph, inputs, batch_size: int = 32) -> np.ndarray:
         values = session.run([output], feed)[0]
         out = np.empty((len(ids), *values.shape[1:]), dtype=np.float32) if out is None else out
         out[batch] = values
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
-
-
-def _image_outputs(processor, paths, batch_size: int, run) -> np.ndarray:
-    from tunelab.data.images import pixel_batches
-
-    paths = list(getattr(paths, "texts", paths))
-    out = None
-    for rows, pixels in pixel_batches(processor, paths, batch_size):
-        values = run(pixels)
-        out = np.empty((len(paths), *values.shape[1:]), dtype=np.float32) if out is None else out
-        out[rows] = values
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 

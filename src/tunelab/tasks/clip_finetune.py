@@ -199,11 +199,12 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
     """Classify image files with the fine-tuned CLIP and the class embeddings it saved."""
     from tunelab.core.runtime import resolve_device
-    from tunelab.scoring.predictors import image_predictor
+    from tunelab.encoders.clip import image_embedder
+    from tunelab.scoring.predictors import dual_encoder_predictor
 
     model, _, processor = load_clip_run(run_dir, config)
-    return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
-                           config.train.eval_batch_size)
+    embed = image_embedder(model, processor, resolve_device(config.runtime.device), config.train.eval_batch_size)
+    return dual_encoder_predictor(run_dir, embed, scoring_record(model))
 
 
 def export_graph(run_dir: Path, config: ClipFinetuneConfig):

@@ -368,11 +368,11 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
     """Predict for new texts (or pairs), or image files, with a finished fine-tuning run's model."""
     from tunelab.core.runtime import resolve_device
     from tunelab.scoring.predictors import as_text_inputs, predictions_from
-    from tunelab.tasks.image_finetune import load_image_predictor
+    from tunelab.tasks.image_finetune import image_logits
 
-    if read_predictor(run_dir).get("inputs") == "images":
-        return load_image_predictor(run_dir, config)
     device = resolve_device(config.runtime.device)
+    if read_predictor(run_dir).get("inputs") == "images":  # the ONNX graph's predictor, on PyTorch logits
+        return predictor_from_graph(run_dir, config, image_logits(run_dir, device, config.train.eval_batch_size))
     model, tokenizer = load_finetuned(run_dir, config)
     model.to(device)
     info = read_predictor(run_dir)
@@ -434,7 +434,7 @@ def predictor_from_graph(run_dir: Path, config: FinetuneConfig, encode):
             outputs = score_embeddings(model_dir, encode(texts), encode(pairs))
         else:
             outputs = encode(inputs)
-        scores = scores_from_outputs(outputs, config.data.problem, info.get("threshold", 0.5))
+        scores = scores_from_outputs(outputs, info.get("problem") or config.data.problem, info.get("threshold", 0.5))
         return predictions_from(inputs, scores, names)
 
     return predict

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tunelab.core.errors import DataError, ModelError
-from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
+from tunelab.core.files import PREDICTOR_FILE, predictor_record
 from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, trained_outcome
@@ -63,7 +63,8 @@ def prepare_images(config, source: ModelSource) -> Prepared:
     if "validation" not in dataset.splits:
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
     best = config.train.best_metric or get_problem(dataset.problem).checkpoint_metric
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, best_metric=best))
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, best_metric=best),
+                                 data=dataclasses.replace(config.data, problem=dataset.problem))  # as resolved
     check_best_metric(best, dataset.problem)
     model, processor = build_image_classifier(source, dataset, config)
     return Prepared(config, source, dataset, dataset.eval_split_names(config.data.splits),
@@ -86,14 +87,15 @@ class ClassifierLoss:
         return self.kind.loss(logits, labels, weights)
 
 
-def score_split(model, split, preprocess, config, device, problem, threshold: float = 0.5, desc: str = "images"):
-    """(scores, the readable rows, unreadable row indices) of one split."""
+def score_split(model, split, preprocess, config, device, problem, desc: str = "images"):
+    """(scores, the readable rows, unreadable row indices) of one split (label sets at
+    threshold 0.5: the caller sets the chosen one)."""
     from tunelab.data.images import image_loader
     from tunelab.encoders.vision import classify_loader
 
     loader = image_loader(split, preprocess, config.train.eval_batch_size, config.images.num_workers,
                           config.images.strict)
-    return classify_loader(model, loader, device, problem, threshold, config.runtime.precision, desc)
+    return classify_loader(model, loader, device, problem, config.runtime.precision, desc)
 
 
 def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
@@ -181,26 +183,22 @@ def load_image_classifier(run_dir: Path):
     return model.eval(), load_pretrained(AutoImageProcessor, model_dir, what)
 
 
-def load_image_predictor(run_dir: Path, config):
-    """Classify image files with a finished image fine-tuning run's model."""
-    from tunelab.core.runtime import resolve_device
-    from tunelab.data.images import ClipPreprocess, files_split
-    from tunelab.scoring.predictors import predictions_from
+def image_logits(run_dir: Path, device, batch_size: int):
+    """The run's classifier as a function from image files to logits (NumPy), on
+    ``device``: what ``predictor_from_graph`` turns into predictions, as for the ONNX graph."""
+    import torch
 
-    device = resolve_device(config.runtime.device)
+    from tunelab.data.images import image_outputs
+
     model, processor = load_image_classifier(run_dir)
     model.to(device)
-    info = read_predictor(run_dir)
-    preprocess = ClipPreprocess.for_device(processor, device)
-    strict = dataclasses.replace(config, images=dataclasses.replace(config.images, strict=True, num_workers=0))
 
-    def predict(paths) -> list:
-        split = files_split(paths)
-        scores, _, _ = score_split(model, split, preprocess, strict, device, info.get("problem"),
-                                   info.get("threshold", 0.5))
-        return predictions_from(split.ids, scores, info["class_names"])
+    def encode(paths):
+        with torch.inference_mode():
+            return image_outputs(processor, paths, lambda pixels: model(pixel_values=pixels).logits.float().cpu()
+                                 .numpy(), batch_size, device)
 
-    return predict
+    return encode
 
 
 def image_export_graph(run_dir: Path):

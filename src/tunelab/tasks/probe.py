@@ -212,32 +212,17 @@ def load_predictor(run_dir: Path, config: ProbeConfig):
     saved estimator."""
     from tunelab.encoders.text import TextFeatureExtractor
 
-    if read_predictor(run_dir).get("inputs") == "images":
-        return image_predictor(run_dir, config)
+    if read_predictor(run_dir).get("inputs") == "images":  # the recorded backbone, the run's pooling
+        from tunelab.data.images import files_split
+        from tunelab.encoders.text import ImageFeatureExtractor
+
+        extractor = ImageFeatureExtractor(recorded_model(run_dir, config.model),
+                                          dataclasses.replace(config.images, strict=True, num_workers=0),
+                                          config.features.batch_size, config.runtime, config.features.pooling)
+        return predictor_from_graph(run_dir, config, lambda paths: extractor.encode_all(files_split(paths), "images"))
     check_text_run(run_dir)
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
     return predictor_from_graph(run_dir, config, lambda inputs: extractor.encode(inputs, "features"))
-
-
-def image_predictor(run_dir: Path, config: ProbeConfig):
-    """Image files through the recorded backbone (the run's pooling), then the saved classifier."""
-    from tunelab.data.images import files_split
-    from tunelab.encoders.text import ImageFeatureExtractor
-    from tunelab.scoring.predictors import predictions_from
-
-    info = read_predictor(run_dir)
-    estimator = load_classifier(run_dir / "model" / "classifier.skops")
-    images = dataclasses.replace(config.images, strict=True, num_workers=0)
-    extractor = ImageFeatureExtractor(recorded_model(run_dir, config.model), images, config.features.batch_size,
-                                      config.runtime, config.features.pooling)
-
-    def predict(paths) -> list:
-        split = files_split(paths)
-        scores = predict_scores(estimator, extractor.encode_all(split, "images"), info.get("problem"),
-                                len(info["class_names"]), info.get("threshold", 0.5))
-        return predictions_from(split.ids, scores, info["class_names"])
-
-    return predict
 
 
 def check_text_run(run_dir: Path) -> None:

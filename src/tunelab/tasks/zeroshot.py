@@ -303,7 +303,8 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
     """Classify image files against the class embeddings the run saved; or score sentence
     pairs by similarity with the calibration the run fitted."""
     from tunelab.core.runtime import resolve_device
-    from tunelab.scoring.predictors import image_predictor
+    from tunelab.encoders.clip import image_embedder
+    from tunelab.scoring.predictors import dual_encoder_predictor
 
     saved = read_predictor(run_dir)
     if str(saved.get("kind", "")).startswith("text-"):
@@ -315,8 +316,9 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
         # (old pair runs recorded no kind)
         return pair_predictor(run_dir, config)
     model, _, processor = load_clip(recorded_model(run_dir, config.model))
-    return image_predictor(run_dir, model, processor, resolve_device(config.runtime.device),
-                           config.images.batch_for(resolve_device(config.runtime.device)))
+    device = resolve_device(config.runtime.device)
+    return dual_encoder_predictor(run_dir, image_embedder(model, processor, device, config.images.batch_for(device)),
+                                  scoring_record(model))
 
 
 def export_graph(run_dir: Path, config: ZeroshotConfig):
