@@ -456,7 +456,8 @@ class ImageFeatureExtractor:
     def loaded(self):
         """(model, processor, kind): kind clip or vision."""
         if self._loaded is None:
-            from tunelab.encoders.vision import is_dual_encoder, load_vision_backbone
+            from tunelab.encoders.vision import load_vision_backbone
+            from tunelab.models.resolve import is_dual_encoder
 
             if is_dual_encoder(load_config(self.source)):
                 from tunelab.encoders.clip import load_clip

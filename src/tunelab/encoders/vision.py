@@ -6,22 +6,12 @@ the model is)."""
 from __future__ import annotations
 
 from tunelab.core.errors import ModelError
-from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
+from tunelab.models.resolve import ModelSource, hub_kwargs, is_vision_backbone, load_config, load_pretrained
 
 # cls: the class token's last hidden state; mean: the mean of the patch tokens;
 # cls+mean: both, concatenated (DINOv2's linear-probe features). A convolutional
 # backbone has neither: its pooled output (global average) stands for all three.
 IMAGE_POOLINGS = ("cls", "mean", "cls+mean")
-
-
-def is_dual_encoder(config) -> bool:
-    """CLIP-style models: a text and a vision tower."""
-    return hasattr(config, "text_config") and hasattr(config, "vision_config")
-
-
-def is_vision_backbone(config) -> bool:
-    return getattr(config, "num_channels", None) is not None and not hasattr(config, "vocab_size") \
-        and not is_dual_encoder(config)
 
 
 def default_pooling(config) -> str:

@@ -92,18 +92,18 @@ def model_info(model: str, random_init: bool = False, lora_r: int | None = None,
     from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
 
     from tunelab.models.architectures import arch_config
-    from tunelab.models.resolve import load_config, resolve_model
+    from tunelab.models.resolve import is_dual_encoder, is_vision_backbone, load_config, resolve_model
 
     config = arch_config(model) if random_init else load_config(resolve_model(model))
     model_type = getattr(config, "model_type", "unknown")
     with torch.device("meta"):
-        if hasattr(config, "text_config") and hasattr(config, "vision_config"):
+        if is_dual_encoder(config):
             network = AutoModel.from_config(config)  # CLIP, SigLIP: both towers
         elif num_labels:
             config.num_labels = num_labels
             if getattr(config, "pad_token_id", None) is None and getattr(config, "eos_token_id", None) is not None:
                 config.pad_token_id = config.eos_token_id  # a decoder classifies its last real token
-            head = AutoModelForImageClassification if getattr(config, "image_size", None) \
+            head = AutoModelForImageClassification if is_vision_backbone(config) \
                 else AutoModelForSequenceClassification
             network = head.from_config(config)
         else:

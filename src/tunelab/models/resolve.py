@@ -182,3 +182,14 @@ def count_parameters_from_config(source: ModelSource) -> int:
     with torch.device("meta"):
         model = AutoModel.from_config(config)
     return int(sum(p.numel() for p in model.parameters()))
+
+
+def is_dual_encoder(config) -> bool:
+    """CLIP-style models: a text and a vision tower."""
+    return hasattr(config, "text_config") and hasattr(config, "vision_config")
+
+
+def is_vision_backbone(config) -> bool:
+    """An image model with one tower (ViT, DINOv2, ConvNeXt, ...)."""
+    return getattr(config, "num_channels", None) is not None and not hasattr(config, "vocab_size") \
+        and not is_dual_encoder(config)

@@ -66,7 +66,8 @@ def prepare(config: ProbeConfig) -> Prepared:
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
     images = is_image_dataset(config.data.dataset)
     if images:
-        from tunelab.encoders.vision import default_pooling, is_dual_encoder
+        from tunelab.encoders.vision import default_pooling
+        from tunelab.models.resolve import is_dual_encoder
 
         dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
         backbone = load_config(source)
