@@ -34,7 +34,14 @@ from tunelab.models.resolve import count_parameters
 from tunelab.problems import get_problem
 from tunelab.scoring.evaluation import ScoreAccumulator, top_k_nll
 from tunelab.scoring.metrics import classification_metrics
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, trained_outcome
+from tunelab.tasks.lifecycle import (
+    Outcome,
+    Prepared,
+    RunContext,
+    image_predictions,
+    recorded_model,
+    trained_outcome,
+)
 from tunelab.training.config import LoraConfig, TrainConfig, check_best_metric, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
@@ -174,19 +181,10 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                               config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb, device, accumulator, desc=f"{split} images")
         skipped += [data.ids[row] for row in bad]
-        scored[split] = (accumulator, data.subset(accumulator.seen.nonzero()[0]))
-    threshold, threshold_record = 0.5, None
-    if label_sets:
-        from tunelab.scoring.evaluation import choose_threshold
-
-        accumulator, kept = scored["validation" if tune else prepared.eval_splits[0]]
-        threshold, threshold_record = choose_threshold(accumulator.label_scores(0.5), kept.labels,
-                                                       config.data.threshold)
-    predictions = {}
-    for split in prepared.eval_splits:
-        accumulator, kept = scored[split]
-        scores = accumulator.label_scores(threshold) if label_sets else accumulator.result()
-        predictions[split] = Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
+        scored[split] = (accumulator.label_scores if label_sets else lambda _, a=accumulator: a.result(),
+                         data.subset(accumulator.seen.nonzero()[0]))
+    predictions, threshold, threshold_record = image_predictions(scored, prepared.eval_splits, label_sets,
+                                                                 config.data.threshold)
     eval_seconds = time.perf_counter() - start
     _save(model, tokenizer, processor, run, config, class_emb, dataset, templates, prepared.source, threshold)
     task = {"method": config.train.method, "loss": "sigmoid per label" if label_sets else config.loss,

@@ -18,7 +18,7 @@ from tunelab.core.errors import DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record
 from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, trained_outcome
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, image_predictions, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
     check_best_metric,
@@ -103,7 +103,7 @@ def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
     from tunelab.core.runtime import resolve_device
     from tunelab.data.images import ClipPreprocess
     from tunelab.models.resolve import count_parameters
-    from tunelab.scoring.evaluation import choose_threshold, split_metrics, validation_loss
+    from tunelab.scoring.evaluation import split_metrics, validation_loss
     from tunelab.training.images import build_image_trainer
     from tunelab.training.trainer import train_resumable
 
@@ -139,14 +139,10 @@ def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
         data = dataset.splits[split]
         scores, seen, bad = score_split(model, data, preprocess, config, device, problem, desc=f"{split} images")
         skipped.update(data.ids[row] for row in bad)
-        results[split] = (scores, data.subset(seen.nonzero()[0]))
-    threshold, threshold_record = 0.5, None
-    if tunes_threshold:
-        scores, kept = results["validation"]
-        threshold, threshold_record = choose_threshold(scores, kept.labels, config.data.threshold)
-        results = {s: (dataclasses.replace(scores, threshold=threshold), kept) for s, (scores, kept) in results.items()}
-    predictions = {split: Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
-                   for split, (scores, kept) in results.items() if split in prepared.eval_splits}
+        results[split] = (lambda threshold, s=scores: dataclasses.replace(s, threshold=threshold)
+                          if tunes_threshold else s, data.subset(seen.nonzero()[0]))
+    predictions, threshold, threshold_record = image_predictions(results, prepared.eval_splits, tunes_threshold,
+                                                                 config.data.threshold)
     eval_seconds = time.perf_counter() - start
     save_image_classifier(model, processor, run.path / "model", config, dataset, threshold, prepared.source)
     task = {"method": config.train.method, "inputs": "images"}

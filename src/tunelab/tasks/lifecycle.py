@@ -94,6 +94,22 @@ class Outcome:
     labels_seen: int | None = None
 
 
+def image_predictions(scored: dict, eval_splits: Sequence[str], label_sets: bool, threshold_setting: str):
+    """Every evaluation split's Scored from ``scored`` (split -> (a function from the
+    label-set threshold to that split's scores, the split's readable images)), with the
+    threshold: chosen on validation with ``tune``, else the setting's; 0.5 and None for
+    one class per image. Returns (predictions, threshold, threshold record)."""
+    from tunelab.scoring.evaluation import choose_threshold
+
+    threshold, record = 0.5, None
+    if label_sets:
+        scores_at, kept = scored["validation" if threshold_setting == "tune" else eval_splits[0]]
+        threshold, record = choose_threshold(scores_at(0.5), kept.labels, threshold_setting)
+    predictions = {split: Scored(scored[split][0](threshold), scored[split][1].labels, scored[split][1].ids,
+                                 {"file": scored[split][1].ids}) for split in eval_splits}
+    return predictions, threshold, record
+
+
 def trained_outcome(trainer, stats: dict, context: RunContext, train_config, predictions: dict[str, Scored],
                     params: dict, eval_seconds: float, task: dict, skipped=()) -> Outcome:
     """The Outcome of a task that trained with the Trainer: history.json written, the

@@ -30,7 +30,7 @@ from tunelab.encoders.text import FeatureConfig
 from tunelab.models.resolve import count_parameters
 from tunelab.problems import get_problem
 from tunelab.scoring.evaluation import ScoreAccumulator
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
+from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, image_predictions, recorded_model, throughput
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         logger.info("%d classes x %d templates encoded in %.1f s", len(dataset.class_names), len(templates),
                     text_seconds)
 
-    predictions, skipped, images_seen = {}, [], 0
+    skipped, images_seen = [], 0
     start = time.perf_counter()
     num_classes = len(dataset.class_names)
     label_sets = not get_problem(dataset.problem).exclusive_classes  # SigLIP: a sigmoid per label
@@ -263,23 +263,12 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
             accumulator.absorb(part_scores, part_rows)
             skipped += part_bad
         images_seen += len(data)
-        accumulated[split] = (accumulator, data.subset(accumulator.seen.nonzero()[0]))
+        accumulated[split] = (accumulator.label_scores if label_sets else lambda _, a=accumulator: a.result(),
+                              data.subset(accumulator.seen.nonzero()[0]))
     if context.rank != 0:
         return None
-    threshold, threshold_record = 0.5, None
-    if label_sets:
-        from tunelab.scoring.evaluation import choose_threshold
-
-        if tune:
-            accumulator, kept = accumulated["validation"]
-            threshold, threshold_record = choose_threshold(accumulator.label_scores(0.5), kept.labels, "tune")
-        else:
-            threshold, threshold_record = choose_threshold(accumulated[prepared.eval_splits[0]][0].label_scores(0.5),
-                                                           None, config.data.threshold)
-    for split in prepared.eval_splits:
-        accumulator, kept = accumulated[split]
-        scores = accumulator.label_scores(threshold) if label_sets else accumulator.result()
-        predictions[split] = Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
+    predictions, threshold, threshold_record = image_predictions(accumulated, prepared.eval_splits, label_sets,
+                                                                 config.data.threshold)
     save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
         COMMAND, dataset.problem, dataset.class_names, kind="clip", templates=templates, threshold=threshold,
