@@ -72,8 +72,10 @@ def classify_loader(model, loader, device, problem: str | None, precision: str =
     kind, total = get_problem(problem), len(loader.dataset)
     preprocess = loader.dataset.preprocess
     num_labels = model.config.num_labels
+    # One class per image: probabilities into an accumulator (top-k only for many classes);
+    # label sets and values: every output.
     accumulator = ScoreAccumulator(total, num_labels, "probability") if kind.exclusive_classes else None
-    outputs = torch.full((total, num_labels), float("nan"))
+    outputs = None if accumulator is not None else torch.full((total, num_labels), float("nan"))
     seen, skipped = np.zeros(total, dtype=bool), []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast, progress(total, desc, "img") as bar:
