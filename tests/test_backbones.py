@@ -404,7 +404,7 @@ def test_likelihood_zero_shot_with_in_context_examples(tmp_path):
 
 
 def test_likelihood_prompts_hold_the_examples_and_use_a_chat_template():
-    from tunelab.tasks.text_zeroshot import likelihood_prompts
+    from tunelab.tasks.likelihood import likelihood_prompts
 
     class Plain:
         chat_template = None

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tunelab.scoring.metrics import classification_metrics, top_confused_pairs, top_k_accuracy
+from tunelab.scoring.metrics import classification_metrics, confusion_cells, top_confused_pairs, top_k_accuracy
 
 
 def test_binary_uses_positive_class():
@@ -60,5 +60,10 @@ def test_top5_with_scores():
 
 def test_top_confused_pairs():
     matrix = np.array([[5, 3, 0], [1, 4, 0], [0, 7, 2]])
-    pairs = top_confused_pairs(matrix, ["a", "b", "c"], k=2)
+    y_true = np.repeat(np.repeat(np.arange(3), 3), matrix.ravel())
+    y_pred = np.repeat(np.tile(np.arange(3), 3), matrix.ravel())
+    cells, counts = confusion_cells(y_true, y_pred)
+    assert {tuple(c): n for c, n in zip(cells.tolist(), counts.tolist())} == \
+        {(t, p): int(matrix[t, p]) for t in range(3) for p in range(3) if matrix[t, p]}
+    pairs = top_confused_pairs(cells, counts, ["a", "b", "c"], k=2)
     assert pairs == [{"true": "c", "predicted": "b", "count": 7}, {"true": "a", "predicted": "b", "count": 3}]

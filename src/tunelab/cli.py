@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunelab import __version__
-from tunelab.core.errors import TunelabError
+from tunelab.core.errors import TunelabError, counted
 
 logger = logging.getLogger("tunelab")
 
@@ -268,10 +268,10 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
             params = ", ".join(f"{k}={v}" for k, v in step.params.items())
             if step.search is not None:
                 keys = ", ".join(d.key for d in step.search.space)
-                params = (params + "; " if params else "") + f"search: {step.search.trials} trials over {keys}, " \
-                    f"then {step.name}-best"
+                params = (params + "; " if params else "") + \
+                    f"search: {counted(step.search.trials, 'trial')} over {keys}, then {step.name}-best"
             print(f"{step.name:<{width}}  {step.command:<13}  {params}")
-        print(f"{len(study.steps)} runs in {len({s.group for s in study.steps})} steps")
+        print(f"{counted(len(study.steps), 'run')} in {counted(len({s.group for s in study.steps}), 'step')}")
         return 0
     root, outcomes = run_study(study, out=args.out, jobs=args.jobs, executor=args.executor,
                                ray_address=args.ray_address)
@@ -353,7 +353,7 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         for p in predictions:
             writer.writerow([p.input, *([p.pair] if pairs else []), p.label, f"{p.score:.6g}"])
         atomic_write_bytes(Path(args.output), buffer.getvalue().encode("utf-8"), own_folder=False)
-        print(f"wrote {len(predictions)} predictions to {args.output}")
+        print(f"wrote {counted(len(predictions), 'prediction')} to {args.output}")
     else:
         kind = predictions[0].score_kind if predictions else "score"
         values = kind == "value"  # regression: the prediction is the number, printed once
@@ -396,7 +396,7 @@ def _print_summary(result) -> None:
     print(f"run directory: {result.run_dir}")
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, debug: bool = False) -> None:
     # tunelab's own messages at INFO; libraries that log through the root logger (ONNX
     # Runtime's quantiser, ...) only from WARNING, so the console says what tunelab decided.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
@@ -407,6 +407,10 @@ def _setup_logging(quiet: bool) -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notices
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    # Libraries' own warnings (scikit-learn's convergence notes, matplotlib's glyphs) go
+    # through logging: shown with --debug, not as raw multi-line warnings on the console.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if debug else logging.ERROR)
     try:
         import transformers
 
@@ -497,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_command_line(argv)
     debug = args.debug or os.environ.get("TUNELAB_DEBUG") == "1"
-    _setup_logging(args.quiet)
+    _setup_logging(args.quiet, debug)
     try:
         return args.handler(args, argv)
     except TunelabError as exc:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tunelab.core.errors import ConfigError
+from tunelab.core.files import load_yaml
 
 T = TypeVar("T")
 
@@ -377,7 +378,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -395,7 +396,7 @@ def list_presets(command: str | None = None) -> list[str]:
     chosen = []
     for name in names:
         try:
-            values = yaml.safe_load((folder / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+            values = load_yaml((folder / f"{name}.yaml").read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
             continue
         declared = values.get("command", "study" if "steps" in values else None)
@@ -421,7 +422,7 @@ def load_yaml_source(source: str) -> tuple[dict[str, Any], str]:
         text = preset.read_text(encoding="utf-8")
         origin = f"preset:{source}"
     try:
-        values = yaml.safe_load(text) or {}
+        values = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):

@@ -21,3 +21,8 @@ class DataError(TunelabError):
 
 class ModelError(TunelabError):
     """The model cannot be found, loaded, or does not suit the task."""
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 example``, ``2 examples``: a count with its noun in the right number."""
+    return f"{count:,} {singular if count == 1 else plural or singular + 's'}"

@@ -7,14 +7,44 @@ parser's traceback."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tunelab.core.errors import TunelabError
 
 
 class RunFileError(TunelabError):
     """A file of a run directory is missing, unreadable or damaged."""
+
+
+class NumberLoader(yaml.SafeLoader):
+    """YAML as a user writes numbers: PyYAML follows YAML 1.1, where ``1e-5`` (no dot)
+    is text; here it is the number it looks like, in study files, configs, ``--set``
+    and ``--space`` alike."""
+
+
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+# A name that becomes one path component (a study step, a run, an image of a report):
+# letters, digits, '.', '_' and '-', never a path, never '.' or '..', never hidden.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def is_plain_name(name: object, max_length: int = 100) -> bool:
+    """Whether ``name`` (read from a file or typed by a user) is safe as one path component."""
+    return isinstance(name, str) and bool(PLAIN_NAME.fullmatch(name)) and len(name) <= max_length
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the number rule of ``NumberLoader`` (no tags that build objects)."""
+    return yaml.load(text, Loader=NumberLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _read_text(path: Path) -> str:
@@ -45,12 +75,10 @@ def read_json_file(path: Path | str, expect: type | None = dict) -> Any:
 def read_yaml_file(path: Path | str) -> dict:
     """A YAML mapping; tags that would build Python objects, bad bytes and syntax errors
     fail in one line (the loader is always the safe one)."""
-    import yaml
-
     path = Path(path)
     text = _read_text(path)
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as exc:
         first = " ".join(str(exc).split())[:160]
         raise RunFileError(f"{path} is not valid YAML, or holds tags that would build objects ({first})") from None

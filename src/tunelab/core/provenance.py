@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 
-def files_fingerprint(root: Path) -> str:
+def files_fingerprint(root: Path, max_files: int | None = None) -> str:
     """A digest of every regular file under ``root`` (names, sizes, modification times):
     cheap even for large weights, and it changes whenever any file is replaced.
     Walks with ``os.scandir`` (one stat per file, ~3x faster than ``rglob`` on 30,000
@@ -20,7 +20,7 @@ def files_fingerprint(root: Path) -> str:
         stat = root.stat()
         digest.update(f"{root.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:20]
-    for parts, _, stat in _regular_files(root):
+    for parts, _, stat in _regular_files(root, max_files):
         digest.update(f"{'/'.join(parts)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
 
@@ -30,10 +30,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNELAB_CACHE_DIR", "~/.cache/tunelab")).expanduser()
 
 
-def _regular_files(root: Path) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
+class TooManyFiles(OSError):
+    """A folder holds more files than the one it stands for could (a model folder with
+    the whole file system under it): refused before anything is read."""
+
+
+def _regular_files(root: Path, max_files: int | None = None) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
     """(path parts, path, stat) of every regular file under ``root``, sorted by parts;
     folders reached through links are not entered. Walks with ``os.scandir`` (one stat
-    per file, ~3x faster than ``rglob`` on 30,000 images)."""
+    per file, ~3x faster than ``rglob`` on 30,000 images). Past ``max_files`` files the
+    walk stops with ``TooManyFiles``."""
     if root.is_file():
         return [((root.name,), str(root), root.stat())]
     entries = []
@@ -47,20 +53,25 @@ def _regular_files(root: Path) -> list[tuple[tuple[str, ...], str, os.stat_resul
                         folders.append((entry.path, parts + (entry.name,)))
                 elif entry.is_file():
                     entries.append((parts + (entry.name,), entry.path, entry.stat()))
+                    if max_files is not None and len(entries) > max_files:
+                        raise TooManyFiles(f"{root} holds more than {max_files:,} files")
     return sorted(entries, key=lambda e: e[0])
 
 
-def content_fingerprint(root: Path) -> str:
+CONTENT_PREFIX = "sha256-"
+
+
+def content_fingerprint(root: Path, max_files: int | None = None) -> str:
     """A digest of the names and contents of every regular file under ``root``: a file
     rewritten with its size and modification time restored still changes it. Each
     file's hash is cached by path, inode, size, modification and change time (the
     change time cannot be set back), so unchanged data is not read again."""
     cache = _HashCache()
     digest = hashlib.sha256()
-    for parts, path, stat in _regular_files(Path(root)):
+    for parts, path, stat in _regular_files(Path(root), max_files):
         digest.update(f"{'/'.join(parts)}:{cache.hash(path, stat)}\n".encode())
     cache.save()
-    return "sha256-" + digest.hexdigest()[:20]
+    return CONTENT_PREFIX + digest.hexdigest()[:20]
 
 
 class _HashCache:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,18 +80,68 @@ class Task:
 
 _TASKS: dict[str, Task] = {}
 
+# Commands that are not tasks: no task (built in or plugin) may take these names.
+RESERVED_COMMANDS = ("run", "search", "report", "info", "predict", "export", "serve", "audit", "select", "help")
+# Flags every task command has besides its config's own.
+COMMON_FLAGS = ("--config", "--set", "--out", "--overwrite", "--resume", "-q", "--quiet", "--debug", "-h", "--help")
+TASK_NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def config_flags(task: Task) -> dict[str, str]:
+    """flag -> the dotted config key it sets, for every field that declares a flag; two
+    fields with one flag (or a flag every command already has) stop in one line."""
+    found: dict[str, str] = {}
+
+    def walk(cls, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[field.name]):
+                walk(hints[field.name], f"{prefix}{field.name}.")
+                continue
+            flag, key = field.metadata.get("flag"), prefix + field.name
+            if not flag or key in task.unused_settings:
+                continue
+            if flag in found or flag in COMMON_FLAGS:
+                raise ConfigError(f"task '{task.name}': {flag} would set both "
+                                  f"{found.get(flag, 'a flag every command has')} and {key}")
+            found[flag] = key
+    walk(task.config_class, "")
+    return found
+
 
 def register_task(task: Task) -> Task:
-    """Make a task available to the command line, studies, predict and report."""
+    """Make a task available to the command line, studies, predict and report. Built-in
+    command names and aliases cannot be taken, so a plugin never replaces one."""
     if not dataclasses.is_dataclass(task.config_class):
         raise ConfigError(f"task '{task.name}': config_class must be a dataclass")
+    for name in (task.name, *task.aliases):
+        if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+            raise ConfigError(f"task name {name!r}: use lower-case letters, digits and '-'")
+        if name in RESERVED_COMMANDS:
+            raise ConfigError(f"task '{task.name}': '{name}' is a tunelab command and cannot be a task's name")
+        owner = BUILTIN_MODULES.get(canonical_builtin(name))
+        registered = _TASKS.get(canonical_builtin(name))
+        if owner is not None and (task.execute.__module__ != owner or registered not in (None, task)):
+            raise ConfigError(f"task '{task.name}': '{name}' is a built-in command and cannot be replaced")
+        taken = next((t for t in _TASKS.values() if name in (t.name, *t.aliases) and t.name != task.name), None)
+        if taken is not None:
+            raise ConfigError(f"task '{task.name}': '{name}' is taken by the task '{taken.name}'")
     fields = {f.name for f in dataclasses.fields(task.config_class)}
     missing = {"model", "data", "runtime", "tracking", "seed"} - fields
     if missing:
         raise ConfigError(f"task '{task.name}': its config needs the fields {', '.join(sorted(missing))} "
                           "(the lifecycle reads them)")
+    config_flags(task)
     _TASKS[task.name] = task
     return task
+
+
+# Aliases of built-in tasks, so that no plugin takes them before the built-ins load.
+BUILTIN_ALIASES = {"image-text-finetune": "clip-finetune"}
+
+
+def canonical_builtin(name: str) -> str:
+    return BUILTIN_ALIASES.get(name, name)
 
 
 def unregister_task(name: str) -> None:
@@ -120,11 +172,12 @@ def _load_plugins() -> None:
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = entry.load()
-        except Exception as exc:  # a broken plugin must not take the built-in commands down
-            logging.getLogger(__name__).warning("tunelab task plugin %s could not be loaded: %s", entry.value, exc)
-            continue
-        if isinstance(loaded, Task) and loaded.name not in _TASKS:
-            register_task(loaded)
+            if isinstance(loaded, Task) and _TASKS.get(loaded.name) is not loaded:
+                register_task(loaded)
+        except (Exception, SystemExit) as exc:  # a broken plugin must not take the built-in commands down
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            logging.getLogger(__name__).warning("tunelab task plugin %s (%s) is skipped: %s%s", entry.name,
+                                                entry.value, type(exc).__name__, f": {first}" if first else "")
 
 
 def get_task(name: str) -> Task:

@@ -123,7 +123,10 @@ RUN_ENTRIES = ("config.yaml", "command.txt", "metrics.json", "report.md", "input
                "scatter_*.png", "events.out.tfevents.*", ".*.tunelab-new*", ".*.tmp*", ".*.????????")
 # What a study directory may hold besides its runs.
 STUDY_ENTRIES = ("study.json", "report.md", "report.html", "report_files", ".configs", MARKER, ".*.????????",
-                 ".*.tunelab-new-*", ".*.tunelab-old-*")
+                 ".*.tunelab-new-*", ".*.tunelab-old-*", "*.search.json", "*.search.journal",
+                 "*.search.journal.lock")
+# Files only a single run's directory holds: a folder with them is a run, not a study.
+RUN_RECORDS = ("config.yaml", "inputs.json", "metrics.json", "command.txt")
 
 
 def foreign_entries(path: Path) -> list[str]:
@@ -178,16 +181,41 @@ def _command_run_id(path: Path) -> str | None:
 def remove_stale_staging(path: Path) -> None:
     """Remove what killed runs left beside ``path``: staging folders of an overwrite
     (``.NAME.tunelab-new-PID``) and retired old runs (``.NAME.tunelab-old-PID``) whose
-    process is gone. Only marked folders are removed."""
+    process is gone. Only a folder tunelab provably made goes: its marker holds a run id
+    (which its command.txt or inputs.json repeats, where it got that far), and it holds
+    nothing but a run's own files. Anything else is left and named once."""
     path = Path(path)
     if not path.parent.is_dir():
         return
     for entry in path.parent.glob(f".{path.name}.tunelab-[no][el][wd]-*"):
         pid = entry.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or _process_alive(int(pid)) or entry.is_symlink() or not is_run_directory(entry):
+        if not pid.isdigit() or _process_alive(int(pid)) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if not _is_stale_run(entry):
+            logger.warning("%s looks like a killed run's staging folder but holds files tunelab did not write; "
+                           "left as it is", entry)
             continue
         logger.info("removing %s, left by a run that was killed", entry)
         shutil.rmtree(entry, ignore_errors=True)
+
+
+def _is_stale_run(entry: Path) -> bool:
+    run_id = marker_run_id(entry)
+    if run_id is None:
+        return False
+    for record in ("inputs.json", "command.txt"):
+        if (entry / record).exists():
+            try:
+                recorded = json.loads((entry / record).read_text(encoding="utf-8")).get("run_id") \
+                    if record == "inputs.json" else _command_run_id(entry)
+            except (OSError, ValueError, AttributeError):
+                return False
+            if recorded != run_id:
+                return False
+    try:
+        return not foreign_entries(entry)
+    except OSError:
+        return False
 
 
 def _process_alive(pid: int) -> bool:
@@ -442,6 +470,15 @@ class RunDirectory:
         self.write_json(f"confusion_{split}.json", payload)
         if len(class_names) <= MAX_CLASSES_FOR_PICTURE:
             atomic_write_bytes(self.path / f"confusion_{split}.png", _confusion_png(matrix, class_names, split))
+
+    def write_sparse_confusion(self, split: str, cells: np.ndarray, counts: np.ndarray, class_names: Sequence[str],
+                               top_pairs: list[dict]) -> None:
+        """Many classes: the confusion matrix as its non-zero cells (true, predicted,
+        count), with the class list and the most frequent mistakes; no picture."""
+        self.write_json(f"confusion_{split}.json", {
+            "labels": list(class_names), "format": "cells", "rows": "true class", "columns": "predicted class",
+            "cells": [[int(t), int(p), int(n)] for (t, p), n in zip(cells.tolist(), counts.tolist())],
+            "top_confused_pairs": top_pairs})
 
     def write_scatter(self, split: str, gold: np.ndarray, predicted: np.ndarray) -> None:
         """Regression: predicted against gold values, where classification has a confusion matrix."""

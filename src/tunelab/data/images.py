@@ -30,6 +30,45 @@ IMAGE_COLUMNS = ("image", "img", "picture")
 # --------------------------------------------------------------------------- where pixels come from
 
 
+# Images above this many pixels are refused as unreadable (skipped and listed, or
+# stopping a --strict run): a 90-megapixel PNG takes 1.6 GB to decode, and classifiers
+# see a few hundred pixels a side.
+MAX_PIXELS = 50_000_000
+
+
+def open_rgb(path):
+    """An image file as RGB: its size checked from the header before anything is
+    decoded (Pillow's decompression-bomb warning never reaches the console)."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:
+            raise OSError(f"larger than {MAX_PIXELS // 1_000_000} megapixels") from None
+    with image:
+        return to_rgb(image)
+
+
+def to_rgb(image):
+    """RGB, as every model here takes: 16-bit grayscale scaled to 8 bits (Pillow's own
+    conversion clips it, turning most pixels white), grayscale, palette and RGBA
+    converted; above MAX_PIXELS refused."""
+    from PIL import Image
+
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise OSError(f"{width}x{height} pixels, larger than {MAX_PIXELS // 1_000_000} megapixels")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")  # grayscale, palette and RGBA become RGB
+
+
 class FileImages:
     """Image files under a root; ids are paths relative to it."""
 
@@ -38,10 +77,7 @@ class FileImages:
         self.paths = paths
 
     def load(self, index: int):
-        from PIL import Image
-
-        with Image.open(self.root / self.paths[index]) as image:
-            return image.convert("RGB")  # grayscale, palette and RGBA become RGB
+        return open_rgb(self.root / self.paths[index])
 
     def name(self, index: int) -> str:
         return self.paths[index]
@@ -63,7 +99,7 @@ class RowImages:
         image = self.dataset[int(index)][self.column]
         if image is None:
             raise OSError("empty image cell")
-        return image.convert("RGB")
+        return to_rgb(image)
 
     def name(self, index: int) -> str:
         return f"{self.label}[{index}]"

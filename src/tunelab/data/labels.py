@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.core.errors import DataError
+from tunelab.core.errors import DataError, counted
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,36 @@ def label_text(value: object) -> str:
     return str(value)
 
 
+def label_kind(value: object) -> str:
+    """A label's type as the data gives it: JSONL and Parquet keep 1, "1" and true apart."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true/false"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "number"
+    return "text"
+
+
+def check_one_kind(labels: Sequence[object], where: str) -> str | None:
+    """The one type every label of a split has; labels that mix types (1, "1", "two",
+    true) stop in one line instead of merging (1 with "1", true with 1). Splits read from
+    files of different formats (numbers in Parquet, text in CSV) may differ."""
+    kinds: dict[str, object] = {}
+    for value in labels:
+        if value is not None:
+            kinds.setdefault(label_kind(value), value)
+    if len(kinds) > 1:
+        shown = ", ".join(f"{kind} such as {value!r}" for kind, value in kinds.items())
+        raise DataError(f"{where} mix types ({shown}); give every label one type (all text, or all numbers)")
+    return next(iter(kinds), None)
+
+
 def build_label_space(
     train_labels: Sequence[object],
     positive_label: str | None = None,
     names: dict[str, str] | None = None,
 ) -> LabelSpace:
     """Classes come from the training labels; ``names`` maps raw values to display names."""
+    check_one_kind(train_labels, "the training labels")
     distinct = sorted(set(train_labels), key=_sort_key)
     values = [label_text(v) for v in distinct]
     if len(set(values)) != len(values):
@@ -63,7 +87,7 @@ def build_label_space(
     if positive_label is not None:
         if len(values) != 2:
             raise DataError(
-                f"--positive-label applies to two-class tasks; this one has {len(values)} classes"
+                f"--positive-label applies to two-class tasks; this one has {counted(len(values), 'class', 'classes')}"
             )
         display = [(names or {}).get(v, v) for v in values]
         if positive_label in values:
@@ -83,6 +107,7 @@ def build_label_space(
 def encode_labels(labels: Sequence[object], space: LabelSpace, split: str, source: str,
                   ids: Sequence[str] | None = None) -> np.ndarray:
     """Map raw labels to class indices; unknown labels fail with the rows that hold them."""
+    check_one_kind(labels, f"{source}: the {split} labels")
     index = space.index_of()
     encoded = np.empty(len(labels), dtype=np.int64)
     unknown: list[int] = []
@@ -250,7 +275,8 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int, keep_every_class
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     if keep_every_class and n < len(classes):
-        raise DataError(f"a cap of {n} examples cannot keep one example of each of the {len(classes)} classes; "
+        raise DataError(f"a cap of {counted(n, 'example')} cannot keep one example of each of the "
+                        f"{counted(len(classes), 'class', 'classes')}; "
                         f"raise --max-train-samples to at least {len(classes)}")
     exact = counts * n / total
     take = np.floor(exact).astype(int)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from tunelab.core.errors import ModelError
 from tunelab.core.hub import require_hub
-from tunelab.core.provenance import files_fingerprint, hub_revision
+from tunelab.core.provenance import (
+    CONTENT_PREFIX,
+    TooManyFiles,
+    content_fingerprint,
+    files_fingerprint,
+    hub_revision,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +44,33 @@ class ModelSource:
     is_local: bool
 
     def fingerprint(self) -> str:
-        """Identifies the exact files: for a local folder every file in it (config,
-        tokenizer files, every weight shard) by name, size and modification time; for
-        a hub model its id and, when the local cache knows it, the revision."""
+        """Identifies the exact files: for a local folder the content of every file in it
+        (config, tokenizer files, every weight shard; hashes cached by inode, size,
+        modification and change time, so weights swapped in with the old time restored
+        still count as changed); for a hub model its id and, when the local cache knows
+        it, the revision."""
         if not self.is_local:
             revision = hub_revision(self.location)
             return f"hub:{self.location}@{revision}" if revision else f"hub:{self.location}"
-        return files_fingerprint(Path(self.location))
+        check_model_folder(Path(self.location), self.name)
+        try:
+            return content_fingerprint(Path(self.location), MAX_MODEL_FILES)
+        except TooManyFiles:
+            raise ModelError(f"{self.location} holds more than {MAX_MODEL_FILES:,} files: it is not a model folder "
+                             "(pass the folder save_pretrained wrote)") from None
+        except OSError as exc:
+            raise ModelError(f"the model folder {self.location} cannot be read ({exc.strerror or exc})") from None
+
+    def fingerprint_like(self, recorded: str) -> str:
+        """This model's fingerprint in the form ``recorded`` has: runs recorded before
+        content fingerprints hold names, sizes and times, and are checked that way."""
+        if not self.is_local or recorded.startswith(CONTENT_PREFIX):
+            return self.fingerprint()
+        check_model_folder(Path(self.location), self.name)
+        try:
+            return files_fingerprint(Path(self.location), MAX_MODEL_FILES)
+        except OSError:
+            raise ModelError(f"{self.location} is not a model folder tunelab can read") from None
 
     def record(self) -> dict:
         """What a run stores to find this model again: an absolute path and a fingerprint."""
@@ -53,14 +79,37 @@ class ModelSource:
                 "fingerprint": self.fingerprint()}
 
 
+# A model folder (config, tokenizer, weight shards, maybe an adapter) holds a few dozen
+# files; a recorded location holding more is refused before it is walked.
+MAX_MODEL_FILES = 5000
+
+
+def check_model_folder(path: Path, name: str) -> None:
+    """A folder that can be a model's: a directory with a config.json, not the file
+    system's root or a home folder that happens to be named in a run's record."""
+    if not path.is_dir():
+        raise ModelError(f"the model folder {path} is gone or not a folder")
+    if not (path / "config.json").is_file() or path.resolve() == Path(path.anchor or "/"):
+        raise ModelError(f"{path} (model '{name}') is not a model folder (no config.json); pass the folder "
+                         "save_pretrained wrote")
+
+
 def model_from_record(record: dict, run_dir: Path) -> ModelSource:
     """The model a run recorded, checked against its fingerprint: a run never silently
-    uses other weights than those it was made with."""
-    source = ModelSource(record["name"], record["location"], bool(record["is_local"]))
+    uses other weights than those it was made with. Runs recorded before content
+    fingerprints (names, sizes and times) are checked the way they were recorded."""
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("name", "location",
+                                                                                          "fingerprint")):
+        raise ModelError(f"{run_dir}/inputs.json records no usable model (name, location, fingerprint); "
+                         "rerun the run")
+    source = ModelSource(record["name"], record["location"], bool(record.get("is_local")))
     if source.is_local and not Path(source.location).is_dir():
         raise ModelError(f"{run_dir} was made with the model at {source.location}, which is gone; "
                          "restore it there to use this run")
-    now = source.fingerprint()
+    if source.is_local and not Path(source.location).is_absolute():
+        raise ModelError(f"{run_dir}/inputs.json records the model at {source.location}, not an absolute path; "
+                         "rerun the run")
+    now = source.fingerprint_like(record["fingerprint"])
     if now != record["fingerprint"] and not (not source.is_local and "@" not in record["fingerprint"]):
         raise ModelError(f"the model at {source.location} changed since {run_dir} was made "
                          f"(fingerprint {now}, recorded {record['fingerprint']}); "

@@ -126,23 +126,35 @@ def _read_record(path: Path) -> RunRecord:
                      inputs_value if isinstance(inputs_value, dict) else None)
 
 
-def read_predictions(run_path: Path, split: str) -> dict[str, tuple[str, str]] | None:
-    """id -> (label, prediction) as written in predictions/<split>.csv; None when the file
-    is missing, a link, or damaged (a torn row, a missing column)."""
-    data = read_inside(run_path, f"predictions/{split}.csv")
+def read_predictions(run_path: Path, split: str, expected: int | None = None) -> dict[str, tuple[str, str]] | str:
+    """id -> (label, prediction) as written in predictions/<split>.csv, or why it cannot be
+    paired: missing, a link, damaged (a torn row, a missing column, a repeated id), or
+    holding another number of rows than the ``expected`` n its run's metrics.json records
+    (a file cut short between rows would otherwise pair silently on fewer examples)."""
+    name = f"predictions/{split}.csv"
+    data = read_inside(run_path, name)
     if data is None:
-        return None
+        return f"has no readable {name}"
     try:
-        rows = list(csv.DictReader(data.decode("utf-8").splitlines()))
+        text = data.decode("utf-8")
+        if text and not text.endswith("\n"):
+            raise ValueError("its last row is cut short (no line end)")
         out = {}
-        for row in rows:
-            if not all(isinstance(row.get(key), str) for key in ("id", "label", "prediction")):
-                raise ValueError("a row lacks its id, label or prediction")
+        for row in csv.DictReader(text.splitlines()):
+            if not all(isinstance(row.get(key), str) for key in ("id", "label", "prediction")) or None in row \
+                    or any(value is None for value in row.values()):
+                raise ValueError("a row lacks fields")
+            if row["id"] in out:
+                raise ValueError(f"the id {row['id'][:40]!r} appears twice")
             out[row["id"]] = (row["label"], row["prediction"])
-        return out
     except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-        logger.warning("%s/predictions/%s.csv is damaged (%s); not used in paired tests", run_path, split, exc)
-        return None
+        logger.warning("%s/%s is damaged (%s); not used in paired tests", run_path, name, exc)
+        return f"{name} is damaged ({exc})"
+    if expected is not None and len(out) != expected:
+        logger.warning("%s/%s holds %d rows where metrics.json records n %d; not used in paired tests", run_path,
+                       name, len(out), expected)
+        return f"{name} holds {len(out):,} rows where its metrics.json records n {expected:,}"
+    return out
 
 
 # --------------------------------------------------------------------------- seed groups
@@ -308,10 +320,11 @@ def compare(a: Group, b: Group, split: str, metric: str, read: dict | None = Non
     rows, read = {}, {} if read is None else read
     for run in {id(r): r for pair in couples for r in pair}.values():
         if (run.path, split) not in read:
-            read[run.path, split] = read_predictions(run.path, split)
+            n = run.metrics["splits"].get(split, {}).get("n")
+            read[run.path, split] = read_predictions(run.path, split, n if isinstance(n, int) else None)
         predictions = read[run.path, split]
-        if predictions is None:
-            return f"{run.name} has no readable predictions/{split}.csv"
+        if isinstance(predictions, str):
+            return f"{run.name} left out of pairing: {predictions}"
         rows[id(run)] = predictions
     ids = sorted(set.intersection(*(set(p) for p in rows.values())))
     if len(ids) < 2:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunelab.core.errors import counted
 from tunelab.core.plots import figure, png
 from tunelab.core.runs import read_inside, read_text_inside
 from tunelab.report.analysis import (
@@ -68,7 +69,16 @@ class Document:
         self.blocks.append(("table", header, rows))
 
     def image(self, name: str, png: bytes, caption: str):
-        self.blocks.append(("image", name, png, caption))
+        """An image; its file name is made one plain path component here, whatever run,
+        split or step names it was built from (they come from files a user can edit)."""
+        stem, _, suffix = name.rpartition(".")
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:80] or "image"
+        taken = {block[1] for block in self.blocks if block[0] == "image"}
+        candidate, number = f"{safe}.{suffix}", 1
+        while candidate in taken:
+            number += 1
+            candidate = f"{safe}-{number}.{suffix}"
+        self.blocks.append(("image", candidate, png, caption))
 
     def code(self, summary: str, text: str):
         self.blocks.append(("code", summary, text))
@@ -176,8 +186,12 @@ def markdown_escape(text: str, line_start: bool = True) -> str:
 
 
 def _write_asset(assets: Path, name: str, data: bytes) -> None:
+    from tunelab.core.errors import TunelabError
+    from tunelab.core.files import is_plain_name
     from tunelab.core.runs import atomic_write_bytes
 
+    if not is_plain_name(name):  # Document.image makes every name plain: this guards the rule
+        raise TunelabError(f"the report's image name {name!r} is not a plain file name; nothing was written")
     if not assets.exists():
         atomic_write_bytes(assets / ASSETS_MARKER, b"images of the report beside this folder\n")
     atomic_write_bytes(assets / name, data)
@@ -569,7 +583,7 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
         outcomes, study = _study_state(Path(paths[0]))  # a study directory: its groups and settings
         baseline = baseline or study.get("baseline")
         published = published or study.get("published")
-        searches = searches or _search_records(Path(paths[0]))
+        searches = searches or _search_records(Path(paths[0]), problems)
         # A search's trials scored validation only: compare its best run.
         records = [r for r in records if not any(o.name == r.name and getattr(o, "trial", False)
                                                  for o in outcomes)]
@@ -584,14 +598,26 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
 # --------------------------------------------------------------------------- study sections
 
 
-def _search_records(root: Path) -> list[dict]:
+def _search_records(root: Path, problems: list[str]) -> list[dict]:
+    """The searches of a study directory; one whose file is damaged, or whose step name
+    is not a plain name (it becomes part of file names), is left out and said."""
+    from tunelab.core.files import is_plain_name
+
     records = []
     for path in sorted(root.glob("*.search.json")):
         try:
-            records.append(json.loads(read_text_inside(root, path.name) or "{}"))
+            record = json.loads(read_text_inside(root, path.name) or "{}")
         except ValueError:
+            problems.append(f"{path.name}: left out (not valid JSON)")
             continue
-    return [r for r in records if isinstance(r, dict) and "trials" in r]
+        if not isinstance(record, dict) or not isinstance(record.get("trials"), list):
+            problems.append(f"{path.name}: left out (it holds no list of trials)")
+        elif not is_plain_name(record.get("step")) or path.name != f"{record['step']}.search.json":
+            problems.append(f"{path.name}: left out (its step name {str(record.get('step'))[:60]!r} is not the "
+                            "plain name its file is named by)")
+        else:
+            records.append(record)
+    return records
 
 
 def _search_section(doc: Document, search: dict) -> None:
@@ -607,8 +633,9 @@ def _search_section(doc: Document, search: dict) -> None:
         return
     counts = search.get("counts", {})
     metric = spec.get("metric", "validation.accuracy")
-    doc.paragraph(f"{len(search['trials'])} trials ({counts.get('complete', 0)} complete, {counts.get('pruned', 0)} "
-                  f"pruned, {counts.get('fail', 0)} failed or interrupted) over {', '.join(spec.get('space', {}))}; "
+    doc.paragraph(f"{counted(len(search['trials']), 'trial')} ({counts.get('complete', 0)} complete, "
+                  f"{counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed or interrupted) over "
+                  f"{', '.join(spec.get('space', {}))}; "
                   f"sampler {spec.get('sampler')}, pruner {spec.get('pruner')}, seed {spec.get('seed')}; trials "
                   f"scored {metric} only. The comparisons above use {step}-best: the best trial's configuration, "
                   "run once more on every split.")
@@ -652,13 +679,16 @@ def _search_section(doc: Document, search: dict) -> None:
 def _study_state(root: Path):
     from types import SimpleNamespace
 
+    from tunelab.core.files import is_plain_name
+
     try:
         state = json.loads(read_text_inside(root, "study.json") or "{}")
     except ValueError:
         state = {}
     steps = state.get("steps", []) if isinstance(state, dict) else []
     outcomes = [SimpleNamespace(**{"group": "", "params": {}, "detail": "", "seconds": 0.0, **step})
-                for step in steps if isinstance(step, dict) and "name" in step]
+                for step in steps if isinstance(step, dict) and is_plain_name(step.get("name"))
+                and is_plain_name(step.get("group") or step["name"])]
     return outcomes, state if isinstance(state, dict) else {}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,36 @@ def build_classifier(config: ClassifierConfig, c: float, seed: int, problem: str
     return make_pipeline(StandardScaler(), estimator) if config.standardize else estimator
 
 
+def machine_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+def check_fits_in_memory(config: ClassifierConfig, features: int, outputs: int, what: str) -> None:
+    """A linear model over many classes and features can need more memory than the
+    machine has (L-BFGS keeps about 24 copies of its classes x features weights): say so
+    in one line before fitting, instead of a MemoryError after minutes."""
+    if config.kind not in ("logreg", "svc") or outputs <= 2:
+        return
+    need = 24 * 8 * outputs * features
+    have = machine_memory_bytes()
+    if have is not None and need > have // 2:
+        raise TunelabError(f"{what}: a linear model over {outputs:,} classes and {features:,} features needs about "
+                           f"{need / 2**30:.1f} GiB, more than half of this machine's {have / 2**30:.1f} GiB; use "
+                           "fewer features (tfidf: --max-features) or merge rare classes")
+
+
 def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val=None, seed: int = 42,
                    problem: str | None = None, class_weight: str | None = None, threshold: float = 0.5):
     """Fit one estimator, or one per grid value (C with ``tune``; ridge's alpha always, when
     there is a validation split), keeping the best on validation. Returns (estimator,
     tuning record or None)."""
+    if get_problem(problem).exclusive_classes:
+        outputs = get_problem(problem).num_outputs(y_train, y_val if y_val is not None else y_train)
+        check_fits_in_memory(config, int(x_train.shape[1]), int(outputs),
+                             {"logreg": "logistic regression", "svc": "SVC"}.get(config.kind, str(config.kind)))
     grid, parameter = (config.alpha_grid, "alpha") if config.kind == "ridge" else (config.c_grid, "C")
     if not config.tune and not (config.kind == "ridge" and x_val is not None):
         value = 1.0 if config.kind == "ridge" else config.c

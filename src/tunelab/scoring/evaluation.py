@@ -10,8 +10,10 @@ import numpy as np
 
 from tunelab.core.runs import RunDirectory
 from tunelab.scoring.metrics import (
+    DENSE_CONFUSION_LIMIT,
     classification_metrics,
     confusion,
+    confusion_cells,
     expected_calibration_error,
     multilabel_metrics,
     regression_metrics,
@@ -236,8 +238,12 @@ def evaluate_split(
     num_classes = len(class_names)
     metrics = split_metrics(y_true, scores, num_classes)
     run.write_predictions(split, prediction_columns(ids, inputs, class_names, scores, y_true))
-    matrix = confusion(y_true, scores.predicted, num_classes)
-    run.write_confusion(split, matrix, class_names, top_confused_pairs(matrix, class_names))
+    cells, counts = confusion_cells(y_true, scores.predicted)
+    top = top_confused_pairs(cells, counts, class_names)
+    if num_classes <= DENSE_CONFUSION_LIMIT:
+        run.write_confusion(split, confusion(y_true, scores.predicted, num_classes), class_names, top)
+    else:
+        run.write_sparse_confusion(split, cells, counts, class_names, top)
     return metrics, text_report(y_true, scores.predicted, class_names)
 
 

@@ -67,24 +67,31 @@ def top_k_accuracy(y_true: np.ndarray, scores: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == np.asarray(y_true)[:, None], axis=1)))
 
 
+# Above this many classes a confusion matrix is written as its non-zero cells: a dense
+# 5,000 x 5,000 matrix is 25 million numbers, most of them 0.
+DENSE_CONFUSION_LIMIT = 500
+
+
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     from sklearn.metrics import confusion_matrix
 
     return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
 
 
-def top_confused_pairs(matrix: np.ndarray, class_names: Sequence[str], k: int = 10) -> list[dict]:
+def confusion_cells(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero cells of the confusion matrix: ((true, predicted) pairs, counts), in
+    O(n) memory whatever the number of classes."""
+    cells, counts = np.unique(np.stack([np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)],
+                                       axis=1).reshape(-1, 2), axis=0, return_counts=True)
+    return cells, counts
+
+
+def top_confused_pairs(cells: np.ndarray, counts: np.ndarray, class_names: Sequence[str], k: int = 10) -> list[dict]:
     """The most frequent (true, predicted) mistakes: readable where a 200x200 picture is not."""
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    flat = np.argsort(-off, axis=None, kind="stable")[:k]
-    pairs = []
-    for index in flat:
-        t, p = np.unravel_index(index, off.shape)
-        if off[t, p] == 0:
-            break
-        pairs.append({"true": class_names[t], "predicted": class_names[p], "count": int(off[t, p])})
-    return pairs
+    wrong = np.flatnonzero(cells[:, 0] != cells[:, 1]) if len(cells) else np.zeros(0, dtype=int)
+    order = wrong[np.argsort(-counts[wrong], kind="stable")][:k]
+    return [{"true": class_names[cells[i, 0]], "predicted": class_names[cells[i, 1]], "count": int(counts[i])}
+            for i in order]
 
 
 def text_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.core.errors import TunelabError
+from tunelab.core.errors import TunelabError, counted
 from tunelab.core.files import PREDICTOR_FILE, read_json_file, read_predictor, read_yaml_file
 
 
@@ -147,5 +147,7 @@ def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
 def check_texts(inputs: Sequence[str]) -> list[str]:
     bad = [i + 1 for i, t in enumerate(inputs) if not isinstance(t, str) or not t.strip()]
     if bad:
-        raise TunelabError(f"{len(bad)} inputs are empty (positions {', '.join(map(str, bad[:8]))})")
+        where = ", ".join(map(str, bad[:8]))
+        positions = "positions" if len(bad) > 1 else "position"
+        raise TunelabError(f"{counted(len(bad), 'input is', 'inputs are')} empty ({positions} {where})")
     return list(inputs)

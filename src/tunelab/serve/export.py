@@ -13,6 +13,7 @@ recorded, not enforced).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -168,6 +169,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
             int8_session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
             int8, int8_outputs = served_by(lambda x: onnx_outputs(int8_session, graph, x))
             record["int8"] = _int8_change(reference, int8, gold, float(np.abs(reference_outputs - int8_outputs).max()))
+        record["files"] = {f.name: file_sha256(f) for f in (path, staging / "model.int8.onnx") if f.is_file()}
         atomic_write_bytes(staging / "export.json", (json.dumps(record, indent=2) + "\n").encode())
         if target.exists():
             shutil.rmtree(target)
@@ -268,6 +270,25 @@ def onnx_outputs(session, graph, inputs, batch_size: int = 32) -> np.ndarray:
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_session(ort, file: Path):
+    """An ONNX Runtime session on the CPU; a file it refuses (damaged, external data it
+    will not read, an unsupported operator) stops in one line naming it."""
+    try:
+        return ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own exception types
+        first = " ".join(str(exc).split())[:200]
+        raise TunelabError(f"ONNX Runtime cannot load {file} ({type(exc).__name__}: {first}); export the run "
+                           "again") from None
+
+
 def onnx_predictor(run_dir: str | Path, int8: bool = False):
     """``predict`` through ONNX Runtime: the exported graph, then the task's own predictor
     around it (a classifier, a head); no PyTorch model is loaded."""
@@ -290,7 +311,12 @@ def onnx_predictor(run_dir: str | Path, int8: bool = False):
         hint = " --quantize int8" if int8 else ""
         raise TunelabError(f"{file} does not exist; create it with: tunelab export {run_dir} --format onnx{hint}")
     record = read_json_file(folder / "export.json")
-    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    recorded = (record.get("files") or {}).get(file.name)
+    if recorded is not None and file_sha256(file) != recorded:
+        raise TunelabError(f"{file} is not the file tunelab exported for this run (its content changed since "
+                           f"export.json recorded it); export again: tunelab export {run_dir} --format onnx"
+                           + (" --quantize int8" if int8 else ""))
+    session = onnx_session(ort, file)
     if record.get("input_kind") == "images":
         from transformers import AutoImageProcessor
 

@@ -47,15 +47,14 @@ from tunelab.core.config import (
     merge_settings,
     set_dotted,
 )
-from tunelab.core.errors import TunelabError
+from tunelab.core.errors import TunelabError, counted
+from tunelab.core.files import PLAIN_NAME
 from tunelab.core.registry import all_tasks, get_task
 from tunelab.tasks.lifecycle import run_task
 
 logger = logging.getLogger(__name__)
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# Step names name run directories inside the study directory: plain names, never paths.
-STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 100  # well inside any file system's limit for one path component
 # Files of the study directory itself: no step may take these names.
 RESERVED_NAMES = frozenset({"study.json", "report.md", "report.html", "report_files", "predictions", "model"})
@@ -170,11 +169,28 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
     runs = []
     for step in steps:
         runs += expand_matrix(step, {**study_matrix, **matrices[step.name]}, variables, origin)
-    run_names = [r.name for r in runs]
-    if len(set(run_names)) != len(run_names):
-        raise ConfigError(f"{origin}: the matrices give two runs the same name; rename a step")
+    _check_run_names(runs, origin)
     return Study(str(values.get("name") or Path(source).stem), runs, variables, settings, values.get("baseline"),
                  overrides, _check_published(values.get("published"), origin))
+
+
+def _check_run_names(runs: list[Step], origin: str) -> None:
+    """No two runs may share a folder: names equal (or equal but for case, which is one
+    folder on macOS and Windows), or a run named as a search's own runs
+    (``<step>-best``, ``<step>-trial<N>``) or files (``<step>.search.json``)."""
+    seen: dict[str, str] = {}
+    for run in runs:
+        other = seen.get(run.name.lower())
+        if other is not None:
+            raise ConfigError(f"{origin}: runs {other!r} and {run.name!r} would share one folder (names equal but "
+                              "for case, or matrices giving two runs one name); rename a step")
+        seen[run.name.lower()] = run.name
+    for searched in (r for r in runs if r.search is not None):
+        own = re.compile(re.escape(searched.name.lower()) + r"(-best|-trial\d+|\.search\.json|\.search\.journal)")
+        for run in runs:
+            if run is not searched and own.fullmatch(run.name.lower()):
+                raise ConfigError(f"{origin}: step {run.name!r} takes a name of the search of step "
+                                  f"{searched.name!r} ({searched.name}-best, {searched.name}-trial<N>); rename it")
 
 
 def _check_published(published: Any, origin: str) -> dict[str, Any]:
@@ -193,7 +209,7 @@ def _check_published(published: Any, origin: str) -> dict[str, Any]:
 
 
 def _check_name(name: str, origin: str) -> None:
-    if not STEP_NAME.fullmatch(name) or name in (".", ".."):
+    if not PLAIN_NAME.fullmatch(name):
         raise ConfigError(f"{origin}: step name {name!r} is not a plain name; use letters, digits, '.', '_' "
                           "and '-' (it names the step's run directory inside the study directory)")
     if name.lower() in RESERVED_NAMES:
@@ -333,20 +349,54 @@ def open_study_directory(root: Path):
     """Take the study directory for this study alone: a folder that holds files but no
     tunelab marker is refused (it is the user's), and the marker's lock is held until
     the study ends, so a second study on the same --out stops at once."""
-    from tunelab.core.runs import MARKER, is_run_directory, lock_run_directory
+    from tunelab.core.runs import lock_run_directory
 
     if root.exists() and not root.is_dir():
         raise TunelabError(f"--out {root} is a file; pass a directory")
     if root.is_symlink():
         raise TunelabError(f"--out {root} is a symbolic link; pass a real directory")
-    if root.is_dir() and any(root.iterdir()) and not is_run_directory(root):
-        raise TunelabError(f"--out {root} holds files that tunelab did not write (no {MARKER} file); "
-                           "choose a new or empty directory")
+    if root.is_dir() and any(root.iterdir()):
+        check_study_directory(root)
     try:
-        return lock_run_directory(root)
+        lock = lock_run_directory(root)
     except TunelabError:
         raise TunelabError(f"another tunelab study is running in {root}; wait for it or choose another --out") \
             from None
+    if root.is_dir() and any(root.iterdir()):
+        try:
+            check_study_directory(root)  # again, now that no other process can change it
+        except TunelabError:
+            lock.close() if lock is not None else None
+            raise
+    return lock
+
+
+def check_study_directory(root: Path) -> None:
+    """A folder a study may continue in: a study directory tunelab made (its marker holds
+    a run id that study.json repeats, where the study got that far) holding only its own
+    runs. A run directory, a folder of the user's, or a planted or empty marker is
+    refused, so nothing in it is ever overwritten."""
+    from tunelab.core.runs import MARKER, RUN_RECORDS, is_run_directory, marker_run_id
+
+    if not is_run_directory(root):
+        raise TunelabError(f"--out {root} holds files that tunelab did not write (no {MARKER} file); "
+                           "choose a new or empty directory")
+    records = [name for name in RUN_RECORDS if (root / name).exists()]
+    if records:
+        raise TunelabError(f"--out {root} is a single run's directory ({records[0]}), not a study's; choose a new "
+                           "or empty directory for the study")
+    run_id = marker_run_id(root)
+    if run_id is None:
+        raise TunelabError(f"--out {root}: its {MARKER} holds no run id, so tunelab cannot tell it made this folder; "
+                           "choose a new or empty directory")
+    if (root / "study.json").exists():
+        try:
+            recorded = json.loads((root / "study.json").read_text(encoding="utf-8")).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != run_id:
+            raise TunelabError(f"--out {root}: its study.json and {MARKER} do not agree, so tunelab cannot tell it "
+                               "made this folder; choose a new or empty directory")
 
 
 def _recorded_request(run_dir: Path) -> str | None:
@@ -368,7 +418,8 @@ def _complete_with(run_dir: Path, command: str, config) -> bool:
     recorded = read_inputs_record(run_dir)
     try:
         model_unchanged = recorded["model"] is None or \
-            resolve_model(config.model).fingerprint() == recorded["model"]["fingerprint"]
+            resolve_model(config.model).fingerprint_like(recorded["model"]["fingerprint"]) == \
+            recorded["model"]["fingerprint"]
         dataset = resolve_dataset(config.data.dataset, getattr(config.data, "dataset_config", None))
         return model_unchanged and dataset.fingerprint() == recorded["dataset"]["fingerprint"]
     except TunelabError:
@@ -407,6 +458,8 @@ def run_study(study: Study, out: str | Path | None = None, jobs: int = 1, execut
 
 def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
                       ray_address: str | None) -> list[StepOutcome]:
+    if not (root / "study.json").exists():  # recorded at once: a killed study's folder is still known as its
+        _write_state(root, study, [])
     outcomes: dict[str, list[StepOutcome]] = {}
     todo: list[PlannedRun] = []
     searches: list[dict] = []
@@ -488,7 +541,8 @@ def _run_searched_step(study: Study, step: Step, root: Path, jobs: int, executor
     parallel = jobs if executor != "ray" else max(jobs, 2)
     try:
         record = run_search(step.name, step.search, root, TrialRun(
-            config_for, run, lambda config, out: _complete_with(out, step.command, config), run_many, parallel))
+            config_for, run, lambda config, out: _complete_with(out, step.command, config), run_many, parallel),
+            identity=_search_identity(step, config_for({}, ["validation"])))
     except TunelabError as exc:
         return {"step": step.name, "error": str(exc)}, [_outcome(step, "failed", str(exc))]
     found = []
@@ -502,13 +556,27 @@ def _run_searched_step(study: Study, step: Step, root: Path, jobs: int, executor
     if best is not None:
         status = best.get("status", "failed")
         outcome = _outcome(step, status if status in ("completed", "reused") else "failed",
-                           f"best of {len(record['trials'])} trials: trial {best['trial']}, chosen on "
+                           f"best of {counted(len(record['trials']), 'trial')}: trial {best['trial']}, chosen on "
                            f"{best['chosen_on']}" if status in ("completed", "reused") else status)
         outcome.name = best["run"]
         found.append(outcome)
     else:
         found.append(_outcome(step, "failed", "no trial completed"))
     return record, found
+
+
+def _search_identity(step: Step, base_config) -> dict[str, Any]:
+    """What a search searches: the step's settings, the data's and the model's content,
+    the space, metric, sampler, pruner and seed (not the trial budget: raising it
+    continues the same search)."""
+    from tunelab.data.sources import resolve_dataset
+    from tunelab.models.resolve import resolve_model
+
+    spec = {k: v for k, v in step.search.record().items() if k != "trials"}
+    dataset = resolve_dataset(base_config.data.dataset, getattr(base_config.data, "dataset_config", None))
+    model = getattr(base_config, "model", None)
+    return {"settings": dump_yaml(base_config, step.command), "data": dataset.fingerprint(),
+            "model": resolve_model(model).fingerprint() if model else None, **spec}
 
 
 def _outcome(step: Step, status: str, detail: str = "", seconds: float = 0.0) -> StepOutcome:
@@ -631,11 +699,10 @@ def _remote_run(command: str, config_yaml: str, out: str, mode: str,
     a search trial's environment while it runs)."""
     import os
 
-    import yaml
-
     from tunelab.core.config import from_dict
+    from tunelab.core.files import load_yaml
 
-    values = yaml.safe_load(config_yaml)
+    values = load_yaml(config_yaml)
     values.pop("command", None)
     config = from_dict(get_task(command).config_class, values)
     before = {key: os.environ.get(key) for key in (env or {})}

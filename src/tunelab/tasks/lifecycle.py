@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.errors import DataError, TunelabError
+from tunelab.core.errors import DataError, TunelabError, counted
 from tunelab.core.runs import RunDirectory, environment
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def describe_data(dataset) -> None:
     for note in dataset.notes:
         logger.info("data: %s", note)
     sizes = ", ".join(f"{name} {len(split):,}" for name, split in dataset.splits.items())
-    classes = f"{len(dataset.class_names)} classes" if dataset.class_names else "numeric targets"
+    classes = counted(len(dataset.class_names), "class", "classes") if dataset.class_names else "numeric targets"
     logger.info("data: %s, %s; splits: %s", dataset.problem, classes, sizes)
 
 
@@ -254,6 +254,9 @@ def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device,
     unknown = set(outcome.throughput) - set(THROUGHPUT_KEYS)
     if unknown:
         raise TunelabError(f"internal: throughput keys {sorted(unknown)} are not in the schema")
+    # Label-derived figures only of the splits this run used: a search trial scored on
+    # validation carries no number computed from test labels.
+    used = {"train", "validation", *prepared.eval_splits}
     return {
         "command": command,
         "model": prepared.config.model,
@@ -265,8 +268,8 @@ def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device,
                    **peak_memory()},
         "environment": {**environment(str(device)), "processes": world},
         "skipped": skipped_record(outcome.skipped),
-        "data": {**data_block(prepared.dataset), "labels_seen": labels_seen(prepared.dataset, outcome),
-                 **({"majority_accuracy": floors} if (floors := majority_accuracy(prepared.dataset)) else {})},
+        "data": {**data_block(prepared.dataset, used), "labels_seen": labels_seen(prepared.dataset, outcome),
+                 **({"majority_accuracy": floors} if (floors := majority_accuracy(prepared.dataset, used)) else {})},
         "task": outcome.task,
     }
 
@@ -349,16 +352,17 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
     return RunResult(path, metrics)
 
 
-def majority_accuracy(dataset) -> dict[str, float]:
-    """Per evaluation split, the accuracy of always predicting the training split's most
-    frequent class: the floor every classifier must clear (free to compute)."""
+def majority_accuracy(dataset, used: set[str] | None = None) -> dict[str, float]:
+    """Per evaluation split (of those ``used``), the accuracy of always predicting the
+    training split's most frequent class: the floor every classifier must clear."""
     from tunelab.problems import get_problem
 
     problem = get_problem(dataset.problem)
     if "train" not in dataset.splits or not len(dataset.splits["train"]):
         return {}
     floors = {name: problem.majority_accuracy(dataset.splits["train"].labels, split.labels)
-              for name, split in dataset.splits.items() if name != "train" and len(split)}
+              for name, split in dataset.splits.items() if name != "train" and len(split)
+              and (used is None or name in used)}
     return {name: value for name, value in floors.items() if value is not None}
 
 
@@ -417,16 +421,16 @@ def recorded_model(run_dir: Path, configured: str):
     return model_from_record(record["model"], run_dir)
 
 
-def data_block(dataset) -> dict[str, Any]:
+def data_block(dataset, used: set[str] | None = None) -> dict[str, Any]:
     """metrics.json's ``data``: the problem, classes, split sizes and class counts (or the
-    targets' range), what was inferred, the positive class."""
+    targets' range; of the splits ``used`` only), what was inferred, the positive class."""
     from tunelab.problems import get_problem
 
     problem = get_problem(dataset.problem)
     block = {"problem": problem.name, "class_names": dataset.class_names,
              "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes,
              "class_counts": {name: problem.target_counts(split.labels, dataset.class_names)
-                              for name, split in dataset.splits.items()}}
+                              for name, split in dataset.splits.items() if used is None or name in used}}
     if problem.exclusive_classes and len(dataset.class_names) == 2:
         block["positive_class"] = dataset.class_names[1]
     if getattr(dataset, "text_pair_column", None):

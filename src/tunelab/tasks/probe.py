@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, setting
-from tunelab.core.errors import TunelabError
+from tunelab.core.errors import DataError, TunelabError, counted
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.encoders.text import FeatureCache, FeatureConfig, cached_features
@@ -115,6 +115,10 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         if context.rank != 0:
             continue
         usable = np.isfinite(vectors).all(axis=1)
+        if images and config.images.strict and not usable.all():  # also when the features came from the cache
+            bad = [str(data.ids[i]) for i in np.flatnonzero(~usable)]
+            raise DataError(f"--strict: {counted(len(bad), 'image')} in {split} could not be read ({bad[0]}"
+                            f"{', ...' if len(bad) > 1 else ''}); mend or remove them, or drop --strict to skip them")
         if not usable.all():  # unreadable images (or non-finite features): drop and report them
             skipped += [data.ids[i] for i in np.flatnonzero(~usable)]
             dataset.splits[split] = data.subset(np.flatnonzero(usable))

@@ -40,6 +40,7 @@ from tunelab.core.errors import ConfigError, DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor, read_yaml_file
 from tunelab.problems import get_problem
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
+from tunelab.tasks.likelihood import Prompting, fit_prompts, likelihood_raw
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ def class_descriptions(class_names: list[str], label_names: list[str] | None, de
                               f"({', '.join(class_names)}); give one per class, in that order")
         if any(not name.strip() for name in label_names):
             raise ConfigError("--label-names holds an empty name")
+        folded = [name.strip().lower() for name in label_names]
+        repeated = next((name for name in folded if folded.count(name) > 1), None)
+        if repeated is not None:
+            raise ConfigError(f"--label-names names two classes {repeated!r}; give each class its own name")
         described = {c: [n.strip()] for c, n in zip(class_names, label_names)}
     else:
         known = KNOWN_DATASETS.get(dataset)
@@ -133,8 +138,12 @@ def prepare_texts(config, source, dataset) -> Prepared:
 
         if config.in_context and "train" not in dataset.splits:
             raise DataError("--in-context draws its examples from a train split, and there is none")
-        parts["examples"] = in_context_examples(dataset, descriptions, config.in_context, config.seed)
         parts["model"], parts["tokenizer"] = load_causal_lm(source, _dtype(config))
+        scored = list(dict.fromkeys([*eval_splits, *(["train"] if config.calibrate else []),
+                                     *(["validation"] if "validation" in dataset.splits else [])]))
+        parts["prompting"] = fit_prompts(parts["model"], parts["tokenizer"], dataset, descriptions, templates,
+                                         config.in_context, config.seed, config.features.max_length,
+                                         [t for s in scored for t in dataset.splits[s].inputs.texts])
     else:
         from tunelab.encoders.text import TextFeatureExtractor
 
@@ -147,73 +156,6 @@ def _dtype(config):
     from tunelab.core.runtime import resolve_device, resolve_dtype
 
     return resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
-
-
-def in_context_examples(dataset, descriptions: dict[str, list[str]], per_class: int, seed: int) -> list[dict]:
-    """``per_class`` training examples of each class (all of a smaller class), drawn with
-    the seed and shuffled together, so no class always comes last in the prompt."""
-    if not per_class:
-        return []
-    rng = np.random.default_rng(seed)
-    train = dataset.splits["train"]
-    chosen = []
-    for index in range(len(dataset.class_names)):
-        rows = np.flatnonzero(train.labels == index)
-        chosen += list(rng.choice(rows, size=min(per_class, len(rows)), replace=False))
-    chosen = [int(i) for i in rng.permutation(chosen)]
-    pairs = train.inputs.pairs
-    return [{"text": train.inputs.texts[i], **({"pair": pairs[i]} if pairs is not None else {}),
-             "label": dataset.class_names[int(train.labels[i])],
-             "answer": descriptions[dataset.class_names[int(train.labels[i])]][0]} for i in chosen]
-
-
-def _shown(text: str, pair: str | None) -> str:
-    return f"Text: {text}\n" + (f"Second text: {pair}\n" if pair is not None else "")
-
-
-def likelihood_prompts(tokenizer, text: str, pair: str | None, template: str, examples: list[dict],
-                       options: list[str]) -> tuple[str, str, str]:
-    """(context, the template's words after the label, whitespace moved off the context)
-    for one text: the instruction, the examples, the text, then the template's words
-    before ``{}``. A trailing space belongs to the label's first token in byte-level
-    vocabularies, so it moves from the context to the continuation."""
-    prefix, suffix = template.split("{}", 1)
-    stripped = prefix.rstrip()
-    space = prefix[len(stripped):]
-    intro = f"Classify the text. Labels: {', '.join(options)}.\n\n"
-    shots = "".join(f"{_shown(e['text'], e.get('pair'))}{template.replace('{}', e['answer'])}\n\n"
-                    for e in examples)
-    if getattr(tokenizer, "chat_template", None):
-        message = intro + shots + _shown(text, pair).rstrip()
-        context = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                                add_generation_prompt=True)
-        return context + stripped, suffix, space
-    return intro + shots + _shown(text, pair) + stripped, suffix, space
-
-
-def likelihood_raw(model, tokenizer, inputs, descriptions: dict[str, list[str]], templates: list[str],
-                   examples: list[dict], config, device, desc: str) -> np.ndarray:
-    """(texts, classes): each class's descriptions scored after each template's prompt,
-    averaged over descriptions and templates. Each prompt runs through the model once."""
-    from tunelab.encoders.decoder import label_scores
-
-    names = list(descriptions)
-    options = [descriptions[n][0] for n in names]
-    owners = np.repeat(np.arange(len(names)), [len(descriptions[n]) for n in names])  # class of each description
-    pairs = inputs.pairs or [None] * len(inputs.texts)
-    total = np.zeros((len(inputs.texts), len(names)))
-    for template in templates:
-        prompts = [likelihood_prompts(tokenizer, text, pair, template, examples, options)
-                   for text, pair in zip(inputs.texts, pairs)]
-        space, suffix = prompts[0][2], prompts[0][1]  # the template's: the same for every text
-        scores = label_scores(model, tokenizer, [p[0] for p in prompts],
-                              [space + d + suffix for n in names for d in descriptions[n]],
-                              config.features.batch_size, device, config.runtime.precision,
-                              config.features.max_length, desc,
-                              add_special_tokens=not getattr(tokenizer, "chat_template", None))
-        for column in range(len(names)):
-            total[:, column] += scores[:, owners == column].mean(1)
-    return total / len(templates)
 
 
 def load_nli(source, config) -> dict:
@@ -329,12 +271,13 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
                   "contradiction": parts["contradiction"]}
     elif config.method == "likelihood":
         model = parts["model"].to(context.device)
+        prompting = parts["prompting"]
         for split in needs:
             raw[split] = likelihood_raw(model, parts["tokenizer"], dataset.splits[split].inputs,
-                                        parts["descriptions"], parts["templates"], parts["examples"], config,
+                                        parts["descriptions"], parts["templates"], prompting, config,
                                         context.device, f"{split} texts x {len(dataset.class_names)} labels")
         kind = "probability"  # label log-likelihoods compete across the classes
-        record = {"examples": parts["examples"], "in_context": config.in_context,
+        record = {**prompting.record(), "in_context_requested": config.in_context,
                   "chat_template": bool(getattr(parts["tokenizer"], "chat_template", None)),
                   "score": "mean log-probability per token of the label after the prompt"}
     else:
@@ -377,7 +320,7 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     task = {"text": {"method": config.method, "templates": parts["templates"],
                      "descriptions": parts["descriptions"], "score": kind, **record}}
-    examples_seen = len(parts.get("examples") or [])
+    examples_seen = len(parts["prompting"].examples) if "prompting" in parts else 0
     if threshold_record is not None:
         task["threshold"] = threshold_record
     return Outcome(
@@ -421,9 +364,11 @@ def text_predictor(run_dir: Path, config, source):
         model, tokenizer = load_causal_lm(source, _dtype(config))
         model.to(device)
 
+        prompting = Prompting.from_record(saved)
+
         def raw_scores(inputs):
-            return likelihood_raw(model, tokenizer, inputs, saved["descriptions"], saved["templates"],
-                                  saved["examples"], config, device, "texts"), "probability"
+            return likelihood_raw(model, tokenizer, inputs, saved["descriptions"], saved["templates"], prompting,
+                                  config, device, "texts"), "probability"
     else:
         embeddings = read_safetensors(run_dir / "model" / EMBEDDINGS_FILE)["embeddings"]
         extractor = TextFeatureExtractor(source, config.features, config.runtime)
