@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from tunelab.data.images import ClipPreprocess, image_loader, load_image_dataset
     from tunelab.encoders.clip import class_embeddings, image_embeddings, logit_scale, score_loader
     from tunelab.models.architectures import arch_config, char_clip_tokenizer, clip_image_processor
-    from tunelab.scoring.evaluation import ScoreAccumulator
+    from tunelab.problems.scores import ScoreAccumulator
 
     transformers.logging.set_verbosity_error()
     device = resolve_device(args.device)

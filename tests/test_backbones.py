@@ -5,7 +5,7 @@ memory estimate."""
 import pytest
 
 from tunelab.cli import main
-from tunelab.models.info import model_info
+from tunelab.training.info import model_info
 
 
 def test_qwen25_as_a_two_label_classifier_and_its_lora_counts():
@@ -556,7 +556,7 @@ def test_a_shared_setting_no_command_has_is_one_line(tmp_path, capsys):
 
 
 def test_pareto_optimal_over_several_costs():
-    from tunelab.report.analysis import pareto_optimal
+    from tunelab.analysis.comparisons import pareto_optimal
 
     costs = [(1, 10, 5), (2, 10, 5), (1, 10, 5), (3, 1, 1)]
     scores = [0.8, 0.9, 0.7, 0.6]

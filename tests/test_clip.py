@@ -29,7 +29,7 @@ def clip_ft(model, data, out, *extra):
 
 
 def test_reference_lora_counts_on_vit_b16(capsys):
-    from tunelab.models.info import model_info
+    from tunelab.training.info import model_info
 
     info = model_info("openai/clip-vit-base-patch16", random_init=True, lora_r=8, lora_targets=["q_proj", "v_proj"])
     assert (info.trainable, info.total) == (491_520, 150_112_257)
@@ -41,7 +41,7 @@ def test_reference_lora_counts_on_vit_b16(capsys):
 
 
 def test_distilbert_architecture_count():
-    from tunelab.models.info import model_info
+    from tunelab.training.info import model_info
 
     assert model_info("distilbert-base-uncased", random_init=True).total == 66_362_880
 
@@ -135,7 +135,7 @@ def test_lora_trains_only_adapters(lora_run, tiny_clip_dir):
     params = metrics_of(lora_run)["params"]
     # q_proj and v_proj in 2 layers of each tower, hidden 32, r 8: 8 modules x (32*8 + 8*32)
     assert params["trainable"] == 8 * (32 * 8 + 8 * 32)
-    from tunelab.models.info import model_info
+    from tunelab.training.info import model_info
 
     assert params["total"] == model_info(str(tiny_clip_dir)).total + params["trainable"]
     assert (lora_run / "model" / "adapter" / "adapter_model.safetensors").is_file()  # the adapter alone

@@ -7,7 +7,7 @@ from tunelab.tasks.probe import ProbeConfig
 
 
 def test_defaults_are_the_reference_settings():
-    from tunelab.scoring.classifiers import resolve_kind
+    from tunelab.models.classifiers import resolve_kind
 
     config = ProbeConfig()
     assert config.model == "distilbert-base-uncased"

@@ -66,7 +66,7 @@ def test_report_images_get_plain_names_whatever_they_are_built_from():
 
 
 def test_a_torn_or_short_predictions_file_is_left_out_of_pairing_and_said(study_dir, capsys):
-    from tunelab.report.analysis import Group, compare, find_runs
+    from tunelab.analysis.comparisons import Group, compare, find_runs
 
     records = {r.name: r for r in find_runs([study_dir])}
     floor, tfidf = Group("majority", "majority", [records["majority"]]), Group("tfidf", "tfidf", [records["tfidf"]])
@@ -371,8 +371,9 @@ def test_in_context_examples_are_fitted_to_the_context_and_recorded(tmp_path, ca
     assert text["in_context_requested"] == 100000 and 0 <= used < 10
     assert len(text["examples"]) == 3 * used and metrics_of(out)["data"]["labels_seen"] == 3 * used
     assert "--in-context 100000" in caplog.text
-    from tunelab.tasks.likelihood import likelihood_prompts
     from transformers import AutoTokenizer
+
+    from tunelab.tasks.likelihood import likelihood_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     longest = max((r["text"] for r in rows_of(data / "test.csv")), key=len)

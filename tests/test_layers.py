@@ -67,6 +67,42 @@ def test_no_import_cycle_even_inside_functions():
     assert cycle is None, " -> ".join(cycle)
 
 
+# The packages, lowest first (the README's layout): a package imports only packages
+# before it in this list, imports inside functions included.
+LAYERS = ("core", "problems", "data", "models", "encoders", "training", "tasks", "analysis", "report", "study",
+          "serve", "cli", "__main__")
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "tunelab"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    found = []
+    for name, targets in graph.items():
+        source = package_of(name)
+        if source == "tunelab":  # the package root: lazy names of every layer, for users
+            continue
+        for target in targets:
+            if package_of(target) != source and rank[package_of(target)] > rank[source]:
+                found.append(f"{name} -> {target}")
+    return sorted(found)
+
+
+def test_packages_are_layers():
+    graph = import_graph()
+    shipped_data = {"presets", "templates", "archs"}  # folders of files the package ships, no code
+    assert {package_of(m) for m in graph} - {"tunelab"} - shipped_data == set(LAYERS)  # each has its place
+    assert upward_imports(graph) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert upward_imports({"tunelab.core.x": {"tunelab.tasks.y"}, "tunelab.tasks.y": set()}) == \
+        ["tunelab.core.x -> tunelab.tasks.y"]
+
+
 def test_the_finder_sees_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 

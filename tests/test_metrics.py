@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tunelab.scoring.metrics import classification_metrics, confusion_cells, top_confused_pairs, top_k_accuracy
+from tunelab.problems.metrics import classification_metrics, confusion_cells, top_confused_pairs, top_k_accuracy
 
 
 def test_binary_uses_positive_class():

@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import write_csv
 from tunelab.cli import main
-from tunelab.scoring.metrics import classification_metrics
+from tunelab.problems.metrics import classification_metrics
 
 CONTRACT_FILES = ["config.yaml", "command.txt", "metrics.json", "report.md", "model/classifier.skops",
                   "predictions/validation.csv", "predictions/test.csv",
@@ -201,7 +201,7 @@ def test_existing_run_is_not_overwritten(capsys, probe_run, tiny_bert_dir, topic
 
 
 def test_failed_run_leaves_no_metrics(capsys, tiny_bert_dir, topic_folder, tmp_path, monkeypatch):
-    import tunelab.scoring.evaluation as evaluation
+    import tunelab.tasks.evaluation as evaluation
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -226,7 +226,7 @@ def test_tune_with_an_empty_grid(capsys, tiny_bert_dir, topic_folder, tmp_path):
 
 def test_tune_without_validation():
     from tunelab.core.errors import TunelabError
-    from tunelab.scoring.classifiers import ClassifierConfig, fit_classifier
+    from tunelab.models.classifiers import ClassifierConfig, fit_classifier
 
     x, y = np.random.default_rng(0).normal(size=(12, 3)), np.array([0, 1] * 6)
     with pytest.raises(TunelabError, match="picks C on the validation split, and this dataset has none"):

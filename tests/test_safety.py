@@ -94,7 +94,7 @@ def test_study_rerun_never_deletes_a_folder_it_did_not_create(tmp_path, tiny_ber
 
 
 def test_a_failed_overwrite_keeps_the_old_run(capsys, probe_run, tiny_bert_dir, topic_folder, monkeypatch):
-    import tunelab.scoring.evaluation as evaluation
+    import tunelab.tasks.evaluation as evaluation
 
     before = tree(probe_run)
 
@@ -173,7 +173,7 @@ def test_scores_map_through_the_estimators_own_classes():
     from sklearn.svm import SVC
 
     from tunelab.problems.base import class_scores
-    from tunelab.scoring.evaluation import ClassScores
+    from tunelab.problems.scores import ClassScores
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4)) + np.repeat(np.eye(4)[[0, 2, 3]] * 4, 20, axis=0)
@@ -188,8 +188,8 @@ def test_scores_map_through_the_estimators_own_classes():
 
 def test_top5_never_below_top1_when_prediction_and_scores_disagree():
     """An SVC votes one-vs-one but scores one-vs-rest: the vote leads the top-k list."""
-    from tunelab.scoring.evaluation import ClassScores
-    from tunelab.scoring.metrics import classification_metrics
+    from tunelab.problems.metrics import classification_metrics
+    from tunelab.problems.scores import ClassScores
 
     scores = np.tile(np.arange(12, dtype=float), (4, 1))  # class 11 scores best everywhere
     predicted = np.array([0, 1, 2, 3])  # the votes say otherwise

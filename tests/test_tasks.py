@@ -91,8 +91,9 @@ def _word_vote_task():
     from tunelab.core.config import DataConfig, RuntimeConfig, TrackingConfig, setting
     from tunelab.core.registry import Task
     from tunelab.data.text import load_text_dataset
-    from tunelab.scoring.evaluation import ClassScores, evaluate_split
-    from tunelab.scoring.predictors import Prediction
+    from tunelab.models.predictor import Prediction
+    from tunelab.problems.scores import ClassScores
+    from tunelab.tasks.evaluation import evaluate_split
     from tunelab.tasks.lifecycle import Outcome, Prepared
 
     @dataclasses.dataclass
@@ -383,7 +384,7 @@ def test_sampler_resumes_mid_epoch_to_the_same_order():
 def test_score_accumulator_keeps_top_k_and_absorbs_shards():
     import torch
 
-    from tunelab.scoring.evaluation import ScoreAccumulator
+    from tunelab.problems.scores import ScoreAccumulator
 
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(10, 12)).astype(np.float32)
@@ -405,7 +406,7 @@ def test_score_accumulator_keeps_top_k_and_absorbs_shards():
 
 
 def test_top_k_loss_is_exact_with_every_class_and_bounded_with_the_top_k():
-    from tunelab.scoring.evaluation import ClassScores, top_k_nll
+    from tunelab.problems.scores import ClassScores, top_k_nll
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(6, 4)) * 3

@@ -380,7 +380,7 @@ def test_few_shot_runs_choose_on_k_validation_labels_per_class(tmp_path, topics)
 
 
 def test_seed_aware_test_does_not_call_noise_significant():
-    from tunelab.scoring.stats import holm, paired_test
+    from tunelab.core.stats import holm, paired_test
 
     rng = np.random.default_rng(1)
     gold = [str(g) for g in rng.integers(0, 2, 1066)]
@@ -413,7 +413,7 @@ def label_rows(run: Path, split: str = "test") -> list[tuple[str, str]]:
 
 
 def test_metrics_recomputed_from_predictions_match_metrics_json(tmp_path):
-    from tunelab.scoring.stats import metric_from_predictions
+    from tunelab.core.stats import metric_from_predictions
 
     data = multilabel_data(tmp_path)
     out = tmp_path / "ml"

@@ -306,7 +306,7 @@ def _run_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from tunelab.report.analysis import find_runs
+    from tunelab.analysis.comparisons import find_runs
     from tunelab.report.document import write_report
 
     missing = [d for d in args.dirs if not Path(d).is_dir()]
@@ -320,7 +320,7 @@ def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.models.info import model_info
+    from tunelab.training.info import model_info
 
     targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
     info = model_info(args.model, random_init=args.random_init, lora_r=args.lora_r, lora_targets=targets,
@@ -388,7 +388,7 @@ def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _print_summary(result) -> None:
-    from tunelab.report.run_report import metrics_table
+    from tunelab.tasks.run_report import metrics_table
 
     if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return

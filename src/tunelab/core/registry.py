@@ -52,7 +52,7 @@ class Task:
     load_predictor: Callable[[Any, Any], Callable[[Sequence], list]] | None = None  # (run_dir, config) -> predict
     describe: Callable[[dict], str] | None = None  # metrics.json -> a few words for the report's tables
     # ONNX: the transformer part of a run's predictor as one graph ((run_dir, config) ->
-    # tunelab.models.graphs.ExportGraph), and the predictor built around any function that
+    # tunelab.encoders.graphs.ExportGraph), and the predictor built around any function that
     # computes that graph's output for TextInputs ((run_dir, config, encode) -> predict).
     # A task with both is exported by `tunelab export` and served by `predict --backend onnx`.
     export_graph: Callable[[Any, Any], Any] | None = None

@@ -18,9 +18,10 @@ import numpy as np
 from tunelab.core.config import DataConfig
 from tunelab.core.errors import DataError
 from tunelab.data import resample, sources
-from tunelab.data.labels import LabelledData, finish_splits, rows_have
+from tunelab.data.labels import LabelledData, finish_splits
 from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.problems import detect_problem, get_problem
+from tunelab.problems.labels import rows_have
 
 logger = logging.getLogger(__name__)
 

@@ -20,15 +20,10 @@ import numpy as np
 
 from tunelab.core.config import DataConfig
 from tunelab.core.errors import DataError
-from tunelab.data.labels import (
-    LabelledData,
-    describe_rows,
-    finish_splits,
-    label_text,
-    rows_have,
-)
+from tunelab.data.labels import LabelledData, finish_splits
 from tunelab.data.sources import TEXT_FILE_SUFFIXES, DatasetSource, load_hf_dataset, resolve_dataset, split_name_of
 from tunelab.problems import detect_problem
+from tunelab.problems.labels import describe_rows, label_text, rows_have
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.errors import ConfigError, ModelError
+from tunelab.core.files import read_predictor
+from tunelab.models.predictor import predictions_from
 from tunelab.models.resolve import ModelSource, load_config
 
 logger = logging.getLogger(__name__)
@@ -224,3 +226,29 @@ def load_class_embeddings(path: Path):
     if "class_embeddings" not in tensors or tensors["class_embeddings"].ndim != 2:
         raise RunFileError(f"{path} holds no class embeddings matrix; rerun the run that made it")
     return torch.from_numpy(tensors["class_embeddings"])
+
+
+def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
+    """Image files scored from their embeddings (``encode``: PyTorch or ONNX Runtime)
+    against the class embeddings the run saved (no prompt re-encoded): one class each, or
+    SigLIP's label sets. ``scoring``: the logit scale and bias, where the run did not
+    record them (runs before they were recorded, served by the model itself)."""
+    from tunelab.encoders.clip import load_class_embeddings
+    from tunelab.problems import get_problem
+    from tunelab.problems.scores import ClassScores, LabelScores
+
+    record = {**(scoring or {}), **read_predictor(run_dir)}
+    class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").numpy()
+    names = record["class_names"]
+    label_sets = not get_problem(record.get("problem")).exclusive_classes
+
+    def predict(paths) -> list:
+        from tunelab.data.images import files_split
+
+        split = files_split(list(getattr(paths, "texts", paths)))
+        logits = record["logit_scale"] * encode(split.ids) @ class_emb.T + record.get("logit_bias", 0.0)
+        scores = LabelScores(1 / (1 + np.exp(-logits)), record.get("threshold", 0.5), "probability") if label_sets \
+            else ClassScores.from_full(logits, "similarity")
+        return predictions_from(split.ids, scores, names)
+
+    return predict

@@ -392,7 +392,7 @@ def pair_features(extractor, inputs, encoding: str, desc: str, cache: FeatureCac
 
 def graph_outputs(module, tokenizer, inputs, max_length: int, batch_size: int = 64, device="cpu",
                   precision: str = "fp32", desc: str | None = None) -> np.ndarray:
-    """A module that maps token ids to one array per input (tunelab.models.graphs: pooled
+    """A module that maps token ids to one array per input (tunelab.encoders.graphs: pooled
     vectors, logits), over length-sorted, dynamically padded batches, in the inputs'
     order, float32; bf16 runs under autocast."""
     import torch

@@ -67,7 +67,7 @@ def classify_loader(model, loader, device, problem: str | None, precision: str =
 
     from tunelab.core.progress import progress
     from tunelab.problems import get_problem
-    from tunelab.scoring.evaluation import ScoreAccumulator
+    from tunelab.problems.scores import ScoreAccumulator
 
     kind, total = get_problem(problem), len(loader.dataset)
     preprocess = loader.dataset.preprocess

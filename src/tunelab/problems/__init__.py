@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tunelab.core.errors import ConfigError, DataError, counted
-from tunelab.data.labels import is_list, is_real_number, is_whole_number
 from tunelab.problems.base import Problem
+from tunelab.problems.labels import is_list, is_real_number, is_whole_number
 from tunelab.problems.multi_label import MultiLabel
 from tunelab.problems.regression import Regression
 from tunelab.problems.single_label import SingleLabel

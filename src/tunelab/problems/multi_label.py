@@ -23,7 +23,7 @@ class MultiLabel(Problem):
     tunes_threshold = True
 
     def encode_targets(self, labels, train_key, cfg, label_names):
-        from tunelab.data.labels import build_multilabel_space, encode_label_sets, label_sets
+        from tunelab.problems.labels import build_multilabel_space, encode_label_sets, label_sets
 
         sets = {name: label_sets(cells, cfg.label_separator) for name, (cells, _, _) in labels.items()}
         space = build_multilabel_space(sets[train_key], label_names)
@@ -44,7 +44,7 @@ class MultiLabel(Problem):
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
         import torch
 
-        from tunelab.scoring.evaluation import LabelScores
+        from tunelab.problems.scores import LabelScores
 
         return LabelScores(torch.sigmoid(torch.as_tensor(outputs).float()).numpy(), threshold, "probability")
 
@@ -52,7 +52,7 @@ class MultiLabel(Problem):
         return logits.float().sigmoid()
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.scoring.evaluation import LabelScores
+        from tunelab.problems.scores import LabelScores
 
         return LabelScores(np.asarray(outputs))
 
@@ -69,7 +69,7 @@ class MultiLabel(Problem):
         return labels.mean(0)
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.scoring.evaluation import LabelScores
+        from tunelab.problems.scores import LabelScores
 
         full = np.zeros(num_classes)
         full[: len(np.atleast_1d(prior))] = prior
@@ -86,7 +86,7 @@ class MultiLabel(Problem):
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
         from tunelab.problems.base import has_probabilities
-        from tunelab.scoring.evaluation import LabelScores
+        from tunelab.problems.scores import LabelScores
 
         if has_probabilities(estimator):
             return LabelScores(np.asarray(estimator.predict_proba(features)), threshold, "probability")

@@ -23,7 +23,7 @@ class Regression(Problem):
     shots_allowed = False
 
     def encode_targets(self, labels, train_key, cfg, label_names):
-        from tunelab.data.labels import LabelSpace, regression_targets
+        from tunelab.problems.labels import LabelSpace, regression_targets
 
         if cfg.class_weight:
             raise DataError("--class-weight balances classes, and a regression task has none; drop it")
@@ -44,7 +44,7 @@ class Regression(Problem):
         return {0: "value"}
 
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
-        from tunelab.scoring.evaluation import ValueScores
+        from tunelab.problems.scores import ValueScores
 
         return ValueScores(np.asarray(outputs, dtype=np.float32).reshape(-1).astype(np.float64))
 
@@ -52,7 +52,7 @@ class Regression(Problem):
         return logits.float().reshape(-1)
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.scoring.evaluation import ValueScores
+        from tunelab.problems.scores import ValueScores
 
         return ValueScores(np.asarray(outputs).reshape(-1))
 
@@ -65,7 +65,7 @@ class Regression(Problem):
         return np.atleast_1d(labels.mean(0))
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.scoring.evaluation import ValueScores
+        from tunelab.problems.scores import ValueScores
 
         return ValueScores(np.full(n, float(np.atleast_1d(prior)[0])))
 
@@ -75,7 +75,7 @@ class Regression(Problem):
         return Ridge(alpha=c)
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
-        from tunelab.scoring.evaluation import ValueScores
+        from tunelab.problems.scores import ValueScores
 
         return ValueScores(np.asarray(estimator.predict(features), dtype=np.float64))
 

@@ -24,7 +24,7 @@ class SingleLabel(Problem):
     def encode_targets(self, labels, train_key, cfg, label_names):
         import re
 
-        from tunelab.data.labels import build_label_space, encode_labels, is_list
+        from tunelab.problems.labels import build_label_space, encode_labels, is_list
 
         normalised = {}
         for name, (cells, source, ids) in labels.items():
@@ -54,7 +54,7 @@ class SingleLabel(Problem):
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
         import torch
 
-        from tunelab.scoring.evaluation import ClassScores
+        from tunelab.problems.scores import ClassScores
 
         return ClassScores.from_full(torch.softmax(torch.as_tensor(outputs).float(), dim=-1).numpy(), "probability")
 
@@ -62,7 +62,7 @@ class SingleLabel(Problem):
         return logits.argmax(dim=-1)
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.scoring.evaluation import ClassScores
+        from tunelab.problems.scores import ClassScores
 
         return ClassScores.from_full(np.eye(num_classes)[np.asarray(outputs)], "indicator")
 
@@ -79,7 +79,7 @@ class SingleLabel(Problem):
         return np.bincount(labels) / len(labels)
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.scoring.evaluation import ClassScores
+        from tunelab.problems.scores import ClassScores
 
         full = np.zeros(num_classes)
         full[: len(prior)] = prior
@@ -95,7 +95,7 @@ class SingleLabel(Problem):
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
         from tunelab.problems.base import class_scores
-        from tunelab.scoring.evaluation import ClassScores
+        from tunelab.problems.scores import ClassScores
 
         full, kind = class_scores(estimator, features, num_classes)
         return ClassScores.from_full(full, kind, predicted=estimator.predict(features))

@@ -15,10 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.core.errors import counted
-from tunelab.core.plots import figure, png
-from tunelab.core.runs import read_inside, read_text_inside
-from tunelab.report.analysis import (
+from tunelab.analysis.comparisons import (
     Claim,
     Family,
     Group,
@@ -38,8 +35,11 @@ from tunelab.report.analysis import (
     reliability,
     zero_label_references,
 )
-from tunelab.scoring.metrics import LOWER_IS_BETTER, below_majority, headline_metric
-from tunelab.scoring.stats import PairedTest, better, correlation_interval, seed_summary, wilson_interval
+from tunelab.core.errors import counted
+from tunelab.core.plots import figure, png
+from tunelab.core.runs import read_inside, read_text_inside
+from tunelab.core.stats import PairedTest, better, correlation_interval, seed_summary, wilson_interval
+from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority, headline_metric
 
 SEED_METRICS = ("accuracy", "f1_macro", "balanced_accuracy", "top5_accuracy", "ece", "f1_micro", "f1_samples",
                 "subset_accuracy", "mean_average_precision", "spearman", "pearson", "mse")

@@ -79,7 +79,7 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     from tunelab.core.config import config_from_run
     from tunelab.core.registry import get_task
     from tunelab.core.runs import atomic_write_bytes, lock_run_directory
-    from tunelab.scoring.predictors import as_text_inputs, run_command
+    from tunelab.models.predictor import as_text_inputs, run_command
 
     run_dir = Path(run_dir)
     task = get_task(run_command(run_dir))
@@ -296,8 +296,8 @@ def onnx_predictor(run_dir: str | Path, int8: bool = False):
 
     from tunelab.core.config import config_from_run
     from tunelab.core.registry import get_task
+    from tunelab.models.predictor import run_command
     from tunelab.models.resolve import load_pretrained
-    from tunelab.scoring.predictors import run_command
 
     ort = _require("onnxruntime")
     run_dir = Path(run_dir)

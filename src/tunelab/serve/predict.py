@@ -1,7 +1,7 @@
 """The predict command: predictions from a finished run directory, for new inputs. Each
 task says how its runs predict (``Task.load_predictor``); this module finds the run's
 task through the registry and calls it. What predictors are made of is in
-tunelab.scoring.predictors."""
+tunelab.models.predictor."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from tunelab.core.config import config_from_run
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import read_yaml_file
-from tunelab.scoring.predictors import Prediction, Predictor, run_command
+from tunelab.models.predictor import Prediction, Predictor, run_command
 
 PRECISIONS = ("fp32", "bf16", "fp16", "run")
 BACKENDS = ("torch", "onnx", "onnx-int8")

@@ -246,7 +246,7 @@ def _open_study(optuna, journal: Path, step_name: str, spec: SearchSpec):
     from optuna.storages.journal import JournalFileBackend
 
     from tunelab.core.trial import make_pruner
-    from tunelab.scoring.metrics import LOWER_IS_BETTER
+    from tunelab.problems.metrics import LOWER_IS_BETTER
 
     journal.parent.mkdir(parents=True, exist_ok=True)
     recover_journal(journal)

@@ -89,8 +89,8 @@ def tfidf_features(vectorizer, split):
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
-    from tunelab.scoring.classifiers import fit_classifier, predict_scores, save_classifier
-    from tunelab.scoring.evaluation import LabelScores, choose_threshold
+    from tunelab.models.classifiers import fit_classifier, predict_scores, save_classifier
+    from tunelab.problems.scores import LabelScores, choose_threshold
 
     if context.rank != 0:
         return None
@@ -158,7 +158,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def _classifier_config(config: BaselineConfig, problem: str, has_validation: bool):
     """The TF-IDF floor's linear model as a probe classifier: logistic regression (one-vs-
     rest for label sets) or ridge, its setting chosen on validation like the probe's."""
-    from tunelab.scoring.classifiers import ClassifierConfig
+    from tunelab.models.classifiers import ClassifierConfig
 
     kind = "logreg" if "logreg" in get_problem(problem).classifiers else get_problem(problem).default_classifier
     return ClassifierConfig(kind=kind, c=config.c,
@@ -168,9 +168,9 @@ def _classifier_config(config: BaselineConfig, problem: str, has_validation: boo
 
 def load_predictor(run_dir: Path, config: BaselineConfig):
     from tunelab.data.text import TextSplit
-    from tunelab.scoring.classifiers import load_classifier, predict_scores
-    from tunelab.scoring.evaluation import LabelScores
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.models.classifiers import load_classifier, predict_scores
+    from tunelab.models.predictor import as_text_inputs, predictions_from
+    from tunelab.problems.scores import LabelScores
 
     saved = read_predictor(run_dir)
     names, problem = saved["class_names"], saved["problem"]

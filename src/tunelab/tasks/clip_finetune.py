@@ -32,8 +32,8 @@ from tunelab.encoders.clip import (
 )
 from tunelab.models.resolve import count_parameters
 from tunelab.problems import get_problem
-from tunelab.scoring.evaluation import ScoreAccumulator, top_k_nll
-from tunelab.scoring.metrics import classification_metrics
+from tunelab.problems.metrics import classification_metrics
+from tunelab.problems.scores import ScoreAccumulator, top_k_nll
 from tunelab.tasks.lifecycle import (
     Outcome,
     Prepared,
@@ -197,8 +197,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
     """Classify image files with the fine-tuned CLIP and the class embeddings it saved."""
     from tunelab.core.runtime import resolve_device
-    from tunelab.encoders.clip import image_embedder
-    from tunelab.scoring.predictors import dual_encoder_predictor
+    from tunelab.encoders.clip import dual_encoder_predictor, image_embedder
 
     model, _, processor = load_clip_run(run_dir, config)
     embed = image_embedder(model, processor, resolve_device(config.runtime.device), config.train.eval_batch_size)
@@ -207,14 +206,14 @@ def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
 
 def export_graph(run_dir: Path, config: ClipFinetuneConfig):
     """The fine-tuned image tower; the class embeddings it saved follow in NumPy."""
-    from tunelab.scoring.predictors import dual_encoder_export
+    from tunelab.encoders.graphs import dual_encoder_export
 
     model, _, processor = load_clip_run(run_dir, config)
     return dual_encoder_export(run_dir, model, processor)
 
 
 def predictor_from_graph(run_dir: Path, config: ClipFinetuneConfig, encode):
-    from tunelab.scoring.predictors import dual_encoder_predictor
+    from tunelab.encoders.clip import dual_encoder_predictor
 
     return dual_encoder_predictor(run_dir, encode)
 
@@ -250,7 +249,7 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     num_classes = len(dataset.class_names)
 
     def validation_metrics(net, skipped_files: set) -> dict:
-        from tunelab.scoring.evaluation import split_metrics, validation_loss
+        from tunelab.problems.scores import split_metrics, validation_loss
 
         device = next(net.parameters()).device
         class_emb = class_embeddings(net, tokenizer, dataset.class_names, templates, device)

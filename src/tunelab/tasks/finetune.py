@@ -28,7 +28,7 @@ from tunelab.models.resolve import (
     load_tokenizer,
 )
 from tunelab.problems import get_problem
-from tunelab.scoring.evaluation import ScoreAccumulator
+from tunelab.problems.scores import ScoreAccumulator
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
@@ -106,7 +106,7 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
         raise ModelError(f"'{source.name}' is a {model_type} model; text fine-tuning needs a text encoder")
     problem, names = get_problem(dataset.problem), dataset.class_names
     if config.data.pair_encoding == "bi":
-        from tunelab.models.biencoder import BiEncoder
+        from tunelab.encoders.biencoder import BiEncoder
 
         if config.load_in_4bit:
             raise ConfigError("--load-in-4bit applies to classifiers; for sentence pairs add --pair-encoding cross")
@@ -232,8 +232,8 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
     import torch
 
     from tunelab.core.progress import progress
+    from tunelab.encoders.biencoder import BiEncoder
     from tunelab.encoders.text import pad_token_id, sorted_padded_batches, split_inputs, tokenize_inputs
-    from tunelab.models.biencoder import BiEncoder
 
     was_training = model.training
     model.eval()
@@ -321,7 +321,7 @@ def prepare(config: FinetuneConfig) -> Prepared:
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
-    from tunelab.scoring.evaluation import choose_threshold
+    from tunelab.problems.scores import choose_threshold
     from tunelab.tasks.image_finetune import execute_images
 
     if prepared.parts.get("images"):
@@ -367,7 +367,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: FinetuneConfig):
     """Predict for new texts (or pairs), or image files, with a finished fine-tuning run's model."""
     from tunelab.core.runtime import resolve_device
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.models.predictor import as_text_inputs, predictions_from
     from tunelab.tasks.image_finetune import image_logits
 
     device = resolve_device(config.runtime.device)
@@ -392,8 +392,8 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
 def export_graph(run_dir: Path, config: FinetuneConfig):
     """The model as one graph: a classifier's logits, or a bi-encoder's mean-pooled
     embedding (its head and cosine scale follow in ``predictor_from_graph``)."""
-    from tunelab.models.biencoder import BiEncoder
-    from tunelab.models.graphs import ClassifierLogits, ExportGraph, PooledEncoder
+    from tunelab.encoders.biencoder import BiEncoder
+    from tunelab.encoders.graphs import ClassifierLogits, ExportGraph, PooledEncoder
     from tunelab.tasks.image_finetune import image_export_graph
 
     if read_predictor(run_dir).get("inputs") == "images":
@@ -415,9 +415,9 @@ def predictor_from_graph(run_dir: Path, config: FinetuneConfig, encode):
     """Predictions from the graph's outputs (``encode``: PyTorch or ONNX Runtime): logits
     (of texts or image files) to scores, or a bi-encoder's two embeddings through its
     saved head, in NumPy."""
+    from tunelab.encoders.biencoder import is_bi_encoder, score_embeddings
     from tunelab.encoders.text import split_inputs
-    from tunelab.models.biencoder import is_bi_encoder, score_embeddings
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.models.predictor import as_text_inputs, predictions_from
 
     model_dir = run_dir / "model"
     info, names, bi = read_predictor(run_dir), _class_names(run_dir), is_bi_encoder(model_dir)
@@ -462,9 +462,9 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
     from tunelab.core.runtime import length_multiple, resolve_device
+    from tunelab.encoders.biencoder import BiEncoder
     from tunelab.encoders.text import pad_token_id
-    from tunelab.models.biencoder import BiEncoder
-    from tunelab.scoring.evaluation import split_metrics
+    from tunelab.problems.scores import split_metrics
     from tunelab.training.trainer import (
         InterruptCallback,
         SearchCallback,
@@ -557,7 +557,7 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
     revision) or the base folder's absolute path."""
     import json
 
-    from tunelab.models.biencoder import BiEncoder
+    from tunelab.encoders.biencoder import BiEncoder
 
     lora = train.method == "lora"
     if isinstance(model, BiEncoder):
@@ -603,7 +603,7 @@ def load_finetuned(run_dir: Path, config: FinetuneConfig):
     onto the base model the run recorded (checked by fingerprint)."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunelab.models.biencoder import is_bi_encoder, load_bi_encoder
+    from tunelab.encoders.biencoder import is_bi_encoder, load_bi_encoder
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned model in {model_dir}"

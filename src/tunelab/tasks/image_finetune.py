@@ -103,7 +103,7 @@ def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
     from tunelab.core.runtime import resolve_device
     from tunelab.data.images import ClipPreprocess
     from tunelab.models.resolve import count_parameters
-    from tunelab.scoring.evaluation import split_metrics, validation_loss
+    from tunelab.problems.scores import split_metrics, validation_loss
     from tunelab.training.images import build_image_trainer
     from tunelab.training.trainer import train_resumable
 
@@ -200,7 +200,7 @@ def image_logits(run_dir: Path, device, batch_size: int):
 def image_export_graph(run_dir: Path):
     """The classifier's logits from pixels, in fp32, as one graph; the image processor
     that makes the pixels travels with it."""
-    from tunelab.models.graphs import ExportGraph, ImageClassifierLogits
+    from tunelab.encoders.graphs import ExportGraph, ImageClassifierLogits
 
     model, processor = load_image_classifier(run_dir)
     return ExportGraph(ImageClassifierLogits(model.float()).eval(), None, 0, "logits", processor=processor)

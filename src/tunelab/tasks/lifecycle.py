@@ -71,7 +71,7 @@ class Scored:
     """One split's predictions, as a task hands them over: the lifecycle evaluates every
     task's splits the same way (metrics, predictions file, confusion matrix or scatter)."""
 
-    scores: Any  # tunelab.scoring.evaluation ClassScores, LabelScores or ValueScores
+    scores: Any  # tunelab.tasks.evaluation ClassScores, LabelScores or ValueScores
     labels: Any  # the gold targets, encoded
     ids: list[str]
     inputs: dict[str, Any]  # the input columns of the predictions file (text, pair, file)
@@ -99,7 +99,7 @@ def image_predictions(scored: dict, eval_splits: Sequence[str], label_sets: bool
     label-set threshold to that split's scores, the split's readable images)), with the
     threshold: chosen on validation with ``tune``, else the setting's; 0.5 and None for
     one class per image. Returns (predictions, threshold, threshold record)."""
-    from tunelab.scoring.evaluation import choose_threshold
+    from tunelab.problems.scores import choose_threshold
 
     threshold, record = 0.5, None
     if label_sets:
@@ -236,7 +236,7 @@ def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, res
 def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:
     """The one evaluation of every task: each split's metrics, predictions file and
     picture, in the order the task scored them; the time it takes counts as evaluation."""
-    from tunelab.scoring.evaluation import evaluate_split
+    from tunelab.tasks.evaluation import evaluate_split
 
     start = time.perf_counter()
     for split, scored in outcome.scored.items():
@@ -249,7 +249,7 @@ def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:
 def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device, world: int,
                      wall_seconds: float) -> dict[str, Any]:
     """metrics.json in the one schema of every task (tunelab/schemas/metrics.schema.json)."""
-    from tunelab.scoring.evaluation import skipped_record
+    from tunelab.tasks.evaluation import skipped_record
 
     unknown = set(outcome.throughput) - set(THROUGHPUT_KEYS)
     if unknown:
@@ -324,19 +324,19 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
                class_reports: dict[str, str], notes: list[str]) -> RunResult:
     """Log the final metrics, write report.md, then metrics.json last (its presence marks a
     complete run); then put the run in place (replacing an old one only now)."""
-    from tunelab.report.run_report import render_run_report
+    from tunelab.tasks.run_report import render_run_report
 
     tracker = run.tracker_if_open()
     if tracker is not None:
         for split, values in metrics["splits"].items():
             tracker.log({f"final/{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
         tracker.log({f"throughput/{k}": v for k, v in metrics["timing"]["throughput"].items() if v is not None})
-    from tunelab.scoring.metrics import below_majority
+    from tunelab.problems.metrics import below_majority
 
     run.write_text("report.md", render_run_report(metrics, config_yaml, class_reports,
                                                   [*below_majority(metrics), *notes]))
     if (run.path / "model").is_dir():
-        from tunelab.models.card import write_model_card
+        from tunelab.tasks.card import write_model_card
 
         inputs = read_inputs_record(run.path) or {}
         write_model_card(run.path / "model", metrics, config_yaml, inputs.get("model"))
@@ -344,7 +344,7 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
     path = run.commit()
     for split, values in metrics["splits"].items():
         logger.info("%s: %s (n=%d)", split, headline_text(values), values["n"])  # whatever the problem
-    from tunelab.scoring.metrics import below_majority
+    from tunelab.problems.metrics import below_majority
 
     for warning in below_majority(metrics):
         logger.warning("%s", warning)
@@ -367,7 +367,7 @@ def majority_accuracy(dataset, used: set[str] | None = None) -> dict[str, float]
 
 
 def headline_text(values: dict) -> str:
-    from tunelab.scoring.metrics import headline_metric
+    from tunelab.problems.metrics import headline_metric
 
     metric = headline_metric(values)
     return f"{metric} {values[metric]:.4f}"

@@ -19,15 +19,15 @@ from tunelab.core.errors import DataError, TunelabError, counted
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.encoders.text import FeatureCache, FeatureConfig, cached_features
-from tunelab.problems import get_problem
-from tunelab.scoring.classifiers import (
+from tunelab.models.classifiers import (
     ClassifierConfig,
     fit_classifier,
     load_classifier,
     predict_scores,
     save_classifier,
 )
-from tunelab.scoring.evaluation import LabelScores, choose_threshold
+from tunelab.problems import get_problem
+from tunelab.problems.scores import LabelScores, choose_threshold
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def prepare(config: ProbeConfig) -> Prepared:
     from tunelab.data.images import is_image_dataset, load_image_dataset
     from tunelab.data.text import load_text_dataset, resolved_data_config
     from tunelab.encoders.text import ImageFeatureExtractor, TextFeatureExtractor
+    from tunelab.models.classifiers import resolve_kind
     from tunelab.models.resolve import load_config, resolve_model
-    from tunelab.scoring.classifiers import resolve_kind
 
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
     images = is_image_dataset(config.data.dataset)
@@ -242,12 +242,12 @@ def export_graph(run_dir: Path, config: ProbeConfig):
     """The frozen encoder (text, or image backbone) with the run's pooling, in fp32 on the
     CPU, as one graph; the saved classifier follows in ``predictor_from_graph``."""
     from tunelab.core.config import RuntimeConfig
+    from tunelab.encoders.graphs import ExportGraph, PooledEncoder
     from tunelab.encoders.text import TextFeatureExtractor
-    from tunelab.models.graphs import ExportGraph, PooledEncoder
 
     if read_predictor(run_dir).get("inputs") == "images":
+        from tunelab.encoders.graphs import ImageVectors
         from tunelab.encoders.text import ImageFeatureExtractor
-        from tunelab.models.graphs import ImageVectors
 
         extractor = ImageFeatureExtractor(recorded_model(run_dir, config.model), config.images,
                                           config.features.batch_size, RuntimeConfig(device="cpu", precision="fp32"),
@@ -265,7 +265,7 @@ def export_graph(run_dir: Path, config: ProbeConfig):
 def predictor_from_graph(run_dir: Path, config: ProbeConfig, encode):
     """The saved classifier on features from ``encode`` (PyTorch or ONNX Runtime)."""
     from tunelab.encoders.text import pair_vectors
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.models.predictor import as_text_inputs, predictions_from
 
     info = read_predictor(run_dir)
     estimator = load_classifier(run_dir / "model" / "classifier.skops")

@@ -28,9 +28,9 @@ from tunelab.core.config import TaskConfig, check_positive, setting
 from tunelab.core.errors import ConfigError, DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
+from tunelab.models.classifiers import ClassifierConfig, load_classifier, predict_scores, save_classifier
 from tunelab.models.resolve import count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
 from tunelab.problems import get_problem
-from tunelab.scoring.classifiers import ClassifierConfig, load_classifier, predict_scores, save_classifier
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, check_problem, throughput
 from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
@@ -134,7 +134,7 @@ def prepare(config: SetfitConfig) -> Prepared:
     from transformers import AutoModel
 
     from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.models.biencoder import BiEncoder
+    from tunelab.encoders.biencoder import BiEncoder
     from tunelab.models.resolve import resolve_model
 
     source = resolve_model(config.model)
@@ -168,8 +168,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Stage 1 on pairs of training texts, then the head on the tuned embeddings of every
     split."""
     from tunelab.data.text import TextSplit
+    from tunelab.encoders.graphs import PooledEncoder
     from tunelab.encoders.text import graph_outputs, normalize_rows
-    from tunelab.models.graphs import PooledEncoder
     from tunelab.tasks.finetune import build_trainer, effective_max_length
     from tunelab.tasks.probe import fit_head
     from tunelab.training.trainer import train_resumable, training_summary
@@ -270,7 +270,7 @@ def save_setfit_model(encoder, tokenizer, target: Path, max_length: int) -> None
 def _body(run_dir: Path, dtype=None):
     from transformers import AutoModel, AutoTokenizer
 
-    from tunelab.models.graphs import PooledEncoder
+    from tunelab.encoders.graphs import PooledEncoder
 
     model_dir = run_dir / "model"
     what = f"the SetFit body in {model_dir}"
@@ -283,7 +283,7 @@ def _body(run_dir: Path, dtype=None):
 def predictor_from_graph(run_dir: Path, config: SetfitConfig, encode):
     """The saved head on normalised embeddings from ``encode`` (PyTorch or ONNX Runtime)."""
     from tunelab.encoders.text import normalize_rows
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.models.predictor import as_text_inputs, predictions_from
 
     info = read_predictor(run_dir)
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
@@ -311,7 +311,7 @@ def load_predictor(run_dir: Path, config: SetfitConfig):
 
 
 def export_graph(run_dir: Path, config: SetfitConfig):
-    from tunelab.models.graphs import ExportGraph
+    from tunelab.encoders.graphs import ExportGraph
 
     body, tokenizer = _body(run_dir)
     return ExportGraph(body.float(), tokenizer, read_predictor(run_dir).get("max_length", config.train.max_length),

@@ -202,8 +202,8 @@ def nli_logits(model, tokenizer, texts: list[str], hypotheses: dict[str, list[st
     """(texts, classes, NLI outputs): each text against each class's hypotheses (one per
     template and description), averaged per class."""
     from tunelab.data.text import TextInputs
+    from tunelab.encoders.graphs import ClassifierLogits
     from tunelab.encoders.text import graph_outputs
-    from tunelab.models.graphs import ClassifierLogits
 
     flat = [h for group in hypotheses.values() for h in group]
     pairs = TextInputs([t for t in texts for _ in flat], [h for _ in texts for h in flat])
@@ -230,7 +230,7 @@ def entailment_scores(logits: np.ndarray, entailment: int, contradiction: int | 
 def scores_from(raw: np.ndarray, exclusive: bool, kind: str, threshold: float):
     """Per-class scores as evaluation takes them: softmax of NLI logits or cosine
     similarities over classes (one class per text); per-label scores with a threshold."""
-    from tunelab.scoring.evaluation import ClassScores, LabelScores
+    from tunelab.problems.scores import ClassScores, LabelScores
 
     if not exclusive:
         return LabelScores(raw, threshold, kind)
@@ -245,7 +245,7 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
     with --calibrate; a label-set threshold chosen on validation."""
     from tunelab.encoders.text import FeatureCache, cached_features, normalize_rows
     from tunelab.models.resolve import count_parameters_from_config
-    from tunelab.scoring.evaluation import LabelScores, choose_threshold
+    from tunelab.problems.scores import LabelScores, choose_threshold
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     parts = prepared.parts["text"]
@@ -342,7 +342,7 @@ def text_predictor(run_dir: Path, config, source):
     from tunelab.core.files import read_safetensors
     from tunelab.core.runtime import resolve_device
     from tunelab.encoders.text import TextFeatureExtractor, normalize_rows
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.models.predictor import as_text_inputs, predictions_from
 
     saved = read_predictor(run_dir)
     names, exclusive = saved["class_names"], get_problem(saved.get("problem")).exclusive_classes

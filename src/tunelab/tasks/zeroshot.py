@@ -29,7 +29,7 @@ from tunelab.encoders.clip import (
 from tunelab.encoders.text import FeatureConfig
 from tunelab.models.resolve import count_parameters
 from tunelab.problems import get_problem
-from tunelab.scoring.evaluation import ScoreAccumulator
+from tunelab.problems.scores import ScoreAccumulator
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, image_predictions, recorded_model, throughput
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
     import numpy as np
 
     from tunelab.encoders.text import TextFeatureExtractor
-    from tunelab.scoring.evaluation import ClassScores, ValueScores
-    from tunelab.scoring.predictors import as_text_inputs, predictions_from
+    from tunelab.models.predictor import as_text_inputs, predictions_from
+    from tunelab.problems.scores import ClassScores, ValueScores
 
     saved = read_predictor(run_dir)
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
@@ -169,7 +169,7 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
 
     from tunelab.encoders.text import FeatureCache, cached_features
     from tunelab.models.resolve import count_parameters_from_config
-    from tunelab.scoring.evaluation import ClassScores, ValueScores
+    from tunelab.problems.scores import ClassScores, ValueScores
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     extractor = prepared.parts["extractor"]
@@ -292,8 +292,7 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
     """Classify image files against the class embeddings the run saved; or score sentence
     pairs by similarity with the calibration the run fitted."""
     from tunelab.core.runtime import resolve_device
-    from tunelab.encoders.clip import image_embedder
-    from tunelab.scoring.predictors import dual_encoder_predictor
+    from tunelab.encoders.clip import dual_encoder_predictor, image_embedder
 
     saved = read_predictor(run_dir)
     if str(saved.get("kind", "")).startswith("text-"):
@@ -312,7 +311,7 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
 
 def export_graph(run_dir: Path, config: ZeroshotConfig):
     """Image runs: the model's image tower; the class embeddings follow in NumPy."""
-    from tunelab.scoring.predictors import dual_encoder_export
+    from tunelab.encoders.graphs import dual_encoder_export
 
     if read_predictor(run_dir).get("kind") != "clip":
         from tunelab.core.errors import TunelabError
@@ -323,7 +322,7 @@ def export_graph(run_dir: Path, config: ZeroshotConfig):
 
 
 def predictor_from_graph(run_dir: Path, config: ZeroshotConfig, encode):
-    from tunelab.scoring.predictors import dual_encoder_predictor
+    from tunelab.encoders.clip import dual_encoder_predictor
 
     return dual_encoder_predictor(run_dir, encode)
 

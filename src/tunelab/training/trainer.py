@@ -296,7 +296,7 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
     from transformers import TrainingArguments
 
     from tunelab.core.runtime import resolve_device, resolve_dtype
-    from tunelab.scoring.metrics import LOWER_IS_BETTER
+    from tunelab.problems.metrics import LOWER_IS_BETTER
 
     device = resolve_device(runtime.device)
     resolve_dtype(runtime.precision, device)  # fp16 on a CPU fails here with a clear message

@@ -126,7 +126,7 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
 
 
 def validation_score(estimator, x, y, problem: str | None, num_classes: int, metric: str, threshold: float) -> float:
-    from tunelab.scoring.evaluation import split_metrics
+    from tunelab.problems.scores import split_metrics
 
     predictions = predict_scores(estimator, x, problem, num_classes, threshold)
     return float(split_metrics(y, predictions, num_classes)[metric])

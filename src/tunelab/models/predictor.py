@@ -78,7 +78,7 @@ def as_text_inputs(inputs):
 
 def predictions_from(inputs, scores, names) -> list[Prediction]:
     """Predictions for ``inputs`` from ClassScores, LabelScores or ValueScores."""
-    from tunelab.scoring.evaluation import LabelScores, ValueScores, label_set_text
+    from tunelab.problems.scores import LabelScores, ValueScores, label_set_text
 
     inputs = as_text_inputs(inputs)
     pairs = inputs.pairs or [None] * len(inputs)
@@ -106,42 +106,6 @@ def run_command(run_dir: Path) -> str:
     if not command:
         raise TunelabError(f"{run_dir}/config.yaml names no command")
     return command
-
-
-def dual_encoder_export(run_dir: Path, model, processor):
-    """A CLIP or SigLIP run's image tower (the normalised embedding) as one graph; the
-    saved class embeddings and the recorded scale and bias follow in NumPy."""
-    from tunelab.models.graphs import ExportGraph, ImageVectors
-
-    if "logit_scale" not in read_predictor(run_dir):
-        raise TunelabError(f"{run_dir} was made before runs recorded their logit scale; rerun it to export it")
-    return ExportGraph(ImageVectors(model.float().eval(), None).eval(), None, 0, "embedding", processor=processor)
-
-
-def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
-    """Image files scored from their embeddings (``encode``: PyTorch or ONNX Runtime)
-    against the class embeddings the run saved (no prompt re-encoded): one class each, or
-    SigLIP's label sets. ``scoring``: the logit scale and bias, where the run did not
-    record them (runs before they were recorded, served by the model itself)."""
-    from tunelab.encoders.clip import load_class_embeddings
-    from tunelab.problems import get_problem
-    from tunelab.scoring.evaluation import ClassScores, LabelScores
-
-    record = {**(scoring or {}), **read_predictor(run_dir)}
-    class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").numpy()
-    names = record["class_names"]
-    label_sets = not get_problem(record.get("problem")).exclusive_classes
-
-    def predict(paths) -> list:
-        from tunelab.data.images import files_split
-
-        split = files_split(list(getattr(paths, "texts", paths)))
-        logits = record["logit_scale"] * encode(split.ids) @ class_emb.T + record.get("logit_bias", 0.0)
-        scores = LabelScores(1 / (1 + np.exp(-logits)), record.get("threshold", 0.5), "probability") if label_sets \
-            else ClassScores.from_full(logits, "similarity")
-        return predictions_from(split.ids, scores, names)
-
-    return predict
 
 
 def check_texts(inputs: Sequence[str]) -> list[str]:

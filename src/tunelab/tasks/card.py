@@ -15,7 +15,7 @@ from tunelab.problems import get_problem
 def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str, base_model: dict | None) -> Path:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from tunelab.report.run_report import metrics_table
+    from tunelab.tasks.run_report import metrics_table
 
     command, kind = metrics["command"], get_problem(metrics.get("data", {}).get("problem"))
     problem = kind.name
@@ -85,7 +85,7 @@ def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str,
 
 
 def _intervals(metrics: dict) -> str:
-    from tunelab.scoring.stats import correlation_interval, wilson_interval
+    from tunelab.core.stats import correlation_interval, wilson_interval
 
     lines = []
     for split, values in metrics["splits"].items():

@@ -3,7 +3,7 @@ data, split and examples), the floor and the chosen method (chosen on validation
 paired seed-aware tests with Holm's correction, learning curves and where one method
 overtakes another, cost fronts and calibration. Everything is recomputed from the
 runs' own files (metrics, configuration, inputs record, prediction files), so the
-report's numbers can be checked against them; the statistics live in ``tunelab.scoring.stats``.
+report's numbers can be checked against them; the statistics live in ``tunelab.core.stats``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 
 from tunelab.core.config import matrix_suffix
 from tunelab.core.runs import read_inside, read_text_inside
-from tunelab.scoring.metrics import headline_metric
-from tunelab.scoring.stats import PairedTest, better, holm, paired_test, seed_summary
+from tunelab.core.stats import PairedTest, better, holm, paired_test, seed_summary
+from tunelab.problems.metrics import headline_metric
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def group_runs(records: list[RunRecord], outcomes: list | None = None) -> list[G
 
 def group_summary(group: Group, split: str | None = None) -> tuple[float, float, float]:
     """(mean, low, high) of a group's headline metric: over seeds, or one run's interval."""
-    from tunelab.scoring.stats import correlation_interval, wilson_interval
+    from tunelab.core.stats import correlation_interval, wilson_interval
 
     split = split or group.main_split()
     values, metric = group.values(split), group.metric()

@@ -7,10 +7,13 @@ thresholds) stays with the task."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from tunelab.core.errors import TunelabError
+from tunelab.core.files import read_predictor
 from tunelab.encoders.text import pool
 
 
@@ -86,3 +89,13 @@ class ExportGraph:
     @property
     def inputs(self) -> str:
         return "images" if self.processor is not None else "text"
+
+
+def dual_encoder_export(run_dir: Path, model, processor):
+    """A CLIP or SigLIP run's image tower (the normalised embedding) as one graph; the
+    saved class embeddings and the recorded scale and bias follow in NumPy."""
+    from tunelab.encoders.graphs import ExportGraph, ImageVectors
+
+    if "logit_scale" not in read_predictor(run_dir):
+        raise TunelabError(f"{run_dir} was made before runs recorded their logit scale; rerun it to export it")
+    return ExportGraph(ImageVectors(model.float().eval(), None).eval(), None, 0, "embedding", processor=processor)

@@ -1,0 +1,1 @@
+"""Statistics over finished runs: families of comparable runs, floors, choices and claims."""

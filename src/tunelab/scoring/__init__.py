@@ -1,2 +1,0 @@
-"""Scoring: metrics, statistics, classical estimators, per-split evaluation and the parts
-predictors are made of."""
