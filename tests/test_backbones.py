@@ -102,9 +102,9 @@ def test_a_text_model_on_images_stops_in_one_line(tmp_path, colour_folder, tiny_
 # --------------------------------------------------------------------------- decoders for text
 
 
-def save_tiny_decoder(folder):
+def save_tiny_decoder(folder, context: int = 128):
     """A 2-layer random Qwen2 with a word-level tokenizer that has no pad token (as
-    decoders' tokenizers often have none)."""
+    decoders' tokenizers often have none), reading ``context`` tokens."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -115,11 +115,11 @@ def save_tiny_decoder(folder):
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]",
-                                        eos_token="<|endoftext|>", model_max_length=128)
+                                        eos_token="<|endoftext|>", model_max_length=context)
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
                          eos_token_id=vocab["<|endoftext|>"], bos_token_id=None, pad_token_id=None,
                          tie_word_embeddings=True)
     Qwen2ForCausalLM(config).save_pretrained(folder)
@@ -385,7 +385,7 @@ def test_likelihood_zero_shot_with_in_context_examples(tmp_path):
     import tunelab
     from tests.conftest import rows_of, write_topic_splits
 
-    model = save_tiny_decoder(tmp_path / "qwen")
+    model = save_tiny_decoder(tmp_path / "qwen", context=1024)  # characters are tokens here: 6 examples, ~250
     data = write_topic_splits(tmp_path / "topics", 24, 8, 8)
     out = tmp_path / "zs"
     assert main(["zeroshot", "--model", str(model), "--dataset", str(data), "--zeroshot-method", "likelihood",

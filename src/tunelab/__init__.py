@@ -7,6 +7,8 @@ Every registered task is a function here (``tunelab.probe``, ``tunelab.finetune`
 ``tunelab.zeroshot``, ``tunelab.clip_finetune``, and any task added with
 ``tunelab.register_task``), called with its config and ``out=``.
 """
+from tunelab.core.registry import all_tasks
+from tunelab.tasks.lifecycle import run_task
 
 __version__ = "0.1.0"
 
@@ -37,8 +39,6 @@ _LAZY = {
 
 
 def _task_function(task):
-    from tunelab.tasks.lifecycle import run_task
-
     def run(config, out=None, overwrite: bool = False, resume: bool = False, argv=None):
         return run_task(task, config, out=out, overwrite=overwrite, resume=resume, argv=argv)
 
@@ -57,7 +57,6 @@ def __getattr__(name):
         value = getattr(importlib.import_module(module), attribute)
         globals()[name] = value
         return value
-    from tunelab.core.registry import all_tasks
 
     for task in all_tasks().values():
         if task.api_name == name:

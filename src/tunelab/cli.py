@@ -15,7 +15,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunelab import __version__
+from tunelab.analysis.comparisons import find_runs
+from tunelab.core.config import build_config, list_presets, parse_assignment, set_dotted
 from tunelab.core.errors import TunelabError, counted
+from tunelab.core.registry import all_tasks, get_task
+from tunelab.core.runs import atomic_write_bytes
+from tunelab.report.document import write_report
+from tunelab.serve.export import export_onnx
+from tunelab.serve.predict import predict, read_inputs, run_pair_columns
+from tunelab.study.run import load_study, run_study
+from tunelab.study.search import parse_space_flag
+from tunelab.tasks.lifecycle import run_task
+from tunelab.tasks.run_report import metrics_table
+from tunelab.training.info import model_info
 
 logger = logging.getLogger("tunelab")
 
@@ -91,9 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print warnings and errors only")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
-
-    from tunelab.core.config import list_presets
-    from tunelab.core.registry import all_tasks
 
     for task in all_tasks().values():
         sub = commands.add_parser(task.name, help=task.summary, description=task.description or task.summary,
@@ -223,8 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from tunelab.core.config import parse_assignment
-
     overrides = {}
     for assignment in args.set:
         key, value = parse_assignment(assignment)
@@ -237,10 +244,6 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_task_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
-
-    from tunelab.core.config import build_config
-    from tunelab.core.registry import get_task
-    from tunelab.tasks.lifecycle import run_task
 
     task = get_task(args.task_name)
     overrides = config_overrides(args)
@@ -257,9 +260,6 @@ def _run_task_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.core.config import parse_assignment
-    from tunelab.study.run import load_study, run_study
-
     assignments = dict(parse_assignment(a) for a in args.set)
     study = load_study(args.study, assignments)
     if args.dry_run:
@@ -283,10 +283,6 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.core.config import parse_assignment, set_dotted
-    from tunelab.study.run import load_study, run_study
-    from tunelab.study.search import parse_space_flag
-
     step: dict = {"name": args.search_command, "command": args.search_command,
                   "search": {"space": dict(parse_space_flag(s) for s in args.space), "trials": args.trials,
                              "metric": args.metric, "sampler": args.sampler, "pruner": args.pruner,
@@ -306,9 +302,6 @@ def _run_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from tunelab.analysis.comparisons import find_runs
-    from tunelab.report.document import write_report
-
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
         raise TunelabError(f"not a directory: {missing[0]}")
@@ -320,8 +313,6 @@ def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.training.info import model_info
-
     targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
     info = model_info(args.model, random_init=args.random_init, lora_r=args.lora_r, lora_targets=targets,
                       lora_alpha=args.lora_alpha, num_labels=args.num_labels, batch_size=args.batch_size,
@@ -331,9 +322,6 @@ def _run_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.core.runs import atomic_write_bytes
-    from tunelab.serve.predict import predict, read_inputs, run_pair_columns
-
     inputs: list = list(args.inputs) + [tuple(pair) for pair in args.pair]
     if args.input_file:
         text_column, pair_column = run_pair_columns(args.run_dir, args.input_file, args.text_column,
@@ -373,8 +361,6 @@ SCORE_NAMES = {"probability": "probability", "decision": "decision value",
 
 
 def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tunelab.serve.export import export_onnx
-
     record = export_onnx(args.run_dir, quantize=args.quantize)
     line = (f"wrote {args.run_dir}/onnx (largest {record['output']} difference to PyTorch "
             f"{record['max_abs_output_difference']:.1e}; predictions agree on {record['prediction_agreement']:.1%})")
@@ -388,8 +374,6 @@ def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _print_summary(result) -> None:
-    from tunelab.tasks.run_report import metrics_table
-
     if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return
     print(metrics_table(result.metrics["splits"]))

@@ -19,7 +19,15 @@ import numpy as np
 
 from tunelab.core.config import matrix_suffix
 from tunelab.core.runs import read_inside, read_text_inside
-from tunelab.core.stats import PairedTest, better, holm, paired_test, seed_summary
+from tunelab.core.stats import (
+    PairedTest,
+    better,
+    correlation_interval,
+    holm,
+    paired_test,
+    seed_summary,
+    wilson_interval,
+)
 from tunelab.problems.metrics import headline_metric
 
 logger = logging.getLogger(__name__)
@@ -220,8 +228,6 @@ def group_runs(records: list[RunRecord], outcomes: list | None = None) -> list[G
 
 def group_summary(group: Group, split: str | None = None) -> tuple[float, float, float]:
     """(mean, low, high) of a group's headline metric: over seeds, or one run's interval."""
-    from tunelab.core.stats import correlation_interval, wilson_interval
-
     split = split or group.main_split()
     values, metric = group.values(split), group.metric()
     if not values:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tunelab.core.errors import ConfigError
-from tunelab.core.files import load_yaml
+from tunelab.core.files import load_yaml, read_yaml_file
 
 T = TypeVar("T")
 
@@ -459,8 +459,6 @@ def dump_yaml(config: Any, command: str | None = None) -> str:
 
 def config_from_run(cls: type[T], run_dir: Path | str) -> T:
     """The typed configuration a run directory was made with (its config.yaml)."""
-    from tunelab.core.files import read_yaml_file
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a tunelab run directory (no config.yaml)")

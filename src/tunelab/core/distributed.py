@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from tunelab.core.runs import RunDirectory
+
 
 def init_distributed(device_type: str) -> tuple[int, int]:
     """Join the process group torchrun/accelerate prepared; returns (rank, world size)."""
@@ -60,8 +62,6 @@ def gather_to_zero(value, rank: int, world: int) -> list | None:
 def rank_zero_run_directory(make, rank: int, world: int):
     """Rank 0 makes the run directory (``make()``); every process gets its path."""
     from pathlib import Path
-
-    from tunelab.core.runs import RunDirectory
 
     made = make() if rank == 0 else None
     path = broadcast_object(str(made.path) if made is not None else None, rank, world)

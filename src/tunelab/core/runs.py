@@ -30,6 +30,7 @@ import numpy as np
 
 from tunelab.core.config import TrackingConfig
 from tunelab.core.errors import TunelabError
+from tunelab.core.plots import figure, png
 
 logger = logging.getLogger(__name__)
 
@@ -533,8 +534,6 @@ def _json_default(value: Any) -> Any:
 
 
 def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -> bytes:
-    from tunelab.core.plots import figure, png
-
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
     fig, ax = figure(size, size * 0.9)
@@ -554,8 +553,6 @@ def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -
 
 
 def _scatter_png(gold: np.ndarray, predicted: np.ndarray, split: str) -> bytes:
-    from tunelab.core.plots import figure, png
-
     fig, ax = figure(4.5, 4.5)
     ax.scatter(gold, predicted, s=6, alpha=0.4)
     low = float(min(np.min(gold), np.min(predicted))) if len(gold) else 0.0

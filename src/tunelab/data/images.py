@@ -17,9 +17,20 @@ import numpy as np
 
 from tunelab.core.config import DataConfig
 from tunelab.core.errors import DataError
+from tunelab.core.runtime import is_cuda
 from tunelab.data import resample, sources
 from tunelab.data.labels import LabelledData, finish_splits
-from tunelab.data.sources import IMAGE_SUFFIXES, data_dir, load_hf_dataset, resolve_dataset, split_name_of
+from tunelab.data.sources import (
+    IMAGE_FILE_COLUMNS,
+    IMAGE_SUFFIXES,
+    TEXT_FILE_SUFFIXES,
+    data_dir,
+    image_file_column,
+    load_hf_dataset,
+    resolve_dataset,
+    split_name_of,
+)
+from tunelab.data.text import LABEL_ALTERNATIVES, assign_splits, is_missing_label, pick_column, read_frame
 from tunelab.problems import detect_problem, get_problem
 from tunelab.problems.labels import rows_have
 
@@ -239,9 +250,6 @@ def read_image_table(path: Path, cfg: DataConfig, flat_split: str) -> _RawImages
     are relative to the table's folder (or absolute); a label cell is a class, a list of
     classes (JSONL, Parquet) or classes joined by --label-separator: multi-label images
     through the same problem seam as text."""
-    from tunelab.data.sources import IMAGE_FILE_COLUMNS, TEXT_FILE_SUFFIXES, image_file_column
-    from tunelab.data.text import LABEL_ALTERNATIVES, assign_splits, is_missing_label, pick_column, read_frame
-
     if path.is_file():
         files = {flat_split: [path]}
     else:
@@ -282,8 +290,6 @@ def read_image_table(path: Path, cfg: DataConfig, flat_split: str) -> _RawImages
 
 def read_hf_images(dataset_dict, cfg: DataConfig, source: str) -> _RawImages:
     from datasets import ClassLabel, Dataset, DatasetDict
-
-    from tunelab.data.text import LABEL_ALTERNATIVES, pick_column
 
     if isinstance(dataset_dict, Dataset):
         dataset_dict = DatasetDict({"all": dataset_dict})
@@ -485,8 +491,6 @@ class ClipPreprocess:
 
     @classmethod
     def for_device(cls, processor, device) -> ClipPreprocess:
-        from tunelab.core.runtime import is_cuda
-
         return cls(processor, resize_on_device=is_cuda(device))
 
     def __call__(self, image):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.core.errors import DataError
+from tunelab.core.hub import require_hub
+from tunelab.core.provenance import cache_dir, content_fingerprint
 
 TEXT_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -65,8 +67,6 @@ class DatasetSource:
 
     def fingerprint(self) -> str:
         """Changes whenever a data file changes (local data), or names the hub dataset."""
-        from tunelab.core.provenance import content_fingerprint
-
         suffix = f"/{self.config}" if self.config else ""
         return content_fingerprint(Path(self.location)) + suffix if self.is_local else f"hub:{self.location}{suffix}"
 
@@ -265,12 +265,8 @@ def load_hf_dataset(source: DatasetSource, hint: str, config: str | None = None)
             raise DataError(f"cannot load the saved dataset at {source.location}: "
                             f"{str(exc).splitlines()[0]}") from None
     if source.format == "hub":
-        from tunelab.core.hub import require_hub
-
         require_hub(f"dataset '{source.spec}' ({source.location})", hint)
     from datasets import load_dataset
-
-    from tunelab.core.provenance import cache_dir
 
     try:
         return load_dataset(source.location, name=config, cache_dir=str(cache_dir() / "datasets"))

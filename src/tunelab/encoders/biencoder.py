@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunelab.core.files import read_json_file, read_safetensors
 from tunelab.encoders.text import pool
 from tunelab.problems import get_problem
 
@@ -95,8 +96,6 @@ class BiEncoder(nn.Module):
 
 def load_bi_encoder(folder: Path, encoder) -> BiEncoder:
     """A saved bi-encoder's head and settings around an already loaded ``encoder``."""
-    from tunelab.core.files import read_json_file, read_safetensors
-
     settings = read_json_file(folder / CONFIG_FILE)
     model = BiEncoder(encoder, settings["objective"], settings["num_labels"], tuple(settings["label_range"]),
                       settings["problem"])
@@ -109,8 +108,6 @@ def score_embeddings(folder: Path, u, v):
     """``BiEncoder.score`` in NumPy from the saved head and settings: the onnx backend
     scores embeddings without loading a PyTorch model."""
     import numpy as np
-
-    from tunelab.core.files import read_json_file, read_safetensors
 
     settings = read_json_file(folder / CONFIG_FILE)
     u, v = np.asarray(u, dtype=np.float32), np.asarray(v, dtype=np.float32)

@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.errors import ConfigError, ModelError
-from tunelab.core.files import read_predictor
+from tunelab.core.files import RunFileError, read_predictor, read_safetensors
+from tunelab.core.progress import progress
+from tunelab.data.images import files_split, image_outputs
+from tunelab.encoders.cpu_tower import image_features, pooled_output
 from tunelab.models.predictor import predictions_from
-from tunelab.models.resolve import ModelSource, load_config
+from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
+from tunelab.problems import get_problem
+from tunelab.problems.scores import ClassScores, LabelScores
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +72,6 @@ def is_sigmoid(model) -> bool:
 def load_clip(source: ModelSource, dtype=None):
     """(model, tokenizer, image processor) of a CLIP or SigLIP checkpoint."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-    from tunelab.models.resolve import hub_kwargs, load_pretrained
 
     config = require_clip(source)
     kwargs = hub_kwargs(source)
@@ -129,8 +132,6 @@ def image_embeddings(model, pixel_values):
 
 def _features(output):
     """get_*_features returns a tensor in most versions and a model output in some."""
-    from tunelab.encoders.cpu_tower import pooled_output
-
     return pooled_output(output)
 
 
@@ -150,9 +151,6 @@ def embed_loader(model, loader, device, dtype=None, desc: str = "images", skippe
     appended to ``skipped``. The tower is the CPU one where it applies."""
     import torch
 
-    from tunelab.core.progress import progress
-    from tunelab.encoders.cpu_tower import image_features
-
     encode = image_features(model, device, loader.batch_size or 16)
     with torch.inference_mode(), progress(len(loader.dataset), desc, "img") as bar:
         for batch in loader:
@@ -168,9 +166,6 @@ def image_embedder(model, processor, device, batch_size: int = 16):
     """The model's image tower as a function from image files to normalised embeddings
     (NumPy), on ``device`` (the CPU tower where it applies)."""
     import torch
-
-    from tunelab.data.images import image_outputs
-    from tunelab.encoders.cpu_tower import image_features
 
     model.to(device).eval()
     encode = image_features(model, device, batch_size)
@@ -220,8 +215,6 @@ def save_class_embeddings(path: Path, embeddings, class_names: Sequence[str]) ->
 def load_class_embeddings(path: Path):
     import torch
 
-    from tunelab.core.files import RunFileError, read_safetensors
-
     tensors = read_safetensors(path)
     if "class_embeddings" not in tensors or tensors["class_embeddings"].ndim != 2:
         raise RunFileError(f"{path} holds no class embeddings matrix; rerun the run that made it")
@@ -234,8 +227,6 @@ def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
     SigLIP's label sets. ``scoring``: the logit scale and bias, where the run did not
     record them (runs before they were recorded, served by the model itself)."""
     from tunelab.encoders.clip import load_class_embeddings
-    from tunelab.problems import get_problem
-    from tunelab.problems.scores import ClassScores, LabelScores
 
     record = {**(scoring or {}), **read_predictor(run_dir)}
     class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").numpy()
@@ -243,8 +234,6 @@ def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
     label_sets = not get_problem(record.get("problem")).exclusive_classes
 
     def predict(paths) -> list:
-        from tunelab.data.images import files_split
-
         split = files_split(list(getattr(paths, "texts", paths)))
         logits = record["logit_scale"] * encode(split.ids) @ class_emb.T + record.get("logit_bias", 0.0)
         scores = LabelScores(1 / (1 + np.exp(-logits)), record.get("threshold", 0.5), "probability") if label_sets \

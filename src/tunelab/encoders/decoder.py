@@ -9,15 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from tunelab.core.errors import ModelError
-from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
+from tunelab.core.progress import progress
+from tunelab.encoders.text import ensure_padding, is_decoder
+from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained, load_tokenizer
 
 
 def load_causal_lm(source: ModelSource, dtype=None):
     """(model, tokenizer) of a decoder language model; any other model stops in one line."""
     from transformers import AutoModelForCausalLM
-
-    from tunelab.encoders.text import ensure_padding, is_decoder
-    from tunelab.models.resolve import load_tokenizer
 
     config = load_config(source)
     if not is_decoder(config):
@@ -56,8 +55,6 @@ def label_scores(model, tokenizer, contexts: Sequence[str], continuations: Seque
     sliding window (which would lose the prompt), each label runs with its whole prompt.
     ``add_special_tokens``: False for chat-formatted contexts, which hold their own."""
     import torch
-
-    from tunelab.core.progress import progress
 
     continuation_ids = tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
     if any(len(c) == 0 for c in continuation_ids):

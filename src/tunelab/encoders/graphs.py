@@ -14,7 +14,9 @@ from torch import nn
 
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import read_predictor
+from tunelab.encoders.clip import image_embeddings
 from tunelab.encoders.text import pool
+from tunelab.encoders.vision import pool_image
 
 
 class ClassifierLogits(nn.Module):
@@ -50,9 +52,6 @@ class ImageVectors(nn.Module):
         self.pooling = pooling  # None: a dual encoder's embedding
 
     def forward(self, pixel_values):
-        from tunelab.encoders.clip import image_embeddings
-        from tunelab.encoders.vision import pool_image
-
         if self.pooling is None:
             return image_embeddings(self.model, pixel_values)
         return pool_image(self.model(pixel_values=pixel_values), self.pooling).float()
@@ -94,7 +93,6 @@ class ExportGraph:
 def dual_encoder_export(run_dir: Path, model, processor):
     """A CLIP or SigLIP run's image tower (the normalised embedding) as one graph; the
     saved class embeddings and the recorded scale and bias follow in NumPy."""
-    from tunelab.encoders.graphs import ExportGraph, ImageVectors
 
     if "logit_scale" not in read_predictor(run_dir):
         raise TunelabError(f"{run_dir} was made before runs recorded their logit scale; rerun it to export it")

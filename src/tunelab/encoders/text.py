@@ -22,8 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.config import RuntimeConfig, check_positive, check_settings, setting
+from tunelab.core.distributed import broadcast_object, gather_to_zero, shard
+from tunelab.core.errors import ModelError
+from tunelab.core.progress import progress
 from tunelab.core.provenance import cache_dir
-from tunelab.models.resolve import ModelSource, load_config, load_text_encoder, load_tokenizer
+from tunelab.core.runs import atomic_write_bytes
+from tunelab.core.runtime import length_multiple, resolve_device, resolve_dtype
+from tunelab.data.images import ClipPreprocess, image_loader
+from tunelab.encoders.clip import embed_loader, load_clip
+from tunelab.encoders.vision import load_vision_backbone, pool_image
+from tunelab.models.resolve import ModelSource, is_dual_encoder, load_config, load_text_encoder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +94,6 @@ class FeatureCache:
     def put(self, key: str, array: np.ndarray, meta: dict) -> None:
         """Write to a temporary file, flush it to disk, then rename: a crash leaves the old
         entry or the whole new one, never a torn one."""
-        from tunelab.core.runs import atomic_write_bytes
-
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.root, suffix=".npy.tmp", delete=False) as handle:
             np.save(handle, array, allow_pickle=False)
@@ -169,8 +175,6 @@ def ensure_padding(tokenizer, model_name: str):
     if tokenizer.pad_token_id is not None:
         return tokenizer
     if tokenizer.eos_token is None:
-        from tunelab.core.errors import ModelError
-
         raise ModelError(f"'{model_name}' has no way to pad a batch: its tokenizer has neither a pad nor an "
                          "end-of-sequence token")
     tokenizer.pad_token = tokenizer.eos_token
@@ -181,8 +185,6 @@ def sorted_padded_batches(ids: Sequence[Sequence[int]], batch_size: int, pad_id:
                           types: Sequence[Sequence[int]] | None = None):
     """Yield (indices, model inputs) over length-sorted batches, on ``device``: input_ids,
     attention_mask, and token_type_ids where ``types`` are given (sentence pairs)."""
-    from tunelab.core.runtime import length_multiple
-
     multiple = length_multiple(device)
     for batch in length_sorted_batches([len(s) for s in ids], batch_size):
         tensors = pad_batch([ids[i] for i in batch], pad_id, [types[i] for i in batch] if types else None,
@@ -241,8 +243,6 @@ class TextFeatureExtractor:
     """A frozen text encoder that maps texts to fixed-size vectors."""
 
     def __init__(self, source: ModelSource, features: FeatureConfig, runtime: RuntimeConfig):
-        from tunelab.core.runtime import resolve_device, resolve_dtype
-
         self.source = source
         self.config = features
         self.runtime = runtime
@@ -313,8 +313,6 @@ class TextFeatureExtractor:
         """(n, poolings, dim): every pooling from one forward pass, in the inputs' order."""
         import torch
 
-        from tunelab.core.progress import progress
-
         model = self.model
         if not len(texts):
             return np.zeros((0, len(POOLINGS), model.config.hidden_size), dtype=np.float32)
@@ -348,8 +346,6 @@ def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None, ra
 
     Under torchrun each process encodes every world-th input and rank 0 gathers
     them; other ranks get None."""
-    from tunelab.core.distributed import broadcast_object, gather_to_zero, shard
-
     key = extractor.cache_key(inputs) if cache is not None and rank == 0 else None
     hit = cache.get(key) if key is not None else None
     if hit is not None and hit.shape[0] != len(inputs):
@@ -397,8 +393,6 @@ def graph_outputs(module, tokenizer, inputs, max_length: int, batch_size: int = 
     order, float32; bf16 runs under autocast."""
     import torch
 
-    from tunelab.core.progress import progress
-
     ids, types = tokenize_inputs(tokenizer, inputs, max_length)
     out: np.ndarray | None = None
     device = torch.device(device) if isinstance(device, str) else device
@@ -439,8 +433,6 @@ class ImageFeatureExtractor:
 
     def __init__(self, source: ModelSource, images, batch_size: int, runtime: RuntimeConfig,
                  pooling: str | None = None):
-        from tunelab.core.runtime import resolve_device, resolve_dtype
-
         self.source = source
         self.images = images  # ImageDecodingConfig: workers, strictness
         self.batch_size = batch_size
@@ -456,12 +448,7 @@ class ImageFeatureExtractor:
     def loaded(self):
         """(model, processor, kind): kind clip or vision."""
         if self._loaded is None:
-            from tunelab.encoders.vision import load_vision_backbone
-            from tunelab.models.resolve import is_dual_encoder
-
             if is_dual_encoder(load_config(self.source)):
-                from tunelab.encoders.clip import load_clip
-
                 model, _, processor = load_clip(self.source, dtype=self.dtype)
                 kind = "clip"
             else:
@@ -489,9 +476,6 @@ class ImageFeatureExtractor:
                 "precision": self.runtime.precision, "n": len(split)}
 
     def encode_all(self, split, desc: str = "features") -> np.ndarray:
-        from tunelab.data.images import ClipPreprocess, image_loader
-        from tunelab.encoders.clip import embed_loader
-
         model, processor, kind = self.loaded
         preprocess = ClipPreprocess.for_device(processor, self.device)
         loader = image_loader(split, preprocess, self.batch_size, self.images.num_workers, self.images.strict)
@@ -512,9 +496,6 @@ class ImageFeatureExtractor:
 
     def _backbone_features(self, model, preprocess, loader, total: int, desc: str) -> np.ndarray:
         import torch
-
-        from tunelab.core.progress import progress
-        from tunelab.encoders.vision import pool_image
 
         out: np.ndarray | None = None
         with torch.inference_mode(), progress(total, desc, "image") as bar:

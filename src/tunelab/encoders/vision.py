@@ -6,7 +6,10 @@ the model is)."""
 from __future__ import annotations
 
 from tunelab.core.errors import ModelError
+from tunelab.core.progress import progress
 from tunelab.models.resolve import ModelSource, hub_kwargs, is_vision_backbone, load_config, load_pretrained
+from tunelab.problems import get_problem
+from tunelab.problems.scores import ScoreAccumulator
 
 # cls: the class token's last hidden state; mean: the mean of the patch tokens;
 # cls+mean: both, concatenated (DINOv2's linear-probe features). A convolutional
@@ -64,10 +67,6 @@ def classify_loader(model, loader, device, problem: str | None, precision: str =
     probabilities go into an accumulator (O(n) memory for many classes)."""
     import numpy as np
     import torch
-
-    from tunelab.core.progress import progress
-    from tunelab.problems import get_problem
-    from tunelab.problems.scores import ScoreAccumulator
 
     kind, total = get_problem(problem), len(loader.dataset)
     preprocess = loader.dataset.preprocess

@@ -11,7 +11,10 @@ import numpy as np
 
 from tunelab.core.config import check_positive, check_settings, setting
 from tunelab.core.errors import ConfigError, TunelabError
+from tunelab.core.runs import atomic_write_bytes
+from tunelab.core.trial import report
 from tunelab.problems import get_problem
+from tunelab.problems.scores import split_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +114,6 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
     metric = config.tune_metric or get_problem(problem).headline
     num_classes = get_problem(problem).num_outputs(y_train, y_val)
     scores, best, best_score, best_value = {}, None, -np.inf, None
-    from tunelab.core.trial import report
 
     for position, value in enumerate(grid):
         estimator = build_classifier(config, value, seed, problem, class_weight).fit(x_train, y_train)
@@ -126,8 +128,6 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
 
 
 def validation_score(estimator, x, y, problem: str | None, num_classes: int, metric: str, threshold: float) -> float:
-    from tunelab.problems.scores import split_metrics
-
     predictions = predict_scores(estimator, x, problem, num_classes, threshold)
     return float(split_metrics(y, predictions, num_classes)[metric])
 
@@ -140,8 +140,6 @@ def predict_scores(estimator, features: np.ndarray, problem: str | None, num_cla
 
 def save_classifier(estimator, path: Path) -> None:
     import skops.io as sio
-
-    from tunelab.core.runs import atomic_write_bytes
 
     atomic_write_bytes(path, sio.dumps(estimator))
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from tunelab.core.errors import TunelabError, counted
 from tunelab.core.files import PREDICTOR_FILE, read_json_file, read_predictor, read_yaml_file
+from tunelab.data.text import TextInputs
+from tunelab.problems.scores import LabelScores, ValueScores, label_set_text
 
 
 @dataclasses.dataclass
@@ -62,8 +64,6 @@ class Predictor:
 def as_text_inputs(inputs):
     """Texts, or sentence pairs given as (first, second) tuples or a TextInputs, checked
     for empty texts."""
-    from tunelab.data.text import TextInputs
-
     if not isinstance(inputs, TextInputs):
         items = list(inputs)
         if items and all(isinstance(i, (tuple, list)) and len(i) == 2 for i in items):
@@ -78,8 +78,6 @@ def as_text_inputs(inputs):
 
 def predictions_from(inputs, scores, names) -> list[Prediction]:
     """Predictions for ``inputs`` from ClassScores, LabelScores or ValueScores."""
-    from tunelab.problems.scores import LabelScores, ValueScores, label_set_text
-
     inputs = as_text_inputs(inputs)
     pairs = inputs.pairs or [None] * len(inputs)
     if isinstance(scores, ValueScores):

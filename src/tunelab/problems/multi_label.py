@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.problems.base import Problem
+from tunelab.problems.base import Problem, has_probabilities
+from tunelab.problems.labels import build_multilabel_space, encode_label_sets, label_sets
+from tunelab.problems.scores import LabelScores
 
 
 class MultiLabel(Problem):
@@ -23,8 +25,6 @@ class MultiLabel(Problem):
     tunes_threshold = True
 
     def encode_targets(self, labels, train_key, cfg, label_names):
-        from tunelab.problems.labels import build_multilabel_space, encode_label_sets, label_sets
-
         sets = {name: label_sets(cells, cfg.label_separator) for name, (cells, _, _) in labels.items()}
         space = build_multilabel_space(sets[train_key], label_names)
         return space, {name: encode_label_sets(sets[name], space, name, source, ids)
@@ -44,16 +44,12 @@ class MultiLabel(Problem):
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
         import torch
 
-        from tunelab.problems.scores import LabelScores
-
         return LabelScores(torch.sigmoid(torch.as_tensor(outputs).float()).numpy(), threshold, "probability")
 
     def compact_outputs(self, logits):
         return logits.float().sigmoid()
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.problems.scores import LabelScores
-
         return LabelScores(np.asarray(outputs))
 
     def loss(self, logits, labels, weights):
@@ -69,8 +65,6 @@ class MultiLabel(Problem):
         return labels.mean(0)
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.problems.scores import LabelScores
-
         full = np.zeros(num_classes)
         full[: len(np.atleast_1d(prior))] = prior
         return LabelScores(np.tile(full, (n, 1)), threshold)
@@ -85,9 +79,6 @@ class MultiLabel(Problem):
         return OneVsRestClassifier(base)
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
-        from tunelab.problems.base import has_probabilities
-        from tunelab.problems.scores import LabelScores
-
         if has_probabilities(estimator):
             return LabelScores(np.asarray(estimator.predict_proba(features)), threshold, "probability")
         return LabelScores(np.asarray(estimator.decision_function(features)), 0.0, "decision")

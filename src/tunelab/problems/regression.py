@@ -8,6 +8,8 @@ import numpy as np
 
 from tunelab.core.errors import DataError
 from tunelab.problems.base import Problem
+from tunelab.problems.labels import LabelSpace, regression_targets
+from tunelab.problems.scores import ValueScores
 
 
 class Regression(Problem):
@@ -23,8 +25,6 @@ class Regression(Problem):
     shots_allowed = False
 
     def encode_targets(self, labels, train_key, cfg, label_names):
-        from tunelab.problems.labels import LabelSpace, regression_targets
-
         if cfg.class_weight:
             raise DataError("--class-weight balances classes, and a regression task has none; drop it")
         return LabelSpace((), (), self.name), {name: regression_targets(cells, name, source, ids)
@@ -44,16 +44,12 @@ class Regression(Problem):
         return {0: "value"}
 
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
-        from tunelab.problems.scores import ValueScores
-
         return ValueScores(np.asarray(outputs, dtype=np.float32).reshape(-1).astype(np.float64))
 
     def compact_outputs(self, logits):
         return logits.float().reshape(-1)
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.problems.scores import ValueScores
-
         return ValueScores(np.asarray(outputs).reshape(-1))
 
     def loss(self, logits, labels, weights):
@@ -65,8 +61,6 @@ class Regression(Problem):
         return np.atleast_1d(labels.mean(0))
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.problems.scores import ValueScores
-
         return ValueScores(np.full(n, float(np.atleast_1d(prior)[0])))
 
     def estimator(self, kind, c, seed, class_weight, max_iter):
@@ -75,8 +69,6 @@ class Regression(Problem):
         return Ridge(alpha=c)
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
-        from tunelab.problems.scores import ValueScores
-
         return ValueScores(np.asarray(estimator.predict(features), dtype=np.float64))
 
     def num_outputs(self, y_train, y_val) -> int:

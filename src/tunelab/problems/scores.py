@@ -148,8 +148,6 @@ def choose_threshold(scores: LabelScores, y_true: np.ndarray, setting: str) -> t
     """The multi-label decision threshold: the configured probability, or with ``tune``
     the one of THRESHOLD_GRID that maximises micro F1 on these (validation) scores.
     Decision values (a linear SVC's) keep their natural threshold 0 unless tuned."""
-    from tunelab.problems.metrics import multilabel_metrics
-
     if setting != "tune":
         value = float(setting) if scores.kind == "probability" else 0.0
         return value, {"value": value, "tuned": False}

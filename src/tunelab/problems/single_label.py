@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 
 from tunelab.core.errors import DataError
-from tunelab.problems.base import Problem
+from tunelab.problems.base import Problem, class_scores
+from tunelab.problems.labels import build_label_space, encode_labels, is_list
+from tunelab.problems.scores import ClassScores
 
 
 class SingleLabel(Problem):
@@ -23,8 +25,6 @@ class SingleLabel(Problem):
 
     def encode_targets(self, labels, train_key, cfg, label_names):
         import re
-
-        from tunelab.problems.labels import build_label_space, encode_labels, is_list
 
         normalised = {}
         for name, (cells, source, ids) in labels.items():
@@ -54,16 +54,12 @@ class SingleLabel(Problem):
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
         import torch
 
-        from tunelab.problems.scores import ClassScores
-
         return ClassScores.from_full(torch.softmax(torch.as_tensor(outputs).float(), dim=-1).numpy(), "probability")
 
     def compact_outputs(self, logits):
         return logits.argmax(dim=-1)
 
     def scores_from_compact(self, outputs, num_classes: int):
-        from tunelab.problems.scores import ClassScores
-
         return ClassScores.from_full(np.eye(num_classes)[np.asarray(outputs)], "indicator")
 
     def loss(self, logits, labels, weights):
@@ -79,8 +75,6 @@ class SingleLabel(Problem):
         return np.bincount(labels) / len(labels)
 
     def prior_scores(self, prior, n, num_classes, threshold: float = 0.5):
-        from tunelab.problems.scores import ClassScores
-
         full = np.zeros(num_classes)
         full[: len(prior)] = prior
         return ClassScores.from_full(np.tile(full, (n, 1)), "probability")
@@ -94,8 +88,5 @@ class SingleLabel(Problem):
         return LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight, random_state=seed)
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
-        from tunelab.problems.base import class_scores
-        from tunelab.problems.scores import ClassScores
-
         full, kind = class_scores(estimator, features, num_classes)
         return ClassScores.from_full(full, kind, predicted=estimator.predict(features))

@@ -35,9 +35,11 @@ from tunelab.analysis.comparisons import (
     reliability,
     zero_label_references,
 )
-from tunelab.core.errors import counted
+from tunelab.core.errors import TunelabError, counted
+from tunelab.core.files import is_plain_name
 from tunelab.core.plots import figure, png
-from tunelab.core.runs import read_inside, read_text_inside
+from tunelab.core.registry import all_tasks
+from tunelab.core.runs import atomic_write_bytes, read_inside, read_text_inside
 from tunelab.core.stats import PairedTest, better, correlation_interval, seed_summary, wilson_interval
 from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority, headline_metric
 
@@ -186,10 +188,6 @@ def markdown_escape(text: str, line_start: bool = True) -> str:
 
 
 def _write_asset(assets: Path, name: str, data: bytes) -> None:
-    from tunelab.core.errors import TunelabError
-    from tunelab.core.files import is_plain_name
-    from tunelab.core.runs import atomic_write_bytes
-
     if not is_plain_name(name):  # Document.image makes every name plain: this guards the rule
         raise TunelabError(f"the report's image name {name!r} is not a plain file name; nothing was written")
     if not assets.exists():
@@ -199,8 +197,6 @@ def _write_asset(assets: Path, name: str, data: bytes) -> None:
 
 def check_report_target(path: Path, signature: str) -> None:
     """Refuse to replace a report file (or its images folder) that tunelab did not write."""
-    from tunelab.core.errors import TunelabError
-
     if path.is_symlink():
         raise TunelabError(f"{path} is a symbolic link; tunelab does not write through links (remove it or "
                            "choose another --out)")
@@ -218,8 +214,6 @@ def check_report_target(path: Path, signature: str) -> None:
 
 
 def check_assets_target(folder: Path) -> None:
-    from tunelab.core.errors import TunelabError
-
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise TunelabError(f"{folder} is not a folder tunelab made; it is left as it is (remove it or choose "
                            "another --out)")
@@ -267,8 +261,6 @@ def _class_distributions(doc: Document, records: list[RunRecord]) -> None:
 
 
 def _describe(record: RunRecord) -> str:
-    from tunelab.core.registry import all_tasks
-
     task = all_tasks().get(record.command)
     if task is None or task.describe is None:
         return ""
@@ -565,8 +557,6 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
                  published: dict | None = None, searches: list[dict] | None = None) -> tuple[Path, Path]:
     """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it.
     A report file or images folder that tunelab did not write is never replaced."""
-    from tunelab.core.runs import atomic_write_bytes
-
     out = Path(out)
     if out.suffix.lower() in (".html", ".htm"):
         out = out.with_suffix(".md")
@@ -601,8 +591,6 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
 def _search_records(root: Path, problems: list[str]) -> list[dict]:
     """The searches of a study directory; one whose file is damaged, or whose step name
     is not a plain name (it becomes part of file names), is left out and said."""
-    from tunelab.core.files import is_plain_name
-
     records = []
     for path in sorted(root.glob("*.search.json")):
         try:
@@ -678,8 +666,6 @@ def _search_section(doc: Document, search: dict) -> None:
 
 def _study_state(root: Path):
     from types import SimpleNamespace
-
-    from tunelab.core.files import is_plain_name
 
     try:
         state = json.loads(read_text_inside(root, "study.json") or "{}")

@@ -24,8 +24,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from tunelab.core.config import config_from_run
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import read_json_file
+from tunelab.core.registry import all_tasks, get_task
+from tunelab.core.runs import atomic_write_bytes, lock_run_directory
+from tunelab.data.images import image_outputs, pixel_batches
+from tunelab.encoders.text import graph_outputs, pad_batch, pad_token_id, sorted_padded_batches, tokenize_inputs
+from tunelab.models.predictor import as_text_inputs, run_command
+from tunelab.models.resolve import load_pretrained
 from tunelab.problems import get_problem
 
 logger = logging.getLogger(__name__)
@@ -76,11 +83,6 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     ``RUN/onnx/export.json``."""
     import torch
 
-    from tunelab.core.config import config_from_run
-    from tunelab.core.registry import get_task
-    from tunelab.core.runs import atomic_write_bytes, lock_run_directory
-    from tunelab.models.predictor import as_text_inputs, run_command
-
     run_dir = Path(run_dir)
     task = get_task(run_command(run_dir))
     if task.export_graph is None or task.predictor_from_graph is None:
@@ -98,8 +100,6 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
         run_dir, image_root=Path(config.data.dataset).expanduser() if images else None)
     inputs = as_text_inputs(raw_inputs)
     if images:
-        from tunelab.data.images import pixel_batches
-
         sample = {"pixel_values": next(pixel_batches(graph.processor, inputs.texts[:2]))[1].numpy()}
     else:
         sample = _encode(graph.tokenizer, inputs, graph.max_length, slice(0, 2))
@@ -183,8 +183,6 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
 
 
 def all_exportable() -> dict:
-    from tunelab.core.registry import all_tasks
-
     return {name: task for name, task in all_tasks().items()
             if task.export_graph is not None and task.predictor_from_graph is not None}
 
@@ -221,8 +219,6 @@ def _int8_change(reference: list, int8: list, gold: list[str] | None, output_dif
 
 
 def _encode(tokenizer, inputs, max_length: int, rows=None) -> dict[str, np.ndarray]:
-    from tunelab.encoders.text import pad_batch, pad_token_id, tokenize_inputs
-
     ids, types = tokenize_inputs(tokenizer, inputs, max_length)
     if rows is not None:
         ids, types = ids[rows], (types[rows] if types else None)
@@ -235,11 +231,7 @@ def torch_outputs(graph, inputs, batch_size: int = 32) -> np.ndarray:
     """The graph's output in PyTorch fp32 on the CPU, as the export is checked."""
     import torch
 
-    from tunelab.encoders.text import graph_outputs
-
     if graph.inputs == "images":
-        from tunelab.data.images import image_outputs
-
         with torch.inference_mode():
             return image_outputs(graph.processor, inputs, lambda pixels: graph.module(pixels).float().numpy(),
                                  batch_size)
@@ -251,13 +243,9 @@ def onnx_outputs(session, graph, inputs, batch_size: int = 32) -> np.ndarray:
     length-sorted, dynamically padded batches; image files (``inputs``: their paths)
     through the saved image processor. ``graph``: anything with the ExportGraph's
     tokenizer, max_length and processor."""
-    from tunelab.encoders.text import pad_token_id, sorted_padded_batches, tokenize_inputs
-
     wanted = {i.name for i in session.get_inputs()}
     output = session.get_outputs()[0].name
     if graph.processor is not None:
-        from tunelab.data.images import image_outputs
-
         return image_outputs(graph.processor, inputs,
                              lambda pixels: session.run([output], {"pixel_values": pixels.numpy()})[0], batch_size)
     ids, types = tokenize_inputs(graph.tokenizer, inputs, graph.max_length)
@@ -293,11 +281,6 @@ def onnx_predictor(run_dir: str | Path, int8: bool = False):
     """``predict`` through ONNX Runtime: the exported graph, then the task's own predictor
     around it (a classifier, a head); no PyTorch model is loaded."""
     from transformers import AutoTokenizer
-
-    from tunelab.core.config import config_from_run
-    from tunelab.core.registry import get_task
-    from tunelab.models.predictor import run_command
-    from tunelab.models.resolve import load_pretrained
 
     ort = _require("onnxruntime")
     run_dir = Path(run_dir)

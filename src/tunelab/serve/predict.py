@@ -11,7 +11,10 @@ from pathlib import Path
 from tunelab.core.config import config_from_run
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import read_yaml_file
+from tunelab.core.registry import get_task
+from tunelab.data.text import TEXT_ALTERNATIVES, TextInputs, pick_column, read_frame
 from tunelab.models.predictor import Prediction, Predictor, run_command
+from tunelab.serve.export import onnx_predictor
 
 PRECISIONS = ("fp32", "bf16", "fp16", "run")
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -27,15 +30,12 @@ def load_predictor(run_dir: str | Path, backend: str = "torch", precision: str |
     on features of that precision)."""
     if precision is not None and precision not in PRECISIONS:
         raise TunelabError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    from tunelab.core.registry import get_task
 
     run_dir = Path(run_dir)
     command = run_command(run_dir)
     if backend not in BACKENDS:
         raise TunelabError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     if backend != "torch":
-        from tunelab.serve.export import onnx_predictor
-
         return Predictor(run_dir, onnx_predictor(run_dir, int8=backend == "onnx-int8"), backend)
     task = get_task(command)
     if task.load_predictor is None:
@@ -78,8 +78,6 @@ def check_input_shape(run_dir: Path, inputs) -> None:
 def read_inputs(path: str | Path, column: str | None = None, pair_column: str | None = None):
     """Texts from a CSV/TSV/JSONL/Parquet file (column ``text`` or ``column``; with
     ``pair_column`` sentence pairs) or a .txt, one per line."""
-    from tunelab.data.text import TEXT_ALTERNATIVES, TextInputs, pick_column, read_frame
-
     path = Path(path)
     if not path.is_file():
         raise TunelabError(f"input file not found: {path}")
@@ -102,7 +100,6 @@ def run_pair_columns(run_dir: str | Path, input_file: str | Path, text_column: s
     data = config.get("data") or {}
     if str(input_file).lower().endswith(".txt"):
         return text_column, None
-    from tunelab.data.text import read_frame
 
     columns = [str(c) for c in read_frame(Path(input_file)).columns]
     if text_column is None and data.get("text_column") in columns:

@@ -48,9 +48,21 @@ from tunelab.core.config import (
     set_dotted,
 )
 from tunelab.core.errors import TunelabError, counted
-from tunelab.core.files import PLAIN_NAME
-from tunelab.core.registry import all_tasks, get_task
-from tunelab.tasks.lifecycle import run_task
+from tunelab.core.files import PLAIN_NAME, load_yaml
+from tunelab.core.registry import all_tasks, canonical_name, get_task
+from tunelab.core.runs import (
+    MARKER,
+    RUN_RECORDS,
+    atomic_write_bytes,
+    is_run_directory,
+    lock_run_directory,
+    marker_run_id,
+)
+from tunelab.data.sources import resolve_dataset
+from tunelab.models.resolve import resolve_model
+from tunelab.report.document import write_report
+from tunelab.study.search import TrialRun, parse_search, run_search
+from tunelab.tasks.lifecycle import read_inputs_record, run_task
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +126,6 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
     for dotted, value in _flatten(dict(values.get("settings") or {})):  # data.shots and data: {shots} alike
         set_dotted(settings, dotted, value)
     study_matrix = dict(values.get("matrix") or {})
-    from tunelab.core.registry import canonical_name
 
     commands = all_tasks()
     steps, matrices = [], {}
@@ -132,8 +143,6 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
         matrices[name] = dict(raw.pop("matrix", None) or {})
         search = None
         if "search" in raw:
-            from tunelab.study.search import parse_search
-
             cls = commands[command].config_class
             search = parse_search(raw.pop("search"), lambda key, cls=cls: _has_key(cls, key),
                                   f"{origin}: step {name}")
@@ -225,8 +234,6 @@ def expand_matrix(step: Step, matrix: dict[str, Any], variables: dict[str, Any],
     """One run per combination of the matrix's values (keys are config keys, dotted, or
     study variables); a key the step's command lacks is left out for that step."""
     import itertools
-
-    from tunelab.core.registry import get_task
 
     cls = get_task(step.command).config_class
     keys = []
@@ -349,8 +356,6 @@ def open_study_directory(root: Path):
     """Take the study directory for this study alone: a folder that holds files but no
     tunelab marker is refused (it is the user's), and the marker's lock is held until
     the study ends, so a second study on the same --out stops at once."""
-    from tunelab.core.runs import lock_run_directory
-
     if root.exists() and not root.is_dir():
         raise TunelabError(f"--out {root} is a file; pass a directory")
     if root.is_symlink():
@@ -376,8 +381,6 @@ def check_study_directory(root: Path) -> None:
     a run id that study.json repeats, where the study got that far) holding only its own
     runs. A run directory, a folder of the user's, or a planted or empty marker is
     refused, so nothing in it is ever overwritten."""
-    from tunelab.core.runs import MARKER, RUN_RECORDS, is_run_directory, marker_run_id
-
     if not is_run_directory(root):
         raise TunelabError(f"--out {root} holds files that tunelab did not write (no {MARKER} file); "
                            "choose a new or empty directory")
@@ -400,8 +403,6 @@ def check_study_directory(root: Path) -> None:
 
 
 def _recorded_request(run_dir: Path) -> str | None:
-    from tunelab.tasks.lifecycle import read_inputs_record
-
     recorded = read_inputs_record(run_dir)
     return recorded.get("requested_config") if recorded else None
 
@@ -409,10 +410,6 @@ def _recorded_request(run_dir: Path) -> str | None:
 def _complete_with(run_dir: Path, command: str, config) -> bool:
     """A finished run made from the same requested configuration and the same files: the
     model's and the data's fingerprints must still match what the run recorded."""
-    from tunelab.data.sources import resolve_dataset
-    from tunelab.models.resolve import resolve_model
-    from tunelab.tasks.lifecycle import read_inputs_record
-
     if not (run_dir / "metrics.json").is_file() or _recorded_request(run_dir) != dump_yaml(config, command):
         return False
     recorded = read_inputs_record(run_dir)
@@ -501,7 +498,6 @@ def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
             logger.error("step %s failed: %s", planned.step.name, detail)
     ordered = [o for step in study.steps for o in outcomes[step.name]]
     _write_state(root, study, ordered)
-    from tunelab.report.document import write_report
 
     # A search's trials scored validation only: the report compares its best run.
     runs = [root / o.name for o in ordered if o.status in ("completed", "reused") and not o.trial]
@@ -514,8 +510,6 @@ def _run_searched_step(study: Study, step: Step, root: Path, jobs: int, executor
                        ray_address: str | None) -> tuple[dict, list[StepOutcome]]:
     """The step's trials (validation only; ``jobs`` at a time in processes, or as Ray
     tasks), then its best configuration on every split."""
-    from tunelab.study.search import TrialRun, run_search
-
     def config_for(params: dict[str, Any], splits: list[str] | None):
         overrides = json.loads(json.dumps(step.overrides))
         for key, value in params.items():
@@ -569,9 +563,6 @@ def _search_identity(step: Step, base_config) -> dict[str, Any]:
     """What a search searches: the step's settings, the data's and the model's content,
     the space, metric, sampler, pruner and seed (not the trial budget: raising it
     continues the same search)."""
-    from tunelab.data.sources import resolve_dataset
-    from tunelab.models.resolve import resolve_model
-
     spec = {k: v for k, v in step.search.record().items() if k != "trials"}
     dataset = resolve_dataset(base_config.data.dataset, getattr(base_config.data, "dataset_config", None))
     model = getattr(base_config, "model", None)
@@ -617,8 +608,6 @@ def _run_in_processes(todo: list[PlannedRun], root: Path, jobs: int) -> list[tup
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
-
-    from tunelab.core.runs import atomic_write_bytes
 
     try:
         import torch
@@ -699,9 +688,6 @@ def _remote_run(command: str, config_yaml: str, out: str, mode: str,
     a search trial's environment while it runs)."""
     import os
 
-    from tunelab.core.config import from_dict
-    from tunelab.core.files import load_yaml
-
     values = load_yaml(config_yaml)
     values.pop("command", None)
     config = from_dict(get_task(command).config_class, values)
@@ -750,8 +736,6 @@ def _run_on_ray(todo: list[PlannedRun], root: Path, address: str | None) -> list
 
 
 def _write_state(root: Path, study: Study, outcomes: list[StepOutcome]) -> None:
-    from tunelab.core.runs import atomic_write_bytes, marker_run_id
-
     state = {"run_id": marker_run_id(root), "name": study.name, "variables": study.variables,
              "settings": study.settings, "overrides": study.overrides, "baseline": study.baseline,
              "published": study.published,

@@ -27,7 +27,11 @@ from typing import Any
 
 from tunelab.core.config import ConfigError
 from tunelab.core.errors import TunelabError
-from tunelab.core.trial import PRUNED_AT
+from tunelab.core.files import load_yaml
+from tunelab.core.runs import atomic_write_bytes, check_replaceable, is_run_directory
+from tunelab.core.trial import ENVIRONMENT, PRUNED_AT, make_pruner, reporting_to, trial_reporter
+from tunelab.problems import PROBLEMS
+from tunelab.problems.metrics import LOWER_IS_BETTER
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ class SearchSpec:
 
 
 def known_metrics() -> set[str]:
-    from tunelab.problems import PROBLEMS
-
     names: set[str] = set()
     for problem in PROBLEMS.values():
         names |= {*problem.selection_metrics, problem.headline, problem.checkpoint_metric}
@@ -148,7 +150,6 @@ def parse_space_flag(text: str) -> tuple[str, Any]:
     key, sep, spec = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--space {text!r}: give KEY=KIND:LOW,HIGH or KEY=V1,V2,...")
-    from tunelab.core.files import load_yaml
 
     kind, colon, rest = spec.partition(":")
     if colon and kind in KINDS:
@@ -196,8 +197,6 @@ def recover_journal(journal: Path) -> None:
     """Keep a damaged journal's complete records: a line cut short by a kill (or garbage
     after the last complete record) is dropped, said in one line naming the file, and
     the file rewritten with what precedes it, so the search can continue."""
-    from tunelab.core.runs import atomic_write_bytes
-
     if not journal.is_file():
         return
     data = journal.read_bytes()
@@ -245,9 +244,6 @@ def _open_study(optuna, journal: Path, step_name: str, spec: SearchSpec):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from tunelab.core.trial import make_pruner
-    from tunelab.problems.metrics import LOWER_IS_BETTER
-
     journal.parent.mkdir(parents=True, exist_ok=True)
     recover_journal(journal)
     direction = "minimize" if spec.metric in LOWER_IS_BETTER else "maximize"
@@ -264,8 +260,6 @@ def _open_study(optuna, journal: Path, step_name: str, spec: SearchSpec):
 def _start_anew(journal: Path, root: Path, step_name: str, why: str) -> None:
     """A rerun whose search differs from the journal's: the old journal and trial runs go
     (only trial folders tunelab provably made; anything else stops the study in one line)."""
-    from tunelab.core.runs import check_replaceable, is_run_directory
-
     trials = [p for p in root.glob(f"{step_name}-trial*") if re.fullmatch(re.escape(step_name) + r"-trial\d+", p.name)]
     for folder in trials:
         if folder.is_symlink() or not folder.is_dir() or not is_run_directory(folder):
@@ -287,8 +281,6 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun,
     ``identity`` is what is searched (settings, data and model fingerprints, the space,
     metric, sampler and seed), recorded in the journal: a rerun whose search differs
     starts a new search instead of reusing trials chosen on other data or settings."""
-    from tunelab.core.trial import ENVIRONMENT, reporting_to, trial_reporter
-
     optuna = _optuna()
     from optuna.trial import TrialState
 

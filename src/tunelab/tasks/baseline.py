@@ -21,7 +21,18 @@ from tunelab.core.config import TaskConfig, setting
 from tunelab.core.errors import DataError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
+from tunelab.data.images import is_image_dataset, load_image_dataset
+from tunelab.data.text import TextSplit, load_text_dataset, resolved_data_config
+from tunelab.models.classifiers import (
+    ClassifierConfig,
+    fit_classifier,
+    load_classifier,
+    predict_scores,
+    save_classifier,
+)
+from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.problems import get_problem
+from tunelab.problems.scores import LabelScores, choose_threshold
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
 
 logger = logging.getLogger(__name__)
@@ -51,9 +62,6 @@ def describe(metrics: dict) -> str:
 
 
 def prepare(config: BaselineConfig) -> Prepared:
-    from tunelab.data.images import is_image_dataset, load_image_dataset
-    from tunelab.data.text import load_text_dataset, resolved_data_config
-
     if is_image_dataset(config.data.dataset):
         if config.kind != "majority":
             raise DataError("the tfidf baseline reads text; for images use --kind majority")
@@ -89,9 +97,6 @@ def tfidf_features(vectorizer, split):
 
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
-    from tunelab.models.classifiers import fit_classifier, predict_scores, save_classifier
-    from tunelab.problems.scores import LabelScores, choose_threshold
-
     if context.rank != 0:
         return None
     config, dataset, run = prepared.config, prepared.dataset, context.run
@@ -158,8 +163,6 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def _classifier_config(config: BaselineConfig, problem: str, has_validation: bool):
     """The TF-IDF floor's linear model as a probe classifier: logistic regression (one-vs-
     rest for label sets) or ridge, its setting chosen on validation like the probe's."""
-    from tunelab.models.classifiers import ClassifierConfig
-
     kind = "logreg" if "logreg" in get_problem(problem).classifiers else get_problem(problem).default_classifier
     return ClassifierConfig(kind=kind, c=config.c,
                             tune=config.tune and has_validation,
@@ -167,11 +170,6 @@ def _classifier_config(config: BaselineConfig, problem: str, has_validation: boo
 
 
 def load_predictor(run_dir: Path, config: BaselineConfig):
-    from tunelab.data.text import TextSplit
-    from tunelab.models.classifiers import load_classifier, predict_scores
-    from tunelab.models.predictor import as_text_inputs, predictions_from
-    from tunelab.problems.scores import LabelScores
-
     saved = read_predictor(run_dir)
     names, problem = saved["class_names"], saved["problem"]
     if saved["kind"] == "majority":

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunelab.core.stats import correlation_interval, wilson_interval
 from tunelab.problems import get_problem
+from tunelab.tasks.run_report import metrics_table
 
 
 def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str, base_model: dict | None) -> Path:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    from tunelab.tasks.run_report import metrics_table
 
     command, kind = metrics["command"], get_problem(metrics.get("data", {}).get("problem"))
     problem = kind.name
@@ -85,8 +85,6 @@ def write_model_card(model_dir: Path, metrics: dict[str, Any], config_yaml: str,
 
 
 def _intervals(metrics: dict) -> str:
-    from tunelab.core.stats import correlation_interval, wilson_interval
-
     lines = []
     for split, values in metrics["splits"].items():
         if "accuracy" in values:

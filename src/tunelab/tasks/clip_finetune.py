@@ -19,9 +19,12 @@ from tunelab.core.config import ImageDecodingConfig, TaskConfig, check_settings,
 from tunelab.core.errors import DataError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record
 from tunelab.core.registry import Task, register_task
-from tunelab.data.images import ClipPreprocess, image_loader
+from tunelab.core.runtime import resolve_device
+from tunelab.data.images import ClipPreprocess, default_workers, image_loader, load_image_dataset
 from tunelab.encoders.clip import (
     class_embeddings,
+    dual_encoder_predictor,
+    image_embedder,
     is_sigmoid,
     load_clip,
     load_templates,
@@ -30,10 +33,10 @@ from tunelab.encoders.clip import (
     scoring_record,
     tokenize_prompts,
 )
-from tunelab.models.resolve import count_parameters
+from tunelab.models.resolve import count_parameters, load_pretrained, resolve_model
 from tunelab.problems import get_problem
 from tunelab.problems.metrics import classification_metrics
-from tunelab.problems.scores import ScoreAccumulator, top_k_nll
+from tunelab.problems.scores import ScoreAccumulator, split_metrics, top_k_nll, validation_loss
 from tunelab.tasks.lifecycle import (
     Outcome,
     Prepared,
@@ -42,7 +45,16 @@ from tunelab.tasks.lifecycle import (
     recorded_model,
     trained_outcome,
 )
-from tunelab.training.config import LoraConfig, TrainConfig, check_best_metric, fill_learning_rate, wrap_lora
+from tunelab.training.config import (
+    ADAPTER_DIR,
+    LoraConfig,
+    TrainConfig,
+    check_best_metric,
+    fill_learning_rate,
+    point_adapter_at_base,
+    wrap_lora,
+)
+from tunelab.training.images import build_image_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +142,6 @@ def describe(metrics: dict) -> str:
 
 def prepare(config: ClipFinetuneConfig) -> Prepared:
     """The images listed and labelled (no pixels read), CLIP loaded (and wrapped in LoRA)."""
-    from tunelab.data.images import load_image_dataset
-    from tunelab.models.resolve import resolve_model
-
     source = resolve_model(config.model)
     templates = load_templates(config.templates)
     dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
@@ -155,7 +164,7 @@ def prepare(config: ClipFinetuneConfig) -> Prepared:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with zero-shot evaluation on validation, then score every split with the
     best model against freshly computed class embeddings."""
-    from tunelab.training.trainer import train_resumable
+    from tunelab.training.trainer import train_resumable  # here, not at the top: loads transformers
 
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
     parts = prepared.parts
@@ -196,9 +205,6 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
 def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
     """Classify image files with the fine-tuned CLIP and the class embeddings it saved."""
-    from tunelab.core.runtime import resolve_device
-    from tunelab.encoders.clip import dual_encoder_predictor, image_embedder
-
     model, _, processor = load_clip_run(run_dir, config)
     embed = image_embedder(model, processor, resolve_device(config.runtime.device), config.train.eval_batch_size)
     return dual_encoder_predictor(run_dir, embed, scoring_record(model))
@@ -206,15 +212,13 @@ def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
 
 def export_graph(run_dir: Path, config: ClipFinetuneConfig):
     """The fine-tuned image tower; the class embeddings it saved follow in NumPy."""
-    from tunelab.encoders.graphs import dual_encoder_export
+    from tunelab.encoders.graphs import dual_encoder_export  # here, not at the top: loads torch
 
     model, _, processor = load_clip_run(run_dir, config)
     return dual_encoder_export(run_dir, model, processor)
 
 
 def predictor_from_graph(run_dir: Path, config: ClipFinetuneConfig, encode):
-    from tunelab.encoders.clip import dual_encoder_predictor
-
     return dual_encoder_predictor(run_dir, encode)
 
 
@@ -235,10 +239,6 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
                        output_dir: Path, tracker=None, world: int = 1, evaluate: bool = True):
     """The image Trainer with a CLIP loss, evaluated zero-shot against class embeddings
     recomputed at every evaluation. Returns (trainer, interrupt callback)."""
-    from tunelab.core.runtime import resolve_device
-    from tunelab.data.images import default_workers
-    from tunelab.training.images import build_image_trainer
-
     validation = dataset.splits.get("validation")
     workers = default_workers() if config.images.num_workers is None else config.images.num_workers
     first = [templates[0].format(name) for name in dataset.class_names]
@@ -249,8 +249,6 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     num_classes = len(dataset.class_names)
 
     def validation_metrics(net, skipped_files: set) -> dict:
-        from tunelab.problems.scores import split_metrics, validation_loss
-
         device = next(net.parameters()).device
         class_emb = class_embeddings(net, tokenizer, dataset.class_names, templates, device)
         accumulator = ScoreAccumulator(len(validation), num_classes, "similarity", keep_full=label_sets)
@@ -280,8 +278,6 @@ def _save(model, tokenizer, processor, run, config: ClipFinetuneConfig, class_em
     """model/: a self-contained CLIP folder (CLIPModel.from_pretrained loads it from
     anywhere); a LoRA run's adapters are merged into it and kept in model/adapter/ too,
     pointing at the base by hub id or absolute path."""
-    from tunelab.training.config import ADAPTER_DIR, point_adapter_at_base
-
     target = run.path / "model"
     if config.train.method == "lora":
         model.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
@@ -300,8 +296,6 @@ def load_clip_run(run_dir: Path, config: ClipFinetuneConfig):
     """(model, tokenizer, processor) of a finished clip-finetune run. Nothing in the folder
     is executed; a LoRA adapter goes onto the base model the run recorded."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-    from tunelab.models.resolve import load_pretrained
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned CLIP or SigLIP model in {model_dir}"

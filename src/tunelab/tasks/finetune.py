@@ -18,7 +18,20 @@ import numpy as np
 from tunelab.core.config import ImageDecodingConfig, TaskConfig, config_from_run, setting
 from tunelab.core.errors import ConfigError, DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
+from tunelab.core.progress import progress
 from tunelab.core.registry import Task, register_task
+from tunelab.core.runtime import is_cuda, length_multiple, resolve_device
+from tunelab.data.images import files_split, is_image_dataset
+from tunelab.data.text import load_text_dataset, resolved_data_config
+from tunelab.encoders.text import (
+    ensure_padding,
+    pad_batch,
+    pad_token_id,
+    sorted_padded_batches,
+    split_inputs,
+    tokenize_inputs,
+)
+from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import (
     ModelSource,
     count_parameters,
@@ -26,9 +39,11 @@ from tunelab.models.resolve import (
     load_config,
     load_pretrained,
     load_tokenizer,
+    resolve_model,
 )
 from tunelab.problems import get_problem
-from tunelab.problems.scores import ScoreAccumulator
+from tunelab.problems.scores import ScoreAccumulator, choose_threshold, split_metrics
+from tunelab.tasks.image_finetune import execute_images, image_export_graph, image_logits, prepare_images
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
@@ -64,8 +79,6 @@ class FinetuneConfig(TaskConfig):
 def check_4bit(config: FinetuneConfig) -> None:
     """--load-in-4bit stops in one line where it cannot work, before anything loads."""
     import importlib.util
-
-    from tunelab.core.runtime import is_cuda, resolve_device
 
     if config.train.method != "lora":
         raise ConfigError("--load-in-4bit freezes the base in 4 bits, which cannot be trained in full: add "
@@ -106,7 +119,7 @@ def build_model(source: ModelSource, dataset, config: FinetuneConfig):
         raise ModelError(f"'{source.name}' is a {model_type} model; text fine-tuning needs a text encoder")
     problem, names = get_problem(dataset.problem), dataset.class_names
     if config.data.pair_encoding == "bi":
-        from tunelab.encoders.biencoder import BiEncoder
+        from tunelab.encoders.biencoder import BiEncoder  # here, not at the top: loads torch
 
         if config.load_in_4bit:
             raise ConfigError("--load-in-4bit applies to classifiers; for sentence pairs add --pair-encoding cross")
@@ -176,8 +189,6 @@ class TokenizedTexts:
 def tokenized_dataset(tokenizer, inputs, labels: np.ndarray, max_length: int, bi: bool = False) -> TokenizedTexts:
     """One fast-tokenizer call over all texts (no ``.map``, no padding): single texts, pairs
     encoded jointly, or (``bi``) each text of a pair on its own."""
-    from tunelab.encoders.text import split_inputs, tokenize_inputs
-
     texts, pairs = split_inputs(inputs)
     if bi and pairs is not None:
         first, _ = tokenize_inputs(tokenizer, texts, max_length)
@@ -195,8 +206,6 @@ class PairCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         import torch
-
-        from tunelab.encoders.text import pad_batch
 
         first_ids, first_mask = pad_batch([i["input_ids"] for i in items], self.pad_id, multiple=self.multiple)
         second_ids, second_mask = pad_batch([i["pair_input_ids"] for i in items], self.pad_id,
@@ -231,9 +240,7 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
     many), label-set probabilities, or values. Bi-encoded pairs embed each side once."""
     import torch
 
-    from tunelab.core.progress import progress
-    from tunelab.encoders.biencoder import BiEncoder
-    from tunelab.encoders.text import pad_token_id, sorted_padded_batches, split_inputs, tokenize_inputs
+    from tunelab.encoders.biencoder import BiEncoder  # here, not at the top: loads torch
 
     was_training = model.training
     model.eval()
@@ -289,11 +296,6 @@ def describe(metrics: dict) -> str:
 
 def prepare(config: FinetuneConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the model to train."""
-    from tunelab.data.images import is_image_dataset
-    from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.models.resolve import resolve_model
-    from tunelab.tasks.image_finetune import prepare_images
-
     source = resolve_model(config.model)
     if config.load_in_4bit:
         check_4bit(config)
@@ -310,7 +312,6 @@ def prepare(config: FinetuneConfig) -> Prepared:
                                  train=dataclasses.replace(config.train, best_metric=config.train.best_metric
                                                            or get_problem(dataset.problem).checkpoint_metric))
     check_best_metric(config.train.best_metric, dataset.problem)
-    from tunelab.encoders.text import ensure_padding
 
     tokenizer = ensure_padding(load_tokenizer(source), source.name)  # decoders: pad with end-of-sequence
     model = build_model(source, dataset, config)
@@ -321,12 +322,9 @@ def prepare(config: FinetuneConfig) -> Prepared:
 
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
-    from tunelab.problems.scores import choose_threshold
-    from tunelab.tasks.image_finetune import execute_images
-
     if prepared.parts.get("images"):
         return execute_images(prepared, context)
-    from tunelab.training.trainer import train_resumable
+    from tunelab.training.trainer import train_resumable  # here, not at the top: loads transformers
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     tokenizer, model = prepared.parts["tokenizer"], prepared.parts["model"]
@@ -366,10 +364,6 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
 def load_predictor(run_dir: Path, config: FinetuneConfig):
     """Predict for new texts (or pairs), or image files, with a finished fine-tuning run's model."""
-    from tunelab.core.runtime import resolve_device
-    from tunelab.models.predictor import as_text_inputs, predictions_from
-    from tunelab.tasks.image_finetune import image_logits
-
     device = resolve_device(config.runtime.device)
     if read_predictor(run_dir).get("inputs") == "images":  # the ONNX graph's predictor, on PyTorch logits
         return predictor_from_graph(run_dir, config, image_logits(run_dir, device, config.train.eval_batch_size))
@@ -392,9 +386,12 @@ def load_predictor(run_dir: Path, config: FinetuneConfig):
 def export_graph(run_dir: Path, config: FinetuneConfig):
     """The model as one graph: a classifier's logits, or a bi-encoder's mean-pooled
     embedding (its head and cosine scale follow in ``predictor_from_graph``)."""
-    from tunelab.encoders.biencoder import BiEncoder
-    from tunelab.encoders.graphs import ClassifierLogits, ExportGraph, PooledEncoder
-    from tunelab.tasks.image_finetune import image_export_graph
+    from tunelab.encoders.biencoder import BiEncoder  # here, not at the top: loads torch
+    from tunelab.encoders.graphs import (  # here, not at the top: loads torch
+        ClassifierLogits,
+        ExportGraph,
+        PooledEncoder,
+    )
 
     if read_predictor(run_dir).get("inputs") == "images":
         return image_export_graph(run_dir)
@@ -415,9 +412,7 @@ def predictor_from_graph(run_dir: Path, config: FinetuneConfig, encode):
     """Predictions from the graph's outputs (``encode``: PyTorch or ONNX Runtime): logits
     (of texts or image files) to scores, or a bi-encoder's two embeddings through its
     saved head, in NumPy."""
-    from tunelab.encoders.biencoder import is_bi_encoder, score_embeddings
-    from tunelab.encoders.text import split_inputs
-    from tunelab.models.predictor import as_text_inputs, predictions_from
+    from tunelab.encoders.biencoder import is_bi_encoder, score_embeddings  # here, not at the top: loads torch
 
     model_dir = run_dir / "model"
     info, names, bi = read_predictor(run_dir), _class_names(run_dir), is_bi_encoder(model_dir)
@@ -426,8 +421,6 @@ def predictor_from_graph(run_dir: Path, config: FinetuneConfig, encode):
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)  # image files: their paths
         if images:
-            from tunelab.data.images import files_split
-
             outputs = encode(files_split(inputs.texts).ids)
         elif bi:
             texts, pairs = split_inputs(inputs)
@@ -461,11 +454,8 @@ def build_trainer(config: FinetuneConfig, dataset, tokenizer, model, output_dir:
     interrupt callback)."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-    from tunelab.core.runtime import length_multiple, resolve_device
-    from tunelab.encoders.biencoder import BiEncoder
-    from tunelab.encoders.text import pad_token_id
-    from tunelab.problems.scores import split_metrics
-    from tunelab.training.trainer import (
+    from tunelab.encoders.biencoder import BiEncoder  # here, not at the top: loads torch
+    from tunelab.training.trainer import (  # here, not at the top: loads transformers
         InterruptCallback,
         SearchCallback,
         SeededLengthGroupedSampler,
@@ -557,7 +547,7 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
     revision) or the base folder's absolute path."""
     import json
 
-    from tunelab.encoders.biencoder import BiEncoder
+    from tunelab.encoders.biencoder import BiEncoder  # here, not at the top: loads torch
 
     lora = train.method == "lora"
     if isinstance(model, BiEncoder):
@@ -603,7 +593,7 @@ def load_finetuned(run_dir: Path, config: FinetuneConfig):
     onto the base model the run recorded (checked by fingerprint)."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunelab.encoders.biencoder import is_bi_encoder, load_bi_encoder
+    from tunelab.encoders.biencoder import is_bi_encoder, load_bi_encoder  # here, not at the top: loads torch
 
     model_dir = run_dir / "model"
     what = f"the fine-tuned model in {model_dir}"

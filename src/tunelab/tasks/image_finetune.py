@@ -16,8 +16,12 @@ from pathlib import Path
 
 from tunelab.core.errors import DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record
-from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
+from tunelab.core.runtime import resolve_device
+from tunelab.data.images import ClipPreprocess, image_loader, image_outputs, load_image_dataset
+from tunelab.encoders.vision import classify_loader, image_classifier_types
+from tunelab.models.resolve import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem
+from tunelab.problems.scores import split_metrics, validation_loss
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, image_predictions, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
@@ -26,6 +30,7 @@ from tunelab.training.config import (
     point_adapter_at_base,
     wrap_lora,
 )
+from tunelab.training.images import build_image_trainer
 
 COMMAND = "finetune"
 
@@ -34,8 +39,6 @@ def build_image_classifier(source: ModelSource, dataset, config):
     """(model, image processor): the backbone with a fresh head, LoRA-wrapped when asked.
     A model that is no vision backbone stops in one line."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    from tunelab.encoders.vision import image_classifier_types
 
     model_type = getattr(load_config(source), "model_type", "unknown")
     if model_type not in image_classifier_types():
@@ -57,8 +60,6 @@ def build_image_classifier(source: ModelSource, dataset, config):
 
 def prepare_images(config, source: ModelSource) -> Prepared:
     """The images listed and labelled (no pixels read), the classifier built."""
-    from tunelab.data.images import load_image_dataset
-
     dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
     if "validation" not in dataset.splits:
         raise DataError("fine-tuning picks its best checkpoint on a validation split, and there is none")
@@ -90,9 +91,6 @@ class ClassifierLoss:
 def score_split(model, split, preprocess, config, device, problem, desc: str = "images"):
     """(scores, the readable rows, unreadable row indices) of one split (label sets at
     threshold 0.5: the caller sets the chosen one)."""
-    from tunelab.data.images import image_loader
-    from tunelab.encoders.vision import classify_loader
-
     loader = image_loader(split, preprocess, config.train.eval_batch_size, config.images.num_workers,
                           config.images.strict)
     return classify_loader(model, loader, device, problem, config.runtime.precision, desc)
@@ -100,12 +98,7 @@ def score_split(model, split, preprocess, config, device, problem, desc: str = "
 
 def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Train with evaluation on validation, then score every split with the best model."""
-    from tunelab.core.runtime import resolve_device
-    from tunelab.data.images import ClipPreprocess
-    from tunelab.models.resolve import count_parameters
-    from tunelab.problems.scores import split_metrics, validation_loss
-    from tunelab.training.images import build_image_trainer
-    from tunelab.training.trainer import train_resumable
+    from tunelab.training.trainer import train_resumable  # here, not at the top: loads transformers
 
     config, dataset, run, device = prepared.config, prepared.dataset, context.run, context.device
     model, processor = prepared.parts["model"], prepared.parts["processor"]
@@ -184,8 +177,6 @@ def image_logits(run_dir: Path, device, batch_size: int):
     ``device``: what ``predictor_from_graph`` turns into predictions, as for the ONNX graph."""
     import torch
 
-    from tunelab.data.images import image_outputs
-
     model, processor = load_image_classifier(run_dir)
     model.to(device)
 
@@ -200,7 +191,7 @@ def image_logits(run_dir: Path, device, batch_size: int):
 def image_export_graph(run_dir: Path):
     """The classifier's logits from pixels, in fp32, as one graph; the image processor
     that makes the pixels travels with it."""
-    from tunelab.encoders.graphs import ExportGraph, ImageClassifierLogits
+    from tunelab.encoders.graphs import ExportGraph, ImageClassifierLogits  # here, not at the top: loads torch
 
     model, processor = load_image_classifier(run_dir)
     return ExportGraph(ImageClassifierLogits(model.float()).eval(), None, 0, "logits", processor=processor)

@@ -21,8 +21,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunelab.core.config import config_from_run, dump_yaml
+from tunelab.core.distributed import barrier, init_distributed, rank_zero_run_directory
 from tunelab.core.errors import DataError, TunelabError, counted
+from tunelab.core.files import read_json_file
+from tunelab.core.registry import get_task
 from tunelab.core.runs import RunDirectory, environment
+from tunelab.core.runtime import resolve_device, resolve_precision, seed_everything
+from tunelab.data.sources import resolve_dataset
+from tunelab.models.resolve import model_from_record, resolve_model
+from tunelab.problems import get_problem
+from tunelab.problems.metrics import below_majority, headline_metric
+from tunelab.problems.scores import choose_threshold
+from tunelab.tasks.card import write_model_card
+from tunelab.tasks.evaluation import evaluate_split, skipped_record
+from tunelab.tasks.run_report import render_run_report
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +112,6 @@ def image_predictions(scored: dict, eval_splits: Sequence[str], label_sets: bool
     label-set threshold to that split's scores, the split's readable images)), with the
     threshold: chosen on validation with ``tune``, else the setting's; 0.5 and None for
     one class per image. Returns (predictions, threshold, threshold record)."""
-    from tunelab.problems.scores import choose_threshold
-
     threshold, record = 0.5, None
     if label_sets:
         scores_at, kept = scored["validation" if threshold_setting == "tune" else eval_splits[0]]
@@ -115,7 +126,7 @@ def trained_outcome(trainer, stats: dict, context: RunContext, train_config, pre
     """The Outcome of a task that trained with the Trainer: history.json written, the
     training summary (checkpoints pruned as configured) as ``task["training"]``, time
     and throughput from the Trainer's own figures."""
-    from tunelab.training.trainer import prune_checkpoints, training_summary
+    from tunelab.training.trainer import prune_checkpoints, training_summary  # here, not at the top: loads transformers
 
     run = context.run
     run.write_json("history.json", trainer.state.log_history)
@@ -134,10 +145,6 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
              argv: Sequence[str] | None = None) -> RunResult:
     """Run a registered task (a ``Task`` or its name) with a typed config and write a
     complete run directory at ``out``."""
-    from tunelab.core.distributed import barrier, init_distributed, rank_zero_run_directory
-    from tunelab.core.registry import get_task
-    from tunelab.core.runtime import resolve_device, resolve_precision, seed_everything
-
     task = get_task(task) if isinstance(task, str) else task
     if not isinstance(config, task.config_class):
         raise TunelabError(f"tunelab {task.name} takes a {task.config_class.__name__}, not {type(config).__name__}")
@@ -147,7 +154,6 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
     device = resolve_device(config.runtime.device)
     rank, world = init_distributed(device.type)
     seed_everything(config.seed)
-    from tunelab.core.config import dump_yaml
 
     requested_yaml = dump_yaml(config, task.name)  # before the data fills in columns, problem, ...
     requested_precision = config.runtime.precision
@@ -215,8 +221,6 @@ def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, res
                        argv: Sequence[str] | None) -> RunDirectory:
     """A new run directory, or with ``resume`` the unfinished one in ``out``, whose saved
     configuration must equal ``config``."""
-    from tunelab.core.config import config_from_run
-
     if not resume:
         return RunDirectory.start(out, task.name, config_yaml, argv, overwrite)
     if out is None:
@@ -236,8 +240,6 @@ def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, res
 def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:
     """The one evaluation of every task: each split's metrics, predictions file and
     picture, in the order the task scored them; the time it takes counts as evaluation."""
-    from tunelab.tasks.evaluation import evaluate_split
-
     start = time.perf_counter()
     for split, scored in outcome.scored.items():
         outcome.splits[split], outcome.reports[split] = evaluate_split(
@@ -249,8 +251,6 @@ def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:
 def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device, world: int,
                      wall_seconds: float) -> dict[str, Any]:
     """metrics.json in the one schema of every task (tunelab/schemas/metrics.schema.json)."""
-    from tunelab.tasks.evaluation import skipped_record
-
     unknown = set(outcome.throughput) - set(THROUGHPUT_KEYS)
     if unknown:
         raise TunelabError(f"internal: throughput keys {sorted(unknown)} are not in the schema")
@@ -324,27 +324,21 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
                class_reports: dict[str, str], notes: list[str]) -> RunResult:
     """Log the final metrics, write report.md, then metrics.json last (its presence marks a
     complete run); then put the run in place (replacing an old one only now)."""
-    from tunelab.tasks.run_report import render_run_report
-
     tracker = run.tracker_if_open()
     if tracker is not None:
         for split, values in metrics["splits"].items():
             tracker.log({f"final/{split}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
         tracker.log({f"throughput/{k}": v for k, v in metrics["timing"]["throughput"].items() if v is not None})
-    from tunelab.problems.metrics import below_majority
 
     run.write_text("report.md", render_run_report(metrics, config_yaml, class_reports,
                                                   [*below_majority(metrics), *notes]))
     if (run.path / "model").is_dir():
-        from tunelab.tasks.card import write_model_card
-
         inputs = read_inputs_record(run.path) or {}
         write_model_card(run.path / "model", metrics, config_yaml, inputs.get("model"))
     run.write_metrics(metrics)
     path = run.commit()
     for split, values in metrics["splits"].items():
         logger.info("%s: %s (n=%d)", split, headline_text(values), values["n"])  # whatever the problem
-    from tunelab.problems.metrics import below_majority
 
     for warning in below_majority(metrics):
         logger.warning("%s", warning)
@@ -355,8 +349,6 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
 def majority_accuracy(dataset, used: set[str] | None = None) -> dict[str, float]:
     """Per evaluation split (of those ``used``), the accuracy of always predicting the
     training split's most frequent class: the floor every classifier must clear."""
-    from tunelab.problems import get_problem
-
     problem = get_problem(dataset.problem)
     if "train" not in dataset.splits or not len(dataset.splits["train"]):
         return {}
@@ -367,8 +359,6 @@ def majority_accuracy(dataset, used: set[str] | None = None) -> dict[str, float]
 
 
 def headline_text(values: dict) -> str:
-    from tunelab.problems.metrics import headline_metric
-
     metric = headline_metric(values)
     return f"{metric} {values[metric]:.4f}"
 
@@ -390,8 +380,6 @@ def record_inputs(run: RunDirectory, model_source, dataset_spec: str, requested_
     fingerprint, and the configuration as requested (before the data filled in columns
     and defaults), so that predict uses exactly this model and a study reuses a run only
     while none of them changed."""
-    from tunelab.data.sources import resolve_dataset
-
     model = model_source.record() if model_source is not None else None
     dataset = resolve_dataset(dataset_spec, dataset_config).record()
     run.write_json(INPUTS_FILE, {"run_id": run.run_id, "model": model, "dataset": dataset,
@@ -402,7 +390,6 @@ def read_inputs_record(run_dir: Path) -> dict | None:
     path = Path(run_dir) / INPUTS_FILE
     if not path.is_file():
         return None
-    from tunelab.core.files import read_json_file
 
     return read_json_file(path)
 
@@ -412,8 +399,6 @@ def recorded_model(run_dir: Path, configured: str):
     checked against the recorded fingerprint, never the configured name re-resolved
     from the current directory. Runs made before inputs.json existed fall back to
     the configured name, with a warning."""
-    from tunelab.models.resolve import model_from_record, resolve_model
-
     record = read_inputs_record(run_dir)
     if record is None or record.get("model") is None:
         logger.warning("%s records no model fingerprint; using '%s' as configured", run_dir, configured)
@@ -424,8 +409,6 @@ def recorded_model(run_dir: Path, configured: str):
 def data_block(dataset, used: set[str] | None = None) -> dict[str, Any]:
     """metrics.json's ``data``: the problem, classes, split sizes and class counts (or the
     targets' range; of the splits ``used`` only), what was inferred, the positive class."""
-    from tunelab.problems import get_problem
-
     problem = get_problem(dataset.problem)
     block = {"problem": problem.name, "class_names": dataset.class_names,
              "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes,

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 
 from tunelab.core.errors import ConfigError, counted
+from tunelab.encoders.decoder import label_scores
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,6 @@ def likelihood_raw(model, tokenizer, inputs, descriptions: dict[str, list[str]],
                    prompting: Prompting, config, device, desc: str) -> np.ndarray:
     """(texts, classes): each class's descriptions scored after each template's prompt,
     averaged over descriptions and templates. Each prompt runs through the model once."""
-    from tunelab.encoders.decoder import label_scores
-
     names = list(descriptions)
     options = [descriptions[n][0] for n in names]
     owners = np.repeat(np.arange(len(names)), [len(descriptions[n]) for n in names])  # class of each description

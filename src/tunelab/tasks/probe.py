@@ -14,18 +14,33 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.core.config import ImageDecodingConfig, TaskConfig, setting
+from tunelab.core.config import ImageDecodingConfig, RuntimeConfig, TaskConfig, setting
 from tunelab.core.errors import DataError, TunelabError, counted
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
-from tunelab.encoders.text import FeatureCache, FeatureConfig, cached_features
+from tunelab.data.images import files_split, is_image_dataset, load_image_dataset
+from tunelab.data.text import load_text_dataset, resolved_data_config
+from tunelab.encoders.text import (
+    FeatureCache,
+    FeatureConfig,
+    ImageFeatureExtractor,
+    TextFeatureExtractor,
+    cached_features,
+    is_decoder,
+    pair_features,
+    pair_vectors,
+)
+from tunelab.encoders.vision import default_pooling
 from tunelab.models.classifiers import (
     ClassifierConfig,
     fit_classifier,
     load_classifier,
     predict_scores,
+    resolve_kind,
     save_classifier,
 )
+from tunelab.models.predictor import as_text_inputs, predictions_from
+from tunelab.models.resolve import count_parameters_from_config, is_dual_encoder, load_config, resolve_model
 from tunelab.problems import get_problem
 from tunelab.problems.scores import LabelScores, choose_threshold
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
@@ -57,18 +72,9 @@ def describe(metrics: dict) -> str:
 
 def prepare(config: ProbeConfig) -> Prepared:
     """Read and check the data, then load the encoder (text, or CLIP for images)."""
-    from tunelab.data.images import is_image_dataset, load_image_dataset
-    from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.encoders.text import ImageFeatureExtractor, TextFeatureExtractor
-    from tunelab.models.classifiers import resolve_kind
-    from tunelab.models.resolve import load_config, resolve_model
-
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
     images = is_image_dataset(config.data.dataset)
     if images:
-        from tunelab.encoders.vision import default_pooling
-        from tunelab.models.resolve import is_dual_encoder
-
         dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
         backbone = load_config(source)
         # CLIP gives one embedding per image; another vision backbone is pooled as asked.
@@ -78,7 +84,6 @@ def prepare(config: ProbeConfig) -> Prepared:
     else:
         dataset = load_text_dataset(config.data, seed=config.seed)
         data = resolved_data_config(config.data, dataset, pair_default="bi")
-        from tunelab.encoders.text import is_decoder
 
         # A decoder's first token has seen nothing else: its last one stands for the text.
         pooling = config.features.pooling or ("mean" if data.pair_encoding == "bi" else
@@ -95,9 +100,6 @@ def prepare(config: ProbeConfig) -> Prepared:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Features for every split (cached), the estimator fitted on train (and its setting
     chosen on validation), every evaluation split scored."""
-    from tunelab.encoders.text import pair_features
-    from tunelab.models.resolve import count_parameters_from_config
-
     config, dataset, run = prepared.config, prepared.dataset, context.run
     extractor, images = prepared.parts["extractor"], prepared.parts["images"]
     cache = FeatureCache() if config.features.cache else None
@@ -215,11 +217,7 @@ def fit_head(classifier, data_config, dataset, features: dict, eval_splits, seed
 def load_predictor(run_dir: Path, config: ProbeConfig):
     """Predict for new texts (or pairs) with a finished probe run: the recorded encoder, the
     saved estimator."""
-    from tunelab.encoders.text import TextFeatureExtractor
-
     if read_predictor(run_dir).get("inputs") == "images":  # the recorded backbone, the run's pooling
-        from tunelab.data.images import files_split
-        from tunelab.encoders.text import ImageFeatureExtractor
 
         extractor = ImageFeatureExtractor(recorded_model(run_dir, config.model),
                                           dataclasses.replace(config.images, strict=True, num_workers=0),
@@ -241,13 +239,10 @@ def check_text_run(run_dir: Path) -> None:
 def export_graph(run_dir: Path, config: ProbeConfig):
     """The frozen encoder (text, or image backbone) with the run's pooling, in fp32 on the
     CPU, as one graph; the saved classifier follows in ``predictor_from_graph``."""
-    from tunelab.core.config import RuntimeConfig
-    from tunelab.encoders.graphs import ExportGraph, PooledEncoder
-    from tunelab.encoders.text import TextFeatureExtractor
+    from tunelab.encoders.graphs import ExportGraph, PooledEncoder  # here, not at the top: loads torch
 
     if read_predictor(run_dir).get("inputs") == "images":
-        from tunelab.encoders.graphs import ImageVectors
-        from tunelab.encoders.text import ImageFeatureExtractor
+        from tunelab.encoders.graphs import ImageVectors  # here, not at the top: loads torch
 
         extractor = ImageFeatureExtractor(recorded_model(run_dir, config.model), config.images,
                                           config.features.batch_size, RuntimeConfig(device="cpu", precision="fp32"),
@@ -264,9 +259,6 @@ def export_graph(run_dir: Path, config: ProbeConfig):
 
 def predictor_from_graph(run_dir: Path, config: ProbeConfig, encode):
     """The saved classifier on features from ``encode`` (PyTorch or ONNX Runtime)."""
-    from tunelab.encoders.text import pair_vectors
-    from tunelab.models.predictor import as_text_inputs, predictions_from
-
     info = read_predictor(run_dir)
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
     names, problem = info["class_names"], info.get("problem")  # None in old runs: single-label
@@ -276,8 +268,6 @@ def predictor_from_graph(run_dir: Path, config: ProbeConfig, encode):
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)  # image files: their paths
         if images:
-            from tunelab.data.images import files_split
-
             features = encode(files_split(inputs.texts).ids)
         else:
             features = pair_vectors(encode, inputs, config.data.pair_encoding)

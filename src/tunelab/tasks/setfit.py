@@ -28,10 +28,23 @@ from tunelab.core.config import TaskConfig, check_positive, setting
 from tunelab.core.errors import ConfigError, DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
+from tunelab.core.runtime import resolve_device
+from tunelab.data.text import TextSplit, load_text_dataset, resolved_data_config
+from tunelab.encoders.text import graph_outputs, normalize_rows
 from tunelab.models.classifiers import ClassifierConfig, load_classifier, predict_scores, save_classifier
-from tunelab.models.resolve import count_parameters, hub_kwargs, load_config, load_pretrained, load_tokenizer
+from tunelab.models.predictor import as_text_inputs, predictions_from
+from tunelab.models.resolve import (
+    count_parameters,
+    hub_kwargs,
+    load_config,
+    load_pretrained,
+    load_tokenizer,
+    resolve_model,
+)
 from tunelab.problems import get_problem
+from tunelab.tasks.finetune import build_trainer, effective_max_length
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, check_problem, throughput
+from tunelab.tasks.probe import fit_head
 from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 
 logger = logging.getLogger(__name__)
@@ -133,9 +146,7 @@ def prepare(config: SetfitConfig) -> Prepared:
     """Read and check the data, then load the tokenizer and the encoder to tune."""
     from transformers import AutoModel
 
-    from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.encoders.biencoder import BiEncoder
-    from tunelab.models.resolve import resolve_model
+    from tunelab.encoders.biencoder import BiEncoder  # here, not at the top: loads torch
 
     source = resolve_model(config.model)
     dataset = load_text_dataset(config.data, seed=config.seed)  # before any model loads
@@ -167,12 +178,8 @@ def prepare(config: SetfitConfig) -> Prepared:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Stage 1 on pairs of training texts, then the head on the tuned embeddings of every
     split."""
-    from tunelab.data.text import TextSplit
-    from tunelab.encoders.graphs import PooledEncoder
-    from tunelab.encoders.text import graph_outputs, normalize_rows
-    from tunelab.tasks.finetune import build_trainer, effective_max_length
-    from tunelab.tasks.probe import fit_head
-    from tunelab.training.trainer import train_resumable, training_summary
+    from tunelab.encoders.graphs import PooledEncoder  # here, not at the top: loads torch
+    from tunelab.training.trainer import train_resumable, training_summary  # here, not at the top: loads transformers
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     tokenizer, model = prepared.parts["tokenizer"], prepared.parts["model"]
@@ -270,7 +277,7 @@ def save_setfit_model(encoder, tokenizer, target: Path, max_length: int) -> None
 def _body(run_dir: Path, dtype=None):
     from transformers import AutoModel, AutoTokenizer
 
-    from tunelab.encoders.graphs import PooledEncoder
+    from tunelab.encoders.graphs import PooledEncoder  # here, not at the top: loads torch
 
     model_dir = run_dir / "model"
     what = f"the SetFit body in {model_dir}"
@@ -282,9 +289,6 @@ def _body(run_dir: Path, dtype=None):
 
 def predictor_from_graph(run_dir: Path, config: SetfitConfig, encode):
     """The saved head on normalised embeddings from ``encode`` (PyTorch or ONNX Runtime)."""
-    from tunelab.encoders.text import normalize_rows
-    from tunelab.models.predictor import as_text_inputs, predictions_from
-
     info = read_predictor(run_dir)
     estimator = load_classifier(run_dir / "model" / "classifier.skops")
     names = info["class_names"]
@@ -299,9 +303,6 @@ def predictor_from_graph(run_dir: Path, config: SetfitConfig, encode):
 
 
 def load_predictor(run_dir: Path, config: SetfitConfig):
-    from tunelab.core.runtime import resolve_device
-    from tunelab.encoders.text import graph_outputs
-
     device = resolve_device(config.runtime.device)
     body, tokenizer = _body(run_dir)
     body.to(device)
@@ -311,7 +312,7 @@ def load_predictor(run_dir: Path, config: SetfitConfig):
 
 
 def export_graph(run_dir: Path, config: SetfitConfig):
-    from tunelab.encoders.graphs import ExportGraph
+    from tunelab.encoders.graphs import ExportGraph  # here, not at the top: loads torch
 
     body, tokenizer = _body(run_dir)
     return ExportGraph(body.float(), tokenizer, read_predictor(run_dir).get("max_length", config.train.max_length),

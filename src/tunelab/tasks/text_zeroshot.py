@@ -37,8 +37,24 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.core.errors import ConfigError, DataError, ModelError
-from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor, read_yaml_file
+from tunelab.core.files import (
+    PREDICTOR_FILE,
+    predictor_record,
+    read_json_file,
+    read_predictor,
+    read_safetensors,
+    read_yaml_file,
+)
+from tunelab.core.runtime import resolve_device, resolve_dtype
+from tunelab.data.sources import KNOWN_DATASETS
+from tunelab.data.text import TextInputs, resolved_data_config
+from tunelab.encoders.clip import load_templates
+from tunelab.encoders.decoder import load_causal_lm
+from tunelab.encoders.text import FeatureCache, TextFeatureExtractor, cached_features, graph_outputs, normalize_rows
+from tunelab.models.predictor import as_text_inputs, predictions_from
+from tunelab.models.resolve import count_parameters_from_config, hub_kwargs, load_pretrained, load_tokenizer
 from tunelab.problems import get_problem
+from tunelab.problems.scores import ClassScores, LabelScores, choose_threshold
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
 from tunelab.tasks.likelihood import Prompting, fit_prompts, likelihood_raw
 
@@ -53,8 +69,6 @@ def class_descriptions(class_names: list[str], label_names: list[str] | None, de
                        dataset: str) -> dict[str, list[str]]:
     """Each class's descriptions: the file's, else --label-names, else the dataset's own
     meaning of its labels, else the class name. Bad input stops in one line."""
-    from tunelab.data.sources import KNOWN_DATASETS
-
     if label_names is not None:
         if len(label_names) != len(class_names):
             raise ConfigError(f"--label-names gives {len(label_names)} names for {len(class_names)} classes "
@@ -98,9 +112,6 @@ def class_descriptions(class_names: list[str], label_names: list[str] | None, de
 def prepare_texts(config, source, dataset) -> Prepared:
     """Single texts (``dataset`` read and checked): the descriptions and templates
     resolved, then the encoder (similarity) or the NLI cross-encoder loaded."""
-    from tunelab.data.text import resolved_data_config
-    from tunelab.encoders.clip import load_templates
-
     problem = get_problem(dataset.problem)
     if not problem.has_classes:
         raise DataError(f"{config.data.dataset} holds numbers; text zero-shot picks classes (score sentence pairs "
@@ -134,8 +145,6 @@ def prepare_texts(config, source, dataset) -> Prepared:
     if config.method == "nli":
         parts.update(load_nli(source, config))
     elif config.method == "likelihood":
-        from tunelab.encoders.decoder import load_causal_lm
-
         if config.in_context and "train" not in dataset.splits:
             raise DataError("--in-context draws its examples from a train split, and there is none")
         parts["model"], parts["tokenizer"] = load_causal_lm(source, _dtype(config))
@@ -145,25 +154,18 @@ def prepare_texts(config, source, dataset) -> Prepared:
                                          config.in_context, config.seed, config.features.max_length,
                                          [t for s in scored for t in dataset.splits[s].inputs.texts])
     else:
-        from tunelab.encoders.text import TextFeatureExtractor
-
         parts["extractor"] = TextFeatureExtractor(source, config.features, config.runtime)
         parts["extractor"].load()
     return Prepared(config, source, dataset, eval_splits, {"text": parts})
 
 
 def _dtype(config):
-    from tunelab.core.runtime import resolve_device, resolve_dtype
-
     return resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
 
 
 def load_nli(source, config) -> dict:
     """An NLI cross-encoder, with the indices of its entailment and contradiction outputs."""
     from transformers import AutoModelForSequenceClassification
-
-    from tunelab.core.runtime import resolve_device, resolve_dtype
-    from tunelab.models.resolve import hub_kwargs, load_pretrained, load_tokenizer
 
     dtype = resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
     model = load_pretrained(AutoModelForSequenceClassification, source.location, f"NLI model '{source.name}'",
@@ -184,8 +186,6 @@ def load_nli(source, config) -> dict:
 def label_embeddings(encode, descriptions: dict[str, list[str]], templates: list[str]) -> np.ndarray:
     """One unit vector per class: every template around every description, embedded,
     normalised, averaged and normalised again."""
-    from tunelab.encoders.text import normalize_rows
-
     names = list(descriptions)
     prompts = [t.replace("{}", d) for n in names for d in descriptions[n] for t in templates]
     vectors = normalize_rows(encode(prompts))
@@ -201,9 +201,7 @@ def nli_logits(model, tokenizer, texts: list[str], hypotheses: dict[str, list[st
                desc: str) -> np.ndarray:
     """(texts, classes, NLI outputs): each text against each class's hypotheses (one per
     template and description), averaged per class."""
-    from tunelab.data.text import TextInputs
-    from tunelab.encoders.graphs import ClassifierLogits
-    from tunelab.encoders.text import graph_outputs
+    from tunelab.encoders.graphs import ClassifierLogits  # here, not at the top: loads torch
 
     flat = [h for group in hypotheses.values() for h in group]
     pairs = TextInputs([t for t in texts for _ in flat], [h for _ in texts for h in flat])
@@ -230,8 +228,6 @@ def entailment_scores(logits: np.ndarray, entailment: int, contradiction: int | 
 def scores_from(raw: np.ndarray, exclusive: bool, kind: str, threshold: float):
     """Per-class scores as evaluation takes them: softmax of NLI logits or cosine
     similarities over classes (one class per text); per-label scores with a threshold."""
-    from tunelab.problems.scores import ClassScores, LabelScores
-
     if not exclusive:
         return LabelScores(raw, threshold, kind)
     if kind == "probability":  # NLI: entailment logits compete across the classes
@@ -243,10 +239,6 @@ def scores_from(raw: np.ndarray, exclusive: bool, kind: str, threshold: float):
 def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outcome | None:
     """Scores of every needed split against the classes; offsets from the training texts
     with --calibrate; a label-set threshold chosen on validation."""
-    from tunelab.encoders.text import FeatureCache, cached_features, normalize_rows
-    from tunelab.models.resolve import count_parameters_from_config
-    from tunelab.problems.scores import LabelScores, choose_threshold
-
     config, dataset, run = prepared.config, prepared.dataset, context.run
     parts = prepared.parts["text"]
     problem = get_problem(dataset.problem)
@@ -339,11 +331,6 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
 def text_predictor(run_dir: Path, config, source):
     """New texts scored as the run scored its splits: the saved class embeddings (or
     hypotheses), offsets and threshold."""
-    from tunelab.core.files import read_safetensors
-    from tunelab.core.runtime import resolve_device
-    from tunelab.encoders.text import TextFeatureExtractor, normalize_rows
-    from tunelab.models.predictor import as_text_inputs, predictions_from
-
     saved = read_predictor(run_dir)
     names, exclusive = saved["class_names"], get_problem(saved.get("problem")).exclusive_classes
     offsets = np.asarray(saved.get("offsets") or np.zeros(len(names)))
@@ -358,8 +345,6 @@ def text_predictor(run_dir: Path, config, source):
                                 "texts")
             return entailment_scores(logits, saved["entailment"], saved["contradiction"], exclusive), "probability"
     elif saved.get("kind") == "text-likelihood":
-        from tunelab.encoders.decoder import load_causal_lm
-
         device = resolve_device(config.runtime.device)
         model, tokenizer = load_causal_lm(source, _dtype(config))
         model.to(device)

@@ -13,12 +13,17 @@ import time
 from pathlib import Path
 
 from tunelab.core.config import ImageLoadingConfig, TaskConfig, check_non_negative, setting
-from tunelab.core.errors import DataError
+from tunelab.core.distributed import gather_to_zero, shard
+from tunelab.core.errors import DataError, TunelabError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
-from tunelab.data.images import ClipPreprocess, image_loader
+from tunelab.core.runtime import resolve_device, resolve_dtype
+from tunelab.data.images import ClipPreprocess, image_loader, is_image_dataset, load_image_dataset
+from tunelab.data.text import load_text_dataset, resolved_data_config
 from tunelab.encoders.clip import (
     class_embeddings,
+    dual_encoder_predictor,
+    image_embedder,
     is_sigmoid,
     load_clip,
     load_templates,
@@ -26,11 +31,13 @@ from tunelab.encoders.clip import (
     score_loader,
     scoring_record,
 )
-from tunelab.encoders.text import FeatureConfig
-from tunelab.models.resolve import count_parameters
+from tunelab.encoders.text import FeatureCache, FeatureConfig, TextFeatureExtractor, cached_features
+from tunelab.models.predictor import as_text_inputs, predictions_from
+from tunelab.models.resolve import count_parameters, count_parameters_from_config, resolve_model
 from tunelab.problems import get_problem
-from tunelab.problems.scores import ScoreAccumulator
+from tunelab.problems.scores import ClassScores, ScoreAccumulator, ValueScores
 from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, image_predictions, recorded_model, throughput
+from tunelab.tasks.text_zeroshot import execute_texts, prepare_texts, text_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +77,12 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
 
     import numpy as np
 
-    from tunelab.encoders.text import TextFeatureExtractor
-    from tunelab.models.predictor import as_text_inputs, predictions_from
-    from tunelab.problems.scores import ClassScores, ValueScores
-
     saved = read_predictor(run_dir)
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
 
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)
         if inputs.pairs is None:
-            from tunelab.core.errors import TunelabError
-
             raise TunelabError("this run scores sentence pairs: give them with --pair FIRST SECOND")
         u, v = extractor.encode(inputs.texts), extractor.encode(inputs.pairs)
         cosine = (u * v).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-12)
@@ -109,10 +110,6 @@ def describe(metrics: dict) -> str:
 def prepare(config: ZeroshotConfig) -> Prepared:
     """Images: listed and labelled (no pixels read), the prompts read, CLIP loaded.
     Sentence pairs: read and checked, the text encoder loaded."""
-    from tunelab.core.runtime import resolve_device, resolve_dtype
-    from tunelab.data.images import is_image_dataset, load_image_dataset
-    from tunelab.models.resolve import resolve_model
-
     source = resolve_model(config.model)
     if not is_image_dataset(config.data.dataset):
         return prepare_pairs(config, source)
@@ -138,12 +135,8 @@ def prepare(config: ZeroshotConfig) -> Prepared:
 def prepare_pairs(config: ZeroshotConfig, source) -> Prepared:
     """Zero-shot for sentence pairs: the cosine similarity of the two texts' mean-pooled
     embeddings, the floor every trained pair method must beat."""
-    from tunelab.data.text import load_text_dataset, resolved_data_config
-    from tunelab.encoders.text import TextFeatureExtractor
-
     dataset = load_text_dataset(config.data, seed=config.seed)
     if dataset.text_pair_column is None or config.method == "likelihood":  # a prompt can hold both texts
-        from tunelab.tasks.text_zeroshot import prepare_texts
 
         return prepare_texts(config, source, dataset)
     kind = get_problem(dataset.problem)
@@ -166,10 +159,6 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Cosine similarities for every split; on validation, a linear map from similarity to
     the label scale (regression) or the threshold that best separates two classes."""
     import numpy as np
-
-    from tunelab.encoders.text import FeatureCache, cached_features
-    from tunelab.models.resolve import count_parameters_from_config
-    from tunelab.problems.scores import ClassScores, ValueScores
 
     config, dataset, run = prepared.config, prepared.dataset, context.run
     extractor = prepared.parts["extractor"]
@@ -222,11 +211,7 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
 def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     """Class embeddings once, then every evaluation split's images scored against them
     (sharded over processes under torchrun, gathered on rank 0)."""
-    from tunelab.core.distributed import gather_to_zero, shard
-
     if "text" in prepared.parts:
-        from tunelab.tasks.text_zeroshot import execute_texts
-
         return execute_texts(prepared, context, COMMAND)
     if "extractor" in prepared.parts:
         return execute_pairs(prepared, context)
@@ -291,13 +276,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ZeroshotConfig):
     """Classify image files against the class embeddings the run saved; or score sentence
     pairs by similarity with the calibration the run fitted."""
-    from tunelab.core.runtime import resolve_device
-    from tunelab.encoders.clip import dual_encoder_predictor, image_embedder
-
     saved = read_predictor(run_dir)
     if str(saved.get("kind", "")).startswith("text-"):
-        from tunelab.tasks.text_zeroshot import text_predictor
-
         return text_predictor(run_dir, config, recorded_model(run_dir, config.model))
     if saved.get("kind") == "pair-similarity" or (saved.get("kind") != "clip" and ("slope" in saved
                                                                                  or "threshold" in saved)):
@@ -311,19 +291,15 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
 
 def export_graph(run_dir: Path, config: ZeroshotConfig):
     """Image runs: the model's image tower; the class embeddings follow in NumPy."""
-    from tunelab.encoders.graphs import dual_encoder_export
+    from tunelab.encoders.graphs import dual_encoder_export  # here, not at the top: loads torch
 
     if read_predictor(run_dir).get("kind") != "clip":
-        from tunelab.core.errors import TunelabError
-
         raise TunelabError(f"{run_dir} is a zero-shot run on texts; ONNX export covers its image runs")
     model, _, processor = load_clip(recorded_model(run_dir, config.model))
     return dual_encoder_export(run_dir, model, processor)
 
 
 def predictor_from_graph(run_dir: Path, config: ZeroshotConfig, encode):
-    from tunelab.encoders.clip import dual_encoder_predictor
-
     return dual_encoder_predictor(run_dir, encode)
 
 

@@ -9,6 +9,8 @@ from typing import ClassVar
 
 from tunelab.core.config import check_non_negative, check_positive, check_settings, setting
 from tunelab.core.errors import ConfigError
+from tunelab.core.provenance import hub_revision
+from tunelab.problems import get_problem
 
 # The reference recipe's length when neither epochs nor steps are given.
 DEFAULT_MAX_STEPS = 1000
@@ -169,16 +171,12 @@ def class_weights(labels, problem: str | None, setting: str | None):
     None without a setting or for a problem without classes."""
     import torch
 
-    from tunelab.problems import get_problem
-
     weights = get_problem(problem).class_weights(labels) if setting is not None else None
     return None if weights is None else torch.tensor(weights, dtype=torch.float32)
 
 
 def check_best_metric(metric: str, problem: str) -> None:
     """The metric that picks checkpoints must be one the problem's evaluation gives."""
-    from tunelab.problems import get_problem
-
     allowed = get_problem(problem).selection_metrics
     if metric not in allowed:
         raise ConfigError(f"--metric {metric} is not a {problem} metric; choose one of: {', '.join(allowed)}")
@@ -194,8 +192,6 @@ def point_adapter_at_base(adapter_dir, source) -> None:
     AutoPeftModel loads it from any working directory."""
     import json
     from pathlib import Path
-
-    from tunelab.core.provenance import hub_revision
 
     adapter_config = Path(adapter_dir) / "adapter_config.json"
     values = json.loads(adapter_config.read_text(encoding="utf-8"))

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tunelab.data.images import ProcessedImages, collate_images, default_workers
+
 
 def build_image_trainer(config, dataset, model, preprocess, loss_fn: Callable, validation_metrics: Callable,
                         output_dir: Path, tracker=None, world: int = 1, evaluate: bool = True):
@@ -20,8 +22,7 @@ def build_image_trainer(config, dataset, model, preprocess, loss_fn: Callable, v
     unreadable images met."""
     from transformers import EarlyStoppingCallback, Trainer
 
-    from tunelab.data.images import ProcessedImages, collate_images, default_workers
-    from tunelab.training.trainer import (
+    from tunelab.training.trainer import (  # here, not at the top: loads transformers
         InterruptCallback,
         SearchCallback,
         TrackerCallback,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from tunelab.core.errors import ModelError
+from tunelab.models.architectures import arch_config
+from tunelab.models.resolve import is_dual_encoder, is_vision_backbone, load_config, resolve_model
+from tunelab.training.config import HEAD_MODULES, default_lora_targets
 
 
 @dataclasses.dataclass
@@ -91,9 +94,6 @@ def model_info(model: str, random_init: bool = False, lora_r: int | None = None,
     import torch
     from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
 
-    from tunelab.models.architectures import arch_config
-    from tunelab.models.resolve import is_dual_encoder, is_vision_backbone, load_config, resolve_model
-
     config = arch_config(model) if random_init else load_config(resolve_model(model))
     model_type = getattr(config, "model_type", "unknown")
     with torch.device("meta"):
@@ -111,8 +111,6 @@ def model_info(model: str, random_init: bool = False, lora_r: int | None = None,
         targets = None
         if lora_r:
             from peft import LoraConfig, get_peft_model
-
-            from tunelab.training.config import HEAD_MODULES, default_lora_targets
 
             targets = list(lora_targets or default_lora_targets(model_type) or [])
             if not targets:

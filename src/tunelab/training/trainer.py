@@ -18,6 +18,10 @@ from transformers import TrainerCallback
 
 from tunelab.core.errors import TunelabError
 from tunelab.core.runs import Tracker
+from tunelab.core.runtime import resolve_device, resolve_dtype
+from tunelab.core.trial import report
+from tunelab.problems.metrics import LOWER_IS_BETTER
+from tunelab.training.config import DEFAULT_MAX_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +111,6 @@ class SearchCallback(TrainerCallback):
         self.evaluations = 0
 
     def on_evaluate(self, args, state, control, metrics: Mapping[str, float] | None = None, **kwargs):
-        from tunelab.core.trial import report
-
         if not metrics or not state.is_world_process_zero:
             return
         self.evaluations += 1  # the pruner compares trials at the same evaluation (1, 2, ...)
@@ -269,8 +271,6 @@ def quiet_progress(trainer) -> None:
 def total_steps(train, num_examples: int, world: int) -> int:
     """Optimiser steps of the schedule: ``max_steps``, or ``epochs`` over the data, or the
     reference's 1,000 steps when neither is given."""
-    from tunelab.training.config import DEFAULT_MAX_STEPS
-
     if train.max_steps:
         return train.max_steps
     if train.epochs is None:
@@ -294,9 +294,6 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
     """TrainingArguments from tunelab's TrainConfig: the schedule, evaluation and
     checkpoint cadence, best-model selection, precision, and CPU data parallelism."""
     from transformers import TrainingArguments
-
-    from tunelab.core.runtime import resolve_device, resolve_dtype
-    from tunelab.problems.metrics import LOWER_IS_BETTER
 
     device = resolve_device(runtime.device)
     resolve_dtype(runtime.precision, device)  # fp16 on a CPU fails here with a clear message
