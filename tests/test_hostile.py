@@ -52,7 +52,7 @@ def test_a_search_record_cannot_make_report_write_outside_its_folder(study_dir, 
 
 
 def test_report_images_get_plain_names_whatever_they_are_built_from():
-    from tunelab.report.document import Document
+    from tunelab.report.render import Document
 
     doc = Document()
     doc.image("../../../etc/x.png", b"1", "a")

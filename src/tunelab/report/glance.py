@@ -1,0 +1,219 @@
+"""The report's first screen: per family of comparable runs, the chart of every method's
+headline with its interval, and the sentences a reader acts on (chosen on validation,
+separated from the runner-up and the floor, zero-shot, labels seen, cost)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from tunelab.analysis.comparisons import (
+    Claim,
+    Family,
+    Group,
+    choose_best,
+    compare,
+    correct,
+    crossover_candidates,
+    families,
+    find_floor,
+    group_summary,
+    learning_curves,
+    zero_label_references,
+)
+from tunelab.core.plots import figure, png
+from tunelab.core.stats import PairedTest, better, seed_summary
+from tunelab.report.render import Document, fmt, wall_seconds
+
+
+@dataclasses.dataclass
+class Findings:
+    """What a report concludes, decided once and then rendered: per family of comparable
+    groups its floor, its chosen method, and every tested claim (Holm-corrected together)."""
+
+    families: list[Family]
+    floors: dict[int, tuple[Group | None, str]]  # id(family) -> (floor, how it is defined)
+    chosen: dict[int, tuple[Group | None, str, Group | None]]  # id(family) -> (best, split that chose, runner-up)
+    claims: list[Claim]
+
+    def claim(self, a: Group, b: Group, purpose: str) -> Claim | None:
+        return next((c for c in self.claims if c.a is a and c.b is b and c.purpose == purpose), None)
+
+    def family_of(self, group: Group) -> Family | None:
+        return next((f for f in self.families if any(g is group for g in f.groups)), None)
+
+
+def find_findings(groups: list[Group], baseline: str | None) -> Findings:
+    fams = families(groups)
+    floors, chosen, claims, read = {}, {}, [], {}  # read: prediction files parsed once for the whole report
+    for family in fams:
+        floor, how = find_floor(family, baseline)
+        floors[id(family)] = (floor, how)
+        best, split = choose_best(family.groups, family.metric)
+        runner = None
+        if best is not None:
+            rest = [g for g in family.groups if g is not best and g.values(split, family.metric)]
+            runner, _ = choose_best(rest, family.metric) if rest else (None, split)
+        chosen[id(family)] = (best, split, runner)
+        if floor is not None:
+            for group in family.groups:
+                if group is not floor:
+                    claims.append(Claim(group, floor, family.split, family.metric, "floor",
+                                        compare(group, floor, family.split, family.metric, read)))
+        if best is not None and runner is not None:
+            claims.append(Claim(best, runner, family.split, family.metric, "runner-up",
+                                compare(best, runner, family.split, family.metric, read)))
+        members = {id(g) for g in family.groups}
+        curves = {m: [(x, g) for x, g in points if id(g) in members]
+                  for m, points in learning_curves(family.groups).items()}
+        for ahead, behind, size, previous in crossover_candidates({m: p for m, p in curves.items() if p}):
+            claim = Claim(ahead, behind, family.split, family.metric, "crossover",
+                          compare(ahead, behind, family.split, family.metric, read))
+            claim.size, claim.previous = size, previous  # type: ignore[attr-defined]
+            claims.append(claim)
+        # Every size of every curve against each zero-shot reference: where a method
+        # overtakes zero-shot is the smallest size whose test holds after correction.
+        for reference in zero_label_references(family.groups):
+            for points in curves.values():
+                for size, group in points:
+                    if not group.runs[0].metrics.get("model"):
+                        continue  # a floor (no pretrained model) is not a method zero-shot is measured against
+                    claim = Claim(group, reference, family.split, family.metric, "zero-shot",
+                                  compare(group, reference, family.split, family.metric, read))
+                    claim.size = size  # type: ignore[attr-defined]
+                    claims.append(claim)
+    correct(claims)
+    return Findings(fams, floors, chosen, claims)
+
+
+def zero_shot_lines(doc: Document, findings: Findings, curves: dict) -> None:
+    """Where each learning curve overtakes each zero-shot reference: the smallest size at
+    which it is ahead and the paired test holds after Holm's correction."""
+    against = [c for c in findings.claims if c.purpose == "zero-shot"]
+    for reference in {id(c.b): c.b for c in against}.values():
+        level = seed_summary(reference.values(), reference.metric())["mean"]
+        doc.paragraph(f"{reference.method} learns from no label: {reference.metric()} {level:.4f}, drawn as the "
+                      "dashed line at 0 labels.")
+        for method in curves:
+            claims = sorted((c for c in against if c.b is reference and c.a.method == method),
+                            key=lambda c: c.size)  # type: ignore[attr-defined]
+            if not claims:
+                continue
+            ahead = [c for c in claims if isinstance(c.result, PairedTest) and c.result.significant
+                     and better(c.metric, c.result.delta, 0.0)]
+            if ahead:
+                first = ahead[0]
+                doc.paragraph(f"{method} overtakes {reference.method} at {first.size:g} "  # type: ignore[attr-defined]
+                              f"({first.result.delta:+.4f}, {verdict(first.result)}).")
+            else:
+                doc.paragraph(f"{method} does not overtake {reference.method} at any size tried (no difference "
+                              "in its favour holds after correction).")
+
+
+def verdict(result: PairedTest | str) -> str:
+    if isinstance(result, str):
+        return f"not tested ({result})"
+    p = result.p_adjusted if result.p_adjusted is not None else result.p
+    return (f"{'significant' if result.significant else 'within noise'} (Holm-adjusted p = {p:.3g}, "
+            f"n = {result.n}, {result.seed_pairs} seed pair{'s' if result.seed_pairs != 1 else ''})")
+
+
+def _published_value(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
+    """Per family of comparable runs: one chart of every group's headline metric with its
+    interval, and what can be said: the method chosen on validation and its test score,
+    whether it is distinguishable from the runner-up and from the floor (seed-aware
+    tests, Holm-corrected over the whole report), at what cost."""
+    if not findings.families:
+        return
+    doc.heading(2, "At a glance")
+    tested = [c for c in findings.claims if isinstance(c.result, PairedTest)]
+    if tested:
+        doc.paragraph(f"Every \"significant\" below comes from a paired test on the same examples that counts seeds "
+                      f"as well as examples as chance, with Holm's correction over all {len(tested)} comparisons of "
+                      "this report at 0.05.")
+    for index, family in enumerate(findings.families):
+        split, metric = family.split, family.metric
+        if len(findings.families) > 1:
+            doc.heading(3, f"{family.dataset}: {split} {metric}")
+        points = sorted(((g, *group_summary(g, split)) for g in family.groups), key=lambda p: p[1])
+        fig, ax = figure(7.5, max(2.0, 0.35 * len(points) + 1))
+        for y, (group, mean, low, high) in enumerate(points):
+            ax.barh(y, mean, color="tab:blue", alpha=0.6)
+            if not math.isnan(low):
+                ax.errorbar(mean, y, xerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], color="black",
+                            capsize=3)
+            reference = published.get(group.name) or published.get(group.method) or {}
+            star = _published_value(reference.get(split)) if isinstance(reference, dict) else None
+            if star is not None:
+                ax.plot(star, y, "r*", markersize=10, label="published" if y == 0 else None)
+            right = max(v for v in (mean, high, star) if v is not None and not math.isnan(v))
+            ax.annotate(f"{mean:.4f}", (right, y), xytext=(6, 0), textcoords="offset points", va="center",
+                        fontsize=8)
+        ax.margins(x=0.12)
+        ax.set_yticks(range(len(points)), labels=[p[0].name for p in points])
+        ax.set_xlabel(f"{split} {metric} (bars: mean; lines: 95% interval" + ("; stars: published" if published
+                                                                               else "") + ")")
+        doc.image(f"at-a-glance-{index + 1}.png" if index else "at-a-glance.png", png(fig),
+                  f"{split} {metric} of every method on {family.dataset}, with its 95% interval")
+        sentences = glance_sentences(findings, family)
+        doc.paragraph(" ".join(sentences))
+        doc.summary.append(sentences[0])
+    if published:
+        rows = []
+        for name, values in published.items():
+            group = next((g for f in findings.families for g in f.groups if g.method == name or g.name == name), None)
+            for pub_split, value in (values.items() if isinstance(values, dict) else []):
+                number = _published_value(value)
+                ours = group.mean(pub_split) if group and group.values(pub_split) else None
+                rows.append([name, str(pub_split), fmt(number) if number is not None else str(value), fmt(ours),
+                             group.runs[0].metrics.get("model") or "—" if group else "—"])
+        doc.paragraph("Published numbers come from the paper's own setup; where our step uses another model "
+                      "(the model column), they are context, not a like-for-like comparison.")
+        doc.table(["step", "split", "published", "ours", "our model"], rows)
+
+
+def glance_sentences(findings: Findings, family: Family) -> list[str]:
+    split, metric = family.split, family.metric
+    best, chose_on, runner = findings.chosen[id(family)]
+    floor, floor_how = findings.floors[id(family)]
+    if best is None:
+        return ["No run has a score to compare."]
+    mean, low, high = group_summary(best, split)
+    interval = "" if math.isnan(low) else f" [{low:.4f}, {high:.4f}]"
+    weak = " (an interval from two seeds is wide and rough)" if len(best.values(split)) == 2 else ""
+    if chose_on == split:
+        sentences = [f"Chosen on {split} (no validation split): {best.name}, {split} {metric} {mean:.4f}{interval}"
+                     f"{weak}; chosen and scored on the same split, this number is optimistic."]
+    else:
+        sentences = [f"Chosen on {chose_on}: {best.name} (highest {chose_on} {metric}, "
+                     f"{np.mean(best.values(chose_on)):.4f}); on {split} it scores {mean:.4f}{interval}{weak}."]
+    if runner is not None:
+        claim = findings.claim(best, runner, "runner-up")
+        result = claim.result if claim else "not tested"
+        if isinstance(result, PairedTest) and result.significant:
+            sentences.append(f"Its lead over the runner-up {runner.name} on {split} ({result.delta:+.4f}) is "
+                             f"{verdict(result)}.")
+        else:
+            sentences.append(f"The runner-up {runner.name} is not separated from it on {split}: "
+                             f"{verdict(result)}.")
+    if floor is not None and floor is not best:
+        claim = findings.claim(best, floor, "floor")
+        if claim is not None:
+            delta = f"{claim.result.delta:+.4f} " if isinstance(claim.result, PairedTest) else ""
+            sentences.append(f"Against the floor {floor.name} ({floor_how}): {delta}{verdict(claim.result)}.")
+    elif floor is None:
+        sentences.append("There is no floor to compare it with (add a baseline step).")
+    params = best.runs[0].metrics.get("params", {})
+    timing = best.runs[0].metrics.get("timing", {})
+    seen = best.labels_seen()
+    sentences.append(f"It trains {params.get('trainable', 0):,} of {params.get('total', 0):,} parameters, "
+                     f"taking {wall_seconds(timing.get('seconds', {})) / 60:.1f} min and "
+                     f"{timing.get('peak_rss_mb', 0):.0f} MB of memory per run"
+                     + (f", and saw {seen:,} labelled examples (train and validation)." if seen is not None else "."))
+    return sentences
