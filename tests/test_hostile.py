@@ -132,7 +132,7 @@ def test_a_recorded_model_location_is_checked_before_it_is_read(tmp_path, tiny_b
 
 
 def test_step_names_that_collide_with_a_search_are_refused():
-    from tunelab.study.run import load_study
+    from tunelab.study.spec import load_study
 
     search = {"space": {"c": [0.1, 1.0]}, "trials": 2}
     for other in ("tf-best", "tf-trial3", "TF", "tf.search.json"):
@@ -145,7 +145,7 @@ def test_step_names_that_collide_with_a_search_are_refused():
 
 
 def test_a_search_space_refuses_split_settings():
-    from tunelab.study.run import load_study
+    from tunelab.study.spec import load_study
 
     for key in ("data.validation_split", "data.splits", "data.dataset"):
         study = {"name": "s", "steps": [{"name": "tf", "command": "baseline",

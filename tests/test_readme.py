@@ -62,8 +62,8 @@ def test_every_readme_command_parses_as_printed(argv):
 
 
 def test_readme_yaml_blocks_load():
-    from tunelab.study.run import load_study
     from tunelab.study.search import parse_search
+    from tunelab.study.spec import load_study
 
     yaml_blocks = blocks("yaml")
     assert yaml_blocks

@@ -235,7 +235,7 @@ def test_flags_yaml_study_and_api_give_the_same_config(command, tmp_path):
     from tunelab.cli import config_overrides
     from tunelab.core.config import build_config, dump_yaml
     from tunelab.core.registry import get_task
-    from tunelab.study.run import load_study, resolve_step
+    from tunelab.study.spec import load_study, resolve_step
 
     task = get_task(command)
     values, flags = SETTINGS[command]
@@ -255,7 +255,7 @@ def test_flags_yaml_study_and_api_give_the_same_config(command, tmp_path):
 def test_epochs_replace_a_presets_steps_in_every_path(tmp_path):
     from tunelab.cli import config_overrides
     from tunelab.core.config import build_config
-    from tunelab.study.run import load_study, resolve_step
+    from tunelab.study.spec import load_study, resolve_step
     from tunelab.tasks.finetune import FinetuneConfig
 
     args = build_parser().parse_args(["finetune", "--config", "lab03-finetune", "--epochs", "2"])

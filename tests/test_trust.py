@@ -109,7 +109,7 @@ def test_report_never_replaces_a_users_file_nor_writes_through_links(tmp_path, t
 
 
 def test_a_killed_job_is_reported_with_its_signal_and_last_line():
-    from tunelab.study.run import failure_from_process
+    from tunelab.study.executors import failure_from_process
 
     stderr = "loading\ntrain features:  40%|####      | 4/10 [00:01<00:02]\r   \x1b[A\n"
     detail = failure_from_process(-9, stderr)
@@ -181,7 +181,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
 
 
 def test_a_study_name_is_one_safe_path_component():
-    from tunelab.study.run import default_study_path
+    from tunelab.study.spec import default_study_path
 
     path = default_study_path("../../etc/evil")
     assert path.parent == Path("runs") and ".." not in path.name and "/" not in path.name

@@ -23,8 +23,9 @@ from tunelab.core.runs import atomic_write_bytes
 from tunelab.report.document import write_report
 from tunelab.serve.export import export_onnx
 from tunelab.serve.predict import predict, read_inputs, run_pair_columns
-from tunelab.study.run import load_study, run_study
+from tunelab.study.run import run_study
 from tunelab.study.search import parse_space_flag
+from tunelab.study.spec import load_study
 from tunelab.tasks.lifecycle import run_task
 from tunelab.tasks.run_report import metrics_table
 from tunelab.training.info import model_info
