@@ -77,9 +77,10 @@ def main(argv=None) -> int:
     from tunelab.data.text import load_text_dataset
     from tunelab.models.architectures import arch_config
     from tunelab.models.resolve import load_tokenizer, resolve_model
-    from tunelab.tasks.finetune import FinetuneConfig, build_model, build_trainer
+    from tunelab.tasks.finetune import FinetuneConfig
     from tunelab.training.config import LoraConfig as TunelabLora
     from tunelab.training.config import TrainConfig
+    from tunelab.training.text import build_model, build_trainer
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

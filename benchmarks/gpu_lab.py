@@ -115,8 +115,9 @@ def text_finetune(args, device, work: Path, gpu: Utilisation) -> dict:
     from tunelab.core.config import DataConfig, RuntimeConfig
     from tunelab.data.text import load_text_dataset
     from tunelab.models.architectures import arch_config
-    from tunelab.tasks.finetune import FinetuneConfig, build_trainer
+    from tunelab.tasks.finetune import FinetuneConfig
     from tunelab.training.config import TrainConfig
+    from tunelab.training.text import build_trainer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     config = arch_config("distilbert-base-uncased")

@@ -486,7 +486,8 @@ def test_load_in_4bit_stops_in_one_line_where_it_cannot_work(tmp_path, capsys):
     import dataclasses
 
     from tests.conftest import write_topic_splits
-    from tunelab.tasks.finetune import FinetuneConfig, quantization_kwargs
+    from tunelab.tasks.finetune import FinetuneConfig
+    from tunelab.training.text import quantization_kwargs
 
     model = save_tiny_decoder(tmp_path / "qwen")
     data = write_topic_splits(tmp_path / "topics", 4, 2, 2)

@@ -19,8 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,9 @@ from typing import Any
 from tunelab.core.config import ConfigError
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import load_yaml
-from tunelab.core.runs import atomic_write_bytes, check_replaceable, is_run_directory
-from tunelab.core.trial import ENVIRONMENT, PRUNED_AT, make_pruner, reporting_to, trial_reporter
+from tunelab.core.trial import ENVIRONMENT, PRUNED_AT, reporting_to, trial_reporter
 from tunelab.problems import PROBLEMS
-from tunelab.problems.metrics import LOWER_IS_BETTER
+from tunelab.study.journal import is_interrupted, load_optuna, open_study, start_anew, trial_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -160,65 +157,6 @@ def parse_space_flag(text: str) -> tuple[str, Any]:
 # --------------------------------------------------------------------------- running a search
 
 
-def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise TunelabError("a search needs Optuna: pip install optuna (from a clone: pip install -e \".[search]\")") \
-            from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-def _sampler(optuna, spec: SearchSpec, index: int = 0):
-    """The sampler for the search's ``index``-th trial, seeded from the search's seed and
-    that index: a search resumed after a kill asks for the same settings an uninterrupted
-    one would (a sampler seeded once would start its sequence again at the resume).
-    Grid: every combination is enqueued (see run_search); Optuna's GridSampler stops the
-    study from inside tell(), which the ask-and-tell loop here cannot take."""
-    seed = (spec.seed * 1_000_003 + index) % 2**32
-    if spec.sampler in ("random", "grid"):
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
-
-
-def _is_interrupted(trial) -> bool:
-    return "interrupted" in trial.user_attrs.get("note", "")
-
-
-def _is_record(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
-def recover_journal(journal: Path) -> None:
-    """Keep a damaged journal's complete records: a line cut short by a kill (or garbage
-    after the last complete record) is dropped, said in one line naming the file, and
-    the file rewritten with what precedes it, so the search can continue."""
-    if not journal.is_file():
-        return
-    data = journal.read_bytes()
-    lines = data.split(b"\n")
-    kept = 0
-    for line in lines:
-        if not line.strip() or not _is_record(line):
-            break
-        kept += 1
-    complete = b"".join(line + b"\n" for line in lines[:kept])
-    if complete == data:
-        return
-    if any(_is_record(line) for line in lines[kept + 1:]):  # damage in the middle: records after it
-        raise TunelabError(f"the search journal {journal} is damaged at line {kept + 1} with complete records "
-                           "after it; move it away to start the search anew")
-    dropped = len([line for line in lines[kept:] if line.strip()])
-    logger.warning("search journal %s: %d damaged or incomplete line%s after record %d dropped; the search "
-                   "continues from the %d complete record%s", journal, dropped, "s" if dropped != 1 else "", kept,
-                   kept, "s" if kept != 1 else "")
-    atomic_write_bytes(journal, complete, own_folder=False)
-
-
 def _suggest(trial, dimension: Dimension):
     if dimension.kind == "choice":
         return trial.suggest_categorical(dimension.key, list(dimension.values))
@@ -240,40 +178,6 @@ class TrialRun:
     parallel: int = 1  # trials at a time (through run_many when above 1)
 
 
-def _open_study(optuna, journal: Path, step_name: str, spec: SearchSpec):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    recover_journal(journal)
-    direction = "minimize" if spec.metric in LOWER_IS_BETTER else "maximize"
-    try:
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-        return optuna.create_study(study_name=step_name, storage=storage, load_if_exists=True, direction=direction,
-                                   sampler=_sampler(optuna, spec), pruner=make_pruner(optuna, spec.pruner))
-    except Exception as exc:  # a journal whose complete records still do not replay
-        raise TunelabError(f"the search journal {journal} is damaged ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); move it away to start the "
-                           "search anew") from None
-
-
-def _start_anew(journal: Path, root: Path, step_name: str, why: str) -> None:
-    """A rerun whose search differs from the journal's: the old journal and trial runs go
-    (only trial folders tunelab provably made; anything else stops the study in one line)."""
-    trials = [p for p in root.glob(f"{step_name}-trial*") if re.fullmatch(re.escape(step_name) + r"-trial\d+", p.name)]
-    for folder in trials:
-        if folder.is_symlink() or not folder.is_dir() or not is_run_directory(folder):
-            raise TunelabError(f"{folder} is in the way of a new search of {step_name} and tunelab did not make it; "
-                               "move it away")
-        check_replaceable(folder, "inputs.json")
-    logger.info("search %s: %s; its old trials are replaced by a new search", step_name, why)
-    for folder in trials:
-        shutil.rmtree(folder)
-    for leftover in (journal, journal.with_name(journal.name + ".lock")):
-        if leftover.is_symlink() or leftover.is_file():
-            leftover.unlink()
-
-
 def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun,
                identity: dict[str, Any] | None = None) -> dict:
     """Run the trials still missing (a killed search continues), then the best trial
@@ -281,20 +185,20 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun,
     ``identity`` is what is searched (settings, data and model fingerprints, the space,
     metric, sampler and seed), recorded in the journal: a rerun whose search differs
     starts a new search instead of reusing trials chosen on other data or settings."""
-    optuna = _optuna()
+    optuna = load_optuna()
     from optuna.trial import TrialState
 
     journal = root / f"{step_name}.search.journal"
     identity = json.loads(json.dumps(identity if identity is not None else spec.record(), default=str))
-    study = _open_study(optuna, journal, step_name, spec)
+    study = open_study(optuna, journal, step_name, spec)
     if study.trials and study.user_attrs.get("searched") != identity:
         recorded = study.user_attrs.get("searched")
         why = "the journal records no description of its search" if recorded is None else \
             "its " + ", ".join(k for k in identity if identity.get(k) != (recorded or {}).get(k)) + \
             " changed since the journal was written"
         del study
-        _start_anew(journal, root, step_name, why)
-        study = _open_study(optuna, journal, step_name, spec)
+        start_anew(journal, root, step_name, why)
+        study = open_study(optuna, journal, step_name, spec)
     if not study.trials:
         study.set_user_attr("searched", identity)
     if spec.sampler == "grid" and not study.trials:
@@ -316,7 +220,7 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun,
     def finished() -> int:
         return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                                          TrialState.FAIL))
-                   if not _is_interrupted(t))
+                   if not is_interrupted(t))
 
     while finished() < budget:
         batch = []
@@ -324,8 +228,8 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun,
             # The index among trials that count (an interrupted one is rerun under its own
             # index): the same sequence of settings whether or not the search was killed.
             index = sum(1 for t in study.get_trials(deepcopy=False)
-                        if t.state != TrialState.WAITING and not _is_interrupted(t))
-            study.sampler = _sampler(optuna, spec, index)
+                        if t.state != TrialState.WAITING and not is_interrupted(t))
+            study.sampler = trial_sampler(optuna, spec, index)
             trial = study.ask()
             params = {d.key: _suggest(trial, d) for d in spec.space}
             name = f"{step_name}-trial{trial.number}"
@@ -402,7 +306,7 @@ def _validation_value(run_dir: Path, metric: str) -> float | None:
 
 def _record(study, spec: SearchSpec, step_name: str) -> dict:
     """What the report shows: every trial, the counts, the importances, the best."""
-    optuna = _optuna()
+    optuna = load_optuna()
     from optuna.trial import TrialState
 
     trials = []
