@@ -46,7 +46,8 @@ def main(argv=None) -> int:
 
     from tunelab.core.config import DataConfig, ImageLoadingConfig
     from tunelab.core.runtime import resolve_device
-    from tunelab.data.images import ClipPreprocess, image_loader, load_image_dataset
+    from tunelab.data.image_pipeline import ClipPreprocess, image_loader
+    from tunelab.data.images import load_image_dataset
     from tunelab.encoders.clip import class_embeddings, image_embeddings, logit_scale, score_loader
     from tunelab.models.architectures import arch_config, char_clip_tokenizer, clip_image_processor
     from tunelab.problems.scores import ScoreAccumulator
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     low_name = "fp16" if low == torch.float16 else "bf16"
     print("\n| scorer | images/s | ratio |\n|---|---|---|")
     print(f"| reference: one image at a time, fp32 | {ref_rate:.1f} | 1.00 |")
-    from tunelab.data.images import default_workers
+    from tunelab.data.image_pipeline import default_workers
 
     workers = default_workers() if args.num_workers is None else args.num_workers
     print(f"| tunelab: batch {batch}, {workers} decode workers, fp32 | {fp32_rate:.1f} | {fp32_rate / ref_rate:.2f} |")

@@ -313,7 +313,7 @@ def test_image_text_finetune_is_clip_finetune_for_siglip_too(tmp_path, colour_fo
 
     import torch
 
-    from tunelab.data.images import ClipPreprocess
+    from tunelab.data.image_pipeline import ClipPreprocess
     from tunelab.tasks.clip_finetune import ClipLoss
 
     out = tmp_path / "itf"

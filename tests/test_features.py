@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 
 from tunelab.core.config import RuntimeConfig
-from tunelab.encoders.text import (
-    FeatureCache,
-    FeatureConfig,
-    TextFeatureExtractor,
-    cached_features,
-    length_sorted_batches,
-    pad_batch,
-)
+from tunelab.encoders.features import FeatureCache, cached_features
+from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor, length_sorted_batches, pad_batch
 from tunelab.models.resolve import resolve_model
 
 TEXTS = ["good film", "the worst , most boring and tedious movie of the year",
@@ -91,7 +85,7 @@ def test_pairs_encode_jointly_with_segment_ids(tiny_bert_dir):
     from transformers import AutoModel, AutoTokenizer
 
     from tunelab.data.text import TextInputs
-    from tunelab.encoders.text import pair_features
+    from tunelab.encoders.features import pair_features
 
     inputs = TextInputs(TEXTS[:3], TEXTS[2:5])
     joint = extractor(tiny_bert_dir, pooling="cls", batch_size=2).encode(inputs)

@@ -10,7 +10,8 @@ from PIL import Image
 from tests.conftest import data_dir, write_colour_images
 from tunelab.core.config import DataConfig
 from tunelab.core.errors import DataError
-from tunelab.data.images import ClipPreprocess, image_loader, is_image_dataset, load_image_dataset
+from tunelab.data.image_pipeline import ClipPreprocess, image_loader
+from tunelab.data.images import is_image_dataset, load_image_dataset
 from tunelab.models.architectures import clip_image_processor
 
 
@@ -176,7 +177,7 @@ def test_resizing_where_the_model_is_gives_the_processors_pixels(tmp_path):
     """On a GPU the workers only decode; the device resizes (Pillow's arithmetic) and
     crops. Same pixels as the processor, for batches of one size and of mixed sizes."""
     torch = pytest.importorskip("torch")
-    from tunelab.data.images import collate_images
+    from tunelab.data.image_pipeline import collate_images
 
     processor = clip_image_processor()
     preprocess = ClipPreprocess(processor, resize_on_device=True)

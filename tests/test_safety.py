@@ -80,7 +80,7 @@ def test_study_rerun_never_deletes_a_folder_it_did_not_create(tmp_path, tiny_ber
     path.write_text(yaml.safe_dump(study))
     assert main(["run", str(path), "--out", str(root)]) == 2  # the folder is the user's: refused whole
     assert not (root / "study.json").exists() and not (root / ".tunelab-run").exists()
-    from tunelab.core.runs import lock_run_directory
+    from tunelab.core.safety import lock_run_directory
 
     (root / "probe" / "precious.txt").rename(tmp_path / "precious.txt")
     (root / "probe").rmdir()
@@ -124,7 +124,7 @@ def test_a_model_that_fails_to_load_touches_nothing(capsys, probe_run, topic_fol
 
 
 def test_a_locked_run_directory_is_refused(capsys, probe_run, tiny_bert_dir, topic_folder):
-    from tunelab.core.runs import lock_run_directory
+    from tunelab.core.safety import lock_run_directory
 
     holder = lock_run_directory(probe_run)  # as another process writing there would
     try:
@@ -270,7 +270,8 @@ def test_sharded_checkpoint_needs_every_shard(tmp_path):
 
 def test_an_empty_cache_file_is_recomputed(tiny_bert_dir, tmp_path):
     from tunelab.core.config import RuntimeConfig
-    from tunelab.encoders.text import FeatureCache, FeatureConfig, TextFeatureExtractor, cached_features
+    from tunelab.encoders.features import FeatureCache, cached_features
+    from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor
     from tunelab.models.resolve import resolve_model
 
     extractor = TextFeatureExtractor(resolve_model(str(tiny_bert_dir)), FeatureConfig(), RuntimeConfig())

@@ -143,7 +143,7 @@ def test_too_few_rows_say_how_many_are_needed(tmp_path, capsys):
 
 
 def test_a_killed_overwrite_leaves_nothing_behind(tmp_path, topics):
-    from tunelab.core.runs import _make_marked_directory
+    from tunelab.core.safety import _make_marked_directory
 
     run = tmp_path / "run"
     assert main([str(a) for a in baseline_args(topics, run)]) == 0
@@ -171,7 +171,7 @@ def test_reserved_and_long_step_names_are_refused_up_front(tmp_path, topics, nam
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
-    from tunelab.core.runs import atomic_write_bytes
+    from tunelab.core.safety import atomic_write_bytes
 
     (tmp_path / "target").mkdir()
     (tmp_path / "target" / "x").write_text("a folder is in the way")
@@ -218,7 +218,7 @@ def test_data_fingerprints_follow_content_not_size_and_time(tmp_path):
 
 
 def test_the_marker_is_created_once_and_locked_once(tmp_path):
-    from tunelab.core.runs import MARKER, _make_marked_directory, lock_run_directory, marker_run_id
+    from tunelab.core.safety import MARKER, _make_marked_directory, lock_run_directory, marker_run_id
 
     _make_marked_directory(tmp_path / "r")
     first_id = marker_run_id(tmp_path / "r")
@@ -285,7 +285,7 @@ def test_dataset_config_on_a_file_is_one_line(tmp_path, topics, capsys):
 
 
 def test_a_cache_entry_of_the_wrong_shape_is_recomputed(tmp_path):
-    from tunelab.encoders.text import FeatureCache
+    from tunelab.encoders.features import FeatureCache
 
     cache = FeatureCache(tmp_path)
     cache.put("k", np.ones((4, 8), dtype=np.float32), {"what": "test"})

@@ -19,7 +19,7 @@ from tunelab.analysis.comparisons import find_runs
 from tunelab.core.config import build_config, list_presets, parse_assignment, set_dotted
 from tunelab.core.errors import TunelabError, counted
 from tunelab.core.registry import all_tasks, get_task
-from tunelab.core.runs import atomic_write_bytes
+from tunelab.core.safety import atomic_write_bytes
 from tunelab.report.document import write_report
 from tunelab.serve.export import export_onnx
 from tunelab.serve.predict import predict, read_inputs, run_pair_columns

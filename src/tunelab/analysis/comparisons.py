@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.core.config import matrix_suffix
-from tunelab.core.runs import read_inside, read_text_inside
+from tunelab.core.safety import read_inside, read_text_inside
 from tunelab.core.stats import (
     PairedTest,
     better,

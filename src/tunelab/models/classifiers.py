@@ -11,7 +11,7 @@ import numpy as np
 
 from tunelab.core.config import check_positive, check_settings, setting
 from tunelab.core.errors import ConfigError, TunelabError
-from tunelab.core.runs import atomic_write_bytes
+from tunelab.core.safety import atomic_write_bytes
 from tunelab.core.trial import report
 from tunelab.problems import get_problem
 from tunelab.problems.scores import split_metrics

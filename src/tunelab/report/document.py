@@ -13,7 +13,7 @@ from tunelab.analysis.comparisons import (
     group_runs,
 )
 from tunelab.core.files import is_plain_name
-from tunelab.core.runs import atomic_write_bytes, read_inside, read_text_inside
+from tunelab.core.safety import atomic_write_bytes, read_inside, read_text_inside
 from tunelab.report.figures import confusion_grid_png, training_curves_png
 from tunelab.report.glance import at_a_glance, find_findings
 from tunelab.report.render import (

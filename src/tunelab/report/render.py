@@ -16,7 +16,7 @@ from tunelab.analysis.comparisons import RunRecord
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import is_plain_name
 from tunelab.core.registry import all_tasks
-from tunelab.core.runs import atomic_write_bytes
+from tunelab.core.safety import atomic_write_bytes
 from tunelab.core.stats import correlation_interval, wilson_interval
 
 

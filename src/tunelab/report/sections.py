@@ -12,7 +12,7 @@ from tunelab.analysis.comparisons import Group, RunRecord, learning_curves, reli
 from tunelab.core.errors import counted
 from tunelab.core.files import is_plain_name
 from tunelab.core.plots import figure, png
-from tunelab.core.runs import read_text_inside
+from tunelab.core.safety import read_text_inside
 from tunelab.core.stats import PairedTest, seed_summary
 from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority, headline_metric
 from tunelab.report.figures import cost_section

@@ -28,8 +28,8 @@ from tunelab.core.config import config_from_run
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import read_json_file
 from tunelab.core.registry import all_tasks, get_task
-from tunelab.core.runs import atomic_write_bytes, lock_run_directory
-from tunelab.data.images import image_outputs, pixel_batches
+from tunelab.core.safety import atomic_write_bytes, lock_run_directory
+from tunelab.data.image_pipeline import image_outputs, pixel_batches
 from tunelab.encoders.text import graph_outputs, pad_batch, pad_token_id, sorted_padded_batches, tokenize_inputs
 from tunelab.models.predictor import as_text_inputs, run_command
 from tunelab.models.resolve import load_pretrained

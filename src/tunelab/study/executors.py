@@ -17,7 +17,7 @@ from tunelab.core.config import dump_yaml, from_dict
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import load_yaml
 from tunelab.core.registry import get_task
-from tunelab.core.runs import atomic_write_bytes
+from tunelab.core.safety import atomic_write_bytes
 from tunelab.study.spec import Step
 from tunelab.tasks.lifecycle import run_task
 

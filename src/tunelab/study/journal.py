@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.core.errors import TunelabError
-from tunelab.core.runs import atomic_write_bytes, check_replaceable, is_run_directory
+from tunelab.core.safety import atomic_write_bytes, check_replaceable, is_run_directory
 from tunelab.core.trial import make_pruner
 from tunelab.problems.metrics import LOWER_IS_BETTER
 

@@ -19,7 +19,7 @@ from tunelab.core.config import (
 )
 from tunelab.core.errors import TunelabError, counted
 from tunelab.core.registry import get_task
-from tunelab.core.runs import (
+from tunelab.core.safety import (
     MARKER,
     RUN_RECORDS,
     atomic_write_bytes,

@@ -20,7 +20,8 @@ from tunelab.core.errors import DataError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record
 from tunelab.core.registry import Task, register_task
 from tunelab.core.runtime import resolve_device
-from tunelab.data.images import ClipPreprocess, default_workers, image_loader, load_image_dataset
+from tunelab.data.image_pipeline import ClipPreprocess, default_workers, image_loader
+from tunelab.data.images import load_image_dataset
 from tunelab.encoders.clip import (
     class_embeddings,
     dual_encoder_predictor,

@@ -17,7 +17,8 @@ from pathlib import Path
 from tunelab.core.errors import DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record
 from tunelab.core.runtime import resolve_device
-from tunelab.data.images import ClipPreprocess, image_loader, image_outputs, load_image_dataset
+from tunelab.data.image_pipeline import ClipPreprocess, image_loader, image_outputs
+from tunelab.data.images import load_image_dataset
 from tunelab.encoders.vision import classify_loader, image_classifier_types
 from tunelab.models.resolve import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem

@@ -26,8 +26,9 @@ from tunelab.core.distributed import barrier, init_distributed, rank_zero_run_di
 from tunelab.core.errors import DataError, TunelabError, counted
 from tunelab.core.files import read_json_file
 from tunelab.core.registry import get_task
-from tunelab.core.runs import RunDirectory, environment
+from tunelab.core.runs import RunDirectory
 from tunelab.core.runtime import resolve_device, resolve_precision, seed_everything
+from tunelab.core.tracking import environment
 from tunelab.data.sources import resolve_dataset
 from tunelab.models.resolve import model_from_record, resolve_model
 from tunelab.problems import get_problem

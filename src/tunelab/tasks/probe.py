@@ -20,16 +20,8 @@ from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file,
 from tunelab.core.registry import Task, register_task
 from tunelab.data.images import files_split, is_image_dataset, load_image_dataset
 from tunelab.data.text import load_text_dataset, resolved_data_config
-from tunelab.encoders.text import (
-    FeatureCache,
-    FeatureConfig,
-    ImageFeatureExtractor,
-    TextFeatureExtractor,
-    cached_features,
-    is_decoder,
-    pair_features,
-    pair_vectors,
-)
+from tunelab.encoders.features import FeatureCache, ImageFeatureExtractor, cached_features, pair_features
+from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor, is_decoder, pair_vectors
 from tunelab.encoders.vision import default_pooling
 from tunelab.models.classifiers import (
     ClassifierConfig,

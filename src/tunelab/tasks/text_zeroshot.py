@@ -50,7 +50,8 @@ from tunelab.data.sources import KNOWN_DATASETS
 from tunelab.data.text import TextInputs, resolved_data_config
 from tunelab.encoders.clip import load_templates
 from tunelab.encoders.decoder import load_causal_lm
-from tunelab.encoders.text import FeatureCache, TextFeatureExtractor, cached_features, graph_outputs, normalize_rows
+from tunelab.encoders.features import FeatureCache, cached_features
+from tunelab.encoders.text import TextFeatureExtractor, graph_outputs, normalize_rows
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters_from_config, hub_kwargs, load_pretrained, load_tokenizer
 from tunelab.problems import get_problem

@@ -18,7 +18,8 @@ from tunelab.core.errors import DataError, TunelabError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.core.runtime import resolve_device, resolve_dtype
-from tunelab.data.images import ClipPreprocess, image_loader, is_image_dataset, load_image_dataset
+from tunelab.data.image_pipeline import ClipPreprocess, image_loader
+from tunelab.data.images import is_image_dataset, load_image_dataset
 from tunelab.data.text import load_text_dataset, resolved_data_config
 from tunelab.encoders.clip import (
     class_embeddings,
@@ -31,7 +32,8 @@ from tunelab.encoders.clip import (
     score_loader,
     scoring_record,
 )
-from tunelab.encoders.text import FeatureCache, FeatureConfig, TextFeatureExtractor, cached_features
+from tunelab.encoders.features import FeatureCache, cached_features
+from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters, count_parameters_from_config, resolve_model
 from tunelab.problems import get_problem

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tunelab.data.images import ProcessedImages, collate_images, default_workers
+from tunelab.data.image_pipeline import ProcessedImages, collate_images, default_workers
 
 
 def build_image_trainer(config, dataset, model, preprocess, loss_fn: Callable, validation_metrics: Callable,

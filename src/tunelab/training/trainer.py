@@ -17,8 +17,8 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
 from tunelab.core.errors import TunelabError
-from tunelab.core.runs import Tracker
 from tunelab.core.runtime import resolve_device, resolve_dtype
+from tunelab.core.tracking import Tracker
 from tunelab.core.trial import report
 from tunelab.problems.metrics import LOWER_IS_BETTER
 from tunelab.training.config import DEFAULT_MAX_STEPS
