@@ -1,8 +1,9 @@
 import pytest
 import yaml
 
-from tunelab.core.config import DataConfig, build_config, dump_yaml, from_dict, list_presets, parse_assignment
+from tunelab.core.config import DataConfig, build_config, dump_yaml, from_dict, parse_assignment
 from tunelab.core.errors import ConfigError
+from tunelab.core.presets import list_presets
 from tunelab.tasks.probe import ProbeConfig
 
 

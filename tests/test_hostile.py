@@ -66,7 +66,8 @@ def test_report_images_get_plain_names_whatever_they_are_built_from():
 
 
 def test_a_torn_or_short_predictions_file_is_left_out_of_pairing_and_said(study_dir, capsys):
-    from tunelab.analysis.comparisons import Group, compare, find_runs
+    from tunelab.analysis.comparisons import Group, compare
+    from tunelab.analysis.runs import find_runs
 
     records = {r.name: r for r in find_runs([study_dir])}
     floor, tfidf = Group("majority", "majority", [records["majority"]]), Group("tfidf", "tfidf", [records["tfidf"]])
@@ -422,7 +423,7 @@ def test_sixteen_bit_and_oversized_images(tmp_path):
 
     from PIL import Image
 
-    from tunelab.data.images import MAX_PIXELS, open_rgb
+    from tunelab.data.image_sources import MAX_PIXELS, open_rgb
 
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "g16.png")

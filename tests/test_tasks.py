@@ -93,8 +93,8 @@ def _word_vote_task():
     from tunelab.data.text import load_text_dataset
     from tunelab.models.predictor import Prediction
     from tunelab.problems.scores import ClassScores
+    from tunelab.tasks.contract import Outcome, Prepared
     from tunelab.tasks.evaluation import evaluate_split
-    from tunelab.tasks.lifecycle import Outcome, Prepared
 
     @dataclasses.dataclass
     class WordVote:

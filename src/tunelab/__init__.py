@@ -19,10 +19,10 @@ from tunelab.core.registry import Task, register_task  # noqa: E402
 # Names that import torch, transformers or scikit-learn load on first use, so that
 # `import tunelab` and `tunelab --help` stay fast.
 _LAZY = {
-    "RunResult": ("tunelab.tasks.lifecycle", "RunResult"),
-    "Outcome": ("tunelab.tasks.lifecycle", "Outcome"),
-    "Prepared": ("tunelab.tasks.lifecycle", "Prepared"),
-    "RunContext": ("tunelab.tasks.lifecycle", "RunContext"),
+    "RunResult": ("tunelab.tasks.contract", "RunResult"),
+    "Outcome": ("tunelab.tasks.contract", "Outcome"),
+    "Prepared": ("tunelab.tasks.contract", "Prepared"),
+    "RunContext": ("tunelab.tasks.contract", "RunContext"),
     "run_task": ("tunelab.tasks.lifecycle", "run_task"),
     "predict": ("tunelab.serve.predict", "predict"),
     "Prediction": ("tunelab.serve.predict", "Prediction"),

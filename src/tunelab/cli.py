@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunelab import __version__
-from tunelab.analysis.comparisons import find_runs
-from tunelab.core.config import build_config, list_presets, parse_assignment, set_dotted
+from tunelab.analysis.runs import find_runs
+from tunelab.core.config import build_config, parse_assignment, set_dotted
 from tunelab.core.errors import TunelabError, counted
+from tunelab.core.presets import list_presets
 from tunelab.core.registry import all_tasks, get_task
 from tunelab.core.safety import atomic_write_bytes
 from tunelab.report.document import write_report

@@ -1,5 +1,6 @@
 """The run directory: one writer for every task's outputs (trackers in core.tracking, the
 safety rules in core.safety).
+
 Every file is written atomically (temporary file, then rename), and
 ``metrics.json`` is written last, so a run that fails or is killed never
 leaves a torn or misleading ``metrics.json`` behind.

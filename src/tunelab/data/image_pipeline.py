@@ -12,7 +12,7 @@ import numpy as np
 from tunelab.core.errors import DataError
 from tunelab.core.runtime import is_cuda
 from tunelab.data import resample
-from tunelab.data.images import ImageSplit, files_split
+from tunelab.data.image_sources import ImageSplit, files_split
 
 
 class ProcessedImages:

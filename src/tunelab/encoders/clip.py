@@ -13,7 +13,7 @@ from tunelab.core.errors import ConfigError, ModelError
 from tunelab.core.files import RunFileError, read_predictor, read_safetensors
 from tunelab.core.progress import progress
 from tunelab.data.image_pipeline import image_outputs
-from tunelab.data.images import files_split
+from tunelab.data.image_sources import files_split
 from tunelab.encoders.cpu_tower import image_features, pooled_output
 from tunelab.models.predictor import predictions_from
 from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained

@@ -7,11 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from tunelab.analysis.comparisons import (
-    RunRecord,
-    find_runs,
-    group_runs,
-)
+from tunelab.analysis.comparisons import group_runs
+from tunelab.analysis.runs import RunRecord, find_runs
 from tunelab.core.files import is_plain_name
 from tunelab.core.safety import atomic_write_bytes, read_inside, read_text_inside
 from tunelab.report.figures import confusion_grid_png, training_curves_png

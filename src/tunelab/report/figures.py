@@ -8,7 +8,8 @@ import re
 
 import numpy as np
 
-from tunelab.analysis.comparisons import Group, RunRecord, group_summary, pareto_front, pareto_optimal
+from tunelab.analysis.comparisons import Group, group_summary, pareto_front, pareto_optimal
+from tunelab.analysis.runs import RunRecord
 from tunelab.core.plots import figure, png
 from tunelab.core.safety import read_text_inside
 from tunelab.report.render import Document, fmt, main_split, wall_seconds

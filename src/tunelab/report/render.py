@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-from tunelab.analysis.comparisons import RunRecord
+from tunelab.analysis.runs import RunRecord
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import is_plain_name
 from tunelab.core.registry import all_tasks

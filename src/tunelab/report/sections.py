@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.analysis.comparisons import Group, RunRecord, learning_curves, reliability, zero_label_references
+from tunelab.analysis.comparisons import Group, learning_curves, reliability, zero_label_references
+from tunelab.analysis.runs import RunRecord
 from tunelab.core.errors import counted
 from tunelab.core.files import is_plain_name
 from tunelab.core.plots import figure, png

@@ -12,7 +12,8 @@ from tunelab.core.config import config_from_run
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import read_yaml_file
 from tunelab.core.registry import get_task
-from tunelab.data.text import TEXT_ALTERNATIVES, TextInputs, pick_column, read_frame
+from tunelab.data.tables import TEXT_ALTERNATIVES, pick_column, read_frame
+from tunelab.data.text import TextInputs
 from tunelab.models.predictor import Prediction, Predictor, run_command
 from tunelab.serve.export import onnx_predictor
 

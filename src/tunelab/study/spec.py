@@ -35,8 +35,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError, from_dict, load_yaml_source, matrix_suffix, merge_settings, set_dotted
+from tunelab.core.config import ConfigError, from_dict, merge_settings, set_dotted
 from tunelab.core.files import PLAIN_NAME
+from tunelab.core.presets import load_yaml_source, matrix_suffix
 from tunelab.core.registry import all_tasks, canonical_name, get_task
 from tunelab.study.search import parse_search
 

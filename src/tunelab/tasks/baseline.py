@@ -33,7 +33,8 @@ from tunelab.models.classifiers import (
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.problems import get_problem
 from tunelab.problems.scores import LabelScores, choose_threshold
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
+from tunelab.tasks.metrics_file import throughput
 
 logger = logging.getLogger(__name__)
 

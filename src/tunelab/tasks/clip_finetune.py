@@ -38,14 +38,8 @@ from tunelab.models.resolve import count_parameters, load_pretrained, resolve_mo
 from tunelab.problems import get_problem
 from tunelab.problems.metrics import classification_metrics
 from tunelab.problems.scores import ScoreAccumulator, split_metrics, top_k_nll, validation_loss
-from tunelab.tasks.lifecycle import (
-    Outcome,
-    Prepared,
-    RunContext,
-    image_predictions,
-    recorded_model,
-    trained_outcome,
-)
+from tunelab.tasks.contract import Outcome, Prepared, RunContext
+from tunelab.tasks.lifecycle import image_predictions, recorded_model, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
     LoraConfig,

@@ -19,7 +19,8 @@ from tunelab.core.files import read_predictor
 from tunelab.core.progress import progress
 from tunelab.core.registry import Task, register_task
 from tunelab.core.runtime import resolve_device
-from tunelab.data.images import files_split, is_image_dataset
+from tunelab.data.image_sources import files_split
+from tunelab.data.images import is_image_dataset
 from tunelab.data.text import load_text_dataset, resolved_data_config
 from tunelab.encoders.text import (
     ensure_padding,
@@ -36,9 +37,10 @@ from tunelab.models.resolve import (
 )
 from tunelab.problems import get_problem
 from tunelab.problems.scores import ScoreAccumulator, choose_threshold
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.finetune_model import load_finetuned, save_model, saved_class_names
 from tunelab.tasks.image_finetune import execute_images, image_export_graph, image_logits, prepare_images
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, trained_outcome
+from tunelab.tasks.lifecycle import trained_outcome
 from tunelab.training.config import (
     LoraConfig,
     TrainConfig,

@@ -23,7 +23,8 @@ from tunelab.encoders.vision import classify_loader, image_classifier_types
 from tunelab.models.resolve import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem
 from tunelab.problems.scores import split_metrics, validation_loss
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, image_predictions, trained_outcome
+from tunelab.tasks.contract import Outcome, Prepared, RunContext
+from tunelab.tasks.lifecycle import image_predictions, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
     check_best_metric,

@@ -28,84 +28,19 @@ from tunelab.core.files import read_json_file
 from tunelab.core.registry import get_task
 from tunelab.core.runs import RunDirectory
 from tunelab.core.runtime import resolve_device, resolve_precision, seed_everything
-from tunelab.core.tracking import environment
 from tunelab.data.sources import resolve_dataset
 from tunelab.models.resolve import model_from_record, resolve_model
-from tunelab.problems import get_problem
-from tunelab.problems.metrics import below_majority, headline_metric
+from tunelab.problems.metrics import below_majority
 from tunelab.problems.scores import choose_threshold
 from tunelab.tasks.card import write_model_card
-from tunelab.tasks.evaluation import evaluate_split, skipped_record
+from tunelab.tasks.contract import Outcome, RunContext, RunResult, Scored
+from tunelab.tasks.evaluation import evaluate_split
+from tunelab.tasks.metrics_file import assemble_metrics, headline_text, reset_peak_memory, throughput
 from tunelab.tasks.run_report import render_run_report
 
 logger = logging.getLogger(__name__)
 
 INPUTS_FILE = "inputs.json"
-# timing.throughput's keys, the same for every task (None where a task has no such phase).
-THROUGHPUT_KEYS = ("train_samples_per_s", "eval_samples_per_s")
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What a task returns: where its run directory is and what it measured."""
-
-    run_dir: Path
-    metrics: dict[str, Any]
-
-    def split(self, name: str) -> dict[str, float]:
-        return self.metrics["splits"][name]
-
-
-@dataclasses.dataclass
-class Prepared:
-    """What ``prepare`` hands to ``execute``: the resolved config (columns found in the
-    data filled in), the model's files, the checked data, and whatever the task loaded."""
-
-    config: Any
-    source: Any  # tunelab.models.resolve.ModelSource, or None for a task that uses no pretrained model
-    dataset: Any  # tunelab.data.labels.LabelledData
-    eval_splits: list[str]
-    parts: dict[str, Any] = dataclasses.field(default_factory=dict)  # model, tokenizer, extractor, ...
-
-
-@dataclasses.dataclass
-class RunContext:
-    """Where ``execute`` writes, and how it runs."""
-
-    run: RunDirectory
-    tracker: Any  # tunelab.core.runs.Tracker on rank 0, else None
-    device: Any  # torch.device
-    rank: int
-    world: int
-    resume: bool
-
-
-@dataclasses.dataclass
-class Scored:
-    """One split's predictions, as a task hands them over: the lifecycle evaluates every
-    task's splits the same way (metrics, predictions file, confusion matrix or scatter)."""
-
-    scores: Any  # tunelab.tasks.evaluation ClassScores, LabelScores or ValueScores
-    labels: Any  # the gold targets, encoded
-    ids: list[str]
-    inputs: dict[str, Any]  # the input columns of the predictions file (text, pair, file)
-
-
-@dataclasses.dataclass
-class Outcome:
-    """What ``execute`` measured; the lifecycle evaluates its predictions and turns it
-    into metrics.json."""
-
-    params: dict[str, Any]  # total, trainable (and a note)
-    seconds: dict[str, float]  # train, eval, and the task's own phases
-    throughput: dict[str, float | None]  # THROUGHPUT_KEYS
-    task: dict[str, Any]  # what only this task has (classifier, method, templates, training summary, ...)
-    scored: dict[str, Scored] = dataclasses.field(default_factory=dict)  # per split: its predictions
-    splits: dict[str, dict] = dataclasses.field(default_factory=dict)  # per split: metrics (filled by evaluate)
-    reports: dict[str, str] = dataclasses.field(default_factory=dict)  # per split: the per-class text report
-    skipped: list[str] = dataclasses.field(default_factory=list)  # inputs that could not be used
-    # Labelled examples the method learnt from or chose settings on; None: train and validation.
-    labels_seen: int | None = None
 
 
 def image_predictions(scored: dict, eval_splits: Sequence[str], label_sets: bool, threshold_setting: str):
@@ -249,78 +184,6 @@ def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:
         outcome.seconds["eval"] = outcome.seconds.get("eval", 0.0) + time.perf_counter() - start
 
 
-def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device, world: int,
-                     wall_seconds: float) -> dict[str, Any]:
-    """metrics.json in the one schema of every task (tunelab/schemas/metrics.schema.json)."""
-    unknown = set(outcome.throughput) - set(THROUGHPUT_KEYS)
-    if unknown:
-        raise TunelabError(f"internal: throughput keys {sorted(unknown)} are not in the schema")
-    # Label-derived figures only of the splits this run used: a search trial scored on
-    # validation carries no number computed from test labels.
-    used = {"train", "validation", *prepared.eval_splits}
-    return {
-        "command": command,
-        "model": prepared.config.model,
-        "dataset": prepared.config.data.dataset,
-        "splits": outcome.splits,
-        "params": outcome.params,
-        "timing": {"seconds": {**outcome.seconds, "total": wall_seconds},
-                   "throughput": {key: outcome.throughput.get(key) for key in THROUGHPUT_KEYS},
-                   **peak_memory()},
-        "environment": {**environment(str(device)), "processes": world},
-        "skipped": skipped_record(outcome.skipped),
-        "data": {**data_block(prepared.dataset, used), "labels_seen": labels_seen(prepared.dataset, outcome),
-                 **({"majority_accuracy": floors} if (floors := majority_accuracy(prepared.dataset, used)) else {})},
-        "task": outcome.task,
-    }
-
-
-_PEAK_RESET = {"linux": False}
-
-
-def reset_peak_memory() -> None:
-    """Start this run's peak memory count afresh: several runs in one process (a serial
-    study) each report their own peak, not the process's so far. Linux resets its
-    high-water mark through /proc/self/clear_refs; elsewhere the process peak stays."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        _PEAK_RESET["linux"] = True
-    except OSError:
-        _PEAK_RESET["linux"] = False
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.reset_peak_memory_stats()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-
-
-def peak_memory() -> dict[str, float]:
-    """The run's peak resident memory (and the GPU's peak allocation where CUDA ran), in MB."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    values = {"peak_rss_mb": peak / (1024 * 1024 if sys.platform == "darwin" else 1024)}
-    if _PEAK_RESET["linux"]:
-        try:
-            with open("/proc/self/status", encoding="ascii") as handle:
-                line = next(line for line in handle if line.startswith("VmHWM:"))
-            values["peak_rss_mb"] = int(line.split()[1]) / 1024
-        except (OSError, StopIteration, ValueError):
-            pass
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            values["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    return values
-
-
 def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
                class_reports: dict[str, str], notes: list[str]) -> RunResult:
     """Log the final metrics, write report.md, then metrics.json last (its presence marks a
@@ -345,23 +208,6 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
         logger.warning("%s", warning)
     logger.info("run directory: %s (report: %s)", path, path / "report.md")
     return RunResult(path, metrics)
-
-
-def majority_accuracy(dataset, used: set[str] | None = None) -> dict[str, float]:
-    """Per evaluation split (of those ``used``), the accuracy of always predicting the
-    training split's most frequent class: the floor every classifier must clear."""
-    problem = get_problem(dataset.problem)
-    if "train" not in dataset.splits or not len(dataset.splits["train"]):
-        return {}
-    floors = {name: problem.majority_accuracy(dataset.splits["train"].labels, split.labels)
-              for name, split in dataset.splits.items() if name != "train" and len(split)
-              and (used is None or name in used)}
-    return {name: value for name, value in floors.items() if value is not None}
-
-
-def headline_text(values: dict) -> str:
-    metric = headline_metric(values)
-    return f"{metric} {values[metric]:.4f}"
 
 
 @contextlib.contextmanager
@@ -407,29 +253,3 @@ def recorded_model(run_dir: Path, configured: str):
     return model_from_record(record["model"], run_dir)
 
 
-def data_block(dataset, used: set[str] | None = None) -> dict[str, Any]:
-    """metrics.json's ``data``: the problem, classes, split sizes and class counts (or the
-    targets' range; of the splits ``used`` only), what was inferred, the positive class."""
-    problem = get_problem(dataset.problem)
-    block = {"problem": problem.name, "class_names": dataset.class_names,
-             "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes,
-             "class_counts": {name: problem.target_counts(split.labels, dataset.class_names)
-                              for name, split in dataset.splits.items() if used is None or name in used}}
-    if problem.exclusive_classes and len(dataset.class_names) == 2:
-        block["positive_class"] = dataset.class_names[1]
-    if getattr(dataset, "text_pair_column", None):
-        block["columns"] = {"text": dataset.text_column, "text_pair": dataset.text_pair_column,
-                            "label": dataset.label_column}
-    return block
-
-
-def labels_seen(dataset, outcome: Outcome) -> int:
-    """How many labels a run used in all: what the task says, else its train and
-    validation splits (training, and choosing checkpoints, thresholds or settings)."""
-    if outcome.labels_seen is not None:
-        return int(outcome.labels_seen)
-    return sum(len(dataset.splits[name]) for name in ("train", "validation") if name in dataset.splits)
-
-
-def throughput(examples: int, seconds: float) -> float | None:
-    return examples / seconds if seconds > 0 else None

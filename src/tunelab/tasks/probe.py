@@ -18,7 +18,8 @@ from tunelab.core.config import ImageDecodingConfig, RuntimeConfig, TaskConfig, 
 from tunelab.core.errors import DataError, TunelabError, counted
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file, read_predictor
 from tunelab.core.registry import Task, register_task
-from tunelab.data.images import files_split, is_image_dataset, load_image_dataset
+from tunelab.data.image_sources import files_split
+from tunelab.data.images import is_image_dataset, load_image_dataset
 from tunelab.data.text import load_text_dataset, resolved_data_config
 from tunelab.encoders.features import FeatureCache, ImageFeatureExtractor, cached_features, pair_features
 from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor, is_decoder, pair_vectors
@@ -35,7 +36,9 @@ from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters_from_config, is_dual_encoder, load_config, resolve_model
 from tunelab.problems import get_problem
 from tunelab.problems.scores import LabelScores, choose_threshold
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, recorded_model, throughput
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
+from tunelab.tasks.lifecycle import recorded_model
+from tunelab.tasks.metrics_file import throughput
 
 logger = logging.getLogger(__name__)
 

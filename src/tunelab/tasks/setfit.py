@@ -42,7 +42,9 @@ from tunelab.models.resolve import (
     resolve_model,
 )
 from tunelab.problems import get_problem
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, check_problem, throughput
+from tunelab.tasks.contract import Outcome, Prepared, RunContext
+from tunelab.tasks.lifecycle import check_problem
+from tunelab.tasks.metrics_file import throughput
 from tunelab.tasks.probe import fit_head
 from tunelab.training.config import LoraConfig, TrainConfig, fill_learning_rate, wrap_lora
 from tunelab.training.text import build_trainer, effective_max_length

@@ -56,8 +56,9 @@ from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters_from_config, hub_kwargs, load_pretrained, load_tokenizer
 from tunelab.problems import get_problem
 from tunelab.problems.scores import ClassScores, LabelScores, choose_threshold
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, throughput
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.likelihood import Prompting, fit_prompts, likelihood_raw
+from tunelab.tasks.metrics_file import throughput
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,9 @@ from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters, count_parameters_from_config, resolve_model
 from tunelab.problems import get_problem
 from tunelab.problems.scores import ClassScores, ScoreAccumulator, ValueScores
-from tunelab.tasks.lifecycle import Outcome, Prepared, RunContext, Scored, image_predictions, recorded_model, throughput
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
+from tunelab.tasks.lifecycle import image_predictions, recorded_model
+from tunelab.tasks.metrics_file import throughput
 from tunelab.tasks.text_zeroshot import execute_texts, prepare_texts, text_predictor
 
 logger = logging.getLogger(__name__)
