@@ -1,9 +1,10 @@
 import pytest
 import yaml
 
-from tunelab.core.config import DataConfig, build_config, dump_yaml, from_dict, parse_assignment
+from tunelab.core.config import DataConfig, build_config, dump_yaml, parse_assignment
 from tunelab.core.errors import ConfigError
 from tunelab.core.presets import list_presets
+from tunelab.core.typed import from_dict
 from tunelab.tasks.probe import ProbeConfig
 
 

@@ -11,11 +11,12 @@ from typing import Any
 
 from tunelab.analysis.runs import find_runs
 from tunelab.cli.parsing import CONFIG_PREFIX
-from tunelab.core.config import build_config, parse_assignment, set_dotted
+from tunelab.core.config import build_config, parse_assignment
 from tunelab.core.errors import TunelabError, counted
 from tunelab.core.presets import list_presets
 from tunelab.core.registry import get_task
 from tunelab.core.safety import atomic_write_bytes
+from tunelab.core.typed import set_dotted
 from tunelab.report.document import write_report
 from tunelab.serve.export import export_onnx
 from tunelab.serve.predict import predict, read_inputs, run_pair_columns

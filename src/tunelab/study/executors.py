@@ -13,11 +13,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import dump_yaml, from_dict
+from tunelab.core.config import dump_yaml
 from tunelab.core.errors import TunelabError
 from tunelab.core.files import load_yaml
 from tunelab.core.registry import get_task
 from tunelab.core.safety import atomic_write_bytes
+from tunelab.core.typed import from_dict
 from tunelab.study.spec import Step
 from tunelab.tasks.lifecycle import run_task
 

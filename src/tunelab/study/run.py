@@ -12,11 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import (
-    ConfigError,
-    dump_yaml,
-    set_dotted,
-)
+from tunelab.core.config import ConfigError, dump_yaml
 from tunelab.core.errors import TunelabError, counted
 from tunelab.core.registry import get_task
 from tunelab.core.safety import (
@@ -27,6 +23,7 @@ from tunelab.core.safety import (
     lock_run_directory,
     marker_run_id,
 )
+from tunelab.core.typed import set_dotted
 from tunelab.data.sources import resolve_dataset
 from tunelab.models.resolve import resolve_model
 from tunelab.report.document import write_report

@@ -35,10 +35,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tunelab.core.config import ConfigError, from_dict, merge_settings, set_dotted
+from tunelab.core.config import ConfigError
 from tunelab.core.files import PLAIN_NAME
 from tunelab.core.presets import load_yaml_source, matrix_suffix
 from tunelab.core.registry import all_tasks, canonical_name, get_task
+from tunelab.core.typed import from_dict, merge_settings, set_dotted
 from tunelab.study.search import parse_search
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
