@@ -394,7 +394,7 @@ def test_many_classes_get_a_sparse_confusion_and_a_clear_memory_line(tmp_path, c
     confusion = json.loads((out / "confusion_test.json").read_text())
     assert confusion["format"] == "cells" and sum(c[2] for c in confusion["cells"]) == 600
     assert (out / "confusion_test.json").stat().st_size < 200_000
-    from tunelab.scoring import classifiers
+    from tunelab.models import classifiers
 
     monkeypatch.setattr(classifiers, "machine_memory_bytes", lambda: 64 * 2**20)
     capsys.readouterr()

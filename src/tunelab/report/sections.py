@@ -162,6 +162,17 @@ def search_section(doc: Document, search: dict) -> None:
 
 def group_sections(doc: Document, groups: list[Group], findings: Findings) -> None:
     """Seed groups, paired comparisons, learning curves, cost and calibration."""
+    seed_section(doc, groups)
+    paired_section(doc, findings)
+    curves_section(doc, groups, findings)
+    costed = [g for g in groups if g.values()]
+    if len(costed) > 1:
+        cost_section(doc, costed)
+    calibration_section(doc, groups)
+
+
+def seed_section(doc: Document, groups: list[Group]) -> None:
+    """Runs that differ only in their seed, summarised metric by metric."""
     seeded = [g for g in groups if len(g.runs) > 1]
     if seeded:
         doc.heading(2, "Seeds")
@@ -181,6 +192,9 @@ def group_sections(doc: Document, groups: list[Group], findings: Findings) -> No
                              f"[{summary['low']:.4f}, {summary['high']:.4f}]"])
         doc.table(["group", "split", "metric", "seeds", "mean", "std", "range", "95% interval"], rows)
 
+
+def paired_section(doc: Document, findings: Findings) -> None:
+    """Every method against its floor, with each seed pair's own difference."""
     floor_claims = [c for c in findings.claims if c.purpose == "floor"]
     if floor_claims:
         doc.heading(2, "Paired comparisons")
@@ -203,6 +217,9 @@ def group_sections(doc: Document, groups: list[Group], findings: Findings) -> No
         doc.table(["method", "floor", "Δ", "95% interval", "p", "p (Holm)", "n", "seed pairs", "per seed Δ (p)",
                    "at 0.05, corrected"], rows)
 
+
+def curves_section(doc: Document, groups: list[Group], findings: Findings) -> None:
+    """The headline against training size, with zero-shot levels and crossings in words."""
     curves = learning_curves(groups)
     if curves:
         doc.heading(2, "Learning curves")
@@ -242,10 +259,9 @@ def group_sections(doc: Document, groups: list[Group], findings: Findings) -> No
             doc.paragraph("No curve crosses another over the sizes tried.")
         zero_shot_lines(doc, findings, curves)
 
-    costed = [g for g in groups if g.values()]
-    if len(costed) > 1:
-        cost_section(doc, costed)
 
+def calibration_section(doc: Document, groups: list[Group]) -> None:
+    """Expected calibration error and the reliability diagram of runs that give probabilities."""
     calibrated = [g for g in groups if "ece" in g.runs[0].metrics["splits"].get(g.main_split(), {})]
     uncalibrated = [g.name for g in groups if g.metric() == "accuracy" and g not in calibrated]
     if calibrated:
@@ -265,3 +281,4 @@ def group_sections(doc: Document, groups: list[Group], findings: Findings) -> No
         ax.set(xlabel="confidence", ylabel="accuracy", title="reliability")
         ax.legend(fontsize=7)
         doc.image("reliability.png", png(fig), "reliability diagram: accuracy against confidence")
+
