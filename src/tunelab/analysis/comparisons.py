@@ -28,7 +28,7 @@ from tunelab.core.stats import (
     seed_summary,
     wilson_interval,
 )
-from tunelab.problems.metrics import headline_metric
+from tunelab.problems import headline_metric
 
 logger = logging.getLogger(__name__)
 

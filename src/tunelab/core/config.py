@@ -23,6 +23,11 @@ from tunelab.core.typed import from_dict, merge_settings, set_dotted, to_dict
 
 T = TypeVar("T")
 
+# The problem kinds --problem takes: filled by tunelab.problems as each kind registers,
+# so the choices follow the registry (a config checked before any kind registered skips
+# the check; get_problem refuses an unknown name all the same).
+PROBLEM_NAMES: list[str] = []
+
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
             flag: str | None = None, choices: tuple[str, ...] | None = None, metavar: str | None = None,
@@ -101,8 +106,8 @@ class DataConfig:
                                         "on its own; default)", flag="--pair-encoding", choices=("cross", "bi"))
     label_column: str | None = setting(None, "label column (default: label, or the one usual alternative present)",
                                        flag="--label-column", metavar="COLUMN")
-    problem: str | None = setting(None, "single-label, multi-label or regression (default: detected from the "
-                                  "labels)", flag="--problem", choices=("single-label", "multi-label", "regression"))
+    problem: str | None = setting(None, "the problem kind (default: detected from the labels)", flag="--problem",
+                                  choices=PROBLEM_NAMES)
     label_separator: str | None = setting(None, "multi-label: the separator inside a label cell (e.g. ';')",
                                           flag="--label-separator", metavar="SEP")
     positive_label: str | None = setting(None, "two classes: the class scored as positive (default: the second)",

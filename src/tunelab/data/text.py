@@ -208,7 +208,7 @@ def _check_labels(raw: _RawSplit, split: str) -> None:
 def _encode_targets(table: _RawTable, cfg: DataConfig, train_key: str):
     """The problem the labels show, its label space and every split's encoded targets."""
     train = table.splits[train_key]
-    problem = detect_problem(train.labels, cfg.problem, cfg.label_separator, train.source)
+    problem = detect_problem(train.labels, cfg.problem, cfg.label_separator, train.source, table.columns.get("label"))
     cells = {name: (raw.labels, raw.source, raw.ids) for name, raw in table.splits.items()}
     space, targets = problem.encode_targets(cells, train_key, cfg, table.label_names)
     return problem, space, targets

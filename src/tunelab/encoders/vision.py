@@ -9,7 +9,6 @@ from tunelab.core.errors import ModelError
 from tunelab.core.progress import progress
 from tunelab.models.resolve import ModelSource, hub_kwargs, is_vision_backbone, load_config, load_pretrained
 from tunelab.problems import get_problem
-from tunelab.problems.scores import ScoreAccumulator
 
 # cls: the class token's last hidden state; mean: the mean of the patch tokens;
 # cls+mean: both, concatenated (DINOv2's linear-probe features). A convolutional
@@ -71,10 +70,8 @@ def classify_loader(model, loader, device, problem: str | None, precision: str =
     kind, total = get_problem(problem), len(loader.dataset)
     preprocess = loader.dataset.preprocess
     num_labels = model.config.num_labels
-    # One class per image: probabilities into an accumulator (top-k only for many classes);
-    # label sets and values: every output.
-    accumulator = ScoreAccumulator(total, num_labels, "probability") if kind.exclusive_classes else None
-    outputs = None if accumulator is not None else torch.full((total, num_labels), float("nan"))
+    # The problem collects the outputs (class probabilities: top-k only for many classes).
+    collector = kind.collector(total, num_labels)
     seen, skipped = np.zeros(total, dtype=bool), []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.inference_mode(), autocast, progress(total, desc, "img") as bar:
@@ -83,12 +80,7 @@ def classify_loader(model, loader, device, problem: str | None, precision: str =
             rows = batch["rows"].numpy()
             if len(rows):
                 logits = model(pixel_values=preprocess.model_input(batch["pixel_values"], device)).logits.float()
-                if accumulator is not None:
-                    accumulator.add(rows, torch.softmax(logits, dim=-1))
-                else:
-                    outputs[torch.as_tensor(rows)] = logits.cpu()
+                collector.add(rows, logits)
                 seen[rows] = True
             bar.update(len(rows) + len(batch["skipped"]))
-    if accumulator is not None:
-        return accumulator.result(), seen, skipped
-    return kind.scores_from_outputs(outputs[torch.as_tensor(seen)]), seen, skipped
+    return collector.result(seen), seen, skipped

@@ -108,7 +108,8 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
     grid, parameter = (config.alpha_grid, "alpha") if config.kind == "ridge" else (config.c_grid, "C")
     if not config.tune and not (config.kind == "ridge" and x_val is not None):
         value = 1.0 if config.kind == "ridge" else config.c
-        return build_classifier(config, value, seed, problem, class_weight).fit(x_train, y_train), None
+        targets = get_problem(problem).fit_targets(y_train)
+        return build_classifier(config, value, seed, problem, class_weight).fit(x_train, targets), None
     if x_val is None or y_val is None:
         raise TunelabError(f"--tune picks {parameter} on the validation split, and this dataset has none")
     metric = config.tune_metric or get_problem(problem).headline
@@ -116,7 +117,8 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
     scores, best, best_score, best_value = {}, None, -np.inf, None
 
     for position, value in enumerate(grid):
-        estimator = build_classifier(config, value, seed, problem, class_weight).fit(x_train, y_train)
+        estimator = build_classifier(config, value, seed, problem, class_weight).fit(
+            x_train, get_problem(problem).fit_targets(y_train))
         score = validation_score(estimator, x_val, y_val, problem, num_classes, metric, threshold)
         scores[str(value)] = score
         logger.info("%s=%g: validation %s %.4f", parameter, value, metric, score)

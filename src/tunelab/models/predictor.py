@@ -5,26 +5,13 @@ through the registry."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from tunelab.core.errors import TunelabError, counted
 from tunelab.core.files import PREDICTOR_FILE, read_json_file, read_predictor, read_yaml_file
 from tunelab.data.text import TextInputs
-from tunelab.problems.scores import LabelScores, ValueScores, label_set_text
-
-
-@dataclasses.dataclass
-class Prediction:
-    input: str  # the text, image file, or first text of a pair
-    label: str  # the predicted class; for multi-label the predicted labels joined by "; "; for regression the value
-    score: float  # probability of that class (or decision value, similarity); for regression the value
-    score_kind: str  # probability | decision | similarity | value
-    pair: str | None = None  # the second text of a sentence pair
-    labels: list[str] | None = None  # multi-label: the predicted labels
+from tunelab.problems.scores import Prediction
 
 
 class Predictor:
@@ -77,19 +64,9 @@ def as_text_inputs(inputs):
 
 
 def predictions_from(inputs, scores, names) -> list[Prediction]:
-    """Predictions for ``inputs`` from ClassScores, LabelScores or ValueScores."""
+    """Predictions for ``inputs`` from a problem's scores."""
     inputs = as_text_inputs(inputs)
-    pairs = inputs.pairs or [None] * len(inputs)
-    if isinstance(scores, ValueScores):
-        return [Prediction(t, f"{v:.6g}", float(v), "value", p) for t, p, v in zip(inputs.texts, pairs, scores.values)]
-    if isinstance(scores, LabelScores):
-        out = []
-        for t, p, row, chosen in zip(inputs.texts, pairs, scores.scores, scores.predicted):
-            labels = [names[i] for i in np.flatnonzero(chosen)]
-            out.append(Prediction(t, label_set_text(chosen, names), float(row.max()), scores.kind, p, labels))
-        return out
-    return [Prediction(t, names[c], float(v), scores.kind, p)
-            for t, p, c, v in zip(inputs.texts, pairs, scores.predicted, scores.score)]
+    return scores.predictions(inputs.texts, inputs.pairs or [None] * len(inputs), names)
 
 
 def run_command(run_dir: Path) -> str:

@@ -27,9 +27,26 @@ class Problem:
     exclusive_classes: ClassVar[bool] = False  # exactly one class per example
     tunes_threshold: ClassVar[bool] = False  # a decision threshold chosen on validation
     shots_allowed: ClassVar[bool] = True  # K examples per class make sense
+    metric_names: ClassVar[tuple[str, ...]] = ()  # keys every split's metrics of this kind has
+    # The kind a task that does not know this one may treat it as (ordered classes are
+    # classes): a task declaring that kind takes this one too.
+    serves_as: ClassVar[str | None] = None
 
     def __repr__(self) -> str:
         return f"<problem {self.name}>"
+
+    def fits(self, kinds: tuple[str, ...]) -> bool:
+        """Whether a task that declares ``kinds`` takes this problem."""
+        return self.name in kinds or (self.serves_as is not None and self.serves_as in kinds)
+
+    def claims(self, values, separator: str | None, column: str | None) -> bool:
+        """Whether raw label cells (from ``column``) are of this kind, when no --problem
+        says; single-label takes what no other kind claims."""
+        return False
+
+    def recognises(self, metrics: dict) -> bool:
+        """Whether one split's metrics are this kind's (its headline and metric names)."""
+        return self.headline in metrics and all(name in metrics for name in self.metric_names)
 
     # --------------------------------------------------------------- labels and data
 
@@ -66,6 +83,11 @@ class Problem:
         """A model's raw outputs (logits or values) as scores evaluation takes."""
         raise NotImplementedError
 
+    def collector(self, n: int, num_outputs: int, threshold: float = 0.5) -> OutputCollector:
+        """What collects a model's outputs for ``n`` inputs, batch by batch, and gives
+        their scores: by default every output is kept."""
+        return OutputCollector(self, n, num_outputs, threshold)
+
     def compact_outputs(self, logits):
         """What evaluation during training keeps of a batch's logits (a torch tensor)."""
         raise NotImplementedError
@@ -76,6 +98,11 @@ class Problem:
     def loss(self, logits, labels, weights):
         """The weighted training loss (torch), where class weights are asked for."""
         raise NotImplementedError
+
+    def needs_own_loss(self, weighted: bool) -> bool:
+        """Whether training must use this problem's ``loss`` rather than the model's own
+        (which is this problem's loss, unweighted)."""
+        return weighted
 
     def class_weights(self, labels: np.ndarray) -> np.ndarray | None:
         """``balanced`` weights, or None where the problem has no classes."""
@@ -96,9 +123,35 @@ class Problem:
     def estimator_scores(self, estimator, features, num_classes: int, threshold: float = 0.5):
         raise NotImplementedError
 
+    def fit_targets(self, labels: np.ndarray) -> np.ndarray:
+        """What an estimator of this problem is fitted to, from the encoded targets."""
+        return labels
+
     def num_outputs(self, y_train: np.ndarray, y_val: np.ndarray | None) -> int:
         """How many classes (or labels) a fitted estimator scores."""
         return int(max(y_train.max(), y_val.max() if y_val is not None and len(y_val) else 0) + 1)
+
+
+class OutputCollector:
+    """A model's raw outputs for ``n`` rows, batch by batch (rows in any order), then the
+    problem's scores of the rows kept."""
+
+    def __init__(self, problem: Problem, n: int, num_outputs: int, threshold: float = 0.5):
+        import torch
+
+        self.problem, self.threshold = problem, threshold
+        self.outputs = torch.full((n, num_outputs), float("nan"))
+
+    def add(self, rows, logits) -> None:
+        import torch
+
+        self.outputs[torch.as_tensor(rows)] = logits.float().cpu().reshape(len(rows), -1)
+
+    def result(self, keep=None):
+        import torch
+
+        outputs = self.outputs if keep is None else self.outputs[torch.as_tensor(keep)]
+        return self.problem.scores_from_outputs(outputs, self.threshold)
 
 
 # --------------------------------------------------------------- fitted estimators' outputs

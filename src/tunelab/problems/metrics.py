@@ -154,15 +154,6 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarra
 LOWER_IS_BETTER = frozenset({"loss", "mse", "mae", "hamming_loss"})
 
 
-def headline_metric(values: dict) -> str:
-    """The headline metric of one split's metrics, whatever the problem (each problem's
-    ``headline`` in tunelab.problems, recognised by the metrics a split has)."""
-    for name in ("accuracy", "f1_micro", "spearman"):
-        if name in values:
-            return name
-    return next(iter(k for k in values if k != "n"))
-
-
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     """ECE: the gap between confidence and accuracy, averaged over ``bins`` equal-width
     confidence bins weighted by how many predictions fall in each."""

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.problems.base import Problem, has_probabilities
-from tunelab.problems.labels import build_multilabel_space, encode_label_sets, label_sets
+from tunelab.problems.labels import build_multilabel_space, encode_label_sets, is_list, label_sets
 from tunelab.problems.scores import LabelScores
 
 
@@ -23,6 +23,11 @@ class MultiLabel(Problem):
     classifiers = ("svc", "logreg")
     card_metrics = ("f1_micro", "f1_macro")
     tunes_threshold = True
+    metric_names = ("f1_micro", "f1_samples", "hamming_loss")
+
+    def claims(self, values, separator, column) -> bool:
+        present = [v for v in values if v is not None]
+        return bool(separator) or (bool(present) and all(is_list(v) for v in present))
 
     def encode_targets(self, labels, train_key, cfg, label_names):
         sets = {name: label_sets(cells, cfg.label_separator) for name, (cells, _, _) in labels.items()}

@@ -8,7 +8,7 @@ import numpy as np
 
 from tunelab.core.errors import DataError
 from tunelab.problems.base import Problem
-from tunelab.problems.labels import LabelSpace, regression_targets
+from tunelab.problems.labels import LabelSpace, is_real_number, is_whole_number, regression_targets
 from tunelab.problems.scores import ValueScores
 
 
@@ -23,6 +23,12 @@ class Regression(Problem):
     card_metrics = ("spearman", "pearson", "mse")
     has_classes = False
     shots_allowed = False
+    metric_names = ("pearson", "spearman", "mse", "r2")
+
+    def claims(self, values, separator, column) -> bool:
+        present = [v for v in values if v is not None]
+        return bool(present) and not separator and all(is_real_number(v) for v in present) \
+            and not all(is_whole_number(v) for v in present)
 
     def encode_targets(self, labels, train_key, cfg, label_names):
         if cfg.class_weight:

@@ -11,10 +11,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from tunelab.problems.metrics import (
+    DENSE_CONFUSION_LIMIT,
     classification_metrics,
+    confusion,
+    confusion_cells,
     expected_calibration_error,
     multilabel_metrics,
     regression_metrics,
+    text_report,
+    top_confused_pairs,
 )
 
 # Per-class score columns in predictions CSVs up to this many classes; beyond, top-5.
@@ -22,6 +27,22 @@ MAX_SCORE_COLUMNS = 10
 
 
 TOP_K = 5
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One input's prediction, as predict and serve give it."""
+
+    input: str  # the text, image file, or first text of a pair
+    label: str  # the predicted class; for multi-label the predicted labels joined by "; "; for regression the value
+    score: float  # probability of that class (or decision value, similarity); for regression the value
+    score_kind: str  # probability | decision | similarity | value
+    pair: str | None = None  # the second text of a sentence pair
+    labels: list[str] | None = None  # multi-label: the predicted labels
+
+
+def _input_columns(ids: Sequence[str], inputs: dict[str, Sequence]) -> dict[str, list]:
+    return {"id": list(ids), **{k: list(v) for k, v in inputs.items()}}
 
 
 @dataclasses.dataclass
@@ -53,6 +74,60 @@ class ClassScores:
         keep = scores if scores.shape[1] <= MAX_SCORE_COLUMNS else None
         return cls(predicted, scores[np.arange(len(scores)), predicted], top,
                    np.take_along_axis(scores, top, axis=1), keep, kind)
+
+    # What evaluation and serving do with them: each kind of scores owns its metrics,
+    # predictions-file columns, picture, served predictions and loss.
+
+    def with_threshold(self, threshold: float) -> ClassScores:
+        return self  # one class per example: no threshold
+
+    def metrics(self, y_true: np.ndarray, num_classes: int) -> dict:
+        metrics = classification_metrics(y_true, self.predicted, num_classes, top_indices=self.top_indices)
+        if self.kind == "probability":  # calibration needs probabilities (an SVC's decision values have none)
+            metrics["ece"] = expected_calibration_error(self.score, self.predicted == np.asarray(y_true))
+        return metrics
+
+    def columns(self, ids: Sequence[str], inputs: dict[str, Sequence], class_names: Sequence[str],
+                y_true: np.ndarray | None = None) -> dict[str, list]:
+        """Rows of a predictions table: id, the input, label and prediction as class names, scores."""
+        names = np.asarray(class_names, dtype=object)
+        columns = _input_columns(ids, inputs)
+        if y_true is not None:
+            columns["label"] = names[y_true].tolist()
+        columns["prediction"] = names[self.predicted].tolist()
+        columns[self.kind] = self.score.tolist()
+        if self.full is not None:
+            for index, name in enumerate(class_names):
+                columns[f"{self.kind}_{name}"] = self.full[:, index].tolist()
+        else:
+            columns["top5"] = [" | ".join(names[row]) for row in self.top_indices]
+        return columns
+
+    def draw(self, run, split: str, y_true: np.ndarray, class_names: Sequence[str]) -> None:
+        """The confusion matrix (its non-zero cells above DENSE_CONFUSION_LIMIT classes)."""
+        cells, counts = confusion_cells(y_true, self.predicted)
+        top = top_confused_pairs(cells, counts, class_names)
+        if len(class_names) <= DENSE_CONFUSION_LIMIT:
+            run.write_confusion(split, confusion(y_true, self.predicted, len(class_names)), class_names, top)
+        else:
+            run.write_sparse_confusion(split, cells, counts, class_names, top)
+
+    def describe(self, y_true: np.ndarray, class_names: Sequence[str], metrics: dict) -> str:
+        return text_report(y_true, self.predicted, class_names)
+
+    def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
+        return [Prediction(t, names[c], float(v), self.kind, p)
+                for t, p, c, v in zip(texts, pairs, self.predicted, self.score)]
+
+    def loss(self, labels: np.ndarray) -> float:
+        """Cross-entropy of the true class (top-k kept: a class outside them counts with
+        the lowest kept probability)."""
+        if self.full is not None:
+            true = self.full[np.arange(len(labels)), labels]
+        else:
+            hit = self.top_indices == labels[:, None]
+            true = np.where(hit.any(1), (self.top_scores * hit).sum(1), self.top_scores.min(1))
+        return float(-np.mean(np.log(np.clip(true, 1e-7, 1.0))))
 
 
 class ScoreAccumulator:
@@ -132,6 +207,44 @@ class LabelScores:
     def predicted(self) -> np.ndarray:
         return self.scores >= self.threshold
 
+    def with_threshold(self, threshold: float) -> LabelScores:
+        return dataclasses.replace(self, threshold=threshold)
+
+    def metrics(self, y_true: np.ndarray, num_classes: int) -> dict:
+        return multilabel_metrics(y_true, self.predicted, self.scores)
+
+    def columns(self, ids: Sequence[str], inputs: dict[str, Sequence], class_names: Sequence[str],
+                y_true: np.ndarray | None = None) -> dict[str, list]:
+        columns = _input_columns(ids, inputs)
+        if y_true is not None:
+            columns["label"] = [label_set_text(r, class_names) for r in y_true]
+        columns["prediction"] = [label_set_text(r, class_names) for r in self.predicted]
+        if len(class_names) <= MAX_SCORE_COLUMNS:
+            for index, name in enumerate(class_names):
+                columns[f"{self.kind}_{name}"] = self.scores[:, index].tolist()
+        else:
+            top = np.argsort(-self.scores, axis=1)[:, :TOP_K]
+            columns["top5"] = [" | ".join(class_names[i] for i in row) for row in top]
+        return columns
+
+    def draw(self, run, split: str, y_true: np.ndarray, class_names: Sequence[str]) -> None:
+        return None  # label sets have no one confusion matrix
+
+    def describe(self, y_true: np.ndarray, class_names: Sequence[str], metrics: dict) -> str:
+        return text_report(y_true.astype(int), self.predicted.astype(int), class_names)
+
+    def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
+        out = []
+        for t, p, row, chosen in zip(texts, pairs, self.scores, self.predicted):
+            labels = [names[i] for i in np.flatnonzero(chosen)]
+            out.append(Prediction(t, label_set_text(chosen, names), float(row.max()), self.kind, p, labels))
+        return out
+
+    def loss(self, labels: np.ndarray) -> float:
+        """Binary cross-entropy per label."""
+        p = np.clip(self.scores, 1e-7, 1 - 1e-7)
+        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
 
 @dataclasses.dataclass
 class ValueScores:
@@ -139,6 +252,33 @@ class ValueScores:
 
     values: np.ndarray  # (n,)
     kind: str = "value"
+
+    def with_threshold(self, threshold: float) -> ValueScores:
+        return self
+
+    def metrics(self, y_true: np.ndarray, num_classes: int) -> dict:
+        return regression_metrics(y_true, self.values)
+
+    def columns(self, ids: Sequence[str], inputs: dict[str, Sequence], class_names: Sequence[str],
+                y_true: np.ndarray | None = None) -> dict[str, list]:
+        columns = _input_columns(ids, inputs)
+        if y_true is not None:
+            columns["label"] = np.asarray(y_true).tolist()
+        columns["prediction"] = self.values.tolist()
+        return columns
+
+    def draw(self, run, split: str, y_true: np.ndarray, class_names: Sequence[str]) -> None:
+        run.write_scatter(split, y_true, self.values)  # predicted against gold
+
+    def describe(self, y_true: np.ndarray, class_names: Sequence[str], metrics: dict) -> str:
+        return "\n".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k != "n")
+
+    def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
+        return [Prediction(t, f"{v:.6g}", float(v), "value", p) for t, p, v in zip(texts, pairs, self.values)]
+
+    def loss(self, labels: np.ndarray) -> float:
+        """The squared error."""
+        return float(np.mean((self.values - labels) ** 2))
 
 
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
@@ -164,16 +304,8 @@ def label_set_text(row: np.ndarray, names: Sequence[str]) -> str:
 
 
 def split_metrics(y_true: np.ndarray, scores, num_classes: int) -> dict:
-    """The one metrics function of every task and problem: classification, multi-label or
-    regression metrics, by the kind of predictions."""
-    if isinstance(scores, ValueScores):
-        return regression_metrics(y_true, scores.values)
-    if isinstance(scores, LabelScores):
-        return multilabel_metrics(y_true, scores.predicted, scores.scores)
-    metrics = classification_metrics(y_true, scores.predicted, num_classes, top_indices=scores.top_indices)
-    if scores.kind == "probability":  # calibration needs probabilities (an SVC's decision values have none)
-        metrics["ece"] = expected_calibration_error(scores.score, scores.predicted == np.asarray(y_true))
-    return metrics
+    """The one metrics function of every task and problem: the scores' own."""
+    return scores.metrics(y_true, num_classes)
 
 
 def top_k_nll(result, labels: np.ndarray) -> float:
@@ -191,21 +323,7 @@ def top_k_nll(result, labels: np.ndarray) -> float:
 
 def validation_loss(scores, labels: np.ndarray) -> float:
     """The training loss of probability-like predictions, for evaluations that stream
-    their own batches: cross-entropy of the true class (top-k kept: a class outside them
-    counts with the lowest kept probability), binary cross-entropy per label, or the
-    squared error."""
+    their own batches (the scores' own: cross-entropy, binary cross-entropy per label, or
+    the squared error)."""
     labels = np.asarray(labels)
-    if not len(labels):
-        return 0.0
-    if isinstance(scores, ValueScores):
-        return float(np.mean((scores.values - labels) ** 2))
-    eps = 1e-7
-    if isinstance(scores, LabelScores):
-        p = np.clip(scores.scores, eps, 1 - eps)
-        return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-    if scores.full is not None:
-        true = scores.full[np.arange(len(labels)), labels]
-    else:
-        hit = scores.top_indices == labels[:, None]
-        true = np.where(hit.any(1), (scores.top_scores * hit).sum(1), scores.top_scores.min(1))
-    return float(-np.mean(np.log(np.clip(true, eps, 1.0))))
+    return scores.loss(labels) if len(labels) else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from tunelab.core.errors import DataError
 from tunelab.problems.base import Problem, class_scores
 from tunelab.problems.labels import build_label_space, encode_labels, is_list
-from tunelab.problems.scores import ClassScores
+from tunelab.problems.scores import ClassScores, ScoreAccumulator
 
 
 class SingleLabel(Problem):
@@ -21,6 +22,7 @@ class SingleLabel(Problem):
     default_classifier = "svc"
     classifiers = ("svc", "logreg")
     card_metrics = ("accuracy", "f1", "f1_macro")
+    metric_names = ("accuracy", "f1_macro", "balanced_accuracy")
     exclusive_classes = True
 
     def encode_targets(self, labels, train_key, cfg, label_names):
@@ -33,7 +35,8 @@ class SingleLabel(Problem):
             if cells and all(isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()) for v in cells):
                 cells = [int(v) for v in cells]  # CSV labels arrive as text: integers when all are
             normalised[name] = (cells, source, ids)
-        space = build_label_space(normalised[train_key][0], cfg.positive_label, label_names)
+        space = dataclasses.replace(build_label_space(normalised[train_key][0], cfg.positive_label, label_names),
+                                    problem=self.name)  # ordered classes (a subclass) keep their own name
         return space, {name: encode_labels(cells, space, name, source, ids)
                        for name, (cells, source, ids) in normalised.items()}
 
@@ -55,6 +58,9 @@ class SingleLabel(Problem):
         import torch
 
         return ClassScores.from_full(torch.softmax(torch.as_tensor(outputs).float(), dim=-1).numpy(), "probability")
+
+    def collector(self, n: int, num_outputs: int, threshold: float = 0.5):
+        return ClassCollector(n, num_outputs)
 
     def compact_outputs(self, logits):
         return logits.argmax(dim=-1)
@@ -90,3 +96,19 @@ class SingleLabel(Problem):
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
         full, kind = class_scores(estimator, features, num_classes)
         return ClassScores.from_full(full, kind, predicted=estimator.predict(features))
+
+
+class ClassCollector:
+    """Class probabilities straight into an accumulator: O(n) memory for many classes
+    (every class's probability for few classes, the top-5 for many)."""
+
+    def __init__(self, n: int, num_outputs: int):
+        self.accumulator = ScoreAccumulator(n, num_outputs, "probability")
+
+    def add(self, rows, logits) -> None:
+        import torch
+
+        self.accumulator.add(rows, torch.softmax(logits.float(), dim=-1))
+
+    def result(self, keep=None) -> ClassScores:
+        return self.accumulator.result(keep)

@@ -15,7 +15,8 @@ from tunelab.core.files import is_plain_name
 from tunelab.core.plots import figure, png
 from tunelab.core.safety import read_text_inside
 from tunelab.core.stats import PairedTest, seed_summary
-from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority, headline_metric
+from tunelab.problems import headline_metric
+from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority
 from tunelab.report.figures import cost_section
 from tunelab.report.glance import Findings, verdict, zero_shot_lines
 from tunelab.report.render import Document, describe, fmt, headline_cell

@@ -146,9 +146,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     predictions = {}
     for split in prepared.eval_splits:
         data = dataset.splits[split]
-        scores = score(data)
-        if isinstance(scores, LabelScores):
-            scores = dataclasses.replace(scores, threshold=threshold)
+        scores = score(data).with_threshold(threshold)
         inputs = {"file": data.ids} if not hasattr(data, "texts") else data.inputs.columns()
         predictions[split] = Scored(scores, data.labels, data.ids, inputs)
     eval_seconds = time.perf_counter() - start
@@ -183,9 +181,7 @@ def load_predictor(run_dir: Path, config: BaselineConfig):
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)
         if saved["kind"] == "majority":
-            scores = majority.scores(len(inputs), len(names))
-            if isinstance(scores, LabelScores):
-                scores = dataclasses.replace(scores, threshold=float(saved.get("threshold", 0.5)))
+            scores = majority.scores(len(inputs), len(names)).with_threshold(float(saved.get("threshold", 0.5)))
         else:
             split = TextSplit(inputs.texts, np.zeros(len(inputs)), [], inputs.pairs)
             scores = predict_scores(estimator, tfidf_features(vectorizer, split), problem, len(names),

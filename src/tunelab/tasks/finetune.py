@@ -36,7 +36,7 @@ from tunelab.models.resolve import (
     resolve_model,
 )
 from tunelab.problems import get_problem
-from tunelab.problems.scores import ScoreAccumulator, choose_threshold
+from tunelab.problems.scores import choose_threshold
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.finetune_model import load_finetuned, save_model, saved_class_names
 from tunelab.tasks.image_finetune import execute_images, image_export_graph, image_logits, prepare_images
@@ -117,22 +117,17 @@ def predict_scores(model, tokenizer, inputs, batch_size: int, max_length: int, d
                              lambda t: model.embed(t["input_ids"], t["attention_mask"])))
         with torch.inference_mode():
             outputs = model.score(sides[0].to(device), sides[1].to(device)).float().cpu()
-    elif get_problem(problem).exclusive_classes:
-        # Class probabilities go straight into an accumulator: O(n) memory for many classes.
-        ids, types = tokenize_inputs(tokenizer, inputs, max_length)
-        accumulator = ScoreAccumulator(len(ids), model.config.num_labels, "probability")
-        with torch.inference_mode(), autocast, progress(len(ids), "evaluate", "text") as bar:
-            for batch, tensors in sorted_padded_batches(ids, batch_size, pad, device, types):
-                accumulator.add(batch, torch.softmax(model(**tensors).logits.float(), dim=-1))
-                bar.update(len(batch))
         model.train(was_training)
-        return accumulator.result()
-    else:
-        ids, types = tokenize_inputs(tokenizer, inputs, max_length)
-        outputs = run(sorted_padded_batches(ids, batch_size, pad, device, types), len(ids),
-                      lambda t: model(**t).logits)
+        return scores_from_outputs(outputs, problem, threshold)
+    # The problem collects the outputs (class probabilities: O(n) memory for many classes).
+    ids, types = tokenize_inputs(tokenizer, inputs, max_length)
+    collector = get_problem(problem).collector(len(ids), model.config.num_labels, threshold)
+    with torch.inference_mode(), autocast, progress(len(ids), "evaluate", "text") as bar:
+        for batch, tensors in sorted_padded_batches(ids, batch_size, pad, device, types):
+            collector.add(batch, model(**tensors).logits)
+            bar.update(len(batch))
     model.train(was_training)
-    return scores_from_outputs(outputs, problem, threshold)
+    return collector.result()
 
 
 # --------------------------------------------------------------------------- the task

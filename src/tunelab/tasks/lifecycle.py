@@ -30,6 +30,7 @@ from tunelab.core.runs import RunDirectory
 from tunelab.core.runtime import resolve_device, resolve_precision, seed_everything
 from tunelab.data.sources import resolve_dataset
 from tunelab.models.resolve import model_from_record, resolve_model
+from tunelab.problems import get_problem
 from tunelab.problems.metrics import below_majority
 from tunelab.problems.scores import choose_threshold
 from tunelab.tasks.card import write_model_card
@@ -130,7 +131,7 @@ def check_problem(task, dataset) -> None:
     """A task runs the problem kinds it declares; any other stops in one line (a
     multi-label table of images given to a method that picks one class)."""
     problem = getattr(dataset, "problem", None)
-    if problem is not None and problem not in task.problems:
+    if problem is not None and not get_problem(problem).fits(task.problems):
         raise DataError(f"tunelab {task.name} takes {' or '.join(task.problems)} data; {dataset.name} is "
                         f"{problem}")
 

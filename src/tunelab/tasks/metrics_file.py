@@ -9,8 +9,7 @@ from typing import Any
 
 from tunelab.core.errors import TunelabError
 from tunelab.core.tracking import environment
-from tunelab.problems import get_problem
-from tunelab.problems.metrics import headline_metric
+from tunelab.problems import get_problem, headline_metric
 from tunelab.tasks.contract import Outcome, Prepared
 from tunelab.tasks.evaluation import skipped_record
 

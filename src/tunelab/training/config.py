@@ -64,12 +64,10 @@ class TrainConfig:
                                     flag="--save-total-limit", metavar="N")
     early_stopping: int | None = setting(None, "stop after N evaluations without improvement",
                                          flag="--early-stopping", metavar="N")
-    best_metric: str | None = setting(None, "validation metric that picks the best checkpoint (default: accuracy; "
-                                      "for label sets mean_average_precision, which needs no threshold; spearman "
-                                      "for numbers)", flag="--metric",
-                                      choices=("accuracy", "f1", "f1_macro", "balanced_accuracy", "f1_micro",
-                                               "f1_samples", "subset_accuracy", "mean_average_precision",
-                                               "spearman", "pearson", "mse", "mae", "r2", "loss"))
+    best_metric: str | None = setting(None, "validation metric that picks the best checkpoint, one of the "
+                                      "problem's selection metrics (default: accuracy; for label sets "
+                                      "mean_average_precision, which needs no threshold; spearman for numbers; qwk "
+                                      "for ordered classes)", flag="--metric", metavar="METRIC")
     merge_lora: bool = setting(False, "no longer needed: model/ always holds the LoRA adapters merged into full "
                                "weights (the adapter is in model/adapter/)", flag="--merge-lora", const=True,
                                hidden=True)

@@ -222,15 +222,15 @@ def build_trainer(config, dataset, tokenizer, model, output_dir: Path,
                                               config.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if weights is None:
+            if bi or not kind.needs_own_loss(weights is not None):  # a bi-encoder applies the problem's loss itself
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             logits = outputs.logits.float()
-            if str(logits.device) not in weights_on:  # one copy to the GPU, not one (and a wait) per step
+            if weights is not None and str(logits.device) not in weights_on:  # one copy to the GPU, not one per step
                 weights_on[str(logits.device)] = weights.to(logits.device)
-            w = weights_on[str(logits.device)]
+            w = weights_on.get(str(logits.device))
             loss = kind.loss(logits, labels, w)
             return (loss, outputs) if return_outputs else loss
 
