@@ -138,3 +138,49 @@ def test_no_code_outside_problems_compares_a_problem_name():
                 if any(c.value in names for c in constants):
                     found.append(f"{path.name}:{node.lineno}")
     assert found == [], found
+
+
+PROBLEM_FLAGS = {"exclusive_classes", "has_classes", "tunes_threshold", "shots_allowed"}
+SCORE_CLASSES = {"ClassScores", "LabelScores", "ValueScores", "OrdinalScores"}
+
+
+def outside_problems():
+    for path in (SOURCE / "tunelab").rglob("*.py"):
+        if "problems" not in path.relative_to(SOURCE / "tunelab").parts:
+            yield path, ast.parse(path.read_text())
+
+
+def test_no_code_outside_problems_reads_a_problem_flag_or_tests_a_score_class():
+    """What differs between problem kinds is asked of the problem (its methods) or done
+    by the scores themselves, never decided elsewhere from its flags or score types."""
+    found = []
+    for path, tree in outside_problems():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in PROBLEM_FLAGS:
+                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+                if names & SCORE_CLASSES:
+                    found.append(f"{path.name}:{node.lineno} isinstance")
+    assert found == [], found
+
+
+def test_internal_imports_inside_functions_are_few_and_say_why():
+    """tunelab's own modules are imported at the top; the few imports left inside
+    functions load torch or transformers at import, and say so."""
+    inside = []
+    for path in (SOURCE / "tunelab").rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("tunelab") or \
+                            isinstance(sub, ast.Import) and any(a.name.startswith("tunelab") for a in sub.names):
+                        inside.append((path.name, sub.lineno, lines[sub.lineno - 1]))
+    assert len(inside) < 40, len(inside)
+    assert [f"{name}:{line}" for name, line, text in inside if "# here, not at the top: loads" not in text] == []
+
+
+def test_modules_are_of_a_readable_size():
+    sizes = {path.name: len(path.read_text().splitlines()) for path in (SOURCE / "tunelab").rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

@@ -258,7 +258,7 @@ def check_image_flags(cfg: DataConfig, table: bool = False) -> None:
         if getattr(cfg, key) is not None:
             raise DataError(f"{flag} applies to label sets; class folders give one class per image: drop {flag}"
                             f"{hint}")
-    if cfg.problem is not None and not get_problem(cfg.problem).exclusive_classes:
+    if cfg.problem is not None and not get_problem(cfg.problem).one_class_per_example:
         raise DataError(f"--problem {cfg.problem}: class folders give one class per image; drop --problem{hint}")
     if cfg.threshold != "0.5":
         raise DataError("--threshold applies to label sets; class folders give one class per image: drop "

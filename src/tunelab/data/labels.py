@@ -165,11 +165,9 @@ def check_splits(splits: dict[str, Any], problem, dataset: str) -> None:
         if len(split) == 0:
             raise DataError(f"{dataset}: the {name} split is empty after splitting and sampling; use more data, "
                             "a larger --max-eval-samples/--shots, or name the split files")
-    if problem.exclusive_classes:
-        present = len(np.unique(np.asarray(splits["train"].labels))) if "train" in splits else 2
-        if present < 2:
-            raise DataError(f"{dataset}: the train split holds a single class after splitting and sampling "
-                            f"({count_rows(len(splits['train']))}); use more data or a larger --shots")
+    if "train" in splits:
+        problem.check_training_targets(splits["train"].labels, f"{dataset}: the train split "
+                                       f"({count_rows(len(splits['train']))}) after splitting and sampling")
 
 
 def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | None, seed: int,
@@ -182,7 +180,7 @@ def apply_caps(splits: dict[str, Any], max_train: int | None, max_eval: int | No
         cap = max_train if name == "train" else max_eval
         draw = seed if name == "train" or eval_seed is None else eval_seed
         if cap is not None and cap < len(split):
-            keep = name == "train" and problem.exclusive_classes
+            keep = problem.keeps_every_class(name)
             capped[name] = split.subset(stratified_subsample(problem.strata(split.labels), cap, draw,
                                                              keep_every_class=keep))
             notes.append(f"capped {name} at {cap} of {len(split)} examples (stratified, seed {draw})")
@@ -217,9 +215,7 @@ def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: lis
     if shots is None:
         return splits
     train = splits["train"]
-    if not problem.has_classes:
-        raise DataError(f"--shots samples K examples per class, and a {problem.name} task has no classes; "
-                        "use --max-train-samples")
+    problem.check_shots()
     splits = dict(splits)
     splits["train"] = train.subset(_per_class(problem.strata(train.labels), shots, seed, "training", notes,
                                               class_names))

@@ -18,7 +18,6 @@ from tunelab.encoders.cpu_tower import image_features, pooled_output
 from tunelab.models.predictor import predictions_from
 from tunelab.models.resolve import ModelSource, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem
-from tunelab.problems.scores import ClassScores, LabelScores
 
 logger = logging.getLogger(__name__)
 
@@ -227,18 +226,15 @@ def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
     against the class embeddings the run saved (no prompt re-encoded): one class each, or
     SigLIP's label sets. ``scoring``: the logit scale and bias, where the run did not
     record them (runs before they were recorded, served by the model itself)."""
-    from tunelab.encoders.clip import load_class_embeddings
-
     record = {**(scoring or {}), **read_predictor(run_dir)}
     class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").numpy()
     names = record["class_names"]
-    label_sets = not get_problem(record.get("problem")).exclusive_classes
+    problem = get_problem(record.get("problem"))
 
     def predict(paths) -> list:
         split = files_split(list(getattr(paths, "texts", paths)))
         logits = record["logit_scale"] * encode(split.ids) @ class_emb.T + record.get("logit_bias", 0.0)
-        scores = LabelScores(1 / (1 + np.exp(-logits)), record.get("threshold", 0.5), "probability") if label_sets \
-            else ClassScores.from_full(logits, "similarity")
+        scores = problem.scores_from_similarity_matrix(logits, record.get("threshold", 0.5))
         return predictions_from(split.ids, scores, names)
 
     return predict

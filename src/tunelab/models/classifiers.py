@@ -101,8 +101,8 @@ def fit_classifier(config: ClassifierConfig, x_train, y_train, x_val=None, y_val
     """Fit one estimator, or one per grid value (C with ``tune``; ridge's alpha always, when
     there is a validation split), keeping the best on validation. Returns (estimator,
     tuning record or None)."""
-    if get_problem(problem).exclusive_classes:
-        outputs = get_problem(problem).num_outputs(y_train, y_val if y_val is not None else y_train)
+    outputs = get_problem(problem).jointly_fitted_outputs(y_train, y_val)
+    if outputs is not None:
         check_fits_in_memory(config, int(x_train.shape[1]), int(outputs),
                              {"logreg": "logistic regression", "svc": "SVC"}.get(config.kind, str(config.kind)))
     grid, parameter = (config.alpha_grid, "alpha") if config.kind == "ridge" else (config.c_grid, "C")

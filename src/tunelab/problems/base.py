@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tunelab.core.errors import DataError
+from tunelab.problems.scores import ScoreAccumulator
 
 
 class Problem:
@@ -88,6 +89,15 @@ class Problem:
         their scores: by default every output is kept."""
         return OutputCollector(self, n, num_outputs, threshold)
 
+    def similarity_accumulator(self, n: int, num_classes: int):
+        """What collects a dual encoder's image-class logits (CLIP, SigLIP): the top-k of
+        each image, every class for few classes."""
+        return ScoreAccumulator(n, num_classes, "similarity")
+
+    def scores_from_similarities(self, accumulator, threshold: float = 0.5):
+        """The accumulated image-class logits as this problem's scores: one class each."""
+        return accumulator.result()
+
     def compact_outputs(self, logits):
         """What evaluation during training keeps of a batch's logits (a torch tensor)."""
         raise NotImplementedError
@@ -98,6 +108,59 @@ class Problem:
     def loss(self, logits, labels, weights):
         """The weighted training loss (torch), where class weights are asked for."""
         raise NotImplementedError
+
+    def splits_to_score(self, eval_splits: list[str], available, setting: str) -> list[str]:
+        """The splits a task must score: the evaluation splits, and any the problem
+        settles its decision threshold on."""
+        return list(eval_splits)
+
+    def threshold_for(self, scores: dict, labels: dict, setting: str) -> tuple[float | None, dict | None]:
+        """The decision threshold of the run, chosen once from the scored splits (the
+        lifecycle applies it to every split and records it): none for most problems."""
+        return None, None
+
+    def check_threshold_setting(self, setting: str, available) -> None:
+        """Stop in one line, before training, where the threshold cannot be chosen as asked."""
+
+    def scores_from_matrix(self, raw: np.ndarray, kind: str):
+        """A zero-shot method's (texts, classes) scores (similarities, entailment logits,
+        label likelihoods) as this problem's scores."""
+        raise DataError(f"{self.name} targets have no classes to score texts against")
+
+    def read_entailment(self, logits: np.ndarray, entailment: int, contradiction: int | None) -> np.ndarray:
+        """(texts, classes) scores from an NLI model's (texts, classes, outputs) logits."""
+        raise DataError(f"{self.name} targets have no classes to describe as hypotheses")
+
+    def scores_from_similarity_matrix(self, logits: np.ndarray, threshold: float = 0.5):
+        """A dual encoder's (images, classes) logits as this problem's scores."""
+        raise DataError(f"{self.name} targets have no classes to score images against")
+
+    def positive_class(self, class_names: list[str]) -> str | None:
+        """The class scored as positive (binary precision, recall, F1), where there is one."""
+        return None
+
+    def jointly_fitted_outputs(self, y_train: np.ndarray, y_val: np.ndarray | None) -> int | None:
+        """How many outputs one linear model fits at once (its memory grows with them);
+        None where each is fitted alone."""
+        return None
+
+    def check_training_targets(self, labels: np.ndarray, where: str) -> None:
+        """Stop in one line where the training targets cannot train this kind."""
+
+    def keeps_every_class(self, split: str) -> bool:
+        """Whether a capped ``split`` must keep an example of every class."""
+        return False
+
+    def check_shots(self) -> None:
+        """--shots takes K examples per class: stop where the targets have no classes."""
+        if not self.has_classes:
+            raise DataError(f"--shots samples K examples per class, and a {self.name} task has no classes; "
+                            "use --max-train-samples")
+
+    @property
+    def one_class_per_example(self) -> bool:
+        """What a folder of class folders (one class per image) can give."""
+        return self.exclusive_classes
 
     def needs_own_loss(self, weighted: bool) -> bool:
         """Whether training must use this problem's ``loss`` rather than the model's own

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
+from tunelab.core.errors import DataError
 from tunelab.problems.base import Problem, has_probabilities
 from tunelab.problems.labels import build_multilabel_space, encode_label_sets, is_list, label_sets
-from tunelab.problems.scores import LabelScores
+from tunelab.problems.scores import LabelScores, ScoreAccumulator, choose_threshold
 
 
 class MultiLabel(Problem):
@@ -24,6 +26,54 @@ class MultiLabel(Problem):
     card_metrics = ("f1_micro", "f1_macro")
     tunes_threshold = True
     metric_names = ("f1_micro", "f1_samples", "hamming_loss")
+
+    def splits_to_score(self, eval_splits, available, setting):
+        """Validation too, where there is one: the threshold may be chosen on it."""
+        return list(dict.fromkeys([*eval_splits, *(["validation"] if "validation" in available else [])]))
+
+    def threshold_for(self, scores, labels, setting):
+        """A given value; 0.5 for probabilities and 0 for decision values by default; or
+        the value of THRESHOLD_GRID (quantiles of the scores, where they are no
+        probabilities) that maximises micro F1 on validation, with ``tune``, and by
+        default for scores that have no natural threshold (a zero-shot similarity)."""
+        sample = next(iter(scores.values()))
+        if setting not in ("0.5", "tune"):
+            value = float(setting) if sample.kind == "probability" or not sample.natural_threshold else 0.0
+            return value, {"value": value, "tuned": False}
+        if setting == "0.5" and sample.natural_threshold:
+            return choose_threshold(sample, None, setting)
+        if "validation" not in scores:
+            raise DataError("label sets take the labels above a threshold chosen on validation, and there is no "
+                            "validation split; give --threshold")
+        basis = scores["validation"] if setting == "tune" else dataclasses.replace(scores["validation"], kind="score")
+        return choose_threshold(basis, labels["validation"], "tune")
+
+    def check_threshold_setting(self, setting, available):
+        if setting == "tune" and "validation" not in available:
+            raise DataError("--threshold tune chooses the threshold on a validation split, and there is none; "
+                            "give --threshold P")
+
+    def scores_from_matrix(self, raw, kind):
+        return LabelScores(raw, 0.5, kind, natural_threshold=False)  # zero-shot scores: chosen on validation
+
+    def read_entailment(self, logits, entailment, contradiction):
+        """Each label's entailment against contradiction (or against all outputs): a
+        probability per label, as transformers' zero-shot pipeline does."""
+        if contradiction is not None:
+            logits = logits[:, :, [contradiction, entailment]]
+            entailment = 1
+        shifted = logits - logits.max(-1, keepdims=True)
+        return (np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True))[:, :, entailment]
+
+    def scores_from_similarity_matrix(self, logits, threshold: float = 0.5):
+        return LabelScores(1 / (1 + np.exp(-logits)), threshold, "probability")  # SigLIP: a sigmoid per label
+
+    def similarity_accumulator(self, n, num_classes):
+        return ScoreAccumulator(n, num_classes, "similarity", keep_full=True)  # every label's score
+
+    def scores_from_similarities(self, accumulator, threshold: float = 0.5):
+        """A sigmoid of each label's logit (SigLIP): a probability per label."""
+        return accumulator.label_scores(threshold)
 
     def claims(self, values, separator, column) -> bool:
         present = [v for v in values if v is not None]

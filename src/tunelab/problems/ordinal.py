@@ -90,6 +90,10 @@ class Ordinal(SingleLabel):
 
     # ------------------------------------------------------------------ models and scores
 
+    def scores_from_matrix(self, raw, kind):
+        scores = super().scores_from_matrix(raw, kind)
+        return OrdinalScores(*(getattr(scores, f.name) for f in dataclasses.fields(scores)))
+
     def scores_from_outputs(self, outputs, threshold: float = 0.5):
         import torch
 
@@ -119,6 +123,9 @@ class Ordinal(SingleLabel):
         predicted = torch.softmax(logits.float(), dim=-1).cumsum(dim=-1)
         target = (torch.arange(logits.shape[-1], device=logits.device)[None, :] >= labels[:, None]).float()
         return cross_entropy + ((predicted - target) ** 2).sum(dim=-1).mean()
+
+    def jointly_fitted_outputs(self, y_train, y_val):
+        return None  # one binary model per threshold
 
     def needs_own_loss(self, weighted: bool) -> bool:
         return True  # the model's own loss (cross-entropy) knows no order

@@ -120,8 +120,11 @@ class ClassScores:
                 for t, p, c, v in zip(texts, pairs, self.predicted, self.score)]
 
     def loss(self, labels: np.ndarray) -> float:
-        """Cross-entropy of the true class (top-k kept: a class outside them counts with
-        the lowest kept probability)."""
+        """Cross-entropy of the true class: of probabilities (top-k kept: a class outside
+        them counts with the lowest kept probability), or of the softmax of logits and
+        similarities over the kept classes."""
+        if self.kind not in ("probability", "indicator"):
+            return top_k_nll(self, labels)
         if self.full is not None:
             true = self.full[np.arange(len(labels)), labels]
         else:
@@ -201,7 +204,10 @@ class LabelScores:
 
     scores: np.ndarray  # (n, classes)
     threshold: float = 0.5
-    kind: str = "probability"  # probability | decision
+    kind: str = "probability"  # probability | decision | similarity
+    # Whether 0.5 (probabilities) or 0 (decision values) is a meaningful threshold; a
+    # zero-shot similarity's is not, so it is chosen on validation unless one is given.
+    natural_threshold: bool = True
 
     @property
     def predicted(self) -> np.ndarray:

@@ -40,6 +40,19 @@ class SingleLabel(Problem):
         return space, {name: encode_labels(cells, space, name, source, ids)
                        for name, (cells, source, ids) in normalised.items()}
 
+    def positive_class(self, class_names):
+        return class_names[1] if len(class_names) == 2 else None
+
+    def jointly_fitted_outputs(self, y_train, y_val):
+        return self.num_outputs(y_train, y_val if y_val is not None else y_train)
+
+    def check_training_targets(self, labels, where):
+        if len(np.unique(np.asarray(labels))) < 2:
+            raise DataError(f"{where} holds a single class; use more data or a larger --shots")
+
+    def keeps_every_class(self, split):
+        return split == "train"
+
     def strata(self, labels):
         return np.asarray(labels)
 
@@ -61,6 +74,18 @@ class SingleLabel(Problem):
 
     def collector(self, n: int, num_outputs: int, threshold: float = 0.5):
         return ClassCollector(n, num_outputs)
+
+    def scores_from_matrix(self, raw, kind):
+        if kind == "probability":  # entailment logits or likelihoods compete across the classes: a softmax
+            shifted = raw - raw.max(1, keepdims=True)
+            raw = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+        return ClassScores.from_full(raw, kind)
+
+    def read_entailment(self, logits, entailment, contradiction):
+        return logits[:, :, entailment]  # entailment logits compete across the classes
+
+    def scores_from_similarity_matrix(self, logits, threshold: float = 0.5):
+        return ClassScores.from_full(logits, "similarity")
 
     def compact_outputs(self, logits):
         return logits.argmax(dim=-1)

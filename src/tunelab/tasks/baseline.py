@@ -32,7 +32,6 @@ from tunelab.models.classifiers import (
 )
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.problems import get_problem
-from tunelab.problems.scores import LabelScores, choose_threshold
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.metrics_file import throughput
 
@@ -125,28 +124,21 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
         def score(data):
             return predict_scores(estimator, tfidf_features(vectorizer, data), problem, num_classes)
-    # Label sets: the decision threshold as every method sets it (--threshold P, or tune on validation).
-    threshold, threshold_record = 0.5, None
-    if get_problem(problem).tunes_threshold:
-        fitted = score(validation) if validation is not None else LabelScores(np.zeros((0, num_classes)))
-        threshold, threshold_record = choose_threshold(
-            fitted, validation.labels if validation is not None else np.zeros((0, num_classes)),
-            config.data.threshold)
     if config.kind == "majority":
         run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
-            COMMAND, problem, dataset.class_names, kind="majority", threshold=threshold,
+            COMMAND, problem, dataset.class_names, kind="majority", threshold=0.5,
             prior=np.atleast_1d(majority.prior).tolist()))
     else:
         save_classifier(vectorizer, run.path / "model" / "vectorizer.skops")
         save_classifier(estimator, run.path / "model" / "classifier.skops")
         run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, problem, dataset.class_names,
-                                                                   kind="tfidf", threshold=threshold))
+                                                                   kind="tfidf", threshold=0.5))
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     predictions = {}
-    for split in prepared.eval_splits:
+    for split in prepared.score_splits:  # a label-set threshold is the lifecycle's to choose
         data = dataset.splits[split]
-        scores = score(data).with_threshold(threshold)
+        scores = score(data)
         inputs = {"file": data.ids} if not hasattr(data, "texts") else data.inputs.columns()
         predictions[split] = Scored(scores, data.labels, data.ids, inputs)
     eval_seconds = time.perf_counter() - start
@@ -155,8 +147,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                    seconds={"train": train_seconds, "eval": eval_seconds},
                    throughput={"train_samples_per_s": throughput(len(train), train_seconds),
                                "eval_samples_per_s": throughput(scored, eval_seconds)},
-                   task={"kind": config.kind, **({"classifier": {"tuning": tuning}} if tuning else {}),
-                         **({"threshold": threshold_record} if threshold_record else {})})
+                   task={"kind": config.kind, **({"classifier": {"tuning": tuning}} if tuning else {})})
 
 
 def _classifier_config(config: BaselineConfig, problem: str, has_validation: bool):

@@ -36,10 +36,9 @@ from tunelab.encoders.clip import (
 )
 from tunelab.models.resolve import count_parameters, load_pretrained, resolve_model
 from tunelab.problems import get_problem
-from tunelab.problems.metrics import classification_metrics
-from tunelab.problems.scores import ScoreAccumulator, split_metrics, top_k_nll, validation_loss
-from tunelab.tasks.contract import Outcome, Prepared, RunContext
-from tunelab.tasks.lifecycle import image_predictions, recorded_model, trained_outcome
+from tunelab.problems.scores import split_metrics, validation_loss
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
+from tunelab.tasks.lifecycle import recorded_model, trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
     LoraConfig,
@@ -93,10 +92,10 @@ class ClipLoss:
     cross-entropy. Label sets (SigLIP): every image against every class prompt, a
     sigmoid per label, whatever ``kind``."""
 
-    def __init__(self, kind: str, prompt_tokens: dict, preprocess, sigmoid: bool = False, label_sets: bool = False):
+    def __init__(self, kind: str, prompt_tokens: dict, preprocess, problem, sigmoid: bool = False):
         self.kind = kind
         self.sigmoid = sigmoid
-        self.label_sets = label_sets  # (SigLIP) each image against every class prompt, a sigmoid per label
+        self.problem = problem  # its loss on every class prompt: cross-entropy, or a sigmoid per label
         self.preprocess = preprocess  # normalises (on GPUs also resizes) the pixels workers hand over
         self.prompt_tokens = prompt_tokens  # (classes, length) tensors: the first template per class
         self._on_device: dict[str, dict] = {}
@@ -114,10 +113,7 @@ class ClipLoss:
 
         pixel_values = self.preprocess.model_input(pixel_values, labels.device)
         prompts = self.prompts_on(labels.device)
-        if self.label_sets:
-            logits = model(**prompts, pixel_values=pixel_values).logits_per_image
-            return F.binary_cross_entropy_with_logits(logits, labels.float())
-        if self.kind == "contrastive":
+        if self.kind == "contrastive" and labels.ndim == 1:  # one class per image
             # Each image against the prompts of the batch's own labels: the reference's loss.
             logits = model(**{k: v[labels] for k, v in prompts.items()}, pixel_values=pixel_values).logits_per_image
             if self.sigmoid:  # +1 on the diagonal, -1 elsewhere (Zhai et al. 2023)
@@ -126,7 +122,7 @@ class ClipLoss:
             target = torch.arange(len(labels), device=labels.device)
             return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         logits = model(**prompts, pixel_values=pixel_values).logits_per_image
-        return F.cross_entropy(logits, labels)
+        return self.problem.loss(logits, labels, None)
 
 
 def describe(metrics: dict) -> str:
@@ -147,7 +143,7 @@ def prepare(config: ClipFinetuneConfig) -> Prepared:
     check_best_metric(best, dataset.problem)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, best_metric=best))
     model, tokenizer, processor = load_clip(source)
-    if not get_problem(dataset.problem).exclusive_classes and not is_sigmoid(model):
+    if dataset.splits["train"].labels.ndim == 2 and not is_sigmoid(model):  # label sets: a row of labels each
         raise DataError(f"{config.data.dataset} holds label sets; CLIP's softmax picks one class per image: use a "
                         "SigLIP model (a sigmoid per label), or fit a probe on the CLIP features")
     if config.train.method == "lora":
@@ -175,26 +171,23 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     model = trainer.model.eval()
     start = time.perf_counter()
     class_emb = class_embeddings(model, tokenizer, dataset.class_names, templates, device)
-    label_sets = not get_problem(dataset.problem).exclusive_classes
-    tune = label_sets and config.data.threshold == "tune"
-    scored, skipped = {}, sorted(trainer.skipped_files)
-    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tune else prepared.eval_splits):
+    problem = get_problem(dataset.problem)
+    predictions, skipped = {}, sorted(trainer.skipped_files)
+    for split in prepared.score_splits:
         data = dataset.splits[split]
-        accumulator = ScoreAccumulator(len(data), len(dataset.class_names), "similarity", keep_full=label_sets)
+        accumulator = problem.similarity_accumulator(len(data), len(dataset.class_names))
         loader = image_loader(data, ClipPreprocess.for_device(processor, device), config.train.eval_batch_size,
                               config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb, device, accumulator, desc=f"{split} images")
         skipped += [data.ids[row] for row in bad]
-        scored[split] = (accumulator.label_scores if label_sets else lambda _, a=accumulator: a.result(),
-                         data.subset(accumulator.seen.nonzero()[0]))
-    predictions, threshold, threshold_record = image_predictions(scored, prepared.eval_splits, label_sets,
-                                                                 config.data.threshold)
+        kept = data.subset(accumulator.seen.nonzero()[0])
+        predictions[split] = Scored(problem.scores_from_similarities(accumulator), kept.labels, kept.ids,
+                                    {"file": kept.ids})
     eval_seconds = time.perf_counter() - start
-    _save(model, tokenizer, processor, run, config, class_emb, dataset, templates, prepared.source, threshold)
+    _save(model, tokenizer, processor, run, config, class_emb, dataset, templates, prepared.source, 0.5)
+    label_sets = dataset.splits["train"].labels.ndim == 2
     task = {"method": config.train.method, "loss": "sigmoid per label" if label_sets else config.loss,
             "templates": {"spec": config.templates, "count": len(templates)}}
-    if threshold_record is not None:
-        task["threshold"] = threshold_record
     return trained_outcome(trainer, stats, context, config.train, predictions, params, eval_seconds, task, skipped)
 
 
@@ -238,28 +231,21 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
     workers = default_workers() if config.images.num_workers is None else config.images.num_workers
     first = [templates[0].format(name) for name in dataset.class_names]
     preprocess = ClipPreprocess.for_device(processor, resolve_device(config.runtime.device))
-    label_sets = not get_problem(dataset.problem).exclusive_classes
-    loss_fn = ClipLoss(config.loss, tokenize_prompts(tokenizer, first, model), preprocess, is_sigmoid(model),
-                       label_sets)
+    problem = get_problem(dataset.problem)
+    loss_fn = ClipLoss(config.loss, tokenize_prompts(tokenizer, first, model), preprocess, problem, is_sigmoid(model))
     num_classes = len(dataset.class_names)
 
     def validation_metrics(net, skipped_files: set) -> dict:
         device = next(net.parameters()).device
         class_emb = class_embeddings(net, tokenizer, dataset.class_names, templates, device)
-        accumulator = ScoreAccumulator(len(validation), num_classes, "similarity", keep_full=label_sets)
+        accumulator = problem.similarity_accumulator(len(validation), num_classes)
         loader = image_loader(validation, preprocess, config.train.eval_batch_size, workers, config.images.strict)
         for row in score_loader(net, loader, class_emb, device, accumulator, desc="validation"):
             skipped_files.add(validation.ids[row])
         kept = validation.labels[accumulator.seen]
-        if label_sets:
-            scores = accumulator.label_scores(0.5)
-            values = {**split_metrics(kept, scores, num_classes), "loss": validation_loss(scores, kept)}
-        else:
-            result = accumulator.result()
-            values = classification_metrics(kept, result.predicted, num_classes, top_indices=result.top_indices)
-            # Only the top-k scores are kept for many classes, so the validation loss is the
-            # cross-entropy over those (exact when every class is kept).
-            values["loss"] = top_k_nll(result, kept)
+        # Many classes keep only the top-k scores: the loss is then the cross-entropy over those.
+        scores = problem.scores_from_similarities(accumulator)
+        values = {**split_metrics(kept, scores, num_classes), "loss": validation_loss(scores, kept)}
         values.pop("n")
         values.pop("classes_present", None)
         return values

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.core.runs import RunDirectory
+from tunelab.problems import get_problem
 
 
 @dataclasses.dataclass
@@ -32,6 +33,13 @@ class Prepared:
     dataset: Any  # tunelab.data.labels.LabelledData
     eval_splits: list[str]
     parts: dict[str, Any] = dataclasses.field(default_factory=dict)  # model, tokenizer, extractor, ...
+
+    @property
+    def score_splits(self) -> list[str]:
+        """The splits ``execute`` scores: the evaluation splits, and those the problem
+        chooses its decision threshold on (the lifecycle chooses it, once)."""
+        return get_problem(self.dataset.problem).splits_to_score(
+            self.eval_splits, self.dataset.splits, getattr(self.config.data, "threshold", "0.5"))
 
 
 @dataclasses.dataclass
@@ -71,4 +79,7 @@ class Outcome:
     reports: dict[str, str] = dataclasses.field(default_factory=dict)  # per split: the per-class text report
     skipped: list[str] = dataclasses.field(default_factory=list)  # inputs that could not be used
     # Labelled examples the method learnt from or chose settings on; None: train and validation.
+    # A threshold chosen on validation adds the validation split unless ``counts_validation``
+    # says the task's own number already holds it.
     labels_seen: int | None = None
+    counts_validation: bool = False

@@ -36,7 +36,6 @@ from tunelab.models.resolve import (
     resolve_model,
 )
 from tunelab.problems import get_problem
-from tunelab.problems.scores import choose_threshold
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.finetune_model import load_finetuned, save_model, saved_class_names
 from tunelab.tasks.image_finetune import execute_images, image_export_graph, image_logits, prepare_images
@@ -181,29 +180,17 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     model = trainer.model
     if context.rank != 0:
         return None
-    problem = dataset.problem
-    tunes_threshold = get_problem(problem).tunes_threshold
     max_length = effective_max_length(tokenizer, model, config.train.max_length)
-
     start = time.perf_counter()
-    scored = {}  # each split is run through the model once, also when it picks the threshold
-    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tunes_threshold
-                               else prepared.eval_splits):
+    predictions = {}  # each split through the model once, also one that only picks the threshold
+    for split in prepared.score_splits:
         data = dataset.splits[split]
-        scored[split] = predict_scores(model, tokenizer, data.inputs, config.train.eval_batch_size, max_length,
-                                       context.device, config.runtime.precision, problem)
-    threshold, threshold_record = 0.5, None
-    if tunes_threshold:
-        threshold, threshold_record = choose_threshold(scored["validation"], dataset.splits["validation"].labels,
-                                                       config.data.threshold)
-        scored = {split: dataclasses.replace(s, threshold=threshold) for split, s in scored.items()}
-    predictions = {split: Scored(scored[split], dataset.splits[split].labels, dataset.splits[split].ids,
-                                 dataset.splits[split].inputs.columns()) for split in prepared.eval_splits}
+        scores = predict_scores(model, tokenizer, data.inputs, config.train.eval_batch_size, max_length,
+                                context.device, config.runtime.precision, dataset.problem)
+        predictions[split] = Scored(scores, data.labels, data.ids, data.inputs.columns())
     eval_seconds = time.perf_counter() - start
-    save_model(model, tokenizer, run.path / "model", config.train, dataset, threshold, prepared.source)
+    save_model(model, tokenizer, run.path / "model", config.train, dataset, source=prepared.source)
     task = {"method": config.train.method, "pair_encoding": config.data.pair_encoding}
-    if threshold_record is not None:
-        task["threshold"] = threshold_record
     return trained_outcome(trainer, train_stats, context, config.train, predictions, params, eval_seconds, task)
 
 

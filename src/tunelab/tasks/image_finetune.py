@@ -23,8 +23,8 @@ from tunelab.encoders.vision import classify_loader, image_classifier_types
 from tunelab.models.resolve import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained
 from tunelab.problems import get_problem
 from tunelab.problems.scores import split_metrics, validation_loss
-from tunelab.tasks.contract import Outcome, Prepared, RunContext
-from tunelab.tasks.lifecycle import image_predictions, trained_outcome
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
+from tunelab.tasks.lifecycle import trained_outcome
 from tunelab.training.config import (
     ADAPTER_DIR,
     check_best_metric,
@@ -128,21 +128,16 @@ def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
         return None
     model = trainer.model.eval()
     start = time.perf_counter()
-    tunes_threshold = get_problem(problem).tunes_threshold
-    results, skipped = {}, set(trainer.skipped_files)
-    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tunes_threshold else prepared.eval_splits):
+    predictions, skipped = {}, set(trainer.skipped_files)
+    for split in prepared.score_splits:
         data = dataset.splits[split]
         scores, seen, bad = score_split(model, data, preprocess, config, device, problem, desc=f"{split} images")
         skipped.update(data.ids[row] for row in bad)
-        results[split] = (lambda threshold, s=scores: dataclasses.replace(s, threshold=threshold)
-                          if tunes_threshold else s, data.subset(seen.nonzero()[0]))
-    predictions, threshold, threshold_record = image_predictions(results, prepared.eval_splits, tunes_threshold,
-                                                                 config.data.threshold)
+        kept = data.subset(seen.nonzero()[0])
+        predictions[split] = Scored(scores, kept.labels, kept.ids, {"file": kept.ids})
     eval_seconds = time.perf_counter() - start
-    save_image_classifier(model, processor, run.path / "model", config, dataset, threshold, prepared.source)
+    save_image_classifier(model, processor, run.path / "model", config, dataset, 0.5, prepared.source)
     task = {"method": config.train.method, "inputs": "images"}
-    if threshold_record is not None:
-        task["threshold"] = threshold_record
     return trained_outcome(trainer, stats, context, config.train, predictions, params, eval_seconds, task, skipped)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from tunelab.core.config import config_from_run, dump_yaml
 from tunelab.core.distributed import barrier, init_distributed, rank_zero_run_directory
 from tunelab.core.errors import DataError, TunelabError, counted
-from tunelab.core.files import read_json_file
+from tunelab.core.files import PREDICTOR_FILE, read_json_file
 from tunelab.core.registry import get_task
 from tunelab.core.runs import RunDirectory
 from tunelab.core.runtime import resolve_device, resolve_precision, seed_everything
@@ -32,9 +32,8 @@ from tunelab.data.sources import resolve_dataset
 from tunelab.models.resolve import model_from_record, resolve_model
 from tunelab.problems import get_problem
 from tunelab.problems.metrics import below_majority
-from tunelab.problems.scores import choose_threshold
 from tunelab.tasks.card import write_model_card
-from tunelab.tasks.contract import Outcome, RunContext, RunResult, Scored
+from tunelab.tasks.contract import Outcome, Prepared, RunContext, RunResult, Scored
 from tunelab.tasks.evaluation import evaluate_split
 from tunelab.tasks.metrics_file import assemble_metrics, headline_text, reset_peak_memory, throughput
 from tunelab.tasks.run_report import render_run_report
@@ -42,20 +41,6 @@ from tunelab.tasks.run_report import render_run_report
 logger = logging.getLogger(__name__)
 
 INPUTS_FILE = "inputs.json"
-
-
-def image_predictions(scored: dict, eval_splits: Sequence[str], label_sets: bool, threshold_setting: str):
-    """Every evaluation split's Scored from ``scored`` (split -> (a function from the
-    label-set threshold to that split's scores, the split's readable images)), with the
-    threshold: chosen on validation with ``tune``, else the setting's; 0.5 and None for
-    one class per image. Returns (predictions, threshold, threshold record)."""
-    threshold, record = 0.5, None
-    if label_sets:
-        scores_at, kept = scored["validation" if threshold_setting == "tune" else eval_splits[0]]
-        threshold, record = choose_threshold(scores_at(0.5), kept.labels, threshold_setting)
-    predictions = {split: Scored(scored[split][0](threshold), scored[split][1].labels, scored[split][1].ids,
-                                 {"file": scored[split][1].ids}) for split in eval_splits}
-    return predictions, threshold, record
 
 
 def trained_outcome(trainer, stats: dict, context: RunContext, train_config, predictions: dict[str, Scored],
@@ -104,6 +89,8 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
     reset_peak_memory()
     prepared = task.prepare(config)  # data checked and model loaded before --out is touched
     check_problem(task, prepared.dataset)
+    get_problem(prepared.dataset.problem).check_threshold_setting(
+        getattr(prepared.config.data, "threshold", "0.5"), prepared.dataset.splits)
     if rank == 0:
         describe_data(prepared.dataset)
     config_yaml = dump_yaml(prepared.config, task.name)
@@ -118,6 +105,7 @@ def run_task(task, config, out: str | Path | None = None, overwrite: bool = Fals
         context = RunContext(run, tracker, device, rank, world, resume)
         outcome = task.execute(prepared, context)
         if rank == 0:
+            settle_threshold(run, prepared, outcome)
             evaluate(run, prepared.dataset, outcome)
             metrics = assemble_metrics(task.name, prepared, outcome, device, world, time.perf_counter() - started)
             result = finish_run(run, metrics, config_yaml, outcome.reports, prepared.dataset.notes)
@@ -172,6 +160,29 @@ def open_run_directory(out, task, config, config_yaml: str, overwrite: bool, res
     run = RunDirectory.create(out, task.name, resume=True)
     run.write_command(argv)
     return run
+
+
+def settle_threshold(run: RunDirectory, prepared: Prepared, outcome: Outcome) -> None:
+    """The decision threshold, chosen once for every task by its problem (label sets:
+    given, or tuned on validation), applied to every evaluation split's scores and
+    recorded in metrics.json and the run's predictor.json; a split scored only to choose
+    it (validation outside --splits) is not evaluated."""
+    problem = get_problem(prepared.dataset.problem)
+    threshold, record = problem.threshold_for({s: p.scores for s, p in outcome.scored.items()},
+                                              {s: p.labels for s, p in outcome.scored.items()},
+                                              getattr(prepared.config.data, "threshold", "0.5")) \
+        if outcome.scored else (None, None)
+    outcome.scored = {split: dataclasses.replace(scored, scores=scored.scores.with_threshold(threshold))
+                      if threshold is not None else scored
+                      for split, scored in outcome.scored.items() if split in prepared.eval_splits}
+    if record is None:
+        return
+    outcome.task["threshold"] = record
+    if record.get("tuned") and outcome.labels_seen is not None and not outcome.counts_validation:
+        outcome.labels_seen += len(prepared.dataset.splits["validation"])
+    saved = run.path / "model" / PREDICTOR_FILE
+    if saved.is_file():
+        run.write_json(f"model/{PREDICTOR_FILE}", {**read_json_file(saved), "threshold": threshold})
 
 
 def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:

@@ -114,8 +114,9 @@ def data_block(dataset, used: set[str] | None = None) -> dict[str, Any]:
              "sizes": {k: len(v) for k, v in dataset.splits.items()}, "notes": dataset.notes,
              "class_counts": {name: problem.target_counts(split.labels, dataset.class_names)
                               for name, split in dataset.splits.items() if used is None or name in used}}
-    if problem.exclusive_classes and len(dataset.class_names) == 2:
-        block["positive_class"] = dataset.class_names[1]
+    positive = problem.positive_class(dataset.class_names)
+    if positive is not None:
+        block["positive_class"] = positive
     if getattr(dataset, "text_pair_column", None):
         block["columns"] = {"text": dataset.text_column, "text_pair": dataset.text_pair_column,
                             "label": dataset.label_column}

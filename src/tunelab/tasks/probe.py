@@ -34,8 +34,6 @@ from tunelab.models.classifiers import (
 )
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters_from_config, is_dual_encoder, load_config, resolve_model
-from tunelab.problems import get_problem
-from tunelab.problems.scores import LabelScores, choose_threshold
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.lifecycle import recorded_model
 from tunelab.tasks.metrics_file import throughput
@@ -99,7 +97,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     extractor, images = prepared.parts["extractor"], prepared.parts["images"]
     cache = FeatureCache() if config.features.cache else None
     features, from_cache, skipped, feature_seconds = {}, {}, [], {}
-    for split in ["train", *[s for s in prepared.eval_splits if s != "train"]]:
+    for split in ["train", *[s for s in prepared.score_splits if s != "train"]]:
         data = dataset.splits[split]
         before = extractor.seconds
         if images:
@@ -128,13 +126,13 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         logger.info("all features came from the cache; pass --no-cache to recompute them")
 
     train, validation = dataset.splits["train"], dataset.splits.get("validation")
-    head = fit_head(config.classifier, config.data, dataset, features, prepared.eval_splits, config.seed,
+    head = fit_head(config.classifier, config.data, dataset, features, prepared.score_splits, config.seed,
                     lambda data: {"file": data.ids} if images else data.inputs.columns())
     save_classifier(head.estimator, run.path / "model" / "classifier.skops")
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
         COMMAND, dataset.problem, dataset.class_names, label_values=list(dataset.label_space.values),
-        threshold=head.threshold, feature_dim=int(features["train"].shape[1]), inputs="images" if images else "text"))
-    tuning, threshold_record, score_kind = head.tuning, head.threshold_record, head.score_kind
+        threshold=0.5, feature_dim=int(features["train"].shape[1]), inputs="images" if images else "text"))
+    tuning, score_kind = head.tuning, head.score_kind
     train_seconds, eval_seconds, predictions = head.train_seconds, head.eval_seconds, head.predictions
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     parameter, value = ("alpha", 1.0) if config.classifier.kind == "ridge" else ("C", config.classifier.c)
@@ -144,8 +142,6 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                          "pair_encoding": None if images else config.data.pair_encoding,
                          "dim": int(features["train"].shape[1]), "from_cache": from_cache,
                          "per_s": throughput(extractor.encoded, extractor.seconds)}}
-    if threshold_record is not None:
-        task["threshold"] = threshold_record
     return Outcome(
         scored=predictions,
         params={"total": count_parameters_from_config(prepared.source), "trainable": 0,
@@ -158,9 +154,9 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         },
         task=task,
         skipped=skipped,
-        # Validation labels count only where they chose something (C, ridge's alpha, a threshold).
-        labels_seen=len(train) + (len(validation) if validation is not None and (
-            tuning is not None or (threshold_record or {}).get("tuned")) else 0),
+        # Validation labels count only where they chose something (C, ridge's alpha; a threshold: the lifecycle).
+        labels_seen=len(train) + (len(validation) if validation is not None and tuning is not None else 0),
+        counts_validation=tuning is not None,
     )
 
 
@@ -168,18 +164,16 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 class FittedHead:
     estimator: Any
     tuning: dict | None  # C (or alpha) chosen on validation, with every score
-    threshold: float
-    threshold_record: dict | None  # multi-label: how the threshold was chosen
     predictions: dict[str, Scored]
     score_kind: str
     train_seconds: float
     eval_seconds: float
 
 
-def fit_head(classifier, data_config, dataset, features: dict, eval_splits, seed: int, inputs_of) -> FittedHead:
+def fit_head(classifier, data_config, dataset, features: dict, score_splits, seed: int, inputs_of) -> FittedHead:
     """A classical head on fixed vectors (a probe's frozen features, SetFit's tuned
-    embeddings): fitted on train (C or alpha chosen on validation where asked), the
-    multi-label threshold chosen as configured, every evaluation split scored.
+    embeddings): fitted on train (C or alpha chosen on validation where asked), every
+    split the run scores scored (the lifecycle chooses a label-set threshold).
     ``inputs_of(split data)`` gives a predictions file's input columns."""
     problem, num_classes = dataset.problem, len(dataset.class_names)
     train, validation = dataset.splits["train"], dataset.splits.get("validation")
@@ -191,21 +185,15 @@ def fit_head(classifier, data_config, dataset, features: dict, eval_splits, seed
         seed=seed, problem=problem, class_weight=data_config.class_weight,
         threshold=float(data_config.threshold) if data_config.threshold != "tune" else 0.5,
     )
-    threshold, threshold_record = 0.5, None
-    if get_problem(problem).tunes_threshold:
-        fitted = predict_scores(estimator, features["validation"], problem, num_classes) \
-            if validation is not None else LabelScores(np.zeros((0, num_classes)))
-        threshold, threshold_record = choose_threshold(fitted, validation.labels if validation is not None
-                                                       else np.zeros((0, num_classes)), data_config.threshold)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     predictions, score_kind = {}, "score"
-    for split in eval_splits:
+    for split in score_splits:
         data = dataset.splits[split]
-        scores = predict_scores(estimator, features[split], problem, num_classes, threshold)
+        scores = predict_scores(estimator, features[split], problem, num_classes)
         score_kind = scores.kind
         predictions[split] = Scored(scores, data.labels, data.ids, inputs_of(data))
-    return FittedHead(estimator, tuning, threshold, threshold_record, predictions, score_kind, train_seconds,
+    return FittedHead(estimator, tuning, predictions, score_kind, train_seconds,
                       time.perf_counter() - start)
 
 

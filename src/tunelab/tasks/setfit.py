@@ -213,18 +213,18 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 
     start = time.perf_counter()
     embeddings = {}
-    for split in ["train", *[s for s in prepared.eval_splits if s != "train"]]:
+    for split in ["train", *[s for s in prepared.score_splits if s != "train"]]:
         vectors = graph_outputs(body, tokenizer, dataset.splits[split].texts, max_length,
                                 config.train.eval_batch_size, context.device, config.runtime.precision,
                                 f"{split} embeddings")
         embeddings[split] = normalize_rows(vectors)
     embed_seconds = time.perf_counter() - start
-    head = fit_head(config.classifier, config.data, dataset, embeddings, prepared.eval_splits, config.seed,
+    head = fit_head(config.classifier, config.data, dataset, embeddings, prepared.score_splits, config.seed,
                     lambda data: data.inputs.columns())
     save_setfit_model(encoder, tokenizer, run.path / "model", max_length)
     save_classifier(head.estimator, run.path / "model" / "classifier.skops")
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
-        COMMAND, dataset.problem, dataset.class_names, threshold=head.threshold, max_length=max_length,
+        COMMAND, dataset.problem, dataset.class_names, threshold=0.5, max_length=max_length,
         pooling="mean", normalize=True))
     training = {key: value for key, value in training_summary(trainer, config.train, run.path, context.world,
                                                                False).items() if not key.startswith("best_")}
@@ -235,8 +235,6 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                       "loss": "cosine similarity (MSE)"},
             "classifier": {"kind": config.classifier.kind, "score": head.score_kind,
                            "C": head.tuning["chosen"] if head.tuning else config.classifier.c, "tuning": head.tuning}}
-    if head.threshold_record is not None:
-        task["threshold"] = head.threshold_record
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     eval_share = embed_seconds * scored / max(scored + len(train), 1)
     return Outcome(
@@ -246,9 +244,10 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         throughput={"train_samples_per_s": train_stats["train_samples_per_second"],
                     "eval_samples_per_s": throughput(scored, head.eval_seconds + eval_share)},
         task=task,
-        # Validation labels count where they chose something (C, a threshold).
-        labels_seen=len(train) + (len(dataset.splits["validation"]) if "validation" in dataset.splits and (
-            head.tuning is not None or (head.threshold_record or {}).get("tuned")) else 0),
+        # Validation labels count where they chose something (C; a threshold: the lifecycle).
+        labels_seen=len(train) + (len(dataset.splits["validation"]) if "validation" in dataset.splits
+                                  and head.tuning is not None else 0),
+        counts_validation=head.tuning is not None,
     )
 
 

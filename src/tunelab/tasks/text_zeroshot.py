@@ -55,7 +55,6 @@ from tunelab.encoders.text import TextFeatureExtractor, graph_outputs, normalize
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters_from_config, hub_kwargs, load_pretrained, load_tokenizer
 from tunelab.problems import get_problem
-from tunelab.problems.scores import ClassScores, LabelScores, choose_threshold
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.likelihood import Prompting, fit_prompts, likelihood_raw
 from tunelab.tasks.metrics_file import throughput
@@ -114,8 +113,7 @@ def class_descriptions(class_names: list[str], label_names: list[str] | None, de
 def prepare_texts(config, source, dataset) -> Prepared:
     """Single texts (``dataset`` read and checked): the descriptions and templates
     resolved, then the encoder (similarity) or the NLI cross-encoder loaded."""
-    problem = get_problem(dataset.problem)
-    if not problem.has_classes:
+    if not dataset.class_names:
         raise DataError(f"{config.data.dataset} holds numbers; text zero-shot picks classes (score sentence pairs "
                         "by similarity with --text-pair-column)")
     if config.method not in METHODS:
@@ -123,7 +121,7 @@ def prepare_texts(config, source, dataset) -> Prepared:
     if config.in_context and config.method != "likelihood":
         raise ConfigError("--in-context puts labelled examples in a language model's prompt: it needs "
                           "--zeroshot-method likelihood")
-    if config.method == "likelihood" and not problem.exclusive_classes:
+    if config.method == "likelihood" and next(iter(dataset.splits.values())).labels.ndim == 2:  # label sets
         raise DataError(f"{config.data.dataset} holds label sets; --zeroshot-method likelihood picks one class per "
                         "text (use similarity or nli for label sets)")
     if config.templates == "ensemble":
@@ -136,10 +134,6 @@ def prepare_texts(config, source, dataset) -> Prepared:
     if config.calibrate and "train" not in dataset.splits:
         raise DataError("--calibrate centres the scores on the training texts (their labels unused), and there "
                         "is no train split")
-    if not problem.exclusive_classes and "validation" not in dataset.splits and config.data.threshold in ("0.5",
-                                                                                                       "tune"):
-        raise DataError("label sets take the labels above a threshold chosen on validation, and there is none; "
-                        "give --threshold")
     config = dataclasses.replace(config, data=resolved_data_config(config.data, dataset, "bi"),
                                  features=dataclasses.replace(config.features,
                                                               pooling=config.features.pooling or "mean"))
@@ -214,44 +208,12 @@ def nli_logits(model, tokenizer, texts: list[str], hypotheses: dict[str, list[st
     return np.stack([logits[:, a:b].mean(1) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
 
 
-def entailment_scores(logits: np.ndarray, entailment: int, contradiction: int | None, exclusive: bool) -> np.ndarray:
-    """One class per text: entailment logits across classes. Label sets: each label's
-    entailment against contradiction (or against all outputs), a probability."""
-    if exclusive:
-        return logits[:, :, entailment]
-    if contradiction is not None:
-        logits = logits[:, :, [contradiction, entailment]]
-        entailment = 1
-    shifted = logits - logits.max(-1, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
-    return probabilities[:, :, entailment]
-
-
-def scores_from(raw: np.ndarray, exclusive: bool, kind: str, threshold: float):
-    """Per-class scores as evaluation takes them: softmax of NLI logits or cosine
-    similarities over classes (one class per text); per-label scores with a threshold."""
-    if not exclusive:
-        return LabelScores(raw, threshold, kind)
-    if kind == "probability":  # NLI: entailment logits compete across the classes
-        shifted = raw - raw.max(1, keepdims=True)
-        raw = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
-    return ClassScores.from_full(raw, kind)
-
-
-def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outcome | None:
-    """Scores of every needed split against the classes; offsets from the training texts
-    with --calibrate; a label-set threshold chosen on validation."""
-    config, dataset, run = prepared.config, prepared.dataset, context.run
-    parts = prepared.parts["text"]
+def raw_scores(config, parts: dict, dataset, needs: list[str], context: RunContext, run) -> tuple[dict, str, dict]:
+    """(split -> (texts, classes) scores, their kind, what the run records) of the method:
+    entailment of each class's hypotheses, each label's likelihood after the prompt, or
+    the cosine to each class's embedding."""
     problem = get_problem(dataset.problem)
-    exclusive = problem.exclusive_classes
-    needs = list(dict.fromkeys([*(["train"] if config.calibrate else []),
-                                *(["validation"] if not exclusive and "validation" in dataset.splits else []),
-                                *prepared.eval_splits]))
-    if context.rank != 0:  # one process scores (zero-shot has no training to share)
-        return None
-    start = time.perf_counter()
-    raw, record = {}, {}
+    raw: dict[str, np.ndarray] = {}
     if config.method == "nli":
         hypotheses = {c: [t.replace("{}", d) for d in parts["descriptions"][c] for t in parts["templates"]]
                       for c in dataset.class_names}
@@ -259,71 +221,66 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
         for split in needs:
             logits = nli_logits(model, parts["tokenizer"], dataset.splits[split].texts, hypotheses, config,
                                 context.device, f"{split} texts x {sum(map(len, hypotheses.values()))} hypotheses")
-            raw[split] = entailment_scores(logits, parts["entailment"], parts["contradiction"], exclusive)
-        kind = "probability"
-        record = {"hypotheses": hypotheses, "entailment": parts["entailment"],
-                  "contradiction": parts["contradiction"]}
-    elif config.method == "likelihood":
-        model = parts["model"].to(context.device)
-        prompting = parts["prompting"]
+            raw[split] = problem.read_entailment(logits, parts["entailment"], parts["contradiction"])
+        return raw, "probability", {"hypotheses": hypotheses, "entailment": parts["entailment"],
+                                    "contradiction": parts["contradiction"]}
+    if config.method == "likelihood":
+        model, prompting = parts["model"].to(context.device), parts["prompting"]
         for split in needs:
             raw[split] = likelihood_raw(model, parts["tokenizer"], dataset.splits[split].inputs,
                                         parts["descriptions"], parts["templates"], prompting, config,
                                         context.device, f"{split} texts x {len(dataset.class_names)} labels")
-        kind = "probability"  # label log-likelihoods compete across the classes
-        record = {**prompting.record(), "in_context_requested": config.in_context,
-                  "chat_template": bool(getattr(parts["tokenizer"], "chat_template", None)),
-                  "score": "mean log-probability per token of the label after the prompt"}
-    else:
-        extractor = parts["extractor"]
-        embeddings = label_embeddings(lambda texts: extractor.encode(texts, "class descriptions"),
-                                      parts["descriptions"], parts["templates"])
-        cache = FeatureCache() if config.features.cache else None
-        for split in needs:
-            vectors, _ = cached_features(extractor, dataset.splits[split].texts, f"{split} features", cache)
-            raw[split] = normalize_rows(vectors) @ embeddings.T
-        kind = "similarity"
-        from safetensors.numpy import save
+        # label log-likelihoods compete across the classes
+        return raw, "probability", {**prompting.record(), "in_context_requested": config.in_context,
+                                    "chat_template": bool(getattr(parts["tokenizer"], "chat_template", None)),
+                                    "score": "mean log-probability per token of the label after the prompt"}
+    extractor = parts["extractor"]
+    embeddings = label_embeddings(lambda texts: extractor.encode(texts, "class descriptions"),
+                                  parts["descriptions"], parts["templates"])
+    cache = FeatureCache() if config.features.cache else None
+    for split in needs:
+        vectors, _ = cached_features(extractor, dataset.splits[split].texts, f"{split} features", cache)
+        raw[split] = normalize_rows(vectors) @ embeddings.T
+    from safetensors.numpy import save
 
-        run.write_bytes(f"model/{EMBEDDINGS_FILE}", save({"embeddings": np.ascontiguousarray(embeddings,
-                                                                                          dtype=np.float32)}))
+    run.write_bytes(f"model/{EMBEDDINGS_FILE}", save({"embeddings": np.ascontiguousarray(embeddings,
+                                                                                      dtype=np.float32)}))
+    return raw, "similarity", {}
+
+
+def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outcome | None:
+    """Scores of every needed split against the classes; offsets from the training texts
+    with --calibrate (a label-set threshold is the lifecycle's to choose, on validation)."""
+    config, dataset, run = prepared.config, prepared.dataset, context.run
+    parts = prepared.parts["text"]
+    problem = get_problem(dataset.problem)
+    needs = list(dict.fromkeys([*(["train"] if config.calibrate else []), *prepared.score_splits]))
+    if context.rank != 0:  # one process scores (zero-shot has no training to share)
+        return None
+    start = time.perf_counter()
+    raw, kind, record = raw_scores(config, parts, dataset, needs, context, run)
     offsets = np.zeros(len(dataset.class_names), dtype=np.float64)
     if config.calibrate:
         offsets = raw["train"].mean(0)
         raw = {split: values - offsets for split, values in raw.items()}
         record["calibration"] = {"texts": len(dataset.splits["train"]), "split": "train", "labels_used": False,
                                  "offsets": dict(zip(dataset.class_names, map(float, offsets)))}
-    threshold, threshold_record = 0.5, None
-    if not exclusive:
-        explicit = config.data.threshold not in ("0.5", "tune")
-        if explicit:
-            threshold, threshold_record = float(config.data.threshold), {"value": float(config.data.threshold),
-                                                                         "tuned": False}
-        else:  # similarities have no natural threshold: chosen on validation
-            tuning_kind = "probability" if kind == "probability" and config.data.threshold == "tune" else "score"
-            threshold, threshold_record = choose_threshold(
-                LabelScores(raw["validation"], 0.5, tuning_kind), dataset.splits["validation"].labels, "tune")
-    predictions = {split: Scored(scores_from(raw[split], exclusive, kind, threshold), dataset.splits[split].labels,
+    predictions = {split: Scored(problem.scores_from_matrix(raw[split], kind), dataset.splits[split].labels,
                                  dataset.splits[split].ids, dataset.splits[split].inputs.columns())
-                   for split in prepared.eval_splits}
+                   for split in prepared.score_splits}
     seconds = time.perf_counter() - start
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
-        command, dataset.problem, dataset.class_names, kind=f"text-{config.method}", threshold=threshold,
+        command, dataset.problem, dataset.class_names, kind=f"text-{config.method}", threshold=0.5,
         offsets=[float(o) for o in offsets], descriptions=parts["descriptions"], templates=parts["templates"],
         **{k: v for k, v in record.items() if k != "calibration"}))
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
-    task = {"text": {"method": config.method, "templates": parts["templates"],
-                     "descriptions": parts["descriptions"], "score": kind, **record}}
-    examples_seen = len(parts["prompting"].examples) if "prompting" in parts else 0
-    if threshold_record is not None:
-        task["threshold"] = threshold_record
     return Outcome(
         scored=predictions, params={"total": count_parameters_from_config(prepared.source), "trainable": 0},
         seconds={"train": 0.0, "eval": seconds},
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(scored, seconds)},
-        task=task,
-        labels_seen=examples_seen + (len(dataset.splits["validation"]) if threshold_record
-                                     and threshold_record.get("tuned") else 0),
+        task={"text": {"method": config.method, "templates": parts["templates"],
+                       "descriptions": parts["descriptions"], "score": kind, **record}},
+        labels_seen=len(parts["prompting"].examples) if "prompting" in parts else 0,
     )
 
 
@@ -334,7 +291,7 @@ def text_predictor(run_dir: Path, config, source):
     """New texts scored as the run scored its splits: the saved class embeddings (or
     hypotheses), offsets and threshold."""
     saved = read_predictor(run_dir)
-    names, exclusive = saved["class_names"], get_problem(saved.get("problem")).exclusive_classes
+    names, problem = saved["class_names"], get_problem(saved.get("problem"))
     offsets = np.asarray(saved.get("offsets") or np.zeros(len(names)))
     threshold = saved.get("threshold", 0.5)
     if saved.get("kind") == "text-nli":
@@ -345,7 +302,7 @@ def text_predictor(run_dir: Path, config, source):
         def raw_scores(inputs):
             logits = nli_logits(model, parts["tokenizer"], inputs.texts, saved["hypotheses"], config, device,
                                 "texts")
-            return entailment_scores(logits, saved["entailment"], saved["contradiction"], exclusive), "probability"
+            return problem.read_entailment(logits, saved["entailment"], saved["contradiction"]), "probability"
     elif saved.get("kind") == "text-likelihood":
         device = resolve_device(config.runtime.device)
         model, tokenizer = load_causal_lm(source, _dtype(config))
@@ -366,6 +323,7 @@ def text_predictor(run_dir: Path, config, source):
     def predict(inputs) -> list:
         inputs = as_text_inputs(inputs)
         raw, kind = raw_scores(inputs)
-        return predictions_from(inputs, scores_from(raw - offsets, exclusive, kind, threshold), names)
+        return predictions_from(inputs, problem.scores_from_matrix(raw - offsets, kind).with_threshold(threshold),
+                                names)
 
     return predict

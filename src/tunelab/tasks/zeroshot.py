@@ -37,9 +37,9 @@ from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters, count_parameters_from_config, resolve_model
 from tunelab.problems import get_problem
-from tunelab.problems.scores import ClassScores, ScoreAccumulator, ValueScores
+from tunelab.problems.scores import ClassScores, ValueScores
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
-from tunelab.tasks.lifecycle import image_predictions, recorded_model
+from tunelab.tasks.lifecycle import recorded_model
 from tunelab.tasks.metrics_file import throughput
 from tunelab.tasks.text_zeroshot import execute_texts, prepare_texts, text_predictor
 
@@ -125,12 +125,11 @@ def prepare(config: ZeroshotConfig) -> Prepared:
         raise DataError(f"{config.data.dataset} has only a train split; score it with --splits train")
     dtype = resolve_dtype(config.runtime.precision, resolve_device(config.runtime.device))
     model, tokenizer, processor = load_clip(source, dtype=dtype)
-    kind = get_problem(dataset.problem)
-    if not kind.exclusive_classes and not (kind.has_classes and is_sigmoid(model)):
+    if not dataset.class_names:
+        raise DataError(f"{config.data.dataset} holds numbers; zero-shot image classification picks classes")
+    if next(iter(dataset.splits.values())).labels.ndim == 2 and not is_sigmoid(model):  # a row of labels each
         raise DataError(f"{config.data.dataset} holds label sets; CLIP's softmax picks one class per image: use a "
                         "SigLIP model (a sigmoid per label), or fit a probe on the CLIP features")
-    if not kind.exclusive_classes and config.data.threshold == "tune" and "validation" not in dataset.splits:
-        raise DataError("--threshold tune chooses the threshold on a validation split, and there is none")
     return Prepared(config, source, dataset, eval_splits,
                     {"templates": templates, "model": model, "tokenizer": tokenizer, "processor": processor,
                      "dtype": dtype})
@@ -143,8 +142,7 @@ def prepare_pairs(config: ZeroshotConfig, source) -> Prepared:
     if dataset.text_pair_column is None or config.method == "likelihood":  # a prompt can hold both texts
 
         return prepare_texts(config, source, dataset)
-    kind = get_problem(dataset.problem)
-    if kind.has_classes and not (kind.exclusive_classes and len(dataset.class_names) == 2):
+    if dataset.class_names and (len(dataset.class_names) != 2 or dataset.splits["train"].labels.ndim == 2):
         raise DataError(f"zero-shot pair similarity predicts a number or one of two classes; this {dataset.problem} "
                         f"task has {len(dataset.class_names)} classes")
     if "validation" not in dataset.splits:
@@ -179,7 +177,7 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
         return None
     start = time.perf_counter()
     validation = dataset.splits["validation"].labels
-    if not get_problem(dataset.problem).has_classes:
+    if not dataset.class_names:  # numbers
         slope, intercept = np.polyfit(similarity["validation"], validation, 1)
         calibration = {"map": "label = slope * cosine + intercept, fitted on validation",
                        "slope": float(slope), "intercept": float(intercept)}
@@ -232,14 +230,13 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     skipped, images_seen = [], 0
     start = time.perf_counter()
     num_classes = len(dataset.class_names)
-    label_sets = not get_problem(dataset.problem).exclusive_classes  # SigLIP: a sigmoid per label
-    tune = label_sets and config.data.threshold == "tune"
-    accumulated = {}
-    for split in dict.fromkeys(["validation", *prepared.eval_splits] if tune else prepared.eval_splits):
+    problem = get_problem(dataset.problem)  # SigLIP on label sets: a sigmoid per label
+    predictions = {}
+    for split in prepared.score_splits:
         data = dataset.splits[split]
         rows = shard(len(data), context.rank, context.world)
         part = data.subset(rows)
-        scored = ScoreAccumulator(len(part), num_classes, "similarity", keep_full=label_sets)
+        scored = problem.similarity_accumulator(len(part), num_classes)
         loader = image_loader(part, ClipPreprocess.for_device(parts["processor"], device),
                               config.images.batch_for(device), config.images.num_workers, config.images.strict)
         bad = score_loader(model, loader, class_emb.to(device), device, scored, parts["dtype"],
@@ -247,20 +244,19 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         gathered = gather_to_zero((rows, scored, [part.ids[r] for r in bad]), context.rank, context.world)
         if context.rank != 0:
             continue
-        accumulator = ScoreAccumulator(len(data), num_classes, "similarity", keep_full=label_sets)
+        accumulator = problem.similarity_accumulator(len(data), num_classes)
         for part_rows, part_scores, part_bad in gathered:
             accumulator.absorb(part_scores, part_rows)
             skipped += part_bad
         images_seen += len(data)
-        accumulated[split] = (accumulator.label_scores if label_sets else lambda _, a=accumulator: a.result(),
-                              data.subset(accumulator.seen.nonzero()[0]))
+        kept = data.subset(accumulator.seen.nonzero()[0])
+        predictions[split] = Scored(problem.scores_from_similarities(accumulator), kept.labels, kept.ids,
+                                    {"file": kept.ids})
     if context.rank != 0:
         return None
-    predictions, threshold, threshold_record = image_predictions(accumulated, prepared.eval_splits, label_sets,
-                                                                 config.data.threshold)
     save_class_embeddings(run.path / "model" / "class_embeddings.safetensors", class_emb, dataset.class_names)
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
-        COMMAND, dataset.problem, dataset.class_names, kind="clip", templates=templates, threshold=threshold,
+        COMMAND, dataset.problem, dataset.class_names, kind="clip", templates=templates, threshold=0.5,
         **scoring_record(model)))
     eval_seconds = time.perf_counter() - start
     if skipped:
@@ -270,10 +266,9 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         seconds={"train": 0.0, "text": text_seconds, "eval": eval_seconds},
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(images_seen, eval_seconds)},
         task={"templates": {"spec": config.templates, "count": len(templates)},
-              "scores": "sigmoid" if is_sigmoid(model) else "softmax",
-              **({"threshold": threshold_record} if threshold_record else {})},
+              "scores": "sigmoid" if is_sigmoid(model) else "softmax"},
         skipped=skipped,
-        labels_seen=len(dataset.splits["validation"]) if tune else 0,
+        labels_seen=0,  # and the validation split, where a threshold is chosen on it
     )
 
 

@@ -68,7 +68,7 @@ def build_model(source: ModelSource, dataset, config):
         if config.train.method == "lora":
             encoder = wrap_lora(encoder, model_type, config.lora, sequence_classification=False)
         train_labels = dataset.splits["train"].labels
-        if not problem.has_classes:  # numbers: the cosine of the two embeddings, scaled to the targets
+        if not names:  # numbers: the cosine of the two embeddings, scaled to the targets
             return BiEncoder(encoder, "cosine", 1, (float(train_labels.min()), float(train_labels.max())),
                              problem.name)
         return BiEncoder(encoder, "classify", len(names), problem=problem.name,
