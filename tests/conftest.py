@@ -236,3 +236,36 @@ def colour_folder(tmp_path_factory) -> Path:
     write_colour_images(root / "validation", 8, seed=2)
     write_colour_images(root / "test", 8, seed=3)
     return root
+
+
+def assert_predictor_reproduces(run, data_dir=None, atol: float = 1e-4) -> int:
+    """The run's loaded Predictor, at the run's own precision, gives every evaluation
+    split's predictions file again on the same inputs (texts, pairs or image files):
+    evaluation and serving are one predictor. Returns the rows compared."""
+    import json
+
+    import numpy as np
+
+    from tunelab.serve.predict import load_predictor
+
+    run = Path(run)
+    predictor = load_predictor(run, precision="run")
+    compared = 0
+    for split in json.loads((run / "metrics.json").read_text())["splits"]:
+        rows = rows_of(run / "predictions" / f"{split}.csv")
+        if "file" in rows[0]:
+            root = Path(data_dir)
+            inputs = [str(next(p for p in (root / r["file"], root / split / r["file"]) if p.is_file())) for r in rows]
+        elif "text_pair" in rows[0] or "pair" in rows[0]:
+            key = "text_pair" if "text_pair" in rows[0] else "pair"
+            inputs = [(r["text"], r[key]) for r in rows]
+        else:
+            inputs = [r["text"] for r in rows]
+        served = predictor(inputs)
+        assert [p.label for p in served] == [r["prediction"] for r in rows], (run.name, split)
+        kind = served[0].score_kind
+        if kind in rows[0]:  # the predicted class's score (label sets and numbers: the label says it all)
+            np.testing.assert_allclose([p.score for p in served], [float(r[kind]) for r in rows], atol=atol,
+                                       err_msg=f"{run.name} {split}")
+        compared += len(rows)
+    return compared

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import metrics_of, write_csv
+from tests.conftest import assert_predictor_reproduces, metrics_of, write_csv
 from tunelab.cli import main
 from tunelab.core.registry import all_tasks
 
@@ -108,6 +108,8 @@ def test_every_task_through_every_surface(command, problem, kind, model, dataset
         assert main(["predict", str(run), "ball goal w1", "paint brush w2"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 3  # a header and one line per input
+    # evaluation and serving are one predictor: the loaded Predictor gives the predictions files again
+    assert assert_predictor_reproduces(run, data) > 0
     # a study step with the same settings, from its saved config
     study = {"name": "conformance", "steps": [{"name": "step", "command": command,
                                                **{k: v for k, v in yaml.safe_load((run / "config.yaml").read_text())

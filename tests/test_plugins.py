@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import yaml
 
-from tests.conftest import metrics_of, write_topic_splits
+from tests.conftest import assert_predictor_reproduces, metrics_of, write_topic_splits
 from tunelab.cli import main
 from tunelab.core import registry
 
@@ -57,6 +57,7 @@ def test_a_plugin_task_is_a_command_a_study_step_and_served(installed_plugin, tm
     run = tmp_path / "echo-run"
     assert main(["echo", "--dataset", str(data), "--out", str(run)]) == 0
     assert metrics_of(run)["command"] == "echo"
+    assert assert_predictor_reproduces(run) > 0  # a plugin's predictor is the evaluation's too
     capsys.readouterr()
     assert main(["predict", str(run), "sport red film"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split("\t")[0] in ("music", "science", "sport")

@@ -77,15 +77,28 @@ def content_fingerprint(root: Path, max_files: int | None = None) -> str:
 class _HashCache:
     """File hashes on disk (one JSON file), keyed by what changes whenever content can."""
 
+    # The file read once per process and kept while it does not change on disk (other
+    # processes may add to it): fingerprints are asked for often (every cache key, every
+    # run's record), and the file grows with the data sets seen.
+    _memory: dict[str, tuple] = {}
+
     def __init__(self):
         self.path = cache_dir() / "file-hashes.json"
-        self.entries: dict[str, list] = {}
         self.changed = False
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        kept = self._memory.get(str(self.path))
+        if kept is not None and kept[0] == stamp:
+            self.entries = kept[1]
+            return
         try:
             loaded = json.loads(self.path.read_text(encoding="utf-8"))
             self.entries = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             self.entries = {}
+        self._memory[str(self.path)] = (stamp, self.entries)
 
     def hash(self, path: str, stat: os.stat_result) -> str:
         key = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
@@ -109,6 +122,7 @@ class _HashCache:
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             temporary.write_text(json.dumps(self.entries), encoding="utf-8")
             os.replace(temporary, self.path)
+            self._memory[str(self.path)] = (self.path.stat().st_mtime_ns, self.entries)
         except OSError:  # a read-only cache only costs speed
             pass
 
