@@ -130,5 +130,6 @@ def test_the_console_says_what_was_decided(tmp_path, caplog):
     with caplog.at_level("INFO", logger="tunelab"):
         assert main(["baseline", "--dataset", str(data), "--out", str(tmp_path / "r")]) == 0
     said = "\n".join(r.message for r in caplog.records)
-    assert "data: split the single file 80/10/10" in said and "splits: train 32, validation 4, test 4" in said
+    assert "data: split the data (no split files or folders) 80/10/10" in said
+    assert "splits: train 32, validation 4, test 4" in said
     assert "report: " in said and json.loads((tmp_path / "r" / "metrics.json").read_text())

@@ -157,7 +157,7 @@ def _run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 # What predict's score column holds, by the kind of score a run gives.
 SCORE_NAMES = {"probability": "probability", "decision": "decision value",
-               "similarity": "cosine similarity", "logit": "logit", "value": "value"}
+               "similarity": "similarity", "logit": "logit", "value": "value"}
 
 
 def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -101,7 +101,9 @@ class CommandParser(argparse.ArgumentParser):
             close = list(dict.fromkeys(options[c] for c in close))[:2]
             if close:
                 hints.append(f"{flag}: did you mean {' or '.join(close)}?")
-        super().error(message + ("; " + "; ".join(hints) if hints else ""))
+        # One line, not the usage block: the hint is what the user needs; --help has the rest.
+        self.exit(2, f"{self.prog}: error: {message}" + ("; " + "; ".join(hints) if hints else "")
+                  + f" (see {self.prog} --help)\n")
 
 
 def translate_spellings(arguments: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:

@@ -80,7 +80,15 @@ class RunDirectory:
             raise TunelabError(f"--out {path} is a symbolic link; pass a real directory")
         if path.is_dir() and any(path.iterdir()):
             if not overwrite:
-                raise TunelabError(f"--out {path} already holds files; choose a new directory or pass --overwrite")
+                try:
+                    check_replaceable(path, "inputs.json") if is_run_directory(path) else None
+                except TunelabError:
+                    replaceable = False
+                else:
+                    replaceable = is_run_directory(path)
+                raise TunelabError(f"--out {path} already holds files; choose a new directory" + (
+                    " or pass --overwrite" if replaceable else " (--overwrite would refuse too: tunelab replaces "
+                    "only a complete run directory it made, and this is not one)"))
             if not is_run_directory(path):
                 raise TunelabError(f"--overwrite refused: {path} was not created by tunelab (no {MARKER} file), "
                                    "and tunelab only replaces directories it created; choose another --out")

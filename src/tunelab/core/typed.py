@@ -100,9 +100,14 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [k for k in values if k not in names]
     if unknown:
+        import difflib
+
+        wrong = str(unknown[0])
+        close = [n for n in names if n.lower() == wrong.lower()] or \
+            difflib.get_close_matches(wrong.lower(), names, n=1, cutoff=0.6)
         raise ConfigError(
-            f"unknown setting '{prefix}{unknown[0]}'; known settings here: "
-            + ", ".join(prefix + n for n in names)
+            f"unknown setting '{prefix}{wrong}'" + (f"; did you mean {prefix}{close[0]}?" if close else "")
+            + "; known settings here: " + ", ".join(prefix + n for n in names)
         )
     kwargs = {}
     for field in dataclasses.fields(cls):

@@ -140,7 +140,8 @@ def complete_splits(splits: dict[str, Any], seed: int, problem) -> tuple[dict[st
                             "split), or pass validation and test files")
         parts = stratified_indices(problem.strata(whole.labels), SINGLE_FILE_FRACTIONS, seed)
         splits.update({name: whole.subset(idx) for name, idx in zip(("train", "validation", "test"), parts)})
-        notes.append(f"split the single file 80/10/10 into train/validation/test (stratified, seed {seed})")
+        notes.append(f"split the data (no split files or folders) 80/10/10 into train/validation/test "
+                     f"(stratified, seed {seed})")
         return splits, notes
     missing = [s for s in ("validation", "test") if s not in splits]
     if missing:
@@ -225,9 +226,11 @@ def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: lis
         validation = splits["validation"]
         splits["validation"] = validation.subset(_per_class(problem.strata(validation.labels), per_class, seed + 1,
                                                             "validation", notes, class_names))
-        notes.append(f"kept {per_class} validation examples per class (seed {seed + 1}): "
-                     f"{len(splits['validation'])} of {len(validation)}, so settings are chosen on as few labels as "
-                     "a few-shot user has (--validation-shots 0 keeps them all)")
+        kept = len(splits["validation"])
+        notes.append((f"kept up to {per_class} validation examples per class (seed {seed + 1}): {kept} of "
+                      f"{len(validation)}, so settings are chosen on as few labels as a few-shot user has "
+                      "(--validation-shots 0 keeps them all)") if kept < len(validation) else
+                     f"kept all {len(validation)} validation examples: no class has more than {per_class}")
     return splits
 
 

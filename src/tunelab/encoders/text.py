@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +35,8 @@ class FeatureConfig:
     """How frozen text features are computed."""
 
     pooling: str | None = setting(None, "cls: the first token's last hidden state; mean: the masked mean of every "
-                                  "kept token; last: the last kept token (default: cls; mean for bi-encoded sentence "
+                                  "kept token; last: the last kept token (default: the pooling a sentence-transformers "
+                                  "model declares, e.g. mean for MiniLM; else cls; mean for bi-encoded sentence "
                                   "pairs; last for decoders); images with a vision backbone: cls, mean of the "
                                   "patches, or cls+mean (default: cls; DINOv2 cls+mean)", flag="--pooling",
                                   choices=("cls", "mean", "last", "cls+mean"))
@@ -87,6 +89,40 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
 
 def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+# sentence-transformers' pooling modes, as tunelab's poolings
+SENTENCE_TRANSFORMERS_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                                  "pooling_mode_lasttoken": "last"}
+
+
+def declared_pooling(source: ModelSource) -> str | None:
+    """The pooling a sentence-transformers model folder declares (modules.json, then its
+    Pooling module's config.json), where it is one tunelab computes; None otherwise."""
+    if not source.is_local:
+        return None
+    folder = Path(source.location)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        path = next(m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling"))
+        settings = json.loads((folder / path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration, TypeError, AttributeError):
+        return None
+    chosen = [name for key, name in SENTENCE_TRANSFORMERS_POOLINGS.items() if settings.get(key)]
+    return chosen[0] if len(chosen) == 1 else None
+
+
+def default_text_pooling(source: ModelSource, model_config, pair_encoding: str | None) -> tuple[str, str]:
+    """(pooling, why) when --pooling is not given: the pooling the model was trained for,
+    as far as its folder says."""
+    if pair_encoding == "bi":
+        return "mean", "bi-encoded sentence pairs are compared by their mean-pooled embeddings"
+    declared = declared_pooling(source)
+    if declared is not None:
+        return declared, "the pooling this sentence-transformers model was trained with (its modules.json)"
+    if is_decoder(model_config):  # a decoder's first token has seen nothing else
+        return "last", "a decoder's last token is the one that has read the whole text"
+    return "cls", "the [CLS] token, which BERT-style classifiers are fine-tuned on"
 
 
 def is_decoder(config) -> bool:

@@ -52,6 +52,7 @@ def classification_metrics(
         "f1_macro": float(fm),
         "balanced_accuracy": float(rm),
         "classes_present": len(present) if len(y_true) else 0,
+        "classes_predicted": int(len(np.unique(y_pred))) if len(y_pred) else 0,
         "n": int(len(y_true)),
     }
     if num_classes > 5:
@@ -172,7 +173,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def below_majority(metrics: dict) -> list[str]:
-    """Warnings for splits where a run does not beat the majority class."""
+    """Warnings for splits where a run does not beat the majority class, or beats it only
+    by collapsing onto one class (or to chance balanced accuracy)."""
     if metrics.get("task", {}).get("kind") == "majority":
         return []  # the floor itself
     floors = metrics.get("data", {}).get("majority_accuracy", {})
@@ -184,4 +186,13 @@ def below_majority(metrics: dict) -> list[str]:
                     "features that do not separate the classes, or too few training examples")
             warnings.append(f"{split} accuracy {values['accuracy']:.4f} is not above the majority class "
                             f"({floors[split]:.4f}): the run learnt nothing useful; likely {hint}")
+            continue
+        present = values.get("classes_present", 0)
+        if present > 1 and values.get("classes_predicted") == 1:
+            warnings.append(f"{split}: the run predicts one class for every example (balanced accuracy "
+                            f"{values.get('balanced_accuracy', 0):.4f}, chance {1 / present:.4f}): it collapsed; "
+                            "likely too few training steps (try more epochs, --lr), or --class-weight balanced")
+        elif present > 1 and "balanced_accuracy" in values and values["balanced_accuracy"] <= 1 / present + 0.02:
+            warnings.append(f"{split} balanced accuracy {values['balanced_accuracy']:.4f} is at chance (1/{present} "
+                            f"= {1 / present:.4f}): the run tells the classes apart no better than guessing")
     return warnings

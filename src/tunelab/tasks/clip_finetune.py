@@ -248,6 +248,7 @@ def build_clip_trainer(config: ClipFinetuneConfig, dataset, model, tokenizer, pr
         values = {**split_metrics(kept, scores, num_classes), "loss": validation_loss(scores, kept)}
         values.pop("n")
         values.pop("classes_present", None)
+        values.pop("classes_predicted", None)
         return values
 
     return build_image_trainer(config, dataset, model, preprocess, loss_fn, validation_metrics, output_dir,

@@ -119,6 +119,7 @@ def execute_images(prepared: Prepared, context: RunContext) -> Outcome | None:
         values["loss"] = validation_loss(scores, validation.labels[seen])
         values.pop("n")
         values.pop("classes_present", None)
+        values.pop("classes_predicted", None)
         return values
 
     trainer, interrupt = build_image_trainer(config, dataset, model, preprocess, loss_fn, validation_metrics,

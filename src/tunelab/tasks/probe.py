@@ -22,7 +22,7 @@ from tunelab.data.image_sources import files_split
 from tunelab.data.images import is_image_dataset, load_image_dataset
 from tunelab.data.text import load_text_dataset, resolved_data_config
 from tunelab.encoders.features import FeatureCache, ImageFeatureExtractor, cached_features, pair_features
-from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor, is_decoder, pair_vectors
+from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor, default_text_pooling, pair_vectors
 from tunelab.encoders.vision import default_pooling
 from tunelab.models.classifiers import (
     ClassifierConfig,
@@ -78,9 +78,10 @@ def prepare(config: ProbeConfig) -> Prepared:
         dataset = load_text_dataset(config.data, seed=config.seed)
         data = resolved_data_config(config.data, dataset, pair_default="bi")
 
-        # A decoder's first token has seen nothing else: its last one stands for the text.
-        pooling = config.features.pooling or ("mean" if data.pair_encoding == "bi" else
-                                              "last" if is_decoder(load_config(source)) else "cls")
+        pooling = config.features.pooling
+        if pooling is None:
+            pooling, why = default_text_pooling(source, load_config(source), data.pair_encoding)
+            logger.info("pooling: %s (%s; --pooling chooses another)", pooling, why)
         config = dataclasses.replace(config, data=data,
                                      features=dataclasses.replace(config.features, pooling=pooling))
         extractor = TextFeatureExtractor(source, config.features, config.runtime)

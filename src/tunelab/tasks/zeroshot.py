@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunelab.core.config import ImageLoadingConfig, TaskConfig, check_non_negative, setting
 from tunelab.core.distributed import gather_to_zero, shard
-from tunelab.core.errors import DataError, TunelabError
+from tunelab.core.errors import ConfigError, DataError, TunelabError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.core.runtime import resolve_device, resolve_dtype
@@ -117,6 +117,9 @@ def prepare(config: ZeroshotConfig) -> Prepared:
     source = resolve_model(config.model)
     if not is_image_dataset(config.data.dataset):
         return prepare_pairs(config, source)
+    if config.data.shots is not None:
+        raise ConfigError("--shots samples K training examples per class, and image zero-shot learns from none; "
+                          "drop --shots (probe, finetune or clip-finetune take it)")
     templates = load_templates(config.templates)
     # Zero-shot needs no training data: a flat class folder is scored whole as "test".
     dataset = load_image_dataset(config.data, seed=config.seed, flat_split="test")

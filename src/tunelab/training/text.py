@@ -211,6 +211,7 @@ def build_trainer(config, dataset, tokenizer, model, output_dir: Path,
         values = split_metrics(labels, kind.scores_from_compact(outputs, num_classes), num_classes)
         values.pop("n")
         values.pop("classes_present", None)
+        values.pop("classes_predicted", None)
         return values
 
     train_lengths = train_ds.lengths
