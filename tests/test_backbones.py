@@ -314,6 +314,7 @@ def test_image_text_finetune_is_clip_finetune_for_siglip_too(tmp_path, colour_fo
     import torch
 
     from tunelab.data.image_pipeline import ClipPreprocess
+    from tunelab.problems import get_problem
     from tunelab.tasks.clip_finetune import ClipLoss
 
     out = tmp_path / "itf"
@@ -329,7 +330,7 @@ def test_image_text_finetune_is_clip_finetune_for_siglip_too(tmp_path, colour_fo
     prompts = {"input_ids": torch.randint(0, 100, (3, 24))}
     pixels = torch.rand(3, 3, 32, 32)
     loss = ClipLoss("contrastive", prompts, ClipPreprocess(AutoImageProcessor.from_pretrained(tiny_siglip_dir)),
-                    sigmoid=True)(model, pixels, torch.arange(3))
+                    get_problem("single-label"), sigmoid=True)(model, pixels, torch.arange(3))
     reference = model(input_ids=prompts["input_ids"], pixel_values=pixels, return_loss=True).loss
     assert float(loss) == pytest.approx(float(reference), rel=1e-5)
 
