@@ -22,7 +22,7 @@ from tunelab.serve.export import export_onnx
 from tunelab.serve.predict import predict, read_inputs, run_pair_columns
 from tunelab.study.run import run_study
 from tunelab.study.search import parse_space_flag
-from tunelab.study.spec import load_study
+from tunelab.study.spec import load_study, plan_study
 from tunelab.tasks.lifecycle import run_task
 from tunelab.tasks.run_report import metrics_table
 from tunelab.training.info import model_info
@@ -63,15 +63,12 @@ def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     assignments = dict(parse_assignment(a) for a in args.set)
     study = load_study(args.study, assignments)
     if args.dry_run:
-        width = max(len(s.name) for s in study.steps) if study.steps else 4
-        for step in study.steps:
-            params = ", ".join(f"{k}={v}" for k, v in step.params.items())
-            if step.search is not None:
-                keys = ", ".join(d.key for d in step.search.space)
-                params = (params + "; " if params else "") + \
-                    f"search: {counted(step.search.trials, 'trial')} over {keys}, then {step.name}-best"
-            print(f"{step.name:<{width}}  {step.command:<13}  {params}")
-        print(f"{counted(len(study.steps), 'run')} in {counted(len({s.group for s in study.steps}), 'step')}")
+        planned = plan_study(study)  # every check the real run makes before its first step
+        width = max(len(p.step.name) for p in planned) if planned else 4
+        for p in planned:
+            print(f"{p.step.name:<{width}}  {p.step.command:<13}  {p.detail}")
+        print(f"{counted(sum(p.runs for p in planned), 'run')} in "
+              f"{counted(len({p.step.group for p in planned}), 'step')}")
         return 0
     root, outcomes = run_study(study, out=args.out, jobs=args.jobs, executor=args.executor,
                                ray_address=args.ray_address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -164,11 +165,27 @@ def hub_kwargs(source: ModelSource) -> dict:
 SAFE_LOADING = {"trust_remote_code": False}
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' own reports while loading (a table of weights missing from a fresh
+    classification head, which is expected) kept off the console, in the library as
+    on the command line; errors still surface as exceptions."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def load_pretrained(loader, location: str | Path, what: str, **kwargs):
     """``loader.from_pretrained(location)`` with remote code refused and safetensors
     weights preferred; any failure becomes one line naming ``what``."""
     try:
-        return loader.from_pretrained(str(location), **SAFE_LOADING, **kwargs)
+        with quiet_transformers():
+            return loader.from_pretrained(str(location), **SAFE_LOADING, **kwargs)
     except ModelError:
         raise
     except Exception as exc:  # OSError, ValueError, SafetensorError, ...: all mean "cannot load"

@@ -30,16 +30,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tunelab.core.config import ConfigError
+from tunelab.core.errors import counted
 from tunelab.core.files import PLAIN_NAME
 from tunelab.core.presets import load_yaml_source, matrix_suffix
 from tunelab.core.registry import all_tasks, canonical_name, get_task
 from tunelab.core.typed import from_dict, merge_settings, set_dotted
+from tunelab.study.journal import load_optuna
 from tunelab.study.search import parse_search
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -330,3 +333,41 @@ def default_study_path(name: str) -> Path:
     """``runs/study-NAME-TIME``, the name reduced to one safe path component."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip(".-")[:MAX_NAME_LENGTH] or "study"
     return Path("runs") / f"study-{safe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclasses.dataclass
+class PlannedStep:
+    """One run of a study as a dry run shows it: what it is and how many runs it makes."""
+
+    step: Step
+    detail: str
+    runs: int  # 1, the trials and the best run of a search, or 0 when skipped
+
+
+def plan_study(study: Study) -> list[PlannedStep]:
+    """What the study will run, checked as the real run checks it before its first step:
+    every step's configuration resolved (a misspelt key stops here with one line), every
+    search able to run (Optuna installed), and the runs each step makes counted (a
+    search's trials and its best run)."""
+    planned = []
+    for step in study.steps:
+        params = ", ".join(f"{k}={v}" for k, v in step.params.items())
+        missing = [v for v in step.requires if study.variables.get(v) in (None, "")]
+        if missing:
+            planned.append(PlannedStep(step, f"skipped: needs {', '.join(missing)} (--set {missing[0]}=...)", 0))
+            continue
+        try:
+            resolve_step(study, step)
+        except ConfigError as exc:
+            raise ConfigError(f"step {step.name}: {exc}") from None
+        if step.search is None:
+            planned.append(PlannedStep(step, params, 1))
+            continue
+        load_optuna()
+        trials = step.search.trials if step.search.sampler != "grid" else \
+            min(step.search.trials, math.prod(len(d.values) for d in step.search.space))
+        keys = ", ".join(d.key for d in step.search.space)
+        detail = (params + "; " if params else "") + \
+            f"search: {counted(trials, 'trial')} over {keys}, then {step.name}-best"
+        planned.append(PlannedStep(step, detail, trials + 1))
+    return planned
