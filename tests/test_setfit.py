@@ -62,6 +62,15 @@ def test_setfit_run_records_both_stages(setfit_run):
     assert metrics["params"]["trainable"] == metrics["params"]["total"]
 
 
+def test_the_setfit_package_loads_the_run_and_predicts_its_classes(setfit_run):
+    setfit = pytest.importorskip("setfit")
+
+    rows = rows_of(setfit_run / "predictions" / "test.csv")
+    model = setfit.SetFitModel.from_pretrained(str(setfit_run / "model"))
+    assert model.labels == ["music", "science", "sport"]
+    assert list(model.predict([r["text"] for r in rows])) == [r["prediction"] for r in rows]
+
+
 def test_setfit_body_loads_in_sentence_transformers_and_predict_agrees(setfit_run):
     from sentence_transformers import SentenceTransformer
 

@@ -29,6 +29,7 @@ from tunelab.core.errors import ConfigError, DataError, ModelError
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.registry import Task, register_task
 from tunelab.core.runtime import resolve_device
+from tunelab.core.safety import atomic_write_bytes
 from tunelab.data.text import TextSplit, load_text_dataset, resolved_data_config
 from tunelab.encoders.text import graph_outputs, normalize_rows
 from tunelab.models.classifiers import ClassifierConfig, load_classifier, predict_scores, save_classifier
@@ -223,6 +224,7 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                     lambda data: data.inputs.columns())
     save_setfit_model(encoder, tokenizer, run.path / "model", max_length)
     save_classifier(head.estimator, run.path / "model" / "classifier.skops")
+    save_for_setfit_package(head.estimator, dataset.class_names, run.path / "model")
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
         COMMAND, dataset.problem, dataset.class_names, threshold=0.5, max_length=max_length,
         pooling="mean", normalize=True))
@@ -273,6 +275,24 @@ def save_setfit_model(encoder, tokenizer, target: Path, max_length: int) -> None
         "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
     (target / "2_Normalize").mkdir(exist_ok=True)
+
+
+def save_for_setfit_package(estimator, class_names: list[str], target: Path) -> None:
+    """The head where the setfit package looks for it: ``model_head.pkl`` (joblib, as
+    ``SetFitModel.save_pretrained`` writes it) and ``config_setfit.json`` with the label
+    names, so ``SetFitModel.from_pretrained(RUN/model).predict(texts)`` gives the classes
+    predict gives. tunelab itself never reads the pickle (classifier.skops is its head):
+    load it with setfit only from runs you trust, as any pickle."""
+    import io
+
+    import joblib
+
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    atomic_write_bytes(target / "model_head.pkl", buffer.getvalue())
+    atomic_write_bytes(target / "config_setfit.json",
+                       (json.dumps({"normalize_embeddings": True, "labels": list(class_names)}, indent=2) + "\n")
+                       .encode())
 
 
 def _body(run_dir: Path, dtype=None):
