@@ -56,6 +56,14 @@ class FeatureCache:
             path.unlink(missing_ok=True)
             return None
 
+    def seconds(self, key: str) -> float:
+        """How long the entry took to compute (0 for entries made before it was recorded)."""
+        try:
+            value = json.loads((self.root / f"{key}.json").read_text(encoding="utf-8")).get("seconds", 0.0)
+        except (OSError, ValueError, AttributeError):
+            return 0.0
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
     def put(self, key: str, array: np.ndarray, meta: dict) -> None:
         """Write to a temporary file, flush it to disk, then rename: a crash leaves the old
         entry or the whole new one, never a torn one."""
@@ -87,7 +95,10 @@ def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None, ra
     if broadcast_object(hit is not None, rank, world):
         if rank == 0:
             logger.info("%s: %d feature vectors loaded from cache (%s)", desc, len(inputs), cache.path(key))
+            # The pass this run needed, though another run made it: a method's cost counts it.
+            extractor.reused_seconds = getattr(extractor, "reused_seconds", 0.0) + cache.seconds(key)
         return (extractor.select(hit) if hit is not None else None), True
+    start = time.perf_counter()
     if world > 1:
         rows = shard(len(inputs), rank, world)
         parts = gather_to_zero((rows, extractor.encode_all(_take(inputs, rows), desc=desc)), rank, world)
@@ -99,7 +110,7 @@ def cached_features(extractor, inputs, desc: str, cache: FeatureCache | None, ra
     else:
         features = extractor.encode_all(inputs, desc=desc)
     if key is not None:
-        cache.put(key, features, extractor.cache_meta(inputs))
+        cache.put(key, features, {**extractor.cache_meta(inputs), "seconds": time.perf_counter() - start})
     return extractor.select(features), False
 
 

@@ -147,7 +147,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
         scored=predictions,
         params={"total": count_parameters_from_config(prepared.source), "trainable": 0,
                 "note": "frozen encoder; only the classifier is fitted"},
-        seconds={"features": extractor.seconds, "train": train_seconds, "eval": eval_seconds},
+        seconds={"features": extractor.seconds, "train": train_seconds, "eval": eval_seconds,
+                 **({"features_reused": extractor.reused_seconds} if getattr(extractor, "reused_seconds", 0) else {})},
         throughput={
             "train_samples_per_s": throughput(len(train), feature_seconds["train"] + train_seconds),
             "eval_samples_per_s": throughput(scored, eval_seconds + sum(

@@ -276,7 +276,8 @@ def execute_texts(prepared: Prepared, context: RunContext, command: str) -> Outc
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
     return Outcome(
         scored=predictions, params={"total": count_parameters_from_config(prepared.source), "trainable": 0},
-        seconds={"train": 0.0, "eval": seconds},
+        seconds={"train": 0.0, "eval": seconds, **({"features_reused": reused} if (
+            reused := getattr(parts.get("extractor"), "reused_seconds", 0.0)) else {})},
         throughput={"train_samples_per_s": None, "eval_samples_per_s": throughput(scored, seconds)},
         task={"text": {"method": config.method, "templates": parts["templates"],
                        "descriptions": parts["descriptions"], "score": kind, **record}},
