@@ -134,9 +134,11 @@ def at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
     doc.heading(2, "At a glance")
     tested = [c for c in findings.claims if isinstance(c.result, PairedTest)]
     if tested:
-        doc.paragraph(f"Every \"significant\" below comes from a paired test on the same examples that counts seeds "
-                      f"as well as examples as chance, with Holm's correction over all {len(tested)} comparisons of "
-                      "this report at 0.05.")
+        doc.paragraph("In plain words: a difference called significant below held up when the runs were "
+                      "repeated with other seeds and scored on the same examples, and after allowing for the "
+                      f"{len(tested)} comparisons this report makes; \"within noise\" means these runs cannot tell "
+                      "the two apart (it does not mean they are equal). The tests: paired on the same examples, "
+                      "seeds counted as chance, Holm's correction at 0.05.")
     for index, family in enumerate(findings.families):
         split, metric = family.split, family.metric
         if len(findings.families) > 1:
@@ -153,10 +155,13 @@ def at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
             if star is not None:
                 ax.plot(star, y, "r*", markersize=10, label="published" if y == 0 else None)
             right = max(v for v in (mean, high, star) if v is not None and not math.isnan(v))
-            ax.annotate(f"{mean:.4f}", (right, y), xytext=(6, 0), textcoords="offset points", va="center",
-                        fontsize=8)
-        ax.margins(x=0.12)
-        ax.set_yticks(range(len(points)), labels=[p[0].name for p in points])
+            ax.annotate(f"{mean:.4f}", (right, y), xytext=(9 if star is not None and star >= right else 6, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        ax.margins(x=0.14)
+        # The label budget beside each name: a few-shot method is not read as a full-data one.
+        budgets = [p[0].labels_seen() for p in points]
+        ax.set_yticks(range(len(points)), labels=[
+            f"{p[0].name} ({seen:,} labels)" if seen is not None else p[0].name for p, seen in zip(points, budgets)])
         ax.set_xlabel(f"{split} {metric} (bars: mean; lines: 95% interval" + ("; stars: published" if published
                                                                                else "") + ")")
         doc.image(f"at-a-glance-{index + 1}.png" if index else "at-a-glance.png", png(fig),
@@ -176,6 +181,19 @@ def at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
         doc.paragraph("Published numbers come from the paper's own setup; where our step uses another model "
                       "(the model column), they are context, not a like-for-like comparison.")
         doc.table(["step", "split", "published", "ours", "our model"], rows)
+
+
+def _cheaper(runner: Group, best: Group) -> str:
+    """What a tied runner-up saves: trained parameters, or time."""
+    mine = best.runs[0].metrics.get("params", {}).get("trainable", 0)
+    theirs = runner.runs[0].metrics.get("params", {}).get("trainable", 0)
+    if mine and theirs < mine / 2:
+        return f", while training {theirs / mine:.1%} of its trained parameters ({theirs:,} of {mine:,})"
+    own = wall_seconds(best.runs[0].metrics.get("timing", {}).get("seconds", {}))
+    other = wall_seconds(runner.runs[0].metrics.get("timing", {}).get("seconds", {}))
+    if own and other < own / 2:
+        return f", in {other / own:.0%} of its time"
+    return ""
 
 
 def glance_sentences(findings: Findings, family: Family) -> list[str]:
@@ -201,7 +219,7 @@ def glance_sentences(findings: Findings, family: Family) -> list[str]:
                              f"{verdict(result)}.")
         else:
             sentences.append(f"The runner-up {runner.name} is not separated from it on {split}: "
-                             f"{verdict(result)}.")
+                             f"{verdict(result)}" + _cheaper(runner, best) + ".")
     if floor is not None and floor is not best:
         claim = findings.claim(best, floor, "floor")
         if claim is not None:
