@@ -56,8 +56,9 @@ def test_the_commands_users_type():
     assert args.quiet and args.inputs == ["-1 star: awful", "--not-a-flag"]
 
 
-def test_an_unknown_flag_prints_the_commands_usage(capsys):
+def test_an_unknown_flag_is_one_line_that_points_at_help(capsys):
     with pytest.raises(SystemExit):
         main(["report", "DIR", "--no-such-flag"])
     err = capsys.readouterr().err
-    assert "usage: tunelab report" in err and "unrecognized arguments: --no-such-flag" in err
+    assert err.startswith("tunelab report: error: unrecognized arguments: --no-such-flag")
+    assert "(see tunelab report --help)" in err and len(err.strip().splitlines()) == 1

@@ -41,7 +41,7 @@ def test_hugging_face_spellings_and_did_you_mean(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--learnin-rate", "1"])
     err = capsys.readouterr().err
-    assert "usage: tunelab finetune" in err and "did you mean --lr?" in err
+    assert "tunelab finetune: error:" in err and "did you mean --lr?" in err and "usage:" not in err
     assert main(["run", "lab03-offline", "--dry-run", "--set", "train.lrr=1"]) == 2
     assert "did you mean train.lr" in capsys.readouterr().err
 
@@ -105,8 +105,8 @@ def test_each_run_of_a_study_reports_its_own_peak_memory(tmp_path):
 
     script = """
 import json
-from tunelab.tasks import lifecycle
-from tunelab.tasks.lifecycle import peak_memory, reset_peak_memory
+from tunelab.tasks import metrics_file
+from tunelab.tasks.metrics_file import peak_memory, reset_peak_memory
 
 reset_peak_memory()
 ballast = bytearray(300 * 2**20)  # 300 MB touched
@@ -114,7 +114,7 @@ ballast[::4096] = b"x" * len(ballast[::4096])
 high = peak_memory()["peak_rss_mb"]
 del ballast
 reset_peak_memory()
-print(json.dumps([high, peak_memory()["peak_rss_mb"], lifecycle._PEAK_RESET["linux"]]))
+print(json.dumps([high, peak_memory()["peak_rss_mb"], metrics_file._PEAK_RESET["linux"]]))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     high, low, reset = json.loads(done.stdout.strip().splitlines()[-1])
@@ -133,3 +133,78 @@ def test_the_console_says_what_was_decided(tmp_path, caplog):
     assert "data: split the data (no split files or folders) 80/10/10" in said
     assert "splits: train 32, validation 4, test 4" in said
     assert "report: " in said and json.loads((tmp_path / "r" / "metrics.json").read_text())
+
+
+def test_the_probe_pools_as_the_model_was_trained_and_says_so(tiny_bert_dir, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from tunelab.encoders.text import declared_pooling
+    from tunelab.models.resolve import resolve_model
+
+    data = write_topic_splits(tmp_path / "topics", 10, 4, 4)
+    folder = shutil.copytree(tiny_bert_dir, tmp_path / "st-model")
+    assert declared_pooling(resolve_model(str(folder))) is None
+    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "path": "", "type": "x.Transformer"},
+                                                      {"idx": 1, "path": "1_Pooling", "type": "x.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True,
+                                                                  "pooling_mode_cls_token": False}))
+    with caplog.at_level(logging.INFO, logger="tunelab"):
+        assert main(["probe", "--model", str(folder), "--dataset", str(data), "--out", str(tmp_path / "p")]) == 0
+    assert metrics_of(tmp_path / "p")["task"]["features"]["pooling"] == "mean"
+    assert "pooling: mean (the pooling this sentence-transformers model was trained with" in caplog.text
+    assert main(["probe", "--model", str(tiny_bert_dir), "--dataset", str(data), "--out", str(tmp_path / "c")]) == 0
+    assert metrics_of(tmp_path / "c")["task"]["features"]["pooling"] == "cls"
+
+
+def test_a_dry_run_checks_what_the_real_run_checks_and_counts_trials(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from tunelab.core.errors import TunelabError
+
+    data = write_topic_splits(tmp_path / "topics", 10, 4, 4)
+    steps = [{"name": "floor", "command": "baseline", "kind": "majority", "data": {"dataset": str(data)}},
+             {"name": "tf", "command": "baseline", "kind": "tfidf", "tune": False, "data": {"dataset": str(data)},
+              "search": {"space": {"c": [0.1, 1.0, 10.0]}, "trials": 5, "sampler": "grid"}}]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "steps": steps}))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "search: 3 trials over c, then tf-best" in out and "5 runs in 2 steps" in out
+    steps[0]["trian"] = {"max_steps": 3}
+    path.write_text(yaml.safe_dump({"name": "s", "steps": steps}))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "unknown setting 'trian'" in capsys.readouterr().err
+    steps[0].pop("trian")
+    path.write_text(yaml.safe_dump({"name": "s", "steps": steps}))
+
+    def no_optuna():
+        raise TunelabError("a search needs Optuna: pip install optuna")
+
+    monkeypatch.setattr("tunelab.study.spec.load_optuna", no_optuna)
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "a search needs Optuna" in capsys.readouterr().err
+
+
+def test_a_collapsed_run_is_warned_about():
+    from tunelab.problems.metrics import below_majority
+
+    metrics = {"command": "finetune", "data": {"majority_accuracy": {"test": 0.2417}},
+               "splits": {"test": {"accuracy": 0.25, "balanced_accuracy": 0.17, "classes_present": 6,
+                                   "classes_predicted": 1, "n": 500}}}
+    assert any("predicts one class for every example" in w for w in below_majority(metrics))
+    metrics["splits"]["test"]["classes_predicted"] = 3
+    assert any("at chance" in w for w in below_majority(metrics))
+    metrics["splits"]["test"]["balanced_accuracy"] = 0.6
+    assert below_majority(metrics) == []
+
+
+def test_zero_shot_on_images_refuses_shots_and_parser_errors_are_one_line(colour_folder, tiny_clip_dir, capsys):
+    assert main(["zeroshot", "--model", str(tiny_clip_dir), "--dataset", str(colour_folder), "--shots", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "image zero-shot learns from none" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main(["probe", "--lerning-rate", "1"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "usage:" not in err and "unrecognized arguments" in err
