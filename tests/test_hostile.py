@@ -484,6 +484,7 @@ def test_library_warnings_do_not_reach_the_console(tmp_path, capsys):
 
     with warnings.catch_warnings():  # pytest's own capture would hide the warning either way
         warnings.simplefilter("always")
+        logging.captureWarnings(False)  # as a fresh process starts (earlier commands in this one set it)
         _setup_logging(quiet=False)
         try:
             assert warnings.showwarning.__module__ == "logging"  # routed through logging, not printed

@@ -201,12 +201,12 @@ def test_existing_run_is_not_overwritten(capsys, probe_run, tiny_bert_dir, topic
 
 
 def test_failed_run_leaves_no_metrics(capsys, tiny_bert_dir, topic_folder, tmp_path, monkeypatch):
-    import tunelab.tasks.evaluation as evaluation
+    import tunelab.tasks.lifecycle as lifecycle
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(evaluation, "evaluate_split", boom)  # the one evaluation of every task
+    monkeypatch.setattr(lifecycle, "evaluate_split", boom)  # the one evaluation of every task
     out = tmp_path / "o"
     assert run_cli("probe", "--model", tiny_bert_dir, "--dataset", topic_folder, "--out", out) == 1
     assert "unexpected error: RuntimeError: disk full" in capsys.readouterr().err

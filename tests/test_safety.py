@@ -94,7 +94,7 @@ def test_study_rerun_never_deletes_a_folder_it_did_not_create(tmp_path, tiny_ber
 
 
 def test_a_failed_overwrite_keeps_the_old_run(capsys, probe_run, tiny_bert_dir, topic_folder, monkeypatch):
-    import tunelab.tasks.evaluation as evaluation
+    import tunelab.tasks.lifecycle as evaluation  # the lifecycle calls evaluate_split
 
     before = tree(probe_run)
 
