@@ -286,7 +286,7 @@ def test_an_empty_cache_file_is_recomputed(tiny_bert_dir, tmp_path):
 
 
 def test_probe_survives_an_empty_cache_file(tiny_bert_dir, topic_folder, tmp_path, probe_run):
-    from tunelab.encoders.text import cache_dir
+    from tunelab.core.provenance import cache_dir
 
     for entry in (cache_dir() / "features").glob("*.npy"):
         entry.write_bytes(b"")
