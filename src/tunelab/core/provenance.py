@@ -138,16 +138,3 @@ def hub_revision(repo_id: str) -> str | None:
     if isinstance(cached, str) and "/snapshots/" in cached:
         return cached.split("/snapshots/", 1)[1].split("/", 1)[0]
     return None
-
-
-def model_files_dir(source) -> Path:
-    """The folder that holds a model's files: the local folder, or the hub model's
-    snapshot in the local cache."""
-    if source.is_local:
-        return Path(source.location)
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(source.location, "config.json")
-    if not isinstance(cached, str):
-        raise FileNotFoundError(f"{source.location} is not in the local Hugging Face cache")
-    return Path(cached).parent

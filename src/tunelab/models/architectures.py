@@ -24,10 +24,6 @@ def _shipped() -> dict[str, dict]:
     return found
 
 
-def shipped_architectures() -> list[str]:
-    return sorted(_shipped())
-
-
 def arch_config(model: str):
     """The transformers config of a shipped architecture (``distilbert-base-uncased``,
     ``openai/clip-vit-base-patch16``, ``google/vit-base-patch16-224``,

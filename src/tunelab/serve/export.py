@@ -80,7 +80,9 @@ def export_onnx(run_dir: str | Path, quantize: str | None = None) -> dict:
     """Export the transformer part of a finished run's predictor to ``RUN/onnx`` (any task
     whose registry entry gives an export graph: fine-tuned text and image classifiers,
     bi-encoders, probes, CLIP and SigLIP image towers); returns the record written to
-    ``RUN/onnx/export.json``."""
+    ``RUN/onnx/export.json``. Longer than most because it is one transaction: the lock,
+    the staging folder, the export and every check share one try/finally, so a failure
+    anywhere leaves the old export as it was."""
     import torch
 
     run_dir = Path(run_dir)

@@ -5,11 +5,14 @@ for what an uninterrupted one would."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from tunelab.core.errors import TunelabError
 from tunelab.core.safety import atomic_write_bytes, check_replaceable, is_run_directory
@@ -110,3 +113,38 @@ def start_anew(journal: Path, root: Path, step_name: str, why: str) -> None:
     for leftover in (journal, journal.with_name(journal.name + ".lock")):
         if leftover.is_symlink() or leftover.is_file():
             leftover.unlink()
+
+
+def study_to_continue(optuna, journal: Path, root: Path, step_name: str, spec, identity: dict[str, Any] | None):
+    """The search's Optuna study, ready for its next trial, and its trial budget: the
+    journal's (a new one where the search it records differs from this one), a grid's
+    combinations enqueued, a killed search's running trial marked interrupted and its
+    settings enqueued to run again."""
+    from optuna.trial import TrialState
+
+    identity = json.loads(json.dumps(identity if identity is not None else spec.record(), default=str))
+    study = open_study(optuna, journal, step_name, spec)
+    if study.trials and study.user_attrs.get("searched") != identity:
+        recorded = study.user_attrs.get("searched")
+        why = "the journal records no description of its search" if recorded is None else \
+            "its " + ", ".join(k for k in identity if identity.get(k) != (recorded or {}).get(k)) + \
+            " changed since the journal was written"
+        del study
+        start_anew(journal, root, step_name, why)
+        study = open_study(optuna, journal, step_name, spec)
+    if not study.trials:
+        study.set_user_attr("searched", identity)
+    if spec.sampler == "grid" and not study.trials:
+        combinations = list(itertools.product(*(d.values for d in spec.space)))
+        if spec.trials > len(combinations):
+            logger.info("search %s: the grid has %d combinations; %d trials run", step_name, len(combinations),
+                        len(combinations))
+        for values in combinations[:spec.trials]:
+            study.enqueue_trial(dict(zip((d.key for d in spec.space), values)))
+    budget = spec.trials if spec.sampler != "grid" else min(spec.trials, math.prod(len(d.values) for d in spec.space))
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # a killed search's trial
+        handle = optuna.trial.Trial(study, stale._trial_id)
+        handle.set_user_attr("note", "interrupted: the search was stopped during this trial; it runs again")
+        study.tell(handle, state=TrialState.FAIL)
+        study.enqueue_trial(stale.params)  # tried again, from the start
+    return study, budget

@@ -28,7 +28,7 @@ from tunelab.core.errors import TunelabError
 from tunelab.core.files import load_yaml
 from tunelab.core.trial import ENVIRONMENT, PRUNED_AT, reporting_to, trial_reporter
 from tunelab.problems import PROBLEMS
-from tunelab.study.journal import is_interrupted, load_optuna, open_study, start_anew, trial_sampler
+from tunelab.study.journal import is_interrupted, load_optuna, study_to_continue, trial_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -189,33 +189,7 @@ def run_search(step_name: str, spec: SearchSpec, root: Path, runner: TrialRun,
     from optuna.trial import TrialState
 
     journal = root / f"{step_name}.search.journal"
-    identity = json.loads(json.dumps(identity if identity is not None else spec.record(), default=str))
-    study = open_study(optuna, journal, step_name, spec)
-    if study.trials and study.user_attrs.get("searched") != identity:
-        recorded = study.user_attrs.get("searched")
-        why = "the journal records no description of its search" if recorded is None else \
-            "its " + ", ".join(k for k in identity if identity.get(k) != (recorded or {}).get(k)) + \
-            " changed since the journal was written"
-        del study
-        start_anew(journal, root, step_name, why)
-        study = open_study(optuna, journal, step_name, spec)
-    if not study.trials:
-        study.set_user_attr("searched", identity)
-    if spec.sampler == "grid" and not study.trials:
-        import itertools
-
-        combinations = list(itertools.product(*(d.values for d in spec.space)))
-        if spec.trials > len(combinations):
-            logger.info("search %s: the grid has %d combinations; %d trials run", step_name, len(combinations),
-                        len(combinations))
-        for values in combinations[:spec.trials]:
-            study.enqueue_trial(dict(zip((d.key for d in spec.space), values)))
-    budget = spec.trials if spec.sampler != "grid" else min(spec.trials, math.prod(len(d.values) for d in spec.space))
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # a killed search's trial
-        handle = optuna.trial.Trial(study, stale._trial_id)
-        handle.set_user_attr("note", "interrupted: the search was stopped during this trial; it runs again")
-        study.tell(handle, state=TrialState.FAIL)
-        study.enqueue_trial(stale.params)  # tried again, from the start
+    study, budget = study_to_continue(optuna, journal, root, step_name, spec, identity)
 
     def finished() -> int:
         return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,

@@ -167,7 +167,9 @@ def build_trainer(config, dataset, tokenizer, model, output_dir: Path,
     """The Trainer tunelab trains with: dynamic padding, seeded length-grouped batches,
     length-sorted evaluation batches, metrics from compact predictions (class ids,
     label probabilities or values), class weights in the loss. Returns (trainer,
-    interrupt callback)."""
+    interrupt callback). Longer than most: the Trainer subclass closes over the
+    sampler's lengths, the class weights and the metrics' compact form, which split
+    apart would travel as arguments through the Trainer's own hooks."""
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
     from tunelab.encoders.biencoder import BiEncoder  # here, not at the top: loads torch
