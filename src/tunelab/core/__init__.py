@@ -1,2 +1,3 @@
-"""The machinery every command shares: configuration, the task registry, the run lifecycle and
-run directory, files, fingerprints, devices, processes, progress and plots."""
+"""The lowest layer, which every other imports: configuration and typed values, presets,
+the task registry, the run directory and its safety rules, tracking, files and
+fingerprints, statistics, devices, processes, progress and plots."""

@@ -1,3 +1,3 @@
-"""Datasets: resolution (sources), loading (text, images), labels, validation and
-splitting. Import the modules themselves (``tunelab.data.text``): this package file
-imports nothing, so that importing one module does not import them all."""
+"""Datasets: resolution (sources), file formats and columns (tables), text and image
+loading, splitting (labels). Import the modules themselves (``tunelab.data.text``): this
+package file imports nothing, so that importing one module does not import them all."""

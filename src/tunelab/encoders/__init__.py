@@ -1,2 +1,3 @@
-"""Encoders: text tokenising, batching and feature extraction (with the feature cache), CLIP
-prompts and image scoring, and the CPU image tower."""
+"""One batched loop per model family: text encoders (tokenising, length-sorted batches,
+pooling), features (the cache, sharding, image features), vision backbones, CLIP and
+SigLIP, the CPU image tower, decoders; and the graphs and bi-encoders built on them."""

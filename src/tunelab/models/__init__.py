@@ -1,2 +1,2 @@
-"""Models: resolving and loading them, shipped architectures, the bi-encoder, model cards,
-parameter counts."""
+"""Models: resolving and loading them safely, shipped architectures, classical
+classifiers on features, and the Predictor every run loads as."""

@@ -1,1 +1,2 @@
-"""Reports: what runs say together (analysis) and the documents and plots that say it."""
+"""The comparison report: its first screen, sections and figures, rendered to Markdown
+and HTML (what the runs say together is tunelab.analysis)."""

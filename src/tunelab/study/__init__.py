@@ -1,1 +1,2 @@
-"""Studies: several runs from one file, their matrix, executors and the study report."""
+"""Studies: several runs from one file (spec), their executors, searches and the
+Optuna journal; the study's report is tunelab.report's."""

@@ -1,1 +1,2 @@
-"""Training: the configuration of a training run (and LoRA), and the Trainer plumbing."""
+"""Training: the configuration of a training run (and LoRA), the Trainer plumbing for
+text and images, and parameter counts and memory estimates."""
