@@ -340,7 +340,7 @@ def test_info_and_the_package_root_read_the_registry():
 
     for task in all_tasks().values():
         assert callable(getattr(tunelab, task.api_name))
-    assert "tunelab.tasks" not in (SRC / "models" / "info.py").read_text()
+    assert "tunelab.tasks" not in (SRC / "training" / "info.py").read_text()
 
 
 # --------------------------------------------------------------------------- training and evaluation bookkeeping

@@ -143,12 +143,12 @@ def test_too_few_rows_say_how_many_are_needed(tmp_path, capsys):
 
 
 def test_a_killed_overwrite_leaves_nothing_behind(tmp_path, topics):
-    from tunelab.core.safety import _make_marked_directory
+    from tunelab.core.safety import make_marked_directory
 
     run = tmp_path / "run"
     assert main([str(a) for a in baseline_args(topics, run)]) == 0
     stale = tmp_path / ".run.tunelab-new-999999999"  # a staging run of a process that is gone
-    _make_marked_directory(stale)
+    make_marked_directory(stale)
     (stale / "checkpoints").mkdir()
     assert main([str(a) for a in baseline_args(topics, run, "--overwrite")]) == 0
     assert not stale.exists()
@@ -218,11 +218,11 @@ def test_data_fingerprints_follow_content_not_size_and_time(tmp_path):
 
 
 def test_the_marker_is_created_once_and_locked_once(tmp_path):
-    from tunelab.core.safety import MARKER, _make_marked_directory, lock_run_directory, marker_run_id
+    from tunelab.core.safety import MARKER, lock_run_directory, make_marked_directory, marker_run_id
 
-    _make_marked_directory(tmp_path / "r")
+    make_marked_directory(tmp_path / "r")
     first_id = marker_run_id(tmp_path / "r")
-    _make_marked_directory(tmp_path / "r")  # a second process making the same folder
+    make_marked_directory(tmp_path / "r")  # a second process making the same folder
     assert marker_run_id(tmp_path / "r") == first_id and len(first_id) == 32
     held = lock_run_directory(tmp_path / "r")
     try:

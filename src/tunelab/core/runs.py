@@ -28,15 +28,15 @@ from tunelab.core.config import TrackingConfig
 from tunelab.core.errors import TunelabError
 from tunelab.core.safety import (
     MARKER,
-    _make_marked_directory,
     atomic_write_bytes,
     check_replaceable,
     is_run_directory,
     lock_run_directory,
+    make_marked_directory,
     marker_run_id,
     remove_stale_staging,
 )
-from tunelab.core.tracking import Tracker, _confusion_png, _scatter_png, package_versions
+from tunelab.core.tracking import Tracker, confusion_png, package_versions, scatter_png
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +114,10 @@ class RunDirectory:
             staging = path.parent / f".{path.name}.tunelab-new-{os.getpid()}"
             if staging.exists():
                 shutil.rmtree(staging)
-            _make_marked_directory(staging)
+            make_marked_directory(staging)
             return cls(staging, final=path, lock=lock, created=True)
         created = not path.exists()
-        _make_marked_directory(path)
+        make_marked_directory(path)
         return cls(path, lock=lock_run_directory(path), created=created)
 
     @classmethod
@@ -204,7 +204,7 @@ class RunDirectory:
             payload["top_confused_pairs"] = top_pairs
         self.write_json(f"confusion_{split}.json", payload)
         if len(class_names) <= MAX_CLASSES_FOR_PICTURE:
-            atomic_write_bytes(self.path / f"confusion_{split}.png", _confusion_png(matrix, class_names, split))
+            atomic_write_bytes(self.path / f"confusion_{split}.png", confusion_png(matrix, class_names, split))
 
     def write_sparse_confusion(self, split: str, cells: np.ndarray, counts: np.ndarray, class_names: Sequence[str],
                                top_pairs: list[dict]) -> None:
@@ -217,7 +217,7 @@ class RunDirectory:
 
     def write_scatter(self, split: str, gold: np.ndarray, predicted: np.ndarray) -> None:
         """Regression: predicted against gold values, where classification has a confusion matrix."""
-        atomic_write_bytes(self.path / f"scatter_{split}.png", _scatter_png(gold, predicted, split))
+        atomic_write_bytes(self.path / f"scatter_{split}.png", scatter_png(gold, predicted, split))
 
     # ------------------------------------------------------------------ tracking
 

@@ -80,7 +80,7 @@ def marker_run_id(path: Path) -> str | None:
     return run_id if isinstance(run_id, str) and len(run_id) >= 16 else None
 
 
-def _make_marked_directory(path: Path) -> None:
+def make_marked_directory(path: Path) -> None:
     """Create ``path`` with a marker holding a fresh run id. The marker is created with
     O_EXCL and never replaced: two processes making the same folder lock the same file,
     so only one of them gets the lock."""
@@ -223,7 +223,7 @@ def lock_run_directory(path: Path, create_marker: bool = True):
     if not marker.is_file():
         if not create_marker:
             return None
-        _make_marked_directory(Path(path))
+        make_marked_directory(Path(path))
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX

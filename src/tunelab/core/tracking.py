@@ -79,7 +79,7 @@ def environment(device: str) -> dict[str, str]:
     }
 
 
-def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -> bytes:
+def confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -> bytes:
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
     fig, ax = figure(size, size * 0.9)
@@ -98,7 +98,7 @@ def _confusion_png(matrix: np.ndarray, class_names: Sequence[str], split: str) -
     return png(fig)
 
 
-def _scatter_png(gold: np.ndarray, predicted: np.ndarray, split: str) -> bytes:
+def scatter_png(gold: np.ndarray, predicted: np.ndarray, split: str) -> bytes:
     fig, ax = figure(4.5, 4.5)
     ax.scatter(gold, predicted, s=6, alpha=0.4)
     low = float(min(np.min(gold), np.min(predicted))) if len(gold) else 0.0

@@ -18,7 +18,7 @@ from tunelab.data.sources import TEXT_FILE_SUFFIXES, split_name_of
 
 
 @dataclass
-class _RawSplit:
+class RawSplit:
     texts: list[object]
     labels: list[object]
     ids: list[str]
@@ -27,8 +27,8 @@ class _RawSplit:
 
 
 @dataclass
-class _RawTable:
-    splits: dict[str, _RawSplit]
+class RawTable:
+    splits: dict[str, RawSplit]
     columns: dict[str, str | None]  # text, pair, label
     label_names: dict[str, str] | None = None  # raw value -> display name (HF ClassLabel)
     notes: list[str] = field(default_factory=list)
@@ -114,7 +114,7 @@ def _looks_like_jsonl(path: Path) -> bool:
     return first.startswith("{") and (second.startswith("{") or not second)
 
 
-def _frame_split(frame, cfg: DataConfig, source: str, table_columns: dict) -> _RawSplit:
+def _frame_split(frame, cfg: DataConfig, source: str, table_columns: dict) -> RawSplit:
     columns, notes = pick_columns([str(c) for c in frame.columns], cfg, source)
     for key, column in columns.items():
         previous = table_columns.setdefault(key, column)
@@ -124,7 +124,7 @@ def _frame_split(frame, cfg: DataConfig, source: str, table_columns: dict) -> _R
     texts = frame[columns["text"]].tolist()
     pairs = frame[columns["pair"]].tolist() if columns["pair"] else None
     labels = [None if is_missing_label(v) else v for v in frame[columns["label"]].tolist()]
-    return _RawSplit(texts, labels, [str(i + 1) for i in range(len(frame))], source, pairs)
+    return RawSplit(texts, labels, [str(i + 1) for i in range(len(frame))], source, pairs)
 
 
 # Label cells that spreadsheets and pandas write for "no value": never a class.
@@ -139,15 +139,15 @@ def is_missing_label(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() in MISSING_LABEL_TEXTS
 
 
-def _finish_table(splits: dict[str, _RawSplit], columns: dict, notes: list[str]) -> _RawTable:
-    return _RawTable(splits, {k: columns.get(k) for k in ("text", "pair", "label")},
+def finish_table(splits: dict[str, RawSplit], columns: dict, notes: list[str]) -> RawTable:
+    return RawTable(splits, {k: columns.get(k) for k in ("text", "pair", "label")},
                      notes=list(columns.get("notes", [])) + notes)
 
 
-def read_text_file(path: Path, cfg: DataConfig) -> _RawTable:
+def read_text_file(path: Path, cfg: DataConfig) -> RawTable:
     columns: dict = {}
     split = _frame_split(read_frame(path), cfg, path.name, columns)
-    return _finish_table({"all": split}, columns, [])
+    return finish_table({"all": split}, columns, [])
 
 
 def assign_splits(names: Sequence[str], cfg: DataConfig, where: str) -> dict[str, list[str]]:
@@ -180,7 +180,7 @@ def _shard_base(name: str) -> str:
     return re.sub(r"[-_]\d+(-of-\d+)?$", "", name)
 
 
-def read_text_folder(path: Path, cfg: DataConfig) -> _RawTable:
+def read_text_folder(path: Path, cfg: DataConfig) -> RawTable:
     folder = path / "data" if not _data_files(path) and (path / "data").is_dir() else path
     files = {p.stem: p for p in _data_files(folder)}
     assigned = assign_splits(sorted(files), cfg, str(path))
@@ -195,14 +195,14 @@ def read_text_folder(path: Path, cfg: DataConfig) -> _RawTable:
         if len(raws) == 1:
             splits[split] = raws[0]
         else:  # sharded split files: ids name the shard and row
-            splits[split] = _RawSplit(
+            splits[split] = RawSplit(
                 [t for r in raws for t in r.texts],
                 [lab for r in raws for lab in r.labels],
                 [f"{r.source}:{i}" for r in raws for i in r.ids],
                 ", ".join(r.source for r in raws),
                 [t for r in raws for t in r.pairs] if raws[0].pairs is not None else None,
             )
-    return _finish_table(splits, columns, notes)
+    return finish_table(splits, columns, notes)
 
 
 def _data_files(folder: Path) -> list[Path]:

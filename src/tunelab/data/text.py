@@ -21,10 +21,10 @@ from tunelab.data.labels import LabelledData, finish_splits
 from tunelab.data.sources import DatasetSource, load_hf_dataset, resolve_dataset
 from tunelab.data.tables import (
     SPLITS,
-    _finish_table,
-    _RawSplit,
-    _RawTable,
+    RawSplit,
+    RawTable,
     assign_splits,
+    finish_table,
     is_missing_label,
     pick_columns,
     read_text_file,
@@ -100,7 +100,7 @@ def resolved_data_config(cfg: DataConfig, dataset: TextDataset, pair_default: st
 # --------------------------------------------------------------------------- readers, one per format
 
 
-def read_rt_polarity(path: Path) -> _RawTable:
+def read_rt_polarity(path: Path) -> RawTable:
     """The sentence polarity files, split exactly as the Hugging Face ``rotten_tomatoes``.
 
     Per class, lines [0, 80%) train, [80%, 90%) validation, the rest test (4265 /
@@ -116,20 +116,20 @@ def read_rt_polarity(path: Path) -> _RawTable:
         except UnicodeDecodeError:  # the original 2005 release is latin-1
             text = file.read_bytes().decode("latin-1")
         lines[polarity] = [line.strip() for line in text.splitlines()]
-    splits: dict[str, _RawSplit] = {}
+    splits: dict[str, RawSplit] = {}
     for polarity in ("pos", "neg"):
         n = len(lines[polarity])
         i1, i2 = int(n * 0.8 + 0.5), int(n * 0.9 + 0.5)
         bounds = {"train": (0, i1), "validation": (i1, i2), "test": (i2, n)}
         for split, (start, stop) in bounds.items():
-            raw = splits.setdefault(split, _RawSplit([], [], [], f"rt-polarity ({split})"))
+            raw = splits.setdefault(split, RawSplit([], [], [], f"rt-polarity ({split})"))
             raw.texts.extend(lines[polarity][start:stop])
             raw.labels.extend([polarity] * (stop - start))
             raw.ids.extend(f"rt-polarity.{polarity}:{i + 1}" for i in range(start, stop))
-    return _RawTable(splits, {"text": "text", "pair": None, "label": "label"})
+    return RawTable(splits, {"text": "text", "pair": None, "label": "label"})
 
 
-def read_hf_dataset(dataset_dict, cfg: DataConfig, source: str) -> _RawTable:
+def read_hf_dataset(dataset_dict, cfg: DataConfig, source: str) -> RawTable:
     """A ``datasets.DatasetDict`` (from the hub, a local dataset repository, or
     ``load_from_disk``)."""
     from datasets import ClassLabel, Dataset, DatasetDict, Sequence
@@ -156,14 +156,14 @@ def read_hf_dataset(dataset_dict, cfg: DataConfig, source: str) -> _RawTable:
         if isinstance(feature, ClassLabel):
             labels = [None if v == -1 else v for v in labels]
         pairs = list(ds[picked["pair"]]) if picked["pair"] else None
-        splits[split] = _RawSplit(list(ds[picked["text"]]), labels, [str(i) for i in range(len(ds))],
+        splits[split] = RawSplit(list(ds[picked["text"]]), labels, [str(i) for i in range(len(ds))],
                                   f"{source} [{name}]", pairs)
-    table = _finish_table(splits, columns, [])
+    table = finish_table(splits, columns, [])
     table.label_names = label_names
     return table
 
 
-def _read_source(source: DatasetSource, cfg: DataConfig) -> _RawTable:
+def _read_source(source: DatasetSource, cfg: DataConfig) -> RawTable:
     path = Path(source.location)
     if source.format == "rt-polarity":
         return read_rt_polarity(path)
@@ -184,7 +184,7 @@ def _read_source(source: DatasetSource, cfg: DataConfig) -> _RawTable:
 # --------------------------------------------------------------------------- validation and assembly
 
 
-def _check_texts(values: list[object], raw: _RawSplit, split: str, what: str) -> None:
+def _check_texts(values: list[object], raw: RawSplit, split: str, what: str) -> None:
     bad = [i for i, t in enumerate(values) if not isinstance(t, str) or not t.strip()]
     if bad:
         kinds = {"empty" if isinstance(values[i], str) or values[i] is None
@@ -196,7 +196,7 @@ def _check_texts(values: list[object], raw: _RawSplit, split: str, what: str) ->
         )
 
 
-def _check_labels(raw: _RawSplit, split: str) -> None:
+def _check_labels(raw: RawSplit, split: str) -> None:
     missing = [i for i, v in enumerate(raw.labels) if v is None]
     if missing:
         raise DataError(
@@ -205,7 +205,7 @@ def _check_labels(raw: _RawSplit, split: str) -> None:
         )
 
 
-def _encode_targets(table: _RawTable, cfg: DataConfig, train_key: str):
+def _encode_targets(table: RawTable, cfg: DataConfig, train_key: str):
     """The problem the labels show, its label space and every split's encoded targets."""
     train = table.splits[train_key]
     problem = detect_problem(train.labels, cfg.problem, cfg.label_separator, train.source, table.columns.get("label"))
