@@ -4,11 +4,12 @@ numbers (regression; its predictions rounded to the nearest class to count accur
 and as ordered classes (``--problem ordinal``). Every run sees the same examples; the
 figures are computed here from each run's predictions file, the same way for all three.
 
-    python benchmarks/ordinal.py [--model minilm] [--data-dir DIR] [--seeds 0 1] [--quick]
+    python benchmarks/ordinal.py [--model minilm] [--data-dir DIR] [--seeds 0 1] [--steps N] [--quick]
 
 Fine-tuning (pairs encoded jointly, lr 1e-4, 200 steps of 16) and the linear probe
-(C chosen on validation), each at the same settings for the three problems. Ends with one JSON line: per method and problem,
-test MAE (in classes), accuracy and quadratic weighted kappa, means over seeds.
+(C chosen on validation), each at the same settings for the three problems. Ends with
+one JSON line: per method and problem, test MAE (in classes), accuracy and quadratic
+weighted kappa, means over seeds.
 """
 
 from __future__ import annotations
@@ -72,22 +73,24 @@ def main(argv=None) -> int:
     data = rounded_stsb(Path(args.data_dir) / "stsb", work / "data", 400 if args.quick else None)
     steps = 20 if args.quick else args.steps
     results: dict[str, dict[str, list[dict]]] = {}
+
+    def run(method: str, problem: str, seed: int, out: Path) -> None:
+        """One run, at the same settings for the three problems."""
+        data_config = DataConfig(dataset=str(data), problem=problem)
+        if method == "finetune":
+            tunelab.finetune(tunelab.FinetuneConfig(
+                model=args.model, data=dataclasses.replace(data_config, pair_encoding="cross"), seed=seed,
+                train=tunelab.TrainConfig(max_steps=steps, eval_every=max(steps // 2, 1), batch_size=16, lr=1e-4)),
+                out=out)
+        else:
+            tunelab.probe(ProbeConfig(model=args.model, data=data_config, seed=seed, classifier=ClassifierConfig(
+                kind="ridge" if problem == "regression" else "logreg", tune=True)), out=out)
+
     for seed in args.seeds:
         for problem in ("single-label", "regression", "ordinal"):
-            data_config = DataConfig(dataset=str(data), problem=problem)
-            runs = {  # the same settings for the three problems
-                "finetune": lambda out: tunelab.finetune(tunelab.FinetuneConfig(
-                    model=args.model, data=dataclasses.replace(data_config, pair_encoding="cross"), seed=seed,
-                    train=tunelab.TrainConfig(max_steps=steps, eval_every=max(steps // 2, 1), batch_size=16,
-                                              lr=1e-4)), out=out),
-                "probe": lambda out: tunelab.probe(ProbeConfig(
-                    model=args.model, data=data_config, seed=seed,
-                    classifier=ClassifierConfig(kind="ridge" if problem == "regression" else "logreg", tune=True)),
-                    out=out),
-            }
-            for method, run in runs.items():
+            for method in ("finetune", "probe"):
                 out = work / f"{method}-{problem}-seed{seed}"
-                run(out)
+                run(method, problem, seed, out)
                 results.setdefault(method, {}).setdefault(problem, []).append(figures(out))
     print(f"\nSTS-B scores rounded to 6 ordered classes, {args.model}, seeds {args.seeds}, test:")
     print(f"{'method':<9} {'problem':<13} {'MAE':>7} {'accuracy':>9} {'QWK':>7}")
