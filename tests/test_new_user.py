@@ -208,3 +208,12 @@ def test_zero_shot_on_images_refuses_shots_and_parser_errors_are_one_line(colour
         main(["probe", "--lerning-rate", "1"])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "usage:" not in err and "unrecognized arguments" in err
+
+
+def test_a_probe_model_names_its_encoder_and_model_files_are_shareable(tiny_bert_dir, tmp_path):
+    data = write_topic_splits(tmp_path / "topics", 10, 4, 4)
+    run = tmp_path / "probe"
+    assert main(["probe", "--model", str(tiny_bert_dir), "--dataset", str(data), "--out", str(run)]) == 0
+    record = json.loads((run / "model" / "predictor.json").read_text())
+    assert record["pooling"] == "cls" and record["encoder"]["location"] == str(tiny_bert_dir.resolve())
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in (run / "model").rglob("*") if path.is_file())

@@ -238,6 +238,22 @@ def lock_run_directory(path: Path, create_marker: bool = True):
     return handle
 
 
+def make_shareable(folder: Path) -> None:
+    """Files readable by others (0644) and folders enterable (0755), as any output: a
+    library that saves with its own temporary files can leave them 0600, and a model
+    folder is meant to be copied or uploaded. Links are not followed."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        try:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        except OSError:  # a file another user made: left as it is
+            pass
+
+
 def read_inside(run_dir: Path, name: str) -> bytes | None:
     """A file of a run directory, or None when it is missing, a symbolic link, or resolves
     outside the directory: a report never embeds a file from elsewhere."""

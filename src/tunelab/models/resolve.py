@@ -167,17 +167,24 @@ SAFE_LOADING = {"trust_remote_code": False}
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """transformers' own reports while loading (a table of weights missing from a fresh
-    classification head, which is expected) kept off the console, in the library as
-    on the command line; errors still surface as exceptions."""
+    """transformers' own reports while loading or saving (a table of weights missing from
+    a fresh classification head, which is expected) kept off the console, in the library
+    as on the command line, and its progress bars off where output goes to a file (a
+    log would fill with their redraws); errors still surface as exceptions."""
+    import sys
+
     from transformers.utils import logging as hf_logging
 
-    before = hf_logging.get_verbosity()
+    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_pretrained(loader, location: str | Path, what: str, **kwargs):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_json_file
-from tunelab.models.resolve import ModelSource, hub_kwargs, load_pretrained
+from tunelab.models.resolve import ModelSource, hub_kwargs, load_pretrained, quiet_transformers
 from tunelab.tasks.lifecycle import recorded_model
 from tunelab.training.config import ADAPTER_DIR, TrainConfig, point_adapter_at_base
 
@@ -36,7 +36,8 @@ def save_model(model, tokenizer, target: Path, train: TrainConfig, dataset, thre
             model.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
             model = merged_in_full_precision(model, target / ADAPTER_DIR, source) \
                 if getattr(model, "is_loaded_in_4bit", False) else model.merge_and_unload()
-        model.save_pretrained(str(target), safe_serialization=True)
+        with quiet_transformers():
+            model.save_pretrained(str(target), safe_serialization=True)
         tokenizer.save_pretrained(str(target))
     if lora:
         tokenizer.save_pretrained(str(target / ADAPTER_DIR))

@@ -20,7 +20,14 @@ from tunelab.core.runtime import resolve_device
 from tunelab.data.image_pipeline import ClipPreprocess, image_loader, image_outputs
 from tunelab.data.images import load_image_dataset
 from tunelab.encoders.vision import classify_loader, image_classifier_types
-from tunelab.models.resolve import ModelSource, count_parameters, hub_kwargs, load_config, load_pretrained
+from tunelab.models.resolve import (
+    ModelSource,
+    count_parameters,
+    hub_kwargs,
+    load_config,
+    load_pretrained,
+    quiet_transformers,
+)
 from tunelab.problems import get_problem
 from tunelab.problems.scores import split_metrics, validation_loss
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
@@ -153,7 +160,8 @@ def save_image_classifier(model, processor, target: Path, config, dataset, thres
         model.save_pretrained(str(target / ADAPTER_DIR), safe_serialization=True)
         point_adapter_at_base(target / ADAPTER_DIR, source)
         model = model.merge_and_unload()
-    model.save_pretrained(str(target), safe_serialization=True)
+    with quiet_transformers():
+        model.save_pretrained(str(target), safe_serialization=True)
     processor.save_pretrained(str(target))
     (target / PREDICTOR_FILE).write_text(json.dumps(predictor_record(
         COMMAND, dataset.problem, dataset.class_names, threshold=threshold, layout=2, inputs="images"), indent=1))

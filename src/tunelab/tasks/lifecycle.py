@@ -28,6 +28,7 @@ from tunelab.core.files import PREDICTOR_FILE, read_json_file
 from tunelab.core.registry import get_task
 from tunelab.core.runs import RunDirectory
 from tunelab.core.runtime import resolve_device, resolve_precision, seed_everything
+from tunelab.core.safety import make_shareable
 from tunelab.data.sources import resolve_dataset
 from tunelab.models.resolve import model_from_record, resolve_model
 from tunelab.problems import get_problem
@@ -211,6 +212,7 @@ def finish_run(run: RunDirectory, metrics: dict[str, Any], config_yaml: str,
     if (run.path / "model").is_dir():
         inputs = read_inputs_record(run.path) or {}
         write_model_card(run.path / "model", metrics, config_yaml, inputs.get("model"))
+        make_shareable(run.path / "model")
     run.write_metrics(metrics)
     path = run.commit()
     for split, values in metrics["splits"].items():

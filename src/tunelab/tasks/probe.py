@@ -132,7 +132,10 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     save_classifier(head.estimator, run.path / "model" / "classifier.skops")
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(
         COMMAND, dataset.problem, dataset.class_names, label_values=list(dataset.label_space.values),
-        threshold=0.5, feature_dim=int(features["train"].shape[1]), inputs="images" if images else "text"))
+        threshold=0.5, feature_dim=int(features["train"].shape[1]), inputs="images" if images else "text",
+        # The head alone is no model: the encoder it needs, as the run recorded it (copy that too).
+        encoder=prepared.source.record() if prepared.source is not None else None,
+        pooling=config.features.pooling))
     tuning, score_kind = head.tuning, head.score_kind
     train_seconds, eval_seconds, predictions = head.train_seconds, head.eval_seconds, head.predictions
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)

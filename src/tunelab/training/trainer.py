@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import signal
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -324,7 +325,7 @@ def training_arguments(train, runtime, seed: int, output_dir: Path, num_examples
         **({"accelerator_config": {"non_blocking": True}} if device.type == "cuda" else {}),
         ddp_backend="gloo" if (world > 1 and device.type == "cpu") else None,
         **{_checkpointing_argument(): train.gradient_checkpointing},
-        disable_tqdm=False,
+        disable_tqdm=not sys.stderr.isatty(),  # a log file gets the logged steps, not a bar's redraws
         **schedule,
         **extra,
     )
