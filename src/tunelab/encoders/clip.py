@@ -12,7 +12,7 @@ import numpy as np
 from tunelab.core.errors import ConfigError, ModelError
 from tunelab.core.files import RunFileError, read_predictor, read_safetensors
 from tunelab.core.progress import progress
-from tunelab.data.image_pipeline import image_outputs
+from tunelab.data.image_pipeline import ClipPreprocess, image_loader
 from tunelab.data.image_sources import files_split
 from tunelab.encoders.cpu_tower import image_features, pooled_output
 from tunelab.models.predictor import predictions_from
@@ -162,22 +162,6 @@ def embed_loader(model, loader, device, dtype=None, desc: str = "images", skippe
             bar.update(len(batch["rows"]) + len(batch["skipped"]))
 
 
-def image_embedder(model, processor, device, batch_size: int = 16):
-    """The model's image tower as a function from image files to normalised embeddings
-    (NumPy), on ``device`` (the CPU tower where it applies)."""
-    import torch
-
-    model.to(device).eval()
-    encode = image_features(model, device, batch_size)
-
-    def embed(paths) -> np.ndarray:
-        with torch.inference_mode():
-            return image_outputs(processor, paths, lambda pixels: torch.nn.functional.normalize(
-                encode(pixels).float(), dim=-1).cpu().numpy(), batch_size, device)
-
-    return embed
-
-
 def score_loader(model, loader, class_emb, device, accumulator, dtype=None, desc: str = "images") -> list[int]:
     """Stream a DataLoader of images into ``accumulator`` as scores against the class
     embeddings; returns the rows that could not be read. Each batch's scores travel to
@@ -235,6 +219,30 @@ def dual_encoder_predictor(run_dir: Path, encode, scoring: dict | None = None):
         split = files_split(list(getattr(paths, "texts", paths)))
         logits = record["logit_scale"] * encode(split.ids) @ class_emb.T + record.get("logit_bias", 0.0)
         scores = problem.scores_from_similarity_matrix(logits, record.get("threshold", 0.5))
+        return predictions_from(split.ids, scores, names)
+
+    return predict
+
+
+def files_predictor(run_dir: Path, model, processor, device, batch_size: int, num_workers: int | None = 0,
+                    dtype=None):
+    """New image files scored exactly as the run scored its splits: the same streaming
+    loop (score_loader over a DataLoader, the model's own logit scale and bias) against
+    the class embeddings the run saved, the problem's scores of the similarities, the
+    run's threshold. An unreadable file stops with one line (a prediction is asked for
+    every input)."""
+    record = read_predictor(run_dir)
+    names, problem = record["class_names"], get_problem(record.get("problem"))
+    class_emb = load_class_embeddings(run_dir / "model" / "class_embeddings.safetensors").to(device)
+    model.to(device).eval()
+    preprocess = ClipPreprocess.for_device(processor, device)
+
+    def predict(paths) -> list:
+        split = files_split(list(getattr(paths, "texts", paths)))
+        accumulator = problem.similarity_accumulator(len(split), len(names))
+        loader = image_loader(split, preprocess, batch_size, num_workers, True)
+        score_loader(model, loader, class_emb, device, accumulator, dtype, desc="images")
+        scores = problem.scores_from_similarities(accumulator, record.get("threshold", 0.5))
         return predictions_from(split.ids, scores, names)
 
     return predict

@@ -25,7 +25,7 @@ from tunelab.data.images import load_image_dataset
 from tunelab.encoders.clip import (
     class_embeddings,
     dual_encoder_predictor,
-    image_embedder,
+    files_predictor,
     is_sigmoid,
     load_clip,
     load_templates,
@@ -194,8 +194,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: ClipFinetuneConfig):
     """Classify image files with the fine-tuned CLIP and the class embeddings it saved."""
     model, _, processor = load_clip_run(run_dir, config)
-    embed = image_embedder(model, processor, resolve_device(config.runtime.device), config.train.eval_batch_size)
-    return dual_encoder_predictor(run_dir, embed, scoring_record(model))
+    device = resolve_device(config.runtime.device)
+    return files_predictor(run_dir, model, processor, device, config.train.eval_batch_size, 0)
 
 
 def export_graph(run_dir: Path, config: ClipFinetuneConfig):

@@ -38,7 +38,12 @@ from tunelab.models.resolve import (
 from tunelab.problems import get_problem
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.finetune_model import load_finetuned, save_model, saved_class_names
-from tunelab.tasks.image_finetune import execute_images, image_export_graph, image_logits, prepare_images
+from tunelab.tasks.image_finetune import (
+    execute_images,
+    image_classifier_predictor,
+    image_export_graph,
+    prepare_images,
+)
 from tunelab.tasks.lifecycle import trained_outcome
 from tunelab.training.config import (
     LoraConfig,
@@ -197,8 +202,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
 def load_predictor(run_dir: Path, config: FinetuneConfig):
     """Predict for new texts (or pairs), or image files, with a finished fine-tuning run's model."""
     device = resolve_device(config.runtime.device)
-    if read_predictor(run_dir).get("inputs") == "images":  # the ONNX graph's predictor, on PyTorch logits
-        return predictor_from_graph(run_dir, config, image_logits(run_dir, device, config.train.eval_batch_size))
+    if read_predictor(run_dir).get("inputs") == "images":  # the loop evaluation scored the splits with
+        return image_classifier_predictor(run_dir, config, device)
     model, tokenizer = load_finetuned(run_dir, config)
     model.to(device)
     info = read_predictor(run_dir)

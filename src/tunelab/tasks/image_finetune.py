@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 from tunelab.core.errors import DataError, ModelError
-from tunelab.core.files import PREDICTOR_FILE, predictor_record
+from tunelab.core.files import PREDICTOR_FILE, predictor_record, read_predictor
 from tunelab.core.runtime import resolve_device
-from tunelab.data.image_pipeline import ClipPreprocess, image_loader, image_outputs
+from tunelab.data.image_pipeline import ClipPreprocess, image_loader
+from tunelab.data.image_sources import files_split
 from tunelab.data.images import load_image_dataset
 from tunelab.encoders.vision import classify_loader, image_classifier_types
+from tunelab.models.predictor import predictions_from
 from tunelab.models.resolve import (
     ModelSource,
     count_parameters,
@@ -178,22 +180,6 @@ def load_image_classifier(run_dir: Path):
     return model.eval(), load_pretrained(AutoImageProcessor, model_dir, what)
 
 
-def image_logits(run_dir: Path, device, batch_size: int):
-    """The run's classifier as a function from image files to logits (NumPy), on
-    ``device``: what ``predictor_from_graph`` turns into predictions, as for the ONNX graph."""
-    import torch
-
-    model, processor = load_image_classifier(run_dir)
-    model.to(device)
-
-    def encode(paths):
-        with torch.inference_mode():
-            return image_outputs(processor, paths, lambda pixels: model(pixel_values=pixels).logits.float().cpu()
-                                 .numpy(), batch_size, device)
-
-    return encode
-
-
 def image_export_graph(run_dir: Path):
     """The classifier's logits from pixels, in fp32, as one graph; the image processor
     that makes the pixels travels with it."""
@@ -201,3 +187,22 @@ def image_export_graph(run_dir: Path):
 
     model, processor = load_image_classifier(run_dir)
     return ExportGraph(ImageClassifierLogits(model.float()).eval(), None, 0, "logits", processor=processor)
+
+
+def image_classifier_predictor(run_dir: Path, config, device):
+    """New image files scored exactly as the run scored its splits: the same streaming
+    loop (score_split: the DataLoader, the processor's preprocessing, the problem's
+    collector), the run's threshold. An unreadable file stops with one line."""
+    model, processor = load_image_classifier(run_dir)
+    model.to(device).eval()
+    record = read_predictor(run_dir)
+    names, problem = record["class_names"], record.get("problem") or config.data.problem
+    preprocess = ClipPreprocess.for_device(processor, device)
+    served = dataclasses.replace(config, images=dataclasses.replace(config.images, num_workers=0, strict=True))
+
+    def predict(paths) -> list:
+        split = files_split(list(getattr(paths, "texts", paths)))
+        scores, _, _ = score_split(model, split, preprocess, served, device, problem)
+        return predictions_from(split.ids, scores.with_threshold(record.get("threshold", 0.5)), names)
+
+    return predict

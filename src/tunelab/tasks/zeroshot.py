@@ -24,7 +24,7 @@ from tunelab.data.text import load_text_dataset, resolved_data_config
 from tunelab.encoders.clip import (
     class_embeddings,
     dual_encoder_predictor,
-    image_embedder,
+    files_predictor,
     is_sigmoid,
     load_clip,
     load_templates,
@@ -77,10 +77,27 @@ class ZeroshotConfig(TaskConfig):
         check_non_negative("in_context", self.in_context)
 
 
-def pair_predictor(run_dir: Path, config: ZeroshotConfig):
-
+def pair_cosine(u, v):
+    """The cosine similarity of each pair's two embeddings."""
     import numpy as np
 
+    return (u * v).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-12)
+
+
+def pair_scores(similarity, calibration: dict):
+    """Scores from cosine similarities, the one way evaluation and predict make them:
+    the linear map fitted on validation (numbers), or the margin to the threshold fitted
+    there (two classes)."""
+    import numpy as np
+
+    if "slope" in calibration:
+        return ValueScores(calibration["slope"] * similarity + calibration["intercept"])
+    margin = similarity - calibration["threshold"]
+    return ClassScores.from_full(np.stack([-margin, margin], axis=1), "similarity_margin")
+
+
+def pair_predictor(run_dir: Path, config: ZeroshotConfig):
+    """New sentence pairs scored as the run scored its splits (pair_scores)."""
     saved = read_predictor(run_dir)
     extractor = TextFeatureExtractor(recorded_model(run_dir, config.model), config.features, config.runtime)
 
@@ -88,14 +105,8 @@ def pair_predictor(run_dir: Path, config: ZeroshotConfig):
         inputs = as_text_inputs(inputs)
         if inputs.pairs is None:
             raise TunelabError("this run scores sentence pairs: give them with --pair FIRST SECOND")
-        u, v = extractor.encode(inputs.texts), extractor.encode(inputs.pairs)
-        cosine = (u * v).sum(1) / np.maximum(np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1), 1e-12)
-        if "slope" in saved:  # numbers: the linear map fitted on validation
-            scores = ValueScores(saved["slope"] * cosine + saved["intercept"])
-        else:
-            margin = cosine - saved["threshold"]
-            scores = ClassScores.from_full(np.stack([-margin, margin], axis=1), "similarity_margin")
-        return predictions_from(inputs, scores, saved["class_names"])
+        similarity = pair_cosine(extractor.encode(inputs.texts), extractor.encode(inputs.pairs))
+        return predictions_from(inputs, pair_scores(similarity, saved), saved["class_names"])
 
     return predict
 
@@ -174,8 +185,7 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
         u, _ = cached_features(extractor, data.texts, f"{split} first texts", cache, context.rank, context.world)
         v, _ = cached_features(extractor, data.pairs, f"{split} second texts", cache, context.rank, context.world)
         if context.rank == 0:
-            norms = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
-            similarity[split] = (u * v).sum(1) / np.maximum(norms, 1e-12)
+            similarity[split] = pair_cosine(u, v)
     if context.rank != 0:
         return None
     start = time.perf_counter()
@@ -184,21 +194,15 @@ def execute_pairs(prepared: Prepared, context: RunContext) -> Outcome | None:
         slope, intercept = np.polyfit(similarity["validation"], validation, 1)
         calibration = {"map": "label = slope * cosine + intercept, fitted on validation",
                        "slope": float(slope), "intercept": float(intercept)}
-
-        def scores_of(split):
-            return ValueScores(slope * similarity[split] + intercept)
     else:
         candidates = np.unique(similarity["validation"])
         accuracy = [np.mean((similarity["validation"] >= t) == (validation == 1)) for t in candidates]
         threshold = float(candidates[int(np.argmax(accuracy))])
         calibration = {"threshold": threshold, "rule": f"{dataset.class_names[1]} when cosine >= threshold, "
                        "chosen on validation for accuracy"}
-
-        def scores_of(split):
-            margin = similarity[split] - threshold
-            return ClassScores.from_full(np.stack([-margin, margin], axis=1), "similarity_margin")
-    predictions = {split: Scored(scores_of(split), dataset.splits[split].labels, dataset.splits[split].ids,
-                                 dataset.splits[split].inputs.columns()) for split in prepared.eval_splits}
+    predictions = {split: Scored(pair_scores(similarity[split], calibration), dataset.splits[split].labels,
+                                 dataset.splits[split].ids, dataset.splits[split].inputs.columns())
+                   for split in prepared.eval_splits}
     run.write_json(f"model/{PREDICTOR_FILE}", predictor_record(COMMAND, dataset.problem, dataset.class_names,
                                                                kind="pair-similarity", **calibration))
     scored = sum(len(dataset.splits[s]) for s in prepared.eval_splits)
@@ -285,10 +289,10 @@ def load_predictor(run_dir: Path, config: ZeroshotConfig):
                                                                                  or "threshold" in saved)):
         # (old pair runs recorded no kind)
         return pair_predictor(run_dir, config)
-    model, _, processor = load_clip(recorded_model(run_dir, config.model))
     device = resolve_device(config.runtime.device)
-    return dual_encoder_predictor(run_dir, image_embedder(model, processor, device, config.images.batch_for(device)),
-                                  scoring_record(model))
+    dtype = resolve_dtype(config.runtime.precision, device)
+    model, _, processor = load_clip(recorded_model(run_dir, config.model), dtype=dtype)
+    return files_predictor(run_dir, model, processor, device, config.images.batch_for(device), 0, dtype)
 
 
 def export_graph(run_dir: Path, config: ZeroshotConfig):
