@@ -1,4 +1,4 @@
-"""The commands that are not tasks (run, search, report, info, predict, export): each
+"""The commands that are not tasks (run, search, report, info, predict, export; serve has its own module): each
 one's arguments, and its handler that calls the library and prints. Task commands are
 built from the registry (tunelab.cli.build_parser) and run by ``run_task_command``."""
 

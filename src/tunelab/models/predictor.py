@@ -83,6 +83,21 @@ def run_command(run_dir: Path) -> str:
     return command
 
 
+def run_inputs(run_dir: str | Path) -> str:
+    """What a run's predictor takes: ``images``, ``pairs`` or ``text``. From
+    model/predictor.json (its ``inputs``, or a CLIP model, which scores images), else the
+    run's data settings (a second text column means pairs)."""
+    run_dir = Path(run_dir)
+    try:
+        record = read_predictor(run_dir)
+    except TunelabError:
+        record = {}
+    if record.get("inputs") == "images" or record.get("kind") == "clip":
+        return "images"
+    data = read_yaml_file(run_dir / "config.yaml").get("data") or {}
+    return "pairs" if data.get("text_pair_column") else "text"
+
+
 def check_texts(inputs: Sequence[str]) -> list[str]:
     bad = [i + 1 for i, t in enumerate(inputs) if not isinstance(t, str) or not t.strip()]
     if bad:
