@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,13 +77,15 @@ def runs(tiny_bert_dir, tiny_clip_dir, colour_folder, tmp_path_factory):
                  "--precision", "fp32"]) == 0
     assert main(["zeroshot", "--model", str(tiny_clip_dir), "--dataset", str(colour_folder), "--out",
                  str(root / "images"), "--precision", "fp32", "--set", "images.num_workers=0"]) == 0
-    return {name: root / name for name in ("text", "pairs", "images")}
+    shutil.copytree(root / "text", root / "exported")
+    assert main(["export", str(root / "exported")]) == 0
+    return {name: root / name for name in ("text", "pairs", "images", "exported")}
 
 
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("logs"), runs["text"], f"duo={runs['pairs']}", runs["images"],
-                    "--max-wait-ms", "20")
+                    runs["exported"], "--max-wait-ms", "20")
     yield server
     assert server.stop() == 0, server.output()
 
@@ -117,9 +120,21 @@ def test_answers_equal_predict_for_texts_pairs_and_images(server, runs, colour_f
     assert raw.status_code == 200 and raw.json()["predictions"] == served[:1]
 
 
+def test_a_run_with_an_onnx_export_is_served_through_it(server, runs):
+    texts = [r["text"] for r in rows_of(runs["text"] / "predictions" / "test.csv")]
+    served = post(server, {"model": "exported", "inputs": texts}).json()["predictions"]
+    through_onnx = tunelab.predict(runs["exported"], texts, backend="onnx")
+    assert [p["label"] for p in served] == [e.label for e in through_onnx]
+    np.testing.assert_allclose([p["score"] for p in served], [e.score for e in through_onnx], atol=1e-6)
+    record = json.loads((runs["exported"] / "onnx" / "export.json").read_text())
+    torch_scores = [e.score for e in tunelab.predict(runs["exported"], texts)]
+    np.testing.assert_allclose([p["score"] for p in served], torch_scores, atol=max(1e-4, 10 * record["tolerance"]))
+
+
 def test_models_health_ready_metrics_and_docs(server, runs):
     models = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
-    assert set(models) == {"text", "duo", "images"}
+    assert set(models) == {"text", "duo", "images", "exported"}
+    assert models["exported"]["backend"] == "onnx" and models["text"]["backend"] == "torch"
     assert models["duo"]["inputs"] == "pairs" and models["images"]["inputs"] == "images"
     metrics = json.loads((runs["text"] / "metrics.json").read_text())
     assert models["text"]["task"] == "finetune" and models["text"]["labels"] == metrics["data"]["class_names"]

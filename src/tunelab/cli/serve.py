@@ -26,14 +26,17 @@ def add_serve_command(commands) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
                                                               "needs --api-key)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="torch (default), or the run's ONNX export (tunelab export)")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="auto (default): the run's ONNX export where it has one (tunelab export), else torch")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="as for predict: the task's default unless given")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch,
                         help=f"most inputs per model call (default {defaults.max_batch})")
     parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
                         help=f"longest a request waits for others to batch with (default {defaults.max_wait_ms:g})")
+    parser.add_argument("--chunk", type=int, default=defaults.chunk,
+                        help=f"texts per model call inside a batch, sorted by length so each pads little (default "
+                             f"{defaults.chunk}; on a GPU, set it to --max-batch)")
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
                         help=f"inputs that may wait per model before 503 (default {defaults.max_queue})")
     parser.add_argument("--max-inputs", type=int, default=defaults.max_inputs,
@@ -48,12 +51,12 @@ def add_serve_command(commands) -> None:
 
 
 def _run_serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    for flag in ("max_batch", "max_queue", "max_inputs"):
+    for flag in ("max_batch", "max_queue", "max_inputs", "chunk"):
         if getattr(args, flag) < 1:
             raise TunelabError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.max_wait_ms < 0 or args.timeout <= 0 or args.max_body_mb <= 0:
         raise TunelabError("--max-wait-ms must be at least 0, --timeout and --max-body-mb above 0")
-    limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+    limits = Limits(max_batch=args.max_batch, chunk=args.chunk, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                     max_inputs=args.max_inputs, max_body_bytes=int(args.max_body_mb * 2**20), timeout_s=args.timeout)
     serve(args.runs, host=args.host, port=args.port, backend=args.backend, precision=args.precision, limits=limits,
           api_key=args.api_key, log_level="warning" if getattr(args, "quiet", False) else "info")

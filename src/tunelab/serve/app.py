@@ -36,7 +36,8 @@ class Limits:
     """How much one request and the queue may hold, and how long a request may wait."""
 
     max_batch: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0
+    chunk: int = 8  # texts per model call inside a batch (sorted by length); images: max_batch
     max_queue: int = 1024  # inputs waiting, per model
     max_inputs: int = 256  # per request
     max_body_bytes: int = 8 * 1024 * 1024
@@ -75,8 +76,10 @@ def create_app(models: list[ServedModel], limits: Limits | None = None, api_key:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         for model in models:
+            texts = model.inputs != "images"
             model.batcher = Batcher(model.predictor, limits.max_batch, limits.max_wait_ms, limits.max_queue,
-                                    telemetry.batch_stats(model.name), model.name)
+                                    telemetry.batch_stats(model.name), model.name,
+                                    chunk=limits.chunk if texts else None, length=text_length if texts else None)
             model.batcher.start()
         state["ready"] = True
         yield
@@ -198,6 +201,11 @@ async def run_model(model: ServedModel, items: list, limits: Limits, state: dict
     except TunelabError as error:
         raise Refusal(422, str(error)) from None
     return {"model": model.name, "predictions": [prediction_json(p) for p in predictions]}
+
+
+def text_length(item) -> int:
+    """Characters of a text or pair: the order a batch is chunked in (tokens follow them)."""
+    return len(item) if isinstance(item, str) else sum(len(part) for part in item)
 
 
 def prediction_json(prediction) -> dict:

