@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +274,47 @@ def assert_predictor_reproduces(run, data_dir=None, atol: float = 1e-4) -> int:
                                        err_msg=f"{run.name} {split}")
         compared += len(rows)
     return compared
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``tunelab serve`` as a child process; stopped with SIGTERM."""
+
+    def __init__(self, log_dir, *args, ready_within: float = 120):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_dir / f"serve-{self.port}.log", "w+")
+        env = {**os.environ, "TUNELAB_API_KEY": ""}
+        self.process = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", *map(str, args), "--port",
+                                         str(self.port)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        import httpx
+
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the server did not become ready: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)

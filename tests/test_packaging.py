@@ -6,7 +6,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"torch": "pytorch", "prometheus-client": "prometheus_client"}  # PyPI name -> conda-forge name where they differ
+# PyPI name -> conda-forge name where they differ
+CONDA_NAMES = {"torch": "pytorch", "prometheus-client": "prometheus_client"}
 
 
 def pyproject_requirements() -> dict[str, str]:

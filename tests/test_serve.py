@@ -5,61 +5,18 @@ a full queue and SIGTERM get the documented answers while the server keeps servi
 import asyncio
 import base64
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 import tunelab
-from tests.conftest import rows_of, write_csv, write_topic_splits
+from tests.conftest import Server, rows_of, write_csv, write_topic_splits
 from tunelab.cli import main
 from tunelab.serve.batching import Batcher, QueueFull
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``tunelab serve`` as a child process; stopped with SIGTERM."""
-
-    def __init__(self, log_dir, *args):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_dir / f"serve-{self.port}.log", "w+")
-        env = {**os.environ, "TUNELAB_API_KEY": ""}
-        self.process = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", *map(str, args), "--port",
-                                         str(self.port)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited: {self.output()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"the server did not become ready: {self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +96,7 @@ def test_models_health_ready_metrics_and_docs(server, runs):
     metrics = json.loads((runs["text"] / "metrics.json").read_text())
     assert models["text"]["task"] == "finetune" and models["text"]["labels"] == metrics["data"]["class_names"]
     assert models["text"]["value"] == metrics["splits"]["test"][models["text"]["metric"]]
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "process": server.process.pid}
     assert httpx.get(f"{server.url}/ready").status_code == 200
     assert "/v1/predict" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     post(server, {"model": "text", "inputs": ["sport"]})

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from tunelab.core.errors import TunelabError
 from tunelab.serve.app import Limits
 from tunelab.serve.predict import BACKENDS, PRECISIONS
+from tunelab.serve.ray_serve import serve_on_ray
 from tunelab.serve.server import API_KEY_VARIABLE, serve
 
 
@@ -47,6 +48,13 @@ def add_serve_command(commands) -> None:
                         help=f"seconds a request may wait for its answer before 504 (default {defaults.timeout_s:g})")
     parser.add_argument("--api-key", default=None,
                         help=f"ask every request for this key (or set {API_KEY_VARIABLE})")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local (default): this process; ray: Ray Serve replicas behind Ray's HTTP proxy")
+    parser.add_argument("--replicas", type=int, default=2, help="--executor ray: copies of the app (default 2)")
+    parser.add_argument("--cpus-per-replica", type=float, default=1.0,
+                        help="--executor ray: CPUs Ray reserves for each replica (default 1)")
+    parser.add_argument("--ray-address", default=None,
+                        help="--executor ray: a running Ray cluster (default: start a local instance)")
     parser.set_defaults(handler=_run_serve)
 
 
@@ -58,6 +66,11 @@ def _run_serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise TunelabError("--max-wait-ms must be at least 0, --timeout and --max-body-mb above 0")
     limits = Limits(max_batch=args.max_batch, chunk=args.chunk, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                     max_inputs=args.max_inputs, max_body_bytes=int(args.max_body_mb * 2**20), timeout_s=args.timeout)
+    if args.executor == "ray":
+        serve_on_ray(args.runs, host=args.host, port=args.port, backend=args.backend, precision=args.precision,
+                     limits=limits, api_key=args.api_key, replicas=args.replicas,
+                     cpus_per_replica=args.cpus_per_replica, address=args.ray_address)
+        return 0
     serve(args.runs, host=args.host, port=args.port, backend=args.backend, precision=args.precision, limits=limits,
           api_key=args.api_key, log_level="warning" if getattr(args, "quiet", False) else "info")
     return 0

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
 
 from fastapi import FastAPI, Request
@@ -118,7 +119,7 @@ def create_app(models: list[ServedModel], limits: Limits | None = None, api_key:
 
     @app.get("/health", summary="The process is up")
     async def health():
-        return {"status": "ok"}
+        return {"status": "ok", "process": os.getpid()}
 
     @app.get("/ready", summary="Models are loaded and the server takes requests")
     async def ready():

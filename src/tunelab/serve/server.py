@@ -72,10 +72,7 @@ def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, backend: s
     """Serve ``runs`` (each DIR or NAME=DIR) until stopped."""
     if not runs:
         raise TunelabError("give at least one run directory to serve")
-    api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
-    if not _is_loopback(host) and not api_key:
-        raise TunelabError(f"serving on {host} lets other machines in: give --api-key (or set {API_KEY_VARIABLE}), "
-                           "or keep the default --host 127.0.0.1")
+    api_key = check_exposure(host, api_key)
     models = [served_model(spec, backend, precision) for spec in runs]
     app = create_app(models, limits, api_key)
     for model in models:
@@ -97,6 +94,16 @@ def serve(runs: list[str], host: str = "127.0.0.1", port: int = 8000, backend: s
 
 def _drained(signum, frame) -> None:
     log.info("stopped after answering every queued request")
+
+
+def check_exposure(host: str, api_key: str | None) -> str | None:
+    """The API key to ask for (given, else from the environment); one is required for
+    any host but this machine's loopback."""
+    api_key = api_key or os.environ.get(API_KEY_VARIABLE) or None
+    if not _is_loopback(host) and not api_key:
+        raise TunelabError(f"serving on {host} lets other machines in: give --api-key (or set {API_KEY_VARIABLE}), "
+                           "or keep the default --host 127.0.0.1")
+    return api_key
 
 
 def _is_loopback(host: str) -> bool:
