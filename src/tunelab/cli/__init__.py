@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from tunelab import __version__
+from tunelab.cli.audit import add_audit_command
 from tunelab.cli.commands import (
     add_export_command,
     add_info_command,
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_command(commands)
     add_export_command(commands)
     add_serve_command(commands)
+    add_audit_command(commands)
     for sub in {id(p): p for p in commands.choices.values()}.values():  # also after the command (aliases: once)
         sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

@@ -188,13 +188,17 @@ class RunDirectory:
     # ------------------------------------------------------------------ per-split outputs
 
     def write_predictions(self, split: str, columns: Mapping[str, Sequence[Any]]) -> Path:
+        return self.write_table(f"predictions/{split}.csv", columns)
+
+    def write_table(self, name: str, columns: Mapping[str, Sequence[Any]]) -> Path:
+        """A CSV file of equal-length columns, written atomically."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         names = list(columns)
         writer.writerow(names)
         for row in zip(*(columns[n] for n in names)):
             writer.writerow([_csv_cell(v) for v in row])
-        return self.write_text(f"predictions/{split}.csv", buffer.getvalue())
+        return self.write_text(name, buffer.getvalue())
 
     def write_confusion(self, split: str, matrix: np.ndarray, class_names: Sequence[str],
                         top_pairs: list[dict] | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tunelab.core.errors import DataError
+from tunelab.problems.label_quality import LabelIssues, class_issues
 from tunelab.problems.scores import ScoreAccumulator
 
 
@@ -189,6 +190,15 @@ class Problem:
     def fit_targets(self, labels: np.ndarray) -> np.ndarray:
         """What an estimator of this problem is fitted to, from the encoded targets."""
         return labels
+
+    def label_issues(self, features: np.ndarray, labels: np.ndarray, class_names: list[str], folds: int = 5,
+                     seed: int = 0) -> LabelIssues:
+        """Rows whose label looks wrong, from out-of-fold predictions on ``features``."""
+        return class_issues(features, labels, class_names, folds, seed)
+
+    def label_texts(self, labels: np.ndarray, class_names: list[str]) -> list[str]:
+        """Each row's label as written in an audit: the class name."""
+        return [class_names[int(k)] for k in labels]
 
     def num_outputs(self, y_train: np.ndarray, y_val: np.ndarray | None) -> int:
         """How many classes (or labels) a fitted estimator scores."""

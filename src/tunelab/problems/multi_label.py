@@ -9,6 +9,7 @@ import numpy as np
 
 from tunelab.core.errors import DataError
 from tunelab.problems.base import Problem, has_probabilities
+from tunelab.problems.label_quality import LabelIssues, label_set_issues_named
 from tunelab.problems.labels import build_multilabel_space, encode_label_sets, is_list, label_sets
 from tunelab.problems.scores import LabelScores, ScoreAccumulator, choose_threshold
 
@@ -137,6 +138,12 @@ class MultiLabel(Problem):
         if has_probabilities(estimator):
             return LabelScores(np.asarray(estimator.predict_proba(features)), threshold, "probability")
         return LabelScores(np.asarray(estimator.decision_function(features)), 0.0, "decision")
+
+    def label_issues(self, features, labels, class_names, folds: int = 5, seed: int = 0) -> LabelIssues:
+        return label_set_issues_named(features, labels, class_names, folds, seed)
+
+    def label_texts(self, labels, class_names) -> list[str]:
+        return ["; ".join(class_names[k] for k in np.flatnonzero(row)) for row in labels]
 
     def num_outputs(self, y_train, y_val) -> int:
         return int(y_train.shape[1])

@@ -8,6 +8,7 @@ import numpy as np
 
 from tunelab.core.errors import DataError
 from tunelab.problems.base import Problem
+from tunelab.problems.label_quality import LabelIssues, value_issues_named
 from tunelab.problems.labels import LabelSpace, is_real_number, is_whole_number, regression_targets
 from tunelab.problems.scores import ValueScores
 
@@ -76,6 +77,12 @@ class Regression(Problem):
 
     def estimator_scores(self, estimator, features, num_classes, threshold: float = 0.5):
         return ValueScores(np.asarray(estimator.predict(features), dtype=np.float64))
+
+    def label_issues(self, features, labels, class_names, folds: int = 5, seed: int = 0) -> LabelIssues:
+        return value_issues_named(features, np.asarray(labels, dtype=np.float64), folds, seed)
+
+    def label_texts(self, labels, class_names) -> list[str]:
+        return [f"{float(v):.6g}" for v in labels]
 
     def num_outputs(self, y_train, y_val) -> int:
         return 0
