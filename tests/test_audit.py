@@ -134,3 +134,35 @@ def test_bad_input_gets_one_line(tmp_path, capsys):
     assert err.startswith("tunelab: error:") and len(err.splitlines()) == 1 and "missing.csv" in err
     assert not (tmp_path / "a").exists()
     assert main(["audit", str(tmp_path / "x.csv"), "--folds", "0"]) == 2
+
+
+def test_a_run_also_scores_test_without_its_copies_of_train(tmp_path, caplog):
+    data, _ = planted_data(tmp_path / "data", random.Random(1))
+    assert main(["baseline", "--dataset", str(data), "--out", str(tmp_path / "plain")]) == 0
+    metrics = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    dedup = metrics["deduplicated"]["test"]
+    assert dedup["copies_of_train"] == 3 and dedup["n"] == 27
+    rows = read_rows(tmp_path / "plain" / "predictions" / "test.csv")
+    copied = {1, 2, 3}  # the first three test rows were copied into train
+    kept = [r for r in rows if int(r["id"]) not in copied]
+    assert dedup["metrics"]["accuracy"] == pytest.approx(np.mean([r["label"] == r["prediction"] for r in kept]))
+    assert "test: 3 of 30 rows copy training rows; without them accuracy" in caplog.text
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(metrics, json.loads((resources.files("tunelab.schemas") / "metrics.schema.json").read_text()))
+
+    assert main(["baseline", "--dataset", str(data), "--dedup", "--out", str(tmp_path / "dedup")]) == 0
+    metrics = json.loads((tmp_path / "dedup" / "metrics.json").read_text())
+    assert metrics["data"]["sizes"]["train"] == 120 and "deduplicated" not in metrics
+    assert any("--dedup dropped 3 of 123 training rows: 3 copies" in note for note in metrics["data"]["notes"])
+
+
+def test_a_comparison_report_shows_each_method_without_the_copies(tmp_path):
+    data, _ = planted_data(tmp_path / "data", random.Random(1))
+    for kind in ("majority", "tfidf"):
+        assert main(["baseline", "--dataset", str(data), "--out", str(tmp_path / kind), "--set", f"kind={kind}"]) == 0
+    assert main(["report", str(tmp_path / "majority"), str(tmp_path / "tfidf"), "--out", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "## Data audit" in text and "3 of 30" in text and "Without them the order of the methods" in text
+    run_report = (tmp_path / "tfidf" / "report.md").read_text()
+    assert run_report.index("## Data audit") < run_report.index("## Metrics")
+    assert "3 of 30 test rows copy training rows" in run_report

@@ -131,6 +131,9 @@ class DataConfig:
                                            flag="--max-eval-samples", metavar="N")
     splits: list[str] | None = setting(None, "evaluation splits (default: every labelled split but train)",
                                        flag="--splits", metavar="SPLIT[,SPLIT]")
+    dedup: bool = setting(False, "drop from train the copies of validation or test rows, repeated rows and copies "
+                          "whose labels disagree (exact after normalising, or near), before shots and caps",
+                          flag="--dedup", const=True)
 
     def __post_init__(self) -> None:
         check_settings(self, "data.")

@@ -118,3 +118,78 @@ def difference_hash(image, size: int = 8) -> int:
 
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count() if hasattr(int, "bit_count") else bin(a ^ b).count("1")
+
+
+# --------------------------------------------------------------------------- copies of training rows
+
+_COPIES_CACHE: dict[tuple[str, str, float], np.ndarray] = {}
+
+
+def split_keys(split) -> tuple[list[str], list[str]]:
+    """(exact-copy keys, texts for near copies) of a text split: a pair's two texts together."""
+    if split.pairs is None:
+        return [normalise_text(t) for t in split.texts], list(split.texts)
+    keys = [f"{normalise_text(a)}\t{normalise_text(b)}" for a, b in zip(split.texts, split.pairs)]
+    return keys, [f"{a} || {b}" for a, b in zip(split.texts, split.pairs)]
+
+
+def copies_of(reference: tuple[list[str], list[str]], rows: tuple[list[str], list[str]],
+              threshold: float = NEAR_THRESHOLD) -> np.ndarray:
+    """Which of ``rows`` (keys, texts) copy a row of ``reference``: equal keys, or
+    character 4-gram Jaccard at least ``threshold``. Kept per process: the runs of a study
+    share their splits, and each asks once."""
+    import hashlib
+
+    digest = lambda values: hashlib.sha256("\x00".join(values).encode("utf-8", "surrogatepass")).hexdigest()  # noqa: E731
+    cache_key = (digest(reference[0]), digest(rows[0]), threshold)
+    if cache_key in _COPIES_CACHE:
+        return _COPIES_CACHE[cache_key].copy()
+    known = set(reference[0])
+    copied = np.array([key in known for key in rows[0]], dtype=bool)
+    size = len(reference[1])
+    for i, j, _ in near_duplicate_pairs(reference[1] + rows[1], threshold):
+        if i < size <= j:
+            copied[j - size] = True
+    _COPIES_CACHE[cache_key] = copied
+    return copied.copy()
+
+
+def _same_label(labels: np.ndarray, i: int, j: int) -> bool:
+    return bool(np.array_equal(labels[i], labels[j]))
+
+
+def drop_copies(splits: dict, notes: list[str], threshold: float = NEAR_THRESHOLD) -> dict:
+    """--dedup: training rows without copies. Dropped from train: every copy of a
+    validation or test row (exact or near), later copies of another training row, and
+    every copy in a group whose labels disagree (which one is right is unknown). Said in
+    a note with the counts."""
+    train = splits["train"]
+    keys, texts = split_keys(train)
+    drop = np.zeros(len(train), dtype=bool)
+    held_out = [split_keys(s) for name, s in splits.items() if name != "train" and len(s)]
+    leaked = np.zeros(len(train), dtype=bool)
+    for reference in held_out:
+        leaked |= copies_of(reference, (keys, texts), threshold)
+    groups: dict[int, list[int]] = {}
+    for group in exact_groups(keys):
+        groups[group[0]] = group
+    for i, j, _ in near_duplicate_pairs(texts, threshold):
+        groups.setdefault(i, [i]).append(j)
+    repeated = conflicting = 0
+    for members in groups.values():
+        members = sorted(set(members))
+        if any(not _same_label(train.labels, members[0], m) for m in members[1:]):
+            drop[members] = True
+            conflicting += len(members)
+        else:
+            drop[members[1:]] = True
+            repeated += len(members) - 1
+    drop |= leaked
+    if drop.any():
+        splits = dict(splits)
+        splits["train"] = train.subset(np.flatnonzero(~drop))
+    notes.append(f"--dedup dropped {int(drop.sum())} of {len(train)} training rows: {int(leaked.sum())} copies of "
+                 f"validation or test rows, {repeated} repeated training rows, {conflicting} rows in groups of "
+                 f"copies whose labels disagree (exact after normalising, or character 4-gram Jaccard >= "
+                 f"{threshold:g})")
+    return splits

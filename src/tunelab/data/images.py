@@ -240,14 +240,14 @@ def is_image_dataset(spec: str) -> bool:
 TEXT_ONLY_FLAGS = {"text_column": "--text-column", "text_pair_column": "--text-pair-column",
                    "pair_encoding": "--pair-encoding", "train_split": "--train-split",
                    "validation_split": "--validation-split", "test_split": "--test-split",
-                   "dataset_config": "--dataset-config"}
+                   "dataset_config": "--dataset-config", "dedup": "--dedup"}
 # Label settings that a table of image files and labels uses, and class folders cannot.
 LABEL_SET_FLAGS = {"label_separator": "--label-separator"}
 
 
 def check_image_flags(cfg: DataConfig, table: bool = False) -> None:
     for key, flag in TEXT_ONLY_FLAGS.items():
-        if getattr(cfg, key) is not None:
+        if getattr(cfg, key) not in (None, False):
             extra = " (image folders name their splits by their train/, val/ and test/ folders)" \
                 if key.endswith("_split") else ""
             raise DataError(f"{flag} applies to text data; {cfg.dataset} holds images{extra}: drop {flag}")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.core.errors import DataError, counted
+from tunelab.data.duplicates import drop_copies
 from tunelab.problems.labels import LabelSpace, count_rows
 
 
@@ -199,6 +200,8 @@ def finish_splits(splits: dict[str, Any], cfg, seed: int, notes: list[str], spac
     if complete:
         splits, made = complete_splits(splits, cfg.split_seed, problem)
         notes.extend(made)
+    if getattr(cfg, "dedup", False):
+        splits = drop_copies(splits, notes)
     splits = apply_shots(splits, cfg.shots, seed, notes, problem, space.names, cfg.validation_shots)
     splits = apply_caps(splits, cfg.max_train_samples, cfg.max_eval_samples, seed, notes, problem,
                         eval_seed=cfg.split_seed)

@@ -41,6 +41,15 @@ class Prediction:
     labels: list[str] | None = None  # multi-label: the predicted labels
 
 
+def take_rows(scores, rows: np.ndarray):
+    """The same kind of scores for ``rows`` only (every per-example array indexed)."""
+    arrays = {f.name: getattr(scores, f.name) for f in dataclasses.fields(scores)
+              if isinstance(getattr(scores, f.name), np.ndarray)}
+    n = len(next(iter(arrays.values())))
+    return dataclasses.replace(scores, **{name: value[rows] for name, value in arrays.items()
+                                          if value.ndim >= 1 and len(value) == n})
+
+
 def _input_columns(ids: Sequence[str], inputs: dict[str, Sequence]) -> dict[str, list]:
     return {"id": list(ids), **{k: list(v) for k, v in inputs.items()}}
 

@@ -21,7 +21,14 @@ from tunelab.report.render import (
     check_report_target,
     main_split,
 )
-from tunelab.report.sections import class_distributions, group_sections, run_tables, search_records, search_section
+from tunelab.report.sections import (
+    audit_section,
+    class_distributions,
+    group_sections,
+    run_tables,
+    search_records,
+    search_section,
+)
 
 # --------------------------------------------------------------------------- comparison reports
 
@@ -41,6 +48,7 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
     findings = find_findings(groups, baseline)
     if records:
         at_a_glance(doc, findings, published or {})
+        audit_section(doc, groups)
     env = records[0].metrics.get("environment", {}) if records else {}
     if env:
         doc.paragraph(f"Measured on {env.get('platform', '?')}, device {env.get('device', '?')}; "

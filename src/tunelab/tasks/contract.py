@@ -77,6 +77,8 @@ class Outcome:
     scored: dict[str, Scored] = dataclasses.field(default_factory=dict)  # per split: its predictions
     splits: dict[str, dict] = dataclasses.field(default_factory=dict)  # per split: metrics (filled by evaluate)
     reports: dict[str, str] = dataclasses.field(default_factory=dict)  # per split: the per-class text report
+    # per split with copies of training rows: its metrics without them (filled by evaluate)
+    deduplicated: dict[str, dict] = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)  # inputs that could not be used
     # Labelled examples the method learnt from or chose settings on; None: train and validation.
     # A threshold chosen on validation adds the validation split unless ``counts_validation``

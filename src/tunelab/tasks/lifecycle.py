@@ -35,7 +35,7 @@ from tunelab.problems import get_problem
 from tunelab.problems.metrics import below_majority
 from tunelab.tasks.card import write_model_card
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, RunResult, Scored
-from tunelab.tasks.evaluation import evaluate_split
+from tunelab.tasks.evaluation import deduplicated_metrics, evaluate_split
 from tunelab.tasks.metrics_file import assemble_metrics, headline_text, reset_peak_memory, throughput
 from tunelab.tasks.run_report import render_run_report
 
@@ -193,6 +193,11 @@ def evaluate(run: RunDirectory, dataset, outcome: Outcome) -> None:
     for split, scored in outcome.scored.items():
         outcome.splits[split], outcome.reports[split] = evaluate_split(
             run, split, dataset.class_names, scored.labels, scored.scores, scored.ids, scored.inputs)
+    outcome.deduplicated = deduplicated_metrics(dataset, outcome.scored, len(dataset.class_names))
+    for split, record in outcome.deduplicated.items():
+        logger.warning("%s: %d of %d rows copy training rows; without them %s (deduplicated, in metrics.json)",
+                       split, record["copies_of_train"], record["copies_of_train"] + record["n"],
+                       headline_text(record["metrics"]))
     if outcome.scored:
         outcome.seconds["eval"] = outcome.seconds.get("eval", 0.0) + time.perf_counter() - start
 

@@ -40,6 +40,7 @@ def assemble_metrics(command: str, prepared: Prepared, outcome: Outcome, device,
         "data": {**data_block(prepared.dataset, used), "labels_seen": labels_seen(prepared.dataset, outcome),
                  **({"majority_accuracy": floors} if (floors := majority_accuracy(prepared.dataset, used)) else {})},
         "task": outcome.task,
+        **({"deduplicated": outcome.deduplicated} if outcome.deduplicated else {}),
     }
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tunelab.problems import headline_metric
+
 METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "precision_macro", "recall_macro",
                   "f1_macro", "balanced_accuracy", "top5_accuracy",
                   "f1_micro", "f1_samples", "subset_accuracy", "hamming_loss", "mean_average_precision",
@@ -25,14 +27,20 @@ def metrics_table(splits: Mapping[str, Mapping[str, float]]) -> str:
 def render_run_report(metrics: Mapping[str, Any], config_yaml: str,
                       class_reports: Mapping[str, str], notes: list[str]) -> str:
     """report.md: metrics, settings, timings, per-class reports."""
-    lines = [
-        f"# tunelab {metrics['command']}: {metrics['model']} on {metrics['dataset']}",
-        "",
-        "## Metrics",
-        "",
-        metrics_table(metrics["splits"]),
-        "",
-    ]
+    lines = [f"# tunelab {metrics['command']}: {metrics['model']} on {metrics['dataset']}", ""]
+    deduplicated = metrics.get("deduplicated") or {}
+    if deduplicated:
+        lines += ["## Data audit", ""]
+        for split, record in deduplicated.items():
+            total = record["copies_of_train"] + record["n"]
+            metric = headline_metric(metrics["splits"][split])
+            lines.append(f"- {record['copies_of_train']} of {total} {split} rows copy training rows (exact after "
+                         f"normalising, or near); without them {metric} is {record['metrics'][metric]:.4f} against "
+                         f"{metrics['splits'][split][metric]:.4f} with them. `tunelab audit` lists them; `--dedup` "
+                         "drops copies from train.")
+        lines += ["", "Deduplicated metrics:", "", metrics_table({f"{s} (deduplicated)": r["metrics"]
+                                                                  for s, r in deduplicated.items()}), ""]
+    lines += ["## Metrics", "", metrics_table(metrics["splits"]), ""]
     params = metrics.get("params")
     if params:
         lines += [f"Parameters: {params['trainable']:,} trainable of {params['total']:,}.", ""]
