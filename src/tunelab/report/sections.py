@@ -308,10 +308,10 @@ def audit_section(doc: Document, groups: list[Group]) -> None:
     changed = order(plain) != order(clean)
     doc.heading(2, "Data audit")
     doc.paragraph("Some test rows copy training rows (exact after normalising case, whitespace and punctuation, or "
-                  "near: character 4-gram Jaccard >= 0.7), which inflates what they measure. Each method scored "
-                  "without them (deduplicated test):")
+                  "near: character 4-gram Jaccard of 0.7 or more), which inflates what they measure. Each method "
+                  "scored without them (deduplicated test):")
     doc.table(["method", "rows copying train", "with them", "without them", "change"], rows)
     doc.paragraph("Without them the order of the methods " + (
         f"changes: {' > '.join(order(clean))} (with them {' > '.join(order(plain))})." if changed else
-        "stays the same.") + " `tunelab audit DATA` lists the copies; `--dedup` (`dedup: true` in a study's data) "
-        "drops them from train.")
+        "stays the same.") + " tunelab audit lists the copies; --dedup (dedup: true in a study's data) drops "
+        "them from train.")
