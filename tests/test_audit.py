@@ -119,7 +119,8 @@ def test_an_audit_finds_planted_copies_and_flipped_labels(tiny_bert_dir, tmp_pat
     assert exact.count(("test", "train")) == 2  # the recased copy and the relabelled copy
     assert [(r["split"], r["copy_split"]) for r in by_issue["near duplicate"]] == [("test", "train")]
     conflicts = by_issue["conflicting duplicate"]
-    assert len(conflicts) == 1 and conflicts[0]["split"] == "test" and conflicts[0]["suggested"] != conflicts[0]["given"]
+    assert len(conflicts) == 1 and conflicts[0]["split"] == "test"
+    assert conflicts[0]["suggested"] != conflicts[0]["given"]
     assert record["duplicates"]["across_splits"] == {"test-train": 3}
     errors = {r["id"] for r in by_issue.get("label error", []) if r["split"] == "train"}
     assert len(errors & set(flipped)) >= 2  # a random tiny encoder still finds most of three flipped labels
@@ -166,3 +167,31 @@ def test_a_comparison_report_shows_each_method_without_the_copies(tmp_path):
     run_report = (tmp_path / "tfidf" / "report.md").read_text()
     assert run_report.index("## Data audit") < run_report.index("## Metrics")
     assert "3 of 30 test rows copy training rows" in run_report
+
+
+def test_an_image_audit_finds_a_resized_copy_across_splits_and_broken_files(colour_folder, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "images"
+    shutil.copytree(colour_folder, data)
+    source = sorted((data / "test" / "red").glob("*.png"))[0]
+    Image.open(source).resize((56, 56)).save(data / "train" / "red" / "copy.jpg", quality=90)
+    Image.open(source).convert("L").save(data / "train" / "green" / "grey.png")
+    (data / "train" / "blue" / "broken.png").write_bytes(source.read_bytes()[:80])
+    Image.new("RGB", (12, 12), "blue").save(data / "train" / "blue" / "tiny.png")
+    out = tmp_path / "audit"
+    assert main(["audit", str(data), "--out", str(out)]) == 0
+    record = json.loads((out / "audit.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(record, json.loads((resources.files("tunelab.schemas") / "audit.schema.json").read_text()))
+    rows = read_rows(out / "audit.csv")
+    copies = {(r["split"], r["id"].rsplit("/", 1)[-1], r["copy_split"]) for r in rows
+              if r["issue"] == "image duplicate"}
+    # the test image copies a train image (resized, re-encoded); the grey one is a copy too, in another class
+    assert ("test", source.name, "train") in copies and len(copies) == 2
+    issues = {(r["issue"], r["id"].rsplit("/", 1)[-1]) for r in rows}
+    assert {("unreadable image", "broken.png"), ("tiny image", "tiny.png"), ("grayscale image", "grey.png")} <= issues
+    assert record["duplicates"]["conflicting"] >= 1 and record["duplicates"]["across_splits"] == {"test-train": 1}
+    assert record["images"]["unreadable"] == 1 and record["label_errors"]["flagged"] == 0

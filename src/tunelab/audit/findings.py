@@ -42,7 +42,7 @@ class Finding:
     copy_of: int | None = None
 
 
-def _original_first(members: list[int], pooled: Pooled) -> list[int]:
+def original_first(members: list[int], pooled: Pooled) -> list[int]:
     """Train first, then validation, then test; within a split, file order: the copy is
     the later one, so a test row copying a train row is the one flagged."""
     return sorted(members, key=lambda i: (SPLIT_ORDER.get(pooled.splits[i], 3), i))
@@ -58,7 +58,7 @@ def duplicate_findings(pooled: Pooled, near_threshold: float, embeddings: np.nda
     partner: dict[int, int] = {}
     conflicts = 0
     for group in exact_groups(pooled.keys):
-        group = _original_first(group, pooled)
+        group = original_first(group, pooled)
         original = group[0]
         if len({pooled.given[i] for i in group}) > 1:
             conflicts += 1
@@ -73,7 +73,7 @@ def duplicate_findings(pooled: Pooled, near_threshold: float, embeddings: np.nda
     for i, j, similarity in near_duplicate_pairs(pooled.texts, near_threshold):
         if pooled.keys[i] == pooled.keys[j]:
             continue
-        original, copy = _original_first([i, j], pooled)
+        original, copy = original_first([i, j], pooled)
         if copy in flagged:
             continue
         findings.append(Finding(copy, "near duplicate", float(similarity), "", original))
@@ -90,7 +90,7 @@ def duplicate_findings(pooled: Pooled, near_threshold: float, embeddings: np.nda
             j, cosine = int(nearest[i, 0]), float(similarity[i, 0])
             if cosine < EMBEDDING_THRESHOLD or pooled.keys[i] == pooled.keys[j]:
                 continue
-            original, copy = _original_first([i, j], pooled)
+            original, copy = original_first([i, j], pooled)
             if copy in flagged or copy != i:
                 continue
             findings.append(Finding(copy, "near duplicate (embedding)", cosine, "", original))

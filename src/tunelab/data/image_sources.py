@@ -20,6 +20,13 @@ MAX_PIXELS = 50_000_000
 def open_rgb(path):
     """An image file as RGB: its size checked from the header before anything is
     decoded (Pillow's decompression-bomb warning never reaches the console)."""
+    with open_raw(path) as image:
+        return to_rgb(image)
+
+
+def open_raw(path):
+    """An image file opened (its header read, pixels not yet decoded), refusing one above
+    MAX_PIXELS before decoding."""
     import warnings
 
     from PIL import Image
@@ -27,11 +34,9 @@ def open_rgb(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(path)
+            return Image.open(path)
         except Image.DecompressionBombError:
             raise OSError(f"larger than {MAX_PIXELS // 1_000_000} megapixels") from None
-    with image:
-        return to_rgb(image)
 
 
 def to_rgb(image):
@@ -60,6 +65,10 @@ class FileImages:
     def load(self, index: int):
         return open_rgb(self.root / self.paths[index])
 
+    def raw(self, index: int):
+        """The image as stored (mode, frames and size unchanged), for an audit."""
+        return open_raw(self.root / self.paths[index])
+
     def name(self, index: int) -> str:
         return self.paths[index]
 
@@ -77,10 +86,13 @@ class RowImages:
         self.label = label
 
     def load(self, index: int):
+        return to_rgb(self.raw(index))
+
+    def raw(self, index: int):
         image = self.dataset[int(index)][self.column]
         if image is None:
             raise OSError("empty image cell")
-        return to_rgb(image)
+        return image
 
     def name(self, index: int) -> str:
         return f"{self.label}[{index}]"
@@ -104,6 +116,9 @@ class ImageSplit:
 
     def load(self, row: int):
         return self.source.load(int(self.indices[row]))
+
+    def raw(self, row: int):
+        return self.source.raw(int(self.indices[row]))
 
     def digest(self) -> str:
         """Identifies exactly these images (names, sizes, times) for the feature cache."""
