@@ -44,7 +44,8 @@ COMMANDS = command_lines()
 def test_the_readme_has_its_examples():
     assert len(COMMANDS) >= 20
     assert {argv[0] for argv in COMMANDS} >= {"probe", "finetune", "zeroshot", "setfit", "run", "search", "report",
-                                             "predict", "export", "info", "clip-finetune", "serve"}
+                                             "predict", "export", "info", "clip-finetune", "serve", "audit",
+                                             "select"}
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a)[:60] for a in COMMANDS])

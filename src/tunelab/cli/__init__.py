@@ -25,6 +25,7 @@ from tunelab.cli.commands import (
     run_task_command,
 )
 from tunelab.cli.parsing import CommandParser, add_config_flags, parse_intermixed
+from tunelab.cli.select import add_select_command
 from tunelab.cli.serve import add_serve_command
 from tunelab.core.errors import TunelabError
 from tunelab.core.presets import list_presets
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(commands)
     add_serve_command(commands)
     add_audit_command(commands)
+    add_select_command(commands)
     for sub in {id(p): p for p in commands.choices.values()}.values():  # also after the command (aliases: once)
         sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

@@ -39,6 +39,46 @@ class Prediction:
     score_kind: str  # probability | decision | similarity | value
     pair: str | None = None  # the second text of a sentence pair
     labels: list[str] | None = None  # multi-label: the predicted labels
+    # How unsure the model is, for choosing what to label next: margin (1 - the gap between
+    # the two best classes; label sets: 1 - 2 x the distance of the least sure label from
+    # 0.5) and entropy (of the class distribution; label sets: mean binary entropy). None
+    # for values, which carry no uncertainty of their own.
+    uncertainty: dict[str, float] | None = None
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def class_uncertainty(scores: ClassScores) -> tuple[np.ndarray, np.ndarray]:
+    """(margin, entropy) uncertainty of each row of class scores: probabilities as they
+    are (with only the top-k kept, the rest of the mass as one more outcome), decision
+    values and similarities through a softmax first."""
+    values = scores.full if scores.full is not None else scores.top_scores
+    values = np.asarray(values, dtype=np.float64)
+    if scores.kind == "probability":
+        rest = np.clip(1.0 - values.sum(axis=1, keepdims=True), 0.0, 1.0) if scores.full is None else None
+        probabilities = np.concatenate([values, rest], axis=1) if rest is not None else values
+    else:
+        probabilities = _softmax(values)
+    ordered = -np.sort(-probabilities, axis=1)
+    second = ordered[:, 1] if ordered.shape[1] > 1 else np.zeros(len(ordered))
+    margin = 1.0 - (ordered[:, 0] - second)
+    p = np.clip(probabilities, 1e-12, 1.0)
+    entropy = -(probabilities * np.log(p)).sum(axis=1)
+    return margin, entropy
+
+
+def label_set_uncertainty(scores: LabelScores) -> tuple[np.ndarray, np.ndarray]:
+    """(margin, entropy) of label sets: the least sure label's closeness to the threshold,
+    and the mean binary entropy over labels (probabilities; others through a sigmoid)."""
+    values = np.asarray(scores.scores, dtype=np.float64)
+    p = values if scores.kind == "probability" else 1.0 / (1.0 + np.exp(-(values - scores.threshold)))
+    margin = 1.0 - 2.0 * np.abs(p - 0.5).min(axis=1)
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    entropy = -(q * np.log(q) + (1 - q) * np.log(1 - q)).mean(axis=1)
+    return margin, entropy
 
 
 def take_rows(scores, rows: np.ndarray):
@@ -125,8 +165,9 @@ class ClassScores:
         return text_report(y_true, self.predicted, class_names)
 
     def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
-        return [Prediction(t, names[c], float(v), self.kind, p)
-                for t, p, c, v in zip(texts, pairs, self.predicted, self.score)]
+        margin, entropy = class_uncertainty(self)
+        return [Prediction(t, names[c], float(v), self.kind, p, uncertainty={"margin": float(m), "entropy": float(e)})
+                for t, p, c, v, m, e in zip(texts, pairs, self.predicted, self.score, margin, entropy)]
 
     def loss(self, labels: np.ndarray) -> float:
         """Cross-entropy of the true class: of probabilities (top-k kept: a class outside
@@ -250,9 +291,11 @@ class LabelScores:
 
     def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
         out = []
-        for t, p, row, chosen in zip(texts, pairs, self.scores, self.predicted):
+        margin, entropy = label_set_uncertainty(self)
+        for t, p, row, chosen, m, e in zip(texts, pairs, self.scores, self.predicted, margin, entropy):
             labels = [names[i] for i in np.flatnonzero(chosen)]
-            out.append(Prediction(t, label_set_text(chosen, names), float(row.max()), self.kind, p, labels))
+            out.append(Prediction(t, label_set_text(chosen, names), float(row.max()), self.kind, p, labels,
+                                  {"margin": float(m), "entropy": float(e)}))
         return out
 
     def loss(self, labels: np.ndarray) -> float:

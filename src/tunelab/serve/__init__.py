@@ -1,1 +1,1 @@
-"""Serving finished runs: the predict and export commands."""
+"""Using finished runs: predict, export, select (what to label next) and serve (an HTTP API)."""
