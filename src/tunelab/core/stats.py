@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 ALPHA = 0.05
+POWER = 0.8  # the power a minimum detectable difference is stated at
 RESAMPLES = 2000  # bootstrap resamples for metrics that are means over items (accuracy, micro F1)
 SLOW_RESAMPLES = 1000  # for metrics recomputed whole per resample (correlations, macro averages)
 # Where each metric can lie; intervals are clipped to these.
@@ -144,19 +145,79 @@ class PairedTest:
     """A against B on the same examples, over seed pairs."""
 
     delta: float  # mean over seed pairs of metric(A) - metric(B)
-    low: float  # 95% bootstrap interval of delta (seeds and items resampled together)
+    low: float  # 95% interval of delta: a t-interval over seed pairs, else over items (one run)
     high: float
     p: float  # the seed-aware p-value, before any correction
     n: int  # examples both scored
     seed_pairs: int
     method: str  # how p was computed, in words
     per_seed: list[tuple[float, float]]  # (delta, p) of each seed pair on its own
-    p_adjusted: float | None = None  # after Holm's correction over the report's family
+    p_adjusted: float | None = None  # after the report's correction over its family
+    sd: float | None = None  # spread of the per-seed differences (two or more seed pairs)
+    discordant: float | None = None  # one run, accuracy: share of items exactly one of A and B gets right
+    one_run: bool = False  # the seeds gave the same predictions (deterministic methods): one pair tested
 
     @property
     def significant(self) -> bool:
         p = self.p_adjusted if self.p_adjusted is not None else self.p
         return p < ALPHA
+
+    @property
+    def level(self) -> float:
+        """The level this test was held to after correction (Holm: ALPHA x p / adjusted p)."""
+        if self.p_adjusted is None or self.p_adjusted <= 0 or self.p <= 0:
+            return ALPHA
+        return ALPHA * min(1.0, self.p / self.p_adjusted)
+
+    def corrected_interval(self) -> tuple[float, float]:
+        """The interval at this test's corrected level (95% before correction), so that it
+        excludes 0 exactly when the corrected verdict is 'significant' (seed pairs, McNemar;
+        a bootstrap interval is widened by the same normal ratio)."""
+        from scipy.stats import norm
+        from scipy.stats import t as t_dist
+
+        level = self.level
+        if self.seed_pairs >= 2 and self.sd:
+            half = float(t_dist.ppf(1 - level / 2, self.seed_pairs - 1)) * self.sd / math.sqrt(self.seed_pairs)
+        elif self.discordant is not None:
+            half = float(norm.ppf(1 - level / 2)) * math.sqrt(max(self.discordant - self.delta ** 2, 0.0) / self.n)
+        else:
+            half = (self.high - self.low) / 2 * float(norm.ppf(1 - level / 2) / norm.ppf(0.975))
+        return self.delta - half, self.delta + half
+
+    def detectable(self, power: float = POWER) -> dict:
+        """What this design could detect and what would separate the observed difference:
+        the minimum detectable difference at ``power`` and this test's level, and how many
+        seed pairs (or, for one run, test items) the observed difference would need to
+        reach that power, the spread kept as measured. Empty where nothing is known."""
+        from scipy.stats import nct, norm
+        from scipy.stats import t as t_dist
+
+        level, observed = self.level, abs(self.delta)
+        if self.seed_pairs >= 2 and self.sd:
+            def t_power(effect: float, k: int) -> float:
+                critical = t_dist.ppf(1 - level / 2, k - 1)
+                shift = effect * math.sqrt(k) / self.sd
+                return float(nct.sf(critical, k - 1, shift) + nct.cdf(-critical, k - 1, shift))
+
+            k = self.seed_pairs
+            low, high = 0.0, 50 * self.sd
+            for _ in range(60):  # bisection: power grows with the effect
+                middle = (low + high) / 2
+                low, high = (middle, high) if t_power(middle, k) < power else (low, middle)
+            needed = next((m for m in range(2, 1001) if observed and t_power(observed, m) >= power), None)
+            return {"mde": float(high), "unit": "seeds", "needed": needed, "power": power, "level": level}
+        z = norm.ppf(1 - level / 2) + norm.ppf(power)
+        if self.discordant is not None:
+            spread = math.sqrt(max(self.discordant - self.delta ** 2, 1e-12))
+            needed = math.ceil((z * spread / observed) ** 2) if observed else None
+            return {"mde": float(z * spread / math.sqrt(self.n)), "unit": "items", "needed": needed, "power": power,
+                    "level": level}
+        se = (self.high - self.low) / (2 * 1.959964)
+        if not se > 0:
+            return {}
+        needed = math.ceil(self.n * (z * se / observed) ** 2) if observed else None
+        return {"mde": float(z * se), "unit": "items", "needed": needed, "power": power, "level": level}
 
 
 def _micro_f1(counts: np.ndarray) -> np.ndarray:
@@ -185,15 +246,19 @@ def paired_test(couples: Sequence[tuple[Sequence[tuple[str, str]], Sequence[tupl
     """The difference of ``metric`` between A and B over seed pairs of prediction rows on
     the same items (each couple: A's rows, B's rows, aligned item by item).
 
-    Seeds and items are both sources of chance, so both are resampled: each bootstrap
-    draw takes seed pairs with replacement and items with replacement (the same items
-    for every seed pair, since they are the same examples). With two or more seed pairs
-    the p-value is the larger of that bootstrap's and a paired t-test over the per-seed
-    differences (seeds as replicates); with one pair it is the exact McNemar test for
-    accuracy, else the item bootstrap's. Each seed pair's own difference and p-value
-    are kept too."""
+    With two or more seed pairs the seeds are the replicates: a paired t-test over the
+    per-seed differences and its t-interval (item-level tests on seed-averaged
+    predictions, mixed models and hierarchical bootstraps let the error rate run far
+    above 5% once seed variance is real; the seed-level test holds it). Seed pairs that
+    gave exactly the same predictions (deterministic methods) are one run: then the exact
+    McNemar test for accuracy (its interval from the discordant items), else a bootstrap
+    over items. Each seed pair's own difference and p-value are kept too."""
     from scipy.stats import binomtest, ttest_1samp
+    from scipy.stats import t as t_dist
 
+    replicas = len(couples)
+    if replicas > 1 and all(a == couples[0][0] and b == couples[0][1] for a, b in couples[1:]):
+        couples = couples[:1]  # deterministic methods: their seeds are one run, not replicates
     k = len(couples)
     deltas = np.array([metric_from_predictions(a, metric) - metric_from_predictions(b, metric) for a, b in couples])
     rng = np.random.default_rng(seed)
@@ -235,19 +300,30 @@ def paired_test(couples: Sequence[tuple[Sequence[tuple[str, str]], Sequence[tupl
         else:
             p_seed = bootstrap_p(per_couple[c])
         per_seed.append((float(deltas[c]), p_seed))
-    if k >= 2:
-        spread = float(np.std(deltas, ddof=1))
-        if spread == 0:
-            p_t = 0.0 if deltas[0] != 0 else 1.0
-        else:
-            p_t = float(ttest_1samp(deltas, 0.0).pvalue)
-        p = max(bootstrap_p(statistic), p_t)
-        method = (f"the larger p of a bootstrap over seed pairs and items together ({draws} resamples) and a "
-                  f"paired t-test over the {k} seed pairs")
+    sd = float(np.std(deltas, ddof=1)) if k >= 2 else None
+    discordant = None
+    if k >= 2 and sd > 0:
+        # Seeds are the replicates: the paired t over their differences holds its error rate
+        # where item-level tests on seed-averaged predictions do not, and its t-interval
+        # agrees with its verdict.
+        p = float(ttest_1samp(deltas, 0.0).pvalue)
+        half = float(t_dist.ppf(0.975, k - 1)) * sd / math.sqrt(k)
+        low, high = float(deltas.mean()) - half, float(deltas.mean()) + half
+        method = f"paired t-test over the {k} seed pairs (t-interval)"
+    elif k >= 2:
+        p = bootstrap_p(statistic)
+        method = (f"bootstrap over seed pairs and items ({draws} resamples): the {k} seed pairs differ by exactly "
+                  "the same amount")
     elif metric == "accuracy":
         p = per_seed[0][1]
-        method = "exact McNemar test (one seed pair)"
+        right_a, right_b = parts[0][0] == 1, parts[0][1] == 1
+        discordant = float((right_a != right_b).mean())
+        half = 1.959964 * math.sqrt(max(discordant - deltas[0] ** 2, 0.0) / n)
+        low, high = float(deltas[0]) - half, float(deltas[0]) + half
+        method = "exact McNemar test (1 run: " + (
+            f"the {replicas} seeds gave the same predictions)" if replicas > 1 else "one seed pair)")
     else:
         p = bootstrap_p(statistic)
-        method = f"paired bootstrap over items ({draws} resamples; one seed pair)"
-    return PairedTest(float(deltas.mean()), low, high, p, n, k, method, per_seed)
+        method = f"paired bootstrap over items ({draws} resamples; 1 run)"
+    return PairedTest(float(deltas.mean()), low, high, p, n, k, method, per_seed, sd=sd, discordant=discordant,
+                      one_run=k == 1)

@@ -113,11 +113,32 @@ def zero_shot_lines(doc: Document, findings: Findings, curves: dict) -> None:
 
 
 def verdict(result: PairedTest | str) -> str:
+    """'significant' or 'within noise' with the corrected p; within noise also says what
+    this design could detect and what would separate the observed difference."""
     if isinstance(result, str):
         return f"not tested ({result})"
     p = result.p_adjusted if result.p_adjusted is not None else result.p
-    return (f"{'significant' if result.significant else 'within noise'} (Holm-adjusted p = {p:.3g}, "
-            f"n = {result.n}, {result.seed_pairs} seed pair{'s' if result.seed_pairs != 1 else ''})")
+    runs = "1 run" if result.one_run else f"{result.seed_pairs} seed pair{'s' if result.seed_pairs != 1 else ''}"
+    text = (f"{'significant' if result.significant else 'within noise'} (Holm-adjusted p = {p:.3g}, "
+            f"n = {result.n}, {runs})")
+    if not result.significant and detectable_text(result):
+        text += f"; {detectable_text(result)}"
+    return text
+
+
+def detectable_text(result: PairedTest) -> str:
+    """'detects ±0.017; 5 seeds would separate +0.012' (or test examples, for one run)."""
+    found = result.detectable()
+    if not found:
+        return ""
+    text = f"detects ±{found['mde']:.4f}"
+    needed, unit = found["needed"], found["unit"]
+    if needed is None:
+        return text
+    if unit == "seeds":
+        return text + (f"; {needed} seeds would separate {result.delta:+.4f}" if needed <= 1000 else
+                       f"; more than 1,000 seeds would be needed to separate {result.delta:+.4f}")
+    return text + f"; about {needed:,} test examples would separate {result.delta:+.4f}"
 
 
 def _published_value(value) -> float | None:

@@ -18,7 +18,7 @@ from tunelab.core.stats import PairedTest, seed_summary
 from tunelab.problems import headline_metric
 from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority
 from tunelab.report.figures import cost_section
-from tunelab.report.glance import Findings, verdict, zero_shot_lines
+from tunelab.report.glance import Findings, detectable_text, verdict, zero_shot_lines
 from tunelab.report.render import Document, describe, fmt, headline_cell
 
 SEED_METRICS = ("accuracy", "f1_macro", "balanced_accuracy", "top5_accuracy", "ece", "f1_micro", "f1_samples",
@@ -202,21 +202,26 @@ def paired_section(doc: Document, findings: Findings) -> None:
         methods = sorted({c.result.method for c in floor_claims if isinstance(c.result, PairedTest)})
         doc.paragraph("Each method against its floor on the same examples: the difference of the headline metric "
                       "(mean over seed pairs; seeds paired by value, a single-run floor paired with every seed), "
-                      "its 95% bootstrap interval (seed pairs and examples resampled together), the seed-aware "
-                      "p-value and the same after Holm's correction over every comparison in this report, and each "
-                      "seed pair's own difference and p-value. Tests used: " + "; ".join(methods or ["none"]) + ".")
+                      "its interval at the corrected level (a t-interval over seed pairs; for one run, over "
+                      "examples; it excludes 0 exactly when the corrected verdict is significant), the seed-aware "
+                      "p-value and the same after Holm's correction over every comparison in this report, each "
+                      "seed pair's own difference and p-value, and the smallest difference this design detects "
+                      "with power 0.8 at its corrected level, with the seeds (or, for one run, test examples) the "
+                      "observed difference would need. Tests used: " + "; ".join(methods or ["none"]) + ".")
         rows = []
         for claim in floor_claims:
             result = claim.result
             if isinstance(result, str):
-                rows.append([claim.a.name, claim.b.name, "—", "—", "—", "—", "—", "—", "—", f"not paired: {result}"])
+                rows.append([claim.a.name, claim.b.name, "—", "—", "—", "—", "—", "—", "—", f"not paired: {result}",
+                             "—"])
                 continue
             per_seed = "; ".join(f"{d:+.4f} (p {p:.3g})" for d, p in result.per_seed)
-            rows.append([claim.a.name, claim.b.name, f"{result.delta:+.4f}", f"[{result.low:+.4f}, {result.high:+.4f}]",
+            low, high = result.corrected_interval()
+            rows.append([claim.a.name, claim.b.name, f"{result.delta:+.4f}", f"[{low:+.4f}, {high:+.4f}]",
                          f"{result.p:.3g}", f"{result.p_adjusted:.3g}", str(result.n), str(result.seed_pairs),
-                         per_seed, "significant" if result.significant else "within noise"])
-        doc.table(["method", "floor", "Δ", "95% interval", "p", "p (Holm)", "n", "seed pairs", "per seed Δ (p)",
-                   "at 0.05, corrected"], rows)
+                         per_seed, "significant" if result.significant else "within noise", detectable_text(result)])
+        doc.table(["method", "floor", "Δ", "interval (corrected)", "p", "p (Holm)", "n", "seed pairs", "per seed Δ (p)",
+                   "at 0.05, corrected", "detectable (power 0.8)"], rows)
 
 
 def curves_section(doc: Document, groups: list[Group], findings: Findings) -> None:
