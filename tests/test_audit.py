@@ -164,6 +164,12 @@ def test_a_comparison_report_shows_each_method_without_the_copies(tmp_path):
     assert main(["report", str(tmp_path / "majority"), str(tmp_path / "tfidf"), "--out", str(tmp_path / "r.md")]) == 0
     text = (tmp_path / "r.md").read_text()
     assert "## Data audit" in text and "3 of 30" in text and "Without them the order of the methods" in text
+    analysis = json.loads((tmp_path / "r.analysis.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(analysis, json.loads((resources.files("tunelab.schemas") / "analysis.schema.json").read_text()))
+    tested = [c for c in analysis["comparisons"] if c["tested"]]
+    assert tested and all(c["low"] <= c["delta"] <= c["high"] for c in tested)
+    assert all((c["low"] > 0 or c["high"] < 0) == c["significant"] for c in tested)
     run_report = (tmp_path / "tfidf" / "report.md").read_text()
     assert run_report.index("## Data audit") < run_report.index("## Metrics")
     assert "3 of 30 test rows copy training rows" in run_report

@@ -133,6 +133,11 @@ def test_report_numbers_equal_those_recomputed_from_predictions(curve):
     assert float(cells[4]) == pytest.approx(expected_p, rel=1e-2, abs=1e-12) and float(cells[5]) >= float(cells[4])
     assert (cells[9] == "significant") == (float(cells[5]) < 0.05)
     assert cells[10].startswith("detects ±")
+    analysis = json.loads((curve / "analysis.json").read_text())
+    entry = next(c for c in analysis["comparisons"] if c["a"] == "probe-shots30" and c["purpose"] == "floor")
+    assert entry["delta"] == pytest.approx(np.mean(deltas)) and entry["seed_pairs"] == (1 if one_run else 3)
+    assert (entry["low"] > 0 or entry["high"] < 0) == entry["significant"]
+    assert entry["minimum_detectable"] > 0
 
 
 def test_calibration_is_measured_where_there_are_probabilities(curve):

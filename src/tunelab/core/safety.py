@@ -106,7 +106,8 @@ RUN_ENTRIES = ("config.yaml", "command.txt", "metrics.json", "report.md", "input
 
 
 # What a study directory may hold besides its runs.
-STUDY_ENTRIES = ("study.json", "report.md", "report.html", "report_files", ".configs", MARKER, ".*.????????",
+STUDY_ENTRIES = ("study.json", "report.md", "report.html", "report_files", "analysis.json", ".configs", MARKER,
+                 ".*.????????",
                  ".*.tunelab-new-*", ".*.tunelab-old-*", "*.search.json", "*.search.journal",
                  "*.search.journal.lock")
 

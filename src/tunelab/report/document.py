@@ -11,6 +11,7 @@ from tunelab.analysis.comparisons import group_runs
 from tunelab.analysis.runs import RunRecord, find_runs
 from tunelab.core.files import is_plain_name
 from tunelab.core.safety import atomic_write_bytes, read_inside, read_text_inside
+from tunelab.report.analysis_file import ANALYSIS_FORMAT, analysis_record
 from tunelab.report.figures import confusion_grid_png, training_curves_png
 from tunelab.report.glance import at_a_glance, find_findings
 from tunelab.report.render import (
@@ -46,6 +47,7 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
     doc.heading(1, title)
     groups = group_runs(records, outcomes) if records else []
     findings = find_findings(groups, baseline)
+    doc.analysis = analysis_record(groups, findings)
     if records:
         at_a_glance(doc, findings, published or {})
         audit_section(doc, groups)
@@ -115,9 +117,11 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
     elif out.suffix.lower() != ".md":
         out = out.with_suffix(".md") if out.suffix else out / "report.md"
     html_path = out.with_suffix(".html")
+    analysis_path = out.parent / ("analysis.json" if out.stem == "report" else f"{out.stem}.analysis.json")
     assets = out.parent / f"{out.stem}_files"
     check_report_target(out, MARKDOWN_SIGNATURE)
     check_report_target(html_path, HTML_SIGNATURE)
+    check_report_target(analysis_path, f'"format": "{ANALYSIS_FORMAT}"')
     check_assets_target(assets)
     problems: list[str] = []
     records = find_runs(paths, problems)
@@ -132,6 +136,7 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
     doc = build_report(records, title, baseline, outcomes, published, problems, searches)
     atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"), own_folder=False)
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"), own_folder=False)
+    atomic_write_bytes(analysis_path, (json.dumps(doc.analysis, indent=1) + "\n").encode("utf-8"), own_folder=False)
     for sentence in doc.summary:
         logger.info("%s", sentence)
     return out, html_path

@@ -27,6 +27,7 @@ class Document:
     def __init__(self):
         self.blocks: list[tuple] = []
         self.summary: list[str] = []  # the headline sentences, for the console
+        self.analysis: dict = {}  # what the report decided, as data (analysis.json)
 
     def heading(self, level: int, text: str):
         self.blocks.append(("heading", level, text))
