@@ -77,7 +77,7 @@ def test_the_report_answers_the_question(curve):
     assert "reference recipe" not in text
     for picture in ("at-a-glance.png", "learning-curves.png", "cost.png", "reliability.png"):
         assert (curve / "report_files" / picture).is_file(), picture
-    assert "p (Holm)" in text and "Holm's correction at 0.05" in text and "In plain words:" in text
+    assert "p (adjusted)" in text and "corrected over pre-ordered chains at 0.05" in text and "In plain words:" in text
     html = (curve / "report.html").read_text()
     assert html.count("data:image/png;base64,") == html.count("<img") >= 4
 

@@ -352,7 +352,7 @@ def test_runs_on_different_data_are_never_paired(tmp_path, capsys):
                      "--out", str(tmp_path / out)]) == 0
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep.md")]) == 0
     text = (tmp_path / "rep.md").read_text()
-    assert "McNemar" not in text and "p (Holm)" not in text and "significant" not in text.replace(
+    assert "McNemar" not in text and "p (adjusted)" not in text and "significant" not in text.replace(
         'Every "significant"', "")
     assert text.count("## At a glance") == 1 and text.count("### ") >= 2  # one section per dataset
 

@@ -1,6 +1,6 @@
 """What a set of runs says together: seed groups, which runs may be compared (the same
 data, split and examples), the floor and the chosen method (chosen on validation),
-paired seed-aware tests with Holm's correction, learning curves and where one method
+paired seed-aware tests corrected over pre-ordered chains, learning curves and where one method
 overtakes another, cost fronts and calibration. Everything is recomputed from the
 runs' own files (metrics, configuration, inputs record, prediction files), so the
 report's numbers can be checked against them; the statistics live in ``tunelab.core.stats``.
@@ -20,10 +20,10 @@ from tunelab.analysis.runs import SIZE_KEYS, RunRecord, read_predictions
 from tunelab.core.presets import matrix_suffix
 from tunelab.core.safety import read_inside
 from tunelab.core.stats import (
+    ALPHA,
     PairedTest,
     better,
     correlation_interval,
-    holm,
     paired_test,
     seed_summary,
     wilson_interval,
@@ -215,8 +215,8 @@ def compare(a: Group, b: Group, split: str, metric: str, read: dict | None = Non
 
 @dataclasses.dataclass
 class Claim:
-    """One comparison a report states, with its test; Holm's correction is applied over
-    every claim of a report at once."""
+    """One comparison a report states, with its test; the report's correction runs over
+    pre-ordered chains of claims (see ``correct``)."""
 
     a: Group
     b: Group
@@ -224,13 +224,45 @@ class Claim:
     metric: str
     purpose: str  # floor | runner-up | crossover | zero-shot
     result: PairedTest | str
+    direction: str = "ahead"  # zero-shot claims: ahead (a overtakes b) or behind (b beats a)
 
 
-def correct(claims: list[Claim]) -> None:
-    """Holm's correction over every tested claim (the report's family of comparisons)."""
-    tested = [c for c in claims if isinstance(c.result, PairedTest)]
-    for claim, adjusted in zip(tested, holm([c.result.p for c in tested])):
-        claim.result.p_adjusted = adjusted
+def correct(chains: list[list[Claim]]) -> None:
+    """Fixed-sequence testing within pre-ordered chains, weighted Bonferroni across them
+    (a graphical procedure, Bretz et al. 2009): every chain starts with an equal share
+    of ALPHA and tests its claims in order, moving on only while they hold; a chain whose
+    claims all hold passes its share on to the chains still testing. The family-wise
+    error stays at ALPHA under any dependence, and the claims a reader asks first (the
+    chosen method against the floor and the runner-up; each curve from its largest size
+    down) are not diluted by every exploratory comparison, as one flat Holm family
+    dilutes them. ``p_adjusted`` is p over the share its claim was tested at (below
+    ALPHA exactly when it holds); a claim after one that did not hold is never tested."""
+    chains = [[c for c in chain if isinstance(c.result, PairedTest)] for chain in chains]
+    chains = [chain for chain in chains if chain]
+    if not chains:
+        return
+    weights = [1.0 / len(chains)] * len(chains)
+    position = [0] * len(chains)
+    active = set(range(len(chains)))
+    moved = True
+    while moved and active:
+        moved = False
+        for i in sorted(active):
+            claim = chains[i][position[i]]
+            if claim.result.p < ALPHA * weights[i]:
+                claim.result.p_adjusted = claim.result.p / weights[i]
+                position[i] += 1
+                moved = True
+                if position[i] == len(chains[i]):
+                    active.discard(i)
+                    for j in active:
+                        weights[j] += weights[i] / len(active)
+                    weights[i] = 0.0
+    for i in active:
+        running = 0.0
+        for claim in chains[i][position[i]:]:
+            running = max(running, min(1.0, claim.result.p / weights[i]))
+            claim.result.p_adjusted = running
 
 
 # --------------------------------------------------------------------------- curves, fronts, calibration

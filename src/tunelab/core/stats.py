@@ -1,6 +1,6 @@
 """The statistics behind every number and claim in a report, a model card or an analysis:
 intervals of one run's metric, intervals over seeds, metrics recomputed from prediction
-rows, and the paired, seed-aware test with Holm's correction that decides whether a
+rows, and the paired, seed-aware test (corrected by the report) that decides whether a
 difference between two methods is called significant.
 
 Pure numbers in, numbers out: nothing here reads a run directory.
@@ -164,7 +164,7 @@ class PairedTest:
 
     @property
     def level(self) -> float:
-        """The level this test was held to after correction (Holm: ALPHA x p / adjusted p)."""
+        """The level this test was held to after correction (ALPHA x p / adjusted p)."""
         if self.p_adjusted is None or self.p_adjusted <= 0 or self.p <= 0:
             return ALPHA
         return ALPHA * min(1.0, self.p / self.p_adjusted)

@@ -31,7 +31,7 @@ from tunelab.report.render import Document, fmt, wall_seconds
 @dataclasses.dataclass
 class Findings:
     """What a report concludes, decided once and then rendered: per family of comparable
-    groups its floor, its chosen method, and every tested claim (Holm-corrected together)."""
+    groups its floor, its chosen method, and every tested claim (corrected over pre-ordered chains)."""
 
     families: list[Family]
     floors: dict[int, tuple[Group | None, str]]  # id(family) -> (floor, how it is defined)
@@ -46,8 +46,30 @@ class Findings:
 
 
 def find_findings(groups: list[Group], baseline: str | None) -> Findings:
+    """Every claim of the report, tested once per pair of groups and corrected over
+    pre-ordered chains: per family the chosen method against the floor and against the
+    runner-up first; each learning curve against the floor from its largest size down;
+    each curve against each zero-shot reference from its largest size down (where it
+    overtakes) and from its smallest size up (where zero-shot beats it); every other
+    claim a chain of its own."""
     fams = families(groups)
-    floors, chosen, claims, read = {}, {}, [], {}  # read: prediction files parsed once for the whole report
+    floors, chosen, claims, chains, read = {}, {}, [], [], {}  # read: prediction files parsed once
+    tested: dict[tuple[int, int], Claim] = {}
+
+    def claim(a: Group, b: Group, family: Family, purpose: str, **extra) -> Claim | None:
+        """A new claim, or None where the same pair was tested already (the claim then
+        shares that test and adds no hypothesis to the family)."""
+        first = tested.get((id(a), id(b)))
+        made = Claim(a, b, family.split, family.metric, purpose,
+                     first.result if first else compare(a, b, family.split, family.metric, read))
+        for key, value in extra.items():
+            setattr(made, key, value)
+        claims.append(made)
+        if first is not None:
+            return None
+        tested[id(a), id(b)] = made
+        return made
+
     for family in fams:
         floor, how = find_floor(family, baseline)
         floors[id(family)] = (floor, how)
@@ -57,52 +79,64 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
             rest = [g for g in family.groups if g is not best and g.values(split, family.metric)]
             runner, _ = choose_best(rest, family.metric) if rest else (None, split)
         chosen[id(family)] = (best, split, runner)
-        if floor is not None:
-            for group in family.groups:
-                if group is not floor:
-                    claims.append(Claim(group, floor, family.split, family.metric, "floor",
-                                        compare(group, floor, family.split, family.metric, read)))
+        against_floor = {id(g): claim(g, floor, family, "floor") for g in family.groups
+                         if floor is not None and g is not floor}
+        primary = [against_floor.get(id(best)) if best is not None else None]
         if best is not None and runner is not None:
-            claims.append(Claim(best, runner, family.split, family.metric, "runner-up",
-                                compare(best, runner, family.split, family.metric, read)))
+            primary.append(claim(best, runner, family, "runner-up"))
+        chains.append([c for c in primary if c is not None])
+        placed = {id(c) for c in chains[-1]}
         members = {id(g) for g in family.groups}
         curves = {m: [(x, g) for x, g in points if id(g) in members]
                   for m, points in learning_curves(family.groups).items()}
+        for points in curves.values():
+            chain = [against_floor.get(id(g)) for _, g in sorted(points, key=lambda p: -p[0])]
+            chains.append([c for c in chain if c is not None and id(c) not in placed])
+            placed |= {id(c) for c in chains[-1]}
+        chains += [[c] for c in against_floor.values() if c is not None and id(c) not in placed]
         for ahead, behind, size, previous in crossover_candidates({m: p for m, p in curves.items() if p}):
-            claim = Claim(ahead, behind, family.split, family.metric, "crossover",
-                          compare(ahead, behind, family.split, family.metric, read))
-            claim.size, claim.previous = size, previous  # type: ignore[attr-defined]
-            claims.append(claim)
-        # Every size of every curve against each zero-shot reference: where a method
-        # overtakes zero-shot is the smallest size whose test holds after correction.
+            made = claim(ahead, behind, family, "crossover", size=size, previous=previous)
+            chains.append([made] if made is not None else [])
         for reference in zero_label_references(family.groups):
             for points in curves.values():
-                for size, group in points:
-                    if not group.runs[0].metrics.get("model"):
-                        continue  # a floor (no pretrained model) is not a method zero-shot is measured against
-                    claim = Claim(group, reference, family.split, family.metric, "zero-shot",
-                                  compare(group, reference, family.split, family.metric, read))
-                    claim.size = size  # type: ignore[attr-defined]
-                    claims.append(claim)
-    correct(claims)
+                points = [(x, g) for x, g in points if g.runs[0].metrics.get("model")]  # floors are not methods
+                overtakes = [claim(g, reference, family, "zero-shot", size=x)
+                             for x, g in sorted(points, key=lambda p: -p[0])]
+                overtakes = [c for c in overtakes if c is not None]
+                chains.append(overtakes)
+                behind = [_behind(c) for c in sorted(overtakes, key=lambda c: c.size)]  # type: ignore[attr-defined]
+                claims.extend(behind)
+                chains.append(behind)
+    correct(chains)
     return Findings(fams, floors, chosen, claims)
 
 
+def _behind(claim: Claim) -> Claim:
+    """The same comparison as a hypothesis of the other chain (zero-shot ahead), with its
+    own copy of the test, since the two chains correct it differently."""
+    result = dataclasses.replace(claim.result) if isinstance(claim.result, PairedTest) else claim.result
+    made = Claim(claim.a, claim.b, claim.split, claim.metric, claim.purpose, result, direction="behind")
+    made.size = claim.size  # type: ignore[attr-defined]
+    return made
+
+
 def zero_shot_lines(doc: Document, findings: Findings, curves: dict) -> None:
-    """Where each learning curve overtakes each zero-shot reference: the smallest size at
-    which it is ahead and the paired test holds after Holm's correction."""
+    """Where each learning curve overtakes each zero-shot reference (the smallest size of
+    the run of sizes, from the largest down, at which it is ahead and the test holds),
+    and where zero-shot beats it (sizes, from the smallest up, at which the test holds
+    with zero-shot ahead)."""
     against = [c for c in findings.claims if c.purpose == "zero-shot"]
     for reference in {id(c.b): c.b for c in against}.values():
         level = seed_summary(reference.values(), reference.metric())["mean"]
         doc.paragraph(f"{reference.method} learns from no label: {reference.metric()} {level:.4f}, drawn as the "
                       "dashed line at 0 labels.")
         for method in curves:
-            claims = sorted((c for c in against if c.b is reference and c.a.method == method),
-                            key=lambda c: c.size)  # type: ignore[attr-defined]
-            if not claims:
+            mine = [c for c in against if c.b is reference and c.a.method == method]
+            if not mine:
                 continue
-            ahead = [c for c in claims if isinstance(c.result, PairedTest) and c.result.significant
-                     and better(c.metric, c.result.delta, 0.0)]
+            ahead = sorted((c for c in mine if c.direction == "ahead" and isinstance(c.result, PairedTest)
+                            and c.result.significant and better(c.metric, c.result.delta, 0.0)),
+                           key=lambda c: c.size)  # type: ignore[attr-defined]
             if ahead:
                 first = ahead[0]
                 doc.paragraph(f"{method} overtakes {reference.method} at {first.size:g} "  # type: ignore[attr-defined]
@@ -110,6 +144,12 @@ def zero_shot_lines(doc: Document, findings: Findings, curves: dict) -> None:
             else:
                 doc.paragraph(f"{method} does not overtake {reference.method} at any size tried (no difference "
                               "in its favour holds after correction).")
+            losing = sorted((c for c in mine if c.direction == "behind" and isinstance(c.result, PairedTest)
+                             and c.result.significant and better(c.metric, 0.0, c.result.delta)),
+                            key=lambda c: c.size)  # type: ignore[attr-defined]
+            for c in losing:
+                doc.paragraph(f"{reference.method} beats {method} at {c.size:g} "  # type: ignore[attr-defined]
+                              f"({-c.result.delta:+.4f} for {reference.method}, {verdict(c.result)}).")
 
 
 def verdict(result: PairedTest | str) -> str:
@@ -119,7 +159,7 @@ def verdict(result: PairedTest | str) -> str:
         return f"not tested ({result})"
     p = result.p_adjusted if result.p_adjusted is not None else result.p
     runs = "1 run" if result.one_run else f"{result.seed_pairs} seed pair{'s' if result.seed_pairs != 1 else ''}"
-    text = (f"{'significant' if result.significant else 'within noise'} (Holm-adjusted p = {p:.3g}, "
+    text = (f"{'significant' if result.significant else 'within noise'} (adjusted p = {p:.3g}, "
             f"n = {result.n}, {runs})")
     if not result.significant and detectable_text(result):
         text += f"; {detectable_text(result)}"
@@ -149,7 +189,7 @@ def at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
     """Per family of comparable runs: one chart of every group's headline metric with its
     interval, and what can be said: the method chosen on validation and its test score,
     whether it is distinguishable from the runner-up and from the floor (seed-aware
-    tests, Holm-corrected over the whole report), at what cost."""
+    tests, corrected over the report's pre-ordered chains), at what cost."""
     if not findings.families:
         return
     doc.heading(2, "At a glance")
@@ -159,7 +199,7 @@ def at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
                       "repeated with other seeds and scored on the same examples, and after allowing for the "
                       f"{len(tested)} comparisons this report makes; \"within noise\" means these runs cannot tell "
                       "the two apart (it does not mean they are equal). The tests: paired on the same examples, "
-                      "seeds counted as chance, Holm's correction at 0.05.")
+                      "seeds counted as chance, corrected over pre-ordered chains at 0.05.")
     for index, family in enumerate(findings.families):
         split, metric = family.split, family.metric
         if len(findings.families) > 1:

@@ -204,7 +204,7 @@ def paired_section(doc: Document, findings: Findings) -> None:
                       "(mean over seed pairs; seeds paired by value, a single-run floor paired with every seed), "
                       "its interval at the corrected level (a t-interval over seed pairs; for one run, over "
                       "examples; it excludes 0 exactly when the corrected verdict is significant), the seed-aware "
-                      "p-value and the same after Holm's correction over every comparison in this report, each "
+                      "p-value and the same after the report's correction (pre-ordered chains, at 0.05 in all), each "
                       "seed pair's own difference and p-value, and the smallest difference this design detects "
                       "with power 0.8 at its corrected level, with the seeds (or, for one run, test examples) the "
                       "observed difference would need. Tests used: " + "; ".join(methods or ["none"]) + ".")
@@ -220,8 +220,8 @@ def paired_section(doc: Document, findings: Findings) -> None:
             rows.append([claim.a.name, claim.b.name, f"{result.delta:+.4f}", f"[{low:+.4f}, {high:+.4f}]",
                          f"{result.p:.3g}", f"{result.p_adjusted:.3g}", str(result.n), str(result.seed_pairs),
                          per_seed, "significant" if result.significant else "within noise", detectable_text(result)])
-        doc.table(["method", "floor", "Δ", "interval (corrected)", "p", "p (Holm)", "n", "seed pairs", "per seed Δ (p)",
-                   "at 0.05, corrected", "detectable (power 0.8)"], rows)
+        doc.table(["method", "floor", "Δ", "interval (corrected)", "p", "p (adjusted)", "n", "seed pairs",
+                   "per seed Δ (p)", "at 0.05, corrected", "detectable (power 0.8)"], rows)
 
 
 def curves_section(doc: Document, groups: list[Group], findings: Findings) -> None:
