@@ -9,8 +9,12 @@ items, so seeds differ in accuracy as fine-tuning seeds do), then
 - the alternatives: A's wrong items flipped to right until A is ahead by +0.02, +0.05
   or +0.10, in a family of the same size; power is the share called significant.
 
-Each for the previous procedure (the larger p of a seeds-and-items bootstrap and a
-paired t over seeds) and today's (the paired t over seeds alone).
+Both procedures see the same simulated families: the previous one (the larger p of a
+seeds-and-items bootstrap and a paired t over seeds, Holm over the family) and today's
+(the paired t over seeds, corrected over pre-ordered chains by tunelab's own
+``correct``: the tested alternative is the report's first claim, the chosen method
+against the floor, in a chain with the runner-up claim; a curve of three sizes; the rest
+one chain each).
 
     python benchmarks/paired_test.py [--predictions FILE.csv] [--seeds 3] [--family 10] [--trials 400] [--quick]
 
@@ -85,6 +89,17 @@ def holm_any(pvalues: list[float], alpha: float = 0.05) -> list[bool]:
     return out
 
 
+def chained(pvalues: list[float], structure: list[list[int]]) -> list[bool]:
+    """Which hypotheses tunelab's chained correction rejects."""
+    from tunelab.analysis.comparisons import Claim, correct
+    from tunelab.core.stats import PairedTest
+
+    claims = [Claim(None, None, "test", "accuracy", "floor", PairedTest(0.0, 0.0, 0.0, p, 1, 3, "", []))
+              for p in pvalues]
+    correct([[claims[i] for i in chain] for chain in structure])
+    return [c.result.significant for c in claims]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--predictions", help="a run's predictions CSV (label and prediction columns)")
@@ -98,26 +113,29 @@ def main(argv=None) -> int:
     trials = 60 if args.quick else args.trials
     spread = tuple(float(v) for v in args.seed_spread.split(","))
     base = correctness_of(args.predictions, rng)
-    results = {}
-    for name, test in (("before", lambda a, b: p_before(a, b, rng)), ("today", p_today)):
-        errors = 0
-        for _ in range(trials):
-            family = [(seeds_of(base, args.seeds, rng, spread), seeds_of(base, args.seeds, rng, spread))
-                      for _ in range(args.family)]
-            errors += any(holm_any([test(a, b) for a, b in family]))
-        power = {}
+    structure = [[0, 1], [2, 3, 4]] + [[i] for i in range(5, args.family)]
+    results = {name: {"fwer": 0, "power": {d: 0 for d in (0.02, 0.05, 0.10)}} for name in ("before", "today")}
+
+    def decide(family) -> dict[str, list[bool]]:
+        return {"before": holm_any([p_before(a, b, rng) for a, b in family]),
+                "today": chained([p_today(a, b) for a, b in family], structure)}
+
+    def draw():
+        return seeds_of(base, args.seeds, rng, spread), seeds_of(base, args.seeds, rng, spread)
+
+    for _ in range(trials):
+        for name, rejected in decide([draw() for _ in range(args.family)]).items():
+            results[name]["fwer"] += any(rejected)
         for delta in (0.02, 0.05, 0.10):
-            hits = 0
-            for _ in range(trials):
-                a0, b = seeds_of(base, args.seeds, rng, spread), seeds_of(base, args.seeds, rng, spread)
-                family = [(improved(a0, delta, rng), b)] + [
-                    (seeds_of(base, args.seeds, rng, spread), seeds_of(base, args.seeds, rng, spread))
-                    for _ in range(args.family - 1)]
-                hits += holm_any([test(a, b) for a, b in family])[0]
-            power[delta] = hits / trials
-        results[name] = {"fwer": errors / trials, "power": power}
+            a0, b0 = draw()
+            family = [(improved(a0, delta, rng), b0)] + [draw() for _ in range(args.family - 1)]
+            for name, rejected in decide(family).items():
+                results[name]["power"][delta] += rejected[0]
+    for r in results.values():
+        r["fwer"] /= trials
+        r["power"] = {d: hits / trials for d, hits in r["power"].items()}
     mc = 1.96 * np.sqrt(0.05 * 0.95 / trials)
-    print(f"{len(base)} items, {args.seeds} seeds, families of {args.family} (Holm), {trials} trials each; seed "
+    print(f"{len(base)} items, {args.seeds} seeds, families of {args.family}, {trials} trials each; seed "
           f"flip share {spread[0]:g}-{spread[1]:g}; Monte-Carlo error of a 0.05 rate: ±{mc:.3f}")
     print("| procedure | family-wise error | power +0.02 | power +0.05 | power +0.10 |")
     print("|---|---|---|---|---|")
