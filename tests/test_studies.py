@@ -74,6 +74,9 @@ def test_the_report_answers_the_question(curve):
     assert re.search(r"Chosen on validation: (probe|tfidf)-shots\d+ \(highest validation accuracy, \d\.\d{4}\); "
                      r"on test it scores \d\.\d{4}", text)
     assert "Against the floor majority (the declared baseline majority)" in text
+    share = re.search(r"It is highest in (\d+)% of 1,000 resamples of the validation examples", text)
+    analysis = json.loads((curve / "analysis.json").read_text())
+    assert share and analysis["families"][0]["chosen_wins_share"] == pytest.approx(int(share.group(1)) / 100, abs=0.006)
     assert "reference recipe" not in text
     for picture in ("at-a-glance.png", "learning-curves.png", "cost.png", "reliability.png"):
         assert (curve / "report_files" / picture).is_file(), picture

@@ -156,6 +156,37 @@ def choose_best(groups: list[Group], metric: str) -> tuple[Group | None, str]:
     return best, split
 
 
+def choice_stability(groups: list[Group], best: Group, split: str, metric: str, read: dict,
+                     draws: int = 1000, seed: int = 0) -> float | None:
+    """How firmly ``split`` chose ``best``: the share of bootstrap resamples in which
+    ``best`` still has the highest accuracy, each run's own examples resampled (few-shot
+    runs keep their own validation rows) and averaged over the group's seeds as the choice
+    averages them. None where the metric is not accuracy or predictions are missing."""
+    if metric != "accuracy":
+        return None
+    rng = np.random.default_rng(seed)
+    means, keys = [], []
+    for group in groups:
+        per_run = []
+        for run in group.runs:
+            n = run.metrics["splits"].get(split, {}).get("n")
+            if (run.path, split) not in read:
+                read[run.path, split] = read_predictions(run.path, split, n if isinstance(n, int) else None)
+            rows = read[run.path, split]
+            if isinstance(rows, str) or not rows:
+                break
+            right = np.array([label == predicted for label, predicted in rows.values()], dtype=float)
+            per_run.append(right[rng.integers(0, len(right), size=(draws, len(right)))].mean(axis=1))
+        else:
+            if per_run:
+                means.append(np.mean(per_run, axis=0))
+                keys.append(id(group))
+    if id(best) not in keys or len(keys) < 2:
+        return None
+    winners = np.stack(means).argmax(axis=0)
+    return float((winners == keys.index(id(best))).mean())
+
+
 def find_floor(family: Family, baseline: str | None) -> tuple[Group | None, str]:
     """The one floor every comparison of a family is made against: the study's declared
     baseline step (the best of its groups on validation, if it has several), else the

@@ -53,7 +53,9 @@ def analysis_record(groups: list[Group], findings: Findings) -> dict:
         chosen.append({"dataset": family.dataset, "metric": family.metric,
                        "chosen": best.name if best is not None else None, "chosen_on": split,
                        "runner_up": runner.name if runner is not None else None,
-                       "floor": floor.name if floor is not None else None, "floor_rule": how})
-    return {"format": ANALYSIS_FORMAT, "version": ANALYSIS_VERSION, "correction": "fixed-sequence chains, weighted Bonferroni across chains (graphical procedure)",
+                       "floor": floor.name if floor is not None else None, "floor_rule": how,
+                       "chosen_wins_share": findings.stability.get(id(family))})
+    return {"format": ANALYSIS_FORMAT, "version": ANALYSIS_VERSION,
+            "correction": "fixed-sequence chains, weighted Bonferroni across chains (graphical procedure)",
             "groups": [group_entry(g) for g in groups], "families": chosen,
             "comparisons": [claim_entry(c) for c in findings.claims]}

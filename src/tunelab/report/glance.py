@@ -13,6 +13,7 @@ from tunelab.analysis.comparisons import (
     Claim,
     Family,
     Group,
+    choice_stability,
     choose_best,
     compare,
     correct,
@@ -37,6 +38,7 @@ class Findings:
     floors: dict[int, tuple[Group | None, str]]  # id(family) -> (floor, how it is defined)
     chosen: dict[int, tuple[Group | None, str, Group | None]]  # id(family) -> (best, split that chose, runner-up)
     claims: list[Claim]
+    stability: dict[int, float | None] = dataclasses.field(default_factory=dict)  # id(family) -> share it wins
 
     def claim(self, a: Group, b: Group, purpose: str) -> Claim | None:
         return next((c for c in self.claims if c.a is a and c.b is b and c.purpose == purpose), None)
@@ -54,6 +56,7 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
     claim a chain of its own."""
     fams = families(groups)
     floors, chosen, claims, chains, read = {}, {}, [], [], {}  # read: prediction files parsed once
+    stability: dict[int, float | None] = {}
     tested: dict[tuple[int, int], Claim] = {}
 
     def claim(a: Group, b: Group, family: Family, purpose: str, **extra) -> Claim | None:
@@ -79,6 +82,8 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
             rest = [g for g in family.groups if g is not best and g.values(split, family.metric)]
             runner, _ = choose_best(rest, family.metric) if rest else (None, split)
         chosen[id(family)] = (best, split, runner)
+        if best is not None and split != family.split:
+            stability[id(family)] = choice_stability(family.groups, best, split, family.metric, read)
         against_floor = {id(g): claim(g, floor, family, "floor") for g in family.groups
                          if floor is not None and g is not floor}
         primary = [against_floor.get(id(best)) if best is not None else None]
@@ -108,7 +113,7 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
                 claims.extend(behind)
                 chains.append(behind)
     correct(chains)
-    return Findings(fams, floors, chosen, claims)
+    return Findings(fams, floors, chosen, claims, stability)
 
 
 def _behind(claim: Claim) -> Claim:
@@ -169,7 +174,7 @@ def verdict(result: PairedTest | str) -> str:
 def detectable_text(result: PairedTest) -> str:
     """'detects ±0.017; 5 seeds would separate +0.012' (or test examples, for one run)."""
     found = result.detectable()
-    if not found:
+    if not found or found["mde"] < 1e-6:  # nothing varies (two identical runs): nothing to say
         return ""
     text = f"detects ±{found['mde']:.4f}"
     needed, unit = found["needed"], found["unit"]
@@ -272,6 +277,11 @@ def glance_sentences(findings: Findings, family: Family) -> list[str]:
     else:
         sentences = [f"Chosen on {chose_on}: {best.name} (highest {chose_on} {metric}, "
                      f"{np.mean(best.values(chose_on)):.4f}); on {split} it scores {mean:.4f}{interval}{weak}."]
+        share = findings.stability.get(id(family))
+        if share is not None:
+            sentences.append(f"It is highest in {share:.0%} of 1,000 resamples of the {chose_on} examples"
+                             + (": a fragile choice, which more validation examples would settle." if share < 0.8
+                                else "."))
     if runner is not None:
         claim = findings.claim(best, runner, "runner-up")
         result = claim.result if claim else "not tested"
