@@ -48,7 +48,7 @@ def original_first(members: list[int], pooled: Pooled) -> list[int]:
     return sorted(members, key=lambda i: (SPLIT_ORDER.get(pooled.splits[i], 3), i))
 
 
-def duplicate_findings(pooled: Pooled, near_threshold: float, embeddings: np.ndarray | None,
+def duplicate_findings(pooled: Pooled, near_threshold: float,
                        neighbours: tuple[np.ndarray, np.ndarray] | None) -> tuple[list[Finding], dict]:
     """Exact copies (equal keys), near copies (MinHash over character 4-grams, confirmed
     at ``near_threshold`` Jaccard; and embeddings at EMBEDDING_THRESHOLD cosine), and

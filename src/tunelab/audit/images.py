@@ -37,16 +37,15 @@ def inspect(split, row: int) -> dict:
 
 def inspect_all(dataset, problem, threads: int = 4) -> tuple[Pooled, list[dict]]:
     """Every split's images in one pooled list, each inspected."""
-    splits, ids, names, given, infos = [], [], [], [], []
+    splits, ids, given, infos = [], [], [], []
     with ThreadPoolExecutor(threads) as pool:
         for name, split in dataset.splits.items():
             splits += [name] * len(split)
             ids += [str(i) for i in split.ids]
-            names += [str(i) for i in split.ids]
             given += problem.label_texts(split.labels, dataset.class_names)
             infos += list(pool.map(lambda row, s=split: inspect(s, row), range(len(split))))
     keys = [f"{info['hash']:016x}" if "hash" in info else f"unreadable-{i}" for i, info in enumerate(infos)]
-    return Pooled(splits, ids, names, keys, given), infos
+    return Pooled(splits, ids, list(ids), keys, given), infos  # an image's text is its name
 
 
 def file_findings(infos: list[dict]) -> tuple[list[Finding], dict]:

@@ -102,7 +102,7 @@ def audit_texts(config: AuditConfig):
     neighbours = nearest_neighbours(vectors)
     findings, summary = [], {"problem": problem.name, "model": config.model, "pooling": pooling,
                              "splits": {name: len(split) for name, split in dataset.splits.items()}}
-    found, summary["duplicates"] = duplicate_findings(pooled, config.near_threshold, vectors, neighbours)
+    found, summary["duplicates"] = duplicate_findings(pooled, config.near_threshold, neighbours)
     findings += found
     found, summary["outliers"] = outlier_findings(neighbours[1])
     findings += found

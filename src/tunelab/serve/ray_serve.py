@@ -10,11 +10,10 @@ import dataclasses
 import logging
 import signal
 import time
-from pathlib import Path
 
 from tunelab.core.errors import TunelabError
 from tunelab.serve.app import Limits, create_app
-from tunelab.serve.server import check_exposure, served_model
+from tunelab.serve.server import check_exposure, parse_spec, served_model
 
 log = logging.getLogger("tunelab.serve")
 
@@ -32,11 +31,10 @@ def absolute_specs(runs: list[str]) -> list[str]:
     """NAME=DIR specs with absolute folders, as replicas in other processes need them."""
     specs = []
     for spec in runs:
-        name, _, folder = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        folder_path = Path(folder).expanduser().resolve()
-        if not folder_path.is_dir():
+        name, folder = parse_spec(spec)
+        if not folder.is_dir():
             raise TunelabError(f"{folder} is not a run directory")
-        specs.append(f"{name or folder_path.name}={folder_path}")
+        specs.append(f"{name}={folder.resolve()}")
     return specs
 
 

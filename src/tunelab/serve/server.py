@@ -26,16 +26,22 @@ API_KEY_VARIABLE = "TUNELAB_API_KEY"
 log = logging.getLogger("tunelab.serve")
 
 
+def parse_spec(spec: str) -> tuple[str, Path]:
+    """(name, run directory) of ``DIR`` or ``NAME=DIR`` (the name defaults to the folder's)."""
+    name, _, folder = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    run_dir = Path(folder).expanduser()
+    name = name or run_dir.resolve().name
+    if not is_plain_name(name):
+        raise TunelabError(f"{name!r} cannot name a served model: use letters, digits, '.', '-' or '_' (NAME=DIR)")
+    return name, run_dir
+
+
 def served_model(spec: str, backend: str = "auto", precision: str | None = None) -> ServedModel:
     """A run to serve from ``DIR`` or ``NAME=DIR`` (the name defaults to the folder's).
     ``backend`` auto: the run's ONNX export where it has one (on the CPUs measured,
     ONNX Runtime answers a single text 2x faster than PyTorch and serves 1.3x more
     requests per second), else PyTorch."""
-    name, _, folder = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    run_dir = Path(folder)
-    name = name or run_dir.resolve().name
-    if not is_plain_name(name):
-        raise TunelabError(f"{name!r} cannot name a served model: use letters, digits, '.', '-' or '_' (NAME=DIR)")
+    name, run_dir = parse_spec(spec)
     predictor = load_auto(run_dir, precision) if backend == "auto" else load_predictor(run_dir, backend, precision)
     backend = predictor.backend
     info = {"task": predictor.task, "problem": predictor.record.get("problem"), "labels": predictor.class_names,
