@@ -192,13 +192,7 @@ class RunDirectory:
 
     def write_table(self, name: str, columns: Mapping[str, Sequence[Any]]) -> Path:
         """A CSV file of equal-length columns, written atomically."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        names = list(columns)
-        writer.writerow(names)
-        for row in zip(*(columns[n] for n in names)):
-            writer.writerow([_csv_cell(v) for v in row])
-        return self.write_text(name, buffer.getvalue())
+        return self.write_text(name, csv_text(columns))
 
     def write_confusion(self, split: str, matrix: np.ndarray, class_names: Sequence[str],
                         top_pairs: list[dict] | None = None) -> None:
@@ -237,6 +231,17 @@ class RunDirectory:
         if self._tracker is not None:
             self._tracker.close()
             self._tracker = None
+
+
+def csv_text(columns: Mapping[str, Sequence[Any]]) -> str:
+    """Equal-length columns as CSV, numbers written as every tunelab table writes them."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    names = list(columns)
+    writer.writerow(names)
+    for row in zip(*(columns[n] for n in names)):
+        writer.writerow([_csv_cell(v) for v in row])
+    return buffer.getvalue()
 
 
 def _csv_cell(value: Any) -> Any:

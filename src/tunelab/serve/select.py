@@ -8,15 +8,14 @@ seed gives the same rows."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
 
 from tunelab.core.config import RuntimeConfig
 from tunelab.core.errors import TunelabError, counted
+from tunelab.core.runs import csv_text
 from tunelab.core.safety import atomic_write_bytes
 from tunelab.data.duplicates import near_duplicate_pairs, normalise_text
 from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor, normalize_rows
@@ -145,13 +144,12 @@ def write_selection(selected: list[Selected], out: str | Path, strategy: str, ov
         raise TunelabError(f"--out {out} exists; choose another file or pass --overwrite")
     if out.is_dir():
         raise TunelabError(f"--out {out} is a folder; give a .csv file")
-    pairs = any(s.pair is not None for s in selected)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["rank", "row", "text", *(["pair"] if pairs else []), strategy, "predicted", "predicted_score"])
-    for s in selected:
-        writer.writerow([s.rank, s.row, s.text, *([s.pair] if pairs else []), f"{s.score:.6g}", s.predicted,
-                         f"{s.predicted_score:.6g}"])
+    columns = {"rank": [s.rank for s in selected], "row": [s.row for s in selected],
+               "text": [s.text for s in selected]}
+    if any(s.pair is not None for s in selected):
+        columns["pair"] = [s.pair for s in selected]
+    columns.update({strategy: [s.score for s in selected], "predicted": [s.predicted for s in selected],
+                    "predicted_score": [s.predicted_score for s in selected]})
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buffer.getvalue().encode("utf-8"))
+    atomic_write_bytes(out, csv_text(columns).encode("utf-8"))
     return out
