@@ -143,6 +143,35 @@ def test_report_numbers_equal_those_recomputed_from_predictions(curve):
     assert entry["minimum_detectable"] > 0
 
 
+def test_learning_curves_look_ahead_with_their_backtest(curve, tmp_path):
+    from importlib import resources
+
+    text = plain((curve / "report.md").read_text())
+    assert "Looking ahead" in text and "| method | form (chosen by backtest) |" in text
+    analysis = json.loads((curve / "analysis.json").read_text())
+    by_method = {e["method"]: e for e in analysis["extrapolations"]}
+    assert set(by_method) == {"probe", "tfidf"}
+    probe = by_method["probe"]
+    assert probe["sizes"] == [2, 8, 30]
+    at_30 = np.mean([metrics_of(curve / f"probe-shots30-seed{s}")["splits"]["test"]["accuracy"] for s in range(3)])
+    assert probe["means"][-1] == pytest.approx(at_30)
+    refit = [b for b in probe["backtests"] if b["size"] == 30 and b["fitted_on"] == [2, 8]]
+    assert refit and all(b["measured"] == pytest.approx(at_30) for b in refit)
+    for forecast in probe["forecasts"]:
+        assert forecast["size"] == 30 * forecast["factor"]
+        assert "refused" in forecast or forecast["low"] <= forecast["value"] <= forecast["high"]
+    assert analysis["targets"] == []
+    # --target: labels per class to reach a score, per curve, in the report and analysis.json
+    out = tmp_path / "report.md"
+    assert main(["report", str(curve), "--out", str(out), "--target", "0.99"]) == 0
+    targeted = json.loads((tmp_path / "analysis.json").read_text())
+    assert {t["method"] for t in targeted["targets"]} == {"probe", "tfidf"}
+    assert all(t["status"] in ("not within", "cannot extrapolate", "forecast", "measured") for t in targeted["targets"])
+    assert plain(out.read_text()).count("Labels to reach the target: ") == 2
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(targeted, json.loads((resources.files("tunelab.schemas") / "analysis.schema.json").read_text()))
+
+
 def test_calibration_is_measured_where_there_are_probabilities(curve):
     probe = metrics_of(curve / "probe-shots30-seed0")["splits"]["test"]
     assert 0 <= probe["ece"] <= 1

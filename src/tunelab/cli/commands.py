@@ -61,6 +61,8 @@ def run_task_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _run_study(args: argparse.Namespace, argv: Sequence[str]) -> int:
     assignments = dict(parse_assignment(a) for a in args.set)
+    if args.target is not None:
+        assignments["target"] = args.target
     study = load_study(args.study, assignments)
     if args.dry_run:
         planned = plan_study(study)  # every check the real run makes before its first step
@@ -104,7 +106,7 @@ def _run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise TunelabError(f"not a directory: {missing[0]}")
     if not find_runs(args.dirs):
         raise TunelabError("no finished runs (directories with metrics.json) in " + ", ".join(args.dirs))
-    md, html = write_report(args.dirs, args.out, title=args.title, baseline=args.baseline)
+    md, html = write_report(args.dirs, args.out, title=args.title, baseline=args.baseline, target=args.target)
     print(f"wrote {md} and {html}")
     return 0
 
@@ -177,6 +179,10 @@ def _print_summary(result) -> None:
     print(f"run directory: {result.run_dir}")
 
 
+TARGET_HELP = ("a score of the headline metric: the report says how many labels each learning curve needs to reach "
+               "it (about N [low, high], or not within 4x the labels measured)")
+
+
 def add_run_command(commands) -> None:
     """tunelab run STUDY"""
     run = commands.add_parser("run", help="run a study: several steps, one comparison report",
@@ -187,6 +193,7 @@ def add_run_command(commands) -> None:
                      help="a study variable (clip_model=PATH), a shared setting (seed=1), or STEP.key=value")
     run.add_argument("--out", metavar="DIR", help="study directory (default runs/study-<name>-<timestamp>); "
                      "rerunning into it keeps completed steps")
+    run.add_argument("--target", type=float, metavar="VALUE", help=TARGET_HELP)
     run.add_argument("--dry-run", action="store_true", help="print the runs the study expands into, and stop")
     run.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="runs at a time on this machine (CPU threads shared out, or one GPU each)")
@@ -233,6 +240,7 @@ def add_report_command(commands) -> None:
     report.add_argument("--baseline", metavar="RUN", help="the floor: the run (or study step) every Δ and paired test "
                         "is against (default: the best on validation of the runs with no pretrained model)")
     report.add_argument("--title", default="tunelab report")
+    report.add_argument("--target", type=float, metavar="VALUE", help=TARGET_HELP)
     report.set_defaults(handler=_run_report)
 
 

@@ -1,7 +1,8 @@
 """analysis.json beside report.md: what the report decided, machine-readable. Every
 method's summary and every test it ran (its purpose, difference, interval at the
 corrected level, p before and after correction, verdict, and what it could detect),
-in the schema tunelab/schemas/analysis.schema.json."""
+and every learning curve's extrapolation and target answer, in the schema
+tunelab/schemas/analysis.schema.json."""
 
 from __future__ import annotations
 
@@ -58,4 +59,14 @@ def analysis_record(groups: list[Group], findings: Findings) -> dict:
     return {"format": ANALYSIS_FORMAT, "version": ANALYSIS_VERSION,
             "correction": "fixed-sequence chains, weighted Bonferroni across chains (graphical procedure)",
             "groups": [group_entry(g) for g in groups], "families": chosen,
-            "comparisons": [claim_entry(c) for c in findings.claims]}
+            "comparisons": [claim_entry(c) for c in findings.claims],
+            "extrapolations": [forecast_entry(f) for f in findings.forecasts], "targets": findings.targets}
+
+
+def forecast_entry(made) -> dict:
+    return {"method": made.method, "metric": made.metric, "sizes": made.sizes, "means": made.means,
+            "form": made.form, "error_per_doubling": made.error_per_doubling, "form_errors": made.errors,
+            "backtests": [{"form": b.form, "fitted_on": b.fitted_on, "size": b.size, "predicted": b.predicted,
+                           "measured": b.measured, "error": b.error} for b in made.backtests],
+            "forecasts": [{k if k != "allowance" else "backtest_allowance": v for k, v in p.items()}
+                          for p in made.points]}

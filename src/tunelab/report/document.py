@@ -42,11 +42,12 @@ logger = logging.getLogger(__name__)
 
 def build_report(records: list[RunRecord], title: str, baseline: str | None = None,
                  outcomes: list | None = None, published: dict | None = None,
-                 problems: list[str] | None = None, searches: list[dict] | None = None) -> Document:
+                 problems: list[str] | None = None, searches: list[dict] | None = None,
+                 target: float | None = None) -> Document:
     doc = Document()
     doc.heading(1, title)
     groups = group_runs(records, outcomes) if records else []
-    findings = find_findings(groups, baseline)
+    findings = find_findings(groups, baseline, target)
     doc.analysis = analysis_record(groups, findings)
     if records:
         at_a_glance(doc, findings, published or {})
@@ -108,8 +109,10 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
 
 def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",
                  baseline: str | None = None, outcomes: list | None = None,
-                 published: dict | None = None, searches: list[dict] | None = None) -> tuple[Path, Path]:
-    """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it.
+                 published: dict | None = None, searches: list[dict] | None = None,
+                 target: float | None = None) -> tuple[Path, Path]:
+    """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it
+    (and analysis.json); ``target``: say how many labels each curve needs to reach it.
     A report file or images folder that tunelab did not write is never replaced."""
     out = Path(out)
     if out.suffix.lower() in (".html", ".htm"):
@@ -129,11 +132,12 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
         outcomes, study = _study_state(Path(paths[0]))  # a study directory: its groups and settings
         baseline = baseline or study.get("baseline")
         published = published or study.get("published")
+        target = target if target is not None else study.get("target")
         searches = searches or search_records(Path(paths[0]), problems)
         # A search's trials scored validation only: compare its best run.
         records = [r for r in records if not any(o.name == r.name and getattr(o, "trial", False)
                                                  for o in outcomes)]
-    doc = build_report(records, title, baseline, outcomes, published, problems, searches)
+    doc = build_report(records, title, baseline, outcomes, published, problems, searches, target)
     atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"), own_folder=False)
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"), own_folder=False)
     atomic_write_bytes(analysis_path, (json.dumps(doc.analysis, indent=1) + "\n").encode("utf-8"), own_folder=False)

@@ -24,6 +24,7 @@ from tunelab.analysis.comparisons import (
     learning_curves,
     zero_label_references,
 )
+from tunelab.analysis.extrapolation import Forecast, curve_forecasts, labels_to_reach
 from tunelab.core.plots import figure, png
 from tunelab.core.stats import PairedTest, better, seed_summary
 from tunelab.report.render import Document, fmt, wall_seconds
@@ -39,6 +40,8 @@ class Findings:
     chosen: dict[int, tuple[Group | None, str, Group | None]]  # id(family) -> (best, split that chose, runner-up)
     claims: list[Claim]
     stability: dict[int, float | None] = dataclasses.field(default_factory=dict)  # id(family) -> share it wins
+    forecasts: list[Forecast] = dataclasses.field(default_factory=list)  # every curve's look ahead
+    targets: list[dict] = dataclasses.field(default_factory=list)  # labels to reach --target, per curve
 
     def claim(self, a: Group, b: Group, purpose: str) -> Claim | None:
         return next((c for c in self.claims if c.a is a and c.b is b and c.purpose == purpose), None)
@@ -47,14 +50,16 @@ class Findings:
         return next((f for f in self.families if any(g is group for g in f.groups)), None)
 
 
-def find_findings(groups: list[Group], baseline: str | None) -> Findings:
+def find_findings(groups: list[Group], baseline: str | None, target: float | None = None) -> Findings:
     """Every claim of the report, tested once per pair of groups and corrected over
     pre-ordered chains: per family the chosen method against the floor and against the
     runner-up first; each learning curve against the floor from its largest size down;
     each curve against each zero-shot reference from its largest size down (where it
     overtakes) and from its smallest size up (where zero-shot beats it); every other
-    claim a chain of its own."""
+    claim a chain of its own. Curves at three or more sizes are extrapolated (and, with
+    a ``target``, asked how many labels reach it)."""
     fams = families(groups)
+    forecasts: list[Forecast] = []
     floors, chosen, claims, chains, read = {}, {}, [], [], {}  # read: prediction files parsed once
     stability: dict[int, float | None] = {}
     tested: dict[tuple[int, int], Claim] = {}
@@ -84,8 +89,9 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
         chosen[id(family)] = (best, split, runner)
         if best is not None and split != family.split:
             stability[id(family)] = choice_stability(family.groups, best, split, family.metric, read)
+        # The floor's own step at other sizes is no method against the floor: it leaves the family.
         against_floor = {id(g): claim(g, floor, family, "floor") for g in family.groups
-                         if floor is not None and g is not floor}
+                         if floor is not None and g.method != floor.method}
         primary = [against_floor.get(id(best)) if best is not None else None]
         if best is not None and runner is not None:
             primary.append(claim(best, runner, family, "runner-up"))
@@ -94,6 +100,7 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
         members = {id(g) for g in family.groups}
         curves = {m: [(x, g) for x, g in points if id(g) in members]
                   for m, points in learning_curves(family.groups).items()}
+        forecasts += curve_forecasts({m: p for m, p in curves.items() if p}, family.metric)
         for points in curves.values():
             chain = [against_floor.get(id(g)) for _, g in sorted(points, key=lambda p: -p[0])]
             chains.append([c for c in chain if c is not None and id(c) not in placed])
@@ -113,7 +120,8 @@ def find_findings(groups: list[Group], baseline: str | None) -> Findings:
                 claims.extend(behind)
                 chains.append(behind)
     correct(chains)
-    return Findings(fams, floors, chosen, claims, stability)
+    targets = [labels_to_reach(f, target) for f in forecasts] if target is not None else []
+    return Findings(fams, floors, chosen, claims, stability, forecasts, targets)
 
 
 def _behind(claim: Claim) -> Claim:

@@ -18,6 +18,7 @@ from tunelab.core.stats import PairedTest, seed_summary
 from tunelab.problems import headline_metric
 from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority
 from tunelab.report.figures import cost_section
+from tunelab.report.forecasts import draw_forecasts, forecast_section
 from tunelab.report.glance import Findings, detectable_text, verdict, zero_shot_lines
 from tunelab.report.render import Document, describe, fmt, headline_cell
 
@@ -231,11 +232,15 @@ def curves_section(doc: Document, groups: list[Group], findings: Findings) -> No
         doc.heading(2, "Learning curves")
         fig, ax = figure()
         metric = groups[0].metric()
+        colours = {}
         for method, points in curves.items():
             xs = [x for x, _ in points]
             summaries = [seed_summary(g.values(), g.metric()) for _, g in points]
-            ax.plot(xs, [s["mean"] for s in summaries], marker="o", label=method)
-            ax.fill_between(xs, [s["min"] for s in summaries], [s["max"] for s in summaries], alpha=0.2)
+            line = ax.plot(xs, [s["mean"] for s in summaries], marker="o", label=method)[0]
+            colours[method] = line.get_color()
+            ax.fill_between(xs, [s["min"] for s in summaries], [s["max"] for s in summaries], alpha=0.2,
+                            color=colours[method])
+        draw_forecasts(ax, findings.forecasts, colours)
         references = zero_label_references(groups)
         smallest = min(x for points in curves.values() for x, _ in points)
         for index, reference in enumerate(references):
@@ -247,10 +252,13 @@ def curves_section(doc: Document, groups: list[Group], findings: Findings) -> No
                         fontsize=7)
         ax.set_xscale("log")
         size_key = next(g.size_key for g in groups if g.size_key)
-        ax.set_xlabel("shots per class" if size_key == "data.shots" else "training examples")
+        unit = "shots per class" if size_key == "data.shots" else "training examples"
+        ax.set_xlabel(unit)
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
-        doc.image("learning-curves.png", png(fig), f"{metric} against training size (bands: range over seeds)")
+        doc.image("learning-curves.png", png(fig), f"{metric} against training size (bands: range over seeds; "
+                  "dashed: the forecast, chosen by backtest)")
+        forecast_section(doc, findings.forecasts, findings.targets, unit)
         crossings = [c for c in findings.claims if c.purpose == "crossover"]
         for claim in crossings:
             size, previous = claim.size, claim.previous  # type: ignore[attr-defined]

@@ -76,6 +76,7 @@ class Study:
     baseline: str | None = None  # the step other runs are compared against in the report
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set key=value for every step
     published: dict[str, Any] = dataclasses.field(default_factory=dict)  # step -> {split: value}: a paper's numbers
+    target: float | None = None  # the report answers: labels per class to reach this score, per method
 
 
 @dataclasses.dataclass
@@ -90,7 +91,7 @@ class StepOutcome:
     trial: bool = False  # one trial of a search (scored on validation only)
 
 
-STUDY_KEYS = ("command", "name", "variables", "settings", "steps", "baseline", "matrix", "published")
+STUDY_KEYS = ("command", "name", "variables", "settings", "steps", "baseline", "matrix", "published", "target")
 
 
 def load_study(source: str | dict, assignments: dict[str, Any] | None = None) -> Study:
@@ -134,9 +135,12 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
     if len(set(names)) != len(names):
         raise ConfigError(f"{origin}: step names must be unique (they name run directories)")
     overrides: dict[str, Any] = {}
+    target = values.get("target")
     for key, value in (assignments or {}).items():
         head, _, rest = key.partition(".")
-        if key in variables:
+        if key == "target":
+            target = value
+        elif key in variables:
             variables[key] = value
         elif head == "matrix" and rest:
             study_matrix[rest] = value
@@ -163,7 +167,20 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
         runs += expand_matrix(step, {**study_matrix, **matrices[step.name]}, variables, origin)
     _check_run_names(runs, origin)
     return Study(str(values.get("name") or Path(source).stem), runs, variables, settings, values.get("baseline"),
-                 overrides, _check_published(values.get("published"), origin))
+                 overrides, _check_published(values.get("published"), origin), check_target(target, origin))
+
+
+def check_target(target: Any, origin: str) -> float | None:
+    """``target: 0.8``: a score the report says how many labels each method needs to reach."""
+    if target is None:
+        return None
+    try:
+        value = float(target)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(target, bool) or not math.isfinite(value):
+        raise ConfigError(f"{origin}: target must be a number (a score of the headline metric), not {target!r}")
+    return value
 
 
 def _check_run_names(runs: list[Step], origin: str) -> None:
