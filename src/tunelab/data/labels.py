@@ -237,6 +237,11 @@ def apply_shots(splits: dict[str, Any], shots: int | None, seed: int, notes: lis
     return splits
 
 
+def per_class_rows(groups: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """``shots`` rows of each group (all of a smaller one), seeded, as --shots draws them."""
+    return _per_class(groups, shots, seed, "", [], ())
+
+
 def _per_class(groups: np.ndarray, shots: int, seed: int, what: str, notes: list[str],
                class_names: Sequence[str]) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -164,6 +164,10 @@ class ClassScores:
     def describe(self, y_true: np.ndarray, class_names: Sequence[str], metrics: dict) -> str:
         return text_report(y_true, self.predicted, class_names)
 
+    def uncertainty(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(margin, entropy) per example, for choosing what to label next."""
+        return class_uncertainty(self)
+
     def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
         margin, entropy = class_uncertainty(self)
         return [Prediction(t, names[c], float(v), self.kind, p, uncertainty={"margin": float(m), "entropy": float(e)})
@@ -289,6 +293,9 @@ class LabelScores:
     def describe(self, y_true: np.ndarray, class_names: Sequence[str], metrics: dict) -> str:
         return text_report(y_true.astype(int), self.predicted.astype(int), class_names)
 
+    def uncertainty(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return label_set_uncertainty(self)
+
     def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
         out = []
         margin, entropy = label_set_uncertainty(self)
@@ -330,6 +337,9 @@ class ValueScores:
 
     def describe(self, y_true: np.ndarray, class_names: Sequence[str], metrics: dict) -> str:
         return "\n".join(f"{k}: {v:.4f}" for k, v in metrics.items() if k != "n")
+
+    def uncertainty(self) -> None:
+        return None  # a value carries no uncertainty of its own
 
     def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
         return [Prediction(t, f"{v:.6g}", float(v), "value", p) for t, p, v in zip(texts, pairs, self.values)]

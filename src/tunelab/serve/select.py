@@ -1,10 +1,7 @@
 """The select command: which unlabelled examples to label next, ranked with a finished
-run's Predictor (the one evaluation scored with). Strategies: ``entropy`` (the class
-distribution's entropy), ``margin`` (the smallest gap between the two best classes,
-a.k.a. breaking ties), ``diverse`` (uncertain examples spread over embedding space, so
-a batch holds no near-copies: uncertainty-weighted k-means++ seeding over the most
-uncertain candidates) and ``random``. Ties are broken by a seeded shuffle, so the same
-seed gives the same rows."""
+run's Predictor (the one evaluation scored with), by the strategies of
+``tunelab.models.acquisition`` (entropy, margin, diverse, random); the same seed gives
+the same rows."""
 
 from __future__ import annotations
 
@@ -17,16 +14,13 @@ from tunelab.core.config import RuntimeConfig
 from tunelab.core.errors import TunelabError, counted
 from tunelab.core.runs import csv_text
 from tunelab.core.safety import atomic_write_bytes
-from tunelab.data.duplicates import near_duplicate_pairs, normalise_text
 from tunelab.encoders.text import FeatureConfig, TextFeatureExtractor, normalize_rows
+from tunelab.models.acquisition import STRATEGIES, diverse_candidates, diverse_picks, uncertainty_order
 from tunelab.models.predictor import run_inputs
 from tunelab.models.resolve import resolve_model
 from tunelab.serve.predict import check_input_shape, load_predictor, read_inputs
 
-STRATEGIES = ("entropy", "margin", "diverse", "random")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-NEAR_COSINE = 0.9  # two picks closer than this in embedding space are near copies
-CANDIDATES_PER_PICK = 10  # diverse: the k x this most uncertain examples are the candidates
 
 
 @dataclasses.dataclass
@@ -83,7 +77,7 @@ def select(run_dir: str | Path, pool: str | Path, k: int, strategy: str = "entro
     if np.ptp(uncertainty) <= 1e-12:
         raise TunelabError(f"{run_dir} is equally sure of every example of the pool (a majority-class floor gives "
                            "one answer to all): nothing to rank; use --strategy random, or a trained run")
-    order = shuffle[np.argsort(-uncertainty[shuffle], kind="stable")]
+    order = uncertainty_order(uncertainty, shuffle)
     if strategy == "diverse":
         if kind == "images":
             raise TunelabError("--strategy diverse spreads texts over a text encoder's space; for images use "
@@ -94,37 +88,13 @@ def select(run_dir: str | Path, pool: str | Path, k: int, strategy: str = "entro
 
 
 def diverse_order(inputs: list, order: np.ndarray, uncertainty: np.ndarray, k: int, embedder: str) -> np.ndarray:
-    """k picks among the k x CANDIDATES_PER_PICK most uncertain: each next pick maximises
-    uncertainty x (distance to the nearest pick)^2 (k-means++ seeding, deterministic),
-    never a near copy of a pick (the same text once normalised, character 4-gram Jaccard
-    >= 0.7, or embedding cosine >= NEAR_COSINE)."""
-    candidates = order[:min(len(order), max(k * CANDIDATES_PER_PICK, 200))]
+    """k picks among the most uncertain, spread over ``embedder``'s space with no near copies."""
+    candidates = diverse_candidates(order, k)
     texts = [_text_of(inputs[i]) for i in candidates]
     extractor = TextFeatureExtractor(resolve_model(embedder), FeatureConfig(pooling="mean"),
                                      RuntimeConfig(precision="fp32"))
     vectors = normalize_rows(extractor.select(extractor.encode_all(texts, desc="pool embeddings")))
-    near: dict[int, set[int]] = {}
-    for a, b, _ in near_duplicate_pairs(texts):
-        near.setdefault(a, set()).add(b)
-        near.setdefault(b, set()).add(a)
-    keys = [normalise_text(t) for t in texts]
-    weights = uncertainty[candidates] - uncertainty[candidates].min() + 1e-9
-    allowed = np.ones(len(candidates), dtype=bool)
-    distance = np.full(len(candidates), 2.0)
-    picks: list[int] = []
-    while len(picks) < k and allowed.any():
-        score = np.where(allowed, weights * distance ** 2, -np.inf)
-        pick = int(np.argmax(score))
-        picks.append(pick)
-        cosine = vectors @ vectors[pick]
-        distance = np.minimum(distance, 1.0 - cosine)
-        allowed &= cosine < NEAR_COSINE
-        allowed[list(near.get(pick, ()))] = False
-        allowed &= np.array([key != keys[pick] for key in keys])
-    if len(picks) < k:
-        raise TunelabError(f"only {len(picks)} of the {len(candidates)} most uncertain examples are not near copies "
-                           f"of each other; ask for fewer (--k {len(picks)}) or use --strategy entropy")
-    return candidates[picks]
+    return candidates[diverse_picks(vectors, uncertainty[candidates], texts, k)]
 
 
 def _text_of(item) -> str:

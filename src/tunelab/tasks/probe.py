@@ -34,6 +34,7 @@ from tunelab.models.classifiers import (
 )
 from tunelab.models.predictor import as_text_inputs, predictions_from
 from tunelab.models.resolve import count_parameters_from_config, is_dual_encoder, load_config, resolve_model
+from tunelab.tasks.active import ActiveConfig, active_rows, check_active
 from tunelab.tasks.contract import Outcome, Prepared, RunContext, Scored
 from tunelab.tasks.lifecycle import recorded_model
 from tunelab.tasks.metrics_file import throughput
@@ -52,6 +53,7 @@ class ProbeConfig(TaskConfig):
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
     images: ImageDecodingConfig = dataclasses.field(default_factory=ImageDecodingConfig)  # image datasets only
+    active: ActiveConfig = dataclasses.field(default_factory=ActiveConfig)  # active learning, played on train
 
 
 def describe(metrics: dict) -> str:
@@ -66,6 +68,7 @@ def describe(metrics: dict) -> str:
 def prepare(config: ProbeConfig) -> Prepared:
     """Read and check the data, then load the encoder (text, or CLIP for images)."""
     source = resolve_model(config.model)  # paths only; nothing is loaded yet
+    check_active(config.active, config.data.shots)
     images = is_image_dataset(config.data.dataset)
     if images:
         dataset = load_image_dataset(config.data, seed=config.seed, flat_split="all")
@@ -126,6 +129,12 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
     if all(from_cache.values()):
         logger.info("all features came from the cache; pass --no-cache to recompute them")
 
+    active = None
+    if config.active.strategy is not None:  # the examples a strategy selected, round by round
+        rows, active = active_rows(config.active, config.classifier, dataset, features["train"], config.seed,
+                                   config.data.class_weight)
+        dataset.splits["train"], features["train"] = dataset.splits["train"].subset(rows), features["train"][rows]
+        run.write_json("active.json", active)
     train, validation = dataset.splits["train"], dataset.splits.get("validation")
     head = fit_head(config.classifier, config.data, dataset, features, prepared.score_splits, config.seed,
                     lambda data: {"file": data.ids} if images else data.inputs.columns())
@@ -146,6 +155,8 @@ def execute(prepared: Prepared, context: RunContext) -> Outcome | None:
                          "pair_encoding": None if images else config.data.pair_encoding,
                          "dim": int(features["train"].shape[1]), "from_cache": from_cache,
                          "per_s": throughput(extractor.encoded, extractor.seconds)}}
+    if active is not None:
+        task["active"] = {k: v for k, v in active.items() if k != "rounds"} | {"rounds": len(active["rounds"]) - 1}
     return Outcome(
         scored=predictions,
         params={"total": count_parameters_from_config(prepared.source), "trainable": 0,
