@@ -33,6 +33,7 @@ MIN_SIZES = 3  # a curve needs this many sizes before it is extrapolated
 RESAMPLES = 200  # seed resamples for the forecast's interval
 LIMIT = 0.05  # a forecast whose backtest allowance exceeds this share of the metric's range is refused
 Z = 1.96  # the interval's normal quantile (95%)
+NO_GAIN = "no further gain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _gap_start(x, y, perfect):
 
 
 FORMS = (
-    Form("no further gain", 1, lambda x, p, perfect: np.full_like(x, p[0], dtype=float),
+    Form(NO_GAIN, 1, lambda x, p, perfect: np.full_like(x, p[0], dtype=float),
          lambda x, y, perfect: [float(y[-1])], lambda perfect: ([-np.inf], [np.inf])),
     Form("log-linear", 2, _log_linear, lambda x, y, perfect: list(np.polyfit(np.log(x), y, 1)[::-1]),
          lambda perfect: ([-np.inf, -np.inf], [np.inf, np.inf])),
@@ -85,7 +86,9 @@ FORMS = (
 
 def fit(form: Form, x: np.ndarray, y: np.ndarray, perfect: float) -> np.ndarray | None:
     """Least-squares parameters of ``form`` through (x, y), or None where it does not
-    converge to finite values."""
+    converge to finite values. "No further gain" is the last value, not a fit."""
+    if form.name == NO_GAIN:
+        return np.array([float(y[-1])])
     lower, upper = form.bounds(perfect)
     start = np.clip(np.asarray(form.start(x, y, perfect), dtype=float), np.array(lower) + 1e-9,
                     np.array(upper) - 1e-9)
@@ -207,8 +210,13 @@ def forecast(method: str, metric: str, values_by_size: list[tuple[float, list[fl
                     None if params is None else list(map(float, params)), perfect, sign, errors=errors)
     if params is None:
         return made
+    # Forms the backtest cannot tell from the chosen one (within twice its error, plus what the
+    # held-out mean's own seed noise allows) are rivals: their forecasts bound the interval too.
+    last = points[-1][1]
+    held_out_se = float(np.std(last, ddof=1) / math.sqrt(len(last))) if len(last) > 1 else 0.0
+    noise = Z * held_out_se / math.log2(x[-1] / x[-2])
     for form in candidates:
-        if form is not chosen and errors[form.name] <= 2 * per_doubling + 1e-3:
+        if form is not chosen and errors[form.name] <= 2 * per_doubling + noise + 1e-3:
             rival = fit(form, x, y, perfect)
             if rival is not None:
                 made.rivals[form.name] = list(map(float, rival))
@@ -220,9 +228,7 @@ def forecast(method: str, metric: str, values_by_size: list[tuple[float, list[fl
         if again is not None:
             draws.append([chosen.curve(np.array([x[-1] * f]), again, perfect)[0] for f in FACTORS])
     draws_array = np.array(draws) if draws else np.zeros((0, len(FACTORS)))
-    last = points[-1][1]
-    # A new mean over as many seeds has its own noise: the seeds' spread at the largest size.
-    new_mean_se = float(np.std(last, ddof=1) / math.sqrt(len(last))) if len(last) > 1 else 0.0
+    new_mean_se = held_out_se  # a new mean over as many seeds has its own noise, as the last one had
     for column, factor in enumerate(FACTORS):
         size = float(x[-1] * factor)
         value = made.value_at(size)

@@ -16,7 +16,7 @@ from tunelab.core.safety import read_inside, read_text_inside
 logger = logging.getLogger(__name__)
 
 
-SIZE_KEYS = ("data.shots", "data.max_train_samples")  # matrix keys that set the training-set size
+SIZE_KEYS = ("data.shots", "data.max_train_samples", "active.labels")  # matrix keys that set the training-set size
 
 
 @dataclasses.dataclass

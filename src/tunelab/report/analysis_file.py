@@ -60,7 +60,8 @@ def analysis_record(groups: list[Group], findings: Findings) -> dict:
             "correction": "fixed-sequence chains, weighted Bonferroni across chains (graphical procedure)",
             "groups": [group_entry(g) for g in groups], "families": chosen,
             "comparisons": [claim_entry(c) for c in findings.claims],
-            "extrapolations": [forecast_entry(f) for f in findings.forecasts], "targets": findings.targets}
+            "extrapolations": [forecast_entry(f) for f in findings.forecasts], "targets": findings.targets,
+            "label_savings": findings.savings}
 
 
 def forecast_entry(made) -> dict:

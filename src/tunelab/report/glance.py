@@ -25,6 +25,7 @@ from tunelab.analysis.comparisons import (
     zero_label_references,
 )
 from tunelab.analysis.extrapolation import Forecast, curve_forecasts, labels_to_reach
+from tunelab.analysis.savings import label_savings
 from tunelab.core.plots import figure, png
 from tunelab.core.stats import PairedTest, better, seed_summary
 from tunelab.report.render import Document, fmt, wall_seconds
@@ -42,6 +43,7 @@ class Findings:
     stability: dict[int, float | None] = dataclasses.field(default_factory=dict)  # id(family) -> share it wins
     forecasts: list[Forecast] = dataclasses.field(default_factory=list)  # every curve's look ahead
     targets: list[dict] = dataclasses.field(default_factory=list)  # labels to reach --target, per curve
+    savings: list[dict] = dataclasses.field(default_factory=list)  # active learning: labels saved against random
 
     def claim(self, a: Group, b: Group, purpose: str) -> Claim | None:
         return next((c for c in self.claims if c.a is a and c.b is b and c.purpose == purpose), None)
@@ -60,6 +62,7 @@ def find_findings(groups: list[Group], baseline: str | None, target: float | Non
     a ``target``, asked how many labels reach it)."""
     fams = families(groups)
     forecasts: list[Forecast] = []
+    savings: list[dict] = []
     floors, chosen, claims, chains, read = {}, {}, [], [], {}  # read: prediction files parsed once
     stability: dict[int, float | None] = {}
     tested: dict[tuple[int, int], Claim] = {}
@@ -89,8 +92,10 @@ def find_findings(groups: list[Group], baseline: str | None, target: float | Non
         chosen[id(family)] = (best, split, runner)
         if best is not None and split != family.split:
             stability[id(family)] = choice_stability(family.groups, best, split, family.metric, read)
-        # The floor's own step at other sizes is no method against the floor: it leaves the family.
-        against_floor = {id(g): claim(g, floor, family, "floor") for g in family.groups
+        # A floor measured at several sizes is met at the same size (random selection at equal label
+        # counts); the floor's own step at other sizes is no method against it and leaves the family.
+        floor_at = {repr(g.size): g for g in family.groups if floor is not None and g.method == floor.method}
+        against_floor = {id(g): claim(g, floor_at.get(repr(g.size), floor), family, "floor") for g in family.groups
                          if floor is not None and g.method != floor.method}
         primary = [against_floor.get(id(best)) if best is not None else None]
         if best is not None and runner is not None:
@@ -101,6 +106,8 @@ def find_findings(groups: list[Group], baseline: str | None, target: float | Non
         curves = {m: [(x, g) for x, g in points if id(g) in members]
                   for m, points in learning_curves(family.groups).items()}
         forecasts += curve_forecasts({m: p for m, p in curves.items() if p}, family.metric)
+        if floor is not None and all(g.size_key == "active.labels" for p in curves.values() for _, g in p):
+            savings += label_savings({m: p for m, p in curves.items() if p}, floor.method)
         for points in curves.values():
             chain = [against_floor.get(id(g)) for _, g in sorted(points, key=lambda p: -p[0])]
             chains.append([c for c in chain if c is not None and id(c) not in placed])
@@ -121,7 +128,7 @@ def find_findings(groups: list[Group], baseline: str | None, target: float | Non
                 chains.append(behind)
     correct(chains)
     targets = [labels_to_reach(f, target) for f in forecasts] if target is not None else []
-    return Findings(fams, floors, chosen, claims, stability, forecasts, targets)
+    return Findings(fams, floors, chosen, claims, stability, forecasts, targets, savings)
 
 
 def _behind(claim: Claim) -> Claim:
@@ -300,10 +307,11 @@ def glance_sentences(findings: Findings, family: Family) -> list[str]:
             sentences.append(f"The runner-up {runner.name} is not separated from it on {split}: "
                              f"{verdict(result)}" + _cheaper(runner, best) + ".")
     if floor is not None and floor is not best:
-        claim = findings.claim(best, floor, "floor")
-        if claim is not None:
+        claim = next((c for c in findings.claims if c.a is best and c.purpose == "floor"), None)
+        if claim is not None:  # the floor, or its group at the chosen method's size
             delta = f"{claim.result.delta:+.4f} " if isinstance(claim.result, PairedTest) else ""
-            sentences.append(f"Against the floor {floor.name} ({floor_how}): {delta}{verdict(claim.result)}.")
+            how = floor_how + (", at the same size" if claim.b is not floor else "")
+            sentences.append(f"Against the floor {claim.b.name} ({how}): {delta}{verdict(claim.result)}.")
     elif floor is None:
         sentences.append("There is no floor to compare it with (add a baseline step).")
     params = best.runs[0].metrics.get("params", {})

@@ -17,6 +17,7 @@ from tunelab.core.safety import read_text_inside
 from tunelab.core.stats import PairedTest, seed_summary
 from tunelab.problems import headline_metric
 from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority
+from tunelab.report.active import active_learning_section
 from tunelab.report.figures import cost_section
 from tunelab.report.forecasts import draw_forecasts, forecast_section
 from tunelab.report.glance import Findings, detectable_text, verdict, zero_shot_lines
@@ -252,13 +253,15 @@ def curves_section(doc: Document, groups: list[Group], findings: Findings) -> No
                         fontsize=7)
         ax.set_xscale("log")
         size_key = next(g.size_key for g in groups if g.size_key)
-        unit = "shots per class" if size_key == "data.shots" else "training examples"
+        unit = {"data.shots": "shots per class", "active.labels": "labelled examples"}.get(size_key,
+                                                                                          "training examples")
         ax.set_xlabel(unit)
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
         doc.image("learning-curves.png", png(fig), f"{metric} against training size (bands: range over seeds; "
                   "dashed: the forecast, chosen by backtest)")
         forecast_section(doc, findings.forecasts, findings.targets, unit)
+        active_learning_section(doc, findings)
         crossings = [c for c in findings.claims if c.purpose == "crossover"]
         for claim in crossings:
             size, previous = claim.size, claim.previous  # type: ignore[attr-defined]
