@@ -1,0 +1,112 @@
+"""Active learning played on labelled data: the loop (probe --active), its record, its
+one-line errors, and the al-sim study's report (labels saved against random at equal
+label counts, recomputed from the runs)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import metrics_of, write_topic_splits
+from tunelab.cli import main
+
+
+@pytest.fixture(scope="module")
+def topics(tmp_path_factory):
+    return write_topic_splits(tmp_path_factory.mktemp("topics"), 40, 10, 20)
+
+
+def active_run(tmp_path, model, data, strategy, labels, seed=0, name=None, extra=()):
+    out = tmp_path / (name or f"{strategy}-{labels}-{seed}")
+    code = main(["probe", "--model", str(model), "--dataset", str(data), "--pooling", "mean", "--classifier",
+                 "logreg", "--active", strategy, "--active-start", "2", "--active-batch", "5", "--active-labels",
+                 str(labels), "--seed", str(seed), "--out", str(out), *extra])
+    return code, out
+
+
+def selected(out: Path) -> list[list[str]]:
+    return [r["selected"] for r in json.loads((out / "active.json").read_text())["rounds"]]
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "margin", "diverse", "random"])
+def test_the_loop_selects_rounds_from_the_pool(tmp_path, tiny_bert_dir, topics, strategy):
+    code, out = active_run(tmp_path, tiny_bert_dir, topics, strategy, 18)
+    assert code == 0
+    rounds = selected(out)
+    assert [len(r) for r in rounds] == [6, 5, 5, 2]  # 2 per class to start, then batches of 5 up to 18
+    ids = [i for r in rounds for i in r]
+    assert len(set(ids)) == 18  # never the same example twice
+    with open(topics / "train.csv", newline="") as handle:
+        train_rows = len(list(csv.DictReader(handle)))
+    metrics = metrics_of(out)
+    assert metrics["data"]["sizes"]["train"] == 18 and train_rows == 120
+    assert metrics["task"]["active"] == {"strategy": strategy, "start": 2, "batch": 5, "labels": 18, "pool": 120,
+                                         "rounds": 3}
+    assert metrics["data"]["labels_seen"] == 18  # the labels the loop revealed, no more
+    again_code, again = active_run(tmp_path, tiny_bert_dir, topics, strategy, 18, name=f"again-{strategy}")
+    assert again_code == 0 and selected(again) == rounds  # the same seed selects the same examples
+
+
+def test_strategies_select_differently_from_the_same_start(tmp_path, tiny_bert_dir, topics):
+    picks = {}
+    for strategy in ("entropy", "random", "diverse"):
+        assert active_run(tmp_path, tiny_bert_dir, topics, strategy, 16)[0] == 0
+        picks[strategy] = selected(tmp_path / f"{strategy}-16-0")
+    assert picks["entropy"][0] == picks["random"][0] == picks["diverse"][0]  # one start for all
+    assert picks["entropy"][1:] != picks["random"][1:]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--shots", "4"], "drop --shots"),
+    (["--active-labels", "3"], "fewer than the start"),
+    (["--active-labels", "500"], "more than the train split's 120 examples"),
+    (["--active-batch", "0"], "--active-batch must be at least 1"),
+])
+def test_bad_settings_are_one_line(tmp_path, tiny_bert_dir, topics, capsys, extra, message):
+    args = ["probe", "--model", str(tiny_bert_dir), "--dataset", str(topics), "--active", "entropy",
+            "--active-start", "2", "--active-labels", "10", "--out", str(tmp_path / "bad"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_the_study_says_how_many_labels_each_strategy_saves(tmp_path, tiny_bert_dir, topics):
+    study = {"name": "al", "baseline": "random",
+             "matrix": {"active.labels": [6, 11, 16], "seed": [0, 1]},
+             "settings": {"data": {"dataset": str(topics)}},
+             "steps": [{"name": name, "command": "probe", "model": str(tiny_bert_dir), "features": {"pooling": "mean"},
+                        "classifier": {"kind": "logreg"}, "active": {"strategy": name, "start": 2, "batch": 5}}
+                       for name in ("random", "entropy")]}
+    path = tmp_path / "al.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    text = (out / "report.md").read_text()
+    assert "## Active learning" in text
+    analysis = json.loads((out / "analysis.json").read_text())
+    [saving] = analysis["label_savings"]
+    mean = {(m, n): np.mean([metrics_of(out / f"{m}-labels{n}-seed{s}")["splits"]["test"]["accuracy"]
+                             for s in (0, 1)]) for m in ("random", "entropy") for n in (6, 11, 16)}
+    level = mean["random", 16]
+    assert saving["method"] == "entropy" and saving["level"] == pytest.approx(level)
+    # Recomputed: the first size at which entropy's mean reaches random's final mean, linear in between.
+    reach = None
+    for before, size in ((None, 6), (6, 11), (11, 16)):
+        if mean["entropy", size] >= level:
+            reach = size if before is None else before + (level - mean["entropy", before]) / (
+                mean["entropy", size] - mean["entropy", before]) * (size - before)
+            break
+    if reach is None:
+        assert saving["reaches_at"] is None and saving["saves"] == 0 and "none" in text
+    else:
+        assert saving["reaches_at"] == pytest.approx(reach) and saving["saves"] == pytest.approx(16 - reach)
+    # Each strategy is tested against random at the same label count, seeds paired.
+    tested = {(c["a"], c["b"]) for c in analysis["comparisons"] if c["purpose"] == "floor"}
+    assert tested == {(f"entropy-labels{n}", f"random-labels{n}") for n in (6, 11, 16)}
+    # The start is the same examples for every strategy: equal predictions, one run.
+    first = next(c for c in analysis["comparisons"] if c["a"] == "entropy-labels6")
+    assert first["delta"] == 0
