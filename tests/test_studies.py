@@ -172,6 +172,37 @@ def test_learning_curves_look_ahead_with_their_backtest(curve, tmp_path):
     jsonschema.validate(targeted, json.loads((resources.files("tunelab.schemas") / "analysis.schema.json").read_text()))
 
 
+def test_declared_comparisons_are_tested_first_in_their_order(curve, tmp_path):
+    from tunelab.report.document import write_report
+
+    out = tmp_path / "declared.md"
+    write_report([curve], out, baseline="majority",
+                 compare=[["probe-shots30", "tfidf-shots30"], ["probe", "tfidf-shots2"], ["nope", "tfidf-shots8"]])
+    text = plain(out.read_text())
+    assert "Declared before the runs" in text and "probe-shots30 against tfidf-shots30: " in text
+    assert "not tested (probe vs tfidf-shots2: step probe has 3 groups; name one" in text
+    assert "not tested (nope vs tfidf-shots8: no group nope)" in text
+    analysis = json.loads((tmp_path / "declared.analysis.json").read_text())
+    [declared] = [c for c in analysis["comparisons"] if c["purpose"] == "declared"]
+    assert (declared["a"], declared["b"]) == ("probe-shots30", "tfidf-shots30")
+    # The same pair met again later (a crossover, say) shares this test: one hypothesis.
+    again = [c for c in analysis["comparisons"] if {c["a"], c["b"]} == {"probe-shots30", "tfidf-shots30"}]
+    assert all(c["p"] == declared["p"] and c["p_adjusted"] == declared["p_adjusted"] for c in again)
+
+
+@pytest.mark.parametrize("compare, message", [
+    ("lora vs full", "compare must be a list"),
+    (["lora vs lora"], "is not two different names"),
+    ([["lora"]], "is not two different names"),
+])
+def test_a_bad_compare_is_one_line(tmp_path, capsys, compare, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "compare": compare, "steps": [{"name": "p", "command": "probe"}]}))
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
 def test_calibration_is_measured_where_there_are_probabilities(curve):
     probe = metrics_of(curve / "probe-shots30-seed0")["splits"]["test"]
     assert 0 <= probe["ece"] <= 1

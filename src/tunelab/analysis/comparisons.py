@@ -253,7 +253,7 @@ class Claim:
     b: Group
     split: str
     metric: str
-    purpose: str  # floor | runner-up | crossover | zero-shot
+    purpose: str  # declared | floor | runner-up | crossover | zero-shot
     result: PairedTest | str
     direction: str = "ahead"  # zero-shot claims: ahead (a overtakes b) or behind (b beats a)
 

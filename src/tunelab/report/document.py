@@ -43,11 +43,11 @@ logger = logging.getLogger(__name__)
 def build_report(records: list[RunRecord], title: str, baseline: str | None = None,
                  outcomes: list | None = None, published: dict | None = None,
                  problems: list[str] | None = None, searches: list[dict] | None = None,
-                 target: float | None = None) -> Document:
+                 target: float | None = None, compare: list | None = None) -> Document:
     doc = Document()
     doc.heading(1, title)
     groups = group_runs(records, outcomes) if records else []
-    findings = find_findings(groups, baseline, target)
+    findings = find_findings(groups, baseline, target, compare)
     doc.analysis = analysis_record(groups, findings)
     if records:
         at_a_glance(doc, findings, published or {})
@@ -110,9 +110,10 @@ def build_report(records: list[RunRecord], title: str, baseline: str | None = No
 def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab report",
                  baseline: str | None = None, outcomes: list | None = None,
                  published: dict | None = None, searches: list[dict] | None = None,
-                 target: float | None = None) -> tuple[Path, Path]:
+                 target: float | None = None, compare: list | None = None) -> tuple[Path, Path]:
     """Markdown at ``out`` (images in ``<stem>_files/``) and a self-contained HTML beside it
-    (and analysis.json); ``target``: say how many labels each curve needs to reach it.
+    (and analysis.json); ``target``: say how many labels each curve needs to reach it;
+    ``compare``: declared [A, B] claims, tested first.
     A report file or images folder that tunelab did not write is never replaced."""
     out = Path(out)
     if out.suffix.lower() in (".html", ".htm"):
@@ -133,11 +134,12 @@ def write_report(paths: list[Path | str], out: Path | str, title: str = "tunelab
         baseline = baseline or study.get("baseline")
         published = published or study.get("published")
         target = target if target is not None else study.get("target")
+        compare = compare or study.get("compare")
         searches = searches or search_records(Path(paths[0]), problems)
         # A search's trials scored validation only: compare its best run.
         records = [r for r in records if not any(o.name == r.name and getattr(o, "trial", False)
                                                  for o in outcomes)]
-    doc = build_report(records, title, baseline, outcomes, published, problems, searches, target)
+    doc = build_report(records, title, baseline, outcomes, published, problems, searches, target, compare)
     atomic_write_bytes(out, doc.markdown(assets).encode("utf-8"), own_folder=False)
     atomic_write_bytes(html_path, doc.html(title).encode("utf-8"), own_folder=False)
     atomic_write_bytes(analysis_path, (json.dumps(doc.analysis, indent=1) + "\n").encode("utf-8"), own_folder=False)

@@ -44,6 +44,7 @@ class Findings:
     forecasts: list[Forecast] = dataclasses.field(default_factory=list)  # every curve's look ahead
     targets: list[dict] = dataclasses.field(default_factory=list)  # labels to reach --target, per curve
     savings: list[dict] = dataclasses.field(default_factory=list)  # active learning: labels saved against random
+    unresolved: list[str] = dataclasses.field(default_factory=list)  # declared comparisons that name no group
 
     def claim(self, a: Group, b: Group, purpose: str) -> Claim | None:
         return next((c for c in self.claims if c.a is a and c.b is b and c.purpose == purpose), None)
@@ -52,9 +53,11 @@ class Findings:
         return next((f for f in self.families if any(g is group for g in f.groups)), None)
 
 
-def find_findings(groups: list[Group], baseline: str | None, target: float | None = None) -> Findings:
+def find_findings(groups: list[Group], baseline: str | None, target: float | None = None,
+                  declared: list | None = None) -> Findings:
     """Every claim of the report, tested once per pair of groups and corrected over
-    pre-ordered chains: per family the chosen method against the floor and against the
+    pre-ordered chains: the study's declared comparisons, one chain in the order given,
+    first; per family the chosen method against the floor and against the
     runner-up first; each learning curve against the floor from its largest size down;
     each curve against each zero-shot reference from its largest size down (where it
     overtakes) and from its smallest size up (where zero-shot beats it); every other
@@ -66,11 +69,15 @@ def find_findings(groups: list[Group], baseline: str | None, target: float | Non
     floors, chosen, claims, chains, read = {}, {}, [], [], {}  # read: prediction files parsed once
     stability: dict[int, float | None] = {}
     tested: dict[tuple[int, int], Claim] = {}
+    unresolved: list[str] = []
 
     def claim(a: Group, b: Group, family: Family, purpose: str, **extra) -> Claim | None:
         """A new claim, or None where the same pair was tested already (the claim then
         shares that test and adds no hypothesis to the family)."""
         first = tested.get((id(a), id(b)))
+        if first is None and (id(b), id(a)) in tested:  # the same pair the other way round: one test
+            first = tested[id(b), id(a)]
+            a, b = b, a
         made = Claim(a, b, family.split, family.metric, purpose,
                      first.result if first else compare(a, b, family.split, family.metric, read))
         for key, value in extra.items():
@@ -80,6 +87,17 @@ def find_findings(groups: list[Group], baseline: str | None, target: float | Non
             return None
         tested[id(a), id(b)] = made
         return made
+
+    chains.append([])
+    for names in declared or []:
+        found = [_named(groups, name) for name in names]
+        if isinstance(found[0], str) or isinstance(found[1], str):
+            unresolved.append(f"{names[0]} vs {names[1]}: " + next(f for f in found if isinstance(f, str)))
+            continue
+        family = next(f for f in fams if any(g is found[0] for g in f.groups))
+        made = claim(found[0], found[1], family, "declared")
+        if made is not None:
+            chains[0].append(made)
 
     for family in fams:
         floor, how = find_floor(family, baseline)
@@ -128,7 +146,18 @@ def find_findings(groups: list[Group], baseline: str | None, target: float | Non
                 chains.append(behind)
     correct(chains)
     targets = [labels_to_reach(f, target) for f in forecasts] if target is not None else []
-    return Findings(fams, floors, chosen, claims, stability, forecasts, targets, savings)
+    return Findings(fams, floors, chosen, claims, stability, forecasts, targets, savings, unresolved)
+
+
+def _named(groups: list[Group], name: str) -> Group | str:
+    """The group a declared comparison names: a group's name, or a step with one group."""
+    exact = [g for g in groups if g.name == name]
+    steps = [g for g in groups if g.method == name]
+    if exact or len(steps) == 1:
+        return (exact or steps)[0]
+    if steps:
+        return f"step {name} has {len(steps)} groups; name one ({', '.join(g.name for g in steps[:4])})"
+    return f"no group {name}"
 
 
 def _behind(claim: Claim) -> Claim:
@@ -250,6 +279,14 @@ def at_a_glance(doc: Document, findings: Findings, published: dict) -> None:
         sentences = glance_sentences(findings, family)
         doc.paragraph(" ".join(sentences))
         doc.summary.append(sentences[0])
+    declared = [c for c in findings.claims if c.purpose == "declared"]
+    if declared or findings.unresolved:
+        doc.paragraph("Declared before the runs (the study's compare:, tested first, in the order given; each "
+                      "only if the one before it held): " + "; ".join(
+                          [f"{c.a.name} against {c.b.name}: "
+                           + (f"{c.result.delta:+.4f}, " if isinstance(c.result, PairedTest) else "")
+                           + verdict(c.result) for c in declared]
+                          + [f"not tested ({u})" for u in findings.unresolved]) + ".")
     if published:
         rows = []
         for name, values in published.items():

@@ -14,7 +14,7 @@ from tunelab.core.errors import counted
 from tunelab.core.files import is_plain_name
 from tunelab.core.plots import figure, png
 from tunelab.core.safety import read_text_inside
-from tunelab.core.stats import PairedTest, seed_summary
+from tunelab.core.stats import PairedTest, better, seed_summary
 from tunelab.problems import headline_metric
 from tunelab.problems.metrics import LOWER_IS_BETTER, below_majority
 from tunelab.report.active import active_learning_section
@@ -266,8 +266,10 @@ def curves_section(doc: Document, groups: list[Group], findings: Findings) -> No
         for claim in crossings:
             size, previous = claim.size, claim.previous  # type: ignore[attr-defined]
             if isinstance(claim.result, PairedTest) and claim.result.significant:
-                doc.paragraph(f"{claim.a.method} overtakes {claim.b.method} at {size:g} "
-                              f"({claim.result.delta:+.4f}, {verdict(claim.result)}).")
+                ahead, behind, delta = (claim.a, claim.b, claim.result.delta) if better(
+                    claim.metric, claim.result.delta, 0.0) else (claim.b, claim.a, -claim.result.delta)
+                doc.paragraph(f"{ahead.method} overtakes {behind.method} at {size:g} "
+                              f"({delta:+.4f}, {verdict(claim.result)}).")
             else:
                 doc.paragraph(f"The curves of {claim.a.method} and {claim.b.method} cross between {previous:g} and "
                               f"{size:g}, but the difference at {size:g} is {verdict(claim.result)}: neither "

@@ -174,7 +174,7 @@ def _run_study_locked(study: Study, root: Path, jobs: int, executor: str,
     # A search's trials scored validation only: the report compares its best run.
     runs = [root / o.name for o in ordered if o.status in ("completed", "reused") and not o.trial]
     write_report(runs, root / "report.md", title=f"Study {study.name}", baseline=study.baseline, outcomes=ordered,
-                 published=study.published, searches=searches, target=study.target)
+                 published=study.published, searches=searches, target=study.target, compare=study.compare)
     return ordered
 
 
@@ -249,6 +249,6 @@ def _outcome(step: Step, status: str, detail: str = "", seconds: float = 0.0) ->
 def _write_state(root: Path, study: Study, outcomes: list[StepOutcome]) -> None:
     state = {"run_id": marker_run_id(root), "name": study.name, "variables": study.variables,
              "settings": study.settings, "overrides": study.overrides, "baseline": study.baseline,
-             "published": study.published, "target": study.target,
+             "published": study.published, "target": study.target, "compare": study.compare,
              "steps": [dataclasses.asdict(o) for o in outcomes]}
     atomic_write_bytes(root / "study.json", (json.dumps(state, indent=2, default=str) + "\n").encode())

@@ -77,6 +77,7 @@ class Study:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # --set key=value for every step
     published: dict[str, Any] = dataclasses.field(default_factory=dict)  # step -> {split: value}: a paper's numbers
     target: float | None = None  # the report answers: labels per class to reach this score, per method
+    compare: list[list[str]] = dataclasses.field(default_factory=list)  # declared claims [A, B], tested in order
 
 
 @dataclasses.dataclass
@@ -91,7 +92,8 @@ class StepOutcome:
     trial: bool = False  # one trial of a search (scored on validation only)
 
 
-STUDY_KEYS = ("command", "name", "variables", "settings", "steps", "baseline", "matrix", "published", "target")
+STUDY_KEYS = ("command", "name", "variables", "settings", "steps", "baseline", "matrix", "published", "target",
+              "compare")
 
 
 def load_study(source: str | dict, assignments: dict[str, Any] | None = None) -> Study:
@@ -167,7 +169,26 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
         runs += expand_matrix(step, {**study_matrix, **matrices[step.name]}, variables, origin)
     _check_run_names(runs, origin)
     return Study(str(values.get("name") or Path(source).stem), runs, variables, settings, values.get("baseline"),
-                 overrides, _check_published(values.get("published"), origin), check_target(target, origin))
+                 overrides, _check_published(values.get("published"), origin), check_target(target, origin),
+                 check_compare(values.get("compare"), origin))
+
+
+def check_compare(compare: Any, origin: str) -> list[list[str]]:
+    """``compare: ["lora-shots128 vs full-shots128", [probe, setfit]]``: the comparisons a
+    study declares before it runs (report groups, or steps with one group each), tested
+    in the order given and before the report's exploratory ones."""
+    if compare in (None, []):
+        return []
+    if not isinstance(compare, list):
+        raise ConfigError(f"{origin}: compare must be a list of pairs such as \"lora vs full\" or [lora, full]")
+    pairs = []
+    for item in compare:
+        pair = [part.strip() for part in item.split(" vs ")] if isinstance(item, str) else item
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x for x in pair)
+                and pair[0] != pair[1]):
+            raise ConfigError(f"{origin}: compare entry {item!r} is not two different names (\"A vs B\" or [A, B])")
+        pairs.append(pair)
+    return pairs
 
 
 def check_target(target: Any, origin: str) -> float | None:
