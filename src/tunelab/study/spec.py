@@ -43,6 +43,7 @@ from tunelab.core.presets import load_yaml_source, matrix_suffix
 from tunelab.core.registry import all_tasks, canonical_name, get_task
 from tunelab.core.typed import from_dict, merge_settings, set_dotted
 from tunelab.study.journal import load_optuna
+from tunelab.study.questions import check_compare, check_published, check_target
 from tunelab.study.search import parse_search
 
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -169,39 +170,8 @@ def load_study(source: str | dict, assignments: dict[str, Any] | None = None) ->
         runs += expand_matrix(step, {**study_matrix, **matrices[step.name]}, variables, origin)
     _check_run_names(runs, origin)
     return Study(str(values.get("name") or Path(source).stem), runs, variables, settings, values.get("baseline"),
-                 overrides, _check_published(values.get("published"), origin), check_target(target, origin),
+                 overrides, check_published(values.get("published"), origin), check_target(target, origin),
                  check_compare(values.get("compare"), origin))
-
-
-def check_compare(compare: Any, origin: str) -> list[list[str]]:
-    """``compare: ["lora-shots128 vs full-shots128", [probe, setfit]]``: the comparisons a
-    study declares before it runs (report groups, or steps with one group each), tested
-    in the order given and before the report's exploratory ones."""
-    if compare in (None, []):
-        return []
-    if not isinstance(compare, list):
-        raise ConfigError(f"{origin}: compare must be a list of pairs such as \"lora vs full\" or [lora, full]")
-    pairs = []
-    for item in compare:
-        pair = [part.strip() for part in item.split(" vs ")] if isinstance(item, str) else item
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x for x in pair)
-                and pair[0] != pair[1]):
-            raise ConfigError(f"{origin}: compare entry {item!r} is not two different names (\"A vs B\" or [A, B])")
-        pairs.append(pair)
-    return pairs
-
-
-def check_target(target: Any, origin: str) -> float | None:
-    """``target: 0.8``: a score the report says how many labels each method needs to reach."""
-    if target is None:
-        return None
-    try:
-        value = float(target)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(target, bool) or not math.isfinite(value):
-        raise ConfigError(f"{origin}: target must be a number (a score of the headline metric), not {target!r}")
-    return value
 
 
 def _check_run_names(runs: list[Step], origin: str) -> None:
@@ -221,21 +191,6 @@ def _check_run_names(runs: list[Step], origin: str) -> None:
             if run is not searched and own.fullmatch(run.name.lower()):
                 raise ConfigError(f"{origin}: step {run.name!r} takes a name of the search of step "
                                   f"{searched.name!r} ({searched.name}-best, {searched.name}-trial<N>); rename it")
-
-
-def _check_published(published: Any, origin: str) -> dict[str, Any]:
-    """``published: {step: {split: number}}``: a paper's numbers, checked before any run."""
-    if published in (None, {}):
-        return {}
-    if not isinstance(published, dict):
-        raise ConfigError(f"{origin}: published must map step names to {{split: number}}")
-    for step, values in published.items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: published.{step} must map splits to numbers, e.g. {{test: 0.84}}")
-        for split, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise ConfigError(f"{origin}: published.{step}.{split} = {value!r} is not a number")
-    return dict(published)
 
 
 def check_name(name: str, origin: str) -> None:
