@@ -17,8 +17,12 @@ against the floor, in a chain with the runner-up claim; a curve of three sizes; 
 one chain each).
 
     python benchmarks/paired_test.py [--predictions FILE.csv] [--seeds 3] [--family 10] [--trials 400] [--quick]
+    python benchmarks/paired_test.py --runs runs/lab03-curve/probe-shots128-seed* [--seeds 3]
 
 Without ``--predictions`` it uses a Rotten Tomatoes-sized run drawn at accuracy 0.78.
+With ``--runs`` (at least twice ``--seeds`` run directories of one method, its seeds)
+no seed is simulated: every comparison draws 2 x seeds of the real runs, and half pose
+as method A, half as method B (the null with the seed variance the method really has).
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ def correctness_of(path: str | None, rng: np.random.Generator) -> np.ndarray:
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return np.array([r["label"] == r["prediction"] for r in rows])
+
+
+def run_correctness(runs: list[str]) -> list[np.ndarray]:
+    """Per run directory, its test items right or wrong, in one item order."""
+    out = []
+    for run in runs:
+        with open(f"{run}/predictions/test.csv", newline="", encoding="utf-8") as handle:
+            rows = sorted(csv.DictReader(handle), key=lambda r: r["id"])
+        out.append(np.array([r["label"] == r["prediction"] for r in rows]))
+    return out
 
 
 def seeds_of(base: np.ndarray, k: int, rng: np.random.Generator, spread: tuple[float, float]) -> list[np.ndarray]:
@@ -103,6 +117,7 @@ def chained(pvalues: list[float], structure: list[list[int]]) -> list[bool]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--predictions", help="a run's predictions CSV (label and prediction columns)")
+    parser.add_argument("--runs", nargs="+", metavar="DIR", help="real seeds of one method (run directories)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--family", type=int, default=10, help="comparisons corrected together")
     parser.add_argument("--trials", type=int, default=400)
@@ -114,7 +129,10 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     trials = 60 if args.quick else args.trials
     spread = tuple(float(v) for v in args.seed_spread.split(","))
-    base = correctness_of(args.predictions, rng)
+    real = run_correctness(args.runs) if args.runs else None
+    if real is not None and len(real) < 2 * args.seeds:
+        parser.error(f"--runs: {len(real)} runs cannot pose as two methods of {args.seeds} seeds each")
+    base = real[0] if real is not None else correctness_of(args.predictions, rng)
     structure = [[0, 1], [2, 3, 4]] + [[i] for i in range(5, args.family)]
     names = [n for n in ("before", "today") if n in args.procedures.split(",")]
     results = {name: {"fwer": 0, "power": {d: 0 for d in (0.02, 0.05, 0.10)}} for name in names}
@@ -125,6 +143,9 @@ def main(argv=None) -> int:
         return {name: procedures[name]() for name in names}
 
     def draw():
+        if real is not None:  # real seeds of one method posing as two
+            chosen = rng.choice(len(real), size=2 * args.seeds, replace=False)
+            return [real[i] for i in chosen[:args.seeds]], [real[i] for i in chosen[args.seeds:]]
         return seeds_of(base, args.seeds, rng, spread), seeds_of(base, args.seeds, rng, spread)
 
     for _ in range(trials):
@@ -139,8 +160,10 @@ def main(argv=None) -> int:
         r["fwer"] /= trials
         r["power"] = {d: hits / trials for d, hits in r["power"].items()}
     mc = 1.96 * np.sqrt(0.05 * 0.95 / trials)
-    print(f"{len(base)} items, {args.seeds} seeds, families of {args.family}, {trials} trials each; seed "
-          f"flip share {spread[0]:g}-{spread[1]:g}; Monte-Carlo error of a 0.05 rate: ±{mc:.3f}")
+    where = (f"{len(real)} real runs of one method" if real is not None else
+             f"seed flip share {spread[0]:g}-{spread[1]:g}")
+    print(f"{len(base)} items, {args.seeds} seeds, families of {args.family}, {trials} trials each; {where}; "
+          f"Monte-Carlo error of a 0.05 rate: ±{mc:.3f}")
     print("| procedure | family-wise error | power +0.02 | power +0.05 | power +0.10 |")
     print("|---|---|---|---|---|")
     for name, r in results.items():
