@@ -125,8 +125,9 @@ def main(argv=None) -> int:
     parser.add_argument("--procedures", default="before,today",
                         help="which to simulate (today alone is fast: --procedures today --trials 2000)")
     parser.add_argument("--quick", action="store_true", help="60 trials: a CI-sized run")
+    parser.add_argument("--seed", type=int, default=0, help="the simulation's random seed")
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     trials = 60 if args.quick else args.trials
     spread = tuple(float(v) for v in args.seed_spread.split(","))
     real = run_correctness(args.runs) if args.runs else None
