@@ -95,3 +95,11 @@ def test_labels_to_reach_a_target():
     assert out_of_reach["status"] == "not within" and out_of_reach["factor"] == 4
     assert "not reached within 4x" in target_text(out_of_reach, "shots per class")
     assert math.isfinite(made.error_per_doubling)
+
+
+def test_one_seed_carries_its_test_items_noise():
+    curve = [(s, [float(saturating(s))]) for s in (8, 16, 32, 64)]
+    bare = forecast("probe", "accuracy", curve)
+    noisy = forecast("probe", "accuracy", curve, one_run_se=0.01)
+    width = lambda made: made.points[0]["high"] - made.points[0]["low"]  # noqa: E731
+    assert width(noisy) >= width(bare) + 2 * 1.96 * 0.01 * 0.99

@@ -179,9 +179,10 @@ def backtest(x: np.ndarray, y: np.ndarray, perfect: float, sign: float) -> list[
 
 
 def forecast(method: str, metric: str, values_by_size: list[tuple[float, list[float]]],
-             seed: int = 0) -> Forecast | None:
+             seed: int = 0, one_run_se: float = 0.0) -> Forecast | None:
     """The look ahead of one learning curve: ``values_by_size`` is [(size, per-seed values)]
-    at three or more sizes. None for fewer sizes."""
+    at three or more sizes. None for fewer sizes. ``one_run_se``: the noise a single run's
+    value carries (its test items'), used where one seed cannot show the spread."""
     points = sorted((float(s), [float(v) for v in vs]) for s, vs in values_by_size if vs and s > 0)
     if len(points) < MIN_SIZES:
         return None
@@ -213,7 +214,7 @@ def forecast(method: str, metric: str, values_by_size: list[tuple[float, list[fl
     # Forms the backtest cannot tell from the chosen one (within twice its error, plus what the
     # held-out mean's own seed noise allows) are rivals: their forecasts bound the interval too.
     last = points[-1][1]
-    held_out_se = float(np.std(last, ddof=1) / math.sqrt(len(last))) if len(last) > 1 else 0.0
+    held_out_se = float(np.std(last, ddof=1) / math.sqrt(len(last))) if len(last) > 1 else one_run_se
     noise = Z * held_out_se / math.log2(x[-1] / x[-2])
     for form in candidates:
         if form is not chosen and errors[form.name] <= 2 * per_doubling + noise + 1e-3:
@@ -282,10 +283,20 @@ def labels_to_reach(made: Forecast, target: float, factor: float = FACTORS[-1], 
 def curve_forecasts(curves: dict, metric: str) -> list[Forecast]:
     """A forecast for every learning curve ({method: [(size, group)]}) measured at
     MIN_SIZES or more sizes whose values vary (a majority floor's do not)."""
-    made = [forecast(method, metric, [(size, group.values()) for size, group in points])
+    made = [forecast(method, metric, [(size, group.values()) for size, group in points],
+                     one_run_se=_item_se(points[-1][1], metric))
             for method, points in curves.items()
             if np.ptp([v for _, group in points for v in group.values()]) > 0]  # a flat floor learns nothing
     return [f for f in made if f is not None]
+
+
+def _item_se(group, metric: str) -> float:
+    """An accuracy's standard error over its test items (0 for other metrics)."""
+    n = group.runs[0].metrics["splits"][group.main_split()].get("n")
+    value = group.mean()
+    if metric != "accuracy" or not isinstance(n, int) or n < 1 or value is None:
+        return 0.0
+    return math.sqrt(value * (1 - value) / n)
 
 
 def target_text(answer: dict, unit: str) -> str:
