@@ -48,6 +48,8 @@ def test_the_loop_selects_rounds_from_the_pool(tmp_path, tiny_bert_dir, topics, 
     assert metrics["data"]["labels_seen"] == 18  # the labels the loop revealed, no more
     again_code, again = active_run(tmp_path, tiny_bert_dir, topics, strategy, 18, name=f"again-{strategy}")
     assert again_code == 0 and selected(again) == rounds  # the same seed selects the same examples
+    assert active_run(tmp_path, tiny_bert_dir, topics, strategy, 18, name=f"again-{strategy}",
+                      extra=["--overwrite"])[0] == 0  # active.json is the run's own: --overwrite replaces it
 
 
 def test_strategies_select_differently_from_the_same_start(tmp_path, tiny_bert_dir, topics):
@@ -110,3 +112,16 @@ def test_the_study_says_how_many_labels_each_strategy_saves(tmp_path, tiny_bert_
     # The start is the same examples for every strategy: equal predictions, one run.
     first = next(c for c in analysis["comparisons"] if c["a"] == "entropy-labels6")
     assert first["delta"] == 0
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "diverse"])
+def test_image_probes_play_the_loop_too(tmp_path, tiny_clip_dir, strategy):
+    from tests.conftest import write_colour_images
+
+    root = write_colour_images(tmp_path / "colours", 12, seed=5)
+    out = tmp_path / f"images-{strategy}"
+    assert main(["probe", "--model", str(tiny_clip_dir), "--dataset", str(root), "--active", strategy,
+                 "--active-start", "1", "--active-labels", "9", "--active-batch", "3", "--out", str(out)]) == 0
+    rounds = selected(out)
+    assert [len(r) for r in rounds] == [3, 3, 3] and len({i for r in rounds for i in r}) == 9
+    assert metrics_of(out)["data"]["sizes"]["train"] == 9

@@ -100,7 +100,7 @@ def make_marked_directory(path: Path) -> None:
 
 # What a run directory may hold: every name tunelab writes there (and its temporary files).
 RUN_ENTRIES = ("config.yaml", "command.txt", "metrics.json", "report.md", "inputs.json", "history.json",
-               "audit.json", "audit.csv", "audit.md",
+               "audit.json", "audit.csv", "audit.md", "active.json",
                "predictions", "checkpoints", "model", "onnx", "wandb", MARKER, "confusion_*.json", "confusion_*.png",
                "scatter_*.png", "events.out.tfevents.*", ".*.tunelab-new*", ".*.tmp*", ".*.????????")
 

@@ -27,19 +27,20 @@ def diverse_candidates(order: np.ndarray, k: int) -> np.ndarray:
     return order[:min(len(order), max(k * CANDIDATES_PER_PICK, 200))]
 
 
-def diverse_picks(vectors: np.ndarray, uncertainty: np.ndarray, texts: list[str], k: int) -> list[int]:
-    """k positions among the candidates (rows of unit ``vectors``, their ``uncertainty``
-    and ``texts``): each next pick maximises uncertainty x (distance to the nearest pick)^2,
-    never a near copy of a pick (the same text once normalised, character 4-gram Jaccard
-    >= 0.7, or embedding cosine >= NEAR_COSINE)."""
+def diverse_picks(vectors: np.ndarray, uncertainty: np.ndarray, texts: list[str] | None, k: int) -> list[int]:
+    """Up to k positions among the candidates (rows of unit ``vectors``, their
+    ``uncertainty`` and ``texts``; None for images): each next pick maximises uncertainty x
+    (distance to the nearest pick)^2, never a near copy of a pick (the same text once
+    normalised, character 4-gram Jaccard >= 0.7, or embedding cosine >= NEAR_COSINE).
+    Fewer than k where the rest are all near copies of the picks."""
     near: dict[int, set[int]] = {}
-    for a, b, _ in near_duplicate_pairs(texts):
+    for a, b, _ in near_duplicate_pairs(texts) if texts is not None else []:
         near.setdefault(a, set()).add(b)
         near.setdefault(b, set()).add(a)
-    keys = [normalise_text(t) for t in texts]
+    keys = [normalise_text(t) for t in texts] if texts is not None else [str(i) for i in range(len(vectors))]
     weights = uncertainty - uncertainty.min() + 1e-9
-    allowed = np.ones(len(texts), dtype=bool)
-    distance = np.full(len(texts), 2.0)
+    allowed = np.ones(len(vectors), dtype=bool)
+    distance = np.full(len(vectors), 2.0)
     picks: list[int] = []
     while len(picks) < k and allowed.any():
         score = np.where(allowed, weights * distance ** 2, -np.inf)
@@ -50,16 +51,15 @@ def diverse_picks(vectors: np.ndarray, uncertainty: np.ndarray, texts: list[str]
         allowed &= cosine < NEAR_COSINE
         allowed[list(near.get(pick, ()))] = False
         allowed &= np.array([key != keys[pick] for key in keys])
-    if len(picks) < k:
-        raise TunelabError(f"only {len(picks)} of the {len(texts)} most uncertain examples are not near copies "
-                           f"of each other; ask for fewer (--k {len(picks)}) or use --strategy entropy")
     return picks
 
 
 def choose(strategy: str, k: int, rng: np.random.Generator, uncertainty: tuple[np.ndarray, np.ndarray] | None,
            n: int, embed=None, texts: list[str] | None = None) -> np.ndarray:
     """The ``k`` of ``n`` examples to label next, best first. ``uncertainty`` is (margin,
-    entropy) per example; ``embed(indices)`` gives unit vectors for ``diverse``."""
+    entropy) per example; ``embed(indices)`` gives unit vectors for ``diverse`` (``texts``
+    judge near copies; None for images). Where ``diverse`` finds fewer than k that are no
+    near copies of each other, the most uncertain of the rest fill the batch."""
     shuffle = rng.permutation(n)
     if strategy == "random":
         return shuffle[:k]
@@ -71,5 +71,7 @@ def choose(strategy: str, k: int, rng: np.random.Generator, uncertainty: tuple[n
     if strategy != "diverse":
         return order[:k]
     candidates = diverse_candidates(order, k)
-    picks = diverse_picks(embed(candidates), values[candidates], [texts[i] for i in candidates], k)
-    return candidates[picks]
+    picks = diverse_picks(embed(candidates), values[candidates],
+                          [texts[i] for i in candidates] if texts is not None else None, k)
+    rest = [i for i in range(len(candidates)) if i not in set(picks)]
+    return candidates[picks + rest[:k - len(picks)]]

@@ -94,7 +94,11 @@ def diverse_order(inputs: list, order: np.ndarray, uncertainty: np.ndarray, k: i
     extractor = TextFeatureExtractor(resolve_model(embedder), FeatureConfig(pooling="mean"),
                                      RuntimeConfig(precision="fp32"))
     vectors = normalize_rows(extractor.select(extractor.encode_all(texts, desc="pool embeddings")))
-    return candidates[diverse_picks(vectors, uncertainty[candidates], texts, k)]
+    picks = diverse_picks(vectors, uncertainty[candidates], texts, k)
+    if len(picks) < k:
+        raise TunelabError(f"only {len(picks)} of the {len(candidates)} most uncertain examples are not near copies "
+                           f"of each other; ask for fewer (--k {len(picks)}) or use --strategy entropy")
+    return candidates[picks]
 
 
 def _text_of(item) -> str:

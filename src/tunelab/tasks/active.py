@@ -76,7 +76,7 @@ def active_rows(active: ActiveConfig, classifier, dataset, features: np.ndarray,
                                          len(dataset.class_names)).uncertainty()
         picked = pool[choose(active.strategy, k, rng, uncertainty, len(pool),
                              embed=lambda rows, pool=pool: normalize_rows(features[pool[rows]]),
-                             texts=[texts[i] for i in pool])]
+                             texts=[texts[i] for i in pool] if texts is not None else None)]
         labelled += [int(i) for i in picked]
         rounds.append({"round": len(rounds), "labels": len(labelled), "selected": [str(train.ids[i]) for i in picked]})
     record = {"strategy": active.strategy, "start": active.start, "batch": active.batch, "labels": len(labelled),
@@ -84,10 +84,10 @@ def active_rows(active: ActiveConfig, classifier, dataset, features: np.ndarray,
     return np.array(sorted(labelled)), record
 
 
-def _texts(train) -> list[str]:
-    """What near-copies are judged on: the texts (a pair joined), or an image's id."""
+def _texts(train) -> list[str] | None:
+    """What near-copies are judged on: the texts (a pair joined); None for images."""
     texts = getattr(train, "texts", None)
     if texts is None:
-        return [str(i) for i in train.ids]
+        return None  # images: near copies are judged in embedding space alone
     pairs = train.pairs or [None] * len(texts)
     return [t if p is None else f"{t} || {p}" for t, p in zip(texts, pairs)]
