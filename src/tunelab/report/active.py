@@ -18,7 +18,8 @@ def active_learning_section(doc: Document, findings: Findings) -> None:
     doc.paragraph(f"Each strategy selected its examples from the same pool with labels hidden until selected, "
                   f"starting from the same examples, and is tested against {reference} at equal label counts "
                   "(seeds paired). Labels saved: where a strategy's mean first reaches the mean "
-                  f"{reference} ends at (linear between the sizes measured), against {reference}'s labels; an "
+                  f"{reference} ends at (linear between the sizes measured), against {reference}'s labels per "
+                  "class; an "
                   "estimate from means, with the test at the largest size beside it.")
     rows = []
     for saving in savings:
@@ -31,5 +32,5 @@ def active_learning_section(doc: Document, findings: Findings) -> None:
                      f"{saving['saves']:.0f} ({saving['share_saved']:.0%})" if reached is not None else "none",
                      f"{claim.result.delta:+.4f}, {verdict(claim.result)}" if claim is not None and
                      not isinstance(claim.result, str) else "not tested"])
-    doc.table(["strategy", f"{reference} ends at", "reaches it at (labels)", "labels saved",
+    doc.table(["strategy", f"{reference} ends at", "reaches it at (labels per class)", "labels per class saved",
                f"against {reference} at equal labels (largest size)"], rows)

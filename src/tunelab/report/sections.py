@@ -253,7 +253,7 @@ def curves_section(doc: Document, groups: list[Group], findings: Findings) -> No
                         fontsize=7)
         ax.set_xscale("log")
         size_key = next(g.size_key for g in groups if g.size_key)
-        unit = {"data.shots": "shots per class", "active.labels": "labelled examples"}.get(size_key,
+        unit = {"data.shots": "shots per class", "active.labels": "labels per class"}.get(size_key,
                                                                                           "training examples")
         ax.set_xlabel(unit)
         ax.set_ylabel(metric)

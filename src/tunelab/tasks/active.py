@@ -22,17 +22,19 @@ from tunelab.problems import get_problem
 
 @dataclasses.dataclass
 class ActiveConfig:
-    """Active learning on train (labels hidden until selected)."""
+    """Active learning on train (labels hidden until selected). Counts are per class, as
+    --shots counts, so one study fits data with any number of classes."""
 
     strategy: str | None = setting(None, "play active learning on the train split: start from --active-start "
-                                   "labelled examples per class, then select --active-batch at a time by this "
-                                   "strategy (labels hidden until selected) up to --active-labels",
+                                   "labelled examples per class, then select --active-batch per class at a time by "
+                                   "this strategy (labels hidden until selected) up to --active-labels per class",
                                    flag="--active", choices=STRATEGIES)
     start: int = setting(8, "labelled examples per class to start from (seeded)", flag="--active-start",
                          metavar="K")
-    labels: int | None = setting(None, "labelled training examples at the end (default: the start alone)",
-                                 flag="--active-labels", metavar="N")
-    batch: int = setting(16, "examples selected per round", flag="--active-batch", metavar="N")
+    labels: int | None = setting(None, "labelled training examples per class at the end, on average (default: "
+                                 "the start alone)", flag="--active-labels", metavar="N")
+    batch: int = setting(8, "examples selected per round, per class (the selection itself ignores classes)",
+                         flag="--active-batch", metavar="N")
 
 
 def check_active(active: ActiveConfig, shots: int | None) -> None:
@@ -44,8 +46,9 @@ def check_active(active: ActiveConfig, shots: int | None) -> None:
     for name, value in (("--active-start", active.start), ("--active-batch", active.batch)):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, not {value}")
-    if active.labels is not None and active.labels < 1:
-        raise ConfigError(f"--active-labels must be at least 1, not {active.labels}")
+    if active.labels is not None and active.labels < active.start:
+        raise ConfigError(f"--active-labels {active.labels} per class is fewer than the start (--active-start "
+                          f"{active.start} per class)")
 
 
 def active_rows(active: ActiveConfig, classifier, dataset, features: np.ndarray, seed: int,
@@ -55,19 +58,19 @@ def active_rows(active: ActiveConfig, classifier, dataset, features: np.ndarray,
     train = dataset.splits["train"]
     problem = get_problem(dataset.problem)
     problem.check_shots()  # a start of K per class needs classes
+    classes = len(dataset.class_names)
     labelled = list(per_class_rows(problem.strata(train.labels), active.start, seed))
-    target = len(labelled) if active.labels is None else active.labels
-    if target < len(labelled):
-        raise ConfigError(f"--active-labels {target} is fewer than the start ({active.start} per class: "
-                          f"{counted(len(labelled), 'example')})")
+    target = max(len(labelled), (active.labels or active.start) * classes)
     if target > len(train):
-        raise ConfigError(f"--active-labels {target} is more than the train split's {len(train)} examples")
+        raise ConfigError(f"--active-labels {active.labels} per class ({counted(target, 'example')} for "
+                          f"{classes} classes) is more than the train split's {len(train)} examples")
+    per_round = active.batch * classes
     texts = _texts(train)
     rng = np.random.default_rng(seed)
     rounds = [{"round": 0, "labels": len(labelled), "selected": [str(train.ids[i]) for i in labelled]}]
     while len(labelled) < target:
         pool = np.setdiff1d(np.arange(len(train)), labelled)
-        k = min(active.batch, target - len(labelled))
+        k = min(per_round, target - len(labelled))
         uncertainty = None
         if active.strategy != "random":
             estimator, _ = fit_classifier(classifier, features[labelled], train.labels[labelled], None, None,
@@ -79,8 +82,9 @@ def active_rows(active: ActiveConfig, classifier, dataset, features: np.ndarray,
                              texts=[texts[i] for i in pool] if texts is not None else None)]
         labelled += [int(i) for i in picked]
         rounds.append({"round": len(rounds), "labels": len(labelled), "selected": [str(train.ids[i]) for i in picked]})
-    record = {"strategy": active.strategy, "start": active.start, "batch": active.batch, "labels": len(labelled),
-              "pool": len(train), "rounds": rounds}
+    record = {"strategy": active.strategy, "start": active.start, "batch": active.batch,
+              "labels_per_class": active.labels or active.start, "labels": len(labelled), "pool": len(train),
+              "rounds": rounds}
     return np.array(sorted(labelled)), record
 
 
