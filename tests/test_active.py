@@ -125,3 +125,10 @@ def test_image_probes_play_the_loop_too(tmp_path, tiny_clip_dir, strategy):
     rounds = selected(out)
     assert [len(r) for r in rounds] == [3, 3, 3] and len({i for r in rounds for i in r}) == 9
     assert metrics_of(out)["data"]["sizes"]["train"] == 9
+
+
+def test_tuning_c_on_validation_still_plays_the_loop(tmp_path, tiny_bert_dir, topics):
+    """Each round's model is fitted on the labelled rows alone; --tune chooses C for the final head."""
+    code, out = active_run(tmp_path, tiny_bert_dir, topics, "entropy", 4, extra=["--tune"])
+    assert code == 0 and [len(r) for r in selected(out)] == [6, 6]
+    assert metrics_of(out)["task"]["classifier"]["tuning"]["split"] == "validation"

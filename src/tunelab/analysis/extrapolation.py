@@ -43,6 +43,7 @@ class Form:
     curve: Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (x, params, perfect) -> score
     start: Callable[[np.ndarray, np.ndarray, float], list[float]]  # (x, y, perfect) -> initial params
     bounds: Callable[[float], tuple[list[float], list[float]]]  # perfect -> (lower, upper)
+    exact: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (x, y) -> params, where no fit is needed
 
 
 def _log_linear(x, p, perfect):
@@ -70,7 +71,8 @@ def _gap_start(x, y, perfect):
 
 FORMS = (
     Form(NO_GAIN, 1, lambda x, p, perfect: np.full_like(x, p[0], dtype=float),
-         lambda x, y, perfect: [float(y[-1])], lambda perfect: ([-np.inf], [np.inf])),
+         lambda x, y, perfect: [float(y[-1])], lambda perfect: ([-np.inf], [np.inf]),
+         exact=lambda x, y: np.array([float(y[-1])])),  # the last value, not a mean of every size
     Form("log-linear", 2, _log_linear, lambda x, y, perfect: list(np.polyfit(np.log(x), y, 1)[::-1]),
          lambda perfect: ([-np.inf, -np.inf], [np.inf, np.inf])),
     Form("power law to perfect", 2, _power_to_perfect, _gap_start,
@@ -86,9 +88,9 @@ FORMS = (
 
 def fit(form: Form, x: np.ndarray, y: np.ndarray, perfect: float) -> np.ndarray | None:
     """Least-squares parameters of ``form`` through (x, y), or None where it does not
-    converge to finite values. "No further gain" is the last value, not a fit."""
-    if form.name == NO_GAIN:
-        return np.array([float(y[-1])])
+    converge to finite values (a form with an exact solution is solved, not fitted)."""
+    if form.exact is not None:
+        return form.exact(x, y)
     lower, upper = form.bounds(perfect)
     start = np.clip(np.asarray(form.start(x, y, perfect), dtype=float), np.array(lower) + 1e-9,
                     np.array(upper) - 1e-9)
@@ -229,19 +231,19 @@ def forecast(method: str, metric: str, values_by_size: list[tuple[float, list[fl
         if again is not None:
             draws.append([chosen.curve(np.array([x[-1] * f]), again, perfect)[0] for f in FACTORS])
     draws_array = np.array(draws) if draws else np.zeros((0, len(FACTORS)))
-    new_mean_se = held_out_se  # a new mean over as many seeds has its own noise, as the last one had
-    for column, factor in enumerate(FACTORS):
+    # A new mean over as many seeds has its own noise, as the last one had.
+    spreads = [math.sqrt((float(np.std(draws_array[:, c], ddof=1)) if len(draws_array) > 1 else 0.0) ** 2
+                         + held_out_se ** 2) for c in range(len(FACTORS))]
+    made.spread = spreads[-1]  # the furthest forecast's, the widest: what the plot and --target use between
+    for factor, spread in zip(FACTORS, spreads):
         size = float(x[-1] * factor)
         value = made.value_at(size)
         allowance = made.allowance_at(size)
-        fit_se = float(np.std(draws_array[:, column], ddof=1)) if len(draws_array) > 1 else 0.0
-        made.spread = math.sqrt(fit_se ** 2 + new_mean_se ** 2)
-        half = Z * made.spread + allowance
+        half = Z * spread + allowance
         if allowance > LIMIT * _scale(metric):
             made.points.append({"factor": factor, "size": size, "refused": (
                 f"the backtests allow ±{allowance:.3f} at {factor:g}x (error {per_doubling:.3f} per doubling), "
-                f"more than "
-                f"{LIMIT * _scale(metric):.3f}: too large to extrapolate")})
+                f"more than {LIMIT * _scale(metric):.3f}: too large to extrapolate")})
             continue
         made.points.append({"factor": factor, "size": size, "value": _clip(value, metric),
                             "low": _clip(value - half, metric), "high": _clip(value + half, metric),

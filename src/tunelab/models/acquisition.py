@@ -55,11 +55,12 @@ def diverse_picks(vectors: np.ndarray, uncertainty: np.ndarray, texts: list[str]
 
 
 def choose(strategy: str, k: int, rng: np.random.Generator, uncertainty: tuple[np.ndarray, np.ndarray] | None,
-           n: int, embed=None, texts: list[str] | None = None) -> np.ndarray:
+           n: int, embed=None, texts=None) -> np.ndarray:
     """The ``k`` of ``n`` examples to label next, best first. ``uncertainty`` is (margin,
-    entropy) per example; ``embed(indices)`` gives unit vectors for ``diverse`` (``texts``
-    judge near copies; None for images). Where ``diverse`` finds fewer than k that are no
-    near copies of each other, the most uncertain of the rest fill the batch."""
+    entropy) per example; for ``diverse``, ``embed(indices)`` gives unit vectors and
+    ``texts(indices)`` the texts near copies are judged on (None for images), asked only
+    for the candidates. Where ``diverse`` finds fewer than k that are no near copies of
+    each other, the most uncertain of the rest fill the batch."""
     shuffle = rng.permutation(n)
     if strategy == "random":
         return shuffle[:k]
@@ -71,7 +72,7 @@ def choose(strategy: str, k: int, rng: np.random.Generator, uncertainty: tuple[n
     if strategy != "diverse":
         return order[:k]
     candidates = diverse_candidates(order, k)
-    picks = diverse_picks(embed(candidates), values[candidates],
-                          [texts[i] for i in candidates] if texts is not None else None, k)
-    rest = [i for i in range(len(candidates)) if i not in set(picks)]
+    picks = diverse_picks(embed(candidates), values[candidates], texts(candidates) if texts else None, k)
+    taken = set(picks)
+    rest = [i for i in range(len(candidates)) if i not in taken]
     return candidates[picks + rest[:k - len(picks)]]

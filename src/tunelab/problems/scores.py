@@ -169,7 +169,7 @@ class ClassScores:
         return class_uncertainty(self)
 
     def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
-        margin, entropy = class_uncertainty(self)
+        margin, entropy = self.uncertainty()
         return [Prediction(t, names[c], float(v), self.kind, p, uncertainty={"margin": float(m), "entropy": float(e)})
                 for t, p, c, v, m, e in zip(texts, pairs, self.predicted, self.score, margin, entropy)]
 
@@ -298,7 +298,7 @@ class LabelScores:
 
     def predictions(self, texts: Sequence[str], pairs: Sequence, names: Sequence[str]) -> list[Prediction]:
         out = []
-        margin, entropy = label_set_uncertainty(self)
+        margin, entropy = self.uncertainty()
         for t, p, row, chosen, m, e in zip(texts, pairs, self.scores, self.predicted, margin, entropy):
             labels = [names[i] for i in np.flatnonzero(chosen)]
             out.append(Prediction(t, label_set_text(chosen, names), float(row.max()), self.kind, p, labels,

@@ -22,7 +22,7 @@ def draw_forecasts(ax, forecasts: list[Forecast], colours: dict[str, str]) -> No
         last = made.sizes[-1]
         grid = last * np.exp(np.linspace(0.0, np.log(max(p["factor"] for p in usable)), 40))
         centre = np.array([made.value_at(s) for s in grid])
-        half = np.array([Z * made.spread + made.allowance_at(s) for s in grid]) * np.linspace(0.0, 1.0, 40) ** 0.5
+        half = np.array([Z * made.spread + made.allowance_at(s) for s in grid])
         colour = colours.get(made.method)
         ax.plot(grid, centre, linestyle="--", color=colour, linewidth=1.2)
         ax.fill_between(grid, centre - half, centre + half, color=colour, alpha=0.08)

@@ -66,6 +66,8 @@ def active_rows(active: ActiveConfig, classifier, dataset, features: np.ndarray,
                           f"{classes} classes) is more than the train split's {len(train)} examples")
     per_round = active.batch * classes
     texts = _texts(train)
+    # The round's model is refitted on the labelled rows alone: no validation split chooses its C.
+    classifier = dataclasses.replace(classifier, tune=False)
     rng = np.random.default_rng(seed)
     rounds = [{"round": 0, "labels": len(labelled), "selected": [str(train.ids[i]) for i in labelled]}]
     while len(labelled) < target:
@@ -79,7 +81,7 @@ def active_rows(active: ActiveConfig, classifier, dataset, features: np.ndarray,
                                          len(dataset.class_names)).uncertainty()
         picked = pool[choose(active.strategy, k, rng, uncertainty, len(pool),
                              embed=lambda rows, pool=pool: normalize_rows(features[pool[rows]]),
-                             texts=[texts[i] for i in pool] if texts is not None else None)]
+                             texts=(lambda rows, pool=pool: [texts[i] for i in pool[rows]]) if texts else None)]
         labelled += [int(i) for i in picked]
         rounds.append({"round": len(rounds), "labels": len(labelled), "selected": [str(train.ids[i]) for i in picked]})
     record = {"strategy": active.strategy, "start": active.start, "batch": active.batch,
