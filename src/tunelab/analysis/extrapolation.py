@@ -132,7 +132,7 @@ class Forecast:
     form: str | None
     backtests: list[Backtest]  # every candidate's refits on the first sizes, predicting each later size
     error_per_doubling: float | None  # the chosen form's backtest error (root mean square) per doubling ahead
-    points: list[dict]  # {factor, size, value, low, high, allowance} or {factor, size, refused: reason}
+    points: list[dict]  # {factor, size, value, low, high, backtest_allowance} or {factor, size, refused: reason}
     parameters: list[float] | None = None
     perfect: float = 1.0
     sign: float = 1.0  # +1 where higher is better; the fit runs on sign * metric
@@ -247,7 +247,7 @@ def forecast(method: str, metric: str, values_by_size: list[tuple[float, list[fl
             continue
         made.points.append({"factor": factor, "size": size, "value": _clip(value, metric),
                             "low": _clip(value - half, metric), "high": _clip(value + half, metric),
-                            "allowance": allowance})
+                            "backtest_allowance": allowance})
     return made
 
 
@@ -266,7 +266,7 @@ def labels_to_reach(made: Forecast, target: float, factor: float = FACTORS[-1], 
     usable = [p for p in made.points if "value" in p]
     if made.parameters is None or not usable:
         return {**answer, "status": "cannot extrapolate", "reason": "the backtest error is too large"}
-    horizon = max(p["factor"] for p in usable) if factor > max(p["factor"] for p in usable) else factor
+    horizon = min(factor, max(p["factor"] for p in usable))
     grid = made.sizes[-1] * np.exp(np.linspace(0.0, math.log(horizon), steps))
     half = [Z * made.spread + made.allowance_at(s) for s in grid]
     centre = [made.value_at(s) for s in grid]

@@ -19,8 +19,7 @@ def active_learning_section(doc: Document, findings: Findings) -> None:
                   f"starting from the same examples, and is tested against {reference} at equal label counts "
                   "(seeds paired). Labels saved: where a strategy's mean first reaches the mean "
                   f"{reference} ends at (linear between the sizes measured), against {reference}'s labels per "
-                  "class; an "
-                  "estimate from means, with the test at the largest size beside it.")
+                  "class; an estimate from means, with the test at the largest size beside it.")
     rows = []
     for saving in savings:
         method, last = saving["method"], saving["reference_labels"]

@@ -69,5 +69,4 @@ def forecast_entry(made) -> dict:
             "form": made.form, "error_per_doubling": made.error_per_doubling, "form_errors": made.errors,
             "backtests": [{"form": b.form, "fitted_on": b.fitted_on, "size": b.size, "predicted": b.predicted,
                            "measured": b.measured, "error": b.error} for b in made.backtests],
-            "forecasts": [{k if k != "allowance" else "backtest_allowance": v for k, v in p.items()}
-                          for p in made.points]}
+            "forecasts": made.points}
